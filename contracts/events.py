@@ -1,0 +1,142 @@
+"""Stream frame payloads and their SSE framing (STREAM-2000, STREAM-2001, NERVE-4020).
+
+A frame is ``(seq, type, data)``. Durable frames (``started``, ``token``, ``tool_suggest``,
+``fact``, ``checkpoint``, ``end``, ``error``, ``escalation``) are rows in the event log and
+carry ``id: <seq>`` on the wire. Ephemeral frames (``metrics``, ``narration``) are not
+stored and carry no ``id``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "DURABLE_FRAMES",
+    "TERMINAL_FRAMES",
+    "EndData",
+    "FrameType",
+    "MetricsData",
+    "NarrationData",
+    "PlacementDecision",
+    "Provenance",
+    "StartedData",
+    "TokenData",
+    "sse_comment",
+    "sse_frame",
+]
+
+
+class FrameType(enum.StrEnum):
+    """Every SSE event name the server emits."""
+
+    STARTED = "started"
+    TOKEN = "token"
+    TOOL_SUGGEST = "tool_suggest"
+    FACT = "fact"
+    METRICS = "metrics"
+    NARRATION = "narration"
+    CHECKPOINT = "checkpoint"
+    ESCALATION = "escalation"
+    END = "end"
+    ERROR = "error"
+
+
+DURABLE_FRAMES = frozenset(
+    {
+        FrameType.STARTED, FrameType.TOKEN, FrameType.TOOL_SUGGEST, FrameType.FACT,
+        FrameType.CHECKPOINT, FrameType.ESCALATION, FrameType.END, FrameType.ERROR,
+    }
+)
+TERMINAL_FRAMES = frozenset({FrameType.END, FrameType.ERROR})
+
+
+class PlacementDecision(msgspec.Struct, frozen=True):
+    """Where a Step was placed and why (PLACE-5001)."""
+
+    strategy: str
+    pool_id: str
+    replica_id: str
+    reason: str
+
+
+class StartedData(msgspec.Struct, frozen=True):
+    """``started``: the Step left the queue; ``queue_position`` counts Steps ahead of it."""
+
+    type: str
+    queue_position: int
+    predicted_start_ms: int
+    placement: PlacementDecision | None = None
+
+
+class TokenData(msgspec.Struct, frozen=True, array_like=False):
+    """``token``: index ``i`` from 0, text ``t``, engine token ``id``."""
+
+    i: int
+    t: str
+    id: int
+
+
+class Provenance(msgspec.Struct, frozen=True):
+    """Determinism and cost record of one Step (NERVE-4020, DESIGN.md §4).
+
+    Units: tokens, USD, milliseconds. ``engine_build`` is the engine build fingerprint
+    (library version, build flags, CPU features, server settings).
+    """
+
+    seed: int
+    prompt_hash: str
+    params_hash: str
+    engine: str
+    engine_version: str
+    engine_build: str
+    model_hash: str
+    pool_id: str
+    replica_id: str
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    decode_time_ms: int
+    finish_reason: str
+    policy_hash: str
+    price_table_version: str
+
+
+class EndData(msgspec.Struct, frozen=True):
+    """``end``: success; the provenance block and the Step's output."""
+
+    provenance: Provenance
+    output: dict[str, Any]
+
+
+class MetricsData(msgspec.Struct, frozen=True):
+    """``metrics`` (ephemeral): progress counters; may be dropped for a slow reader."""
+
+    tokens_out: int
+    elapsed_ms: int
+    tokens_per_s: float
+
+
+class NarrationData(msgspec.Struct, frozen=True):
+    """``narration`` (ephemeral): a human-readable note passed through verbatim."""
+
+    text: str
+
+
+def sse_frame(seq: int | None, event: str, data: bytes) -> bytes:
+    """Frame one SSE event. ``data`` is single-line JSON; ``seq=None`` omits ``id:``.
+
+    Returns:
+        ``id: <seq>\\nevent: <event>\\ndata: <data>\\n\\n`` as UTF-8 bytes.
+    """
+    head = b"event: " + event.encode() + b"\ndata: "
+    if seq is not None:
+        head = b"id: " + str(seq).encode() + b"\n" + head
+    return head + data + b"\n\n"
+
+
+def sse_comment(text: str) -> bytes:
+    """An SSE comment line, used for ``: keep-alive`` heartbeats."""
+    return b": " + text.encode() + b"\n\n"

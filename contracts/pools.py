@@ -1,0 +1,90 @@
+"""Pool and capability wire types (PLACE-5000, client contract ``capabilities()``)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "Capabilities",
+    "EngineInfo",
+    "ModelCapability",
+    "ModelInfo",
+    "PoolInfo",
+    "ReplicaHealth",
+    "ReplicaInfo",
+]
+
+
+class ReplicaHealth(enum.StrEnum):
+    """Replica lifecycle as the pool manager sees it."""
+
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    STOPPED = "stopped"
+
+
+class EngineInfo(msgspec.Struct, frozen=True):
+    """The engine behind a pool; every field here is a determinism input."""
+
+    name: str
+    version: str
+    build_fingerprint: str
+    settings: dict[str, Any]
+
+
+class ModelInfo(msgspec.Struct, frozen=True):
+    """A model a pool serves. ``sha256`` is the hash of the weights file (``model_hash``)."""
+
+    id: str
+    family: str
+    context_tokens: int
+    sha256: str
+    features: list[str]
+
+
+class ReplicaInfo(msgspec.Struct):
+    """One engine replica (a separate process, or an in-process mock)."""
+
+    replica_id: str
+    health: ReplicaHealth
+    slots: int
+    busy: int
+    queued: int
+    restarts: int
+    pid: int | None = None
+    url: str | None = None
+
+
+class PoolInfo(msgspec.Struct):
+    """``GET /v1/pools/{id}``: capabilities, engine, models, replicas and load."""
+
+    pool_id: str
+    kind: str
+    tags: dict[str, str]
+    engine: EngineInfo
+    models: list[ModelInfo]
+    replicas: list[ReplicaInfo]
+    capabilities: dict[str, Any]
+    queue_capacity: int
+
+
+class ModelCapability(msgspec.Struct):
+    """One advertised model: the id is opaque and must not be parsed by clients."""
+
+    id: str
+    family: str
+    context_tokens: int
+    features: list[str]
+    pools: list[str]
+
+
+class Capabilities(msgspec.Struct):
+    """``GET /v1/capabilities``: opaque model ids, limits and the server version."""
+
+    models: list[ModelCapability]
+    server_version: str
+    limits: dict[str, int]

@@ -1,0 +1,151 @@
+"""Run wire types: mode, seed, budgets, policies and placement (NERVE-4002, PLACE-5001)."""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+__all__ = [
+    "Budgets",
+    "BudgetUsage",
+    "FsPolicy",
+    "Placement",
+    "PlacementAffinity",
+    "PlacementAuto",
+    "PlacementPin",
+    "Policy",
+    "PoolPolicy",
+    "Run",
+    "RunCreate",
+    "RunMode",
+    "RunStatus",
+]
+
+
+class RunMode(enum.StrEnum):
+    """How a Run executes its Steps (REPLAY-6000)."""
+
+    RECORD = "record"
+    REPLAY = "replay"
+    STRICT_REPLAY = "strict_replay"
+
+
+class RunStatus(enum.StrEnum):
+    """Run lifecycle: ``active`` accepts Steps; ``cancelled`` refuses them."""
+
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+
+
+class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Hard caps (POLICY-3000). ``None`` means no cap at this level.
+
+    Units: tokens, milliseconds of wall clock, US dollars.
+    """
+
+    max_tokens_in: int | None = None
+    max_tokens_out: int | None = None
+    max_wall_ms: int | None = None
+    max_cost_usd: float | None = None
+
+
+class BudgetUsage(msgspec.Struct):
+    """What a Run or Step has consumed so far (tokens, ms, USD)."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    wall_ms: int = 0
+    cost_usd: float = 0.0
+
+
+class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Allow/deny lists evaluated before execution (POLICY-3003).
+
+    An ``allow_*`` list, when present, admits only what it names; a ``deny_*`` list
+    refuses what it names. Denials are ``POLICY_DENIED`` before any compute.
+    """
+
+    allow_models: list[str] | None = None
+    deny_models: list[str] = []
+    allow_step_types: list[str] | None = None
+    deny_step_types: list[str] = []
+    allow_tools: list[str] | None = None
+    deny_tools: list[str] = []
+
+
+class PlacementAuto(msgspec.Struct, frozen=True, tag="auto", tag_field="strategy",
+                    forbid_unknown_fields=True):
+    """Least-loaded ready replica serving the model; ties: free slots desc, replica_id asc."""
+
+
+class PlacementPin(msgspec.Struct, frozen=True, tag="pin", tag_field="strategy",
+                   forbid_unknown_fields=True, omit_defaults=True):
+    """Exactly this pool (and replica, when given), or a typed error. Never a fallback."""
+
+    pool_id: str
+    replica_id: str | None = None
+
+
+class PlacementAffinity(msgspec.Struct, frozen=True, tag="affinity", tag_field="strategy",
+                        forbid_unknown_fields=True):
+    """Pools whose tags contain every ``key: value`` pair of ``tags``; then as ``auto``."""
+
+    tags: dict[str, str]
+
+
+Placement = PlacementAuto | PlacementPin | PlacementAffinity
+
+
+class PoolPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Default placement for the Run's Steps; a Step may override it."""
+
+    placement: Placement = PlacementAuto()
+
+
+class FsPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Sandbox for ``fs_op`` Steps: roots, per-operation allow-list globs, quotas."""
+
+    roots: list[str] = []
+    allow: dict[str, list[str]] = {}
+    max_bytes_written: int | None = None
+    max_files: int | None = None
+    max_file_bytes: int | None = None
+
+
+class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /v1/flows/{flow_id}/runs``.
+
+    ``replay`` and ``strict_replay`` need ``replay_of`` (a recorded Run of the same Flow).
+    ``seed`` defaults to the recording's seed when replaying, else to a random 31-bit seed.
+    """
+
+    mode: RunMode = RunMode.RECORD
+    seed: int | None = None
+    replay_of: str | None = None
+    budgets: Budgets = Budgets()
+    policy: Policy = Policy()
+    pool_policy: PoolPolicy = PoolPolicy()
+    fs_policy: FsPolicy = FsPolicy()
+    labels: dict[str, str] = {}
+
+
+class Run(msgspec.Struct):
+    """A stored Run, as ``GET /v1/runs/{id}`` shows it."""
+
+    run_id: str
+    flow_id: str
+    flow_hash: str
+    mode: RunMode
+    seed: int
+    replay_of: str | None
+    budgets: Budgets
+    policy: Policy
+    policy_hash: str
+    pool_policy: PoolPolicy
+    fs_policy: FsPolicy
+    labels: dict[str, str]
+    status: RunStatus
+    created_at: str
+    usage: BudgetUsage
+    steps: dict[str, int]

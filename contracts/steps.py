@@ -1,0 +1,126 @@
+"""Step wire types: the submission union, sampling params and the Step resource (NERVE-4003)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+import msgspec
+
+from contracts.errors import ErrorEnvelope
+from contracts.events import Provenance
+from contracts.runs import Budgets, BudgetUsage, Placement
+
+__all__ = [
+    "ChatMessage",
+    "LlmCallInput",
+    "LlmCallSubmit",
+    "SamplingParams",
+    "Step",
+    "StepStatus",
+    "StepSubmit",
+    "StepType",
+]
+
+
+class StepType(enum.StrEnum):
+    """The Step vocabulary (NERVE-4003)."""
+
+    LLM_PLAN = "llm_plan"
+    LLM_CALL = "llm_call"
+    TOOL_CALL = "tool_call"
+    FS_OP = "fs_op"
+    GATE_EVAL = "gate_eval"
+    CHECKPOINT = "checkpoint"
+
+
+class StepStatus(enum.StrEnum):
+    """Step lifecycle. ``queued → running → {succeeded, failed, cancelled, interrupted}``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def terminal(self) -> bool:
+        """True for the four end states."""
+        return self not in (StepStatus.QUEUED, StepStatus.RUNNING)
+
+
+class SamplingParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Every sampling parameter, always sent explicitly to the engine (DESIGN.md §5).
+
+    ``temperature == 0`` is greedy decoding. ``max_tokens`` is a sampling limit, not a
+    budget: reaching it ends the Step with finish_reason ``length``. ``seed`` overrides
+    the seed derived from the Run seed and the client_token.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: list[str] = []
+
+
+class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One chat turn; the content is entirely user-authored and never rewritten."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class LlmCallInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Input of an ``llm_call`` Step: exactly one of ``messages`` or ``prompt``.
+
+    ``model`` is an opaque id exactly as ``GET /v1/capabilities`` advertises it.
+    ``messages`` go through the model's own chat template; ``prompt`` is sent raw.
+    """
+
+    model: str
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    params: SamplingParams = SamplingParams()
+
+
+class LlmCallSubmit(msgspec.Struct, tag="llm_call", tag_field="type", forbid_unknown_fields=True):
+    """Body of ``POST /v1/runs/{run_id}/steps`` for an ``llm_call``.
+
+    ``client_token`` is the idempotency key within the Run.
+    """
+
+    client_token: str
+    input: LlmCallInput
+    placement: Placement | None = None
+    budgets: Budgets = Budgets()
+
+
+StepSubmit = LlmCallSubmit
+
+
+class Step(msgspec.Struct):
+    """A stored Step, as ``GET /v1/steps/{id}`` shows it.
+
+    ``last_seq`` is the sequence number of the last durable frame in its log.
+    """
+
+    step_id: str
+    run_id: str
+    type: StepType
+    client_token: str
+    input: Any
+    input_hash: str
+    placement: Placement | None
+    status: StepStatus
+    seed: int | None
+    created_at: str
+    usage: BudgetUsage
+    last_seq: int
+    provenance: Provenance | None = None
+    error: ErrorEnvelope | None = None
+    replay_of_step: str | None = None

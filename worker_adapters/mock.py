@@ -1,0 +1,112 @@
+"""A seeded, deterministic mock engine for fast tests and benchmarks.
+
+The default handler produces words drawn from a small vocabulary by a PRNG seeded from
+``(seed, prompt)`` (``temperature == 0`` ignores the seed, like greedy decoding), so the
+same request always yields the same tokens. Tests pass their own handler to script
+tokens, delays and faults, in the manner of ``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+import blake3
+
+from worker_adapters.base import (
+    CompletionRequest,
+    Delta,
+    EngineAdapter,
+    EngineIdentity,
+    Finish,
+    PreparedPrompt,
+    StreamItem,
+)
+
+__all__ = ["MockEngine", "MockHandler", "default_handler", "mock_identity"]
+
+MockHandler = Callable[[CompletionRequest], AsyncIterator[StreamItem]]
+
+_WORDS = (
+    "the", "agent", "plans", "a", "tool", "call", "and", "reads", "facts", "from", "log",
+    "replay", "is", "byte", "exact", "stream", "token", "seed", "pool", "step", "run",
+    "budget", "policy", "gate", "checkpoint", "flow", "engine", "model", "placement", ".",
+)
+
+
+def mock_identity(model_hash: str = "sha256:" + "0" * 64, **settings: Any) -> EngineIdentity:
+    """Identity of the mock engine; ``settings`` fold into its build fingerprint."""
+    fp = "b3:" + blake3.blake3(repr(sorted(settings.items())).encode()).hexdigest()
+    return EngineIdentity(name="mock", version="1", build_fingerprint=fp,
+                          model_hash=model_hash, settings=dict(settings))
+
+
+def default_handler(
+    tokens_per_s: float = 0.0,
+    length: int | None = None,
+    fail_after: int | None = None,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+) -> MockHandler:
+    """Build the default seeded handler.
+
+    Args:
+        tokens_per_s: decode speed; 0 means as fast as possible (still yields to the loop).
+        length: tokens before ``Finish("stop")``; default derives 8..40 from the prompt.
+        fail_after: end the stream after this many tokens *without* a ``Finish``.
+        sleep: injected sleep, so tests can drive time.
+    """
+
+    async def handler(req: CompletionRequest) -> AsyncIterator[StreamItem]:
+        key = blake3.blake3(req.prompt.encode()).digest(length=8)
+        base = int.from_bytes(key, "big")
+        rng = random.Random(base if req.temperature == 0 else base ^ req.seed)  # noqa: S311
+        n = length if length is not None else 8 + base % 33
+        finish = "stop"
+        if n > req.max_tokens:
+            n, finish = req.max_tokens, "length"
+        delay = 1.0 / tokens_per_s if tokens_per_s > 0 else 0.0
+        for i in range(n):
+            if fail_after is not None and i >= fail_after:
+                return
+            await sleep(delay)
+            idx = rng.randrange(len(_WORDS))
+            yield Delta(text=(" " if i else "") + _WORDS[idx], token_id=100 + idx)
+        yield Finish(reason=finish)
+
+    return handler
+
+
+class MockEngine(EngineAdapter):
+    """An in-process engine driven by a handler (see :func:`default_handler`)."""
+
+    def __init__(self, handler: MockHandler | None = None,
+                 identity: EngineIdentity | None = None) -> None:
+        super().__init__(identity or mock_identity())
+        self.handler = handler or default_handler()
+        self.cancelled = 0
+
+    def prepare(self, *, prompt: str | None, messages: Sequence[dict[str, str]] | None) -> \
+            PreparedPrompt:
+        """Render messages as ``role: content`` lines; one token per whitespace word."""
+        text = prompt if prompt is not None else "".join(
+            f"{m['role']}: {m['content']}\n" for m in (messages or []))
+        return PreparedPrompt(text=text, tokens_in=len(text.split()) + 1)
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+        """Yield the handler's items, counting requests and generated tokens."""
+        self.requests += 1
+        gen = self.handler(request)
+        finished = False
+        try:
+            async for item in gen:
+                if isinstance(item, Delta):
+                    self.tokens_generated += 1
+                else:
+                    finished = True
+                yield item
+        finally:
+            if not finished:
+                self.cancelled += 1
+            await gen.aclose()  # type: ignore[attr-defined]

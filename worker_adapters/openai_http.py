@@ -1,0 +1,155 @@
+"""Adapter for OpenAI-compatible ``/v1/completions`` streaming servers.
+
+It drives llama-cpp-python's server (the default engine), and equally llama-server,
+vLLM or Ollama's OpenAI endpoint on a GPU machine. Every sampling parameter and the seed
+are sent explicitly (DESIGN.md §5). The engine's HTTP transport is injectable
+(``httpx.MockTransport`` in tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+import httpx
+import msgspec
+
+from contracts.errors import EngineError
+from worker_adapters.base import (
+    CompletionRequest,
+    Delta,
+    EngineAdapter,
+    EngineIdentity,
+    Finish,
+    PreparedPrompt,
+    StreamItem,
+)
+
+__all__ = ["OpenAIHttpEngine", "Tokenizer"]
+
+
+class Tokenizer(Protocol):
+    """The model's own tokenizer and chat template, used without an engine request."""
+
+    def render(self, messages: Sequence[dict[str, str]]) -> str:
+        """Apply the model's chat template with a generation prompt."""
+        ...
+
+    def count(self, text: str) -> int:
+        """Tokens the engine will see for ``text`` (BOS included where the model adds it)."""
+        ...
+
+    def token_id(self, piece: str) -> int:
+        """Vocabulary id of one streamed token piece (-1 when unknown)."""
+        ...
+
+
+class _Choice(msgspec.Struct):
+    text: str = ""
+    finish_reason: str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice]
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+
+
+class OpenAIHttpEngine(EngineAdapter):
+    """Streams ``/v1/completions`` from one replica at ``base_url``.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:18001``.
+        identity: the replica's determinism identity.
+        tokenizer: the model's tokenizer, for token counts and token ids.
+        transport: optional httpx transport (tests).
+        connect_timeout_s: seconds to establish a connection.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        identity: EngineIdentity,
+        tokenizer: Tokenizer,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        super().__init__(identity)
+        self.base_url = base_url
+        self.tokenizer = tokenizer
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            transport=transport,
+            timeout=httpx.Timeout(None, connect=connect_timeout_s),
+        )
+
+    def prepare(self, *, prompt: str | None, messages: Sequence[dict[str, str]] | None) -> \
+            PreparedPrompt:
+        """Render with the chat template (or take ``prompt`` raw) and count its tokens."""
+        text = prompt if prompt is not None else self.tokenizer.render(messages or [])
+        return PreparedPrompt(text=text, tokens_in=self.tokenizer.count(text))
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+        """POST a streaming completion; yield one Delta per engine chunk, then Finish.
+
+        If the engine's stream ends with no ``finish_reason`` (e.g. it was interrupted
+        by another request), nothing more is yielded: the caller sees no Finish.
+
+        Raises:
+            EngineError: connection failure, non-200 status or an undecodable chunk.
+        """
+        body = {
+            "prompt": request.prompt,
+            "stream": True,
+            "seed": request.seed,
+            "temperature": request.temperature,
+            "top_k": request.top_k,
+            "top_p": request.top_p,
+            "min_p": request.min_p,
+            "typical_p": 1.0,
+            "repeat_penalty": request.repeat_penalty,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "mirostat_mode": 0,
+            "max_tokens": request.max_tokens,
+            "stop": list(request.stop),
+        }
+        self.requests += 1
+        try:
+            async with self._client.stream("POST", "/v1/completions", json=body) as resp:
+                if resp.status_code != 200:
+                    detail = (await resp.aread())[:500].decode("utf-8", "replace")
+                    raise EngineError(
+                        f"engine answered HTTP {resp.status_code}",
+                        data={"status": resp.status_code, "detail": detail,
+                              "url": self.base_url},
+                    )
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    payload = line[6:]
+                    if payload == "[DONE]":
+                        return
+                    chunk = _chunk_decoder.decode(payload)
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    if choice.text:
+                        self.tokens_generated += 1
+                        yield Delta(text=choice.text,
+                                    token_id=self.tokenizer.token_id(choice.text))
+                    if choice.finish_reason:
+                        yield Finish(reason=choice.finish_reason)
+                        return
+        except httpx.HTTPError as exc:
+            raise EngineError(f"engine request failed: {type(exc).__name__}: {exc}",
+                              data={"url": self.base_url}) from exc
+        except msgspec.DecodeError as exc:
+            raise EngineError(f"engine sent an undecodable chunk: {exc}",
+                              data={"url": self.base_url}) from exc
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._client.aclose()
