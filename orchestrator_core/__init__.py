@@ -1,0 +1,1 @@
+"""Domain core of orchestratord: flows, runs, steps, event log, replay, pools. No HTTP."""

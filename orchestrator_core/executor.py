@@ -1,0 +1,265 @@
+"""Executes one Step in its own task under a cancel scope the orchestrator holds.
+
+Three paths, one log (DESIGN.md §1-§2):
+
+* ``record`` and ``strict_replay`` wait for a slot on the placed replica, emit ``started``,
+  stream the engine's tokens as ``token`` frames and end with ``end`` (provenance) or
+  ``error``. ``strict_replay`` checks each token against the recording before it is
+  appended, so a divergent token is never shown as if it were right.
+* ``replay`` copies the recorded frames into the new Step's log; no engine is touched.
+
+Whatever happens (success, typed error, cancel, unexpected fault) exactly one terminal
+frame is committed, together with the Step's terminal status.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import msgspec
+
+from contracts.errors import (
+    BudgetExceeded,
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    Interrupted,
+    OrchestratorError,
+)
+from contracts.events import (
+    EndData,
+    FrameType,
+    MetricsData,
+    PlacementDecision,
+    Provenance,
+    StartedData,
+    TokenData,
+)
+from contracts.steps import StepStatus
+from orchestrator_core.clock import Clock
+from orchestrator_core.config import PriceTable
+from orchestrator_core.eventlog import EventLog
+from orchestrator_core.metrics import Metrics
+from orchestrator_core.pools import Pool, Replica
+from orchestrator_core.replay import TokenVerifier
+from worker_adapters.base import CompletionRequest, Delta, Finish
+
+__all__ = ["Executor", "LlmJob", "ReplayJob"]
+
+log = logging.getLogger("orchestrator.executor")
+_enc = msgspec.json.Encoder()
+
+
+@dataclass
+class LlmJob:
+    """Everything needed to run an ``llm_call`` on an engine (record or strict_replay).
+
+    Units: ``max_wall_ms`` in ms; ``max_tokens_out`` in tokens; ``submitted_at`` monotonic s.
+    """
+
+    step_id: str
+    run_id: str
+    mode: str
+    pool: Pool
+    replica: Replica
+    decision: PlacementDecision
+    request: CompletionRequest
+    model: str
+    tokens_in: int
+    prompt_hash: str
+    params_hash: str
+    policy_hash: str
+    submitted_at: float
+    max_tokens_out: int | None = None
+    max_wall_ms: int | None = None
+    verifier: TokenVerifier | None = None
+
+
+@dataclass
+class ReplayJob:
+    """A recorded Step whose frames are served again (``replay`` mode)."""
+
+    step_id: str
+    run_id: str
+    rows: list[tuple[int, str, bytes]]
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor:
+    """Runs Step jobs and guarantees one terminal frame per Step.
+
+    Args:
+        log: the event log.
+        clock: injected time.
+        prices: the versioned price table (cost_usd, price_table_version).
+        metrics: Prometheus metrics.
+        metrics_every: publish an ephemeral ``metrics`` frame every this many tokens.
+    """
+
+    def __init__(self, log: EventLog, clock: Clock, prices: PriceTable, metrics: Metrics,
+                 metrics_every: int = 16) -> None:
+        self.log = log
+        self.clock = clock
+        self.prices = prices
+        self.metrics = metrics
+        self.metrics_every = metrics_every
+        self.scopes: dict[str, anyio.CancelScope] = {}
+        self.cancel_requested: set[str] = set()
+
+    # -- control -----------------------------------------------------------------------
+
+    def cancel(self, step_id: str) -> bool:
+        """Request cancellation; returns False when the Step is not running here."""
+        if not self.log.is_live(step_id):
+            return False
+        self.cancel_requested.add(step_id)
+        scope = self.scopes.get(step_id)
+        if scope is not None:
+            scope.cancel()
+        return True
+
+    # -- terminal helpers --------------------------------------------------------------
+
+    def _fail(self, step_id: str, err: OrchestratorError, usage: dict[str, Any]) -> None:
+        status = {
+            "CANCELLED": StepStatus.CANCELLED, "INTERRUPTED": StepStatus.INTERRUPTED,
+        }.get(err.code.value, StepStatus.FAILED)
+        env = err.envelope()
+        self.log.finish(step_id, FrameType.ERROR, _enc.encode(env),
+                        {"status": status.value, "error": _enc.encode(env).decode(), **usage})
+
+    # -- replay ------------------------------------------------------------------------
+
+    async def run_replay(self, job: ReplayJob) -> None:
+        """Serve recorded frames into the new Step's log (no engine, tool or FS access)."""
+        scope = anyio.CancelScope()
+        self.scopes[job.step_id] = scope
+        try:
+            with scope:
+                for _seq, ftype, data in job.rows:
+                    await anyio.lowlevel.checkpoint()
+                    frame = FrameType(ftype)
+                    if frame in (FrameType.END, FrameType.ERROR):
+                        self.log.finish(job.step_id, frame, data, job.final)
+                        return
+                    self.log.append(job.step_id, frame, data)
+                self._fail(job.step_id, Interrupted("the recording has no terminal frame"),
+                           {})
+            if scope.cancel_called and self.log.is_live(job.step_id):
+                self._fail(job.step_id, Cancelled("step cancelled"), {})
+        finally:
+            self.scopes.pop(job.step_id, None)
+            self.cancel_requested.discard(job.step_id)
+
+    # -- record / strict_replay --------------------------------------------------------
+
+    async def run_llm(self, job: LlmJob) -> None:
+        """Run one completion on the placed replica and log it (record / strict_replay)."""
+        scope = anyio.CancelScope()
+        self.scopes[job.step_id] = scope
+        usage: dict[str, Any] = {"tokens_in": 0, "tokens_out": 0}
+        try:
+            with scope:
+                try:
+                    await self._run_llm(job, usage)
+                except OrchestratorError as err:
+                    self._fail(job.step_id, err, usage)
+                except Exception as exc:
+                    log.exception("step %s failed unexpectedly", job.step_id)
+                    self._fail(job.step_id, Internal(f"{type(exc).__name__}: {exc}"), usage)
+            if self.log.is_live(job.step_id):
+                self._fail(job.step_id, Cancelled("step cancelled"), usage)
+        except anyio.get_cancelled_exc_class():
+            if self.log.is_live(job.step_id):
+                self._fail(job.step_id, Interrupted("server shutting down"), usage)
+            raise
+        finally:
+            self.scopes.pop(job.step_id, None)
+            self.cancel_requested.discard(job.step_id)
+            self.metrics.step_latency.labels(type="llm_call", mode=job.mode).observe(
+                self.clock.monotonic() - job.submitted_at)
+
+    async def _run_llm(self, job: LlmJob, usage: dict[str, Any]) -> None:
+        rep = job.replica
+        queue_position = rep.waiting
+        ahead = rep.waiting + (1 if rep.busy >= rep.slots else 0)
+        predicted_ms = int(math.ceil(ahead / rep.slots) * rep.avg_step_ms) if ahead else 0
+        deadline = (job.submitted_at + job.max_wall_ms / 1000.0) if job.max_wall_ms else math.inf
+        with anyio.move_on_after(max(0.0, deadline - self.clock.monotonic())) as wall:
+            await rep.acquire()
+            held_from = self.clock.monotonic()
+            try:
+                await self._generate(job, usage, queue_position, predicted_ms)
+            finally:
+                rep.release((self.clock.monotonic() - held_from) * 1000.0)
+        if wall.cancelled_caught:
+            raise DeadlineExceeded(f"step exceeded max_wall_ms={job.max_wall_ms}",
+                                   data={"max_wall_ms": job.max_wall_ms})
+
+    async def _generate(self, job: LlmJob, usage: dict[str, Any], queue_position: int,
+                        predicted_ms: int) -> None:
+        engine = job.replica.engine()
+        started = StartedData(type="llm_call", queue_position=queue_position,
+                              predicted_start_ms=predicted_ms, placement=job.decision)
+        self.log.append(job.step_id, FrameType.STARTED, _enc.encode(started),
+                        update={"status": StepStatus.RUNNING.value})
+        usage["tokens_in"] = job.tokens_in
+        self.metrics.engine_requests.labels(pool_id=job.pool.pool_id).inc()
+        t0 = self.clock.monotonic()
+        n = 0
+        finish: str | None = None
+        text: list[str] = []
+        stream = engine.stream(job.request)
+        try:
+            async for item in stream:
+                if isinstance(item, Finish):
+                    finish = item.reason
+                    break
+                assert isinstance(item, Delta)
+                if job.max_tokens_out is not None and n >= job.max_tokens_out:
+                    raise BudgetExceeded(
+                        f"step output budget of {job.max_tokens_out} tokens reached",
+                        data={"budget": "max_tokens_out", "limit": job.max_tokens_out})
+                tok = TokenData(i=n, t=item.text, id=item.token_id)
+                if job.verifier is not None:
+                    job.verifier.check(tok)
+                self.log.append(job.step_id, FrameType.TOKEN, _enc.encode(tok))
+                text.append(item.text)
+                n += 1
+                usage["tokens_out"] = n
+                if n % self.metrics_every == 0:
+                    elapsed = self.clock.monotonic() - t0
+                    self.log.publish_ephemeral(job.step_id, FrameType.METRICS, _enc.encode(
+                        MetricsData(tokens_out=n, elapsed_ms=int(elapsed * 1000),
+                                    tokens_per_s=round(n / elapsed, 1) if elapsed else 0.0)))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()  # type: ignore[attr-defined]
+        if finish is None:
+            raise Interrupted("engine stream ended without a finish_reason",
+                              data={"replica_id": job.replica.replica_id, "tokens_out": n})
+        if job.verifier is not None:
+            job.verifier.finish(n)
+        decode_ms = int((self.clock.monotonic() - t0) * 1000)
+        cost = self.prices.cost_usd(job.model, job.tokens_in, n)
+        ident = job.pool.identity
+        prov = Provenance(
+            seed=job.request.seed, prompt_hash=job.prompt_hash, params_hash=job.params_hash,
+            engine=ident.name, engine_version=ident.version,
+            engine_build=ident.build_fingerprint, model_hash=ident.model_hash,
+            pool_id=job.pool.pool_id, replica_id=job.replica.replica_id,
+            tokens_in=job.tokens_in, tokens_out=n, cost_usd=cost, decode_time_ms=decode_ms,
+            finish_reason=finish, policy_hash=job.policy_hash,
+            price_table_version=self.prices.version,
+        )
+        end = EndData(provenance=prov, output={"text": "".join(text)})
+        wall_ms = int((self.clock.monotonic() - job.submitted_at) * 1000)
+        self.log.finish(job.step_id, FrameType.END, _enc.encode(end), {
+            "status": StepStatus.SUCCEEDED.value, "tokens_in": job.tokens_in,
+            "tokens_out": n, "cost_usd": cost, "wall_ms": wall_ms,
+            "provenance": _enc.encode(prov).decode(),
+        })

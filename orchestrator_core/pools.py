@@ -1,0 +1,289 @@
+"""Pools of engine replicas: provisioning, health checks, slots and restarts (PLACE-5000/5002).
+
+A :class:`Replica` is one engine endpoint with ``slots`` concurrent requests. For the
+``llamacpp`` engine each replica is a child process the :class:`PoolManager` starts,
+health-checks every second, restarts when it dies, and stops on shutdown; ``mock``
+replicas live in-process; ``openai_http`` replicas are remote URLs from the config.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from contracts.errors import PoolUnavailable
+from contracts.pools import EngineInfo, ModelInfo, PoolInfo, ReplicaHealth, ReplicaInfo
+from orchestrator_core.config import ModelConfig, PoolConfig, ServerConfig
+from worker_adapters.base import EngineAdapter, EngineIdentity
+from worker_adapters.mock import MockEngine, default_handler, mock_identity
+
+__all__ = ["EngineFactory", "Pool", "PoolManager", "Replica"]
+
+EngineFactory = Callable[[PoolConfig, int], EngineAdapter]
+"""Builds the adapter for replica ``index`` of a mock pool (tests inject handlers)."""
+
+
+class Replica:
+    """One engine endpoint and its slots.
+
+    Attributes:
+        replica_id: ``<pool_id>/r<index>``, stable across restarts.
+        slots: concurrent requests it serves; more wait in the pool's queue.
+        busy / waiting: Steps holding / waiting for a slot.
+        avg_step_ms: moving average of slot hold time, for ``predicted_start_ms``.
+    """
+
+    def __init__(self, pool_id: str, index: int, slots: int) -> None:
+        self.pool_id = pool_id
+        self.replica_id = f"{pool_id}/r{index}"
+        self.index = index
+        self.slots = slots
+        self.busy = 0
+        self.waiting = 0
+        self.restarts = 0
+        self.health = ReplicaHealth.STARTING
+        self.adapter: EngineAdapter | None = None
+        self.process: Any = None  # LlamaCppServerProcess for local llama.cpp replicas
+        self.avg_step_ms = 1000.0
+        self._sem = anyio.Semaphore(slots)
+
+    @property
+    def free_slots(self) -> int:
+        """Slots not held now (negative load counts waiters)."""
+        return self.slots - self.busy - self.waiting
+
+    def engine(self) -> EngineAdapter:
+        """The adapter; raises PoolUnavailable when the replica is not ready."""
+        if self.adapter is None or self.health is not ReplicaHealth.READY:
+            raise PoolUnavailable(f"replica {self.replica_id} is {self.health.value}",
+                                  data={"replica_id": self.replica_id})
+        return self.adapter
+
+    async def acquire(self) -> None:
+        """Wait for a free slot (cancellable)."""
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.busy += 1
+
+    def release(self, held_ms: float) -> None:
+        """Give a slot back and update the moving average of hold time (ms)."""
+        self.busy -= 1
+        self.avg_step_ms = 0.8 * self.avg_step_ms + 0.2 * held_ms
+        self._sem.release()
+
+    def info(self) -> ReplicaInfo:
+        """Wire view of the replica."""
+        pid = self.process.proc.pid if self.process is not None and self.process.proc else None
+        url = self.process.url if self.process is not None else None
+        return ReplicaInfo(replica_id=self.replica_id, health=self.health, slots=self.slots,
+                           busy=self.busy, queued=self.waiting, restarts=self.restarts,
+                           pid=pid, url=url)
+
+
+class Pool:
+    """A set of identical replicas serving the same models with the same engine."""
+
+    def __init__(self, config: PoolConfig, identity: EngineIdentity) -> None:
+        self.config = config
+        self.pool_id = config.pool_id
+        self.identity = identity
+        self.replicas = [Replica(config.pool_id, i, config.slots_per_replica)
+                         for i in range(config.replicas)]
+        self.models = {m.id: m for m in config.models}
+
+    def queued(self) -> int:
+        """Steps waiting for a slot across the pool."""
+        return sum(r.waiting for r in self.replicas)
+
+    def info(self) -> PoolInfo:
+        """Wire view: engine, models, replicas, load and capabilities."""
+        ident = self.identity
+        cap: dict[str, Any] = {"device": self.config.kind, "engines": [ident.name],
+                               "features": ["stream", "seed", "cancel"],
+                               "queue_depth": self.queued()}
+        if "system_info" in ident.settings:
+            cap["cpu_features"] = ident.settings["system_info"]
+        cap.update(_gpu_capabilities() if self.config.kind == "gpu" else {})
+        return PoolInfo(
+            pool_id=self.pool_id, kind=self.config.kind, tags=dict(self.config.tags),
+            engine=EngineInfo(name=ident.name, version=ident.version,
+                              build_fingerprint=ident.build_fingerprint,
+                              settings={k: v for k, v in ident.settings.items()
+                                        if k != "system_info"}),
+            models=[ModelInfo(id=m.id, family=m.family, context_tokens=m.context_tokens,
+                              sha256=ident.model_hash, features=["completion", "chat"])
+                    for m in self.config.models],
+            replicas=[r.info() for r in self.replicas],
+            capabilities=cap, queue_capacity=self.config.queue_capacity,
+        )
+
+
+def _gpu_capabilities() -> dict[str, Any]:
+    """VRAM and compute capability through NVML, when the library and a GPU exist."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return {"nvml": "unavailable"}
+    try:  # pragma: no cover - needs an accelerator
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+        return {"vram_mb": mem.total // (1 << 20), "compute_capability": f"{major}.{minor}"}
+    except Exception as exc:  # pragma: no cover - NVML raises its own error types
+        return {"nvml": f"error: {exc}"}
+
+
+class PoolManager:
+    """Owns every pool: provisions replicas, watches their health, stops them.
+
+    Args:
+        config: the server config.
+        data_dir: where engine logs go.
+        engine_factory: optional builder of mock adapters (tests script tokens/faults).
+    """
+
+    def __init__(self, config: ServerConfig, data_dir: pathlib.Path,
+                 engine_factory: EngineFactory | None = None) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.engine_factory = engine_factory
+        self.pools: dict[str, Pool] = {}
+        self._model_paths: dict[str, pathlib.Path] = {}
+        self._tokenizers: dict[pathlib.Path, Any] = {}
+
+    # -- provisioning ------------------------------------------------------------------
+
+    def _model_path(self, model: ModelConfig) -> pathlib.Path:
+        from worker_adapters.llamacpp import default_model_path
+
+        return pathlib.Path(model.path) if model.path else default_model_path()
+
+    def _llama_settings(self, pc: PoolConfig) -> dict[str, Any]:
+        return {"n_ctx": pc.models[0].context_tokens,
+                "n_threads": int(pc.options.get("n_threads", 1)),
+                "n_batch": int(pc.options.get("n_batch", 512)),
+                "interrupt_requests": False}
+
+    def _identity(self, pc: PoolConfig) -> EngineIdentity:
+        if pc.engine == "mock":
+            sha = pc.models[0].sha256 or "0" * 64
+            return mock_identity(model_hash="sha256:" + sha.removeprefix("sha256:"),
+                                 **{k: v for k, v in pc.options.items()
+                                    if isinstance(v, int | float | str)})
+        from worker_adapters.llamacpp import llamacpp_identity
+
+        return llamacpp_identity(self._model_path(pc.models[0]), self._llama_settings(pc))
+
+    def _tokenizer(self, path: pathlib.Path) -> Any:
+        from worker_adapters.llamacpp import GgufTokenizer
+
+        if path not in self._tokenizers:
+            self._tokenizers[path] = GgufTokenizer(path)
+        return self._tokenizers[path]
+
+    async def _start_replica(self, pool: Pool, replica: Replica) -> None:
+        pc = pool.config
+        if pc.engine == "mock":
+            if self.engine_factory is not None:
+                replica.adapter = self.engine_factory(pc, replica.index)
+            else:
+                replica.adapter = MockEngine(
+                    default_handler(tokens_per_s=float(pc.options.get("tokens_per_s", 0))),
+                    identity=pool.identity)
+        else:
+            from worker_adapters.llamacpp import LlamaCppServerProcess
+            from worker_adapters.openai_http import OpenAIHttpEngine
+
+            path = self._model_path(pc.models[0])
+            tok = self._tokenizer(path)
+            if pc.engine == "llamacpp":
+                proc = LlamaCppServerProcess(
+                    path, self._llama_settings(pc),
+                    self.data_dir / "engines" / f"{replica.replica_id.replace('/', '_')}.log")
+                await proc.start()
+                replica.process = proc
+                url = proc.url
+            else:
+                url = pc.urls[replica.index]
+            replica.adapter = OpenAIHttpEngine(url, pool.identity, tok)
+        replica.health = ReplicaHealth.READY
+
+    async def start(self) -> None:
+        """Provision every pool's replicas concurrently; a failed replica is UNHEALTHY."""
+        for pc in self.config.pools:
+            if pc.engine == "openai_http" and len(pc.urls) < pc.replicas:
+                raise PoolUnavailable(f"pool {pc.pool_id}: {pc.replicas} replicas but "
+                                      f"{len(pc.urls)} urls")
+            self.pools[pc.pool_id] = Pool(pc, self._identity(pc))
+
+        async def start_one(pool: Pool, rep: Replica) -> None:
+            try:
+                await self._start_replica(pool, rep)
+            except Exception:
+                rep.health = ReplicaHealth.UNHEALTHY
+
+        async with anyio.create_task_group() as tg:
+            for pool in self.pools.values():
+                for rep in pool.replicas:
+                    tg.start_soon(start_one, pool, rep)
+
+    async def watch(self, interval_s: float = 1.0) -> None:
+        """Background task: restart local replicas whose process died."""
+        while True:
+            await anyio.sleep(interval_s)
+            for pool in self.pools.values():
+                for rep in pool.replicas:
+                    if rep.process is not None and not rep.process.alive():
+                        rep.health = ReplicaHealth.UNHEALTHY
+                        rep.restarts += 1
+                        await rep.process.stop()
+                        try:
+                            await self._start_replica(pool, rep)
+                        except Exception:
+                            rep.health = ReplicaHealth.UNHEALTHY
+
+    async def stop(self) -> None:
+        """Stop every local replica process and close adapters; idempotent."""
+        with anyio.CancelScope(shield=True):
+            for pool in self.pools.values():
+                for rep in pool.replicas:
+                    if rep.adapter is not None:
+                        await rep.adapter.aclose()
+                    if rep.process is not None:
+                        await rep.process.stop()
+                    rep.health = ReplicaHealth.STOPPED
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def all_replicas(self) -> list[Replica]:
+        """Every replica of every pool."""
+        return [r for p in self.pools.values() for r in p.replicas]
+
+    def find_replica(self, replica_id: str) -> tuple[Pool, Replica] | None:
+        """The pool and replica with this id, or None."""
+        for pool in self.pools.values():
+            for rep in pool.replicas:
+                if rep.replica_id == replica_id:
+                    return pool, rep
+        return None
+
+    def model_ids(self) -> dict[str, list[str]]:
+        """Model id -> pools that serve it."""
+        out: dict[str, list[str]] = {}
+        for pool in self.pools.values():
+            for mid in pool.models:
+                out.setdefault(mid, []).append(pool.pool_id)
+        return out
+
+    def ready(self) -> bool:
+        """True when every pool has at least one ready replica."""
+        return bool(self.pools) and all(
+            any(r.health is ReplicaHealth.READY for r in p.replicas)
+            for p in self.pools.values())

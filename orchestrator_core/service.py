@@ -1,0 +1,498 @@
+"""The orchestrator: Flows, Runs, Steps and their streams, with no HTTP in sight.
+
+:meth:`Orchestrator.running` is the lifecycle: it opens the store, recovers Steps a
+crash left unfinished (each gets an ``INTERRUPTED`` error frame), provisions the pools,
+and runs the group-commit flusher, the pool watcher and every Step task in one task
+group. Leaving the context stops the engines and closes the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import msgspec
+
+from contracts.errors import (
+    Conflict,
+    ContextBudget,
+    DeterminismInputsDiffer,
+    Interrupted,
+    InvalidParams,
+    NotFound,
+    PolicyDenied,
+    QueueFull,
+)
+from contracts.events import FrameType, Provenance, sse_comment
+from contracts.flows import Flow, FlowCreate
+from contracts.pools import Capabilities, ModelCapability, PoolInfo
+from contracts.runs import PlacementPin, Run, RunCreate, RunMode, RunStatus
+from contracts.steps import LlmCallSubmit, Step, StepStatus, StepSubmit
+from orchestrator_core import views
+from orchestrator_core.canonical import b3, canonical_json, derive_seed, new_id
+from orchestrator_core.clock import Clock, SystemClock, iso_utc
+from orchestrator_core.config import ServerConfig
+from orchestrator_core.eventlog import EventLog
+from orchestrator_core.executor import Executor, LlmJob, ReplayJob
+from orchestrator_core.metrics import Metrics
+from orchestrator_core.placement import place
+from orchestrator_core.pools import EngineFactory, PoolManager
+from orchestrator_core.replay import (
+    TokenVerifier,
+    check_determinism_inputs,
+    check_recorded_match,
+)
+from orchestrator_core.store import SqliteStore
+from worker_adapters.base import CompletionRequest
+
+__all__ = ["SERVER_VERSION", "Orchestrator"]
+
+SERVER_VERSION = "orchestratord 0.1.0"
+_enc = msgspec.json.Encoder()
+_prov_decoder = msgspec.json.Decoder(Provenance)
+
+
+class Orchestrator:
+    """The domain service behind every HTTP route.
+
+    Args:
+        config: operator config.
+        store: the SQLite store.
+        pools: the pool manager (provisioned by :meth:`running`).
+        clock: injected time.
+        metrics: Prometheus metrics.
+    """
+
+    def __init__(self, config: ServerConfig, store: SqliteStore, pools: PoolManager,
+                 clock: Clock, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.pools = pools
+        self.clock = clock
+        self.metrics = metrics
+        self.log = EventLog(store, clock, metrics,
+                            commit_interval_s=config.commit_interval_ms / 1000.0,
+                            commit_max_frames=config.commit_max_frames,
+                            ephemeral_capacity=config.ephemeral_buffer)
+        self.executor = Executor(self.log, clock, config.prices, metrics)
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, config: ServerConfig, *, clock: Clock | None = None,
+                      metrics: Metrics | None = None,
+                      engine_factory: EngineFactory | None = None) -> AsyncIterator[Orchestrator]:
+        """Open the store, recover, start pools and background tasks; stop all on exit."""
+        data_dir = pathlib.Path(config.data_dir)
+        store = SqliteStore(data_dir / "orchestrator.db", config.sqlite_synchronous)
+        pools = PoolManager(config, data_dir, engine_factory)
+        orch = cls(config, store, pools, clock or SystemClock(), metrics or Metrics())
+        try:
+            orch.recover()
+            await pools.start()
+            async with anyio.create_task_group() as tg:
+                orch._tg = tg
+                tg.start_soon(orch.log.run_flusher)
+                tg.start_soon(pools.watch)
+                try:
+                    yield orch
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            orch._tg = None
+            await pools.stop()
+            orch.log.flush()
+            store.close()
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Close every Step a crash left ``queued``/``running`` with an ``INTERRUPTED``
+        error frame, appended right after its last committed frame (no gaps).
+
+        Returns:
+            How many Steps were interrupted.
+        """
+        rows = self.store.unfinished_steps()
+        for row in rows:
+            step_id = row["step_id"]
+            seq = self.store.max_seq(step_id) + 1
+            tokens = sum(1 for _s, t, _d in self.store.read_events(step_id, -1) if t == "token")
+            env = Interrupted("the server restarted while this step ran",
+                              data={"step_id": step_id}).envelope()
+            body = _enc.encode(env)
+            self.store.commit_events(
+                [(step_id, seq, row["run_id"], FrameType.ERROR.value, body)],
+                [(step_id, {"status": StepStatus.INTERRUPTED.value, "last_seq": seq,
+                            "error": body.decode(), "tokens_out": tokens})])
+        return len(rows)
+
+    # -- flows -------------------------------------------------------------------------
+
+    def create_flow(self, body: FlowCreate) -> tuple[Flow, bool]:
+        """Store a Flow under its content address (NERVE-4001).
+
+        Returns:
+            ``(flow, created)``; ``created`` is False when the same content existed.
+
+        Raises:
+            InvalidParams: non-finite numbers, or duplicate tool names.
+        """
+        names = [t.name for t in body.tools]
+        if len(set(names)) != len(names):
+            raise InvalidParams("tool names must be unique within a flow",
+                                data={"tools": names})
+        content = {"ast_ir": body.ast_ir, "tools": body.tools, "config": body.config}
+        flow_hash = b3(content)
+        flow_id = "flw_" + flow_hash[3:35]
+        created = self.store.insert_flow({
+            "flow_id": flow_id, "hash": flow_hash,
+            "ast_ir": canonical_json(body.ast_ir).decode(),
+            "tools": canonical_json(body.tools).decode(),
+            "config": canonical_json(body.config).decode(),
+            "labels": canonical_json(body.labels).decode(),
+            "created_at": iso_utc(self.clock.now()),
+        })
+        return self.get_flow(flow_id), created
+
+    def get_flow(self, flow_id: str) -> Flow:
+        """Raises NotFound."""
+        row = self.store.get_flow(flow_id)
+        if row is None:
+            raise NotFound(f"no flow {flow_id}", data={"flow_id": flow_id})
+        return views.flow(row)
+
+    def get_flow_by_hash(self, flow_hash: str) -> Flow:
+        """Look a Flow up by ``b3:<hex>``. Raises NotFound."""
+        row = self.store.get_flow_by_hash(flow_hash)
+        if row is None:
+            raise NotFound(f"no flow with hash {flow_hash}", data={"hash": flow_hash})
+        return views.flow(row)
+
+    # -- runs --------------------------------------------------------------------------
+
+    def create_run(self, flow_id: str, body: RunCreate) -> Run:
+        """Create a Run (NERVE-4002). Replays name their recording with ``replay_of``.
+
+        Raises:
+            NotFound: no such flow, or no such recorded run.
+            InvalidParams: ``replay_of`` missing/forbidden, or the recording is not a
+                ``record`` run of this flow.
+            DeterminismInputsDiffer: a replay asks for another seed or policy.
+        """
+        flow = self.get_flow(flow_id)
+        seed = body.seed
+        policy_hash = b3(body.policy)
+        if body.mode is RunMode.RECORD:
+            if body.replay_of is not None:
+                raise InvalidParams("replay_of is only for replay and strict_replay runs")
+        else:
+            if body.replay_of is None:
+                raise InvalidParams(f"mode {body.mode.value} needs replay_of: <run_id>")
+            src = self.store.get_run(body.replay_of)
+            if src is None:
+                raise NotFound(f"no run {body.replay_of}", data={"run_id": body.replay_of})
+            if src["mode"] != RunMode.RECORD.value or src["flow_id"] != flow_id:
+                raise InvalidParams("replay_of must name a record-mode run of the same flow",
+                                    data={"replay_of": body.replay_of,
+                                          "recorded_flow_id": src["flow_id"],
+                                          "recorded_mode": src["mode"]})
+            diff: dict[str, dict[str, Any]] = {}
+            if seed is not None and seed != src["seed"]:
+                diff["seed"] = {"recorded": src["seed"], "current": seed}
+            if body.mode is RunMode.STRICT_REPLAY and policy_hash != src["policy_hash"]:
+                diff["policy_hash"] = {"recorded": src["policy_hash"], "current": policy_hash}
+            if diff:
+                raise DeterminismInputsDiffer(
+                    "replay refused: determinism inputs differ: " + ", ".join(sorted(diff)),
+                    fields=diff)
+            seed = src["seed"]
+        if seed is None:
+            seed = secrets.randbelow(2**31)
+        if not 0 <= seed < 2**63:
+            raise InvalidParams("seed must be in [0, 2**63)", data={"seed": seed})
+        run_id = new_id("run")
+        self.store.insert_run({
+            "run_id": run_id, "flow_id": flow.flow_id, "flow_hash": flow.hash,
+            "mode": body.mode.value, "seed": seed, "replay_of": body.replay_of,
+            "body": _enc.encode({"budgets": body.budgets, "policy": body.policy,
+                                 "pool_policy": body.pool_policy,
+                                 "fs_policy": body.fs_policy,
+                                 "labels": body.labels}).decode(),
+            "policy_hash": policy_hash, "status": RunStatus.ACTIVE.value,
+            "created_at": iso_utc(self.clock.now()),
+        })
+        return self.get_run(run_id)
+
+    def get_run(self, run_id: str) -> Run:
+        """The Run with its usage and Step counts. Raises NotFound."""
+        row = self.store.get_run(run_id)
+        if row is None:
+            raise NotFound(f"no run {run_id}", data={"run_id": run_id})
+        return views.run(row, self.store.run_usage(run_id))
+
+    def cancel_run(self, run_id: str) -> Run:
+        """Refuse new Steps and cancel the Run's in-flight ones; idempotent."""
+        self.get_run(run_id)
+        self.store.set_run_status(run_id, RunStatus.CANCELLED.value)
+        for row in self.store.list_steps(run_id):
+            self.executor.cancel(row["step_id"])
+        return self.get_run(run_id)
+
+    # -- steps -------------------------------------------------------------------------
+
+    def submit_step(self, run_id: str, body: StepSubmit) -> tuple[Step, bool]:
+        """Accept a Step, idempotently by ``client_token`` (NERVE-4003).
+
+        Everything that can refuse the Step is checked before anything is stored: policy,
+        model, context, placement, queue capacity and, for replays, the recording.
+
+        Returns:
+            ``(step, created)``; ``created`` is False for a repeated client_token.
+
+        Raises:
+            NotFound, Conflict (token reused with another input, or the run is
+            cancelled), InvalidParams, InvalidModel, ContextBudget, PolicyDenied,
+            Nondeterminism, DeterminismInputsDiffer, PoolUnavailable, PoolUnready,
+            QueueFull.
+        """
+        run_row = self.store.get_run(run_id)
+        if run_row is None:
+            raise NotFound(f"no run {run_id}", data={"run_id": run_id})
+        step_type = "llm_call"
+        input_value = msgspec.to_builtins(body.input)
+        input_hash = b3({"type": step_type, "input": input_value})
+        existing = self.store.get_step_by_token(run_id, body.client_token)
+        if existing is not None:
+            if existing["input_hash"] != input_hash:
+                raise Conflict(
+                    f"client_token {body.client_token!r} was used with another input",
+                    data={"client_token": body.client_token, "step_id": existing["step_id"],
+                          "recorded_hash": existing["input_hash"],
+                          "submitted_hash": input_hash})
+            return views.step(existing), False
+        if run_row["status"] != RunStatus.ACTIVE.value:
+            raise Conflict(f"run {run_id} is {run_row['status']}; it accepts no steps",
+                           data={"run_id": run_id, "status": run_row["status"]})
+        run = self.get_run(run_id)
+        self._check_policy(run, step_type, body.input.model)
+        mode = RunMode(run_row["mode"])
+        if mode is RunMode.REPLAY:
+            return self._submit_replay(run, body, step_type, input_value, input_hash), True
+        return self._submit_llm(run, body, mode, step_type, input_value, input_hash), True
+
+    def _check_policy(self, run: Run, step_type: str, model: str) -> None:
+        p = run.policy
+        if step_type in p.deny_step_types or (
+                p.allow_step_types is not None and step_type not in p.allow_step_types):
+            raise PolicyDenied(f"policy denies step type {step_type}",
+                               data={"rule": "step_types", "value": step_type})
+        if model in p.deny_models or (p.allow_models is not None and model not in p.allow_models):
+            raise PolicyDenied(f"policy denies model {model}",
+                               data={"rule": "models", "value": model})
+
+    def _insert_step(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
+                     input_hash: str, seed: int | None, replay_of_step: str | None) -> str:
+        step_id = new_id("stp")
+        created = self.store.insert_step({
+            "step_id": step_id, "run_id": run.run_id, "type": step_type,
+            "client_token": body.client_token,
+            "input": canonical_json(input_value).decode(), "input_hash": input_hash,
+            "placement": _enc.encode(body.placement).decode() if body.placement else None,
+            "status": StepStatus.QUEUED.value, "seed": seed,
+            "created_at": iso_utc(self.clock.now()), "last_seq": -1,
+            "replay_of_step": replay_of_step,
+        })
+        if not created:  # a concurrent submit with the same token won the race
+            raise Conflict("client_token was claimed concurrently; retry to read the step",
+                           data={"client_token": body.client_token})
+        self.log.open(step_id, run.run_id)
+        return step_id
+
+    def _recorded(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
+                  input_hash: str) -> dict[str, Any]:
+        assert run.replay_of is not None
+        rec = self.store.get_step_by_token(run.replay_of, body.client_token)
+        check_recorded_match(client_token=body.client_token, recorded=rec,
+                             step_type=step_type, input_hash=input_hash,
+                             input_value=input_value)
+        assert rec is not None
+        if not StepStatus(rec["status"]).terminal:
+            raise Conflict("the recorded step has not finished yet",
+                           data={"recorded_step_id": rec["step_id"]})
+        return rec
+
+    def _submit_replay(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
+                       input_hash: str) -> Step:
+        rec = self._recorded(run, body, step_type, input_value, input_hash)
+        rows = self.log.read_rows(rec["step_id"])
+        step_id = self._insert_step(run, body, step_type, input_value, input_hash,
+                                    rec["seed"], rec["step_id"])
+        final = {k: rec[k] for k in ("status", "tokens_in", "tokens_out", "cost_usd",
+                                     "wall_ms", "provenance", "error")}
+        self._spawn(self.executor.run_replay, ReplayJob(step_id, run.run_id, rows, final))
+        return self.get_step(step_id)
+
+    def _submit_llm(self, run: Run, body: LlmCallSubmit, mode: RunMode, step_type: str,
+                    input_value: Any, input_hash: str) -> Step:
+        inp = body.input
+        if (inp.messages is None) == (inp.prompt is None):
+            raise InvalidParams("llm_call input needs exactly one of messages or prompt")
+        prm = inp.params
+        if prm.max_tokens < 1 or prm.temperature < 0 or prm.top_k < 0 or not (
+                0 < prm.top_p <= 1) or not (0 <= prm.min_p <= 1) or prm.repeat_penalty <= 0:
+            raise InvalidParams("sampling params out of range",
+                                data={"params": msgspec.to_builtins(prm)})
+        seed = prm.seed if prm.seed is not None else derive_seed(run.seed, body.client_token)
+        placement = body.placement or run.pool_policy.placement
+        recorded: dict[str, Any] | None = None
+        rec_prov: Provenance | None = None
+        if mode is RunMode.STRICT_REPLAY:
+            recorded = self._recorded(run, body, step_type, input_value, input_hash)
+            if recorded["provenance"] is None:  # the recording failed: serve it as is
+                return self._submit_replay(run, body, step_type, input_value, input_hash)
+            rec_prov = _prov_decoder.decode(recorded["provenance"])
+            found = self.pools.find_replica(rec_prov.replica_id)
+            placement = PlacementPin(pool_id=found[0].pool_id if found else rec_prov.pool_id,
+                                     replica_id=rec_prov.replica_id)
+        pool, replica, decision = place(self.pools, inp.model, placement)
+        engine = replica.engine()
+        messages = [msgspec.to_builtins(m) for m in inp.messages] if inp.messages else None
+        prepared = engine.prepare(prompt=inp.prompt, messages=messages)
+        model_cfg = pool.models[inp.model]
+        if prepared.tokens_in + prm.max_tokens > model_cfg.context_tokens:
+            raise ContextBudget(
+                f"prompt ({prepared.tokens_in} tokens) + max_tokens ({prm.max_tokens}) "
+                f"exceeds the context of {model_cfg.context_tokens} tokens",
+                data={"tokens_in": prepared.tokens_in, "max_tokens": prm.max_tokens,
+                      "context_tokens": model_cfg.context_tokens})
+        prompt_hash = b3({"messages": messages} if messages is not None
+                         else {"prompt": inp.prompt})
+        params_hash = b3({k: v for k, v in msgspec.to_builtins(prm).items() if k != "seed"})
+        verifier = None
+        tokens: list[bytes] = []
+        if rec_prov is not None and recorded is not None:
+            ident = pool.identity
+            check_determinism_inputs(rec_prov, {
+                "prompt_hash": prompt_hash, "params_hash": params_hash, "seed": seed,
+                "engine": ident.name, "engine_version": ident.version,
+                "engine_build": ident.build_fingerprint, "model_hash": ident.model_hash,
+                "replica_id": replica.replica_id, "policy_hash": run.policy_hash,
+            })
+            tokens = [d for _s, t, d in self.log.read_rows(recorded["step_id"]) if t == "token"]
+        if pool.queued() >= pool.config.queue_capacity:
+            retry_ms = int(replica.avg_step_ms)
+            raise QueueFull(f"pool {pool.pool_id} queue is full "
+                            f"({pool.config.queue_capacity} waiting)",
+                            retry_after_ms=retry_ms, data={"pool_id": pool.pool_id})
+        step_id = self._insert_step(run, body, step_type, input_value, input_hash, seed,
+                                    recorded["step_id"] if recorded else None)
+        if rec_prov is not None:
+            verifier = TokenVerifier(tokens, run_id=run.run_id, step_id=step_id)
+        budgets = body.budgets
+        max_out = min((b for b in (budgets.max_tokens_out, run.budgets.max_tokens_out)
+                       if b is not None), default=None)
+        max_wall = min((b for b in (budgets.max_wall_ms, run.budgets.max_wall_ms)
+                        if b is not None), default=None)
+        req = CompletionRequest(
+            prompt=prepared.text, seed=seed, temperature=prm.temperature, top_k=prm.top_k,
+            top_p=prm.top_p, min_p=prm.min_p, repeat_penalty=prm.repeat_penalty,
+            max_tokens=prm.max_tokens, stop=tuple(prm.stop))
+        job = LlmJob(step_id=step_id, run_id=run.run_id, mode=mode.value, pool=pool,
+                     replica=replica, decision=decision, request=req, model=inp.model,
+                     tokens_in=prepared.tokens_in, prompt_hash=prompt_hash,
+                     params_hash=params_hash, policy_hash=run.policy_hash,
+                     submitted_at=self.clock.monotonic(), max_tokens_out=max_out,
+                     max_wall_ms=max_wall, verifier=verifier)
+        self._spawn(self.executor.run_llm, job)
+        return self.get_step(step_id)
+
+    def _spawn(self, fn: Any, job: Any) -> None:
+        if self._tg is None:
+            raise RuntimeError("the orchestrator is not running")
+        self._tg.start_soon(fn, job)
+
+    def get_step(self, step_id: str) -> Step:
+        """The Step resource. Raises NotFound."""
+        row = self.store.get_step(step_id)
+        if row is None:
+            raise NotFound(f"no step {step_id}", data={"step_id": step_id})
+        return views.step(row)
+
+    def cancel_step(self, step_id: str) -> Step:
+        """Cancel a Step; idempotent, and a no-op on a finished Step (STREAM-2002)."""
+        self.get_step(step_id)
+        self.executor.cancel(step_id)
+        return self.get_step(step_id)
+
+    # -- streams -----------------------------------------------------------------------
+
+    def open_stream(self, step_id: str, last_event_id: int | None,
+                    heartbeat_s: float | None = None) -> AsyncIterator[bytes]:
+        """Validate, then return the SSE byte stream of a Step (a cursor over its log).
+
+        Each yielded chunk batches every frame ready at that moment (fewer ASGI sends).
+        ``last_event_id`` resumes right after that frame. Idle streams get ``: keep-alive``
+        comments every ``heartbeat_s``.
+
+        Raises:
+            NotFound: no such Step (before the stream starts).
+        """
+        self.get_step(step_id)
+        hb = heartbeat_s if heartbeat_s is not None else self.config.heartbeat_ms / 1000.0
+        return self._stream(step_id, -1 if last_event_id is None else last_event_id, hb)
+
+    async def _stream(self, step_id: str, cursor: int, heartbeat_s: float) -> \
+            AsyncIterator[bytes]:
+        sub = self.log.subscribe(step_id)
+        try:
+            while True:
+                frames, done = self.log.read(step_id, cursor)
+                cursor += len(frames)
+                eph = sub.drain_ephemeral()
+                # Ephemeral frames never precede `started` nor follow the terminal frame.
+                if eph and cursor >= 0 and not done:
+                    frames = frames + eph
+                if frames:
+                    yield b"".join(frames)
+                if done:
+                    return
+                with anyio.move_on_after(heartbeat_s) as idle:
+                    await sub.wait()
+                if idle.cancelled_caught:
+                    yield sse_comment("keep-alive")
+        finally:
+            self.log.unsubscribe(sub)
+
+    # -- pools -------------------------------------------------------------------------
+
+    def list_pools(self) -> list[PoolInfo]:
+        """Every pool with engine, models, replicas and load (PLACE-5000)."""
+        return [p.info() for p in self.pools.pools.values()]
+
+    def get_pool(self, pool_id: str) -> PoolInfo:
+        """One pool. Raises NotFound."""
+        pool = self.pools.pools.get(pool_id)
+        if pool is None:
+            raise NotFound(f"no pool {pool_id}", data={"pool_id": pool_id})
+        return pool.info()
+
+    def capabilities(self) -> Capabilities:
+        """Opaque model ids, context sizes, features and limits."""
+        models: dict[str, ModelCapability] = {}
+        for pool in self.pools.pools.values():
+            for m in pool.config.models:
+                cap = models.setdefault(m.id, ModelCapability(
+                    id=m.id, family=m.family, context_tokens=m.context_tokens,
+                    features=["completion", "chat", "stream", "seed", "strict_replay"],
+                    pools=[]))
+                cap.pools.append(pool.pool_id)
+        return Capabilities(models=list(models.values()), server_version=SERVER_VERSION,
+                            limits={"max_body_bytes": self.config.max_body_bytes,
+                                    "max_queue_per_pool": max(
+                                        (p.queue_capacity for p in self.config.pools),
+                                        default=0)})

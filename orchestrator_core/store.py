@@ -1,0 +1,283 @@
+"""The SQLite store: flows, runs, steps and the event log, in one WAL database (DESIGN.md §1, §7).
+
+Schema creation and migrations go through sqlite-utils; the hot paths (event appends,
+cursor reads) use plain ``sqlite3`` with ``executemany``. All writes happen on the event
+loop thread through one connection, in explicit transactions:
+
+* a Step row and its idempotency key ``UNIQUE(run_id, client_token)`` are one row, so the
+  mapping can never point at two Steps;
+* :meth:`SqliteStore.commit_events` appends frames and applies Step status changes in
+  one transaction, so a terminal frame and the terminal status are never apart.
+
+The :class:`Store` protocol names what a PostgreSQL backend would implement.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import sqlite_utils
+
+__all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
+
+SCHEMA_VERSION = 1
+
+EventRow = tuple[str, int, str, str, bytes]
+"""``(step_id, seq, run_id, type, data_json)``: one durable frame."""
+
+StepUpdate = tuple[str, dict[str, Any]]
+"""``(step_id, {column: value})``: a Step row change committed with the frames."""
+
+_STEP_COLUMNS = (
+    "step_id", "run_id", "type", "client_token", "input", "input_hash", "placement",
+    "status", "seed", "created_at", "tokens_in", "tokens_out", "cost_usd", "wall_ms",
+    "provenance", "error", "last_seq", "replay_of_step",
+)
+_UPDATABLE = frozenset({
+    "status", "tokens_in", "tokens_out", "cost_usd", "wall_ms", "provenance", "error",
+    "last_seq",
+})
+
+
+class Store(Protocol):
+    """What the domain needs from a store; :class:`SqliteStore` is the embedded default."""
+
+    def insert_flow(self, row: dict[str, Any]) -> bool: ...
+    def get_flow(self, flow_id: str) -> dict[str, Any] | None: ...
+    def get_flow_by_hash(self, flow_hash: str) -> dict[str, Any] | None: ...
+    def insert_run(self, row: dict[str, Any]) -> None: ...
+    def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+    def set_run_status(self, run_id: str, status: str) -> None: ...
+    def insert_step(self, row: dict[str, Any]) -> bool: ...
+    def get_step(self, step_id: str) -> dict[str, Any] | None: ...
+    def get_step_by_token(self, run_id: str, client_token: str) -> dict[str, Any] | None: ...
+    def list_steps(self, run_id: str) -> list[dict[str, Any]]: ...
+    def commit_events(self, rows: Sequence[EventRow], updates: Sequence[StepUpdate]) -> None: ...
+    def read_events(self, step_id: str, after_seq: int,
+                    limit: int) -> list[tuple[int, str, bytes]]: ...
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """The embedded store (WAL, one writer connection on the event-loop thread).
+
+    Args:
+        path: database file; ``":memory:"`` is refused because readers need WAL.
+        synchronous: ``NORMAL`` (durable across process crashes) or ``FULL``.
+    """
+
+    def __init__(self, path: str | pathlib.Path, synchronous: str = "NORMAL") -> None:
+        self.path = pathlib.Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, isolation_level=None,
+                                     check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={synchronous}")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.row_factory = sqlite3.Row
+        self._migrate()
+
+    # -- schema ------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        db = sqlite_utils.Database(self._conn)
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            db["flows"].create(
+                {"flow_id": str, "hash": str, "ast_ir": str, "tools": str, "config": str,
+                 "labels": str, "created_at": str},
+                pk="flow_id", not_null={"hash", "ast_ir", "tools", "config"},
+                if_not_exists=True,
+            )
+            db["flows"].create_index(["hash"], unique=True, if_not_exists=True)
+            db["runs"].create(
+                {"run_id": str, "flow_id": str, "flow_hash": str, "mode": str, "seed": int,
+                 "replay_of": str, "body": str, "policy_hash": str, "status": str,
+                 "created_at": str},
+                pk="run_id", foreign_keys=[("flow_id", "flows", "flow_id")],
+                not_null={"flow_id", "mode", "seed", "body", "status"}, if_not_exists=True,
+            )
+            db["steps"].create(
+                {"step_id": str, "run_id": str, "type": str, "client_token": str,
+                 "input": str, "input_hash": str, "placement": str, "status": str,
+                 "seed": int, "created_at": str, "tokens_in": int, "tokens_out": int,
+                 "cost_usd": float, "wall_ms": int, "provenance": str, "error": str,
+                 "last_seq": int, "replay_of_step": str},
+                pk="step_id", foreign_keys=[("run_id", "runs", "run_id")],
+                not_null={"run_id", "type", "client_token", "input", "input_hash",
+                          "status", "last_seq"},
+                defaults={"tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0, "wall_ms": 0,
+                          "last_seq": -1},
+                if_not_exists=True,
+            )
+            db["steps"].create_index(["run_id", "client_token"], unique=True,
+                                     if_not_exists=True)
+            db["steps"].create_index(["status"], if_not_exists=True)
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS events ("
+                " gseq INTEGER PRIMARY KEY,"
+                " step_id TEXT NOT NULL REFERENCES steps(step_id),"
+                " seq INTEGER NOT NULL,"
+                " run_id TEXT NOT NULL,"
+                " type TEXT NOT NULL,"
+                " data BLOB NOT NULL,"
+                " UNIQUE (step_id, seq))"
+            )
+            self._conn.execute("CREATE INDEX IF NOT EXISTS events_run ON events(run_id, gseq)")
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    # -- flows -------------------------------------------------------------------------
+
+    def insert_flow(self, row: dict[str, Any]) -> bool:
+        """Insert a Flow unless its hash exists. Returns True when it was created."""
+        cur = self._conn.execute(
+            "INSERT OR IGNORE INTO flows (flow_id, hash, ast_ir, tools, config, labels,"
+            " created_at) VALUES (:flow_id, :hash, :ast_ir, :tools, :config, :labels,"
+            " :created_at)", row)
+        return cur.rowcount == 1
+
+    def get_flow(self, flow_id: str) -> dict[str, Any] | None:
+        """The Flow row, or None."""
+        return self._one("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
+
+    def get_flow_by_hash(self, flow_hash: str) -> dict[str, Any] | None:
+        """The Flow row with this content hash, or None."""
+        return self._one("SELECT * FROM flows WHERE hash = ?", (flow_hash,))
+
+    # -- runs --------------------------------------------------------------------------
+
+    def insert_run(self, row: dict[str, Any]) -> None:
+        """Insert a Run row (autocommit: one statement is one transaction)."""
+        self._conn.execute(
+            "INSERT INTO runs (run_id, flow_id, flow_hash, mode, seed, replay_of, body,"
+            " policy_hash, status, created_at) VALUES (:run_id, :flow_id, :flow_hash, :mode,"
+            " :seed, :replay_of, :body, :policy_hash, :status, :created_at)", row)
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The Run row, or None."""
+        return self._one("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        """Change a Run's status."""
+        self._conn.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
+
+    def run_usage(self, run_id: str) -> dict[str, Any]:
+        """Sums over the Run's Steps: tokens, cost, wall ms and counts by status."""
+        usage = self._conn.execute(
+            "SELECT COALESCE(SUM(tokens_in),0) ti, COALESCE(SUM(tokens_out),0) tout,"
+            " COALESCE(SUM(cost_usd),0.0) cost, COALESCE(SUM(wall_ms),0) wall"
+            " FROM steps WHERE run_id = ?", (run_id,)).fetchone()
+        counts = {r[0]: r[1] for r in self._conn.execute(
+            "SELECT status, COUNT(*) FROM steps WHERE run_id = ? GROUP BY status", (run_id,))}
+        return {"tokens_in": usage["ti"], "tokens_out": usage["tout"],
+                "cost_usd": usage["cost"], "wall_ms": usage["wall"], "counts": counts}
+
+    # -- steps -------------------------------------------------------------------------
+
+    def insert_step(self, row: dict[str, Any]) -> bool:
+        """Insert a Step and so claim its ``(run_id, client_token)`` key.
+
+        Returns:
+            False when the key is already taken (the caller re-reads the existing Step).
+        """
+        cols = [c for c in _STEP_COLUMNS if c in row]
+        sql = (f"INSERT OR IGNORE INTO steps ({', '.join(cols)}) VALUES "
+               f"({', '.join(':' + c for c in cols)})")
+        return self._conn.execute(sql, row).rowcount == 1
+
+    def get_step(self, step_id: str) -> dict[str, Any] | None:
+        """The Step row, or None."""
+        return self._one("SELECT * FROM steps WHERE step_id = ?", (step_id,))
+
+    def get_step_by_token(self, run_id: str, client_token: str) -> dict[str, Any] | None:
+        """The Step a Run's client_token maps to, or None."""
+        return self._one("SELECT * FROM steps WHERE run_id = ? AND client_token = ?",
+                         (run_id, client_token))
+
+    def list_steps(self, run_id: str) -> list[dict[str, Any]]:
+        """The Run's Steps in creation order."""
+        return [dict(r) for r in self._conn.execute(
+            "SELECT * FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,))]
+
+    def unfinished_steps(self) -> list[dict[str, Any]]:
+        """Steps left ``queued`` or ``running`` (after a crash)."""
+        return [dict(r) for r in self._conn.execute(
+            "SELECT * FROM steps WHERE status IN ('queued', 'running') ORDER BY rowid")]
+
+    # -- events ------------------------------------------------------------------------
+
+    def commit_events(self, rows: Sequence[EventRow], updates: Sequence[StepUpdate]) -> None:
+        """Append frames and apply Step changes in ONE transaction (crash-atomic).
+
+        Each update sets ``last_seq`` implicitly to the highest appended seq of its Step
+        when the caller does not give it.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if rows:
+                conn.executemany(
+                    "INSERT INTO events (step_id, seq, run_id, type, data)"
+                    " VALUES (?, ?, ?, ?, ?)", rows)
+            for step_id, changes in updates:
+                bad = set(changes) - _UPDATABLE
+                if bad:
+                    raise ValueError(f"not updatable: {sorted(bad)}")
+                sets = ", ".join(f"{k} = :{k}" for k in changes)
+                conn.execute(f"UPDATE steps SET {sets} WHERE step_id = :_id",  # noqa: S608
+                             {**changes, "_id": step_id})
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def read_events(self, step_id: str, after_seq: int,
+                    limit: int = 100_000) -> list[tuple[int, str, bytes]]:
+        """Durable frames of a Step with ``seq > after_seq``, in order: ``(seq, type, data)``."""
+        return [(r[0], r[1], bytes(r[2])) for r in self._conn.execute(
+            "SELECT seq, type, data FROM events WHERE step_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?", (step_id, after_seq, limit))]
+
+    def max_seq(self, step_id: str) -> int:
+        """Highest committed seq of a Step, -1 when it has none."""
+        row = self._conn.execute("SELECT MAX(seq) FROM events WHERE step_id = ?",
+                                 (step_id,)).fetchone()
+        return -1 if row[0] is None else int(row[0])
+
+    def integrity(self) -> dict[str, int]:
+        """Counts used by crash tests: gaps in per-Step seqs, Steps whose last_seq
+        disagrees with their log, terminal frames per Step above one."""
+        gaps = self._conn.execute(
+            "SELECT COUNT(*) FROM (SELECT step_id, COUNT(*) n, MAX(seq) m FROM events"
+            " GROUP BY step_id HAVING n != m + 1)").fetchone()[0]
+        stale = self._conn.execute(
+            "SELECT COUNT(*) FROM steps s WHERE s.last_seq != COALESCE("
+            "(SELECT MAX(seq) FROM events e WHERE e.step_id = s.step_id), -1)").fetchone()[0]
+        multi_terminal = self._conn.execute(
+            "SELECT COUNT(*) FROM (SELECT step_id FROM events WHERE type IN ('end','error')"
+            " GROUP BY step_id HAVING COUNT(*) > 1)").fetchone()[0]
+        return {"seq_gaps": gaps, "stale_last_seq": stale, "multi_terminal": multi_terminal}
+
+    # -- misc --------------------------------------------------------------------------
+
+    def _one(self, sql: str, args: Iterable[Any]) -> dict[str, Any] | None:
+        row = self._conn.execute(sql, tuple(args)).fetchone()
+        return dict(row) if row is not None else None
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close the connection."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._conn.close()

@@ -1,0 +1,1 @@
+"""Engine adapters behind one small interface (base.EngineAdapter)."""
