@@ -1,4 +1,4 @@
-"""The closed error vocabulary and the one error tree (DESIGN.md §4, spec CORE-1xx / STREAM-2xxx).
+"""The closed error vocabulary and the one error tree (DESIGN.md §4, NERVE-4030).
 
 Every failure the server reports, as an HTTP status before a stream starts or as an
 ``error`` frame after it starts, is an :class:`OrchestratorError`. Each subclass fixes
@@ -109,7 +109,7 @@ class ErrorEnvelope(msgspec.Struct, omit_defaults=True):
 
     code: ErrorCode
     message: str
-    retriable: bool = False
+    retriable: bool
     retry_after_ms: int | None = None
     data: dict[str, Any] | None = None
 

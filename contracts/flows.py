@@ -35,9 +35,9 @@ class FlowCreate(msgspec.Struct, forbid_unknown_fields=True):
     """
 
     ast_ir: Any
-    tools: list[ToolSchema] = []
-    config: dict[str, Any] = {}
-    labels: dict[str, str] = {}
+    tools: list[ToolSchema] = msgspec.field(default_factory=list)
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class FlowCreated(msgspec.Struct):

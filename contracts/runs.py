@@ -24,7 +24,7 @@ __all__ = [
 
 
 class RunMode(enum.StrEnum):
-    """How a Run executes its Steps (REPLAY-6000)."""
+    """How a Run executes its Steps (NERVE-4002)."""
 
     RECORD = "record"
     REPLAY = "replay"
@@ -67,11 +67,11 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     """
 
     allow_models: list[str] | None = None
-    deny_models: list[str] = []
+    deny_models: list[str] = msgspec.field(default_factory=list)
     allow_step_types: list[str] | None = None
-    deny_step_types: list[str] = []
+    deny_step_types: list[str] = msgspec.field(default_factory=list)
     allow_tools: list[str] | None = None
-    deny_tools: list[str] = []
+    deny_tools: list[str] = msgspec.field(default_factory=list)
 
 
 class PlacementAuto(msgspec.Struct, frozen=True, tag="auto", tag_field="strategy",
@@ -100,14 +100,14 @@ Placement = PlacementAuto | PlacementPin | PlacementAffinity
 class PoolPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Default placement for the Run's Steps; a Step may override it."""
 
-    placement: Placement = PlacementAuto()
+    placement: Placement = msgspec.field(default_factory=PlacementAuto)
 
 
 class FsPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """Sandbox for ``fs_op`` Steps: roots, per-operation allow-list globs, quotas."""
 
-    roots: list[str] = []
-    allow: dict[str, list[str]] = {}
+    roots: list[str] = msgspec.field(default_factory=list)
+    allow: dict[str, list[str]] = msgspec.field(default_factory=dict)
     max_bytes_written: int | None = None
     max_files: int | None = None
     max_file_bytes: int | None = None
@@ -123,11 +123,11 @@ class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
     mode: RunMode = RunMode.RECORD
     seed: int | None = None
     replay_of: str | None = None
-    budgets: Budgets = Budgets()
-    policy: Policy = Policy()
-    pool_policy: PoolPolicy = PoolPolicy()
-    fs_policy: FsPolicy = FsPolicy()
-    labels: dict[str, str] = {}
+    budgets: Budgets = msgspec.field(default_factory=Budgets)
+    policy: Policy = msgspec.field(default_factory=Policy)
+    pool_policy: PoolPolicy = msgspec.field(default_factory=PoolPolicy)
+    fs_policy: FsPolicy = msgspec.field(default_factory=FsPolicy)
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Run(msgspec.Struct):

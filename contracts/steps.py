@@ -65,7 +65,7 @@ class SamplingParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     repeat_penalty: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
-    stop: list[str] = []
+    stop: list[str] = msgspec.field(default_factory=list)
 
 
 class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -85,7 +85,7 @@ class LlmCallInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     model: str
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
-    params: SamplingParams = SamplingParams()
+    params: SamplingParams = msgspec.field(default_factory=SamplingParams)
 
 
 class LlmCallSubmit(msgspec.Struct, tag="llm_call", tag_field="type", forbid_unknown_fields=True):
@@ -97,7 +97,7 @@ class LlmCallSubmit(msgspec.Struct, tag="llm_call", tag_field="type", forbid_unk
     client_token: str
     input: LlmCallInput
     placement: Placement | None = None
-    budgets: Budgets = Budgets()
+    budgets: Budgets = msgspec.field(default_factory=Budgets)
 
 
 StepSubmit = LlmCallSubmit

@@ -1,4 +1,4 @@
-"""Canonical JSON and blake3 content addressing (DESIGN.md §3, spec CORE-100).
+"""Canonical JSON and blake3 content addressing (DESIGN.md §3, NERVE-4001, NERVE-4012).
 
 Canonical JSON is UTF-8, object keys sorted, no insignificant whitespace; NaN and
 Infinity are refused. A content hash is ``b3:`` + hex(blake3(canonical bytes)).

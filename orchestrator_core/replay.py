@@ -1,12 +1,12 @@
 """Replay rules: matching a Step to its recording, determinism inputs, token verification.
 
 * A replayed Step is matched to the recorded Step by ``client_token`` and checked against
-  the recording's type and input hash; a mismatch is ``NONDETERMINISM`` (REPLAY-6001).
+  the recording's type and input hash; a mismatch is ``NONDETERMINISM`` (NERVE-4021).
 * Before ``strict_replay`` starts, the determinism inputs are compared with the recorded
   provenance; any difference is ``DETERMINISM_INPUTS_DIFFER`` listing every differing
-  field (REPLAY-6003, NERVE-4022).
+  field (NERVE-4022).
 * During ``strict_replay`` every token is compared with the recording: text bytes, token
-  id and index. The first difference is ``REPLAY_DIVERGED`` (REPLAY-6004, NERVE-4021).
+  id and index. The first difference is ``REPLAY_DIVERGED`` (NERVE-4021).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""orchestratord: the HTTP server (Litestar on Granian), its CLI and a Python client."""

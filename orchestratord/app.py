@@ -1,0 +1,288 @@
+"""The Litestar application: routes, the one error handler, correlation ids, SSE.
+
+Every route answers errors with the flat envelope ``{code, message, retriable,
+retry_after_ms?, data?}`` and carries ``X-Correlation-Id`` (echoed or a new UUIDv4),
+SSE responses included. The domain lives in :mod:`orchestrator_core`; this module only
+translates HTTP to calls on :class:`~orchestrator_core.service.Orchestrator`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.openapi.config import OpenAPIConfig
+from litestar.response import Stream
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from contracts.errors import (
+    Internal,
+    InvalidParams,
+    NotFound,
+    OrchestratorError,
+    PoolUnready,
+)
+from contracts.flows import Flow, FlowCreate, FlowCreated
+from contracts.pools import Capabilities, PoolInfo
+from contracts.runs import Run, RunCreate
+from contracts.steps import Step, StepSubmit
+from orchestrator_core.config import ServerConfig
+from orchestrator_core.metrics import Metrics
+from orchestrator_core.pools import EngineFactory
+from orchestrator_core.service import SERVER_VERSION, Orchestrator
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("orchestratord")
+_enc = msgspec.json.Encoder()
+_CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class MethodNotAllowed(InvalidParams):
+    """The route exists but not for this HTTP method (405)."""
+
+    http_status = 405
+
+
+# -- the one error handler -------------------------------------------------------------
+
+
+def _to_orchestrator_error(exc: Exception) -> OrchestratorError:
+    if isinstance(exc, OrchestratorError):
+        return exc
+    if isinstance(exc, ValidationException):
+        detail = exc.extra if isinstance(exc.extra, list | dict) else None
+        return InvalidParams(f"invalid request: {exc.detail}",
+                             data={"errors": detail} if detail else None)
+    if isinstance(exc, NotFoundException):
+        return NotFound(exc.detail or "not found")
+    if isinstance(exc, MethodNotAllowedException):
+        return MethodNotAllowed(exc.detail or "method not allowed")
+    if isinstance(exc, HTTPException) and exc.status_code < 500:
+        err = InvalidParams(f"{exc.detail}")
+        err.http_status = exc.status_code if exc.status_code != 413 else 400  # type: ignore[misc]
+        return err
+    log.exception("unhandled error", exc_info=exc)
+    return Internal("internal error; see the server log with this X-Correlation-Id")
+
+
+def error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Turn any exception into the flat error envelope with its HTTP status.
+
+    ``Retry-After`` (whole seconds, rounded up) and ``X-Backoff-Ms`` are added when the
+    error carries ``retry_after_ms``.
+    """
+    err = _to_orchestrator_error(exc)
+    headers: dict[str, str] = {}
+    if err.retry_after_ms is not None:
+        headers["Retry-After"] = str(max(1, -(-err.retry_after_ms // 1000)))
+        headers["X-Backoff-Ms"] = str(err.retry_after_ms)
+    return Response(content=_enc.encode(err.envelope()), status_code=err.http_status,
+                    media_type="application/json", headers=headers)
+
+
+# -- correlation ids -------------------------------------------------------------------
+
+
+def correlation_middleware(app: ASGIApp) -> ASGIApp:
+    """Echo a valid ``X-Correlation-Id`` or generate a UUIDv4, on every HTTP response."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        cid = None
+        for name, value in scope["headers"]:
+            if name == b"x-correlation-id":
+                text = value.decode("latin-1")
+                cid = text if _CORRELATION_RE.match(text) else None
+                break
+        header = (cid or str(uuid.uuid4())).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-correlation-id", header)]
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+# -- routes ----------------------------------------------------------------------------
+
+
+def _orch(state: State) -> Orchestrator:
+    orch: Orchestrator = state.orch
+    return orch
+
+
+def _json(value: Any, status: int = 200) -> Response[bytes]:
+    return Response(content=_enc.encode(value), status_code=status,
+                    media_type="application/json")
+
+
+@post("/v1/flows", status_code=201)
+async def create_flow(data: FlowCreate, orch: Orchestrator) -> Response[FlowCreated]:
+    """Create a content-addressed Flow: 201 when new, 200 when it already existed."""
+    flow, created = orch.create_flow(data)
+    return Response(FlowCreated(flow_id=flow.flow_id, hash=flow.hash, created=created),
+                    status_code=201 if created else 200)
+
+
+@get("/v1/flows/{flow_id:str}")
+async def get_flow(flow_id: str, orch: Orchestrator) -> Flow:
+    """Read a Flow."""
+    return orch.get_flow(flow_id)
+
+
+@get("/v1/flows:by-hash/{flow_hash:str}")
+async def get_flow_by_hash(flow_hash: str, orch: Orchestrator) -> Flow:
+    """Read a Flow by its ``b3:`` content hash."""
+    return orch.get_flow_by_hash(flow_hash)
+
+
+@post("/v1/flows/{flow_id:str}/runs", status_code=201)
+async def create_run(flow_id: str, data: RunCreate, orch: Orchestrator) -> Run:
+    """Start a Run of a Flow in ``record``, ``replay`` or ``strict_replay`` mode."""
+    return orch.create_run(flow_id, data)
+
+
+@get("/v1/runs/{run_id:str}")
+async def get_run(run_id: str, orch: Orchestrator) -> Run:
+    """Read a Run with its usage and Step counts."""
+    return orch.get_run(run_id)
+
+
+@post("/v1/runs/{run_id:str}/cancel", status_code=200)
+async def cancel_run(run_id: str, orch: Orchestrator) -> Run:
+    """Cancel a Run: in-flight Steps are cancelled and new ones refused. Idempotent."""
+    return orch.cancel_run(run_id)
+
+
+@post("/v1/runs/{run_id:str}/steps", status_code=201)
+async def submit_step(run_id: str, data: StepSubmit, orch: Orchestrator) -> Response[Step]:
+    """Submit a Step: 201 when new, 200 when the client_token already names it."""
+    step, created = orch.submit_step(run_id, data)
+    return Response(step, status_code=201 if created else 200)
+
+
+@get("/v1/steps/{step_id:str}")
+async def get_step(step_id: str, orch: Orchestrator) -> Step:
+    """Read a Step."""
+    return orch.get_step(step_id)
+
+
+@post("/v1/steps/{step_id:str}/cancel", status_code=200)
+async def cancel_step(step_id: str, orch: Orchestrator) -> Step:
+    """Cancel a Step. Idempotent; a finished Step is returned unchanged."""
+    return orch.cancel_step(step_id)
+
+
+@get("/v1/steps/{step_id:str}/stream", media_type="text/event-stream")
+async def stream_step(step_id: str, request: Request[Any, Any, Any],
+                      orch: Orchestrator) -> Stream:
+    """SSE stream of a Step's frames; ``Last-Event-ID`` resumes after that frame."""
+    raw = request.headers.get("last-event-id")
+    last: int | None = None
+    if raw is not None:
+        try:
+            last = int(raw)
+        except ValueError:
+            raise InvalidParams("Last-Event-ID must be an integer sequence number",
+                                data={"last_event_id": raw}) from None
+    body: AsyncIterator[bytes] = orch.open_stream(step_id, last)
+    return Stream(body, media_type="text/event-stream",
+                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@get("/v1/pools")
+async def list_pools(orch: Orchestrator) -> list[PoolInfo]:
+    """Every pool: engine, build fingerprint, models with sha256, replicas, load."""
+    return orch.list_pools()
+
+
+@get("/v1/pools/{pool_id:str}")
+async def get_pool(pool_id: str, orch: Orchestrator) -> PoolInfo:
+    """One pool."""
+    return orch.get_pool(pool_id)
+
+
+@get("/v1/capabilities")
+async def capabilities(orch: Orchestrator) -> Capabilities:
+    """Opaque model ids, context sizes, features, limits, server version."""
+    return orch.capabilities()
+
+
+@get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok", "server_version": SERVER_VERSION}
+
+
+@get("/ready")
+async def ready(orch: Orchestrator) -> dict[str, Any]:
+    """Readiness: every pool has a ready replica, else 503 POOL_UNREADY."""
+    if not orch.pools.ready():
+        raise PoolUnready("not every pool has a ready replica",
+                          data={"pools": [p.pool_id for p in orch.list_pools()]})
+    return {"status": "ready", "pools": [p.pool_id for p in orch.list_pools()]}
+
+
+@get("/metrics", media_type=CONTENT_TYPE_LATEST)
+async def metrics(orch: Orchestrator) -> bytes:
+    """Prometheus exposition of the server's metrics."""
+    return generate_latest(orch.metrics.registry)
+
+
+# -- the app ---------------------------------------------------------------------------
+
+
+def create_app(config: ServerConfig, *, engine_factory: EngineFactory | None = None,
+               metrics_registry: Metrics | None = None) -> Litestar:
+    """Build the ASGI app; the lifespan runs the orchestrator (pools, flusher, steps).
+
+    Args:
+        config: operator config.
+        engine_factory: builds mock adapters per replica (tests inject faults).
+        metrics_registry: metrics object (tests pass a fresh registry).
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with Orchestrator.running(config, engine_factory=engine_factory,
+                                        metrics=metrics_registry) as orch:
+            app.state.orch = orch
+            yield
+
+    return Litestar(
+        route_handlers=[
+            create_flow, get_flow, get_flow_by_hash, create_run, get_run, cancel_run,
+            submit_step, get_step, cancel_step, stream_step, list_pools, get_pool,
+            capabilities, health, ready, metrics,
+        ],
+        dependencies={"orch": Provide(_orch, sync_to_thread=False)},
+        exception_handlers={Exception: error_handler},
+        middleware=[correlation_middleware],
+        lifespan=[lifespan],
+        request_max_body_size=config.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="orchestratord", version="0.1.0",
+                                     path="/schema"),
+        debug=False,
+    )

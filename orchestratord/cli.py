@@ -1,0 +1,84 @@
+"""``orchestratord`` command line: ``serve``, ``demo`` and ``openapi``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import pathlib
+import signal
+import sys
+
+import msgspec
+
+from orchestrator_core.config import ServerConfig, load_config, mock_config
+
+__all__ = ["main", "serve"]
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    cfg = mock_config() if getattr(args, "mock", False) else load_config(args.config)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                   ("data_dir", args.data_dir)) if v is not None}
+    return msgspec.structs.replace(cfg, **overrides)
+
+
+def serve(config: ServerConfig) -> None:
+    """Run the app on Granian's embedded server until SIGINT or SIGTERM.
+
+    One process: the engine replicas are its children and die with it.
+    """
+    from granian.server.common import Interfaces
+    from granian.server.embed import Server
+
+    from orchestratord.app import create_app
+
+    async def run() -> None:
+        server = Server(create_app(config), address=config.host, port=config.port,
+                        interface=Interfaces.ASGI, log_access=False, backlog=1024)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.stop)
+        await server.serve()
+
+    asyncio.run(run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``orchestratord`` command."""
+    parser = argparse.ArgumentParser(prog="orchestratord", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p_serve = sub.add_parser("serve", help="run the HTTP server")
+    p_serve.add_argument("--config", help="TOML or JSON config (default: one CPU pool, "
+                         "llama.cpp, SmolLM2-135M-Instruct)")
+    p_serve.add_argument("--mock", action="store_true", help="use the mock engine pool")
+    p_serve.add_argument("--host")
+    p_serve.add_argument("--port", type=int)
+    p_serve.add_argument("--data-dir")
+
+    p_demo = sub.add_parser("demo", help="record, replay and strict_replay a real flow")
+    p_demo.add_argument("--url", help="use a running server instead of starting one")
+    p_demo.add_argument("--json", action="store_true", help="print the report as JSON")
+    p_demo.add_argument("--file", default=None, help="the file the flow summarises")
+    p_demo.add_argument("--mock", action="store_true", help="mock engine (no model)")
+
+    sub.add_parser("openapi", help="print the OpenAPI document")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.cmd == "serve":
+        serve(_config(args))
+        return 0
+    if args.cmd == "demo":
+        from orchestratord.demo import run_demo
+
+        return run_demo(url=args.url, as_json=args.json,
+                        file=pathlib.Path(args.file) if args.file else None, mock=args.mock)
+    if args.cmd == "openapi":
+        from orchestratord.openapi import openapi_json
+
+        sys.stdout.write(openapi_json())
+        return 0
+    return 2
