@@ -47,7 +47,11 @@ class ModelInfo(msgspec.Struct, frozen=True):
 
 
 class ReplicaInfo(msgspec.Struct):
-    """One engine replica (a separate process, or an in-process mock)."""
+    """One engine replica (a separate process, or an in-process mock).
+
+    ``requests`` and ``tokens_generated`` count what the adapter sent and received since
+    the replica (re)started.
+    """
 
     replica_id: str
     health: ReplicaHealth
@@ -55,6 +59,8 @@ class ReplicaInfo(msgspec.Struct):
     busy: int
     queued: int
     restarts: int
+    requests: int = 0
+    tokens_generated: int = 0
     pid: int | None = None
     url: str | None = None
 

@@ -83,7 +83,9 @@ class Replica:
         url = self.process.url if self.process is not None else None
         return ReplicaInfo(replica_id=self.replica_id, health=self.health, slots=self.slots,
                            busy=self.busy, queued=self.waiting, restarts=self.restarts,
-                           pid=pid, url=url)
+                           requests=self.adapter.requests if self.adapter else 0,
+                           tokens_generated=self.adapter.tokens_generated if self.adapter
+                           else 0, pid=pid, url=url)
 
 
 class Pool:

@@ -314,11 +314,13 @@ class Orchestrator:
         return step_id
 
     def _recorded(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
-                  input_hash: str) -> dict[str, Any]:
+                  input_hash: str, *, check_input: bool = True) -> dict[str, Any]:
         assert run.replay_of is not None
         rec = self.store.get_step_by_token(run.replay_of, body.client_token)
         check_recorded_match(client_token=body.client_token, recorded=rec,
-                             step_type=step_type, input_hash=input_hash,
+                             step_type=step_type,
+                             input_hash=input_hash if check_input or rec is None
+                             else rec["input_hash"],
                              input_value=input_value)
         assert rec is not None
         if not StepStatus(rec["status"]).terminal:
@@ -352,7 +354,10 @@ class Orchestrator:
         recorded: dict[str, Any] | None = None
         rec_prov: Provenance | None = None
         if mode is RunMode.STRICT_REPLAY:
-            recorded = self._recorded(run, body, step_type, input_value, input_hash)
+            # Determinism inputs are compared first, so a changed seed or params is named
+            # as such (DETERMINISM_INPUTS_DIFFER); any other input change is NONDETERMINISM.
+            recorded = self._recorded(run, body, step_type, input_value, input_hash,
+                                      check_input=False)
             if recorded["provenance"] is None:  # the recording failed: serve it as is
                 return self._submit_replay(run, body, step_type, input_value, input_hash)
             rec_prov = _prov_decoder.decode(recorded["provenance"])
@@ -383,6 +388,9 @@ class Orchestrator:
                 "engine_build": ident.build_fingerprint, "model_hash": ident.model_hash,
                 "replica_id": replica.replica_id, "policy_hash": run.policy_hash,
             })
+            check_recorded_match(client_token=body.client_token, recorded=recorded,
+                                 step_type=step_type, input_hash=input_hash,
+                                 input_value=input_value)
             tokens = [d for _s, t, d in self.log.read_rows(recorded["step_id"]) if t == "token"]
         if pool.queued() >= pool.config.queue_capacity:
             retry_ms = int(replica.avg_step_ms)

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import (
     HTTPException,
     MethodNotAllowedException,
@@ -26,6 +26,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi.config import OpenAPIConfig
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -51,6 +52,10 @@ __all__ = ["create_app"]
 log = logging.getLogger("orchestratord")
 _enc = msgspec.json.Encoder()
 _CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+Orch = NamedDependency[Orchestrator]
+"""The orchestrator, injected by name into every route."""
 
 
 class MethodNotAllowed(InvalidParams):
@@ -139,7 +144,7 @@ def _json(value: Any, status: int = 200) -> Response[bytes]:
 
 
 @post("/v1/flows", status_code=201)
-async def create_flow(data: FlowCreate, orch: Orchestrator) -> Response[FlowCreated]:
+async def create_flow(data: JSONBody[FlowCreate], orch: Orch) -> Response[FlowCreated]:
     """Create a content-addressed Flow: 201 when new, 200 when it already existed."""
     flow, created = orch.create_flow(data)
     return Response(FlowCreated(flow_id=flow.flow_id, hash=flow.hash, created=created),
@@ -147,57 +152,57 @@ async def create_flow(data: FlowCreate, orch: Orchestrator) -> Response[FlowCrea
 
 
 @get("/v1/flows/{flow_id:str}")
-async def get_flow(flow_id: str, orch: Orchestrator) -> Flow:
+async def get_flow(flow_id: FromPath[str], orch: Orch) -> Flow:
     """Read a Flow."""
     return orch.get_flow(flow_id)
 
 
 @get("/v1/flows:by-hash/{flow_hash:str}")
-async def get_flow_by_hash(flow_hash: str, orch: Orchestrator) -> Flow:
+async def get_flow_by_hash(flow_hash: FromPath[str], orch: Orch) -> Flow:
     """Read a Flow by its ``b3:`` content hash."""
     return orch.get_flow_by_hash(flow_hash)
 
 
 @post("/v1/flows/{flow_id:str}/runs", status_code=201)
-async def create_run(flow_id: str, data: RunCreate, orch: Orchestrator) -> Run:
+async def create_run(flow_id: FromPath[str], data: JSONBody[RunCreate], orch: Orch) -> Run:
     """Start a Run of a Flow in ``record``, ``replay`` or ``strict_replay`` mode."""
     return orch.create_run(flow_id, data)
 
 
 @get("/v1/runs/{run_id:str}")
-async def get_run(run_id: str, orch: Orchestrator) -> Run:
+async def get_run(run_id: FromPath[str], orch: Orch) -> Run:
     """Read a Run with its usage and Step counts."""
     return orch.get_run(run_id)
 
 
 @post("/v1/runs/{run_id:str}/cancel", status_code=200)
-async def cancel_run(run_id: str, orch: Orchestrator) -> Run:
+async def cancel_run(run_id: FromPath[str], orch: Orch) -> Run:
     """Cancel a Run: in-flight Steps are cancelled and new ones refused. Idempotent."""
     return orch.cancel_run(run_id)
 
 
 @post("/v1/runs/{run_id:str}/steps", status_code=201)
-async def submit_step(run_id: str, data: StepSubmit, orch: Orchestrator) -> Response[Step]:
+async def submit_step(run_id: FromPath[str], data: JSONBody[StepSubmit], orch: Orch) -> Response[Step]:
     """Submit a Step: 201 when new, 200 when the client_token already names it."""
     step, created = orch.submit_step(run_id, data)
     return Response(step, status_code=201 if created else 200)
 
 
 @get("/v1/steps/{step_id:str}")
-async def get_step(step_id: str, orch: Orchestrator) -> Step:
+async def get_step(step_id: FromPath[str], orch: Orch) -> Step:
     """Read a Step."""
     return orch.get_step(step_id)
 
 
 @post("/v1/steps/{step_id:str}/cancel", status_code=200)
-async def cancel_step(step_id: str, orch: Orchestrator) -> Step:
+async def cancel_step(step_id: FromPath[str], orch: Orch) -> Step:
     """Cancel a Step. Idempotent; a finished Step is returned unchanged."""
     return orch.cancel_step(step_id)
 
 
 @get("/v1/steps/{step_id:str}/stream", media_type="text/event-stream")
-async def stream_step(step_id: str, request: Request[Any, Any, Any],
-                      orch: Orchestrator) -> Stream:
+async def stream_step(step_id: FromPath[str], request: Request[Any, Any, Any],
+                      orch: Orch) -> Stream:
     """SSE stream of a Step's frames; ``Last-Event-ID`` resumes after that frame."""
     raw = request.headers.get("last-event-id")
     last: int | None = None
@@ -213,19 +218,19 @@ async def stream_step(step_id: str, request: Request[Any, Any, Any],
 
 
 @get("/v1/pools")
-async def list_pools(orch: Orchestrator) -> list[PoolInfo]:
+async def list_pools(orch: Orch) -> list[PoolInfo]:
     """Every pool: engine, build fingerprint, models with sha256, replicas, load."""
     return orch.list_pools()
 
 
 @get("/v1/pools/{pool_id:str}")
-async def get_pool(pool_id: str, orch: Orchestrator) -> PoolInfo:
+async def get_pool(pool_id: FromPath[str], orch: Orch) -> PoolInfo:
     """One pool."""
     return orch.get_pool(pool_id)
 
 
 @get("/v1/capabilities")
-async def capabilities(orch: Orchestrator) -> Capabilities:
+async def capabilities(orch: Orch) -> Capabilities:
     """Opaque model ids, context sizes, features, limits, server version."""
     return orch.capabilities()
 
@@ -237,7 +242,7 @@ async def health() -> dict[str, str]:
 
 
 @get("/ready")
-async def ready(orch: Orchestrator) -> dict[str, Any]:
+async def ready(orch: Orch) -> dict[str, Any]:
     """Readiness: every pool has a ready replica, else 503 POOL_UNREADY."""
     if not orch.pools.ready():
         raise PoolUnready("not every pool has a ready replica",
@@ -246,7 +251,7 @@ async def ready(orch: Orchestrator) -> dict[str, Any]:
 
 
 @get("/metrics", media_type=CONTENT_TYPE_LATEST)
-async def metrics(orch: Orchestrator) -> bytes:
+async def metrics(orch: Orch) -> bytes:
     """Prometheus exposition of the server's metrics."""
     return generate_latest(orch.metrics.registry)
 

@@ -154,9 +154,9 @@ def start_server(*, mock: bool = False, data_dir: str | None = None,
     data_dir = data_dir or tempfile.mkdtemp(prefix="orchestratord-")
     argv = [sys.executable, "-m", "orchestratord", "serve", "--port", str(port),
             "--data-dir", data_dir, *(["--mock"] if mock else []), *(extra or [])]
-    log = open(pathlib.Path(data_dir) / "server.log", "ab")  # noqa: SIM115 - child owns it
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env={**os.environ})
+    with open(pathlib.Path(data_dir) / "server.log", "ab") as log:  # the child keeps a dup
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -1,0 +1,217 @@
+"""Record, replay and strict_replay (NERVE-4021, NERVE-4022, NERVE-4023, NERVE-4012)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import msgspec
+import pytest
+from litestar.testing import TestClient
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from orchestrator_core.config import PoolConfig, ServerConfig
+from test_harness.bdd.conftest import new_run, run_to_end
+from test_harness.support import app_client, llm_step, parse_sse
+from worker_adapters.base import CompletionRequest, Delta, EngineAdapter, Finish, StreamItem
+from worker_adapters.mock import MockEngine, default_handler
+
+scenarios("replay.feature")
+
+PROMPTS = ["first prompt", "second prompt", "third prompt"]
+
+
+class Env:
+    """An in-process server whose engines are counted and can be made to diverge."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.engines: list[MockEngine] = []
+        self.diverge = False
+        self.stack = ExitStack()
+        self.client: TestClient[Any] = self.start(cfg)
+
+    def factory(self, pc: PoolConfig, index: int) -> EngineAdapter:
+        base = default_handler()
+
+        async def handler(req: CompletionRequest) -> AsyncIterator[StreamItem]:
+            if self.diverge:
+                yield Delta(text="divergent", token_id=7)
+                yield Finish(reason="stop")
+                return
+            async for item in base(req):
+                yield item
+
+        eng = MockEngine(handler)
+        self.engines.append(eng)
+        return eng
+
+    def start(self, cfg: ServerConfig) -> TestClient[Any]:
+        self.client = self.stack.enter_context(app_client(cfg, engine_factory=self.factory))
+        return self.client
+
+    def restart(self, cfg: ServerConfig) -> None:
+        self.stack.close()
+        self.stack = ExitStack()
+        self.start(cfg)
+
+    def requests(self) -> int:
+        return sum(e.requests for e in self.engines)
+
+
+@pytest.fixture
+def env(mock_cfg: ServerConfig) -> Iterator[Env]:
+    """The replay test environment."""
+    e = Env(mock_cfg)
+    yield e
+    e.stack.close()
+
+
+def _tokens(raw: bytes) -> list[str]:
+    return [f["data"] for f in parse_sse(raw) if f["event"] == "token"]
+
+
+@given("a recorded run of 3 llm_call steps on the mock engine")
+def recorded(env: Env, ctx: dict[str, Any]) -> None:
+    """Three recorded steps, the second at temperature 0.8 with the run-derived seed."""
+    ctx["flow_run"] = new_run(env.client)
+    ctx["bodies"] = [llm_step(f"c-{i}", p, temperature=0.8 if i == 1 else 0.0)
+                     for i, p in enumerate(PROMPTS)]
+    ctx["recorded"] = [_tokens(run_to_end(env.client, ctx["flow_run"], b)[1])
+                       for b in ctx["bodies"]]
+    ctx["flow_id"] = env.client.get(f"/v1/runs/{ctx['flow_run']}").json()["flow_id"]
+    ctx["answers"] = []
+
+
+def _create(env: Env, ctx: dict[str, Any], mode: str, **extra: Any) -> Any:
+    resp = env.client.post(f"/v1/flows/{ctx['flow_id']}/runs",
+                           json={"mode": mode, "replay_of": ctx["flow_run"], **extra})
+    ctx["answers"].append(resp)
+    if resp.status_code == 201:
+        ctx["replay_run"] = resp.json()["run_id"]
+    return resp
+
+
+@when(parsers.parse("I replay the run in mode {mode}"))
+def replay(env: Env, ctx: dict[str, Any], mode: str) -> None:
+    """Create the replay run and run every recorded step again."""
+    assert _create(env, ctx, mode).status_code == 201
+    before = env.requests()
+    ctx["replayed"] = []
+    ctx["replayed_raw"] = []
+    for body in ctx["bodies"]:
+        _step, raw = run_to_end(env.client, ctx["replay_run"], body)
+        ctx["replayed_raw"].append(raw)
+        ctx["replayed"].append(_tokens(raw))
+    ctx["requests"] = env.requests() - before
+
+
+@then("every token stream equals the recording byte for byte")
+def identical(ctx: dict[str, Any]) -> None:
+    """Token frames (index, text bytes, id) are identical."""
+    assert ctx["replayed"] == ctx["recorded"]
+    assert all(ctx["recorded"])
+
+
+@then(parsers.parse("the engines received {n:d} requests during the replay"))
+def engine_requests(ctx: dict[str, Any], n: int) -> None:
+    """Counted at the adapter."""
+    assert ctx["requests"] == n
+
+
+@when(parsers.parse("I create a strict_replay run with seed {seed:d}"))
+def strict_with_seed(env: Env, ctx: dict[str, Any], seed: int) -> None:
+    """Ask for another seed."""
+    _create(env, ctx, "strict_replay", seed=seed)
+
+
+@when(parsers.parse("I create a {mode} run"))
+def create_mode(env: Env, ctx: dict[str, Any], mode: str) -> None:
+    """A replay-mode run of the recording."""
+    assert _create(env, ctx, mode).status_code == 201
+
+
+@when(parsers.parse("I submit the first step with temperature {t:f}"))
+def submit_params(env: Env, ctx: dict[str, Any], t: float) -> None:
+    """Changed params."""
+    body = llm_step("c-0", PROMPTS[0], temperature=t)
+    ctx["answers"].append(env.client.post(f"/v1/runs/{ctx['replay_run']}/steps", json=body))
+
+
+@when(parsers.parse('I submit the first step with prompt "{prompt}"'))
+def submit_prompt(env: Env, ctx: dict[str, Any], prompt: str) -> None:
+    """Changed prompt."""
+    body = llm_step("c-0", prompt)
+    ctx["answers"].append(env.client.post(f"/v1/runs/{ctx['replay_run']}/steps", json=body))
+
+
+@when(parsers.parse('I submit a step with client_token "{token}"'))
+def submit_token(env: Env, ctx: dict[str, Any], token: str) -> None:
+    """Unknown client_token."""
+    ctx["answers"].append(env.client.post(f"/v1/runs/{ctx['replay_run']}/steps",
+                                          json=llm_step(token, PROMPTS[0])))
+
+
+@when("I submit the first step unchanged")
+def submit_same(env: Env, ctx: dict[str, Any]) -> None:
+    """The recorded body."""
+    ctx["answers"].append(env.client.post(f"/v1/runs/{ctx['replay_run']}/steps",
+                                          json=ctx["bodies"][0]))
+
+
+@when("the server restarts with a different model hash")
+def restart_model(env: Env) -> None:
+    """Same data dir, same model id, other weights hash."""
+    pool = env.cfg.pools[0]
+    model = msgspec.structs.replace(pool.models[0], sha256="f" * 64)
+    cfg = msgspec.structs.replace(env.cfg, pools=[msgspec.structs.replace(pool,
+                                                                          models=[model])])
+    env.restart(cfg)
+
+
+@when("the engine starts producing different tokens")
+def diverge(env: Env) -> None:
+    """Make every engine answer differently from the recording."""
+    env.diverge = True
+
+
+@then(parsers.parse("the answer is 409 {code} listing {field}"))
+def refused_listing(ctx: dict[str, Any], code: str, field: str) -> None:
+    """Refused before anything started, naming the field."""
+    resp = ctx["answers"][-1]
+    body = resp.json()
+    assert (resp.status_code, body["code"]) == (409, code), resp.text
+    assert field in body["data"]["fields"]
+    assert set(body["data"]["fields"][field]) == {"recorded", "current"}
+
+
+@then(parsers.parse("the answer is 409 NONDETERMINISM naming field {field}"))
+def nondeterminism(ctx: dict[str, Any], field: str) -> None:
+    """Matched by client_token, checked by type and input hash."""
+    resp = ctx["answers"][-1]
+    body = resp.json()
+    assert (resp.status_code, body["code"], body["data"]["field"]) == (
+        409, "NONDETERMINISM", field), resp.text
+    assert set(body["data"]) == {"client_token", "field", "recorded_hash", "submitted_hash"}
+
+
+@then("no step was stored in the replay run")
+def nothing_stored(env: Env, ctx: dict[str, Any]) -> None:
+    """A refusal stores nothing."""
+    run = env.client.get(f"/v1/runs/{ctx['replay_run']}").json()
+    assert run["steps"] == {}
+
+
+@then("the first step ends with error REPLAY_DIVERGED at index 0 with expected and actual")
+def diverged(ctx: dict[str, Any]) -> None:
+    """The divergence carries index, expected and actual."""
+    frames = parse_sse(ctx["replayed_raw"][0])
+    assert [f["event"] for f in frames if f["id"] is not None] == ["started", "error"]
+    err = json.loads(frames[-1]["data"])
+    first = json.loads(ctx["recorded"][0][0])
+    assert err["code"] == "REPLAY_DIVERGED"
+    assert err["data"]["index"] == 0
+    assert err["data"]["expected"] == {"t": first["t"], "id": first["id"]}
+    assert err["data"]["actual"] == {"t": "divergent", "id": 7}

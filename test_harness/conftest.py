@@ -1,0 +1,61 @@
+"""Fixtures shared by every suite, and registration of requirement-id tags as markers."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from litestar.testing import TestClient
+
+from orchestrator_core.config import ServerConfig, mock_config
+from test_harness.support import app_client
+
+_TAG = re.compile(r"@([A-Za-z][\w-]*)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register every Gherkin tag used in the feature files (requirement ids) as a marker,
+    so ``--strict-markers`` still catches typos in Python code."""
+    features = pathlib.Path(__file__).parent / "features"
+    tags: set[str] = set()
+    for path in features.glob("*.feature"):
+        for line in path.read_text().splitlines():
+            if line.strip().startswith("@"):
+                tags.update(_TAG.findall(line))
+    for tag in sorted(tags):
+        config.addinivalue_line("markers", f"{tag}: requirement tag from the feature files")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio, like Granian."""
+    return "asyncio"
+
+
+@pytest.fixture
+def mock_cfg(tmp_path: pathlib.Path) -> ServerConfig:
+    """Mock-engine config with its data in a fresh temporary directory."""
+    return mock_config(data_dir=str(tmp_path / "data"))
+
+
+@pytest.fixture
+def client(mock_cfg: ServerConfig) -> Iterator[TestClient[Any]]:
+    """An in-process server on the mock engine."""
+    with app_client(mock_cfg) as c:
+        yield c
+
+
+@pytest.fixture
+def ctx() -> dict[str, Any]:
+    """Scenario-scoped scratch space shared by BDD steps."""
+    return {}
+
+
+def with_options(cfg: ServerConfig, **options: Any) -> ServerConfig:
+    """A copy of a mock config with pool options changed (e.g. ``tokens_per_s``)."""
+    pool = msgspec.structs.replace(cfg.pools[0], options={**cfg.pools[0].options, **options})
+    return msgspec.structs.replace(cfg, pools=[pool])

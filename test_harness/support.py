@@ -1,0 +1,80 @@
+"""Shared helpers for the test suites: in-process apps, server processes, SSE parsing."""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+from litestar.testing import TestClient
+
+from orchestrator_core.config import ServerConfig
+from orchestrator_core.metrics import Metrics
+from orchestrator_core.pools import EngineFactory
+from orchestratord.app import create_app
+from orchestratord.demo import start_server, stop_server
+
+MOCK_MODEL = "mock:echo-1"
+REAL_MODEL = "hf:HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1"
+
+
+@contextmanager
+def app_client(config: ServerConfig, engine_factory: EngineFactory | None = None,
+               metrics: Metrics | None = None) -> Iterator[TestClient[Any]]:
+    """An in-process app (real Litestar, real SQLite, mock engine) with its lifespan."""
+    app = create_app(config, engine_factory=engine_factory, metrics_registry=metrics)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@contextmanager
+def server_process(config: ServerConfig, data_dir: pathlib.Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real ``orchestratord serve`` process (Granian) with a config file in ``data_dir``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = data_dir / "config.json"
+    cfg_path.write_bytes(msgspec.json.encode(config))
+    proc, url = start_server(data_dir=str(data_dir), extra=["--config", str(cfg_path)])
+    try:
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            stop_server(proc)
+
+
+def parse_sse(raw: bytes) -> list[dict[str, Any]]:
+    """Split an SSE body into frames ``{"id", "event", "data"}`` (comments skipped)."""
+    frames = []
+    for block in raw.decode().split("\n\n"):
+        if not block.strip() or block.startswith(":"):
+            continue
+        frame: dict[str, Any] = {"id": None}
+        for line in block.split("\n"):
+            key, _, value = line.partition(": ")
+            frame[key] = value
+        frame["id"] = int(frame["id"]) if frame["id"] is not None else None
+        frames.append(frame)
+    return frames
+
+
+def llm_step(token: str, prompt: str = "hello world", model: str = MOCK_MODEL,
+             **params: Any) -> dict[str, Any]:
+    """An ``llm_call`` submission body."""
+    body: dict[str, Any] = {"type": "llm_call", "client_token": token,
+                            "input": {"model": model, "prompt": prompt}}
+    if params:
+        body["input"]["params"] = params
+    return body
+
+
+def table_counts(db: pathlib.Path) -> dict[str, int]:
+    """Row counts of the four tables, read through a separate connection."""
+    con = sqlite3.connect(db)
+    try:
+        return {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608
+                for t in ("flows", "runs", "steps", "events")}
+    finally:
+        con.close()

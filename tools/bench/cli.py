@@ -1,0 +1,94 @@
+"""Command line of ``python -m tools.bench``: start (or reuse) a server, measure, print."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import anyio
+
+from orchestratord.client import OrchestratorClient
+from orchestratord.demo import start_server, stop_server
+
+from .latency import ProbeConfig, measure_latency
+from .replay import default_document, measure_replay
+from .report import BenchReport, render_json, render_text
+
+__all__ = ["main", "parse_args"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m tools.bench",
+        description="Added latency of an llm_call step vs the engine called directly, "
+                    "and replay time / record time of the demo flow.")
+    p.add_argument("--mock", action="store_true",
+                   help="start the server with the mock engine (no direct comparison)")
+    p.add_argument("--url", help="use this running server instead of starting one")
+    p.add_argument("--rounds", type=int, default=5, help="rounds R (default 5)")
+    p.add_argument("--per-round", type=int, default=10,
+                   help="requests per path per round K (default 10)")
+    p.add_argument("--max-tokens", type=int, default=16,
+                   help="tokens generated per latency request (default 16)")
+    p.add_argument("--seed", type=int, default=1234, help="sampling seed (default 1234)")
+    p.add_argument("--file", type=pathlib.Path, default=None,
+                   help="document the demo flow summarises (default: as orchestratord demo)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.per_round < 1 or args.max_tokens < 1:
+        p.error("--rounds, --per-round and --max-tokens must be at least 1")
+    return args
+
+
+async def _measure(url: str, started: bool, cfg: ProbeConfig,
+                   document: pathlib.Path, text: str) -> BenchReport:
+    async with OrchestratorClient(url, timeout_s=120.0) as client:
+        pools = await client.pools()
+        engine = ", ".join(sorted({p.engine.name for p in pools}))
+        latency = await measure_latency(client, cfg)
+        replay = await measure_replay(client, document, text)
+    return BenchReport(server_url=url, server_started=started, engine=engine,
+                       latency=latency, replay=replay)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both measurements and print them.
+
+    Returns:
+        0 when both paths produced identical output and both replays were
+        byte-identical to the record; 1 otherwise.
+    """
+    args = parse_args(argv)
+    cfg = ProbeConfig(max_tokens=args.max_tokens, seed=args.seed, rounds=args.rounds,
+                      per_round=args.per_round)
+    document: pathlib.Path = args.file or default_document()
+    text = document.read_text(encoding="utf-8")
+    url: str | None = args.url
+    proc = None
+    data_dir: str | None = None
+    ok = False
+    try:
+        if url is None:
+            data_dir = tempfile.mkdtemp(prefix="orchestratord-bench-")
+            if not args.json:
+                engine = "mock engine" if args.mock else "default config, llama.cpp"
+                print(f"starting orchestratord ({engine})...", file=sys.stderr, flush=True)
+            proc, url = start_server(mock=args.mock, data_dir=data_dir)
+        report = anyio.run(_measure, url, proc is not None, cfg, document, text)
+        ok = True
+    finally:
+        if proc is not None:
+            stop_server(proc)
+        if data_dir is not None:
+            if ok:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            else:
+                print(f"server data and log kept in {data_dir}", file=sys.stderr)
+    print(render_json(report) if args.json else render_text(report))
+    lat, rep = report.latency, report.replay
+    good = lat.same_output and rep.replay_byte_identical and rep.strict_replay_byte_identical
+    return 0 if good else 1

@@ -1,0 +1,251 @@
+"""Added latency of an ``llm_call`` Step over a direct request to the engine replica.
+
+The orchestrator path is timed from just before ``POST /v1/runs/{id}/steps`` to the
+receipt of the Step's ``end`` SSE frame (the stream is opened right after the POST
+answers, as an interpreter would). The direct path is timed from just before
+``POST {replica_url}/v1/completions`` (``stream: true``) to the engine's final chunk,
+the one carrying ``finish_reason`` (the point where the orchestrator's adapter considers
+the completion done); the time to ``data: [DONE]`` is recorded as well. Both paths send
+the same raw prompt, every sampling parameter and the same seed, and are alternated
+request by request so that drift (thermal, caches, other load) hits both alike.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import msgspec
+
+from contracts.pools import ReplicaHealth
+from orchestratord.client import OrchestratorClient
+
+from .stats import PathStats, summarise
+
+__all__ = [
+    "LatencyReport",
+    "ProbeConfig",
+    "Sample",
+    "engine_body",
+    "find_replica_url",
+    "measure_latency",
+]
+
+_BENCH_FLOW = {"version": 1, "name": "bench-added-latency",
+               "steps": [{"id": "probe", "op": "llm_call", "inputs": []}]}
+
+
+class ProbeConfig(msgspec.Struct, frozen=True):
+    """What is requested, how often.
+
+    Attributes:
+        prompt: raw prompt text (sent as ``prompt``, never through a chat template).
+        max_tokens: tokens to generate per request.
+        seed: sampling seed sent on both paths.
+        rounds: R, rounds of alternating requests.
+        per_round: K, requests per path per round.
+    """
+
+    prompt: str = "The three primary colours are"
+    max_tokens: int = 16
+    seed: int = 1234
+    rounds: int = 5
+    per_round: int = 10
+
+
+class Sample(msgspec.Struct, frozen=True):
+    """One timed request.
+
+    Attributes:
+        ms: time to completion (ms): ``end`` frame, or the engine's final chunk.
+        done_ms: direct path only: time to ``data: [DONE]`` (ms); else equal to ``ms``.
+        text: generated text.
+        tokens: streamed token pieces (orchestrator ``token`` frames / engine chunks).
+    """
+
+    ms: float
+    done_ms: float
+    text: str
+    tokens: int
+
+
+class LatencyReport(msgspec.Struct, frozen=True):
+    """Result of :func:`measure_latency`; ``direct`` fields are None without a replica URL.
+
+    Attributes:
+        model: model id the Steps asked for.
+        replica_url: the engine replica called directly (None for the mock engine).
+        run_id: the record Run holding every orchestrator Step.
+        config: the probe.
+        text: generated text of the warm-up orchestrator request.
+        tokens: token frames of the warm-up orchestrator request.
+        same_output: every request on both paths produced the warm-up's text.
+        orchestrator: orchestrator path statistics (ms).
+        direct: direct path statistics, to the final chunk (ms).
+        direct_done: direct path statistics, to ``[DONE]`` (ms).
+        added_p50_ms: ``orchestrator.p50_ms - direct.p50_ms`` (ms).
+        added_p99_ms: ``orchestrator.p99_ms - direct.p99_ms`` (ms).
+        ratio_p50: ``orchestrator.p50_ms / direct.p50_ms``.
+        ratio_p99: ``orchestrator.p99_ms / direct.p99_ms``.
+    """
+
+    model: str
+    replica_url: str | None
+    run_id: str
+    config: ProbeConfig
+    text: str
+    tokens: int
+    same_output: bool
+    orchestrator: PathStats
+    direct: PathStats | None = None
+    direct_done: PathStats | None = None
+    added_p50_ms: float | None = None
+    added_p99_ms: float | None = None
+    ratio_p50: float | None = None
+    ratio_p99: float | None = None
+
+
+class _Choice(msgspec.Struct):
+    text: str = ""
+    finish_reason: str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice]
+
+
+_chunk = msgspec.json.Decoder(_Chunk)
+
+
+def _ms_since(t0_ns: int) -> float:
+    return (time.perf_counter_ns() - t0_ns) / 1e6
+
+
+def engine_body(cfg: ProbeConfig) -> dict[str, object]:
+    """The direct ``/v1/completions`` body, with every parameter the adapter sends."""
+    return {
+        "prompt": cfg.prompt, "stream": True, "seed": cfg.seed,
+        "temperature": 0.0, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
+        "typical_p": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
+        "frequency_penalty": 0.0, "mirostat_mode": 0, "max_tokens": cfg.max_tokens,
+        "stop": [],
+    }
+
+
+def _step_body(cfg: ProbeConfig, model: str, client_token: str) -> dict[str, object]:
+    params = {"temperature": 0.0, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
+              "repeat_penalty": 1.0, "max_tokens": cfg.max_tokens, "seed": cfg.seed,
+              "stop": []}
+    return {"type": "llm_call", "client_token": client_token,
+            "input": {"model": model, "prompt": cfg.prompt, "params": params}}
+
+
+async def find_replica_url(client: OrchestratorClient, model: str) -> str | None:
+    """Loopback URL of the first ready replica serving ``model`` (None if it has none)."""
+    for pool in await client.pools():
+        if any(m.id == model for m in pool.models):
+            for replica in pool.replicas:
+                if replica.url and replica.health == ReplicaHealth.READY:
+                    return replica.url
+    return None
+
+
+async def _orchestrator_once(client: OrchestratorClient, run_id: str,
+                             body: dict[str, object]) -> Sample:
+    t0 = time.perf_counter_ns()
+    step = await client.submit_step(run_id, body)
+    pieces: list[str] = []
+    async for frame in client.stream(step.step_id):
+        if frame.event == "token":
+            pieces.append(frame.json()["t"])
+        elif frame.event == "end":
+            ms = _ms_since(t0)
+            return Sample(ms=ms, done_ms=ms, text="".join(pieces), tokens=len(pieces))
+        elif frame.event == "error":
+            raise RuntimeError(f"step {step.step_id} failed: {frame.data}")
+    raise RuntimeError(f"step {step.step_id}: stream ended without a terminal frame")
+
+
+async def _direct_once(http: httpx.AsyncClient, body: dict[str, object]) -> Sample:
+    t0 = time.perf_counter_ns()
+    final_ms: float | None = None
+    done_ms: float | None = None
+    pieces: list[str] = []
+    async with http.stream("POST", "/v1/completions", json=body) as resp:
+        if resp.status_code != 200:
+            detail = (await resp.aread())[:300].decode("utf-8", "replace")
+            raise RuntimeError(f"engine answered HTTP {resp.status_code}: {detail}")
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line[6:] == "[DONE]":
+                done_ms = _ms_since(t0)
+                continue  # read to the end of the body so the connection is reused
+            chunk = _chunk.decode(line[6:])
+            if not chunk.choices:
+                continue
+            if chunk.choices[0].text:
+                pieces.append(chunk.choices[0].text)
+            if chunk.choices[0].finish_reason and final_ms is None:
+                final_ms = _ms_since(t0)
+    if final_ms is None or done_ms is None:
+        raise RuntimeError("engine stream ended without a finish_reason or [DONE]")
+    return Sample(ms=final_ms, done_ms=done_ms, text="".join(pieces), tokens=len(pieces))
+
+
+async def measure_latency(client: OrchestratorClient, cfg: ProbeConfig) -> LatencyReport:
+    """Alternate orchestrator and direct requests; summarise both paths.
+
+    One warm-up request per path is made first and not counted. Without a replica URL
+    (mock engine) only the orchestrator path is measured.
+
+    Args:
+        client: connected to the server under test.
+        cfg: the probe.
+
+    Returns:
+        Per-path statistics (ms) and the added latency (ms and ratio).
+    """
+    model = (await client.capabilities()).models[0].id
+    url = await find_replica_url(client, model)
+    flow = await client.create_flow(_BENCH_FLOW, config={"model": model})
+    run = await client.create_run(flow.flow_id, mode="record", seed=cfg.seed)
+    direct_body = engine_body(cfg)
+    orch: list[list[float]] = []
+    direct: list[list[float]] = []
+    direct_done: list[list[float]] = []
+    async with httpx.AsyncClient(base_url=url or "http://unused.invalid",
+                                 timeout=httpx.Timeout(120.0, connect=5.0)) as http:
+        warm = await _orchestrator_once(client, run.run_id,
+                                        _step_body(cfg, model, "bench-warmup"))
+        same = True
+        if url is not None:
+            same = (await _direct_once(http, direct_body)).text == warm.text
+        for r in range(cfg.rounds):
+            orch.append([])
+            direct.append([])
+            direct_done.append([])
+            for i in range(cfg.per_round):
+                o = await _orchestrator_once(client, run.run_id,
+                                             _step_body(cfg, model, f"bench-r{r}-i{i}"))
+                orch[-1].append(o.ms)
+                same = same and o.text == warm.text
+                if url is None:
+                    continue
+                d = await _direct_once(http, direct_body)
+                direct[-1].append(d.ms)
+                direct_done[-1].append(d.done_ms)
+                same = same and d.text == warm.text
+    o_stats = summarise(orch)
+    report = LatencyReport(model=model, replica_url=url, run_id=run.run_id, config=cfg,
+                           text=warm.text, tokens=warm.tokens, same_output=same,
+                           orchestrator=o_stats)
+    if url is None:
+        return report
+    d_stats = summarise(direct)
+    return msgspec.structs.replace(
+        report, direct=d_stats, direct_done=summarise(direct_done),
+        added_p50_ms=round(o_stats.p50_ms - d_stats.p50_ms, 3),
+        added_p99_ms=round(o_stats.p99_ms - d_stats.p99_ms, 3),
+        ratio_p50=round(o_stats.p50_ms / d_stats.p50_ms, 4),
+        ratio_p99=round(o_stats.p99_ms / d_stats.p99_ms, 4))

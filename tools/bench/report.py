@@ -1,0 +1,112 @@
+"""Text and JSON rendering of the bench results (times in ms)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from .latency import LatencyReport
+from .replay import ReplayReport
+
+__all__ = ["BenchReport", "render_json", "render_text"]
+
+_NA = "n/a (mock engine has no HTTP endpoint)"
+
+
+class BenchReport(msgspec.Struct, frozen=True):
+    """Everything one bench run measured.
+
+    Attributes:
+        server_url: the server under test.
+        server_started: True when the bench started (and stopped) the server itself.
+        engine: ``mock`` or ``llamacpp``/remote, as the pool reports it.
+        latency: measurement 1, added latency (ms).
+        replay: measurement 2, replay time / record time.
+    """
+
+    server_url: str
+    server_started: bool
+    engine: str
+    latency: LatencyReport
+    replay: ReplayReport
+
+
+def render_json(report: BenchReport) -> str:
+    """Pretty-printed JSON of the whole report."""
+    return msgspec.json.format(msgspec.json.encode(report), indent=2).decode()
+
+
+def _ms(v: float | None) -> str:
+    return f"{v:10.3f}" if v is not None else f"{'n/a':>10}"
+
+
+def _latency_lines(lat: LatencyReport) -> list[str]:
+    cfg = lat.config
+    n = cfg.rounds * cfg.per_round
+    yes = "yes" if lat.same_output else "NO"
+    lines = [
+        f"1) added latency of an llm_call step  (model {lat.model}, run {lat.run_id})",
+        f"   probe: raw prompt {cfg.prompt!r}, max_tokens {cfg.max_tokens}, seed {cfg.seed}, "
+        "temperature 0",
+        f"   {cfg.rounds} rounds x {cfg.per_round} requests per path, alternating "
+        "orchestrator/direct, after 1 warm-up each",
+        f"   output: {lat.tokens} tokens {lat.text!r}; identical on every request: {yes}",
+        "",
+        f"   {'path':<56}{'p50 ms':>10}{'p99 ms':>10}",
+        f"   {'orchestrator: POST /v1/runs/{id}/steps -> end SSE frame':<56}"
+        f"{_ms(lat.orchestrator.p50_ms)}{_ms(lat.orchestrator.p99_ms)}",
+    ]
+    if lat.direct is None or lat.direct_done is None:
+        lines += [f"   {'direct engine':<56}{_NA}",
+                  f"   {'added (orchestrator - direct)':<56}{_NA}"]
+    else:
+        lines += [
+            f"   {'direct: POST ' + str(lat.replica_url) + '/v1/completions':<56}",
+            f"   {'        -> final chunk (finish_reason)':<56}"
+            f"{_ms(lat.direct.p50_ms)}{_ms(lat.direct.p99_ms)}",
+            f"   {'        -> data: [DONE]':<56}"
+            f"{_ms(lat.direct_done.p50_ms)}{_ms(lat.direct_done.p99_ms)}",
+            f"   {'added (orchestrator - direct final chunk), ms':<56}"
+            f"{_ms(lat.added_p50_ms)}{_ms(lat.added_p99_ms)}",
+            f"   {'ratio (orchestrator / direct final chunk)':<56}"
+            f"{lat.ratio_p50:9.3f}x{lat.ratio_p99:9.3f}x",
+        ]
+    lines.append(f"   p50 = median of the {cfg.rounds} per-round medians; "
+                 f"p99 = nearest rank over all {n} samples of a path")
+    lines.append("   per-round medians, orchestrator (ms): "
+                 + ", ".join(f"{m:.1f}" for m in lat.orchestrator.round_medians_ms))
+    if lat.direct is not None:
+        lines.append("   per-round medians, direct (ms):       "
+                     + ", ".join(f"{m:.1f}" for m in lat.direct.round_medians_ms))
+    return lines
+
+
+def _replay_lines(rep: ReplayReport) -> list[str]:
+    record_ms = rep.modes[0].wall_ms
+    lines = [
+        f"2) replay time / record time  (demo flow, 3 llm_call steps, document {rep.document})",
+        "",
+        f"   {'mode':<15}{'steps':>6}{'tokens':>8}{'wall ms':>11}{'engine reqs':>13}"
+        f"{'/ record':>10}",
+    ]
+    for m in rep.modes:
+        lines.append(f"   {m.mode:<15}{m.steps:>6}{m.tokens:>8}{m.wall_ms:>11.1f}"
+                     f"{m.engine_requests:>13}{m.wall_ms / record_ms:>10.4f}")
+    yes = {True: "yes", False: "NO"}
+    lines += [
+        "",
+        f"   replay / record        = {rep.replay_over_record:.4f}",
+        f"   strict_replay / record = {rep.strict_replay_over_record:.4f}",
+        f"   token streams byte-identical to record: replay "
+        f"{yes[rep.replay_byte_identical]}, strict_replay "
+        f"{yes[rep.strict_replay_byte_identical]}",
+    ]
+    return lines
+
+
+def render_text(report: BenchReport) -> str:
+    """Human-readable report: both measurements, one after the other."""
+    how = "started by the bench" if report.server_started else "already running"
+    head = [f"orchestratord bench: server {report.server_url} ({how}), "
+            f"engine {report.engine}", ""]
+    lines = [*head, *_latency_lines(report.latency), "", *_replay_lines(report.replay)]
+    return "\n".join(line.rstrip() for line in lines)
