@@ -78,3 +78,26 @@ def table_counts(db: pathlib.Path) -> dict[str, int]:
                 for t in ("flows", "runs", "steps", "events")}
     finally:
         con.close()
+
+
+def http_run_step(http: Any, run_id: str, body: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    """Submit a step over real HTTP and read its SSE stream to the terminal frame.
+
+    Returns:
+        ``(submit response, durable frames)``; frames are empty when the submit failed.
+    """
+    resp = http.post(f"/v1/runs/{run_id}/steps", json=body)
+    if resp.status_code not in (200, 201):
+        return resp, []
+    with http.stream("GET", f"/v1/steps/{resp.json()['step_id']}/stream") as s:
+        raw = b"".join(s.iter_bytes())
+    return resp, [f for f in parse_sse(raw) if f["id"] is not None]
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` runs (a zombie or a missing process counts as dead)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

@@ -1,0 +1,197 @@
+"""Real-engine determinism: record → strict_replay is byte-identical (NERVE-4021, NERVE-4022).
+
+Runs on llama.cpp with SmolLM2-135M-Instruct: 16 seeds x 2 prompts x temperatures 0 and
+0.8. Every strict_replay token stream must equal its recording byte for byte (text bytes,
+token ids, indices); a changed seed, params or model hash is refused before ``started``;
+``replay`` sends zero requests to the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import shutil
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator_core.config import ModelConfig, default_config
+from test_harness.support import REAL_MODEL, http_run_step, server_process
+from worker_adapters.llamacpp import default_model_path
+
+pytestmark = pytest.mark.engine
+
+SEEDS = list(range(1, 17))
+PROMPTS = [
+    "Write one sentence about the sea.",
+    "List three prime numbers and say why they are prime.",
+]
+TEMPERATURES = [0.0, 0.8]
+MAX_TOKENS = 24
+
+
+def _body(seed: int, p: int, temp: float) -> dict[str, Any]:
+    return {"type": "llm_call", "client_token": f"s{seed}-p{p}-t{temp}",
+            "input": {"model": REAL_MODEL,
+                      "messages": [{"role": "user", "content": PROMPTS[p]}],
+                      "params": {"temperature": temp, "seed": seed,
+                                 "max_tokens": MAX_TOKENS}}}
+
+
+def _new_run(http: httpx.Client, **fields: Any) -> httpx.Response:
+    flow = http.post("/v1/flows", json={"ast_ir": {"suite": "determinism"}}).json()
+    return http.post(f"/v1/flows/{flow['flow_id']}/runs", json={"seed": 11, **fields})
+
+
+def _tokens(frames: list[dict[str, Any]]) -> list[str]:
+    return [f["data"] for f in frames if f["event"] == "token"]
+
+
+def _engine_requests(http: httpx.Client) -> int:
+    return sum(r["requests"] for p in http.get("/v1/pools").json() for r in p["replicas"])
+
+
+@pytest.fixture(scope="module")
+def recording(real_http: httpx.Client) -> dict[str, Any]:
+    """One record run holding all 64 cases."""
+    resp = _new_run(real_http)
+    assert resp.status_code == 201, resp.text
+    run = resp.json()
+    tokens: dict[str, list[str]] = {}
+    for seed in SEEDS:
+        for p in range(len(PROMPTS)):
+            for temp in TEMPERATURES:
+                body = _body(seed, p, temp)
+                sub, frames = http_run_step(real_http, run["run_id"], body)
+                assert sub.status_code == 201, sub.text
+                assert frames[-1]["event"] == "end", frames[-1]
+                tokens[body["client_token"]] = _tokens(frames)
+    return {"run": run, "flow_id": run["flow_id"], "tokens": tokens}
+
+
+class TestStrictReplay:
+    """strict_replay re-executes inference and must match the recording byte for byte."""
+
+    def test_every_case_is_byte_identical(self, real_http: httpx.Client,
+                                          recording: dict[str, Any]) -> None:
+        """64 cases (16 seeds x 2 prompts x 2 temperatures) match token by token."""
+        resp = real_http.post(f"/v1/flows/{recording['flow_id']}/runs", json={
+            "mode": "strict_replay", "replay_of": recording["run"]["run_id"]})
+        assert resp.status_code == 201, resp.text
+        run_id = resp.json()["run_id"]
+        mismatches = []
+        for seed in SEEDS:
+            for p in range(len(PROMPTS)):
+                for temp in TEMPERATURES:
+                    body = _body(seed, p, temp)
+                    sub, frames = http_run_step(real_http, run_id, body)
+                    assert sub.status_code == 201, sub.text
+                    if frames[-1]["event"] != "end" or \
+                            _tokens(frames) != recording["tokens"][body["client_token"]]:
+                        mismatches.append((body["client_token"], frames[-1]["data"]))
+        assert mismatches == []
+        assert len(recording["tokens"]) == 64
+        assert all(len(t) > 0 for t in recording["tokens"].values())
+
+    def test_sampling_at_0_8_depends_on_the_seed(self, recording: dict[str, Any]) -> None:
+        """The suite is not vacuous: at temperature 0.8 different seeds give different text."""
+        outs = {tuple(recording["tokens"][f"s{s}-p0-t0.8"]) for s in SEEDS}
+        assert len(outs) > 1
+
+    def test_a_changed_seed_is_refused_before_started(self, real_http: httpx.Client,
+                                                      recording: dict[str, Any]) -> None:
+        """A run seed or a step seed that differs is DETERMINISM_INPUTS_DIFFER."""
+        resp = real_http.post(f"/v1/flows/{recording['flow_id']}/runs", json={
+            "mode": "strict_replay", "replay_of": recording["run"]["run_id"], "seed": 12})
+        assert (resp.status_code, resp.json()["code"]) == (409, "DETERMINISM_INPUTS_DIFFER")
+        assert resp.json()["data"]["fields"] == {"seed": {"recorded": 11, "current": 12}}
+        run_id = real_http.post(f"/v1/flows/{recording['flow_id']}/runs", json={
+            "mode": "strict_replay", "replay_of": recording["run"]["run_id"]}).json()["run_id"]
+        body = _body(1, 0, 0.8)
+        body["input"]["params"]["seed"] = 2
+        resp = real_http.post(f"/v1/runs/{run_id}/steps", json=body)
+        assert (resp.status_code, resp.json()["code"]) == (409, "DETERMINISM_INPUTS_DIFFER")
+        assert set(resp.json()["data"]["fields"]) == {"seed"}
+        assert real_http.get(f"/v1/runs/{run_id}").json()["steps"] == {}
+
+    def test_changed_params_are_refused_before_started(self, real_http: httpx.Client,
+                                                       recording: dict[str, Any]) -> None:
+        """Another temperature or max_tokens changes params_hash and is refused."""
+        run_id = real_http.post(f"/v1/flows/{recording['flow_id']}/runs", json={
+            "mode": "strict_replay", "replay_of": recording["run"]["run_id"]}).json()["run_id"]
+        body = _body(1, 1, 0.0)
+        body["input"]["params"]["max_tokens"] = MAX_TOKENS + 1
+        resp = real_http.post(f"/v1/runs/{run_id}/steps", json=body)
+        assert (resp.status_code, resp.json()["code"]) == (409, "DETERMINISM_INPUTS_DIFFER")
+        assert set(resp.json()["data"]["fields"]) == {"params_hash"}
+
+
+class TestReplay:
+    """replay serves the recording and never touches the engine."""
+
+    def test_replay_makes_zero_engine_requests(self, real_http: httpx.Client,
+                                               recording: dict[str, Any]) -> None:
+        """Counted at the replica adapter, through GET /v1/pools."""
+        run_id = real_http.post(f"/v1/flows/{recording['flow_id']}/runs", json={
+            "mode": "replay", "replay_of": recording["run"]["run_id"]}).json()["run_id"]
+        before = _engine_requests(real_http)
+        for seed in SEEDS[:4]:
+            body = _body(seed, 1, 0.8)
+            _sub, frames = http_run_step(real_http, run_id, body)
+            assert _tokens(frames) == recording["tokens"][body["client_token"]]
+        assert _engine_requests(real_http) == before
+
+
+class TestPools:
+    """GET /v1/pools describes the real CPU pool."""
+
+    def test_cpu_pool_lists_engine_fingerprint_model_hash_slots_health(
+            self, real_http: httpx.Client) -> None:
+        """The pool shows what makes its output reproducible."""
+        (pool,) = real_http.get("/v1/pools").json()
+        sha = hashlib.sha256(default_model_path().read_bytes()).hexdigest()
+        assert (pool["pool_id"], pool["kind"]) == ("cpu-0", "cpu")
+        assert pool["engine"]["name"] == "llama.cpp"
+        assert pool["engine"]["version"].startswith("llama-cpp-python ")
+        assert pool["engine"]["build_fingerprint"].startswith("b3:")
+        assert pool["engine"]["settings"] == {"n_ctx": 2048, "n_threads": 1, "n_batch": 512,
+                                              "interrupt_requests": False}
+        assert pool["models"][0] == {"id": REAL_MODEL, "family": "smollm2",
+                                     "context_tokens": 2048, "sha256": "sha256:" + sha,
+                                     "features": ["completion", "chat"]}
+        (rep,) = pool["replicas"]
+        assert (rep["replica_id"], rep["slots"], rep["health"]) == ("cpu-0/r0", 1, "ready")
+        assert "AVX2 = 1" in pool["capabilities"]["cpu_features"]
+
+
+def test_a_changed_model_hash_is_refused_before_started(tmp_path: pathlib.Path) -> None:
+    """After the weights file changes (same model id), strict_replay is refused."""
+    data = tmp_path / "data"
+    body = _body(3, 0, 0.8)
+    with server_process(default_config(data_dir=str(data)), data) as (_p, url), \
+            httpx.Client(base_url=url, timeout=120.0) as http:
+        run = _new_run(http).json()
+        _sub, frames = http_run_step(http, run["run_id"], body)
+        assert frames[-1]["event"] == "end"
+    altered = tmp_path / "altered.gguf"
+    shutil.copyfile(default_model_path(), altered)
+    with altered.open("ab") as f:
+        f.write(b"\0")
+    base = default_config(data_dir=str(data))
+    pool = base.pools[0]
+    model = ModelConfig(id=REAL_MODEL, path=str(altered), family="smollm2",
+                        context_tokens=2048)
+    import msgspec
+
+    cfg = msgspec.structs.replace(base, pools=[msgspec.structs.replace(pool, models=[model])])
+    with server_process(cfg, data) as (_p, url), \
+            httpx.Client(base_url=url, timeout=120.0) as http:
+        strict = http.post(f"/v1/flows/{run['flow_id']}/runs", json={
+            "mode": "strict_replay", "replay_of": run["run_id"]}).json()
+        resp = http.post(f"/v1/runs/{strict['run_id']}/steps", json=body)
+        assert (resp.status_code, resp.json()["code"]) == (409, "DETERMINISM_INPUTS_DIFFER")
+        assert set(resp.json()["data"]["fields"]) == {"model_hash"}
+        assert json.dumps(resp.json()["data"]["fields"]["model_hash"]["recorded"]) != \
+            json.dumps(resp.json()["data"]["fields"]["model_hash"]["current"])
