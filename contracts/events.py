@@ -33,7 +33,7 @@ class FrameType(enum.StrEnum):
     """Every SSE event name the server emits."""
 
     STARTED = "started"
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 - an SSE event name, not a secret
     TOOL_SUGGEST = "tool_suggest"
     FACT = "fact"
     METRICS = "metrics"

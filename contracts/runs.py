@@ -7,8 +7,8 @@ import enum
 import msgspec
 
 __all__ = [
-    "Budgets",
     "BudgetUsage",
+    "Budgets",
     "FsPolicy",
     "Placement",
     "PlacementAffinity",

@@ -90,21 +90,21 @@ class SqliteStore:
             return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            db["flows"].create(
+            db.table("flows").create(
                 {"flow_id": str, "hash": str, "ast_ir": str, "tools": str, "config": str,
                  "labels": str, "created_at": str},
                 pk="flow_id", not_null={"hash", "ast_ir", "tools", "config"},
                 if_not_exists=True,
             )
-            db["flows"].create_index(["hash"], unique=True, if_not_exists=True)
-            db["runs"].create(
+            db.table("flows").create_index(["hash"], unique=True, if_not_exists=True)
+            db.table("runs").create(
                 {"run_id": str, "flow_id": str, "flow_hash": str, "mode": str, "seed": int,
                  "replay_of": str, "body": str, "policy_hash": str, "status": str,
                  "created_at": str},
                 pk="run_id", foreign_keys=[("flow_id", "flows", "flow_id")],
                 not_null={"flow_id", "mode", "seed", "body", "status"}, if_not_exists=True,
             )
-            db["steps"].create(
+            db.table("steps").create(
                 {"step_id": str, "run_id": str, "type": str, "client_token": str,
                  "input": str, "input_hash": str, "placement": str, "status": str,
                  "seed": int, "created_at": str, "tokens_in": int, "tokens_out": int,
@@ -117,9 +117,9 @@ class SqliteStore:
                           "last_seq": -1},
                 if_not_exists=True,
             )
-            db["steps"].create_index(["run_id", "client_token"], unique=True,
+            db.table("steps").create_index(["run_id", "client_token"], unique=True,
                                      if_not_exists=True)
-            db["steps"].create_index(["status"], if_not_exists=True)
+            db.table("steps").create_index(["status"], if_not_exists=True)
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS events ("
                 " gseq INTEGER PRIMARY KEY,"
@@ -192,7 +192,7 @@ class SqliteStore:
             False when the key is already taken (the caller re-reads the existing Step).
         """
         cols = [c for c in _STEP_COLUMNS if c in row]
-        sql = (f"INSERT OR IGNORE INTO steps ({', '.join(cols)}) VALUES "
+        sql = (f"INSERT OR IGNORE INTO steps ({', '.join(cols)}) VALUES "  # noqa: S608 - columns from _STEP_COLUMNS
                f"({', '.join(':' + c for c in cols)})")
         return self._conn.execute(sql, row).rowcount == 1
 

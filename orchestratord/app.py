@@ -19,6 +19,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.enums import ScopeType
 from litestar.exceptions import (
     HTTPException,
     MethodNotAllowedException,
@@ -108,7 +109,7 @@ def correlation_middleware(app: ASGIApp) -> ASGIApp:
     """Echo a valid ``X-Correlation-Id`` or generate a UUIDv4, on every HTTP response."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         cid = None
@@ -182,7 +183,8 @@ async def cancel_run(run_id: FromPath[str], orch: Orch) -> Run:
 
 
 @post("/v1/runs/{run_id:str}/steps", status_code=201)
-async def submit_step(run_id: FromPath[str], data: JSONBody[StepSubmit], orch: Orch) -> Response[Step]:
+async def submit_step(run_id: FromPath[str], data: JSONBody[StepSubmit],
+                      orch: Orch) -> Response[Step]:
     """Submit a Step: 201 when new, 200 when the client_token already names it."""
     step, created = orch.submit_step(run_id, data)
     return Response(step, status_code=201 if created else 200)

@@ -28,7 +28,7 @@ def serve(config: ServerConfig) -> None:
 
     One process: the engine replicas are its children and die with it.
     """
-    from granian.server.common import Interfaces
+    from granian.constants import Interfaces
     from granian.server.embed import Server
 
     from orchestratord.app import create_app

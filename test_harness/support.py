@@ -32,7 +32,8 @@ def app_client(config: ServerConfig, engine_factory: EngineFactory | None = None
 
 
 @contextmanager
-def server_process(config: ServerConfig, data_dir: pathlib.Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def server_process(config: ServerConfig,
+                   data_dir: pathlib.Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A real ``orchestratord serve`` process (Granian) with a config file in ``data_dir``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = data_dir / "config.json"

@@ -204,7 +204,7 @@ class LlamaCppServerProcess:
         env = {**os.environ, "OMP_NUM_THREADS": str(self.settings["n_threads"])}
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once
             self.argv(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL,  # noqa: PLW1509
+            preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + ready_timeout_s
         async with httpx.AsyncClient(base_url=self.url, timeout=2.0) as client:
@@ -227,9 +227,8 @@ class LlamaCppServerProcess:
         proc = self.proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
-            deadline = time.monotonic() + grace_s
-            while proc.poll() is None and time.monotonic() < deadline:
-                await anyio.sleep(0.02)
+            with anyio.move_on_after(grace_s):
+                await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
             if proc.poll() is None:
                 proc.kill()
             await anyio.to_thread.run_sync(proc.wait)
