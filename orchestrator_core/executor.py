@@ -122,6 +122,14 @@ class Executor:
             scope.cancel()
         return True
 
+    def _scope(self, step_id: str) -> anyio.CancelScope:
+        """The Step's cancel scope; already cancelled if a cancel arrived before the task."""
+        scope = anyio.CancelScope()
+        self.scopes[step_id] = scope
+        if step_id in self.cancel_requested:
+            scope.cancel()
+        return scope
+
     # -- terminal helpers --------------------------------------------------------------
 
     def _fail(self, step_id: str, err: OrchestratorError, usage: dict[str, Any]) -> None:
@@ -131,13 +139,13 @@ class Executor:
         env = err.envelope()
         self.log.finish(step_id, FrameType.ERROR, _enc.encode(env),
                         {"status": status.value, "error": _enc.encode(env).decode(), **usage})
+        self.metrics.steps_finished.labels(type="llm_call", status=status.value).inc()
 
     # -- replay ------------------------------------------------------------------------
 
     async def run_replay(self, job: ReplayJob) -> None:
         """Serve recorded frames into the new Step's log (no engine, tool or FS access)."""
-        scope = anyio.CancelScope()
-        self.scopes[job.step_id] = scope
+        scope = self._scope(job.step_id)
         try:
             with scope:
                 for _seq, ftype, data in job.rows:
@@ -159,8 +167,7 @@ class Executor:
 
     async def run_llm(self, job: LlmJob) -> None:
         """Run one completion on the placed replica and log it (record / strict_replay)."""
-        scope = anyio.CancelScope()
-        self.scopes[job.step_id] = scope
+        scope = self._scope(job.step_id)
         usage: dict[str, Any] = {"tokens_in": 0, "tokens_out": 0}
         try:
             with scope:
@@ -263,3 +270,5 @@ class Executor:
             "tokens_out": n, "cost_usd": cost, "wall_ms": wall_ms,
             "provenance": _enc.encode(prov).decode(),
         })
+        self.metrics.steps_finished.labels(type="llm_call",
+                                           status=StepStatus.SUCCEEDED.value).inc()

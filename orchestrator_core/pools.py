@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from contracts.errors import PoolUnavailable
+from contracts.errors import EngineError, PoolUnavailable
 from contracts.pools import EngineInfo, ModelInfo, PoolInfo, ReplicaHealth, ReplicaInfo
 from orchestrator_core.config import ModelConfig, PoolConfig, ServerConfig
 from worker_adapters.base import EngineAdapter, EngineIdentity
@@ -142,6 +142,24 @@ def _gpu_capabilities() -> dict[str, Any]:
         return {"nvml": f"error: {exc}"}
 
 
+async def _probe(url: str, timeout_s: float = 5.0) -> None:
+    """Health check of a remote OpenAI-compatible replica: ``GET /v1/models`` must be 200.
+
+    Raises:
+        EngineError: the replica does not answer, or not with 200.
+    """
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:
+            status = (await client.get("/v1/models")).status_code
+    except httpx.HTTPError as exc:
+        raise EngineError(f"replica {url} is unreachable: {exc}", data={"url": url}) from exc
+    if status != 200:
+        raise EngineError(f"replica {url} answered {status} to GET /v1/models",
+                          data={"url": url, "status": status})
+
+
 class PoolManager:
     """Owns every pool: provisions replicas, watches their health, stops them.
 
@@ -214,6 +232,7 @@ class PoolManager:
                 url = proc.url
             else:
                 url = pc.urls[replica.index]
+                await _probe(url)
             replica.adapter = OpenAIHttpEngine(url, pool.identity, tok)
         replica.health = ReplicaHealth.READY
 

@@ -1,7 +1,7 @@
 """Replay rules: matching a Step to its recording, determinism inputs, token verification.
 
 * A replayed Step is matched to the recorded Step by ``client_token`` and checked against
-  the recording's type and input hash; a mismatch is ``NONDETERMINISM`` (NERVE-4021).
+  the recording's type and input hash; a mismatch is ``NONDETERMINISM`` (NERVE-4023).
 * Before ``strict_replay`` starts, the determinism inputs are compared with the recorded
   provenance; any difference is ``DETERMINISM_INPUTS_DIFFER`` listing every differing
   field (NERVE-4022).

@@ -19,7 +19,6 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.enums import ScopeType
 from litestar.exceptions import (
     HTTPException,
     MethodNotAllowedException,
@@ -29,7 +28,7 @@ from litestar.exceptions import (
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.errors import (
@@ -105,30 +104,21 @@ def error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[b
 # -- correlation ids -------------------------------------------------------------------
 
 
-def correlation_middleware(app: ASGIApp) -> ASGIApp:
-    """Echo a valid ``X-Correlation-Id`` or generate a UUIDv4, on every HTTP response."""
+def add_correlation_id(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: echo a valid ``X-Correlation-Id`` or add a new UUIDv4.
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        cid = None
-        for name, value in scope["headers"]:
-            if name == b"x-correlation-id":
-                text = value.decode("latin-1")
-                cid = text if _CORRELATION_RE.match(text) else None
-                break
-        header = (cid or str(uuid.uuid4())).encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []),
-                                      (b"x-correlation-id", header)]
-            await send(message)
-
-        await app(scope, receive, send_with_id)
-
-    return middleware
+    It runs for every HTTP response, router-level 404/405 and SSE streams included.
+    """
+    if message["type"] != "http.response.start":
+        return
+    cid = None
+    for name, value in scope["headers"]:
+        if name == b"x-correlation-id":
+            text = value.decode("latin-1")
+            cid = text if _CORRELATION_RE.match(text) else None
+            break
+    message["headers"] = [*message.get("headers", []),
+                          (b"x-correlation-id", (cid or str(uuid.uuid4())).encode())]
 
 
 # -- routes ----------------------------------------------------------------------------
@@ -211,8 +201,10 @@ async def stream_step(step_id: FromPath[str], request: Request[Any, Any, Any],
     if raw is not None:
         try:
             last = int(raw)
+            if last < 0:
+                raise ValueError(raw)
         except ValueError:
-            raise InvalidParams("Last-Event-ID must be an integer sequence number",
+            raise InvalidParams("Last-Event-ID must be a sequence number (an integer >= 0)",
                                 data={"last_event_id": raw}) from None
     body: AsyncIterator[bytes] = orch.open_stream(step_id, last)
     return Stream(body, media_type="text/event-stream",
@@ -286,7 +278,7 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory | None = N
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False)},
         exception_handlers={Exception: error_handler},
-        middleware=[correlation_middleware],
+        before_send=[add_correlation_id],
         lifespan=[lifespan],
         request_max_body_size=config.max_body_bytes,
         openapi_config=OpenAPIConfig(title="orchestratord", version="0.1.0",

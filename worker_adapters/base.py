@@ -1,4 +1,4 @@
-"""The engine adapter seam: one small interface for every inference engine (NERVE-4010).
+"""The engine adapter seam: one small interface for every inference engine (PLACE-5003).
 
 An adapter turns a :class:`CompletionRequest` into an async stream of :class:`Delta`
 items closed by exactly one :class:`Finish`. A stream that ends without a ``Finish`` is

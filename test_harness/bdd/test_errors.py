@@ -100,3 +100,26 @@ def generated(client: TestClient[Any]) -> None:
     cid = client.get("/health").headers["x-correlation-id"]
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
                         cid)
+
+
+@when("I request a path that does not exist and a route with the wrong method")
+def router_errors(client: TestClient[Any], ctx: dict[str, Any]) -> None:
+    """404 from the router and 405 from the router."""
+    ctx["answers"] += [client.get("/v2/nothing"), client.delete("/v1/flows")]
+
+
+@then("both answers are typed errors with an X-Correlation-Id")
+def router_typed(ctx: dict[str, Any]) -> None:
+    """Same envelope and header as any other error."""
+    a, b = ctx["answers"][-2:]
+    assert (a.status_code, a.json()["code"]) == (404, "NOT_FOUND")
+    assert (b.status_code, b.json()["code"]) == (405, "INVALID_PARAMS")
+    assert all(len(r.headers["x-correlation-id"]) == 36 for r in (a, b))
+
+
+@when(parsers.parse("I read a stream with Last-Event-ID {value}"))
+def negative_last_event_id(client: TestClient[Any], ctx: dict[str, Any], value: str) -> None:
+    """Run a step, then ask for its stream with a bad cursor."""
+    sid = client.post(f"/v1/runs/{ctx['run_id']}/steps", json=llm_step("n-1")).json()["step_id"]
+    ctx["answers"].append(client.get(f"/v1/steps/{sid}/stream",
+                                     headers={"Last-Event-ID": value}))

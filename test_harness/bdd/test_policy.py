@@ -65,7 +65,7 @@ def create_full(ctx: dict[str, Any]) -> None:
     _run(ctx, seed=42, budgets={"max_tokens_out": 100, "max_cost_usd": 0.5},
          policy=ctx["policy"],
          pool_policy={"placement": {"strategy": "pin", "pool_id": "mock-0"}},
-         fs_policy={"roots": ["/tmp/sandbox"], "max_files": 3})
+         fs_policy={"roots": ["/tmp/sandbox"], "max_files": 3})  # noqa: S108 - never touched
 
 
 @then("the run shows mode record, seed 42, its budgets, policy, pool_policy and fs_policy")
@@ -77,7 +77,7 @@ def run_shape(ctx: dict[str, Any]) -> None:
     assert run["budgets"] == {"max_tokens_out": 100, "max_cost_usd": 0.5}
     assert run["policy"] == ctx["policy"]
     assert run["pool_policy"] == {"placement": {"strategy": "pin", "pool_id": "mock-0"}}
-    assert run["fs_policy"] == {"roots": ["/tmp/sandbox"], "max_files": 3}  # noqa: S108
+    assert run["fs_policy"] == {"roots": ["/tmp/sandbox"], "max_files": 3}  # noqa: S108 - data
     assert run["usage"] == {"tokens_in": 0, "tokens_out": 0, "wall_ms": 0, "cost_usd": 0.0}
 
 

@@ -30,3 +30,11 @@ Feature: Bad input gets a typed error and nothing partial is stored
     When I make a request with X-Correlation-Id "abc-123"
     Then the response carries X-Correlation-Id "abc-123"
     And a request without one gets a generated UUID
+
+  Scenario: Router-level errors carry the envelope and a correlation id too
+    When I request a path that does not exist and a route with the wrong method
+    Then both answers are typed errors with an X-Correlation-Id
+
+  Scenario: A negative Last-Event-ID is refused before the stream starts
+    When I read a stream with Last-Event-ID -5
+    Then the answer is 400 with code INVALID_PARAMS
