@@ -25,7 +25,7 @@ from worker_adapters.base import (
     StreamItem,
 )
 
-__all__ = ["OpenAIHttpEngine", "Tokenizer"]
+__all__ = ["Chunk", "OpenAIHttpEngine", "Tokenizer", "completion_body"]
 
 
 class Tokenizer(Protocol):
@@ -49,11 +49,38 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
 
 
-class _Chunk(msgspec.Struct):
+class Chunk(msgspec.Struct):
+    """One streamed ``text_completion`` chunk (only the fields the adapter reads)."""
+
     choices: list[_Choice]
 
 
-_chunk_decoder = msgspec.json.Decoder(_Chunk)
+_chunk_decoder = msgspec.json.Decoder(Chunk)
+
+
+def completion_body(request: CompletionRequest) -> dict[str, object]:
+    """The ``POST /v1/completions`` body: streaming, every sampling parameter explicit.
+
+    Parameters the request does not carry are pinned to their neutral values
+    (``typical_p`` 1, no presence/frequency penalty, no mirostat), so an engine's own
+    defaults never leak into the output (DESIGN.md §5, PLACE-5003).
+    """
+    return {
+        "prompt": request.prompt,
+        "stream": True,
+        "seed": request.seed,
+        "temperature": request.temperature,
+        "top_k": request.top_k,
+        "top_p": request.top_p,
+        "min_p": request.min_p,
+        "typical_p": 1.0,
+        "repeat_penalty": request.repeat_penalty,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "mirostat_mode": 0,
+        "max_tokens": request.max_tokens,
+        "stop": list(request.stop),
+    }
 
 
 class OpenAIHttpEngine(EngineAdapter):
@@ -100,22 +127,7 @@ class OpenAIHttpEngine(EngineAdapter):
         Raises:
             EngineError: connection failure, non-200 status or an undecodable chunk.
         """
-        body = {
-            "prompt": request.prompt,
-            "stream": True,
-            "seed": request.seed,
-            "temperature": request.temperature,
-            "top_k": request.top_k,
-            "top_p": request.top_p,
-            "min_p": request.min_p,
-            "typical_p": 1.0,
-            "repeat_penalty": request.repeat_penalty,
-            "presence_penalty": 0.0,
-            "frequency_penalty": 0.0,
-            "mirostat_mode": 0,
-            "max_tokens": request.max_tokens,
-            "stop": list(request.stop),
-        }
+        body = completion_body(request)
         self.requests += 1
         try:
             async with self._client.stream("POST", "/v1/completions", json=body) as resp:

@@ -19,6 +19,8 @@ import msgspec
 
 from contracts.pools import ReplicaHealth
 from orchestratord.client import OrchestratorClient
+from worker_adapters.base import CompletionRequest
+from worker_adapters.openai_http import Chunk, completion_body
 
 from .stats import PathStats, summarise
 
@@ -105,16 +107,7 @@ class LatencyReport(msgspec.Struct, frozen=True):
     ratio_p99: float | None = None
 
 
-class _Choice(msgspec.Struct):
-    text: str = ""
-    finish_reason: str | None = None
-
-
-class _Chunk(msgspec.Struct):
-    choices: list[_Choice]
-
-
-_chunk = msgspec.json.Decoder(_Chunk)
+_chunk = msgspec.json.Decoder(Chunk)
 
 
 def _ms_since(t0_ns: int) -> float:
@@ -122,14 +115,10 @@ def _ms_since(t0_ns: int) -> float:
 
 
 def engine_body(cfg: ProbeConfig) -> dict[str, object]:
-    """The direct ``/v1/completions`` body, with every parameter the adapter sends."""
-    return {
-        "prompt": cfg.prompt, "stream": True, "seed": cfg.seed,
-        "temperature": 0.0, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
-        "typical_p": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
-        "frequency_penalty": 0.0, "mirostat_mode": 0, "max_tokens": cfg.max_tokens,
-        "stop": [],
-    }
+    """The direct ``/v1/completions`` body: exactly what the adapter sends."""
+    return completion_body(CompletionRequest(
+        prompt=cfg.prompt, seed=cfg.seed, temperature=0.0, top_k=40, top_p=0.95,
+        min_p=0.05, repeat_penalty=1.0, max_tokens=cfg.max_tokens))
 
 
 def _step_body(cfg: ProbeConfig, model: str, client_token: str) -> dict[str, object]:
