@@ -118,6 +118,7 @@ class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
 
     ``replay`` and ``strict_replay`` need ``replay_of`` (a recorded Run of the same Flow).
     ``seed`` defaults to the recording's seed when replaying, else to a random 31-bit seed.
+    ``cancel_on_disconnect`` overrides the server's setting for this Run's Steps.
     """
 
     mode: RunMode = RunMode.RECORD
@@ -128,6 +129,7 @@ class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
     pool_policy: PoolPolicy = msgspec.field(default_factory=PoolPolicy)
     fs_policy: FsPolicy = msgspec.field(default_factory=FsPolicy)
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    cancel_on_disconnect: bool | None = None
 
 
 class Run(msgspec.Struct):
@@ -149,3 +151,4 @@ class Run(msgspec.Struct):
     created_at: str
     usage: BudgetUsage
     steps: dict[str, int]
+    cancel_on_disconnect: bool | None = None

@@ -95,7 +95,12 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         data_dir: where the SQLite store and engine logs live.
         commit_interval_ms: longest a token frame waits before its group commit.
         commit_max_frames: a group commit happens at this many pending frames.
-        heartbeat_ms: interval of ``: keep-alive`` comments on idle SSE streams.
+        heartbeat_ms: interval of ``: keep-alive`` comments on idle SSE streams; it bounds
+            how late a client disconnect is noticed (the server learns of it on a write).
+        cancel_on_disconnect: cancel a running Step when its last SSE reader goes away
+            (a Run may override it) (STREAM-2002).
+        disconnect_grace_ms: how long a Step waits for a reader to reconnect (with
+            ``Last-Event-ID``) before that cancel happens.
         sqlite_synchronous: ``NORMAL`` survives a process crash; ``FULL`` a power loss.
     """
 
@@ -106,8 +111,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prices: PriceTable = PriceTable()
     commit_interval_ms: float = 2.0
     commit_max_frames: int = 64
-    heartbeat_ms: int = 10_000
-    cancel_on_disconnect: bool = False
+    heartbeat_ms: int = 2_000
+    cancel_on_disconnect: bool = True
+    disconnect_grace_ms: int = 1_000
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     max_body_bytes: int = 1_048_576
     ephemeral_buffer: int = 16

@@ -112,6 +112,16 @@ class EventLog:
         """Start the live cache of a new Step (its log is empty)."""
         self._live[step_id] = _Live(run_id, 0, [])
 
+    def run_of(self, step_id: str) -> str | None:
+        """Run of a Step still in the live cache, else None."""
+        live = self._live.get(step_id)
+        return live.run_id if live is not None else None
+
+    def subscribers(self, step_id: str) -> int:
+        """How many readers a live Step has now."""
+        live = self._live.get(step_id)
+        return len(live.subs) if live is not None else 0
+
     def is_live(self, step_id: str) -> bool:
         """True while the Step can still receive frames."""
         live = self._live.get(step_id)

@@ -108,15 +108,15 @@ class Executor:
         self.metrics = metrics
         self.metrics_every = metrics_every
         self.scopes: dict[str, anyio.CancelScope] = {}
-        self.cancel_requested: set[str] = set()
+        self.cancel_requested: dict[str, str] = {}
 
     # -- control -----------------------------------------------------------------------
 
-    def cancel(self, step_id: str) -> bool:
+    def cancel(self, step_id: str, reason: str = "step cancelled") -> bool:
         """Request cancellation; returns False when the Step is not running here."""
         if not self.log.is_live(step_id):
             return False
-        self.cancel_requested.add(step_id)
+        self.cancel_requested[step_id] = reason
         scope = self.scopes.get(step_id)
         if scope is not None:
             scope.cancel()
@@ -158,10 +158,11 @@ class Executor:
                 self._fail(job.step_id, Interrupted("the recording has no terminal frame"),
                            {})
             if scope.cancel_called and self.log.is_live(job.step_id):
-                self._fail(job.step_id, Cancelled("step cancelled"), {})
+                self._fail(job.step_id, Cancelled(self.cancel_requested.get(job.step_id,
+                                                                      "step cancelled")), {})
         finally:
             self.scopes.pop(job.step_id, None)
-            self.cancel_requested.discard(job.step_id)
+            self.cancel_requested.pop(job.step_id, None)
 
     # -- record / strict_replay --------------------------------------------------------
 
@@ -179,14 +180,15 @@ class Executor:
                     log.exception("step %s failed unexpectedly", job.step_id)
                     self._fail(job.step_id, Internal(f"{type(exc).__name__}: {exc}"), usage)
             if self.log.is_live(job.step_id):
-                self._fail(job.step_id, Cancelled("step cancelled"), usage)
+                reason = self.cancel_requested.get(job.step_id, "step cancelled")
+                self._fail(job.step_id, Cancelled(reason), usage)
         except anyio.get_cancelled_exc_class():
             if self.log.is_live(job.step_id):
                 self._fail(job.step_id, Interrupted("server shutting down"), usage)
             raise
         finally:
             self.scopes.pop(job.step_id, None)
-            self.cancel_requested.discard(job.step_id)
+            self.cancel_requested.pop(job.step_id, None)
             self.metrics.step_latency.labels(type="llm_call", mode=job.mode).observe(
                 self.clock.monotonic() - job.submitted_at)
 

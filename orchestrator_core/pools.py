@@ -214,8 +214,10 @@ class PoolManager:
             if self.engine_factory is not None:
                 replica.adapter = self.engine_factory(pc, replica.index)
             else:
+                length = pc.options.get("length")
                 replica.adapter = MockEngine(
-                    default_handler(tokens_per_s=float(pc.options.get("tokens_per_s", 0))),
+                    default_handler(tokens_per_s=float(pc.options.get("tokens_per_s", 0)),
+                                    length=int(length) if length is not None else None),
                     identity=pool.identity)
         else:
             from worker_adapters.llamacpp import LlamaCppServerProcess

@@ -222,7 +222,9 @@ class Orchestrator:
             "body": _enc.encode({"budgets": body.budgets, "policy": body.policy,
                                  "pool_policy": body.pool_policy,
                                  "fs_policy": body.fs_policy,
-                                 "labels": body.labels}).decode(),
+                                 "labels": body.labels,
+                                 "cancel_on_disconnect": body.cancel_on_disconnect,
+                                 }).decode(),
             "policy_hash": policy_hash, "status": RunStatus.ACTIVE.value,
             "created_at": iso_utc(self.clock.now()),
         })
@@ -457,6 +459,7 @@ class Orchestrator:
     async def _stream(self, step_id: str, cursor: int, heartbeat_s: float) -> \
             AsyncIterator[bytes]:
         sub = self.log.subscribe(step_id)
+        done = False
         try:
             while True:
                 frames, done = self.log.read(step_id, cursor)
@@ -475,6 +478,26 @@ class Orchestrator:
                     yield sse_comment("keep-alive")
         finally:
             self.log.unsubscribe(sub)
+            if not done:
+                self._reader_left(step_id)
+
+    def _reader_left(self, step_id: str) -> None:
+        """A reader went away before the terminal frame: when it was the last one and the
+        Run (or the server) asks for it, cancel the Step after the reconnect grace."""
+        run_id = self.log.run_of(step_id)
+        if run_id is None or not self.log.is_live(step_id) or self.log.subscribers(step_id):
+            return
+        run = self.store.get_run(run_id)
+        flag = msgspec.json.decode(run["body"]).get("cancel_on_disconnect") if run else None
+        if not (self.config.cancel_on_disconnect if flag is None else flag):
+            return
+        if self._tg is not None:
+            self._tg.start_soon(self._cancel_after_grace, step_id)
+
+    async def _cancel_after_grace(self, step_id: str) -> None:
+        await anyio.sleep(self.config.disconnect_grace_ms / 1000.0)
+        if self.log.is_live(step_id) and not self.log.subscribers(step_id):
+            self.executor.cancel(step_id, reason="every reader disconnected")
 
     # -- pools -------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ class _RunBody(msgspec.Struct):
     pool_policy: PoolPolicy
     fs_policy: FsPolicy
     labels: dict[str, str]
+    cancel_on_disconnect: bool | None = None
 
 
 _run_body = msgspec.json.Decoder(_RunBody)
@@ -59,7 +60,7 @@ def run(row: dict[str, Any], usage: dict[str, Any]) -> Run:
                status=RunStatus(row["status"]), created_at=row["created_at"],
                usage=BudgetUsage(tokens_in=usage["tokens_in"], tokens_out=usage["tokens_out"],
                                  wall_ms=usage["wall_ms"], cost_usd=usage["cost_usd"]),
-               steps=usage["counts"])
+               steps=usage["counts"], cancel_on_disconnect=body.cancel_on_disconnect)
 
 
 def step(row: dict[str, Any]) -> Step:

@@ -129,3 +129,101 @@ def cancel_again(ctx: dict[str, Any]) -> None:
     before = http.get(f"/v1/steps/{ctx['step']['step_id']}").json()
     again = http.post(f"/v1/steps/{ctx['step']['step_id']}/cancel")
     assert again.status_code == 200 and again.json() == before
+
+
+@given(parsers.parse("a Granian server with {hb:d} ms heartbeats and a {grace:d} ms reconnect "
+                     "grace"))
+def granian_server(stack: ExitStack, mock_cfg: ServerConfig, tmp_path: pathlib.Path,
+                   ctx: dict[str, Any], hb: int, grace: int) -> None:
+    """A real server; the mock engine streams 100 tokens/s for up to 3000 tokens."""
+    import msgspec
+
+    cfg = msgspec.structs.replace(with_options(mock_cfg, tokens_per_s=100, length=3000),
+                                  heartbeat_ms=hb, disconnect_grace_ms=grace)
+    _proc, url = stack.enter_context(server_process(cfg, tmp_path / "srv"))
+    ctx["url"] = url
+    ctx["http"] = stack.enter_context(httpx.Client(base_url=url, timeout=30.0))
+    ctx["flow_id"] = ctx["http"].post("/v1/flows", json={"ast_ir": {"d": 1}}).json()["flow_id"]
+
+
+def _read_then_drop(ctx: dict[str, Any], n: int, **run: Any) -> None:
+    http: httpx.Client = ctx["http"]
+    run_id = http.post(f"/v1/flows/{ctx['flow_id']}/runs", json=run).json()["run_id"]
+    step = http.post(f"/v1/runs/{run_id}/steps",
+                     json=llm_step("d-1", max_tokens=3000)).json()
+    ctx["step"] = step
+    raw = b""
+    with httpx.Client(base_url=ctx["url"], timeout=30.0) as reader, \
+            reader.stream("GET", f"/v1/steps/{step['step_id']}/stream") as s:
+        for chunk in s.iter_bytes():
+            raw += chunk
+            if raw.count(b"event: token") >= n:
+                break  # leaving both contexts closes the TCP connection
+    ctx["read"] = [f for f in parse_sse(raw.rsplit(b"\n\n", 1)[0] + b"\n\n")
+                   if f["id"] is not None]
+
+
+@when(parsers.parse("a reader disconnects after {n:d} token frames of a long step"))
+def disconnect(ctx: dict[str, Any], n: int) -> None:
+    """Close the connection mid-stream."""
+    _read_then_drop(ctx, n)
+    ctx["dropped_at"] = time.monotonic()
+
+
+@when(parsers.parse("a reader of a run with cancel_on_disconnect false disconnects after "
+                    "{n:d} token frames"))
+def disconnect_keep(ctx: dict[str, Any], n: int) -> None:
+    """The run opts out."""
+    _read_then_drop(ctx, n, cancel_on_disconnect=False)
+
+
+@then(parsers.parse('the step is cancelled within {s:d} seconds with reason "{reason}"'))
+def cancelled_within(ctx: dict[str, Any], s: int, reason: str) -> None:
+    """Detected on the next write (heartbeat or token), then the grace, then cancel."""
+    http: httpx.Client = ctx["http"]
+    step: dict[str, Any] = {}
+    while time.monotonic() - ctx["dropped_at"] < s:
+        step = http.get(f"/v1/steps/{ctx['step']['step_id']}").json()
+        if step["status"] != "running":
+            break
+        time.sleep(0.05)
+    assert (step["status"], step["error"]["code"], step["error"]["message"]) == (
+        "cancelled", "CANCELLED", reason)
+
+
+@then("the step is still running 1.5 seconds later")
+def still_running(ctx: dict[str, Any]) -> None:
+    """No cancel without the run's consent."""
+    time.sleep(1.5)
+    step = ctx["http"].get(f"/v1/steps/{ctx['step']['step_id']}").json()
+    assert step["status"] == "running"
+    ctx["http"].post(f"/v1/steps/{ctx['step']['step_id']}/cancel")
+
+
+@when(parsers.parse("a reader disconnects after {n:d} token frames and resumes at once with "
+                    "Last-Event-ID"))
+def drop_and_resume(ctx: dict[str, Any], n: int) -> None:
+    """Reconnect with the last id seen; cancel the step after a few more frames."""
+    _read_then_drop(ctx, n)
+    last = ctx["read"][-1]["id"]
+    raw = b""
+    http: httpx.Client = ctx["http"]
+    with http.stream("GET", f"/v1/steps/{ctx['step']['step_id']}/stream",
+                     headers={"Last-Event-ID": str(last)}) as s:
+        for chunk in s.iter_bytes():
+            raw += chunk
+            if raw.count(b"event: token") >= 10 and "cancelled" not in ctx:
+                ctx["cancelled"] = True
+                http.post(f"/v1/steps/{ctx['step']['step_id']}/cancel")
+    ctx["resumed"] = [f for f in parse_sse(raw) if f["id"] is not None]
+
+
+@then("the resumed stream continues right after the last frame read until our own cancel")
+def resumed(ctx: dict[str, Any]) -> None:
+    """No repeat, no hole; the step was not cancelled by the short disconnect."""
+    first = ctx["resumed"][0]["id"]
+    assert first == ctx["read"][-1]["id"] + 1
+    ids = [f["id"] for f in ctx["resumed"]]
+    assert ids == list(range(first, first + len(ids)))
+    err = json.loads(ctx["resumed"][-1]["data"])
+    assert (ctx["resumed"][-1]["event"], err["message"]) == ("error", "step cancelled")

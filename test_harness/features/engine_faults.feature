@@ -13,3 +13,18 @@ Feature: Interrupted engine streams and cancellation end steps with typed errors
     Then the stream ends with error CANCELLED
     And no token frame follows the cancel
     And cancelling again changes nothing
+
+  Scenario: A client disconnect cancels the step within a bounded window
+    Given a Granian server with 200 ms heartbeats and a 200 ms reconnect grace
+    When a reader disconnects after 5 token frames of a long step
+    Then the step is cancelled within 3 seconds with reason "every reader disconnected"
+
+  Scenario: A run can keep its steps running when readers disconnect
+    Given a Granian server with 200 ms heartbeats and a 200 ms reconnect grace
+    When a reader of a run with cancel_on_disconnect false disconnects after 5 token frames
+    Then the step is still running 1.5 seconds later
+
+  Scenario: A reader that reconnects within the grace resumes with Last-Event-ID
+    Given a Granian server with 200 ms heartbeats and a 2000 ms reconnect grace
+    When a reader disconnects after 5 token frames and resumes at once with Last-Event-ID
+    Then the resumed stream continues right after the last frame read until our own cancel
