@@ -112,11 +112,18 @@ class EndData(msgspec.Struct, frozen=True):
 
 
 class MetricsData(msgspec.Struct, frozen=True):
-    """``metrics`` (ephemeral): progress counters; may be dropped for a slow reader."""
+    """``metrics`` (ephemeral): progress and budget usage; may be dropped for a slow reader.
+
+    Units: tokens, ms, tokens/s, USD. ``reserved_tokens_out`` is the output the Step's
+    budget reservation allows.
+    """
 
     tokens_out: int
     elapsed_ms: int
     tokens_per_s: float
+    tokens_in: int = 0
+    cost_usd: float = 0.0
+    reserved_tokens_out: int | None = None
 
 
 class NarrationData(msgspec.Struct, frozen=True):

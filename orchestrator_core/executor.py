@@ -40,6 +40,7 @@ from contracts.events import (
     TokenData,
 )
 from contracts.steps import StepStatus
+from orchestrator_core.budgets import BudgetBook, Reservation
 from orchestrator_core.clock import Clock
 from orchestrator_core.config import PriceTable
 from orchestrator_core.eventlog import EventLog
@@ -58,7 +59,8 @@ _enc = msgspec.json.Encoder()
 class LlmJob:
     """Everything needed to run an ``llm_call`` on an engine (record or strict_replay).
 
-    Units: ``max_wall_ms`` in ms; ``max_tokens_out`` in tokens; ``submitted_at`` monotonic s.
+    Units: ``submitted_at`` and ``deadline`` in monotonic seconds; the reservation holds
+    the budget cap in tokens and USD.
     """
 
     step_id: str
@@ -74,8 +76,8 @@ class LlmJob:
     params_hash: str
     policy_hash: str
     submitted_at: float
-    max_tokens_out: int | None = None
-    max_wall_ms: int | None = None
+    reservation: Reservation
+    deadline: float = math.inf
     verifier: TokenVerifier | None = None
 
 
@@ -101,11 +103,12 @@ class Executor:
     """
 
     def __init__(self, log: EventLog, clock: Clock, prices: PriceTable, metrics: Metrics,
-                 metrics_every: int = 16) -> None:
+                 budgets: BudgetBook, metrics_every: int = 16) -> None:
         self.log = log
         self.clock = clock
         self.prices = prices
         self.metrics = metrics
+        self.budgets = budgets
         self.metrics_every = metrics_every
         self.scopes: dict[str, anyio.CancelScope] = {}
         self.cancel_requested: dict[str, str] = {}
@@ -132,11 +135,15 @@ class Executor:
 
     # -- terminal helpers --------------------------------------------------------------
 
-    def _fail(self, step_id: str, err: OrchestratorError, usage: dict[str, Any]) -> None:
+    def _fail(self, step_id: str, err: OrchestratorError, usage: dict[str, Any],
+              model: str | None = None) -> None:
         status = {
             "CANCELLED": StepStatus.CANCELLED, "INTERRUPTED": StepStatus.INTERRUPTED,
         }.get(err.code.value, StepStatus.FAILED)
         env = err.envelope()
+        if model is not None:
+            usage = {**usage, "cost_usd": self.prices.cost_usd(
+                model, usage.get("tokens_in", 0), usage.get("tokens_out", 0))}
         self.log.finish(step_id, FrameType.ERROR, _enc.encode(env),
                         {"status": status.value, "error": _enc.encode(env).decode(), **usage})
         self.metrics.steps_finished.labels(type="llm_call", status=status.value).inc()
@@ -175,18 +182,20 @@ class Executor:
                 try:
                     await self._run_llm(job, usage)
                 except OrchestratorError as err:
-                    self._fail(job.step_id, err, usage)
+                    self._fail(job.step_id, err, usage, job.model)
                 except Exception as exc:
                     log.exception("step %s failed unexpectedly", job.step_id)
-                    self._fail(job.step_id, Internal(f"{type(exc).__name__}: {exc}"), usage)
+                    self._fail(job.step_id, Internal(f"{type(exc).__name__}: {exc}"), usage,
+                               job.model)
             if self.log.is_live(job.step_id):
                 reason = self.cancel_requested.get(job.step_id, "step cancelled")
-                self._fail(job.step_id, Cancelled(reason), usage)
+                self._fail(job.step_id, Cancelled(reason), usage, job.model)
         except anyio.get_cancelled_exc_class():
             if self.log.is_live(job.step_id):
-                self._fail(job.step_id, Interrupted("server shutting down"), usage)
+                self._fail(job.step_id, Interrupted("server shutting down"), usage, job.model)
             raise
         finally:
+            self.budgets.release(job.run_id, job.step_id)
             self.scopes.pop(job.step_id, None)
             self.cancel_requested.pop(job.step_id, None)
             self.metrics.step_latency.labels(type="llm_call", mode=job.mode).observe(
@@ -197,8 +206,7 @@ class Executor:
         queue_position = rep.waiting
         ahead = rep.waiting + (1 if rep.busy >= rep.slots else 0)
         predicted_ms = int(math.ceil(ahead / rep.slots) * rep.avg_step_ms) if ahead else 0
-        deadline = (job.submitted_at + job.max_wall_ms / 1000.0) if job.max_wall_ms else math.inf
-        with anyio.move_on_after(max(0.0, deadline - self.clock.monotonic())) as wall:
+        with anyio.move_on_after(max(0.0, job.deadline - self.clock.monotonic())) as wall:
             await rep.acquire()
             held_from = self.clock.monotonic()
             try:
@@ -206,8 +214,8 @@ class Executor:
             finally:
                 rep.release((self.clock.monotonic() - held_from) * 1000.0)
         if wall.cancelled_caught:
-            raise DeadlineExceeded(f"step exceeded max_wall_ms={job.max_wall_ms}",
-                                   data={"max_wall_ms": job.max_wall_ms})
+            raise DeadlineExceeded("the step or run wall-clock budget ran out",
+                                   data={"budget": "max_wall_ms"})
 
     async def _generate(self, job: LlmJob, usage: dict[str, Any], queue_position: int,
                         predicted_ms: int) -> None:
@@ -229,10 +237,6 @@ class Executor:
                     finish = item.reason
                     break
                 assert isinstance(item, Delta)
-                if job.max_tokens_out is not None and n >= job.max_tokens_out:
-                    raise BudgetExceeded(
-                        f"step output budget of {job.max_tokens_out} tokens reached",
-                        data={"budget": "max_tokens_out", "limit": job.max_tokens_out})
                 tok = TokenData(i=n, t=item.text, id=item.token_id)
                 if job.verifier is not None:
                     job.verifier.check(tok)
@@ -244,13 +248,23 @@ class Executor:
                     elapsed = self.clock.monotonic() - t0
                     self.log.publish_ephemeral(job.step_id, FrameType.METRICS, _enc.encode(
                         MetricsData(tokens_out=n, elapsed_ms=int(elapsed * 1000),
-                                    tokens_per_s=round(n / elapsed, 1) if elapsed else 0.0)))
+                                    tokens_per_s=round(n / elapsed, 1) if elapsed else 0.0,
+                                    tokens_in=job.tokens_in,
+                                    cost_usd=self.prices.cost_usd(job.model, job.tokens_in, n),
+                                    reserved_tokens_out=job.reservation.tokens_out)))
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()  # type: ignore[attr-defined]
         if finish is None:
             raise Interrupted("engine stream ended without a finish_reason",
                               data={"replica_id": job.replica.replica_id, "tokens_out": n})
+        res = job.reservation
+        if res.capped and finish == "length" and n >= res.tokens_out:
+            # The engine was asked for at most the reservation: a `length` finish there is
+            # the budget cutting the step, not the sampling limit (zero tokens over budget).
+            raise BudgetExceeded(
+                f"output budget of {res.tokens_out} tokens reached ({res.cap_budget})",
+                data={"budget": res.cap_budget, "limit": res.tokens_out})
         if job.verifier is not None:
             job.verifier.finish(n)
         decode_ms = int((self.clock.monotonic() - t0) * 1000)

@@ -9,6 +9,7 @@ group. Leaving the context stops the engines and closes the store.
 from __future__ import annotations
 
 import contextlib
+import math
 import pathlib
 import secrets
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from contracts.pools import Capabilities, ModelCapability, PoolInfo
 from contracts.runs import PlacementPin, Run, RunCreate, RunMode, RunStatus
 from contracts.steps import LlmCallSubmit, Step, StepStatus, StepSubmit
 from orchestrator_core import views
+from orchestrator_core.budgets import BudgetBook
 from orchestrator_core.canonical import b3, canonical_json, derive_seed, new_id
 from orchestrator_core.clock import Clock, SystemClock, iso_utc
 from orchestrator_core.config import ServerConfig
@@ -78,7 +80,8 @@ class Orchestrator:
                             commit_interval_s=config.commit_interval_ms / 1000.0,
                             commit_max_frames=config.commit_max_frames,
                             ephemeral_capacity=config.ephemeral_buffer)
-        self.executor = Executor(self.log, clock, config.prices, metrics)
+        self.budgets = BudgetBook(store, config.prices)
+        self.executor = Executor(self.log, clock, config.prices, metrics, self.budgets)
         self._tg: anyio.abc.TaskGroup | None = None
 
     @classmethod
@@ -298,8 +301,9 @@ class Orchestrator:
                                data={"rule": "models", "value": model})
 
     def _insert_step(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
-                     input_hash: str, seed: int | None, replay_of_step: str | None) -> str:
-        step_id = new_id("stp")
+                     input_hash: str, seed: int | None, replay_of_step: str | None,
+                     step_id: str | None = None) -> str:
+        step_id = step_id or new_id("stp")
         created = self.store.insert_step({
             "step_id": step_id, "run_id": run.run_id, "type": step_type,
             "client_token": body.client_token,
@@ -399,25 +403,33 @@ class Orchestrator:
             raise QueueFull(f"pool {pool.pool_id} queue is full "
                             f"({pool.config.queue_capacity} waiting)",
                             retry_after_ms=retry_ms, data={"pool_id": pool.pool_id})
-        step_id = self._insert_step(run, body, step_type, input_value, input_hash, seed,
-                                    recorded["step_id"] if recorded else None)
+        step_id = new_id("stp")
+        now = self.clock.now()
+        res = self.budgets.admit(run, step_id, body.budgets, model=inp.model,
+                                 tokens_in=prepared.tokens_in, max_tokens=prm.max_tokens,
+                                 now_s=now)
+        try:
+            self._insert_step(run, body, step_type, input_value, input_hash, seed,
+                              recorded["step_id"] if recorded else None, step_id)
+        except BaseException:
+            self.budgets.release(run.run_id, step_id)
+            raise
         if rec_prov is not None:
             verifier = TokenVerifier(tokens, run_id=run.run_id, step_id=step_id)
-        budgets = body.budgets
-        max_out = min((b for b in (budgets.max_tokens_out, run.budgets.max_tokens_out)
-                       if b is not None), default=None)
-        max_wall = min((b for b in (budgets.max_wall_ms, run.budgets.max_wall_ms)
-                        if b is not None), default=None)
+        mono = self.clock.monotonic()
+        deadline = mono + (res.deadline_s - now)
+        if body.budgets.max_wall_ms is not None:
+            deadline = min(deadline, mono + body.budgets.max_wall_ms / 1000.0)
         req = CompletionRequest(
             prompt=prepared.text, seed=seed, temperature=prm.temperature, top_k=prm.top_k,
             top_p=prm.top_p, min_p=prm.min_p, repeat_penalty=prm.repeat_penalty,
-            max_tokens=prm.max_tokens, stop=tuple(prm.stop))
+            max_tokens=min(prm.max_tokens, res.tokens_out), stop=tuple(prm.stop))
         job = LlmJob(step_id=step_id, run_id=run.run_id, mode=mode.value, pool=pool,
                      replica=replica, decision=decision, request=req, model=inp.model,
                      tokens_in=prepared.tokens_in, prompt_hash=prompt_hash,
                      params_hash=params_hash, policy_hash=run.policy_hash,
-                     submitted_at=self.clock.monotonic(), max_tokens_out=max_out,
-                     max_wall_ms=max_wall, verifier=verifier)
+                     submitted_at=mono, reservation=res, deadline=deadline,
+                     verifier=verifier)
         self._spawn(self.executor.run_llm, job)
         return self.get_step(step_id)
 
@@ -425,6 +437,22 @@ class Orchestrator:
         if self._tg is None:
             raise RuntimeError("the orchestrator is not running")
         self._tg.start_soon(fn, job)
+
+    def budget_headers(self, run_id: str) -> dict[str, str]:
+        """``X-Budget-*-Remaining`` headers of a Run, for the budgets it has (POLICY-3000)."""
+        row = self.store.get_run(run_id)
+        if row is None:
+            return {}
+        left = self.budgets.remaining(self.get_run(run_id))
+        names = {"tokens_in": "X-Budget-Tokens-In-Remaining",
+                 "tokens_out": "X-Budget-Tokens-Out-Remaining",
+                 "cost_usd": "X-Budget-Cost-Usd-Remaining"}
+        out = {h: (f"{max(0.0, left[k]):.6f}" if k == "cost_usd" else str(max(0, int(left[k]))))
+               for k, h in names.items() if math.isfinite(left[k])}
+        if math.isfinite(left["deadline_s"]):
+            out["X-Budget-Wall-Ms-Remaining"] = str(
+                max(0, int((left["deadline_s"] - self.clock.now()) * 1000)))
+        return out
 
     def get_step(self, step_id: str) -> Step:
         """The Step resource. Raises NotFound."""

@@ -161,9 +161,9 @@ async def create_run(flow_id: FromPath[str], data: JSONBody[RunCreate], orch: Or
 
 
 @get("/v1/runs/{run_id:str}")
-async def get_run(run_id: FromPath[str], orch: Orch) -> Run:
-    """Read a Run with its usage and Step counts."""
-    return orch.get_run(run_id)
+async def get_run(run_id: FromPath[str], orch: Orch) -> Response[Run]:
+    """Read a Run with its usage and Step counts; ``X-Budget-*`` headers say what is left."""
+    return Response(orch.get_run(run_id), headers=orch.budget_headers(run_id))
 
 
 @post("/v1/runs/{run_id:str}/cancel", status_code=200)
@@ -177,13 +177,15 @@ async def submit_step(run_id: FromPath[str], data: JSONBody[StepSubmit],
                       orch: Orch) -> Response[Step]:
     """Submit a Step: 201 when new, 200 when the client_token already names it."""
     step, created = orch.submit_step(run_id, data)
-    return Response(step, status_code=201 if created else 200)
+    return Response(step, status_code=201 if created else 200,
+                    headers=orch.budget_headers(run_id))
 
 
 @get("/v1/steps/{step_id:str}")
-async def get_step(step_id: FromPath[str], orch: Orch) -> Step:
-    """Read a Step."""
-    return orch.get_step(step_id)
+async def get_step(step_id: FromPath[str], orch: Orch) -> Response[Step]:
+    """Read a Step, with its Run's ``X-Budget-*`` headers."""
+    step = orch.get_step(step_id)
+    return Response(step, headers=orch.budget_headers(step.run_id))
 
 
 @post("/v1/steps/{step_id:str}/cancel", status_code=200)

@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
+import msgspec
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from orchestrator_core.canonical import b3
-from orchestrator_core.config import PoolConfig, ServerConfig
+from orchestrator_core.config import ModelPrice, PoolConfig, PriceTable, ServerConfig
 from test_harness.bdd.conftest import run_to_end
-from test_harness.support import app_client, llm_step, parse_sse
+from test_harness.support import MOCK_MODEL, app_client, llm_step, parse_sse
 from worker_adapters.base import EngineAdapter
 from worker_adapters.mock import MockEngine, default_handler
 
@@ -44,6 +45,16 @@ def _start(stack: ExitStack, cfg: ServerConfig, ctx: dict[str, Any], rate: float
 def flow(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any]) -> None:
     """An in-process server with counted mock engines."""
     _start(stack, mock_cfg, ctx, 0.0)
+
+
+@given(parsers.parse("a flow on the mock engine priced at {pin:f} USD per input and {pout:f} "
+                     "USD per output token"))
+def priced_flow(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any], pin: float,
+                pout: float) -> None:
+    """A price table for the mock model (USD per million tokens)."""
+    prices = PriceTable(version="test-1", models={MOCK_MODEL: ModelPrice(
+        usd_per_mtok_in=pin * 1e6, usd_per_mtok_out=pout * 1e6)})
+    _start(stack, msgspec.structs.replace(mock_cfg, prices=prices), ctx, 0.0)
 
 
 @given(parsers.parse("a flow on a mock engine at {rate:d} tokens per second"))
@@ -140,12 +151,12 @@ def run_deadline(ctx: dict[str, Any], ms: int) -> None:
     ctx["frames"] = [f for f in parse_sse(raw) if f["id"] is not None]
 
 
-@then(parsers.parse("the stream ends with error {code} after {n:d} token frames"))
-def ends_after(ctx: dict[str, Any], code: str, n: int) -> None:
-    """Exactly n tokens, then the typed error."""
+@then(parsers.parse("the stream ends with error {code} on {budget} after {n:d} token frames"))
+def ends_after(ctx: dict[str, Any], code: str, budget: str, n: int) -> None:
+    """Exactly n tokens, then the typed error naming the budget."""
     assert [f["event"] for f in ctx["frames"]] == ["started"] + ["token"] * n + ["error"]
     err = json.loads(ctx["frames"][-1]["data"])
-    assert (err["code"], err["data"]) == (code, {"budget": "max_tokens_out", "limit": n})
+    assert (err["code"], err["data"]) == (code, {"budget": budget, "limit": n})
 
 
 @then(parsers.parse("the stream ends with error {code}"))
@@ -154,3 +165,74 @@ def ends_with(ctx: dict[str, Any], code: str) -> None:
     assert ctx["frames"][-1]["event"] == "error"
     assert json.loads(ctx["frames"][-1]["data"])["code"] == code
     assert 0 < sum(1 for f in ctx["frames"] if f["event"] == "token") < 40
+
+
+@when(parsers.parse("I create a record run with a run budget of {n:d} input tokens"))
+def in_budget(ctx: dict[str, Any], n: int) -> None:
+    """Run-level max_tokens_in."""
+    _run(ctx, budgets={"max_tokens_in": n})
+
+
+@when(parsers.parse("I create a record run with a cost budget of {usd:f} USD"))
+def cost_budget(ctx: dict[str, Any], usd: float) -> None:
+    """Run-level max_cost_usd."""
+    _run(ctx, budgets={"max_cost_usd": usd})
+
+
+@when(parsers.parse("I submit {n:d} llm_calls of {k:d} tokens each at once"))
+def submit_many(ctx: dict[str, Any], n: int, k: int) -> None:
+    """All submitted before any finishes (each would produce k tokens)."""
+    ctx["answers"] = [ctx["client"].post(f"/v1/runs/{ctx['run']['run_id']}/steps",
+                                         json=llm_step(f"m-{i}", f"prompt {i}", max_tokens=k))
+                      for i in range(n)]
+    for resp in ctx["answers"]:
+        if resp.status_code == 201:
+            with ctx["client"].stream("GET", f"/v1/steps/{resp.json()['step_id']}/stream") as s:
+                b"".join(s.iter_bytes())
+
+
+@then(parsers.parse("{ok:d} steps are admitted and {bad:d} are refused with 402 "
+                    "BUDGET_EXCEEDED"))
+def admitted(ctx: dict[str, Any], ok: int, bad: int) -> None:
+    """Admission reserves; the rest is refused before any compute."""
+    codes = [(r.status_code, r.json().get("code")) for r in ctx["answers"]]
+    assert codes.count((201, None)) == ok
+    assert codes.count((402, "BUDGET_EXCEEDED")) == bad
+
+
+@then(parsers.parse("the run produced at most {n:d} output tokens in total"))
+def at_most(ctx: dict[str, Any], n: int) -> None:
+    """The sum over the run's steps, and what the engines generated."""
+    run = ctx["client"].get(f"/v1/runs/{ctx['run']['run_id']}").json()
+    assert run["usage"]["tokens_out"] <= n
+    assert sum(e.tokens_generated for e in ctx["engines"]) <= n
+
+
+@when(parsers.parse("I submit an llm_call with a {n:d}-word prompt"))
+def long_prompt(ctx: dict[str, Any], n: int) -> None:
+    """A prompt of n words (the mock counts one token per word, plus one)."""
+    ctx["answers"].append(ctx["client"].post(f"/v1/runs/{ctx['run']['run_id']}/steps",
+                                             json=llm_step("w-1", " ".join(["w"] * n))))
+
+
+@then(parsers.parse("the answer is 402 with code BUDGET_EXCEEDED naming {budget}"))
+def refused_budget(ctx: dict[str, Any], budget: str) -> None:
+    """Refused before started, naming the budget."""
+    resp = ctx["answers"][-1]
+    assert (resp.status_code, resp.json()["code"], resp.json()["data"]["budget"]) == (
+        402, "BUDGET_EXCEEDED", budget)
+
+
+@then(parsers.parse("the end of the run shows a cost of at most {usd:f} USD"))
+def run_cost(ctx: dict[str, Any], usd: float) -> None:
+    """Usage is priced by the versioned table."""
+    run = ctx["client"].get(f"/v1/runs/{ctx['run']['run_id']}").json()
+    assert 0 < run["usage"]["cost_usd"] <= usd
+
+
+@then(parsers.parse("GET /v1/runs/{{id}} carries X-Budget-Tokens-Out-Remaining {n:d}"))
+def budget_header(ctx: dict[str, Any], n: int) -> None:
+    """What is left after the finished step."""
+    resp = ctx["client"].get(f"/v1/runs/{ctx['run']['run_id']}")
+    assert resp.headers["X-Budget-Tokens-Out-Remaining"] == str(n)
+    assert "X-Budget-Cost-Usd-Remaining" not in resp.headers

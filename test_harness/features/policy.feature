@@ -24,10 +24,37 @@ Feature: Policy is evaluated before execution and budgets are hard caps
     Given a flow on the mock engine
     When I create a record run with a run budget of 5 output tokens
     And I run an llm_call that would produce 40 tokens
-    Then the stream ends with error BUDGET_EXCEEDED after 5 token frames
+    Then the stream ends with error BUDGET_EXCEEDED on max_tokens_out after 5 token frames
 
   Scenario: A wall-clock budget ends the step with DEADLINE_EXCEEDED
     Given a flow on a mock engine at 100 tokens per second
     When I create a record run
     And I run an llm_call with a step max_wall_ms of 100
     Then the stream ends with error DEADLINE_EXCEEDED
+
+  Scenario: Concurrent steps never overshoot the run's output budget together
+    Given a flow on the mock engine
+    When I create a record run with a run budget of 100 output tokens
+    And I submit 8 llm_calls of 40 tokens each at once
+    Then 3 steps are admitted and 5 are refused with 402 BUDGET_EXCEEDED
+    And the run produced at most 100 output tokens in total
+
+  Scenario: An input budget is checked with the model's tokenizer before dispatch
+    Given a flow on the mock engine
+    When I create a record run with a run budget of 3 input tokens
+    And I submit an llm_call with a 10-word prompt
+    Then the answer is 402 with code BUDGET_EXCEEDED naming max_tokens_in
+    And the engines received no request and the run has no step
+
+  Scenario: A cost budget caps the output at what the price table allows
+    Given a flow on the mock engine priced at 0.001 USD per input and 0.002 USD per output token
+    When I create a record run with a cost budget of 0.05 USD
+    And I run an llm_call that would produce 40 tokens
+    Then the stream ends with error BUDGET_EXCEEDED on max_cost_usd after 23 token frames
+    And the end of the run shows a cost of at most 0.05 USD
+
+  Scenario: Run responses say how much budget is left
+    Given a flow on the mock engine
+    When I create a record run with a run budget of 100 output tokens
+    And I run an llm_call that would produce 40 tokens
+    Then GET /v1/runs/{id} carries X-Budget-Tokens-Out-Remaining 60

@@ -1,0 +1,146 @@
+"""Hard budgets at Run and Step: admission checks and reservations (POLICY-3000).
+
+* ``max_tokens_in`` is checked with the model's own token count before dispatch.
+* Output tokens and cost are *reserved* when a Step is admitted, against what the Run has
+  left (its budget minus the usage of finished Steps minus the reservations of running
+  ones). Admission is synchronous on the event loop, so concurrent Steps can never
+  overshoot a Run budget together. A Step whose reservation is smaller than its
+  ``max_tokens`` gets that reservation as a hard cap: reaching it unfinished is
+  ``BUDGET_EXCEEDED``, never a silent truncation.
+* ``max_wall_ms`` of the Run counts from the Run's creation; of the Step, from its
+  submission. Crossing it while streaming is ``DEADLINE_EXCEEDED``.
+
+Units: tokens, USD, milliseconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+from contracts.errors import BudgetExceeded
+from contracts.runs import Budgets, Run
+from orchestrator_core.config import PriceTable
+from orchestrator_core.store import SqliteStore
+
+__all__ = ["BudgetBook", "Reservation"]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one admitted Step may use.
+
+    Attributes:
+        run_id: the Run the reservation counts against.
+        tokens_out: output tokens reserved (and the Step's hard cap when ``capped``).
+        cost_usd: cost reserved (input cost + reserved output cost).
+        capped: True when a budget, not ``max_tokens``, limits the output.
+        cap_budget: which budget sets the cap (``max_tokens_out`` or ``max_cost_usd``).
+        deadline_s: wall-clock deadline (epoch seconds) or ``math.inf``.
+    """
+
+    run_id: str
+    tokens_out: int
+    cost_usd: float
+    capped: bool
+    deadline_s: float
+    cap_budget: str = "max_tokens_out"
+
+
+def _min(*values: float | None) -> float:
+    return min((v for v in values if v is not None), default=math.inf)
+
+
+class BudgetBook:
+    """Reservations of in-flight Steps, per Run, on top of the stored usage.
+
+    Args:
+        store: the store (usage of finished Steps).
+        prices: the versioned price table.
+    """
+
+    def __init__(self, store: SqliteStore, prices: PriceTable) -> None:
+        self.store = store
+        self.prices = prices
+        self._reserved: dict[str, dict[str, Reservation]] = {}
+
+    def remaining(self, run: Run) -> dict[str, float]:
+        """What the Run has left per budget (``inf`` where it has none).
+
+        Keys: ``tokens_in``, ``tokens_out``, ``cost_usd`` and ``wall_ms``.
+        """
+        usage = self.store.run_usage(run.run_id)
+        held = self._reserved.get(run.run_id, {}).values()
+        b = run.budgets
+        created = dt.datetime.fromisoformat(run.created_at).timestamp()
+        out = {
+            "tokens_in": _min(b.max_tokens_in) - usage["tokens_in"],
+            "tokens_out": _min(b.max_tokens_out) - usage["tokens_out"]
+            - sum(r.tokens_out for r in held),
+            "cost_usd": _min(b.max_cost_usd) - usage["cost_usd"] - sum(r.cost_usd for r in held),
+            "wall_ms": _min(b.max_wall_ms) - 0.0,
+        }
+        out["deadline_s"] = created + out["wall_ms"] / 1000.0
+        return out
+
+    def admit(self, run: Run, step_id: str, step: Budgets, *, model: str, tokens_in: int,
+              max_tokens: int, now_s: float) -> Reservation:
+        """Check and reserve the budgets of one Step before anything runs.
+
+        Args:
+            run: the Run (its budgets and id).
+            step_id: the Step being admitted.
+            step: the Step's own budgets.
+            model: model id (prices).
+            tokens_in: prompt tokens counted with the model's tokenizer.
+            max_tokens: the sampling limit of the Step.
+            now_s: wall-clock time, epoch seconds.
+
+        Returns:
+            The reservation, already held.
+
+        Raises:
+            BudgetExceeded: an input-token, output-token, cost or wall-clock budget of the
+                Step or the Run cannot admit this Step; ``data`` names the budget.
+        """
+        left = self.remaining(run)
+        in_cap = _min(step.max_tokens_in, left["tokens_in"])
+        if tokens_in > in_cap:
+            raise BudgetExceeded(
+                f"prompt of {tokens_in} tokens exceeds the input budget ({int(in_cap)} left)",
+                data={"budget": "max_tokens_in", "tokens_in": tokens_in, "left": int(in_cap)})
+        deadline = _min(left["deadline_s"])
+        if now_s >= deadline:
+            raise BudgetExceeded("the run's wall-clock budget is spent",
+                                 data={"budget": "max_wall_ms"})
+        price = self.prices.models.get(model)
+        cost_in = self.prices.cost_usd(model, tokens_in, 0)
+        cost_cap = _min(step.max_cost_usd, left["cost_usd"])
+        if cost_in > cost_cap:
+            raise BudgetExceeded("the prompt alone exceeds the cost budget",
+                                 data={"budget": "max_cost_usd", "cost_in_usd": cost_in})
+        token_cap = _min(step.max_tokens_out, left["tokens_out"])
+        out_cap, which = token_cap, "max_tokens_out"
+        if price is not None and price.usd_per_mtok_out > 0 and cost_cap != math.inf:
+            by_cost = math.floor((cost_cap - cost_in) * 1e6 / price.usd_per_mtok_out)
+            if by_cost < out_cap:
+                out_cap, which = by_cost, "max_cost_usd"
+        if out_cap < 1:
+            raise BudgetExceeded("no output budget left for this step",
+                                 data={"budget": which})
+        reserved = int(min(max_tokens, out_cap))
+        res = Reservation(run_id=run.run_id, tokens_out=reserved,
+                          cost_usd=cost_in + self.prices.cost_usd(model, 0, reserved),
+                          capped=out_cap < max_tokens, deadline_s=deadline,
+                          cap_budget=which)
+        self._reserved.setdefault(run.run_id, {})[step_id] = res
+        return res
+
+    def release(self, run_id: str, step_id: str) -> None:
+        """Drop a Step's reservation (its usage is in the store by now)."""
+        held = self._reserved.get(run_id)
+        if held is not None:
+            held.pop(step_id, None)
+            if not held:
+                del self._reserved[run_id]
