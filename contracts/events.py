@@ -63,12 +63,16 @@ class PlacementDecision(msgspec.Struct, frozen=True):
 
 
 class StartedData(msgspec.Struct, frozen=True):
-    """``started``: the Step left the queue; ``queue_position`` counts Steps ahead of it."""
+    """``started``: the Step left the queue; ``queue_position`` counts Steps ahead of it.
+
+    ``redactions`` is how many policy redactions were applied to the prompt.
+    """
 
     type: str
     queue_position: int
     predicted_start_ms: int
     placement: PlacementDecision | None = None
+    redactions: int = 0
 
 
 class TokenData(msgspec.Struct, frozen=True, array_like=False):

@@ -63,7 +63,9 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     """Allow/deny lists evaluated before execution (POLICY-3003).
 
     An ``allow_*`` list, when present, admits only what it names; a ``deny_*`` list
-    refuses what it names. Denials are ``POLICY_DENIED`` before any compute.
+    refuses what it names. Denials are ``POLICY_DENIED`` before any compute. ``redact``
+    holds regular expressions whose matches in prompts become ``[REDACTED]`` before the
+    engine sees them.
     """
 
     allow_models: list[str] | None = None
@@ -72,6 +74,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     deny_step_types: list[str] = msgspec.field(default_factory=list)
     allow_tools: list[str] | None = None
     deny_tools: list[str] = msgspec.field(default_factory=list)
+    redact: list[str] = msgspec.field(default_factory=list)
 
 
 class PlacementAuto(msgspec.Struct, frozen=True, tag="auto", tag_field="strategy",

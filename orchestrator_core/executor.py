@@ -79,6 +79,7 @@ class LlmJob:
     reservation: Reservation
     deadline: float = math.inf
     verifier: TokenVerifier | None = None
+    redactions: int = 0
 
 
 @dataclass
@@ -221,7 +222,8 @@ class Executor:
                         predicted_ms: int) -> None:
         engine = job.replica.engine()
         started = StartedData(type="llm_call", queue_position=queue_position,
-                              predicted_start_ms=predicted_ms, placement=job.decision)
+                              predicted_start_ms=predicted_ms, placement=job.decision,
+                              redactions=job.redactions)
         self.log.append(job.step_id, FrameType.STARTED, _enc.encode(started),
                         update={"status": StepStatus.RUNNING.value})
         usage["tokens_in"] = job.tokens_in

@@ -25,7 +25,6 @@ from contracts.errors import (
     Interrupted,
     InvalidParams,
     NotFound,
-    PolicyDenied,
     QueueFull,
 )
 from contracts.events import FrameType, Provenance, sse_comment
@@ -42,6 +41,7 @@ from orchestrator_core.eventlog import EventLog
 from orchestrator_core.executor import Executor, LlmJob, ReplayJob
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.placement import place
+from orchestrator_core.policy import check_allowed, redact, validate_policy
 from orchestrator_core.pools import EngineFactory, PoolManager
 from orchestrator_core.replay import (
     TokenVerifier,
@@ -189,6 +189,7 @@ class Orchestrator:
         """
         flow = self.get_flow(flow_id)
         seed = body.seed
+        validate_policy(body.policy)
         policy_hash = b3(body.policy)
         if body.mode is RunMode.RECORD:
             if body.replay_of is not None:
@@ -284,21 +285,11 @@ class Orchestrator:
             raise Conflict(f"run {run_id} is {run_row['status']}; it accepts no steps",
                            data={"run_id": run_id, "status": run_row["status"]})
         run = self.get_run(run_id)
-        self._check_policy(run, step_type, body.input.model)
+        check_allowed(run.policy, step_type=step_type, model=body.input.model)
         mode = RunMode(run_row["mode"])
         if mode is RunMode.REPLAY:
             return self._submit_replay(run, body, step_type, input_value, input_hash), True
         return self._submit_llm(run, body, mode, step_type, input_value, input_hash), True
-
-    def _check_policy(self, run: Run, step_type: str, model: str) -> None:
-        p = run.policy
-        if step_type in p.deny_step_types or (
-                p.allow_step_types is not None and step_type not in p.allow_step_types):
-            raise PolicyDenied(f"policy denies step type {step_type}",
-                               data={"rule": "step_types", "value": step_type})
-        if model in p.deny_models or (p.allow_models is not None and model not in p.allow_models):
-            raise PolicyDenied(f"policy denies model {model}",
-                               data={"rule": "models", "value": model})
 
     def _insert_step(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
                      input_hash: str, seed: int | None, replay_of_step: str | None,
@@ -373,7 +364,14 @@ class Orchestrator:
         pool, replica, decision = place(self.pools, inp.model, placement)
         engine = replica.engine()
         messages = [msgspec.to_builtins(m) for m in inp.messages] if inp.messages else None
-        prepared = engine.prepare(prompt=inp.prompt, messages=messages)
+        prompt = inp.prompt
+        if messages is not None:
+            texts, redactions = redact(run.policy, [m["content"] for m in messages])
+            messages = [{**m, "content": t} for m, t in zip(messages, texts, strict=True)]
+        else:
+            assert prompt is not None
+            (prompt,), redactions = redact(run.policy, [prompt])
+        prepared = engine.prepare(prompt=prompt, messages=messages)
         model_cfg = pool.models[inp.model]
         if prepared.tokens_in + prm.max_tokens > model_cfg.context_tokens:
             raise ContextBudget(
@@ -382,7 +380,7 @@ class Orchestrator:
                 data={"tokens_in": prepared.tokens_in, "max_tokens": prm.max_tokens,
                       "context_tokens": model_cfg.context_tokens})
         prompt_hash = b3({"messages": messages} if messages is not None
-                         else {"prompt": inp.prompt})
+                         else {"prompt": prompt})
         params_hash = b3({k: v for k, v in msgspec.to_builtins(prm).items() if k != "seed"})
         verifier = None
         tokens: list[bytes] = []
@@ -429,7 +427,7 @@ class Orchestrator:
                      tokens_in=prepared.tokens_in, prompt_hash=prompt_hash,
                      params_hash=params_hash, policy_hash=run.policy_hash,
                      submitted_at=mono, reservation=res, deadline=deadline,
-                     verifier=verifier)
+                     verifier=verifier, redactions=redactions)
         self._spawn(self.executor.run_llm, job)
         return self.get_step(step_id)
 

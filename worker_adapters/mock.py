@@ -86,6 +86,7 @@ class MockEngine(EngineAdapter):
         super().__init__(identity or mock_identity())
         self.handler = handler or default_handler()
         self.cancelled = 0
+        self.last_request: CompletionRequest | None = None
 
     def prepare(self, *, prompt: str | None, messages: Sequence[dict[str, str]] | None) -> \
             PreparedPrompt:
@@ -97,6 +98,7 @@ class MockEngine(EngineAdapter):
     async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
         """Yield the handler's items, counting requests and generated tokens."""
         self.requests += 1
+        self.last_request = request
         gen = self.handler(request)
         finished = False
         try:

@@ -236,3 +236,37 @@ def budget_header(ctx: dict[str, Any], n: int) -> None:
     resp = ctx["client"].get(f"/v1/runs/{ctx['run']['run_id']}")
     assert resp.headers["X-Budget-Tokens-Out-Remaining"] == str(n)
     assert "X-Budget-Cost-Usd-Remaining" not in resp.headers
+
+
+@when(parsers.parse('I create a record run whose policy redacts "{pattern}"'))
+def redacting_run(ctx: dict[str, Any], pattern: str) -> None:
+    """policy.redact."""
+    _run(ctx, policy={"redact": [pattern]})
+
+
+@when(parsers.parse('I try to create a run whose policy redacts "{pattern}"'))
+def bad_redact(ctx: dict[str, Any], pattern: str) -> None:
+    """An invalid regular expression."""
+    ctx["answers"].append(ctx["client"].post(f"/v1/flows/{ctx['flow_id']}/runs",
+                                             json={"policy": {"redact": [pattern]}}))
+
+
+@when(parsers.parse('I run an llm_call with the prompt "{prompt}"'))
+def run_prompt(ctx: dict[str, Any], prompt: str) -> None:
+    """A prompt holding secrets."""
+    _step, raw = run_to_end(ctx["client"], ctx["run"]["run_id"], llm_step("r-1", prompt))
+    ctx["frames"] = [f for f in parse_sse(raw) if f["id"] is not None]
+
+
+@then(parsers.parse('the engine saw the prompt "{prompt}"'))
+def engine_saw(ctx: dict[str, Any], prompt: str) -> None:
+    """Redacted before dispatch."""
+    (engine,) = [e for e in ctx["engines"] if e.requests]
+    assert engine.last_request is not None and engine.last_request.prompt == prompt
+
+
+@then(parsers.parse("the started frame records {n:d} redactions"))
+def recorded_redactions(ctx: dict[str, Any], n: int) -> None:
+    """Explicit and recorded in the log."""
+    started = json.loads(ctx["frames"][0]["data"])
+    assert started["redactions"] == n

@@ -58,3 +58,15 @@ Feature: Policy is evaluated before execution and budgets are hard caps
     When I create a record run with a run budget of 100 output tokens
     And I run an llm_call that would produce 40 tokens
     Then GET /v1/runs/{id} carries X-Budget-Tokens-Out-Remaining 60
+
+  Scenario: Redaction is applied before the engine sees the prompt, and recorded
+    Given a flow on the mock engine
+    When I create a record run whose policy redacts "sk-[A-Za-z0-9]+"
+    And I run an llm_call with the prompt "my key is sk-ABC123 and sk-XYZ"
+    Then the engine saw the prompt "my key is [REDACTED] and [REDACTED]"
+    And the started frame records 2 redactions
+
+  Scenario: An invalid redaction pattern is refused when the run is created
+    Given a flow on the mock engine
+    When I try to create a run whose policy redacts "sk-[unclosed"
+    Then the answer is 400 with code INVALID_PARAMS
