@@ -50,7 +50,8 @@ class ReplicaInfo(msgspec.Struct):
     """One engine replica (a separate process, or an in-process mock).
 
     ``requests`` and ``tokens_generated`` count what the adapter sent and received since
-    the replica (re)started.
+    the replica (re)started. ``breaker`` is its circuit breaker state (closed, open,
+    half_open) and ``breaker_failures`` its consecutive engine failures.
     """
 
     replica_id: str
@@ -61,6 +62,8 @@ class ReplicaInfo(msgspec.Struct):
     restarts: int
     requests: int = 0
     tokens_generated: int = 0
+    breaker: str = "closed"
+    breaker_failures: int = 0
     pid: int | None = None
     url: str | None = None
 

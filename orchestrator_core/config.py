@@ -101,6 +101,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             (a Run may override it) (STREAM-2002).
         disconnect_grace_ms: how long a Step waits for a reader to reconnect (with
             ``Last-Event-ID``) before that cancel happens.
+        breaker_failures / breaker_reset_ms: a replica's circuit breaker opens after this
+            many consecutive engine failures and probes again after this long (POLICY-3002).
         sqlite_synchronous: ``NORMAL`` survives a process crash; ``FULL`` a power loss.
     """
 
@@ -114,6 +116,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     heartbeat_ms: int = 2_000
     cancel_on_disconnect: bool = True
     disconnect_grace_ms: int = 1_000
+    breaker_failures: int = 3
+    breaker_reset_ms: int = 5_000
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     max_body_bytes: int = 1_048_576
     ephemeral_buffer: int = 16

@@ -25,7 +25,9 @@ import msgspec
 from contracts.errors import (
     BudgetExceeded,
     Cancelled,
+    CircuitOpen,
     DeadlineExceeded,
+    EngineError,
     Internal,
     Interrupted,
     OrchestratorError,
@@ -40,6 +42,7 @@ from contracts.events import (
     TokenData,
 )
 from contracts.steps import StepStatus
+from orchestrator_core.breaker import Transition
 from orchestrator_core.budgets import BudgetBook, Reservation
 from orchestrator_core.clock import Clock
 from orchestrator_core.config import PriceTable
@@ -133,6 +136,10 @@ class Executor:
         if step_id in self.cancel_requested:
             scope.cancel()
         return scope
+
+    def _escalate(self, step_id: str, moved: Transition) -> None:
+        """Log a breaker transition as a durable ``escalation`` frame of this Step."""
+        self.log.append(step_id, FrameType.ESCALATION, _enc.encode(moved))
 
     # -- terminal helpers --------------------------------------------------------------
 
@@ -232,6 +239,15 @@ class Executor:
         n = 0
         finish: str | None = None
         text: list[str] = []
+        rep = job.replica
+        allowed, probing = rep.breaker.allow()
+        if probing is not None:
+            self._escalate(job.step_id, probing)
+        if not allowed:
+            raise CircuitOpen(f"replica {rep.replica_id}'s circuit breaker is open",
+                              data={"replica_id": rep.replica_id})
+        verdict = False
+        moved: Transition | None = None
         stream = engine.stream(job.request)
         try:
             async for item in stream:
@@ -254,12 +270,22 @@ class Executor:
                                     tokens_in=job.tokens_in,
                                     cost_usd=self.prices.cost_usd(job.model, job.tokens_in, n),
                                     reserved_tokens_out=job.reservation.tokens_out)))
+            if finish is None:
+                raise Interrupted("engine stream ended without a finish_reason",
+                                  data={"replica_id": rep.replica_id, "tokens_out": n})
+            verdict = True
+            moved = rep.breaker.success()
+        except (EngineError, Interrupted) as err:
+            verdict = True
+            moved = rep.breaker.failure(f"{err.code.value}: {err.message}")
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()  # type: ignore[attr-defined]
-        if finish is None:
-            raise Interrupted("engine stream ended without a finish_reason",
-                              data={"replica_id": job.replica.replica_id, "tokens_out": n})
+            if not verdict:
+                rep.breaker.release_probe()
+            if moved is not None:
+                self._escalate(job.step_id, moved)
         res = job.reservation
         if res.capped and finish == "length" and n >= res.tokens_out:
             # The engine was asked for at most the reservation: a `length` finish there is

@@ -1,20 +1,30 @@
 """Placement of a Step on a replica: ``auto``, ``pin`` and ``affinity`` (PLACE-5001).
 
 ``auto`` takes the least-loaded ready replica that serves the model, with a
-deterministic tie-break: free slots descending, then replica_id ascending. ``pin``
+deterministic tie-break: free slots descending, then replica_id ascending; replicas whose
+circuit breaker is open are skipped (all open: ``CIRCUIT_OPEN``). ``pin``
 honours its pool (and replica) or fails with a typed error; it never falls back.
 ``affinity`` keeps pools whose tags contain every requested pair, then acts as ``auto``.
 """
 
 from __future__ import annotations
 
-from contracts.errors import InvalidModel, PoolUnavailable, PoolUnready
+from contracts.errors import CircuitOpen, InvalidModel, PoolUnavailable, PoolUnready
 from contracts.events import PlacementDecision
 from contracts.pools import ReplicaHealth
 from contracts.runs import Placement, PlacementAffinity, PlacementAuto, PlacementPin
 from orchestrator_core.pools import Pool, PoolManager, Replica
 
 __all__ = ["place"]
+
+
+def _circuit_open(replicas: list[Replica]) -> CircuitOpen:
+    """CIRCUIT_OPEN with the time until the first breaker may probe again."""
+    waits = [max(0.0, r.breaker.reset_timeout_s
+                 - (r.breaker.clock.monotonic() - r.breaker._opened_at)) for r in replicas]
+    return CircuitOpen("every candidate replica's circuit breaker is open",
+                       retry_after_ms=int(min(waits) * 1000) + 1,
+                       data={"replicas": [r.replica_id for r in replicas]})
 
 
 def _least_loaded(candidates: list[Replica]) -> Replica:
@@ -66,13 +76,18 @@ def place(pools: PoolManager, model: str, placement: Placement | None) -> \
                 if rep.health is not ReplicaHealth.READY:
                     raise PoolUnready(f"pinned replica {replica_id} is {rep.health.value}",
                                       data={"replica_id": replica_id})
+                if not rep.breaker.peek():
+                    raise _circuit_open([rep])
                 return pool, rep, PlacementDecision("pin", pool.pool_id, rep.replica_id,
                                                     "pinned replica")
             strategy, chosen = "pin", [pool]
-    ready = [r for p in chosen for r in p.replicas if r.health is ReplicaHealth.READY]
-    if not ready:
+    healthy = [r for p in chosen for r in p.replicas if r.health is ReplicaHealth.READY]
+    if not healthy:
         raise PoolUnready("no ready replica serves the model yet",
                           data={"pools": [p.pool_id for p in chosen]})
+    ready = [r for r in healthy if r.breaker.peek()]
+    if not ready:
+        raise _circuit_open(healthy)
     rep = _least_loaded(ready)
     pool = pools.pools[rep.pool_id]
     reason = f"least loaded of {len(ready)} ready replica(s); free_slots={rep.free_slots}"

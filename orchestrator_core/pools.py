@@ -16,6 +16,8 @@ import anyio
 
 from contracts.errors import EngineError, PoolUnavailable
 from contracts.pools import EngineInfo, ModelInfo, PoolInfo, ReplicaHealth, ReplicaInfo
+from orchestrator_core.breaker import CircuitBreaker
+from orchestrator_core.clock import Clock, SystemClock
 from orchestrator_core.config import ModelConfig, PoolConfig, ServerConfig
 from worker_adapters.base import EngineAdapter, EngineIdentity
 from worker_adapters.mock import MockEngine, default_handler, mock_identity
@@ -48,6 +50,7 @@ class Replica:
         self.adapter: EngineAdapter | None = None
         self.process: Any = None  # LlamaCppServerProcess for local llama.cpp replicas
         self.avg_step_ms = 1000.0
+        self.breaker = CircuitBreaker(self.replica_id, SystemClock())
         self._sem = anyio.Semaphore(slots)
 
     @property
@@ -85,7 +88,8 @@ class Replica:
                            busy=self.busy, queued=self.waiting, restarts=self.restarts,
                            requests=self.adapter.requests if self.adapter else 0,
                            tokens_generated=self.adapter.tokens_generated if self.adapter
-                           else 0, pid=pid, url=url)
+                           else 0, breaker=self.breaker.state.value,
+                           breaker_failures=self.breaker.failures, pid=pid, url=url)
 
 
 class Pool:
@@ -170,8 +174,10 @@ class PoolManager:
     """
 
     def __init__(self, config: ServerConfig, data_dir: pathlib.Path,
-                 engine_factory: EngineFactory | None = None) -> None:
+                 engine_factory: EngineFactory | None = None,
+                 clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or SystemClock()
         self.data_dir = data_dir
         self.engine_factory = engine_factory
         self.pools: dict[str, Pool] = {}
@@ -244,7 +250,13 @@ class PoolManager:
             if pc.engine == "openai_http" and len(pc.urls) < pc.replicas:
                 raise PoolUnavailable(f"pool {pc.pool_id}: {pc.replicas} replicas but "
                                       f"{len(pc.urls)} urls")
-            self.pools[pc.pool_id] = Pool(pc, self._identity(pc))
+            pool = Pool(pc, self._identity(pc))
+            for rep in pool.replicas:
+                rep.breaker = CircuitBreaker(
+                    rep.replica_id, self.clock,
+                    failure_threshold=self.config.breaker_failures,
+                    reset_timeout_s=self.config.breaker_reset_ms / 1000.0)
+            self.pools[pc.pool_id] = pool
 
         async def start_one(pool: Pool, rep: Replica) -> None:
             try:

@@ -92,8 +92,9 @@ class Orchestrator:
         """Open the store, recover, start pools and background tasks; stop all on exit."""
         data_dir = pathlib.Path(config.data_dir)
         store = SqliteStore(data_dir / "orchestrator.db", config.sqlite_synchronous)
-        pools = PoolManager(config, data_dir, engine_factory)
-        orch = cls(config, store, pools, clock or SystemClock(), metrics or Metrics())
+        clock = clock or SystemClock()
+        pools = PoolManager(config, data_dir, engine_factory, clock)
+        orch = cls(config, store, pools, clock, metrics or Metrics())
         try:
             orch.recover()
             await pools.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -227,3 +227,87 @@ def resumed(ctx: dict[str, Any]) -> None:
     assert ids == list(range(first, first + len(ids)))
     err = json.loads(ctx["resumed"][-1]["data"])
     assert (ctx["resumed"][-1]["event"], err["message"]) == ("error", "step cancelled")
+
+
+@given(parsers.parse("one mock replica that fails every request, with a breaker of {n:d} "
+                     "failures and {ms:d} ms"))
+def failing_replica(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any], n: int,
+                    ms: int) -> None:
+    """An engine whose health a test can switch."""
+    import msgspec
+
+    from contracts.errors import EngineError as EngineErr
+    from worker_adapters.base import CompletionRequest, StreamItem
+
+    ctx["healthy"] = False
+    base = default_handler()
+
+    async def handler(req: CompletionRequest) -> AsyncIterator[StreamItem]:
+        if not ctx["healthy"]:
+            raise EngineErr("engine exploded", data={"test": True})
+        async for item in base(req):
+            yield item
+
+    def factory(pc: PoolConfig, index: int) -> EngineAdapter:
+        return MockEngine(handler)
+
+    cfg = msgspec.structs.replace(mock_cfg, breaker_failures=n, breaker_reset_ms=ms,
+                                  pools=[msgspec.structs.replace(mock_cfg.pools[0],
+                                                                 replicas=1)])
+    ctx["client"] = stack.enter_context(app_client(cfg, engine_factory=factory))
+    ctx["run_id"] = new_run(ctx["client"])
+    ctx["streams"] = []
+
+
+@when(parsers.parse("I run {n:d} llm_calls"))
+def run_n(ctx: dict[str, Any], n: int) -> None:
+    """Sequential steps."""
+    ctx["streams"] = []
+    for _ in range(n):
+        ctx["k"] = ctx.get("k", 0) + 1
+        _step, raw = run_to_end(ctx["client"], ctx["run_id"], llm_step(f"b-{ctx['k']}"))
+        ctx["streams"].append([f for f in parse_sse(raw) if f["id"] is not None])
+
+
+@then("each ends with error ENGINE_ERROR and the third stream has an escalation closed to open")
+def opened(ctx: dict[str, Any]) -> None:
+    """The breaker opens on the third consecutive failure."""
+    for frames in ctx["streams"]:
+        assert json.loads(frames[-1]["data"])["code"] == "ENGINE_ERROR"
+    assert [f["event"] for f in ctx["streams"][1]] == ["started", "error"]
+    assert [f["event"] for f in ctx["streams"][2]] == ["started", "escalation", "error"]
+    esc = json.loads(ctx["streams"][2][1]["data"])
+    assert (esc["kind"], esc["target"], esc["from_state"], esc["to_state"], esc["failures"]) \
+        == ("circuit_breaker", "mock-0/r0", "closed", "open", 3)
+
+
+@then(parsers.parse("GET /v1/pools shows the replica's breaker {state}"))
+def pools_breaker(ctx: dict[str, Any], state: str) -> None:
+    """Visible to operators."""
+    (rep,) = ctx["client"].get("/v1/pools").json()[0]["replicas"]
+    assert rep["breaker"] == state
+
+
+@then("a fourth llm_call is refused with 503 CIRCUIT_OPEN and a Retry-After")
+def refused_open(ctx: dict[str, Any]) -> None:
+    """Refused before anything is stored."""
+    resp = ctx["client"].post(f"/v1/runs/{ctx['run_id']}/steps", json=llm_step("b-refused"))
+    assert (resp.status_code, resp.json()["code"]) == (503, "CIRCUIT_OPEN")
+    assert resp.headers["Retry-After"] == "1"
+
+
+@when(parsers.parse("the engine recovers and {ms:d} ms pass"))
+def recovers(ctx: dict[str, Any], ms: int) -> None:
+    """Switch the engine back on and wait out the reset timeout."""
+    ctx["healthy"] = True
+    time.sleep(ms / 1000.0 + 0.05)
+
+
+@then("its stream has escalations open to half_open and half_open to closed, then end")
+def probed(ctx: dict[str, Any]) -> None:
+    """The probe succeeded."""
+    (frames,) = ctx["streams"]
+    escalations = [json.loads(f["data"]) for f in frames if f["event"] == "escalation"]
+    assert [(e["from_state"], e["to_state"]) for e in escalations] == [
+        ("open", "half_open"), ("half_open", "closed")]
+    assert frames[-1]["event"] == "end"

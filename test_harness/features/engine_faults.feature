@@ -28,3 +28,14 @@ Feature: Interrupted engine streams and cancellation end steps with typed errors
     Given a Granian server with 200 ms heartbeats and a 2000 ms reconnect grace
     When a reader disconnects after 5 token frames and resumes at once with Last-Event-ID
     Then the resumed stream continues right after the last frame read until our own cancel
+
+  Scenario: A replica's circuit breaker opens, refuses, probes and closes
+    Given one mock replica that fails every request, with a breaker of 3 failures and 300 ms
+    When I run 3 llm_calls
+    Then each ends with error ENGINE_ERROR and the third stream has an escalation closed to open
+    And GET /v1/pools shows the replica's breaker open
+    And a fourth llm_call is refused with 503 CIRCUIT_OPEN and a Retry-After
+    When the engine recovers and 300 ms pass
+    And I run 1 llm_calls
+    Then its stream has escalations open to half_open and half_open to closed, then end
+    And GET /v1/pools shows the replica's breaker closed
