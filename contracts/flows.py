@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+from contracts.limits import Labels, Name
 
 __all__ = ["Flow", "FlowCreate", "FlowCreated", "ToolSchema"]
 
@@ -20,10 +22,10 @@ class ToolSchema(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
         output_schema: optional JSON Schema checked on the tool's result.
     """
 
-    name: str
+    name: Name
     parameters: dict[str, Any]
     description: str = ""
-    executor: str | None = None
+    executor: Name | None = None
     output_schema: dict[str, Any] | None = None
 
 
@@ -35,9 +37,10 @@ class FlowCreate(msgspec.Struct, forbid_unknown_fields=True):
     """
 
     ast_ir: Any
-    tools: list[ToolSchema] = msgspec.field(default_factory=list)
+    tools: Annotated[list[ToolSchema], msgspec.Meta(max_length=256)] = msgspec.field(
+        default_factory=list)
     config: dict[str, Any] = msgspec.field(default_factory=dict)
-    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    labels: Labels = msgspec.field(default_factory=dict)
 
 
 class FlowCreated(msgspec.Struct):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
+from typing import Annotated
 
 import msgspec
+
+from contracts.limits import Id, Labels
 
 __all__ = [
     "BudgetUsage",
@@ -125,13 +128,13 @@ class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
     """
 
     mode: RunMode = RunMode.RECORD
-    seed: int | None = None
-    replay_of: str | None = None
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+    replay_of: Id | None = None
     budgets: Budgets = msgspec.field(default_factory=Budgets)
     policy: Policy = msgspec.field(default_factory=Policy)
     pool_policy: PoolPolicy = msgspec.field(default_factory=PoolPolicy)
     fs_policy: FsPolicy = msgspec.field(default_factory=FsPolicy)
-    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    labels: Labels = msgspec.field(default_factory=dict)
     cancel_on_disconnect: bool | None = None
 
 

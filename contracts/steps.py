@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from contracts.errors import ErrorEnvelope
 from contracts.events import Provenance
+from contracts.limits import Id, Token
 from contracts.runs import Budgets, BudgetUsage, Placement
 
 __all__ = [
@@ -65,7 +66,8 @@ class SamplingParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     repeat_penalty: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
-    stop: list[str] = msgspec.field(default_factory=list)
+    stop: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]],
+                    msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
 
 
 class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -82,8 +84,8 @@ class LlmCallInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     ``messages`` go through the model's own chat template; ``prompt`` is sent raw.
     """
 
-    model: str
-    messages: list[ChatMessage] | None = None
+    model: Id
+    messages: Annotated[list[ChatMessage], msgspec.Meta(max_length=1024)] | None = None
     prompt: str | None = None
     params: SamplingParams = msgspec.field(default_factory=SamplingParams)
 
@@ -94,7 +96,7 @@ class LlmCallSubmit(msgspec.Struct, tag="llm_call", tag_field="type", forbid_unk
     ``client_token`` is the idempotency key within the Run.
     """
 
-    client_token: str
+    client_token: Token
     input: LlmCallInput
     placement: Placement | None = None
     budgets: Budgets = msgspec.field(default_factory=Budgets)

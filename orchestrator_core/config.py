@@ -103,6 +103,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             ``Last-Event-ID``) before that cancel happens.
         breaker_failures / breaker_reset_ms: a replica's circuit breaker opens after this
             many consecutive engine failures and probes again after this long (POLICY-3002).
+        auth_tokens: bearer token -> tenant. Empty: single tenant, loopback only.
         sqlite_synchronous: ``NORMAL`` survives a process crash; ``FULL`` a power loss.
     """
 
@@ -118,6 +119,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     disconnect_grace_ms: int = 1_000
     breaker_failures: int = 3
     breaker_reset_ms: int = 5_000
+    auth_tokens: dict[str, str] = {}
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     max_body_bytes: int = 1_048_576
     ephemeral_buffer: int = 16

@@ -51,9 +51,11 @@ from orchestrator_core.replay import (
 from orchestrator_core.store import SqliteStore
 from worker_adapters.base import CompletionRequest
 
-__all__ = ["SERVER_VERSION", "Orchestrator"]
+__all__ = ["DEFAULT_TENANT", "SERVER_VERSION", "Orchestrator"]
 
 SERVER_VERSION = "orchestratord 0.1.0"
+DEFAULT_TENANT = "default"
+"""The tenant of every request when the server has no bearer tokens configured."""
 _enc = msgspec.json.Encoder()
 _prov_decoder = msgspec.json.Decoder(Provenance)
 
@@ -137,8 +139,12 @@ class Orchestrator:
 
     # -- flows -------------------------------------------------------------------------
 
-    def create_flow(self, body: FlowCreate) -> tuple[Flow, bool]:
-        """Store a Flow under its content address (NERVE-4001).
+    def create_flow(self, body: FlowCreate, tenant: str = DEFAULT_TENANT) -> tuple[Flow, bool]:
+        """Store a Flow under its content address, within the tenant (NERVE-4001).
+
+        The default tenant's flow_id is ``flw_`` + the first 32 hex digits of the hash;
+        another tenant's also folds the tenant in, so ids never reveal another tenant's
+        flows.
 
         Returns:
             ``(flow, created)``; ``created`` is False when the same content existed.
@@ -152,8 +158,11 @@ class Orchestrator:
                                 data={"tools": names})
         content = {"ast_ir": body.ast_ir, "tools": body.tools, "config": body.config}
         flow_hash = b3(content)
-        flow_id = "flw_" + flow_hash[3:35]
+        digest = flow_hash if tenant == DEFAULT_TENANT else b3({"tenant": tenant,
+                                                                "hash": flow_hash})
+        flow_id = "flw_" + digest[3:35]
         created = self.store.insert_flow({
+            "tenant": tenant,
             "flow_id": flow_id, "hash": flow_hash,
             "ast_ir": canonical_json(body.ast_ir).decode(),
             "tools": canonical_json(body.tools).decode(),
@@ -161,25 +170,25 @@ class Orchestrator:
             "labels": canonical_json(body.labels).decode(),
             "created_at": iso_utc(self.clock.now()),
         })
-        return self.get_flow(flow_id), created
+        return self.get_flow(flow_id, tenant), created
 
-    def get_flow(self, flow_id: str) -> Flow:
-        """Raises NotFound."""
+    def get_flow(self, flow_id: str, tenant: str = DEFAULT_TENANT) -> Flow:
+        """The tenant's Flow. Raises NotFound (also for another tenant's flow)."""
         row = self.store.get_flow(flow_id)
-        if row is None:
+        if row is None or row["tenant"] != tenant:
             raise NotFound(f"no flow {flow_id}", data={"flow_id": flow_id})
         return views.flow(row)
 
-    def get_flow_by_hash(self, flow_hash: str) -> Flow:
-        """Look a Flow up by ``b3:<hex>``. Raises NotFound."""
-        row = self.store.get_flow_by_hash(flow_hash)
+    def get_flow_by_hash(self, flow_hash: str, tenant: str = DEFAULT_TENANT) -> Flow:
+        """Look a tenant's Flow up by ``b3:<hex>``. Raises NotFound."""
+        row = self.store.get_flow_by_hash(tenant, flow_hash)
         if row is None:
             raise NotFound(f"no flow with hash {flow_hash}", data={"hash": flow_hash})
         return views.flow(row)
 
     # -- runs --------------------------------------------------------------------------
 
-    def create_run(self, flow_id: str, body: RunCreate) -> Run:
+    def create_run(self, flow_id: str, body: RunCreate, tenant: str = DEFAULT_TENANT) -> Run:
         """Create a Run (NERVE-4002). Replays name their recording with ``replay_of``.
 
         Raises:
@@ -188,7 +197,7 @@ class Orchestrator:
                 ``record`` run of this flow.
             DeterminismInputsDiffer: a replay asks for another seed or policy.
         """
-        flow = self.get_flow(flow_id)
+        flow = self.get_flow(flow_id, tenant)
         seed = body.seed
         validate_policy(body.policy)
         policy_hash = b3(body.policy)
@@ -199,7 +208,7 @@ class Orchestrator:
             if body.replay_of is None:
                 raise InvalidParams(f"mode {body.mode.value} needs replay_of: <run_id>")
             src = self.store.get_run(body.replay_of)
-            if src is None:
+            if src is None or src["tenant"] != tenant:
                 raise NotFound(f"no run {body.replay_of}", data={"run_id": body.replay_of})
             if src["mode"] != RunMode.RECORD.value or src["flow_id"] != flow_id:
                 raise InvalidParams("replay_of must name a record-mode run of the same flow",
@@ -231,28 +240,30 @@ class Orchestrator:
                                  "cancel_on_disconnect": body.cancel_on_disconnect,
                                  }).decode(),
             "policy_hash": policy_hash, "status": RunStatus.ACTIVE.value,
-            "created_at": iso_utc(self.clock.now()),
+            "created_at": iso_utc(self.clock.now()), "tenant": tenant,
         })
-        return self.get_run(run_id)
+        return self.get_run(run_id, tenant)
 
-    def get_run(self, run_id: str) -> Run:
-        """The Run with its usage and Step counts. Raises NotFound."""
+    def get_run(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> Run:
+        """The Run with its usage and Step counts. Raises NotFound (also for another
+        tenant's run). ``tenant=None`` is the server's own, unscoped view."""
         row = self.store.get_run(run_id)
-        if row is None:
+        if row is None or (tenant is not None and row["tenant"] != tenant):
             raise NotFound(f"no run {run_id}", data={"run_id": run_id})
         return views.run(row, self.store.run_usage(run_id))
 
-    def cancel_run(self, run_id: str) -> Run:
+    def cancel_run(self, run_id: str, tenant: str = DEFAULT_TENANT) -> Run:
         """Refuse new Steps and cancel the Run's in-flight ones; idempotent."""
-        self.get_run(run_id)
+        self.get_run(run_id, tenant)
         self.store.set_run_status(run_id, RunStatus.CANCELLED.value)
         for row in self.store.list_steps(run_id):
-            self.executor.cancel(row["step_id"])
-        return self.get_run(run_id)
+            self.executor.cancel(row["step_id"], reason="run cancelled")
+        return self.get_run(run_id, tenant)
 
     # -- steps -------------------------------------------------------------------------
 
-    def submit_step(self, run_id: str, body: StepSubmit) -> tuple[Step, bool]:
+    def submit_step(self, run_id: str, body: StepSubmit,
+                    tenant: str = DEFAULT_TENANT) -> tuple[Step, bool]:
         """Accept a Step, idempotently by ``client_token`` (NERVE-4003).
 
         Everything that can refuse the Step is checked before anything is stored: policy,
@@ -268,7 +279,7 @@ class Orchestrator:
             QueueFull.
         """
         run_row = self.store.get_run(run_id)
-        if run_row is None:
+        if run_row is None or run_row["tenant"] != tenant:
             raise NotFound(f"no run {run_id}", data={"run_id": run_id})
         step_type = "llm_call"
         input_value = msgspec.to_builtins(body.input)
@@ -285,7 +296,7 @@ class Orchestrator:
         if run_row["status"] != RunStatus.ACTIVE.value:
             raise Conflict(f"run {run_id} is {run_row['status']}; it accepts no steps",
                            data={"run_id": run_id, "status": run_row["status"]})
-        run = self.get_run(run_id)
+        run = self.get_run(run_id, tenant)
         check_allowed(run.policy, step_type=step_type, model=body.input.model)
         mode = RunMode(run_row["mode"])
         if mode is RunMode.REPLAY:
@@ -335,7 +346,7 @@ class Orchestrator:
         final = {k: rec[k] for k in ("status", "tokens_in", "tokens_out", "cost_usd",
                                      "wall_ms", "provenance", "error")}
         self._spawn(self.executor.run_replay, ReplayJob(step_id, run.run_id, rows, final))
-        return self.get_step(step_id)
+        return self.get_step(step_id, None)
 
     def _submit_llm(self, run: Run, body: LlmCallSubmit, mode: RunMode, step_type: str,
                     input_value: Any, input_hash: str) -> Step:
@@ -430,7 +441,7 @@ class Orchestrator:
                      submitted_at=mono, reservation=res, deadline=deadline,
                      verifier=verifier, redactions=redactions)
         self._spawn(self.executor.run_llm, job)
-        return self.get_step(step_id)
+        return self.get_step(step_id, None)
 
     def _spawn(self, fn: Any, job: Any) -> None:
         if self._tg is None:
@@ -442,7 +453,7 @@ class Orchestrator:
         row = self.store.get_run(run_id)
         if row is None:
             return {}
-        left = self.budgets.remaining(self.get_run(run_id))
+        left = self.budgets.remaining(self.get_run(run_id, None))
         names = {"tokens_in": "X-Budget-Tokens-In-Remaining",
                  "tokens_out": "X-Budget-Tokens-Out-Remaining",
                  "cost_usd": "X-Budget-Cost-Usd-Remaining"}
@@ -453,23 +464,28 @@ class Orchestrator:
                 max(0, int((left["deadline_s"] - self.clock.now()) * 1000)))
         return out
 
-    def get_step(self, step_id: str) -> Step:
-        """The Step resource. Raises NotFound."""
+    def get_step(self, step_id: str, tenant: str | None = DEFAULT_TENANT) -> Step:
+        """The Step resource. Raises NotFound (also for another tenant's step)."""
         row = self.store.get_step(step_id)
+        if row is not None and tenant is not None:
+            run = self.store.get_run(row["run_id"])
+            if run is None or run["tenant"] != tenant:
+                row = None
         if row is None:
             raise NotFound(f"no step {step_id}", data={"step_id": step_id})
         return views.step(row)
 
-    def cancel_step(self, step_id: str) -> Step:
+    def cancel_step(self, step_id: str, tenant: str = DEFAULT_TENANT) -> Step:
         """Cancel a Step; idempotent, and a no-op on a finished Step (STREAM-2002)."""
-        self.get_step(step_id)
+        self.get_step(step_id, tenant)
         self.executor.cancel(step_id)
-        return self.get_step(step_id)
+        return self.get_step(step_id, tenant)
 
     # -- streams -----------------------------------------------------------------------
 
     def open_stream(self, step_id: str, last_event_id: int | None,
-                    heartbeat_s: float | None = None) -> AsyncIterator[bytes]:
+                    heartbeat_s: float | None = None,
+                    tenant: str = DEFAULT_TENANT) -> AsyncIterator[bytes]:
         """Validate, then return the SSE byte stream of a Step (a cursor over its log).
 
         Each yielded chunk batches every frame ready at that moment (fewer ASGI sends).
@@ -479,7 +495,7 @@ class Orchestrator:
         Raises:
             NotFound: no such Step (before the stream starts).
         """
-        self.get_step(step_id)
+        self.get_step(step_id, tenant)
         hb = heartbeat_s if heartbeat_s is not None else self.config.heartbeat_ms / 1000.0
         return self._stream(step_id, -1 if last_event_id is None else last_event_id, hb)
 

@@ -23,7 +23,7 @@ import sqlite_utils
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 EventRow = tuple[str, int, str, str, bytes]
 """``(step_id, seq, run_id, type, data_json)``: one durable frame."""
@@ -47,7 +47,7 @@ class Store(Protocol):
 
     def insert_flow(self, row: dict[str, Any]) -> bool: ...
     def get_flow(self, flow_id: str) -> dict[str, Any] | None: ...
-    def get_flow_by_hash(self, flow_hash: str) -> dict[str, Any] | None: ...
+    def get_flow_by_hash(self, tenant: str, flow_hash: str) -> dict[str, Any] | None: ...
     def insert_run(self, row: dict[str, Any]) -> None: ...
     def get_run(self, run_id: str) -> dict[str, Any] | None: ...
     def set_run_status(self, run_id: str, status: str) -> None: ...
@@ -86,8 +86,29 @@ class SqliteStore:
     def _migrate(self) -> None:
         db = sqlite_utils.Database(self._conn)
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version >= SCHEMA_VERSION:
-            return
+        if version < 1:
+            self._migrate_v1(db)
+        if version < 2:
+            self._migrate_v2()
+
+    def _migrate_v2(self) -> None:
+        """Tenancy: flows and runs belong to a tenant; a flow's hash is unique per tenant."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("flows", "runs"):
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN tenant TEXT NOT NULL"
+                                   " DEFAULT 'default'")
+            self._conn.execute("DROP INDEX IF EXISTS idx_flows_hash")
+            self._conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS flows_tenant_hash"
+                               " ON flows(tenant, hash)")
+            self._conn.execute("PRAGMA user_version=2")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    def _migrate_v1(self, db: sqlite_utils.Database) -> None:
+        """The initial schema: flows, runs, steps (with the idempotency key), events."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             db.table("flows").create(
@@ -131,7 +152,7 @@ class SqliteStore:
                 " UNIQUE (step_id, seq))"
             )
             self._conn.execute("CREATE INDEX IF NOT EXISTS events_run ON events(run_id, gseq)")
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._conn.execute("PRAGMA user_version=1")
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
@@ -143,17 +164,18 @@ class SqliteStore:
         """Insert a Flow unless its hash exists. Returns True when it was created."""
         cur = self._conn.execute(
             "INSERT OR IGNORE INTO flows (flow_id, hash, ast_ir, tools, config, labels,"
-            " created_at) VALUES (:flow_id, :hash, :ast_ir, :tools, :config, :labels,"
-            " :created_at)", row)
+            " created_at, tenant) VALUES (:flow_id, :hash, :ast_ir, :tools, :config, :labels,"
+            " :created_at, :tenant)", {"tenant": "default", **row})
         return cur.rowcount == 1
 
     def get_flow(self, flow_id: str) -> dict[str, Any] | None:
         """The Flow row, or None."""
         return self._one("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
 
-    def get_flow_by_hash(self, flow_hash: str) -> dict[str, Any] | None:
-        """The Flow row with this content hash, or None."""
-        return self._one("SELECT * FROM flows WHERE hash = ?", (flow_hash,))
+    def get_flow_by_hash(self, tenant: str, flow_hash: str) -> dict[str, Any] | None:
+        """The tenant's Flow with this content hash, or None."""
+        return self._one("SELECT * FROM flows WHERE tenant = ? AND hash = ?",
+                         (tenant, flow_hash))
 
     # -- runs --------------------------------------------------------------------------
 
@@ -161,8 +183,9 @@ class SqliteStore:
         """Insert a Run row (autocommit: one statement is one transaction)."""
         self._conn.execute(
             "INSERT INTO runs (run_id, flow_id, flow_hash, mode, seed, replay_of, body,"
-            " policy_hash, status, created_at) VALUES (:run_id, :flow_id, :flow_hash, :mode,"
-            " :seed, :replay_of, :body, :policy_hash, :status, :created_at)", row)
+            " policy_hash, status, created_at, tenant) VALUES (:run_id, :flow_id, :flow_hash,"
+            " :mode, :seed, :replay_of, :body, :policy_hash, :status, :created_at, :tenant)",
+            {"tenant": "default", **row})
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The Run row, or None."""

@@ -37,6 +37,7 @@ from contracts.errors import (
     NotFound,
     OrchestratorError,
     PoolUnready,
+    Unauthorized,
 )
 from contracts.flows import Flow, FlowCreate, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
@@ -46,6 +47,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.pools import EngineFactory
 from orchestrator_core.service import SERVER_VERSION, Orchestrator
+from orchestratord.auth import require_token, tenant_of
 
 __all__ = ["create_app"]
 
@@ -56,6 +58,8 @@ _CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Orch = NamedDependency[Orchestrator]
 """The orchestrator, injected by name into every route."""
+Tenant = NamedDependency[str]
+"""The caller's tenant, resolved by the auth guard."""
 
 
 class MethodNotAllowed(InvalidParams):
@@ -94,6 +98,8 @@ def error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[b
     """
     err = _to_orchestrator_error(exc)
     headers: dict[str, str] = {}
+    if isinstance(err, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="orchestratord"'
     if err.retry_after_ms is not None:
         headers["Retry-After"] = str(max(1, -(-err.retry_after_ms // 1000)))
         headers["X-Backoff-Ms"] = str(err.retry_after_ms)
@@ -135,68 +141,70 @@ def _json(value: Any, status: int = 200) -> Response[bytes]:
 
 
 @post("/v1/flows", status_code=201)
-async def create_flow(data: JSONBody[FlowCreate], orch: Orch) -> Response[FlowCreated]:
+async def create_flow(data: JSONBody[FlowCreate], orch: Orch,
+                      tenant: Tenant) -> Response[FlowCreated]:
     """Create a content-addressed Flow: 201 when new, 200 when it already existed."""
-    flow, created = orch.create_flow(data)
+    flow, created = orch.create_flow(data, tenant)
     return Response(FlowCreated(flow_id=flow.flow_id, hash=flow.hash, created=created),
                     status_code=201 if created else 200)
 
 
 @get("/v1/flows/{flow_id:str}")
-async def get_flow(flow_id: FromPath[str], orch: Orch) -> Flow:
+async def get_flow(flow_id: FromPath[str], orch: Orch, tenant: Tenant) -> Flow:
     """Read a Flow."""
-    return orch.get_flow(flow_id)
+    return orch.get_flow(flow_id, tenant)
 
 
 @get("/v1/flows:by-hash/{flow_hash:str}")
-async def get_flow_by_hash(flow_hash: FromPath[str], orch: Orch) -> Flow:
+async def get_flow_by_hash(flow_hash: FromPath[str], orch: Orch, tenant: Tenant) -> Flow:
     """Read a Flow by its ``b3:`` content hash."""
-    return orch.get_flow_by_hash(flow_hash)
+    return orch.get_flow_by_hash(flow_hash, tenant)
 
 
 @post("/v1/flows/{flow_id:str}/runs", status_code=201)
-async def create_run(flow_id: FromPath[str], data: JSONBody[RunCreate], orch: Orch) -> Run:
+async def create_run(flow_id: FromPath[str], data: JSONBody[RunCreate], orch: Orch,
+                     tenant: Tenant) -> Run:
     """Start a Run of a Flow in ``record``, ``replay`` or ``strict_replay`` mode."""
-    return orch.create_run(flow_id, data)
+    return orch.create_run(flow_id, data, tenant)
 
 
 @get("/v1/runs/{run_id:str}")
-async def get_run(run_id: FromPath[str], orch: Orch) -> Response[Run]:
+async def get_run(run_id: FromPath[str], orch: Orch, tenant: Tenant) -> Response[Run]:
     """Read a Run with its usage and Step counts; ``X-Budget-*`` headers say what is left."""
-    return Response(orch.get_run(run_id), headers=orch.budget_headers(run_id))
+    return Response(orch.get_run(run_id, tenant), headers=orch.budget_headers(run_id))
 
 
 @post("/v1/runs/{run_id:str}/cancel", status_code=200)
-async def cancel_run(run_id: FromPath[str], orch: Orch) -> Run:
+async def cancel_run(run_id: FromPath[str], orch: Orch, tenant: Tenant) -> Run:
     """Cancel a Run: in-flight Steps are cancelled and new ones refused. Idempotent."""
-    return orch.cancel_run(run_id)
+    return orch.cancel_run(run_id, tenant)
 
 
 @post("/v1/runs/{run_id:str}/steps", status_code=201)
 async def submit_step(run_id: FromPath[str], data: JSONBody[StepSubmit],
-                      orch: Orch) -> Response[Step]:
+                      orch: Orch, tenant: Tenant) -> Response[Step]:
     """Submit a Step: 201 when new, 200 when the client_token already names it."""
-    step, created = orch.submit_step(run_id, data)
+    step, created = orch.submit_step(run_id, data, tenant)
     return Response(step, status_code=201 if created else 200,
                     headers=orch.budget_headers(run_id))
 
 
 @get("/v1/steps/{step_id:str}")
-async def get_step(step_id: FromPath[str], orch: Orch) -> Response[Step]:
+async def get_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Response[Step]:
     """Read a Step, with its Run's ``X-Budget-*`` headers."""
-    step = orch.get_step(step_id)
+    step = orch.get_step(step_id, tenant)
     return Response(step, headers=orch.budget_headers(step.run_id))
 
 
 @post("/v1/steps/{step_id:str}/cancel", status_code=200)
-async def cancel_step(step_id: FromPath[str], orch: Orch) -> Step:
+async def cancel_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Step:
     """Cancel a Step. Idempotent; a finished Step is returned unchanged."""
-    return orch.cancel_step(step_id)
+    return orch.cancel_step(step_id, tenant)
 
 
 @get("/v1/steps/{step_id:str}/stream", media_type="text/event-stream")
 async def stream_step(step_id: FromPath[str], request: Request[Any, Any, Any],
-                      orch: Orch) -> Stream:
+                      orch: Orch, tenant: Tenant) -> Stream:
     """SSE stream of a Step's frames; ``Last-Event-ID`` resumes after that frame."""
     raw = request.headers.get("last-event-id")
     last: int | None = None
@@ -208,7 +216,7 @@ async def stream_step(step_id: FromPath[str], request: Request[Any, Any, Any],
         except ValueError:
             raise InvalidParams("Last-Event-ID must be a sequence number (an integer >= 0)",
                                 data={"last_event_id": raw}) from None
-    body: AsyncIterator[bytes] = orch.open_stream(step_id, last)
+    body: AsyncIterator[bytes] = orch.open_stream(step_id, last, tenant=tenant)
     return Stream(body, media_type="text/event-stream",
                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -231,13 +239,13 @@ async def capabilities(orch: Orch) -> Capabilities:
     return orch.capabilities()
 
 
-@get("/health")
+@get("/health", opt={"public": True})
 async def health() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok", "server_version": SERVER_VERSION}
 
 
-@get("/ready")
+@get("/ready", opt={"public": True})
 async def ready(orch: Orch) -> dict[str, Any]:
     """Readiness: every pool has a ready replica, else 503 POOL_UNREADY."""
     if not orch.pools.ready():
@@ -278,7 +286,9 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory | None = N
             submit_step, get_step, cancel_step, stream_step, list_pools, get_pool,
             capabilities, health, ready, metrics,
         ],
-        dependencies={"orch": Provide(_orch, sync_to_thread=False)},
+        dependencies={"orch": Provide(_orch, sync_to_thread=False),
+                      "tenant": Provide(tenant_of, sync_to_thread=False)},
+        guards=[require_token],
         exception_handlers={Exception: error_handler},
         before_send=[add_correlation_id],
         lifespan=[lifespan],

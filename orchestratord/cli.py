@@ -32,6 +32,11 @@ def serve(config: ServerConfig) -> None:
     from granian.server.embed import Server
 
     from orchestratord.app import create_app
+    from orchestratord.auth import check_bind
+
+    refusal = check_bind(config)
+    if refusal is not None:
+        raise SystemExit(f"orchestratord: {refusal}")
 
     async def run() -> None:
         server = Server(create_app(config), address=config.host, port=config.port,

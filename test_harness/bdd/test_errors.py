@@ -60,6 +60,17 @@ def send(client: TestClient[Any], mock_cfg: ServerConfig, ctx: dict[str, Any],
                 "strategy": "pin", "pool_id": "gpu-9"}})
         case "a step in a cancelled run":
             resp = client.post(steps, json=llm_step("x"))
+        case "a body larger than the server's limit":
+            resp = client.post("/v1/flows", json={"ast_ir": "x" * (mock_cfg.max_body_bytes + 1)})
+        case "a client_token of 300 characters":
+            resp = client.post(steps, json=llm_step("t" * 300))
+        case "a flow with a label value of 2000 chars":
+            resp = client.post("/v1/flows", json={"ast_ir": {}, "labels": {"k": "v" * 2000}})
+        case "a run with a negative seed":
+            resp = client.post(f"/v1/flows/{flow_id}/runs", json={"seed": -1})
+        case 'a flow with a tool named "rm -rf /"':
+            resp = client.post("/v1/flows", json={"ast_ir": {}, "tools": [
+                {"name": "rm -rf /", "parameters": {}}]})
         case _:
             raise AssertionError(request)
     ctx["answers"].append(resp)

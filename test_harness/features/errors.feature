@@ -25,6 +25,11 @@ Feature: Bad input gets a typed error and nothing partial is stored
       | a prompt larger than the context          | 400    | CONTEXT_BUDGET |
       | a step pinned to an unknown pool          | 503    | POOL_UNAVAILABLE |
       | a step in a cancelled run                 | 409    | CONFLICT       |
+      | a body larger than the server's limit     | 400    | INVALID_PARAMS |
+      | a client_token of 300 characters          | 400    | INVALID_PARAMS |
+      | a flow with a label value of 2000 chars   | 400    | INVALID_PARAMS |
+      | a run with a negative seed                | 400    | INVALID_PARAMS |
+      | a flow with a tool named "rm -rf /"       | 400    | INVALID_PARAMS |
 
   Scenario: The correlation id is echoed, or generated when absent
     When I make a request with X-Correlation-Id "abc-123"

@@ -1,0 +1,74 @@
+"""Bearer-token authentication and tenancy at the HTTP edge.
+
+Each configured token belongs to one tenant (``auth_tokens: {token: tenant}``). Tokens
+are compared in constant time against every configured token. With no tokens configured
+the server is single-tenant (``default``) and may only listen on a loopback address.
+Another tenant's flows, runs and steps answer 404, never 403, so existence does not leak.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from contracts.errors import Unauthorized
+from orchestrator_core.config import ServerConfig
+from orchestrator_core.service import DEFAULT_TENANT
+
+__all__ = ["check_bind", "require_token", "tenant_of"]
+
+
+def check_bind(config: ServerConfig) -> str | None:
+    """Why the server must not start with this config, or None.
+
+    Binding to a non-loopback address without bearer tokens is refused.
+    """
+    if config.auth_tokens:
+        return None
+    host = config.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (f"refusing to listen on {host!r} without authentication: configure "
+            "auth_tokens ({token: tenant}) or bind to 127.0.0.1")
+
+
+def _match(tokens: dict[str, str], presented: str) -> str | None:
+    """The tenant of ``presented``; every configured token is compared, in constant time."""
+    found = None
+    given = presented.encode()
+    for token, tenant in tokens.items():
+        if hmac.compare_digest(token.encode(), given):
+            found = tenant
+    return found
+
+
+def require_token(connection: ASGIConnection[Any, Any, Any, Any],
+                  handler: BaseRouteHandler) -> None:
+    """Guard: resolve the tenant from ``Authorization: Bearer <token>``.
+
+    Raises:
+        Unauthorized: tokens are configured and the request has none, or a wrong one.
+    """
+    config: ServerConfig = connection.app.state.orch.config
+    if not config.auth_tokens or handler.opt.get("public"):
+        connection.state.tenant = DEFAULT_TENANT
+        return
+    scheme, _, presented = connection.headers.get("authorization", "").partition(" ")
+    tenant = _match(config.auth_tokens, presented.strip()) if scheme.lower() == "bearer" \
+        else None
+    if tenant is None:
+        raise Unauthorized("a valid bearer token is required")
+    connection.state.tenant = tenant
+
+
+def tenant_of(request: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """Dependency: the tenant the guard resolved."""
+    return str(getattr(request.state, "tenant", DEFAULT_TENANT))
