@@ -1,4 +1,4 @@
-@STREAM-2005 @STREAM-2002
+@STREAM-2005 @STREAM-2002 @POLICY-3002
 Feature: Interrupted engine streams and cancellation end steps with typed errors
 
   Scenario: An engine stream that ends without a finish_reason is INTERRUPTED
