@@ -104,6 +104,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         breaker_failures / breaker_reset_ms: a replica's circuit breaker opens after this
             many consecutive engine failures and probes again after this long (POLICY-3002).
         auth_tokens: bearer token -> tenant. Empty: single tenant, loopback only.
+        max_active_steps: Steps queued or running at once, server-wide; more are refused
+            with 429 ADMISSION_REJECT (a pool's own bounded queue gives QUEUE_FULL).
         sqlite_synchronous: ``NORMAL`` survives a process crash; ``FULL`` a power loss.
     """
 
@@ -120,6 +122,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     breaker_failures: int = 3
     breaker_reset_ms: int = 5_000
     auth_tokens: dict[str, str] = {}
+    max_active_steps: int = 1024
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     max_body_bytes: int = 1_048_576
     ephemeral_buffer: int = 16

@@ -112,6 +112,10 @@ class EventLog:
         """Start the live cache of a new Step (its log is empty)."""
         self._live[step_id] = _Live(run_id, 0, [])
 
+    def active(self) -> int:
+        """Steps that can still receive frames (queued or running)."""
+        return sum(1 for lv in self._live.values() if not lv.done)
+
     def run_of(self, step_id: str) -> str | None:
         """Run of a Step still in the live cache, else None."""
         live = self._live.get(step_id)

@@ -19,6 +19,7 @@ import anyio
 import msgspec
 
 from contracts.errors import (
+    AdmissionReject,
     Conflict,
     ContextBudget,
     DeterminismInputsDiffer,
@@ -296,6 +297,10 @@ class Orchestrator:
         if run_row["status"] != RunStatus.ACTIVE.value:
             raise Conflict(f"run {run_id} is {run_row['status']}; it accepts no steps",
                            data={"run_id": run_id, "status": run_row["status"]})
+        if self.log.active() >= self.config.max_active_steps:
+            raise AdmissionReject(
+                f"the server already has {self.config.max_active_steps} active steps",
+                retry_after_ms=1000, data={"max_active_steps": self.config.max_active_steps})
         run = self.get_run(run_id, tenant)
         check_allowed(run.policy, step_type=step_type, model=body.input.model)
         mode = RunMode(run_row["mode"])

@@ -50,3 +50,22 @@ def test_a_full_queue_is_429_with_retry_after_and_nothing_stored(
             sid = client.post(f"/v1/runs/{run_id}/steps",
                               json=llm_step(step, max_tokens=500)).json()["step_id"]
             client.post(f"/v1/steps/{sid}/cancel")
+
+
+def test_the_server_wide_active_step_cap_is_429_admission_reject(
+        tmp_path: pathlib.Path) -> None:
+    """With max_active_steps 1 and one step streaming, the next is ADMISSION_REJECT."""
+    cfg = msgspec.structs.replace(
+        mock_config(data_dir=str(tmp_path), mock_options={"tokens_per_s": 50}),
+        max_active_steps=1)
+    with app_client(cfg) as client:
+        flow = client.post("/v1/flows", json={"ast_ir": {}}).json()
+        run_id = client.post(f"/v1/flows/{flow['flow_id']}/runs", json={}).json()["run_id"]
+        first = client.post(f"/v1/runs/{run_id}/steps", json=llm_step("a-0", max_tokens=500))
+        resp = client.post(f"/v1/runs/{run_id}/steps", json=llm_step("a-1"))
+        assert (resp.status_code, resp.json()["code"]) == (429, "ADMISSION_REJECT")
+        assert (resp.headers["Retry-After"], resp.headers["X-Backoff-Ms"]) == ("1", "1000")
+        client.post(f"/v1/steps/{first.json()['step_id']}/cancel")
+        _until(lambda: client.get(f"/v1/steps/{first.json()['step_id']}").json()["status"]
+               == "cancelled")
+        assert client.post(f"/v1/runs/{run_id}/steps", json=llm_step("a-1")).status_code == 201
