@@ -1,0 +1,742 @@
+"""Crash loop: kill -9 the server at random moments while steps stream, restart, verify.
+
+Every cycle starts ``orchestratord serve`` on ONE data directory shared by all cycles,
+submits ``--streams`` concurrent ``llm_call`` steps, reads their SSE streams in threads,
+sends SIGKILL to the server at a random moment and then checks, after the next start,
+that the crash cost nothing. The report gives four figures that must all be 0:
+
+* **lost events**: a durable frame a reader received is missing from (or differs in)
+  the step's log after restart; a terminal step without a terminal frame; non-zero
+  ``seq_gaps``/``stale_last_seq`` from :meth:`SqliteStore.integrity`;
+* **duplicated tokens**: a step log whose ``id`` values are not exactly ``0..m`` or whose
+  token indices ``i`` are not exactly ``0..n-1``, more than one terminal frame, or a
+  ``tokens_out`` that disagrees with the token frames;
+* **orphan engine processes**: a replica (or any other child of the server) still alive
+  5 s after the server was killed, or after the final clean stop;
+* **broken idempotency**: a re-POST of a step's original body with its ``client_token``
+  that does not return 200 with the same ``step_id``, a ``(run_id, client_token)`` that
+  maps to more than one step row, or a step that is not terminal after restart recovery.
+
+Run ``python -m tools.crash_loop`` (real llama.cpp engine) or ``--mock``; ``--json``
+prints the report as JSON. The exit code is 1 when any figure is non-zero or the loop
+could not complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import pathlib
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Running as ``python tools/crash_loop.py`` puts tools/ first on sys.path; the repository
+# root is needed for ``test_harness`` (the installed packages resolve either way).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import httpx
+import msgspec
+
+from orchestrator_core.config import ServerConfig, default_config, mock_config
+from orchestrator_core.store import SqliteStore
+from orchestratord.demo import start_server, stop_server
+from test_harness.support import parse_sse, pid_alive
+
+__all__ = ["Options", "Tally", "main", "parse_args", "run_crash_loop"]
+
+FIGURES = ("lost_events", "duplicated_tokens", "orphan_processes", "broken_idempotency")
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+TERMINAL_EVENTS = frozenset({"end", "error"})
+DB_NAME = "orchestrator.db"
+
+HTTP_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+"""Every control-plane HTTP call (seconds)."""
+READER_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
+"""Live stream readers: a queued step may send nothing but heartbeats for a while (s)."""
+VERIFY_STREAM_S = 15.0
+"""Longest time one full-log read may take during verification (seconds)."""
+ORPHAN_GRACE_S = 5.0
+"""How long killed-server children may take to die (seconds)."""
+READER_JOIN_S = 10.0
+"""How long to wait for a reader thread after the kill (seconds)."""
+START_ATTEMPTS = 3
+LOOP_ERRORS = (RuntimeError, OSError, httpx.HTTPError, sqlite3.Error, subprocess.TimeoutExpired)
+"""Failures that end the loop with a report instead of a traceback."""
+MOCK_TOKENS_PER_S = 300.0
+PROMPTS = (
+    "Write a long, detailed story about a dragon who learns to cook.",
+    "Explain in great detail how a steam engine works, step by step.",
+    "Describe a long journey across a desert, day by day, in detail.",
+    "Write a detailed travel guide for a city that does not exist.",
+)
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One durable SSE frame as a reader saw it: ``id`` (seq), ``event``, raw ``data``."""
+
+    id: int
+    event: str
+    data: str
+
+
+@dataclass
+class StepRecord:
+    """A step this tool submitted, and what its live reader received before the kill.
+
+    Attributes:
+        cycle: the cycle (1-based) in which it was submitted.
+        run_id: its run.
+        client_token: its idempotency key.
+        body: the exact JSON body that was POSTed.
+        step_id: the id the server gave it.
+        received: durable frames the live reader received, in order.
+        reader_error: why the live reader stopped early (``None`` when it saw a terminal).
+        final_status: status seen at the latest verification.
+        log_frames: frames in its log at the latest verification.
+    """
+
+    cycle: int
+    run_id: str
+    client_token: str
+    body: dict[str, Any]
+    step_id: str
+    received: list[Frame] = field(default_factory=list)
+    reader_error: str | None = None
+    final_status: str = ""
+    log_frames: int = 0
+
+
+@dataclass
+class Tally:
+    """Failure counts by ``figure.detail``; a figure is the sum of its details."""
+
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, figure: str, detail: str, n: int = 1, example: str = "") -> None:
+        """Count ``n`` failures of kind ``figure.detail`` (``n <= 0`` is ignored).
+
+        Args:
+            figure: one of :data:`FIGURES`.
+            detail: what exactly failed.
+            n: how many (frames, tokens, processes or steps).
+            example: a human-readable instance; 3 per kind and 20 in all are kept.
+        """
+        if n <= 0:
+            return
+        assert figure in FIGURES, figure
+        key = f"{figure}.{detail}"
+        shown = sum(1 for e in self.examples if e.startswith(key + ":"))
+        self.counts[key] += n
+        if example and len(self.examples) < 20 and shown < 3:
+            self.examples.append(f"{key}: {example}")
+
+    def figures(self) -> dict[str, int]:
+        """The four headline figures."""
+        return {f: sum(v for k, v in self.counts.items() if k.startswith(f + "."))
+                for f in FIGURES}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line options.
+
+    Attributes:
+        cycles: kill/restart cycles.
+        streams: concurrent streaming steps per cycle.
+        seed: random seed (kill timing, step parameters).
+        mock: mock engine instead of llama.cpp.
+        data_dir: the shared data directory (``None``: a new temporary directory, kept
+            for inspection).
+        as_json: print the report as JSON.
+        time_limit_s: the loop starts no new cycle after this many seconds.
+        max_delay_s: upper bound of the kill moment after submission (seconds).
+    """
+
+    cycles: int
+    streams: int
+    seed: int
+    mock: bool
+    data_dir: pathlib.Path | None
+    as_json: bool
+    time_limit_s: float
+    max_delay_s: float
+
+
+@dataclass
+class Server:
+    """A running server process and its base URL."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+
+
+@dataclass
+class Loop:
+    """Mutable state of one crash loop."""
+
+    opts: Options
+    rng: random.Random
+    data_dir: pathlib.Path
+    config_path: pathlib.Path
+    model: str
+    tally: Tally = field(default_factory=Tally)
+    steps: list[StepRecord] = field(default_factory=list)
+    cycle_log: list[dict[str, Any]] = field(default_factory=list)
+    verifications: int = 0
+    frames_checked: int = 0
+
+
+# -- server lifecycle ------------------------------------------------------------------
+
+
+def build_config(mock: bool, data_dir: pathlib.Path) -> ServerConfig:
+    """The server config: llama.cpp default pool, or the mock at 300 tokens/s.
+
+    The mock's ``length`` is set high so that ``max_tokens`` bounds every answer.
+    """
+    if mock:
+        return mock_config(data_dir=str(data_dir),
+                           mock_options={"tokens_per_s": MOCK_TOKENS_PER_S, "length": 100_000})
+    return default_config(data_dir=str(data_dir))
+
+
+def write_config(config: ServerConfig, data_dir: pathlib.Path) -> pathlib.Path:
+    """Write ``config`` as ``crash_loop_config.json`` in ``data_dir``; return its path."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "crash_loop_config.json"
+    path.write_bytes(msgspec.json.encode(config))
+    return path
+
+
+def start(loop: Loop) -> Server:
+    """Start the server on the shared data directory (up to :data:`START_ATTEMPTS` tries).
+
+    Raises:
+        RuntimeError: it never became ready (``start_server`` waits at most 180 s a try).
+    """
+    error: Exception | None = None
+    for _ in range(START_ATTEMPTS):
+        try:
+            proc, url = start_server(data_dir=str(loop.data_dir),
+                                     extra=["--config", str(loop.config_path)])
+            return Server(proc, url)
+        except RuntimeError as exc:  # e.g. a port taken between probe and bind
+            error = exc
+            time.sleep(1.0)
+    raise RuntimeError(f"server did not start: {error}")
+
+
+def descendants(root: int) -> set[int]:
+    """Pids of every live descendant of ``root``, from ``/proc/*/stat``."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def replica_pids(http: httpx.Client) -> set[int]:
+    """Pids of every engine replica, from ``GET /v1/pools`` (empty on error)."""
+    try:
+        pools = http.get("/v1/pools").json()
+    except (httpx.HTTPError, ValueError):
+        return set()
+    return {r["pid"] for p in pools for r in p["replicas"] if r.get("pid")}
+
+
+def count_survivors(pids: Iterable[int], grace_s: float = ORPHAN_GRACE_S) -> list[int]:
+    """Pids still running after ``grace_s`` seconds (zombies count as dead)."""
+    deadline = time.monotonic() + grace_s
+    alive = [p for p in pids if pid_alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if pid_alive(p)]
+    return alive
+
+
+def kill_server(server: Server) -> None:
+    """SIGKILL the server process and reap it."""
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(timeout=30)
+
+
+def integrity(db: pathlib.Path) -> dict[str, int]:
+    """:meth:`SqliteStore.integrity` of a copy of ``db`` (and its WAL).
+
+    A copy, so that opening and closing the store (which checkpoints) does not change
+    the crash state the next server start recovers from.
+    """
+    with tempfile.TemporaryDirectory(prefix="crash-loop-db-") as tmp:
+        for suffix in ("", "-wal"):
+            src = db.with_name(db.name + suffix)
+            if src.exists():
+                shutil.copyfile(src, pathlib.Path(tmp) / (DB_NAME + suffix))
+        store = SqliteStore(pathlib.Path(tmp) / DB_NAME)
+        try:
+            return store.integrity()
+        finally:
+            store.close()
+
+
+def check_integrity(loop: Loop, where: str) -> None:
+    """Count non-zero integrity figures: gaps/stale cursors as lost, two terminals as
+    duplicated."""
+    result = integrity(loop.data_dir / DB_NAME)
+    ex = f"{where}: {result}"
+    loop.tally.add("lost_events", "integrity_seq_gaps", result["seq_gaps"], ex)
+    loop.tally.add("lost_events", "integrity_stale_last_seq", result["stale_last_seq"], ex)
+    loop.tally.add("duplicated_tokens", "integrity_multi_terminal",
+                   result["multi_terminal"], ex)
+
+
+# -- submitting and reading ------------------------------------------------------------
+
+
+def durable_frames(raw: bytes) -> list[Frame]:
+    """The durable frames (those with an ``id``) of complete SSE blocks in ``raw``."""
+    return [Frame(int(f["id"]), str(f.get("event", "")), str(f.get("data", "")))
+            for f in parse_sse(raw) if f["id"] is not None]
+
+
+def read_frames(http: httpx.Client, step_id: str, sink: list[Frame],
+                deadline: float) -> str | None:
+    """Read a step's SSE stream from the start, appending each complete durable frame.
+
+    Args:
+        http: client (its timeouts bound each read).
+        step_id: the step.
+        sink: receives frames as soon as their block is complete.
+        deadline: ``time.monotonic()`` value after which reading stops.
+
+    Returns:
+        ``None`` when a terminal frame was read, else why reading stopped.
+    """
+    buf = b""
+    try:
+        with http.stream("GET", f"/v1/steps/{step_id}/stream") as resp:
+            if resp.status_code != 200:
+                return f"HTTP {resp.status_code}"
+            for chunk in resp.iter_bytes():
+                buf += chunk
+                head, sep, buf = buf.rpartition(b"\n\n")
+                if sep:
+                    sink.extend(durable_frames(head + sep))
+                if sink and sink[-1].event in TERMINAL_EVENTS:
+                    return None
+                if time.monotonic() > deadline:
+                    return "deadline"
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return "stream ended without a terminal frame"
+
+
+def reader(url: str, rec: StepRecord, deadline: float) -> None:
+    """Thread body: read ``rec``'s live stream into ``rec.received`` until it breaks."""
+    with httpx.Client(base_url=url, timeout=READER_TIMEOUT) as http:
+        rec.reader_error = read_frames(http, rec.step_id, rec.received, deadline)
+
+
+def step_body(rng: random.Random, token: str, model: str) -> dict[str, Any]:
+    """An ``llm_call`` body that streams 200-400 tokens (sampled, temperature 0.8)."""
+    return {
+        "type": "llm_call", "client_token": token,
+        "input": {"model": model,
+                  "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+                  "params": {"temperature": 0.8, "max_tokens": rng.randint(200, 400)}},
+    }
+
+
+def create_runs(http: httpx.Client, n: int) -> list[str]:
+    """Create ``n`` runs of the crash-loop flow; return their ids."""
+    flow = http.post("/v1/flows", json={"ast_ir": {"crash_loop": 1}})
+    flow.raise_for_status()
+    runs = []
+    for _ in range(n):
+        resp = http.post(f"/v1/flows/{flow.json()['flow_id']}/runs", json={})
+        resp.raise_for_status()
+        runs.append(str(resp.json()["run_id"]))
+    return runs
+
+
+def submit_steps(loop: Loop, http: httpx.Client, cycle: int) -> list[StepRecord]:
+    """Submit this cycle's steps, two per run, each with a unique client_token."""
+    runs = create_runs(http, math.ceil(loop.opts.streams / 2))
+    recs = []
+    for i in range(loop.opts.streams):
+        run_id = runs[i // 2]
+        token = f"crash-{loop.opts.seed}-c{cycle}-s{i}"
+        body = step_body(loop.rng, token, loop.model)
+        resp = http.post(f"/v1/runs/{run_id}/steps", json=body)
+        if resp.status_code != 201:
+            raise RuntimeError(f"submit {token}: HTTP {resp.status_code} {resp.text[:300]}")
+        recs.append(StepRecord(cycle, run_id, token, body, str(resp.json()["step_id"])))
+    return recs
+
+
+def kill_delay(rng: random.Random, max_delay_s: float) -> float:
+    """Seconds from submission to SIGKILL: mostly U(0.05, ``max_delay_s``), 10 % U(0, 0.03)
+    so that some kills land before the first token."""
+    if rng.random() < 0.1:
+        return rng.uniform(0.0, 0.03)
+    return rng.uniform(0.05, max(0.05, max_delay_s))
+
+
+# -- verification ----------------------------------------------------------------------
+
+
+def sequence_errors(values: Sequence[int]) -> int:
+    """How far ``values`` is from exactly ``0..n-1`` in order: the larger of repeated
+    values and expected values that are absent (at least 1 when only the order is wrong).
+    """
+    if list(values) == list(range(len(values))):
+        return 0
+    seen = set(values)
+    repeats = len(values) - len(seen)
+    absent = len(set(range(len(values))) - seen)
+    return max(1, repeats, absent)
+
+
+def check_received(loop: Loop, rec: StepRecord, log: list[Frame]) -> None:
+    """Every frame the live reader received must be in the log with the same data."""
+    by_id = {f.id: f for f in log}
+    missing = [f.id for f in rec.received if f.id not in by_id]
+    differs = [f.id for f in rec.received if f.id in by_id and by_id[f.id] != f]
+    where = f"step {rec.step_id} ({rec.client_token})"
+    loop.tally.add("lost_events", "received_frame_missing", len(missing),
+                   f"{where}: ids {missing[:5]} received but not in the log")
+    loop.tally.add("lost_events", "received_frame_differs", len(differs),
+                   f"{where}: ids {differs[:5]} differ from the log")
+    loop.tally.add("duplicated_tokens", "reader_id_sequence",
+                   sequence_errors([f.id for f in rec.received]),
+                   f"{where}: reader ids {[f.id for f in rec.received][:12]}")
+    loop.frames_checked += len(rec.received)
+
+
+def token_indices(log: list[Frame]) -> list[int]:
+    """The ``i`` of every token frame of a log, in order (-1 for an undecodable one)."""
+    out = []
+    for f in log:
+        if f.event == "token":
+            try:
+                out.append(int(json.loads(f.data)["i"]))
+            except (ValueError, KeyError, TypeError):
+                out.append(-1)
+    return out
+
+
+def check_log(loop: Loop, rec: StepRecord, log: list[Frame], step: dict[str, Any]) -> None:
+    """Ids ``0..m``, token indices ``0..n-1``, one terminal frame, last; cursor and
+    ``tokens_out`` agree with the log."""
+    where = f"step {rec.step_id} ({rec.client_token}, {step.get('status')})"
+    ids = [f.id for f in log]
+    tokens = token_indices(log)
+    terminals = [f.id for f in log if f.event in TERMINAL_EVENTS]
+    tally = loop.tally
+    tally.add("duplicated_tokens", "log_id_sequence", sequence_errors(ids),
+              f"{where}: ids {ids[:12]}...")
+    tally.add("duplicated_tokens", "token_index_sequence", sequence_errors(tokens),
+              f"{where}: token i {tokens[:12]}...")
+    tally.add("duplicated_tokens", "multiple_terminal_frames", len(terminals) - 1,
+              f"{where}: terminal frames at ids {terminals}")
+    if step.get("status") in TERMINAL_STATUSES:
+        tally.add("lost_events", "terminal_frame_missing",
+                  int(not log or log[-1].event not in TERMINAL_EVENTS),
+                  f"{where}: log ends with {log[-1] if log else 'nothing'}")
+        tally.add("lost_events", "last_seq_mismatch",
+                  int(step.get("last_seq") != (ids[-1] if ids else -1)),
+                  f"{where}: last_seq {step.get('last_seq')} vs log {ids[-1:]}")
+    if step.get("status") in ("succeeded", "interrupted"):
+        out = int(step.get("usage", {}).get("tokens_out", -1))
+        tally.add("duplicated_tokens", "tokens_out_mismatch", int(out != len(tokens)),
+                  f"{where}: tokens_out {out} vs {len(tokens)} token frames")
+
+
+def check_resubmit(loop: Loop, http: httpx.Client, rec: StepRecord) -> None:
+    """Re-POSTing the original body must return 200 and the same step_id."""
+    try:
+        resp = http.post(f"/v1/runs/{rec.run_id}/steps", json=rec.body)
+    except httpx.HTTPError as exc:
+        loop.tally.add("broken_idempotency", "resubmit_failed", 1,
+                       f"{rec.client_token}: {type(exc).__name__}")
+        return
+    got = resp.json().get("step_id") if resp.status_code in (200, 201) else None
+    loop.tally.add("broken_idempotency", "resubmit_mismatch",
+                   int(resp.status_code != 200 or got != rec.step_id),
+                   f"{rec.client_token}: HTTP {resp.status_code}, step_id {got} "
+                   f"(expected 200, {rec.step_id}); {resp.text[:200]}")
+
+
+def verify_step(loop: Loop, http: httpx.Client, rec: StepRecord) -> None:
+    """All checks of one step against the restarted server."""
+    resp = http.get(f"/v1/steps/{rec.step_id}")
+    if resp.status_code != 200:
+        loop.tally.add("lost_events", "step_row_missing", 1,
+                       f"{rec.step_id}: HTTP {resp.status_code}")
+        return
+    step: dict[str, Any] = resp.json()
+    rec.final_status = str(step.get("status"))
+    loop.tally.add("broken_idempotency", "not_terminal_after_recovery",
+                   int(rec.final_status not in TERMINAL_STATUSES),
+                   f"{rec.step_id} ({rec.client_token}) is {rec.final_status}")
+    log: list[Frame] = []
+    why = read_frames(http, rec.step_id, log, time.monotonic() + VERIFY_STREAM_S)
+    if why is not None and rec.final_status in TERMINAL_STATUSES:
+        loop.tally.add("lost_events", "log_unreadable", 1, f"{rec.step_id}: {why}")
+    rec.log_frames = len(log)
+    check_received(loop, rec, log)
+    check_log(loop, rec, log, step)
+    check_resubmit(loop, http, rec)
+
+
+def check_db_tokens(loop: Loop) -> None:
+    """Read-only SQL: no ``(run_id, client_token)`` maps to two steps, and each of ours
+    maps to exactly its own step."""
+    uri = (loop.data_dir / DB_NAME).resolve().as_uri() + "?mode=ro"
+    con = sqlite3.connect(uri, uri=True, timeout=10.0)
+    try:
+        dup = con.execute("SELECT COUNT(*) FROM (SELECT 1 FROM steps GROUP BY run_id,"
+                          " client_token HAVING COUNT(*) > 1)").fetchone()[0]
+        loop.tally.add("broken_idempotency", "db_token_maps_to_two_steps", int(dup),
+                       f"{dup} (run_id, client_token) pairs with several step rows")
+        for rec in loop.steps:
+            rows = [r[0] for r in con.execute(
+                "SELECT step_id FROM steps WHERE run_id = ? AND client_token = ?",
+                (rec.run_id, rec.client_token))]
+            loop.tally.add("broken_idempotency", "db_token_row_mismatch",
+                           int(rows != [rec.step_id]),
+                           f"{rec.client_token}: rows {rows}, expected [{rec.step_id}]")
+    finally:
+        con.close()
+
+
+def verify_all(loop: Loop, server: Server) -> None:
+    """Verify every step submitted so far (run after each restart)."""
+    loop.verifications += 1
+    with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT) as http:
+        for rec in loop.steps:
+            verify_step(loop, http, rec)
+    check_db_tokens(loop)
+
+
+# -- the loop --------------------------------------------------------------------------
+
+
+def stream_and_kill(loop: Loop, server: Server, cycle: int) -> dict[str, Any]:
+    """Submit this cycle's steps, read them in threads, SIGKILL the server at a random
+    moment, then count orphans. Returns the cycle's log entry."""
+    with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT) as http:
+        recs = submit_steps(loop, http, cycle)
+        loop.steps.extend(recs)
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=reader, daemon=True,
+                                    args=(server.url, rec, t0 + 120.0)) for rec in recs]
+        for t in threads:
+            t.start()
+        delay = kill_delay(loop.rng, loop.opts.max_delay_s)
+        pids = replica_pids(http)
+    time.sleep(max(0.0, t0 + delay - time.monotonic()))
+    children = descendants(server.proc.pid)
+    kill_server(server)
+    for t in threads:
+        t.join(READER_JOIN_S)
+    survivors = count_survivors(pids | children)
+    loop.tally.add("orphan_processes", "alive_after_sigkill", len(survivors),
+                   f"cycle {cycle}: pids {survivors} survived the server's SIGKILL")
+    return {"cycle": cycle, "kill_after_s": round(delay, 3),
+            "replica_pids": sorted(pids), "child_pids": sorted(children),
+            "survivors": survivors,
+            "frames_received": [len(r.received) for r in recs],
+            "tokens_received": [sum(f.event == "token" for f in r.received) for r in recs]}
+
+
+def run_cycle(loop: Loop, cycle: int) -> None:
+    """Start (recovering the previous crash), verify everything, stream, kill."""
+    server = start(loop)
+    try:
+        verify_all(loop, server)
+        entry = stream_and_kill(loop, server, cycle)
+    finally:
+        if server.proc.poll() is None:
+            kill_server(server)
+    check_integrity(loop, f"after the SIGKILL of cycle {cycle}")
+    loop.cycle_log.append(entry)
+
+
+def final_check(loop: Loop) -> int:
+    """Restart once more, verify, stop cleanly (SIGTERM); count surviving replicas.
+
+    Returns:
+        The server's exit code after SIGTERM.
+    """
+    server = start(loop)
+    try:
+        verify_all(loop, server)
+        with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT) as http:
+            pids = replica_pids(http)
+        pids |= descendants(server.proc.pid)
+    finally:
+        code = stop_server(server.proc)
+    survivors = count_survivors(pids)
+    loop.tally.add("orphan_processes", "alive_after_clean_stop", len(survivors),
+                   f"pids {survivors} survived the final SIGTERM")
+    check_integrity(loop, "after the final clean stop")
+    return code
+
+
+def make_loop(opts: Options, data_dir: pathlib.Path) -> Loop:
+    """Write the config into the data directory and set up the loop state."""
+    config = build_config(opts.mock, data_dir)
+    return Loop(opts=opts, rng=random.Random(opts.seed), data_dir=data_dir,  # noqa: S311
+                config_path=write_config(config, data_dir),
+                model=config.pools[0].models[0].id)
+
+
+def run_crash_loop(opts: Options, data_dir: pathlib.Path) -> dict[str, Any]:
+    """Run the cycles and the final check; return the report (see :func:`render`)."""
+    loop = make_loop(opts, data_dir)
+    t0 = time.monotonic()
+    error = None
+    exit_code = None
+    try:
+        for cycle in range(1, opts.cycles + 1):
+            if time.monotonic() - t0 > opts.time_limit_s:
+                error = f"time limit of {opts.time_limit_s} s reached before cycle {cycle}"
+                break
+            run_cycle(loop, cycle)
+            if not opts.as_json:
+                last = loop.cycle_log[-1]
+                print(f"cycle {cycle}/{opts.cycles}: killed after {last['kill_after_s']} s, "
+                      f"tokens received {last['tokens_received']}", file=sys.stderr,
+                      flush=True)
+    except LOOP_ERRORS as exc:
+        error = f"cycle {len(loop.cycle_log) + 1}: {type(exc).__name__}: {exc}"
+    try:  # verify and stop cleanly even after an error, so the figures stay meaningful
+        exit_code = final_check(loop)
+    except LOOP_ERRORS as exc:
+        error = error or f"final check: {type(exc).__name__}: {exc}"
+    return build_report(loop, time.monotonic() - t0, error, exit_code)
+
+
+def build_report(loop: Loop, wall_s: float, error: str | None,
+                 exit_code: int | None) -> dict[str, Any]:
+    """The report: counts, the four figures, their details and per-cycle notes."""
+    statuses = collections.Counter(r.final_status or "unverified" for r in loop.steps)
+    return {
+        "engine": "mock" if loop.opts.mock else "llama.cpp",
+        "model": loop.model,
+        "seed": loop.opts.seed,
+        "data_dir": str(loop.data_dir),
+        "cycles_requested": loop.opts.cycles,
+        "cycles": len(loop.cycle_log),
+        "streams_per_cycle": loop.opts.streams,
+        "kill_window_s": [0.0, loop.opts.max_delay_s],
+        "steps": len(loop.steps),
+        "step_statuses": dict(sorted(statuses.items())),
+        "frames_received": sum(len(r.received) for r in loop.steps),
+        "frames_checked": loop.frames_checked,
+        "log_frames": sum(r.log_frames for r in loop.steps),
+        "verifications": loop.verifications,
+        "figures": loop.tally.figures(),
+        "details": dict(sorted(loop.tally.counts.items())),
+        "examples": loop.tally.examples,
+        "final_stop_exit_code": exit_code,
+        "wall_s": round(wall_s, 1),
+        "error": error,
+        "cycle_log": loop.cycle_log,
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    """The human-readable report."""
+    lines = [
+        f"crash loop: {report['cycles']}/{report['cycles_requested']} kill -9 cycles, "
+        f"engine {report['engine']} ({report['model']}), seed {report['seed']}",
+        f"data dir: {report['data_dir']}   wall time: {report['wall_s']} s",
+        f"kill moment: 0-{report['kill_window_s'][1]} s after submission  "
+        f"steps: {report['steps']} ({report['streams_per_cycle']} per cycle)",
+        f"step statuses after recovery: {report['step_statuses']}",
+        f"frames received by live readers: {report['frames_received']}  "
+        f"checked against the log (all restarts): {report['frames_checked']}  "
+        f"frames in step logs: {report['log_frames']}",
+        f"verifications (restarts): {report['verifications']}  "
+        f"final SIGTERM exit code: {report['final_stop_exit_code']}",
+        "",
+    ]
+    labels = {"lost_events": "lost events", "duplicated_tokens": "duplicated tokens",
+              "orphan_processes": "orphan engine processes",
+              "broken_idempotency": "broken idempotency"}
+    lines += [f"  {labels[k]:<26}{v}" for k, v in report["figures"].items()]
+    lines += [f"    {k}: {v}" for k, v in report["details"].items()]
+    lines += [f"  e.g. {e}" for e in report["examples"]]
+    if report["error"]:
+        lines.append(f"ERROR: {report['error']}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    """Parse the command line into :class:`Options`."""
+    p = argparse.ArgumentParser(prog="python -m tools.crash_loop", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cycles", type=int, default=50, help="kill -9 cycles (default 50)")
+    p.add_argument("--streams", type=int, default=4,
+                   help="concurrent streaming steps per cycle (default 4)")
+    p.add_argument("--seed", type=int, default=20261121,
+                   help="random seed for kill timing and step params")
+    p.add_argument("--mock", action="store_true", help="mock engine at 300 tokens/s")
+    p.add_argument("--data-dir", type=pathlib.Path, default=None,
+                   help="shared data directory (default: a new temporary directory)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--max-delay", type=float, default=None,
+                   help="latest kill moment after submission in seconds (default 1.5 with "
+                        "--mock, 3.0 with llama.cpp, whose first token takes ~0.6 s)")
+    p.add_argument("--time-limit", type=float, default=3600.0,
+                   help="start no new cycle after this many seconds (default 3600)")
+    a = p.parse_args(argv)
+    if a.cycles < 1 or a.streams < 1:
+        p.error("--cycles and --streams must be at least 1")
+    return Options(cycles=a.cycles, streams=a.streams, seed=a.seed, mock=a.mock,
+                   data_dir=a.data_dir, as_json=a.json, time_limit_s=a.time_limit,
+                   max_delay_s=a.max_delay if a.max_delay is not None
+                   else (1.5 if a.mock else 3.0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the crash loop and print the report; 1 when any figure is non-zero."""
+    opts = parse_args(argv)
+    data_dir = opts.data_dir or pathlib.Path(tempfile.mkdtemp(prefix="crash-loop-"))
+    report = run_crash_loop(opts, data_dir)
+    print(json.dumps(report, indent=2) if opts.as_json else render(report))
+    failed = any(report["figures"].values()) or report["error"] is not None
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
