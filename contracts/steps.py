@@ -85,7 +85,8 @@ class LlmCallInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     """
 
     model: Id
-    messages: Annotated[list[ChatMessage], msgspec.Meta(max_length=1024)] | None = None
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1, max_length=1024)] | \
+        None = None
     prompt: str | None = None
     params: SamplingParams = msgspec.field(default_factory=SamplingParams)
 

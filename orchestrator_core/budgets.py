@@ -1,6 +1,7 @@
 """Hard budgets at Run and Step: admission checks and reservations (POLICY-3000).
 
-* ``max_tokens_in`` is checked with the model's own token count before dispatch.
+* ``max_tokens_in`` is checked with the model's own token count before dispatch, and the
+  prompt tokens are held against the Run's input budget while the Step runs.
 * Output tokens and cost are *reserved* when a Step is admitted, against what the Run has
   left (its budget minus the usage of finished Steps minus the reservations of running
   ones). Admission is synchronous on the event loop, so concurrent Steps can never
@@ -33,6 +34,7 @@ class Reservation:
 
     Attributes:
         run_id: the Run the reservation counts against.
+        tokens_in: prompt tokens held against the Run's input budget.
         tokens_out: output tokens reserved (and the Step's hard cap when ``capped``).
         cost_usd: cost reserved (input cost + reserved output cost).
         capped: True when a budget, not ``max_tokens``, limits the output.
@@ -41,6 +43,7 @@ class Reservation:
     """
 
     run_id: str
+    tokens_in: int
     tokens_out: int
     cost_usd: float
     capped: bool
@@ -75,7 +78,8 @@ class BudgetBook:
         b = run.budgets
         created = dt.datetime.fromisoformat(run.created_at).timestamp()
         out = {
-            "tokens_in": _min(b.max_tokens_in) - usage["tokens_in"],
+            "tokens_in": _min(b.max_tokens_in) - usage["tokens_in"]
+            - sum(r.tokens_in for r in held),
             "tokens_out": _min(b.max_tokens_out) - usage["tokens_out"]
             - sum(r.tokens_out for r in held),
             "cost_usd": _min(b.max_cost_usd) - usage["cost_usd"] - sum(r.cost_usd for r in held),
@@ -130,7 +134,7 @@ class BudgetBook:
             raise BudgetExceeded("no output budget left for this step",
                                  data={"budget": which})
         reserved = int(min(max_tokens, out_cap))
-        res = Reservation(run_id=run.run_id, tokens_out=reserved,
+        res = Reservation(run_id=run.run_id, tokens_in=tokens_in, tokens_out=reserved,
                           cost_usd=cost_in + self.prices.cost_usd(model, 0, reserved),
                           capped=out_cap < max_tokens, deadline_s=deadline,
                           cap_budget=which)

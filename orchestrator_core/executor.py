@@ -152,6 +152,8 @@ class Executor:
         if model is not None:
             usage = {**usage, "cost_usd": self.prices.cost_usd(
                 model, usage.get("tokens_in", 0), usage.get("tokens_out", 0))}
+        if "submitted_at" in usage:
+            usage["wall_ms"] = int((self.clock.monotonic() - usage.pop("submitted_at")) * 1000)
         self.log.finish(step_id, FrameType.ERROR, _enc.encode(env),
                         {"status": status.value, "error": _enc.encode(env).decode(), **usage})
         self.metrics.steps_finished.labels(type="llm_call", status=status.value).inc()
@@ -184,7 +186,8 @@ class Executor:
     async def run_llm(self, job: LlmJob) -> None:
         """Run one completion on the placed replica and log it (record / strict_replay)."""
         scope = self._scope(job.step_id)
-        usage: dict[str, Any] = {"tokens_in": 0, "tokens_out": 0}
+        usage: dict[str, Any] = {"tokens_in": 0, "tokens_out": 0,
+                                 "submitted_at": job.submitted_at}
         try:
             with scope:
                 try:
@@ -234,7 +237,6 @@ class Executor:
         self.log.append(job.step_id, FrameType.STARTED, _enc.encode(started),
                         update={"status": StepStatus.RUNNING.value})
         usage["tokens_in"] = job.tokens_in
-        self.metrics.engine_requests.labels(pool_id=job.pool.pool_id).inc()
         t0 = self.clock.monotonic()
         n = 0
         finish: str | None = None
@@ -248,6 +250,7 @@ class Executor:
                               data={"replica_id": rep.replica_id})
         verdict = False
         moved: Transition | None = None
+        self.metrics.engine_requests.labels(pool_id=job.pool.pool_id).inc()
         stream = engine.stream(job.request)
         try:
             async for item in stream:
@@ -255,6 +258,13 @@ class Executor:
                     finish = item.reason
                     break
                 assert isinstance(item, Delta)
+                if job.reservation.capped and n >= job.reservation.tokens_out:
+                    # The engine ignored max_tokens: never log a token beyond the budget.
+                    raise BudgetExceeded(
+                        f"output budget of {job.reservation.tokens_out} tokens reached "
+                        f"({job.reservation.cap_budget})",
+                        data={"budget": job.reservation.cap_budget,
+                              "limit": job.reservation.tokens_out})
                 tok = TokenData(i=n, t=item.text, id=item.token_id)
                 if job.verifier is not None:
                     job.verifier.check(tok)

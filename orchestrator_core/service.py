@@ -31,7 +31,7 @@ from contracts.errors import (
 from contracts.events import FrameType, Provenance, sse_comment
 from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, ModelCapability, PoolInfo
-from contracts.runs import PlacementPin, Run, RunCreate, RunMode, RunStatus
+from contracts.runs import PlacementPin, Policy, Run, RunCreate, RunMode, RunStatus
 from contracts.steps import LlmCallSubmit, Step, StepStatus, StepSubmit
 from orchestrator_core import views
 from orchestrator_core.budgets import BudgetBook
@@ -59,6 +59,26 @@ DEFAULT_TENANT = "default"
 """The tenant of every request when the server has no bearer tokens configured."""
 _enc = msgspec.json.Encoder()
 _prov_decoder = msgspec.json.Decoder(Provenance)
+
+
+def _redacted_input(run_row: dict[str, Any], input_value: Any) -> Any:
+    """The Step input as stored: prompt and message contents redacted by the Run's policy
+    (the input hash stays that of the submitted input, for idempotency and replay)."""
+    policy = msgspec.json.decode(run_row["body"], type=_PolicyOnly).policy
+    if not policy.redact or not isinstance(input_value, dict):
+        return input_value
+    out = dict(input_value)
+    if isinstance(out.get("prompt"), str):
+        (out["prompt"],), _n = redact(policy, [out["prompt"]])
+    if isinstance(out.get("messages"), list):
+        texts, _n = redact(policy, [m["content"] for m in out["messages"]])
+        out["messages"] = [{**m, "content": t} for m, t in zip(out["messages"], texts,
+                                                               strict=True)]
+    return out
+
+
+class _PolicyOnly(msgspec.Struct):
+    policy: Policy
 
 
 class Orchestrator:
@@ -297,6 +317,7 @@ class Orchestrator:
         if run_row["status"] != RunStatus.ACTIVE.value:
             raise Conflict(f"run {run_id} is {run_row['status']}; it accepts no steps",
                            data={"run_id": run_id, "status": run_row["status"]})
+        stored_input = _redacted_input(run_row, input_value)
         if self.log.active() >= self.config.max_active_steps:
             raise AdmissionReject(
                 f"the server already has {self.config.max_active_steps} active steps",
@@ -305,8 +326,9 @@ class Orchestrator:
         check_allowed(run.policy, step_type=step_type, model=body.input.model)
         mode = RunMode(run_row["mode"])
         if mode is RunMode.REPLAY:
-            return self._submit_replay(run, body, step_type, input_value, input_hash), True
-        return self._submit_llm(run, body, mode, step_type, input_value, input_hash), True
+            return self._submit_replay(run, body, step_type, stored_input, input_hash), True
+        return self._submit_llm(run, body, mode, step_type, input_value, input_hash,
+                                stored_input), True
 
     def _insert_step(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
                      input_hash: str, seed: int | None, replay_of_step: str | None,
@@ -354,7 +376,7 @@ class Orchestrator:
         return self.get_step(step_id, None)
 
     def _submit_llm(self, run: Run, body: LlmCallSubmit, mode: RunMode, step_type: str,
-                    input_value: Any, input_hash: str) -> Step:
+                    input_value: Any, input_hash: str, stored_input: Any) -> Step:
         inp = body.input
         if (inp.messages is None) == (inp.prompt is None):
             raise InvalidParams("llm_call input needs exactly one of messages or prompt")
@@ -373,21 +395,23 @@ class Orchestrator:
             recorded = self._recorded(run, body, step_type, input_value, input_hash,
                                       check_input=False)
             if recorded["provenance"] is None:  # the recording failed: serve it as is
-                return self._submit_replay(run, body, step_type, input_value, input_hash)
+                return self._submit_replay(run, body, step_type, stored_input, input_hash)
             rec_prov = _prov_decoder.decode(recorded["provenance"])
             found = self.pools.find_replica(rec_prov.replica_id)
             placement = PlacementPin(pool_id=found[0].pool_id if found else rec_prov.pool_id,
                                      replica_id=rec_prov.replica_id)
         pool, replica, decision = place(self.pools, inp.model, placement)
         engine = replica.engine()
-        messages = [msgspec.to_builtins(m) for m in inp.messages] if inp.messages else None
+        messages = ([msgspec.to_builtins(m) for m in inp.messages]
+                    if inp.messages is not None else None)
         prompt = inp.prompt
         if messages is not None:
             texts, redactions = redact(run.policy, [m["content"] for m in messages])
             messages = [{**m, "content": t} for m, t in zip(messages, texts, strict=True)]
-        else:
-            assert prompt is not None
+        elif prompt is not None:
             (prompt,), redactions = redact(run.policy, [prompt])
+        else:  # unreachable: exactly one of messages/prompt was checked above
+            raise InvalidParams("llm_call input needs exactly one of messages or prompt")
         prepared = engine.prepare(prompt=prompt, messages=messages)
         model_cfg = pool.models[inp.model]
         if prepared.tokens_in + prm.max_tokens > model_cfg.context_tokens:
@@ -424,7 +448,7 @@ class Orchestrator:
                                  tokens_in=prepared.tokens_in, max_tokens=prm.max_tokens,
                                  now_s=now)
         try:
-            self._insert_step(run, body, step_type, input_value, input_hash, seed,
+            self._insert_step(run, body, step_type, stored_input, input_hash, seed,
                               recorded["step_id"] if recorded else None, step_id)
         except BaseException:
             self.budgets.release(run.run_id, step_id)

@@ -51,6 +51,11 @@ def send(client: TestClient[Any], mock_cfg: ServerConfig, ctx: dict[str, Any],
             body = llm_step("x")
             body["input"]["messages"] = [{"role": "user", "content": "hi"}]
             resp = client.post(steps, json=body)
+        case "an llm_call with an empty messages list":
+            body = llm_step("x")
+            del body["input"]["prompt"]
+            body["input"]["messages"] = []
+            resp = client.post(steps, json=body)
         case "an llm_call with max_tokens 0":
             resp = client.post(steps, json=llm_step("x", max_tokens=0))
         case "a prompt larger than the context":

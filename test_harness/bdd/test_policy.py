@@ -254,7 +254,8 @@ def bad_redact(ctx: dict[str, Any], pattern: str) -> None:
 @when(parsers.parse('I run an llm_call with the prompt "{prompt}"'))
 def run_prompt(ctx: dict[str, Any], prompt: str) -> None:
     """A prompt holding secrets."""
-    _step, raw = run_to_end(ctx["client"], ctx["run"]["run_id"], llm_step("r-1", prompt))
+    step, raw = run_to_end(ctx["client"], ctx["run"]["run_id"], llm_step("r-1", prompt))
+    ctx["step"] = step
     ctx["frames"] = [f for f in parse_sse(raw) if f["id"] is not None]
 
 
@@ -270,3 +271,10 @@ def recorded_redactions(ctx: dict[str, Any], n: int) -> None:
     """Explicit and recorded in the log."""
     started = json.loads(ctx["frames"][0]["data"])
     assert started["redactions"] == n
+
+
+@then("the stored step input holds the redacted prompt, not the secrets")
+def stored_redacted(ctx: dict[str, Any]) -> None:
+    """Secrets do not reach the store either."""
+    step = ctx["client"].get(f"/v1/steps/{ctx['step']['step_id']}").json()
+    assert step["input"]["prompt"] == "my key is [REDACTED] and [REDACTED]"

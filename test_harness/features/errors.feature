@@ -21,6 +21,7 @@ Feature: Bad input gets a typed error and nothing partial is stored
       | a run with an unknown mode                | 400    | INVALID_PARAMS |
       | a replay run without replay_of            | 400    | INVALID_PARAMS |
       | an llm_call with both prompt and messages | 400    | INVALID_PARAMS |
+      | an llm_call with an empty messages list   | 400    | INVALID_PARAMS |
       | an llm_call with max_tokens 0             | 400    | INVALID_PARAMS |
       | a prompt larger than the context          | 400    | CONTEXT_BUDGET |
       | a step pinned to an unknown pool          | 503    | POOL_UNAVAILABLE |

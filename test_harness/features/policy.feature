@@ -65,6 +65,7 @@ Feature: Policy is evaluated before execution and budgets are hard caps
     And I run an llm_call with the prompt "my key is sk-ABC123 and sk-XYZ"
     Then the engine saw the prompt "my key is [REDACTED] and [REDACTED]"
     And the started frame records 2 redactions
+    And the stored step input holds the redacted prompt, not the secrets
 
   Scenario: An invalid redaction pattern is refused when the run is created
     Given a flow on the mock engine

@@ -1,0 +1,1 @@
+"""Property-based fuzzing of the served OpenAPI document (schemathesis + hypothesis)."""

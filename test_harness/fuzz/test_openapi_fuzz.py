@@ -1,0 +1,424 @@
+"""Fuzz every operation of the served OpenAPI document against a real server.
+
+A mock-engine ``orchestratord serve`` process (Granian, loopback) serves
+``/schema/openapi.json``; schemathesis turns each operation into a hypothesis strategy
+of positive and negative requests, with path ids either fuzzed or taken from a Flow,
+three Runs (record, replay, strict_replay) and a finished Step created up front, so
+bodies also reach the domain code behind a known id. The document does not say that the
+bodies reject unknown fields (msgspec ``forbid_unknown_fields``), so most positive
+bodies are refused with 400 before any domain code runs. Half the cases of the three
+body operations are therefore contract-conforming: positive bodies without the fields the
+msgspec contract does not know, naming the served model and, half of those, with a fresh
+client_token and in-range sampling parameters, so that Steps are really executed with
+fuzzed inputs. Every response is checked:
+
+* no status 500 (a 500 is always a bug; the server-log lines the request produced are
+  attached to the report);
+* every 3xx/4xx/5xx answer is the error envelope ``{code, message, retriable,
+  retry_after_ms?, data?}`` with a 4xx/5xx status;
+* every request gets an answer: no dropped connection, no hang (an SSE stream is read
+  for at most the request timeout, which schemathesis reports as cut short, not as an
+  error);
+* the server logs no traceback, including from Steps that fail in the background after
+  their submission was answered.
+
+``FUZZ_CASES`` (default 200) is the total number of requests, spread evenly over the
+operations; what an operation cannot use (``GET /health`` has a single distinct request)
+goes to the ones after it. Generation is derandomized and keeps no example database, so
+a run is reproducible and leaves nothing in the repository.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import pathlib
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgspec
+import msgspec.inspect as mi
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir, storage_directory
+from schemathesis import Case, GenerationMode
+
+from contracts.errors import ErrorEnvelope
+from contracts.flows import FlowCreate
+from contracts.runs import RunCreate
+from contracts.steps import StepSubmit
+from orchestrator_core.config import mock_config
+from test_harness.support import MOCK_MODEL, http_run_step, llm_step, server_process
+
+FUZZ_CASES = int(os.environ.get("FUZZ_CASES", "200"))
+"""Total requests over all operations."""
+
+REQUEST_TIMEOUT_S = 10.0
+"""Per request; for an SSE stream, the total time it is read before being cut short."""
+
+_ENVELOPE_KEYS = frozenset({"code", "message", "retriable", "retry_after_ms", "data"})
+_SHOWN = 1500  # characters of a request or response body shown in a report
+_LAST = ("POST /v1/runs/{run_id}/cancel", "POST /v1/steps/{step_id}/cancel")
+"""Run last, so the known Runs still accept Steps while the other operations are fuzzed."""
+_CONTRACTS: dict[str, Any] = {
+    "POST /v1/flows": FlowCreate,
+    "POST /v1/flows/{flow_id}/runs": RunCreate,
+    "POST /v1/runs/{run_id}/steps": StepSubmit,
+}
+"""The msgspec type behind each request body, for the contract-conforming cases."""
+_SAMPLING_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "max_tokens": (1, 4096, False), "temperature": (0, None, False), "top_k": (0, None, False),
+    "top_p": (0, 1, True), "min_p": (0, 1, False), "repeat_penalty": (0, None, True),
+}
+"""``(low, high, low excluded)`` of the sampling parameters the server accepts."""
+_FRESH = itertools.count()
+"""Suffixes that make a repaired client_token new, so its Step is created."""
+_TRACEBACK = "Traceback (most recent call last):"
+_LOG_WAIT_S = 3.0
+
+_FUZZ_SETTINGS = settings(
+    deadline=None,  # each example is a network round trip
+    derandomize=True,  # the same cases on every run, in CI too
+    database=None,  # no .hypothesis/ directory in the repository
+    phases=[Phase.generate],  # failures are collected, never raised: nothing to shrink
+    # The one timing-based health check (data generation time): a loaded CI runner must
+    # not fail the test. The others are deterministic under derandomize and pass.
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@dataclass
+class Server:
+    """The fuzzed server: its URL, process, log and the ids that exist on it."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: pathlib.Path
+    known: dict[str, list[str]]
+
+
+@dataclass
+class Report:
+    """What the fuzzing saw."""
+
+    cases: Counter[str] = field(default_factory=Counter)
+    statuses: dict[str, Counter[int]] = field(default_factory=dict)
+    cut_streams: int = 0
+    failures: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    attributed: list[tuple[int, int]] = field(default_factory=list)
+    """Server-log byte ranges already shown with a 500."""
+
+    def fail(self, kind: str, label: str, key: str, detail: str) -> None:
+        """Record a failure; failures with the same kind, operation and key are grouped."""
+        self.failures.setdefault((f"{kind} {label}", key), []).append(detail)
+
+    def render(self) -> str:
+        """One block per distinct failure: the first example in full and the count."""
+        blocks = []
+        for (what, key), details in sorted(self.failures.items()):
+            blocks.append(f"=== {what} [{key}] x{len(details)}\n{details[0]}")
+        return "\n\n".join(blocks)
+
+
+def _seed(url: str) -> dict[str, list[str]]:
+    """Create a Flow, three Runs and a finished Step; return the ids by path-parameter name."""
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+        flow = http.post("/v1/flows", json={"ast_ir": {"suite": "fuzz"}})
+        assert flow.status_code == 201, flow.text
+        flow_id, flow_hash = flow.json()["flow_id"], flow.json()["hash"]
+        rec = http.post(f"/v1/flows/{flow_id}/runs", json={"mode": "record", "seed": 7})
+        assert rec.status_code == 201, rec.text
+        run_id = rec.json()["run_id"]
+        step, frames = http_run_step(http, run_id, llm_step("fuzz-seed"))
+        assert frames and frames[-1]["event"] == "end", step.text
+        runs = [run_id]
+        for mode in ("replay", "strict_replay"):
+            run = http.post(f"/v1/flows/{flow_id}/runs", json={"mode": mode, "replay_of": run_id})
+            assert run.status_code == 201, run.text
+            runs.append(run.json()["run_id"])
+        pools = [p["pool_id"] for p in http.get("/v1/pools").json()]
+    return {"flow_id": [flow_id], "flow_hash": [flow_hash], "run_id": runs,
+            "step_id": [step.json()["step_id"]], "pool_id": pools}
+
+
+@pytest.fixture(scope="module")
+def hypothesis_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep Hypothesis's caches out of the repository.
+
+    ``database=None`` stops the example database, but Hypothesis still caches the
+    constants it collects from local modules and its Unicode tables under
+    ``./.hypothesis``; point that home at a temporary directory for this module.
+    """
+    previous = storage_directory(intent_to_write=False).home_directory
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
+    yield
+    set_hypothesis_home_dir(previous)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real mock-engine server on loopback, with a few existing resources."""
+    data = tmp_path_factory.mktemp("fuzz-server")
+    with server_process(mock_config(data_dir=str(data)), data) as (proc, url):
+        yield Server(url=url, proc=proc, log=data / "server.log", known=_seed(url))
+
+
+def _known_fields(value: Any, info: mi.Type) -> Any:
+    """``value`` without the object keys the msgspec type ``info`` does not declare."""
+    if isinstance(info, mi.UnionType):
+        # A tagged member whose tag the value names, else the first member of its shape.
+        tagged = [m for m in info.types if isinstance(m, mi.StructType) and m.tag_field
+                  and isinstance(value, dict) and value.get(m.tag_field) == m.tag]
+        for member in [*tagged, *info.types]:
+            if ((isinstance(value, dict) and isinstance(member, mi.StructType | mi.DictType))
+                    or (isinstance(value, list) and isinstance(member, mi.ListType))):
+                return _known_fields(value, member)
+        return value
+    if isinstance(info, mi.StructType) and isinstance(value, dict):
+        fields = {f.encode_name: f.type for f in info.fields}
+        out = {k: _known_fields(v, fields[k]) for k, v in value.items() if k in fields}
+        if info.tag_field is not None and info.tag_field in value:
+            out[info.tag_field] = value[info.tag_field]
+        return out
+    if isinstance(info, mi.DictType) and isinstance(value, dict):
+        return {k: _known_fields(v, info.value_type) for k, v in value.items()}
+    if isinstance(info, mi.ListType) and isinstance(value, list):
+        return [_known_fields(v, info.item_type) for v in value]
+    return value
+
+
+def _in_range(name: str, value: Any) -> bool:
+    """Whether a sampling parameter is one the server accepts (else it answers 400)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return name not in _SAMPLING_RANGES
+    low, high, open_low = _SAMPLING_RANGES.get(name, (None, None, False))
+    return ((low is None or value > low or (value == low and not open_low))
+            and (high is None or value <= high))
+
+
+def _conform(case: Case[Any], contract: Any, known: dict[str, list[str]],
+             repair: bool) -> Case[Any]:
+    """Make a positive body acceptable past decoding: known fields only, the served model,
+    a recorded Run to replay. With ``repair``, also a fresh client_token and only
+    in-range sampling parameters, so that the Step is really executed."""
+    if not isinstance(case.body, dict):
+        return case
+    body = _known_fields(case.body, mi.type_info(contract))
+    llm_input = body.get("input")
+    if contract is StepSubmit and isinstance(llm_input, dict):
+        llm_input["model"] = MOCK_MODEL
+        if llm_input.get("prompt") is not None:
+            llm_input.pop("messages", None)
+        elif llm_input.get("messages") is None:
+            llm_input["prompt"] = "fuzz"
+        params = llm_input.get("params")
+        if repair and isinstance(params, dict):
+            llm_input["params"] = {k: v for k, v in params.items() if _in_range(k, v)}
+        if repair and isinstance(body.get("client_token"), str):
+            body["client_token"] += f"#{next(_FRESH)}"
+    if contract is RunCreate:
+        if body.get("mode") in ("replay", "strict_replay"):
+            body["replay_of"] = known["run_id"][0]
+        else:
+            body.pop("replay_of", None)
+    case.body = body
+    return case
+
+
+def _strategy(op: Any, known: dict[str, list[str]]) -> st.SearchStrategy[Case[Any]]:
+    """Positive and negative cases with fuzzed path ids and, when they exist, known ones;
+    for an operation with a contract body, half the cases are contract-conforming ones
+    (behind known ids only: behind a fuzzed id they would all be 404)."""
+    names = [p.name for p in op.path_parameters]
+    contract = _CONTRACTS.get(f"{op.method.upper()} {op.path}")
+    known_paths: list[dict[str, str] | None] = []
+    if names and all(n in known for n in names):
+        known_paths = [dict(zip(names, values, strict=True))
+                       for values in itertools.product(*(known[n] for n in names))]
+    plain = st.one_of([op.as_strategy(generation_mode=mode, path_parameters=path)
+                       for path in [None, *known_paths]
+                       for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)])
+    if contract is None:
+        return plain
+    conforming = st.one_of([
+        st.tuples(op.as_strategy(generation_mode=GenerationMode.POSITIVE,
+                                 path_parameters=path), st.booleans()).map(
+            lambda drawn: _conform(drawn[0], contract, known, repair=drawn[1]))
+        for path in (known_paths if names else [None])])
+    return st.sampled_from([plain, conforming]).flatmap(lambda strategy: strategy)
+
+
+def _shown(raw: object) -> str:
+    if raw is None:
+        return "<none>"
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}… ({len(text)} chars)"
+
+
+def _envelope_problem(status: int, content_type: str, body: bytes) -> str | None:
+    """Why a non-2xx answer is not the error envelope, or None when it is."""
+    if status < 400:
+        return f"status {status} is not an error status"
+    if not content_type.startswith("application/json"):
+        return f"content-type {content_type!r} is not application/json"
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return "body is not JSON"
+    if not isinstance(doc, dict):
+        return f"body is a JSON {type(doc).__name__}, not an object"
+    if extra := sorted(set(doc) - _ENVELOPE_KEYS):
+        return f"unexpected keys {extra}"
+    if nulls := sorted(k for k in ("retry_after_ms", "data") if k in doc and doc[k] is None):
+        return f"optional keys {nulls} are null instead of absent"
+    try:
+        env = msgspec.convert(doc, ErrorEnvelope, strict=True)
+    except msgspec.ValidationError as exc:
+        return f"not an error envelope: {exc}"
+    if env.retry_after_ms is not None and env.retry_after_ms < 0:
+        return "retry_after_ms is negative"
+    return None
+
+
+def _log_since(log: pathlib.Path, offset: int) -> str:
+    with log.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace").strip() or "<no server log lines>"
+
+
+def _settled_size(log: pathlib.Path, offset: int) -> int:
+    """The log size once the lines of a request just answered are written.
+
+    The worker's log lines reach the file a little after its response, so wait until the
+    log has grown past ``offset`` and stopped growing (at most ``_LOG_WAIT_S``).
+    """
+    deadline = time.monotonic() + _LOG_WAIT_S
+    size = log.stat().st_size
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        new = log.stat().st_size
+        if new == size and size > offset:
+            break
+        size = new
+    return size
+
+
+def _exception_line(log_text: str) -> str:
+    """``file:line in function: exception`` of the last traceback in ``log_text``."""
+    _, marker, last = log_text.rpartition(_TRACEBACK)
+    if not marker:
+        return "no traceback in the server log"
+    where, exc = "?", "?"
+    for line in last.splitlines()[1:]:
+        text = line.strip()
+        if text.startswith('File "'):
+            path, _, rest = text[6:].partition('", line ')
+            number, _, func = rest.partition(", in ")
+            where = f"{pathlib.Path(path).name}:{number} in {func}"
+        elif text and not line.startswith((" ", "\t")):
+            exc = text[:200]
+            break
+    return f"{where}: {exc}"
+
+
+def _stray_tracebacks(log: pathlib.Path, attributed: list[tuple[int, int]]) -> list[str]:
+    """Tracebacks in the server log outside the log windows of reported 500s."""
+    raw = log.read_bytes()
+    marker = _TRACEBACK.encode()
+    starts = []
+    at = raw.find(marker)
+    while at >= 0:
+        starts.append(at)
+        at = raw.find(marker, at + 1)
+    blocks = []
+    for n, start in enumerate(starts):
+        if any(lo <= start < hi for lo, hi in attributed):
+            continue
+        end = starts[n + 1] if n + 1 < len(starts) else len(raw)
+        blocks.append(raw[start:end].decode(errors="replace").strip())
+    return blocks
+
+
+def _exercise(case: Case[Any], label: str, server: Server, session: requests.Session,
+              report: Report) -> None:
+    """Send one case and record what is wrong with the answer."""
+    report.cases[label] += 1
+    offset = server.log.stat().st_size
+    request = f"{case.method.upper()} {case.formatted_path}"
+    try:
+        resp = case.call(base_url=server.url, session=session, timeout=REQUEST_TIMEOUT_S)
+    except requests.RequestException as exc:
+        alive = server.proc.poll() is None
+        report.fail("NO RESPONSE", label, type(exc).__name__,
+                    f"{request}\nreproduce: {case.as_curl_command(base_url=server.url)}"
+                    f"\nerror: {exc!r}\nserver alive: {alive}\n"
+                    f"server log:\n{_log_since(server.log, offset)}")
+        return
+    report.statuses.setdefault(label, Counter())[resp.status_code] += 1
+    report.cut_streams += resp.stream_cut_short
+    if 200 <= resp.status_code < 300:
+        return
+    sent = (f"{resp.request.method} {resp.request.url}\n"
+            f"request body: {_shown(resp.request.body)}\n"
+            f"status: {resp.status_code}\nresponse body: {_shown(resp.content)}")
+    if resp.status_code == 500:
+        end = _settled_size(server.log, offset)
+        log_text = _log_since(server.log, offset)
+        report.attributed.append((offset, end))
+        report.fail("500", label, _exception_line(log_text), f"{sent}\nserver log:\n{log_text}")
+    content_type = (resp.headers.get("content-type") or [""])[0]
+    problem = _envelope_problem(resp.status_code, content_type, resp.content)
+    if problem is not None:
+        report.fail("NOT AN ENVELOPE", label, problem, sent)
+
+
+def _fuzz_operation(op: Any, strategy: st.SearchStrategy[Case[Any]], budget: int, server: Server,
+                    session: requests.Session, report: Report) -> None:
+    label = f"{op.method.upper()} {op.path}"
+
+    @settings(_FUZZ_SETTINGS, max_examples=budget)
+    @given(case=strategy)
+    def fuzz(case: Case[Any]) -> None:
+        _exercise(case, label, server, session, report)
+
+    fuzz()
+
+
+@pytest.mark.usefixtures("hypothesis_home")
+def test_fuzz_served_openapi(server: Server) -> None:
+    """No 500, every error an envelope, every request answered, over FUZZ_CASES requests."""
+    schema = schemathesis.openapi.from_url(f"{server.url}/schema/openapi.json")
+    ops = [op for path in schema for op in schema[path].values()]
+    assert ops, "the served document has no operations"
+    # Operations without parameters exhaust after a request or two; their unused budget
+    # goes to the later ones. Cancellations go last so the known Runs stay usable.
+    ops.sort(key=lambda op: (f"{op.method.upper()} {op.path}" in _LAST,
+                             bool(op.path_parameters or op.query or op.headers or op.body)))
+    report = Report()
+    with requests.Session() as session:
+        for index, op in enumerate(ops):
+            left = FUZZ_CASES - sum(report.cases.values())
+            budget = max(1, left // (len(ops) - index))
+            _fuzz_operation(op, _strategy(op, server.known), budget, server, session, report)
+    print(f"\nfuzzed {sum(report.cases.values())} requests over {len(ops)} operations "
+          f"({report.cut_streams} SSE streams cut short at the timeout or event limit)")
+    for label, count in sorted(report.cases.items()):
+        statuses = dict(sorted(report.statuses.get(label, Counter()).items()))
+        print(f"  {count:5d}  {label:34s} {statuses}")
+    for block in _stray_tracebacks(server.log, report.attributed):
+        report.fail("SERVER TRACEBACK", "-", _exception_line(block), block)
+    if server.proc.poll() is not None:
+        report.fail("SERVER EXITED", "-", str(server.proc.returncode),
+                    _log_since(server.log, 0)[-4000:])
+    if report.failures:
+        pytest.fail(f"fuzzing found {len(report.failures)} distinct problems:\n\n"
+                    f"{report.render()}", pytrace=False)
