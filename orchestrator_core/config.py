@@ -115,7 +115,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = "var"
     prices: PriceTable = PriceTable()
     commit_interval_ms: float = 2.0
-    commit_max_frames: int = 64
+    commit_max_frames: int = 256
     heartbeat_ms: int = 2_000
     cancel_on_disconnect: bool = True
     disconnect_grace_ms: int = 1_000

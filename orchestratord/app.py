@@ -110,10 +110,12 @@ def error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[b
 # -- correlation ids -------------------------------------------------------------------
 
 
-def add_correlation_id(message: Message, scope: Scope) -> None:
+async def add_correlation_id(message: Message, scope: Scope) -> None:
     """``before_send`` hook: echo a valid ``X-Correlation-Id`` or add a new UUIDv4.
 
-    It runs for every HTTP response, router-level 404/405 and SSE streams included.
+    It runs for every HTTP response, router-level 404/405 and SSE streams included. It is
+    ``async`` on purpose: Litestar runs a plain function in a worker thread, and this hook
+    runs for every ASGI message, i.e. every SSE chunk.
     """
     if message["type"] != "http.response.start":
         return

@@ -12,6 +12,7 @@ import sys
 import msgspec
 
 from orchestrator_core.config import ServerConfig, load_config, mock_config
+from orchestrator_core.pools import EngineFactory
 
 __all__ = ["main", "serve"]
 
@@ -23,10 +24,14 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     return msgspec.structs.replace(cfg, **overrides)
 
 
-def serve(config: ServerConfig) -> None:
+def serve(config: ServerConfig, engine_factory: EngineFactory | None = None) -> None:
     """Run the app on Granian's embedded server until SIGINT or SIGTERM.
 
     One process: the engine replicas are its children and die with it.
+
+    Args:
+        config: the server config.
+        engine_factory: builds mock adapters per replica (benchmarks and tests).
     """
     from granian.constants import Interfaces
     from granian.server.embed import Server
@@ -39,7 +44,8 @@ def serve(config: ServerConfig) -> None:
         raise SystemExit(f"orchestratord: {refusal}")
 
     async def run() -> None:
-        server = Server(create_app(config), address=config.host, port=config.port,
+        server = Server(create_app(config, engine_factory=engine_factory),
+                        address=config.host, port=config.port,
                         interface=Interfaces.ASGI, log_access=False, backlog=1024)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
