@@ -16,6 +16,7 @@ import msgspec
 __all__ = [
     "DURABLE_FRAMES",
     "TERMINAL_FRAMES",
+    "EffectEndData",
     "EndData",
     "FrameType",
     "MetricsData",
@@ -113,6 +114,18 @@ class EndData(msgspec.Struct, frozen=True):
 
     provenance: Provenance
     output: dict[str, Any]
+
+
+class EffectEndData(msgspec.Struct, frozen=True):
+    """``end`` of a side-effecting Step (``tool_call``, ``fs_op``): its recorded result.
+
+    ``executor`` names the tool executor or ``fs``; ``duration_ms`` is wall time (ms).
+    Replays serve this frame from the recording; the effect never runs again.
+    """
+
+    output: Any
+    executor: str
+    duration_ms: int
 
 
 class MetricsData(msgspec.Struct, frozen=True):

@@ -77,6 +77,8 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     deny_step_types: list[str] = msgspec.field(default_factory=list)
     allow_tools: list[str] | None = None
     deny_tools: list[str] = msgspec.field(default_factory=list)
+    allow_fs_ops: list[str] | None = None
+    deny_fs_ops: list[str] = msgspec.field(default_factory=list)
     redact: list[str] = msgspec.field(default_factory=list)
 
 

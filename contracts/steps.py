@@ -9,11 +9,14 @@ import msgspec
 
 from contracts.errors import ErrorEnvelope
 from contracts.events import Provenance
-from contracts.limits import Id, Token
+from contracts.limits import Id, Name, Token
 from contracts.runs import Budgets, BudgetUsage, Placement
 
 __all__ = [
     "ChatMessage",
+    "FsOp",
+    "FsOpInput",
+    "FsOpSubmit",
     "LlmCallInput",
     "LlmCallSubmit",
     "SamplingParams",
@@ -21,6 +24,8 @@ __all__ = [
     "StepStatus",
     "StepSubmit",
     "StepType",
+    "ToolCallInput",
+    "ToolCallSubmit",
 ]
 
 
@@ -103,7 +108,52 @@ class LlmCallSubmit(msgspec.Struct, tag="llm_call", tag_field="type", forbid_unk
     budgets: Budgets = msgspec.field(default_factory=Budgets)
 
 
-StepSubmit = LlmCallSubmit
+class ToolCallInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Input of a ``tool_call``: a tool the Flow declares, and its arguments.
+
+    The arguments are validated against the tool's JSON Schema (2020-12) before anything
+    runs; the tool's ``executor`` names an operator-configured executor.
+    """
+
+    tool: Name
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ToolCallSubmit(msgspec.Struct, tag="tool_call", tag_field="type",
+                     forbid_unknown_fields=True):
+    """Body of ``POST /v1/runs/{run_id}/steps`` for a ``tool_call``."""
+
+    client_token: Token
+    input: ToolCallInput
+    budgets: Budgets = msgspec.field(default_factory=Budgets)
+
+
+FsOp = Literal["read", "write", "append", "list", "stat", "delete", "mkdir"]
+
+
+class FsOpInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Input of an ``fs_op``: one operation inside the Run's sandbox (POLICY-3001).
+
+    ``path`` is relative to ``fs_policy.roots[root]`` (or absolute inside it); ``content``
+    is UTF-8 text for ``write`` and ``append``.
+    """
+
+    op: FsOp
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    content: str | None = None
+    root: Annotated[int, msgspec.Meta(ge=0, le=63)] = 0
+
+
+class FsOpSubmit(msgspec.Struct, tag="fs_op", tag_field="type", forbid_unknown_fields=True):
+    """Body of ``POST /v1/runs/{run_id}/steps`` for an ``fs_op``."""
+
+    client_token: Token
+    input: FsOpInput
+    budgets: Budgets = msgspec.field(default_factory=Budgets)
+
+
+StepSubmit = LlmCallSubmit | ToolCallSubmit | FsOpSubmit
+"""The submission union, tagged on ``type``."""
 
 
 class Step(msgspec.Struct):

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import msgspec
 
 from contracts.errors import InvalidParams
+from orchestrator_core.fsbroker import FsLimits
+from worker_adapters.tools import ToolExecutorConfig, default_tool_executors
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -106,6 +108,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         auth_tokens: bearer token -> tenant. Empty: single tenant, loopback only.
         max_active_steps: Steps queued or running at once, server-wide; more are refused
             with 429 ADMISSION_REJECT (a pool's own bounded queue gives QUEUE_FULL).
+        tools: operator-defined tool executors by name (HTTP endpoints or argv-template
+            subprocesses); Flows reference them, clients can never add one. Default: the
+            built-in ``wc``, ``json_query`` and ``sha256`` (NERVE-4011).
+        fs_limits: what a Run's fs_policy may not exceed; with no ``allowed_parents``,
+            sandbox roots must lie under ``<data_dir>/sandboxes`` (POLICY-3001).
         sqlite_synchronous: ``NORMAL`` survives a process crash; ``FULL`` a power loss.
     """
 
@@ -123,6 +130,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     breaker_reset_ms: int = 5_000
     auth_tokens: dict[str, str] = {}
     max_active_steps: int = 1024
+    tools: dict[str, ToolExecutorConfig] = msgspec.field(
+        default_factory=default_tool_executors)
+    fs_limits: FsLimits = FsLimits(allowed_parents=[], max_bytes_written=64 << 20,
+                                   max_files=1000, max_file_bytes=8 << 20)
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     max_body_bytes: int = 1_048_576
     ephemeral_buffer: int = 16

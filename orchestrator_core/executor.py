@@ -1,12 +1,14 @@
 """Executes one Step in its own task under a cancel scope the orchestrator holds.
 
-Three paths, one log (DESIGN.md §1-§2):
+Four paths, one log (DESIGN.md §1-§2):
 
 * ``record`` and ``strict_replay`` wait for a slot on the placed replica, emit ``started``,
   stream the engine's tokens as ``token`` frames and end with ``end`` (provenance) or
   ``error``. ``strict_replay`` checks each token against the recording before it is
   appended, so a divergent token is never shown as if it were right.
 * ``replay`` copies the recorded frames into the new Step's log; no engine is touched.
+* ``tool_call`` and ``fs_op`` run their effect once, in ``record`` mode only, behind a
+  circuit breaker, and end with the result; replays of them are served from the log.
 
 Whatever happens (success, typed error, cancel, unexpected fault) exactly one terminal
 frame is committed, together with the Step's terminal status.
@@ -16,11 +18,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import anyio
 import msgspec
+from jsonschema import Draft202012Validator
 
 from contracts.errors import (
     BudgetExceeded,
@@ -28,11 +33,13 @@ from contracts.errors import (
     CircuitOpen,
     DeadlineExceeded,
     EngineError,
+    FsPolicyViolation,
     Internal,
     Interrupted,
     OrchestratorError,
 )
 from contracts.events import (
+    EffectEndData,
     EndData,
     FrameType,
     MetricsData,
@@ -42,7 +49,7 @@ from contracts.events import (
     TokenData,
 )
 from contracts.steps import StepStatus
-from orchestrator_core.breaker import Transition
+from orchestrator_core.breaker import BreakerState, CircuitBreaker, Transition
 from orchestrator_core.budgets import BudgetBook, Reservation
 from orchestrator_core.clock import Clock
 from orchestrator_core.config import PriceTable
@@ -52,9 +59,20 @@ from orchestrator_core.pools import Pool, Replica
 from orchestrator_core.replay import TokenVerifier
 from worker_adapters.base import CompletionRequest, Delta, Finish
 
-__all__ = ["Executor", "LlmJob", "ReplayJob"]
+__all__ = ["EffectJob", "Executor", "LlmJob", "ReplayJob"]
 
 log = logging.getLogger("orchestrator.executor")
+
+
+class _NoLock:
+    """An async context manager that holds nothing (effects without shared state)."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        return None
 _enc = msgspec.json.Encoder()
 
 
@@ -83,6 +101,26 @@ class LlmJob:
     deadline: float = math.inf
     verifier: TokenVerifier | None = None
     redactions: int = 0
+
+
+@dataclass
+class EffectJob:
+    """A side-effecting Step (``tool_call``, ``fs_op``) ready to run once.
+
+    ``call`` performs the effect and returns its JSON result; ``breaker`` guards the
+    executor; ``lock`` (when set) is held from the effect until its ``end`` is committed, so
+    effects of one Run that share state (file-system quotas) run one at a time.
+    """
+
+    step_id: str
+    run_id: str
+    step_type: str
+    executor: str
+    call: Callable[[], Awaitable[Any]]
+    breaker: CircuitBreaker
+    output_schema: dict[str, Any] | None
+    submitted_at: float
+    lock: anyio.Lock | None = None
 
 
 @dataclass
@@ -144,7 +182,7 @@ class Executor:
     # -- terminal helpers --------------------------------------------------------------
 
     def _fail(self, step_id: str, err: OrchestratorError, usage: dict[str, Any],
-              model: str | None = None) -> None:
+              model: str | None = None, step_type: str = "llm_call") -> None:
         status = {
             "CANCELLED": StepStatus.CANCELLED, "INTERRUPTED": StepStatus.INTERRUPTED,
         }.get(err.code.value, StepStatus.FAILED)
@@ -156,7 +194,7 @@ class Executor:
             usage["wall_ms"] = int((self.clock.monotonic() - usage.pop("submitted_at")) * 1000)
         self.log.finish(step_id, FrameType.ERROR, _enc.encode(env),
                         {"status": status.value, "error": _enc.encode(env).decode(), **usage})
-        self.metrics.steps_finished.labels(type="llm_call", status=status.value).inc()
+        self.metrics.steps_finished.labels(type=step_type, status=status.value).inc()
 
     # -- replay ------------------------------------------------------------------------
 
@@ -180,6 +218,79 @@ class Executor:
         finally:
             self.scopes.pop(job.step_id, None)
             self.cancel_requested.pop(job.step_id, None)
+
+    # -- side effects ------------------------------------------------------------------
+
+    async def run_effect(self, job: EffectJob) -> None:
+        """Run a ``tool_call`` or ``fs_op`` once and log its result (record mode only)."""
+        scope = self._scope(job.step_id)
+        usage: dict[str, Any] = {"submitted_at": job.submitted_at}
+        try:
+            with scope:
+                try:
+                    async with job.lock if job.lock is not None else _NoLock():
+                        await self._effect(job)
+                except OrchestratorError as err:
+                    self._fail(job.step_id, err, usage, step_type=job.step_type)
+                except Exception as exc:
+                    log.exception("step %s failed unexpectedly", job.step_id)
+                    self._fail(job.step_id, Internal(f"{type(exc).__name__}: {exc}"), usage,
+                               step_type=job.step_type)
+            if self.log.is_live(job.step_id):
+                reason = self.cancel_requested.get(job.step_id, "step cancelled")
+                self._fail(job.step_id, Cancelled(reason), usage, step_type=job.step_type)
+        except anyio.get_cancelled_exc_class():
+            if self.log.is_live(job.step_id):
+                self._fail(job.step_id, Interrupted("server shutting down"), usage,
+                           step_type=job.step_type)
+            raise
+        finally:
+            self.scopes.pop(job.step_id, None)
+            self.cancel_requested.pop(job.step_id, None)
+
+    async def _effect(self, job: EffectJob) -> None:
+        started = StartedData(type=job.step_type, queue_position=0, predicted_start_ms=0)
+        self.log.append(job.step_id, FrameType.STARTED, _enc.encode(started),
+                        update={"status": StepStatus.RUNNING.value})
+        allowed, probing = job.breaker.allow()
+        if probing is not None:
+            self._escalate(job.step_id, probing)
+        if not allowed:
+            raise CircuitOpen(f"{job.executor}'s circuit breaker is open",
+                              data={"executor": job.executor})
+        t0 = self.clock.monotonic()
+        moved: Transition | None = None
+        verdict = False
+        try:
+            output = await job.call()
+            verdict = True
+            if job.output_schema is not None:
+                errors = list(Draft202012Validator(job.output_schema).iter_errors(output))
+                if errors:
+                    moved = job.breaker.failure("output does not match output_schema")
+                    raise EngineError(f"{job.executor} returned output that does not match "
+                                      "the tool's output_schema",
+                                      data={"executor": job.executor,
+                                            "errors": [e.message for e in errors[:10]]})
+            moved = job.breaker.success()
+        except (EngineError, FsPolicyViolation) as err:
+            verdict = True
+            if moved is None and job.breaker.state is not BreakerState.OPEN:
+                moved = job.breaker.failure(f"{err.code.value}: {err.message}")
+            raise
+        finally:
+            if not verdict:
+                job.breaker.release_probe()
+            if moved is not None:
+                self._escalate(job.step_id, moved)
+        duration_ms = int((self.clock.monotonic() - t0) * 1000)
+        end = EffectEndData(output=output, executor=job.executor, duration_ms=duration_ms)
+        self.log.finish(job.step_id, FrameType.END, _enc.encode(end), {
+            "status": StepStatus.SUCCEEDED.value,
+            "wall_ms": int((self.clock.monotonic() - job.submitted_at) * 1000),
+        })
+        self.metrics.steps_finished.labels(type=job.step_type,
+                                           status=StepStatus.SUCCEEDED.value).inc()
 
     # -- record / strict_replay --------------------------------------------------------
 

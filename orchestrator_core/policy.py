@@ -50,12 +50,14 @@ def validate_policy(policy: Policy) -> None:
 
 
 def check_allowed(policy: Policy, *, step_type: str, model: str | None = None,
-                  tool: str | None = None) -> None:
-    """Raise ``POLICY_DENIED`` unless the policy admits the step type, model and tool."""
+                  tool: str | None = None, fs_op: str | None = None) -> None:
+    """Raise ``POLICY_DENIED`` unless the policy admits the step type, model, tool and
+    file-system operation."""
     for rule, value, allow, deny in (
         ("step_types", step_type, policy.allow_step_types, policy.deny_step_types),
         ("models", model, policy.allow_models, policy.deny_models),
         ("tools", tool, policy.allow_tools, policy.deny_tools),
+        ("fs_ops", fs_op, policy.allow_fs_ops, policy.deny_fs_ops),
     ):
         if value is None:
             continue

@@ -32,12 +32,20 @@ from contracts.events import FrameType, Provenance, sse_comment
 from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, ModelCapability, PoolInfo
 from contracts.runs import PlacementPin, Policy, Run, RunCreate, RunMode, RunStatus
-from contracts.steps import LlmCallSubmit, Step, StepStatus, StepSubmit
+from contracts.steps import (
+    FsOpSubmit,
+    LlmCallSubmit,
+    Step,
+    StepStatus,
+    StepSubmit,
+    ToolCallSubmit,
+)
 from orchestrator_core import views
 from orchestrator_core.budgets import BudgetBook
 from orchestrator_core.canonical import b3, canonical_json, derive_seed, new_id
 from orchestrator_core.clock import Clock, SystemClock, iso_utc
 from orchestrator_core.config import ServerConfig
+from orchestrator_core.effects import Effects, check_tool_schemas
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.executor import Executor, LlmJob, ReplayJob
 from orchestrator_core.metrics import Metrics
@@ -77,6 +85,11 @@ def _redacted_input(run_row: dict[str, Any], input_value: Any) -> Any:
     return out
 
 
+_STEP_TYPES: dict[type, str] = {LlmCallSubmit: "llm_call", ToolCallSubmit: "tool_call",
+                                FsOpSubmit: "fs_op"}
+EFFECT_STEP_TYPES = frozenset({"tool_call", "fs_op"})
+
+
 class _PolicyOnly(msgspec.Struct):
     policy: Policy
 
@@ -105,6 +118,7 @@ class Orchestrator:
                             ephemeral_capacity=config.ephemeral_buffer)
         self.budgets = BudgetBook(store, config.prices)
         self.executor = Executor(self.log, clock, config.prices, metrics, self.budgets)
+        self.effects = Effects(self)
         self._tg: anyio.abc.TaskGroup | None = None
 
     @classmethod
@@ -177,6 +191,8 @@ class Orchestrator:
         if len(set(names)) != len(names):
             raise InvalidParams("tool names must be unique within a flow",
                                 data={"tools": names})
+        for tool in body.tools:
+            check_tool_schemas(tool)
         content = {"ast_ir": body.ast_ir, "tools": body.tools, "config": body.config}
         flow_hash = b3(content)
         digest = flow_hash if tenant == DEFAULT_TENANT else b3({"tenant": tenant,
@@ -193,10 +209,11 @@ class Orchestrator:
         })
         return self.get_flow(flow_id, tenant), created
 
-    def get_flow(self, flow_id: str, tenant: str = DEFAULT_TENANT) -> Flow:
-        """The tenant's Flow. Raises NotFound (also for another tenant's flow)."""
+    def get_flow(self, flow_id: str, tenant: str | None = DEFAULT_TENANT) -> Flow:
+        """The tenant's Flow. Raises NotFound (also for another tenant's flow).
+        ``tenant=None`` is the server's own, unscoped view."""
         row = self.store.get_flow(flow_id)
-        if row is None or row["tenant"] != tenant:
+        if row is None or (tenant is not None and row["tenant"] != tenant):
             raise NotFound(f"no flow {flow_id}", data={"flow_id": flow_id})
         return views.flow(row)
 
@@ -221,6 +238,8 @@ class Orchestrator:
         flow = self.get_flow(flow_id, tenant)
         seed = body.seed
         validate_policy(body.policy)
+        if body.fs_policy.roots:
+            self.effects.validate_fs_policy(body.fs_policy)
         policy_hash = b3(body.policy)
         if body.mode is RunMode.RECORD:
             if body.replay_of is not None:
@@ -302,7 +321,7 @@ class Orchestrator:
         run_row = self.store.get_run(run_id)
         if run_row is None or run_row["tenant"] != tenant:
             raise NotFound(f"no run {run_id}", data={"run_id": run_id})
-        step_type = "llm_call"
+        step_type = _STEP_TYPES[type(body)]
         input_value = msgspec.to_builtins(body.input)
         input_hash = b3({"type": step_type, "input": input_value})
         existing = self.store.get_step_by_token(run_id, body.client_token)
@@ -323,14 +342,27 @@ class Orchestrator:
                 f"the server already has {self.config.max_active_steps} active steps",
                 retry_after_ms=1000, data={"max_active_steps": self.config.max_active_steps})
         run = self.get_run(run_id, tenant)
-        check_allowed(run.policy, step_type=step_type, model=body.input.model)
         mode = RunMode(run_row["mode"])
-        if mode is RunMode.REPLAY:
+        match body:
+            case LlmCallSubmit():
+                check_allowed(run.policy, step_type=step_type, model=body.input.model)
+            case ToolCallSubmit():
+                check_allowed(run.policy, step_type=step_type, tool=body.input.tool)
+            case FsOpSubmit():
+                check_allowed(run.policy, step_type=step_type, fs_op=body.input.op)
+        # Side effects never run again in any replay mode: their recorded results are served.
+        if mode is RunMode.REPLAY or (mode is RunMode.STRICT_REPLAY
+                                      and step_type in EFFECT_STEP_TYPES):
             return self._submit_replay(run, body, step_type, stored_input, input_hash), True
+        match body:
+            case ToolCallSubmit():
+                return self.effects.submit_tool(run, body, input_value, input_hash), True
+            case FsOpSubmit():
+                return self.effects.submit_fs(run, body, input_value, input_hash), True
         return self._submit_llm(run, body, mode, step_type, input_value, input_hash,
                                 stored_input), True
 
-    def _insert_step(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
+    def insert_step(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
                      input_hash: str, seed: int | None, replay_of_step: str | None,
                      step_id: str | None = None) -> str:
         step_id = step_id or new_id("stp")
@@ -338,7 +370,8 @@ class Orchestrator:
             "step_id": step_id, "run_id": run.run_id, "type": step_type,
             "client_token": body.client_token,
             "input": canonical_json(input_value).decode(), "input_hash": input_hash,
-            "placement": _enc.encode(body.placement).decode() if body.placement else None,
+            "placement": (_enc.encode(body.placement).decode()
+                          if isinstance(body, LlmCallSubmit) and body.placement else None),
             "status": StepStatus.QUEUED.value, "seed": seed,
             "created_at": iso_utc(self.clock.now()), "last_seq": -1,
             "replay_of_step": replay_of_step,
@@ -368,7 +401,7 @@ class Orchestrator:
                        input_hash: str) -> Step:
         rec = self._recorded(run, body, step_type, input_value, input_hash)
         rows = self.log.read_rows(rec["step_id"])
-        step_id = self._insert_step(run, body, step_type, input_value, input_hash,
+        step_id = self.insert_step(run, body, step_type, input_value, input_hash,
                                     rec["seed"], rec["step_id"])
         final = {k: rec[k] for k in ("status", "tokens_in", "tokens_out", "cost_usd",
                                      "wall_ms", "provenance", "error")}
@@ -448,7 +481,7 @@ class Orchestrator:
                                  tokens_in=prepared.tokens_in, max_tokens=prm.max_tokens,
                                  now_s=now)
         try:
-            self._insert_step(run, body, step_type, stored_input, input_hash, seed,
+            self.insert_step(run, body, step_type, stored_input, input_hash, seed,
                               recorded["step_id"] if recorded else None, step_id)
         except BaseException:
             self.budgets.release(run.run_id, step_id)
@@ -471,6 +504,10 @@ class Orchestrator:
                      verifier=verifier, redactions=redactions)
         self._spawn(self.executor.run_llm, job)
         return self.get_step(step_id, None)
+
+    def spawn(self, fn: Any, job: Any) -> None:
+        """Run ``fn(job)`` as a Step task in the orchestrator's task group."""
+        self._spawn(fn, job)
 
     def _spawn(self, fn: Any, job: Any) -> None:
         if self._tg is None:

@@ -70,13 +70,16 @@ def _run(ctx: dict[str, Any], **body: Any) -> None:
 
 
 @when("I create a record run with seed 42, a step budget and a policy")
-def create_full(ctx: dict[str, Any]) -> None:
-    """Every Run field set."""
+def create_full(ctx: dict[str, Any], mock_cfg: ServerConfig) -> None:
+    """Every Run field set; the sandbox root lies under <data_dir>/sandboxes."""
+    import pathlib
+
+    ctx["root"] = str((pathlib.Path(mock_cfg.data_dir) / "sandboxes" / "r").resolve())
     ctx["policy"] = {"deny_models": ["hf:x"]}
     _run(ctx, seed=42, budgets={"max_tokens_out": 100, "max_cost_usd": 0.5},
          policy=ctx["policy"],
          pool_policy={"placement": {"strategy": "pin", "pool_id": "mock-0"}},
-         fs_policy={"roots": ["/tmp/sandbox"], "max_files": 3})  # noqa: S108 - never touched
+         fs_policy={"roots": [ctx["root"]], "max_files": 3})
 
 
 @then("the run shows mode record, seed 42, its budgets, policy, pool_policy and fs_policy")
@@ -88,7 +91,7 @@ def run_shape(ctx: dict[str, Any]) -> None:
     assert run["budgets"] == {"max_tokens_out": 100, "max_cost_usd": 0.5}
     assert run["policy"] == ctx["policy"]
     assert run["pool_policy"] == {"placement": {"strategy": "pin", "pool_id": "mock-0"}}
-    assert run["fs_policy"] == {"roots": ["/tmp/sandbox"], "max_files": 3}  # noqa: S108 - data
+    assert run["fs_policy"] == {"roots": [ctx["root"]], "max_files": 3}
     assert run["usage"] == {"tokens_in": 0, "tokens_out": 0, "wall_ms": 0, "cost_usd": 0.0}
 
 

@@ -10,7 +10,8 @@ from orchestratord.openapi import openapi_json
 EXPECTED = {
     "AdmissionReject", "BudgetExceeded", "BudgetUsage", "Budgets", "Cancelled",
     "Capabilities", "ChatMessage", "CircuitOpen", "Conflict", "ContextBudget",
-    "DURABLE_FRAMES", "DeadlineExceeded", "DeterminismInputsDiffer", "EndData",
+    "DURABLE_FRAMES", "DeadlineExceeded", "EffectEndData", "FsOp", "FsOpInput", "FsOpSubmit",
+    "ToolCallInput", "ToolCallSubmit", "DeterminismInputsDiffer", "EndData",
     "EngineError", "EngineInfo", "ErrorCode", "ErrorEnvelope", "Flow", "FlowCreate",
     "FlowCreated", "FrameType", "FsPolicy", "FsPolicyViolation", "Internal", "Interrupted",
     "InvalidModel", "InvalidParams", "InvalidToolArgs", "LlmCallInput", "LlmCallSubmit",

@@ -1,0 +1,186 @@
+"""Side-effecting Steps: ``tool_call`` and ``fs_op`` (NERVE-4011, POLICY-3001, POLICY-3002).
+
+Admission happens here, before anything is stored: the tool must be declared by the Flow,
+its arguments must validate against the tool's JSON Schema (2020-12) — invalid arguments
+are ``INVALID_TOOL_ARGS`` and never reach the executor — and the executor's (or, for the
+file system, the Run's) circuit breaker must not be open. Execution goes through
+:meth:`Executor.run_effect`: one ``started`` frame, the effect, then ``end`` carrying the
+result, or ``error``. In ``replay`` and ``strict_replay`` these Steps are served from the
+recording and never run again (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from contracts.errors import CircuitOpen, InvalidParams, InvalidToolArgs
+from contracts.flows import ToolSchema
+from contracts.runs import FsPolicy, Run
+from contracts.steps import FsOpSubmit, Step, ToolCallSubmit
+from orchestrator_core.breaker import CircuitBreaker
+from orchestrator_core.executor import EffectJob
+from orchestrator_core.fsbroker import FsBroker, FsLimits, FsOpInput, FsUsage
+from worker_adapters.tools import ToolRegistry
+
+if TYPE_CHECKING:
+    from orchestrator_core.service import Orchestrator
+
+__all__ = ["Effects", "check_tool_schemas"]
+
+
+def check_tool_schemas(tool: ToolSchema) -> None:
+    """Refuse a Flow whose tool declares an invalid JSON Schema (2020-12).
+
+    Raises:
+        InvalidParams: names the tool and the schema.
+    """
+    for field, schema in (("parameters", tool.parameters), ("output_schema", tool.output_schema)):
+        if schema is None:
+            continue
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as exc:
+            raise InvalidParams(f"tool {tool.name}: {field} is not a valid JSON Schema: "
+                                f"{exc.message}", data={"tool": tool.name, "field": field}) \
+                from exc
+
+
+def _violations(schema: dict[str, Any], value: Any) -> list[dict[str, str]]:
+    validator = Draft202012Validator(schema)
+    return [{"path": err.json_path, "message": err.message}
+            for err in sorted(validator.iter_errors(value), key=lambda e: e.json_path)]
+
+
+class Effects:
+    """Admission and job building for ``tool_call`` and ``fs_op`` Steps.
+
+    Args:
+        orch: the orchestrator (store, executor, config, clock).
+    """
+
+    def __init__(self, orch: Orchestrator) -> None:
+        self.orch = orch
+        cfg = orch.config
+        self.tools = ToolRegistry(cfg.tools)
+        self.tool_breakers: dict[str, CircuitBreaker] = {}
+        self.fs_breakers: dict[str, CircuitBreaker] = {}
+        self._fs_locks: dict[str, anyio.Lock] = {}
+        limits = cfg.fs_limits
+        if not limits.allowed_parents:
+            default = pathlib.Path(cfg.data_dir).resolve() / "sandboxes"
+            limits = msgspec.structs.replace(limits, allowed_parents=[str(default)])
+        self.fs_limits: FsLimits = limits
+
+    def _breaker(self, table: dict[str, CircuitBreaker], key: str, target: str) -> \
+            CircuitBreaker:
+        if key not in table:
+            cfg = self.orch.config
+            table[key] = CircuitBreaker(target, self.orch.clock,
+                                        failure_threshold=cfg.breaker_failures,
+                                        reset_timeout_s=cfg.breaker_reset_ms / 1000.0)
+        return table[key]
+
+    # -- tool_call ---------------------------------------------------------------------
+
+    def submit_tool(self, run: Run, body: ToolCallSubmit, input_value: Any,
+                    input_hash: str) -> Step:
+        """Admit a ``tool_call``: declared tool, valid arguments, executor breaker closed.
+
+        Raises:
+            InvalidParams: the Flow declares no such tool, or no executor serves it.
+            InvalidToolArgs: the arguments violate the tool's schema (``data.errors``).
+            CircuitOpen: the executor's breaker is open.
+        """
+        flow = self.orch.get_flow(run.flow_id, None)
+        tool = next((t for t in flow.tools if t.name == body.input.tool), None)
+        if tool is None:
+            raise InvalidParams(f"the flow declares no tool named {body.input.tool!r}",
+                                data={"tool": body.input.tool,
+                                      "declared": [t.name for t in flow.tools]})
+        executor = self.tools.get(tool.executor or tool.name)
+        errors = _violations(tool.parameters, body.input.args)
+        if errors:
+            raise InvalidToolArgs(f"arguments of tool {tool.name} do not match its schema",
+                                  data={"tool": tool.name, "errors": errors})
+        breaker = self._breaker(self.tool_breakers, executor.name, f"tool:{executor.name}")
+        if not breaker.peek():
+            raise CircuitOpen(f"tool executor {executor.name}'s circuit breaker is open",
+                              retry_after_ms=int(breaker.reset_timeout_s * 1000),
+                              data={"executor": executor.name})
+        args = dict(body.input.args)
+        step_id = self.orch.insert_step(run, body, "tool_call", input_value, input_hash,
+                                        None, None)
+
+        async def call() -> Any:
+            return await executor.call(args)
+
+        self.orch.spawn(self.orch.executor.run_effect, EffectJob(
+            step_id=step_id, run_id=run.run_id, step_type="tool_call",
+            executor=executor.name, call=call, breaker=breaker,
+            output_schema=tool.output_schema, submitted_at=self.orch.clock.monotonic()))
+        return self.orch.get_step(step_id, None)
+
+    # -- fs_op -------------------------------------------------------------------------
+
+    def validate_fs_policy(self, policy: FsPolicy) -> None:
+        """Refuse a Run whose fs_policy leaves the operator's limits (INVALID_PARAMS)."""
+        FsBroker(policy, self.fs_limits)
+
+    def broker(self, run: Run) -> FsBroker:
+        """The Run's broker (its fs_policy within the operator's limits).
+
+        Raises:
+            InvalidParams: the policy exceeds the operator limits.
+        """
+        return FsBroker(run.fs_policy, self.fs_limits)
+
+    def _fs_usage(self, run_id: str) -> FsUsage:
+        """Cumulative usage recorded by the Run's last successful fs_op."""
+        for row in reversed(self.orch.store.list_steps(run_id)):
+            if row["type"] != "fs_op" or row["status"] != "succeeded":
+                continue
+            for _seq, ftype, data in self.orch.store.read_events(row["step_id"], -1):
+                if ftype == "end":
+                    usage = msgspec.json.decode(data)["output"].get("fs_usage", {})
+                    return msgspec.convert(usage, FsUsage)
+        return FsUsage()
+
+    def submit_fs(self, run: Run, body: FsOpSubmit, input_value: Any, input_hash: str) -> Step:
+        """Admit an ``fs_op``; it runs serialised per Run, in a worker thread.
+
+        Raises:
+            InvalidParams: the Run has no sandbox roots, or its policy exceeds the limits.
+            CircuitOpen: repeated violations opened the Run's file-system breaker.
+        """
+        if not run.fs_policy.roots:
+            raise InvalidParams("this run's fs_policy has no roots; fs_op needs a sandbox",
+                                data={"field": "fs_policy.roots"})
+        broker = self.broker(run)
+        breaker = self._breaker(self.fs_breakers, run.run_id, f"fs:{run.run_id}")
+        if not breaker.peek():
+            raise CircuitOpen("repeated file-system policy violations opened this run's "
+                              "breaker", retry_after_ms=int(breaker.reset_timeout_s * 1000),
+                              data={"run_id": run.run_id})
+        op = msgspec.convert(msgspec.to_builtins(body.input), FsOpInput)
+        step_id = self.orch.insert_step(run, body, "fs_op", input_value, input_hash,
+                                        None, None)
+        run_id = run.run_id
+
+        async def call() -> Any:
+            usage = self._fs_usage(run_id)
+            result, after = await anyio.to_thread.run_sync(broker.execute, op, usage)
+            return {**result, "fs_usage": msgspec.to_builtins(after)}
+
+        lock = self._fs_locks.setdefault(run_id, anyio.Lock())
+        self.orch.spawn(self.orch.executor.run_effect, EffectJob(
+            step_id=step_id, run_id=run_id, step_type="fs_op", executor="fs", call=call,
+            breaker=breaker, output_schema=None, submitted_at=self.orch.clock.monotonic(),
+            lock=lock))
+        return self.orch.get_step(step_id, None)
+

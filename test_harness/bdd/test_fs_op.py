@@ -1,0 +1,164 @@
+"""fs_op through the FS broker (POLICY-3001): sandbox, violations, breaker, replay."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import msgspec
+import pytest
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from orchestrator_core.config import ServerConfig
+from test_harness.bdd.conftest import run_to_end
+from test_harness.support import app_client, parse_sse
+
+scenarios("fs_op.feature")
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    """Closes the scenario's app at teardown."""
+    with ExitStack() as s:
+        yield s
+
+
+def _tree(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>"
+            for p in sorted(root.rglob("*"))}
+
+
+@given(parsers.parse('a record run whose sandbox allows write, read and list under "{d}"'))
+def sandbox_run(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any], d: str) -> None:
+    """A sandbox under <data_dir>/sandboxes; breaker opens after 3 violations."""
+    cfg = msgspec.structs.replace(mock_cfg, breaker_failures=3, breaker_reset_ms=60_000)
+    root = (pathlib.Path(cfg.data_dir) / "sandboxes" / "run-1").resolve()
+    root.mkdir(parents=True)
+    (root / d).mkdir()
+    ctx.update(root=root, cfg=cfg, answers=[], n=0, steps=[], bodies=[])
+    ctx["client"] = client = stack.enter_context(app_client(cfg))
+    ctx["flow_id"] = client.post("/v1/flows", json={"ast_ir": {"fs": 1}}).json()["flow_id"]
+    ctx["fs_policy"] = {"roots": [str(root)], "allow": {
+        "write": [f"{d}/*.txt"], "read": [f"{d}/*.txt"], "list": [d]}}
+    ctx["run_id"] = client.post(f"/v1/flows/{ctx['flow_id']}/runs",
+                                json={"seed": 1, "fs_policy": ctx["fs_policy"]}).json()["run_id"]
+
+
+def _fs(ctx: dict[str, Any], op: str, path: str, content: str | None = None) -> None:
+    ctx["n"] += 1
+    body: dict[str, Any] = {"type": "fs_op", "client_token": f"fs-{ctx['n']}",
+                            "input": {"op": op, "path": path}}
+    if content is not None:
+        body["input"]["content"] = content
+    ctx["bodies"].append(body)
+    _step, raw = run_to_end(ctx["client"], ctx["run_id"], body)
+    ctx["steps"].append([f for f in parse_sse(raw) if f["id"] is not None])
+
+
+@when(parsers.parse('I run fs_op write "{path}" with "{content}"'))
+def write(ctx: dict[str, Any], path: str, content: str) -> None:
+    """A write; the parent tree is snapshotted first."""
+    ctx.setdefault("before", _tree(ctx["root"].parent))
+    _fs(ctx, "write", path, content)
+
+
+@when(parsers.parse('I run fs_op read "{path}"'))
+def read(ctx: dict[str, Any], path: str) -> None:
+    """A read."""
+    _fs(ctx, "read", path)
+
+
+@then(parsers.parse('the read step ends with content "{content}"'))
+def read_back(ctx: dict[str, Any], content: str) -> None:
+    """The recorded result carries the content."""
+    end = json.loads(ctx["steps"][-1][-1]["data"])
+    assert (ctx["steps"][-1][-1]["event"], end["executor"]) == ("end", "fs")
+    assert end["output"]["content"] == content
+
+
+@then(parsers.parse('the sandbox holds exactly out/notes.txt with "{content}"'))
+def holds(ctx: dict[str, Any], content: str) -> None:
+    """Atomic write: no temp files left."""
+    assert _tree(ctx["root"]) == {"out": b"<dir>", "out/notes.txt": content.encode()}
+
+
+@then(parsers.parse("the step ends with error {code}"))
+def ends_error(ctx: dict[str, Any], code: str) -> None:
+    """A typed error frame."""
+    assert ctx["steps"][-1][-1]["event"] == "error"
+    assert json.loads(ctx["steps"][-1][-1]["data"])["code"] == code
+
+
+@then("the sandbox and its parent are unchanged")
+def unchanged(ctx: dict[str, Any]) -> None:
+    """Nothing written anywhere."""
+    assert _tree(ctx["root"].parent) == ctx["before"]
+
+
+@when(parsers.parse("I run {n:d} fs_op writes outside the allow-list"))
+def violations(ctx: dict[str, Any], n: int) -> None:
+    """Each is refused by the broker."""
+    for i in range(n):
+        _fs(ctx, "write", f"out/x{i}.sh", "nope")
+
+
+@then(parsers.parse('the third stream has an escalation closed to open for "{kind}"'))
+def fs_escalation(ctx: dict[str, Any], kind: str) -> None:
+    """The Run's file-system breaker opened."""
+    frames = ctx["steps"][2]
+    assert [f["event"] for f in frames] == ["started", "escalation", "error"]
+    esc = json.loads(frames[1]["data"])
+    assert (esc["target"].split(":")[0], esc["from_state"], esc["to_state"]) == (
+        kind, "closed", "open")
+
+
+@then("the next fs_op is refused with 503 CIRCUIT_OPEN")
+def refused(ctx: dict[str, Any]) -> None:
+    """Refused at admission, nothing stored."""
+    resp = ctx["client"].post(f"/v1/runs/{ctx['run_id']}/steps", json={
+        "type": "fs_op", "client_token": "after", "input": {"op": "list", "path": "out"}})
+    assert (resp.status_code, resp.json()["code"]) == (503, "CIRCUIT_OPEN")
+
+
+@when("I delete the sandbox file out/a.txt behind the server's back")
+def delete_file(ctx: dict[str, Any]) -> None:
+    """If a replay touched the file system, reads would now fail and writes recreate it."""
+    (ctx["root"] / "out" / "a.txt").unlink()
+
+
+@when("I replay the run in mode replay and in mode strict_replay")
+def replay_both(ctx: dict[str, Any]) -> None:
+    """Both replay modes, same bodies."""
+    ctx["replays"] = []
+    for mode in ("replay", "strict_replay"):
+        run_id = ctx["client"].post(f"/v1/flows/{ctx['flow_id']}/runs", json={
+            "mode": mode, "replay_of": ctx["run_id"],
+            "fs_policy": ctx["fs_policy"]}).json()["run_id"]
+        for body in ctx["bodies"]:
+            _step, raw = run_to_end(ctx["client"], run_id, body)
+            ctx["replays"].append([(f["event"], f["data"]) for f in parse_sse(raw)
+                                   if f["id"] is not None])
+
+
+@then("every replayed step's frames equal the recording")
+def replayed_equal(ctx: dict[str, Any]) -> None:
+    """Recorded results are served verbatim."""
+    recorded = [[(f["event"], f["data"]) for f in s] for s in ctx["steps"]]
+    assert ctx["replays"] == recorded + recorded
+    assert json.loads(recorded[1][-1][1])["output"]["content"] == "recorded"
+
+
+@then("out/a.txt was not written again")
+def not_rewritten(ctx: dict[str, Any]) -> None:
+    """Zero file-system calls: the deleted file stays deleted."""
+    assert not (ctx["root"] / "out" / "a.txt").exists()
+
+
+@when(parsers.parse('I create a run whose fs_policy root is "{root}"'))
+def bad_root(ctx: dict[str, Any], root: str) -> None:
+    """A root outside <data_dir>/sandboxes."""
+    ctx["answers"].append(ctx["client"].post(f"/v1/flows/{ctx['flow_id']}/runs",
+                                             json={"fs_policy": {"roots": [root]}}))
