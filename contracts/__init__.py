@@ -7,6 +7,8 @@ from contracts.errors import *  # noqa: F403 - the public API is each module's _
 from contracts.errors import __all__ as _errors_all
 from contracts.events import *  # noqa: F403
 from contracts.events import __all__ as _events_all
+from contracts.facts import *  # noqa: F403
+from contracts.facts import __all__ as _facts_all
 from contracts.flows import *  # noqa: F403
 from contracts.flows import __all__ as _flows_all
 from contracts.pools import *  # noqa: F403
@@ -17,5 +19,5 @@ from contracts.steps import *  # noqa: F403
 from contracts.steps import __all__ as _steps_all
 
 __all__ = [
-    *_errors_all, *_events_all, *_flows_all, *_pools_all, *_runs_all, *_steps_all,
+    *_errors_all, *_events_all, *_facts_all, *_flows_all, *_pools_all, *_runs_all, *_steps_all,
 ]

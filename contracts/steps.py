@@ -17,6 +17,8 @@ __all__ = [
     "FsOp",
     "FsOpInput",
     "FsOpSubmit",
+    "GateEvalInput",
+    "GateEvalSubmit",
     "LlmCallInput",
     "LlmCallSubmit",
     "SamplingParams",
@@ -152,7 +154,28 @@ class FsOpSubmit(msgspec.Struct, tag="fs_op", tag_field="type", forbid_unknown_f
     budgets: Budgets = msgspec.field(default_factory=Budgets)
 
 
-StepSubmit = LlmCallSubmit | ToolCallSubmit | FsOpSubmit
+class GateEvalInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Input of a ``gate_eval``: a JMESPath expression over the Run's Facts.
+
+    The expression sees ``{"facts": [<Fact>...], "by_type": {<type>: [<data>...]}}``; the
+    gate passes when the result is truthy (JMESPath truthiness). With ``wait_ms`` > 0 a
+    failing gate waits for new Facts and re-evaluates, up to that many milliseconds.
+    """
+
+    expression: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    wait_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 0
+
+
+class GateEvalSubmit(msgspec.Struct, tag="gate_eval", tag_field="type",
+                     forbid_unknown_fields=True):
+    """Body of ``POST /v1/runs/{run_id}/steps`` for a ``gate_eval``."""
+
+    client_token: Token
+    input: GateEvalInput
+    budgets: Budgets = msgspec.field(default_factory=Budgets)
+
+
+StepSubmit = LlmCallSubmit | ToolCallSubmit | FsOpSubmit | GateEvalSubmit
 """The submission union, tagged on ``type``."""
 
 

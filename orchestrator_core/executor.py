@@ -117,7 +117,7 @@ class EffectJob:
     step_type: str
     executor: str
     call: Callable[[], Awaitable[Any]]
-    breaker: CircuitBreaker
+    breaker: CircuitBreaker | None
     output_schema: dict[str, Any] | None
     submitted_at: float
     lock: anyio.Lock | None = None
@@ -252,12 +252,14 @@ class Executor:
         started = StartedData(type=job.step_type, queue_position=0, predicted_start_ms=0)
         self.log.append(job.step_id, FrameType.STARTED, _enc.encode(started),
                         update={"status": StepStatus.RUNNING.value})
-        allowed, probing = job.breaker.allow()
-        if probing is not None:
-            self._escalate(job.step_id, probing)
-        if not allowed:
-            raise CircuitOpen(f"{job.executor}'s circuit breaker is open",
-                              data={"executor": job.executor})
+        breaker = job.breaker
+        if breaker is not None:
+            allowed, probing = breaker.allow()
+            if probing is not None:
+                self._escalate(job.step_id, probing)
+            if not allowed:
+                raise CircuitOpen(f"{job.executor}'s circuit breaker is open",
+                                  data={"executor": job.executor})
         t0 = self.clock.monotonic()
         moved: Transition | None = None
         verdict = False
@@ -267,20 +269,21 @@ class Executor:
             if job.output_schema is not None:
                 errors = list(Draft202012Validator(job.output_schema).iter_errors(output))
                 if errors:
-                    moved = job.breaker.failure("output does not match output_schema")
+                    moved = breaker.failure("output does not match output_schema") \
+                        if breaker is not None else None
                     raise EngineError(f"{job.executor} returned output that does not match "
                                       "the tool's output_schema",
                                       data={"executor": job.executor,
                                             "errors": [e.message for e in errors[:10]]})
-            moved = job.breaker.success()
+            moved = breaker.success() if breaker is not None else None
         except (EngineError, FsPolicyViolation) as err:
             verdict = True
-            if moved is None and job.breaker.state is not BreakerState.OPEN:
-                moved = job.breaker.failure(f"{err.code.value}: {err.message}")
+            if breaker is not None and moved is None and breaker.state is not BreakerState.OPEN:
+                moved = breaker.failure(f"{err.code.value}: {err.message}")
             raise
         finally:
-            if not verdict:
-                job.breaker.release_probe()
+            if not verdict and breaker is not None:
+                breaker.release_probe()
             if moved is not None:
                 self._escalate(job.step_id, moved)
         duration_ms = int((self.clock.monotonic() - t0) * 1000)

@@ -34,6 +34,7 @@ from contracts.pools import Capabilities, ModelCapability, PoolInfo
 from contracts.runs import PlacementPin, Policy, Run, RunCreate, RunMode, RunStatus
 from contracts.steps import (
     FsOpSubmit,
+    GateEvalSubmit,
     LlmCallSubmit,
     Step,
     StepStatus,
@@ -48,6 +49,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.effects import Effects, check_tool_schemas
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.executor import Executor, LlmJob, ReplayJob
+from orchestrator_core.facts import Facts, check_fact_schemas
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.placement import place
 from orchestrator_core.policy import check_allowed, redact, validate_policy
@@ -86,7 +88,7 @@ def _redacted_input(run_row: dict[str, Any], input_value: Any) -> Any:
 
 
 _STEP_TYPES: dict[type, str] = {LlmCallSubmit: "llm_call", ToolCallSubmit: "tool_call",
-                                FsOpSubmit: "fs_op"}
+                                FsOpSubmit: "fs_op", GateEvalSubmit: "gate_eval"}
 EFFECT_STEP_TYPES = frozenset({"tool_call", "fs_op"})
 
 
@@ -119,6 +121,7 @@ class Orchestrator:
         self.budgets = BudgetBook(store, config.prices)
         self.executor = Executor(self.log, clock, config.prices, metrics, self.budgets)
         self.effects = Effects(self)
+        self.facts = Facts(self)
         self._tg: anyio.abc.TaskGroup | None = None
 
     @classmethod
@@ -193,6 +196,7 @@ class Orchestrator:
                                 data={"tools": names})
         for tool in body.tools:
             check_tool_schemas(tool)
+        check_fact_schemas(body.config)
         content = {"ast_ir": body.ast_ir, "tools": body.tools, "config": body.config}
         flow_hash = b3(content)
         digest = flow_hash if tenant == DEFAULT_TENANT else b3({"tenant": tenant,
@@ -350,6 +354,8 @@ class Orchestrator:
                 check_allowed(run.policy, step_type=step_type, tool=body.input.tool)
             case FsOpSubmit():
                 check_allowed(run.policy, step_type=step_type, fs_op=body.input.op)
+            case GateEvalSubmit():
+                check_allowed(run.policy, step_type=step_type)
         # Side effects never run again in any replay mode: their recorded results are served.
         if mode is RunMode.REPLAY or (mode is RunMode.STRICT_REPLAY
                                       and step_type in EFFECT_STEP_TYPES):
@@ -359,6 +365,15 @@ class Orchestrator:
                 return self.effects.submit_tool(run, body, input_value, input_hash), True
             case FsOpSubmit():
                 return self.effects.submit_fs(run, body, input_value, input_hash), True
+            case GateEvalSubmit():
+                recorded = None
+                if mode is RunMode.STRICT_REPLAY:
+                    recorded = self._recorded(run, body, step_type, input_value, input_hash)
+                    if recorded["status"] != StepStatus.SUCCEEDED.value:
+                        return self._submit_replay(run, body, step_type, stored_input,
+                                                   input_hash), True
+                return self.facts.submit_gate(run, body, input_value, input_hash,
+                                              recorded), True
         return self._submit_llm(run, body, mode, step_type, input_value, input_hash,
                                 stored_input), True
 

@@ -23,7 +23,7 @@ import sqlite_utils
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 EventRow = tuple[str, int, str, str, bytes]
 """``(step_id, seq, run_id, type, data_json)``: one durable frame."""
@@ -90,6 +90,31 @@ class SqliteStore:
             self._migrate_v1(db)
         if version < 2:
             self._migrate_v2()
+        if version < 3:
+            self._migrate_v3()
+
+    def _migrate_v3(self) -> None:
+        """Facts: append-only, one total order per Run (``UNIQUE(run_id, seq)``)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS facts ("
+                " fact_id TEXT PRIMARY KEY,"
+                " run_id TEXT NOT NULL REFERENCES runs(run_id),"
+                " flow_id TEXT NOT NULL,"
+                " seq INTEGER NOT NULL,"
+                " type TEXT NOT NULL,"
+                " schema_uri TEXT NOT NULL,"
+                " data TEXT NOT NULL,"
+                " emitted_by_step TEXT,"
+                " ts TEXT NOT NULL,"
+                " UNIQUE (run_id, seq))")
+            self._conn.execute("CREATE INDEX IF NOT EXISTS facts_flow ON facts(flow_id, type)")
+            self._conn.execute("PRAGMA user_version=3")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
 
     def _migrate_v2(self) -> None:
         """Tenancy: flows and runs belong to a tenant; a flow's hash is unique per tenant."""
@@ -237,6 +262,48 @@ class SqliteStore:
         """Steps left ``queued`` or ``running`` (after a crash)."""
         return [dict(r) for r in self._conn.execute(
             "SELECT * FROM steps WHERE status IN ('queued', 'running') ORDER BY rowid")]
+
+    # -- facts -------------------------------------------------------------------------
+
+    def append_fact(self, row: dict[str, Any]) -> int:
+        """Append a Fact at the end of its Run's order, in one transaction.
+
+        Returns:
+            Its ``seq`` (0 for the Run's first Fact).
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq = conn.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM facts WHERE run_id = ?",
+                               (row["run_id"],)).fetchone()[0]
+            conn.execute(
+                "INSERT INTO facts (fact_id, run_id, flow_id, seq, type, schema_uri, data,"
+                " emitted_by_step, ts) VALUES (:fact_id, :run_id, :flow_id, :seq, :type,"
+                " :schema_uri, :data, :emitted_by_step, :ts)", {**row, "seq": seq})
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return int(seq)
+
+    def list_facts(self, *, run_id: str | None = None, flow_id: str | None = None,
+                   fact_type: str | None = None, step_id: str | None = None,
+                   since_seq: int = -1, limit: int = 1000,
+                   fact_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Facts matching every given filter, in (run, seq) order."""
+        where: list[str] = ["seq > ?"]
+        args: list[Any] = [since_seq]
+        for column, value in (("run_id", run_id), ("flow_id", flow_id), ("type", fact_type),
+                              ("emitted_by_step", step_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if fact_ids is not None:
+            where.append(f"fact_id IN ({', '.join('?' * len(fact_ids))})")
+            args.extend(fact_ids)
+        sql = (f"SELECT * FROM facts WHERE {' AND '.join(where)}"  # noqa: S608 - fixed columns
+               " ORDER BY run_id, seq LIMIT ?")
+        return [dict(r) for r in self._conn.execute(sql, (*args, limit))]
 
     # -- events ------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi.config import OpenAPIConfig
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Stream
 from litestar.types import Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -39,6 +39,7 @@ from contracts.errors import (
     PoolUnready,
     Unauthorized,
 )
+from contracts.facts import Fact, FactCreate
 from contracts.flows import Flow, FlowCreate, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run, RunCreate
@@ -204,23 +205,68 @@ async def cancel_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Ste
     return orch.cancel_step(step_id, tenant)
 
 
+def _last_event_id(request: Request[Any, Any, Any]) -> int | None:
+    raw = request.headers.get("last-event-id")
+    if raw is None:
+        return None
+    try:
+        last = int(raw)
+        if last < 0:
+            raise ValueError(raw)
+    except ValueError:
+        raise InvalidParams("Last-Event-ID must be a sequence number (an integer >= 0)",
+                            data={"last_event_id": raw}) from None
+    return last
+
+
 @get("/v1/steps/{step_id:str}/stream", media_type="text/event-stream")
 async def stream_step(step_id: FromPath[str], request: Request[Any, Any, Any],
                       orch: Orch, tenant: Tenant) -> Stream:
     """SSE stream of a Step's frames; ``Last-Event-ID`` resumes after that frame."""
-    raw = request.headers.get("last-event-id")
-    last: int | None = None
-    if raw is not None:
-        try:
-            last = int(raw)
-            if last < 0:
-                raise ValueError(raw)
-        except ValueError:
-            raise InvalidParams("Last-Event-ID must be a sequence number (an integer >= 0)",
-                                data={"last_event_id": raw}) from None
-    body: AsyncIterator[bytes] = orch.open_stream(step_id, last, tenant=tenant)
+    body: AsyncIterator[bytes] = orch.open_stream(step_id, _last_event_id(request),
+                                                  tenant=tenant)
     return Stream(body, media_type="text/event-stream",
                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@post("/v1/runs/{run_id:str}/facts", status_code=201)
+async def append_fact(run_id: FromPath[str], data: JSONBody[FactCreate], orch: Orch,
+                      tenant: Tenant) -> Fact:
+    """Append a typed, schema-validated Fact to a Run (append-only)."""
+    return orch.facts.append(run_id, data, tenant)
+
+
+@get("/v1/runs/{run_id:str}/facts")
+async def list_run_facts(run_id: FromPath[str], orch: Orch, tenant: Tenant,
+                         type: FromQuery[str | None] = None,
+                         step: FromQuery[str | None] = None,
+                         since_seq: FromQuery[int] = -1,
+                         limit: FromQuery[int] = 1000) -> list[Fact]:
+    """A Run's Facts in order, filtered by type, emitting step, ``seq > since_seq``."""
+    if not 1 <= limit <= 10_000 or not -1 <= since_seq < 2**62:
+        raise InvalidParams("limit must be 1..10000 and since_seq in [-1, 2**62)",
+                            data={"limit": limit, "since_seq": since_seq})
+    return orch.facts.list_run(run_id, tenant, fact_type=type, step_id=step,
+                               since_seq=since_seq, limit=limit)
+
+
+@get("/v1/runs/{run_id:str}/facts/stream", media_type="text/event-stream")
+async def stream_run_facts(run_id: FromPath[str], request: Request[Any, Any, Any],
+                           orch: Orch, tenant: Tenant) -> Stream:
+    """SSE stream of a Run's Facts; ``Last-Event-ID`` (a fact seq) resumes after it."""
+    body = orch.facts.open_stream(run_id, tenant, _last_event_id(request))
+    return Stream(body, media_type="text/event-stream",
+                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@get("/v1/flows/{flow_id:str}/facts")
+async def list_flow_facts(flow_id: FromPath[str], orch: Orch, tenant: Tenant,
+                          type: FromQuery[str | None] = None,
+                          limit: FromQuery[int] = 1000) -> list[Fact]:
+    """Facts of every Run of a Flow."""
+    if not 1 <= limit <= 10_000:
+        raise InvalidParams("limit must be 1..10000")
+    return orch.facts.list_flow(flow_id, tenant, fact_type=type, limit=limit)
 
 
 @get("/v1/pools")
@@ -286,6 +332,7 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory | None = N
         route_handlers=[
             create_flow, get_flow, get_flow_by_hash, create_run, get_run, cancel_run,
             submit_step, get_step, cancel_step, stream_step, list_pools, get_pool,
+            append_fact, list_run_facts, stream_run_facts, list_flow_facts,
             capabilities, health, ready, metrics,
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),

@@ -1,0 +1,224 @@
+"""Facts and gates (NERVE-4004, NERVE-4006)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+import time
+from typing import Any
+
+import httpx
+from litestar.testing import TestClient
+from pytest_bdd import given, parsers, scenarios, then, when
+
+from orchestrator_core.config import ServerConfig
+from test_harness.bdd.conftest import run_to_end
+from test_harness.support import parse_sse, server_process
+
+scenarios("facts.feature")
+
+SCHEMA = "urn:demo:score"
+
+
+@given(parsers.parse('a run of a flow declaring fact schema "{uri}" requiring a number '
+                     '"{field}"'))
+def run_with_schema(client: TestClient[Any], ctx: dict[str, Any], uri: str, field: str) -> None:
+    """A Flow registering one fact schema."""
+    flow = client.post("/v1/flows", json={"ast_ir": {"facts": 1}, "config": {
+        "fact_schemas": {uri: {"type": "object", "required": [field],
+                               "properties": {field: {"type": "number"}}}}}}).json()
+    ctx.update(flow_id=flow["flow_id"], answers=[], n=0)
+    ctx["run_id"] = client.post(f"/v1/flows/{flow['flow_id']}/runs", json={}).json()["run_id"]
+
+
+def _post(client: TestClient[Any], ctx: dict[str, Any], ftype: str, data: Any,
+          uri: str = SCHEMA) -> Any:
+    resp = client.post(f"/v1/runs/{ctx['run_id']}/facts",
+                       json={"type": ftype, "schema_uri": uri, "data": data})
+    ctx["answers"].append(resp)
+    return resp
+
+
+@when(parsers.parse('I post a fact of type "{ftype}" with {data}'))
+def post_fact(client: TestClient[Any], ctx: dict[str, Any], ftype: str, data: str) -> None:
+    """A fact with the flow's schema."""
+    if data.endswith(" after 300 ms"):
+        time.sleep(0.3)
+        data = data.removesuffix(" after 300 ms")
+        _post(client, ctx, ftype, json.loads(data), "urn:orchestratord:schema:any-object")
+        return
+    _post(client, ctx, ftype, json.loads(data))
+
+
+@when(parsers.parse('I post a fact with schema_uri "{uri}"'))
+def post_unregistered(client: TestClient[Any], ctx: dict[str, Any], uri: str) -> None:
+    """An unknown schema."""
+    _post(client, ctx, "x", {}, uri)
+
+
+@then("the first answer is 201 with seq 0 and the second is 400 INVALID_PARAMS")
+def first_ok(ctx: dict[str, Any]) -> None:
+    """Validated on write."""
+    a, b = ctx["answers"]
+    assert (a.status_code, a.json()["seq"]) == (201, 0)
+    assert (b.status_code, b.json()["code"]) == (400, "INVALID_PARAMS")
+    assert b.json()["data"]["errors"][0]["path"] == "$.score"
+
+
+@then(parsers.parse("the run has exactly {n:d} fact"))
+def count(client: TestClient[Any], ctx: dict[str, Any], n: int) -> None:
+    """Nothing partial stored."""
+    assert len(client.get(f"/v1/runs/{ctx['run_id']}/facts").json()) == n
+
+
+@when(parsers.parse('I post facts of types "{a}", "{b}", "{c}"'))
+def post_three(client: TestClient[Any], ctx: dict[str, Any], a: str, b: str, c: str) -> None:
+    """Three facts on the built-in schema."""
+    for t in (a, b, c):
+        _post(client, ctx, t, {"t": t}, "urn:orchestratord:schema:any-object")
+
+
+@then(parsers.parse('filtering by type "{t}" gives seqs {x:d} and {y:d}'))
+def by_type(client: TestClient[Any], ctx: dict[str, Any], t: str, x: int, y: int) -> None:
+    """type filter."""
+    facts = client.get(f"/v1/runs/{ctx['run_id']}/facts", params={"type": t}).json()
+    assert [f["seq"] for f in facts] == [x, y]
+
+
+@then(parsers.parse("since_seq {s:d} gives seqs {x:d} and {y:d}"))
+def since(client: TestClient[Any], ctx: dict[str, Any], s: int, x: int, y: int) -> None:
+    """since_seq filter."""
+    facts = client.get(f"/v1/runs/{ctx['run_id']}/facts", params={"since_seq": s}).json()
+    assert [f["seq"] for f in facts] == [x, y]
+
+
+@then(parsers.parse("the flow's facts include all {n:d}"))
+def flow_facts(client: TestClient[Any], ctx: dict[str, Any], n: int) -> None:
+    """Flow-level query."""
+    assert len(client.get(f"/v1/flows/{ctx['flow_id']}/facts").json()) == n
+
+
+@when(parsers.parse("{w:d} writers post {k:d} facts each at once"))
+def concurrent(client: TestClient[Any], ctx: dict[str, Any], w: int, k: int) -> None:
+    """Threads posting through the same app."""
+    errors: list[int] = []
+
+    def writer(i: int) -> None:
+        for j in range(k):
+            r = client.post(f"/v1/runs/{ctx['run_id']}/facts", json={
+                "type": "w", "schema_uri": "urn:orchestratord:schema:any-object",
+                "data": {"writer": i, "n": j}})
+            if r.status_code != 201:
+                errors.append(r.status_code)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(w)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+@then(parsers.parse("the run has {n:d} facts with seqs 0 to {last:d} and no duplicates"))
+def total_order(client: TestClient[Any], ctx: dict[str, Any], n: int, last: int) -> None:
+    """One total order, no gaps, every write present."""
+    facts = client.get(f"/v1/runs/{ctx['run_id']}/facts", params={"limit": 10000}).json()
+    assert [f["seq"] for f in facts] == list(range(last + 1))
+    assert len({(f["data"]["writer"], f["data"]["n"]) for f in facts}) == n
+
+
+@then(parsers.parse("on a Granian server, the fact stream from Last-Event-ID {last:d} starts "
+                    "at seq {first:d}"))
+def stream(mock_cfg: ServerConfig, tmp_path: pathlib.Path, last: int, first: int) -> None:
+    """Facts posted before and while a reader follows the (never-ending) Run stream."""
+    with server_process(mock_cfg, tmp_path / "srv") as (_p, url), \
+            httpx.Client(base_url=url, timeout=10.0) as http:
+        flow = http.post("/v1/flows", json={"ast_ir": {"s": 1}}).json()
+        run_id = http.post(f"/v1/flows/{flow['flow_id']}/runs", json={}).json()["run_id"]
+        body = {"type": "a", "schema_uri": "urn:orchestratord:schema:any-object", "data": {}}
+        for _ in range(2):
+            assert http.post(f"/v1/runs/{run_id}/facts", json=body).status_code == 201
+        raw = b""
+        with http.stream("GET", f"/v1/runs/{run_id}/facts/stream",
+                         headers={"Last-Event-ID": str(last)}) as s:
+            for chunk in s.iter_bytes():
+                raw += chunk
+                if b"id: 1\n" in raw and b"id: 2\n" not in raw:
+                    assert http.post(f"/v1/runs/{run_id}/facts", json=body).status_code == 201
+                if raw.count(b"event: fact") >= 2:
+                    break
+    assert [f["id"] for f in parse_sse(raw)] == [first, first + 1]
+
+
+def _gate(client: TestClient[Any], ctx: dict[str, Any], expr: str, wait_ms: int = 0) -> None:
+    ctx["n"] += 1
+    ctx["gate_body"] = {"type": "gate_eval", "client_token": f"g-{ctx['n']}",
+                        "input": {"expression": expr, "wait_ms": wait_ms}}
+    _step, raw = run_to_end(client, ctx["run_id"], ctx["gate_body"])
+    ctx["gate"] = [f for f in parse_sse(raw) if f["id"] is not None]
+
+
+@when(parsers.parse('I run gate_eval "{expr}" waiting {ms:d} ms'))
+def gate_wait(client: TestClient[Any], ctx: dict[str, Any], expr: str, ms: int) -> None:
+    """A gate with a deadline."""
+    _gate(client, ctx, expr, ms)
+
+
+@when(parsers.parse('I run gate_eval "{expr}"'))
+def gate(client: TestClient[Any], ctx: dict[str, Any], expr: str) -> None:
+    """A gate without waiting."""
+    _gate(client, ctx, expr)
+
+
+@when(parsers.parse('I start gate_eval "{expr}" waiting {ms:d} ms'))
+def gate_background(client: TestClient[Any], ctx: dict[str, Any], expr: str, ms: int) -> None:
+    """Submit, read the stream in a thread, let the scenario post the fact."""
+    body = {"type": "gate_eval", "client_token": "g-wait",
+            "input": {"expression": expr, "wait_ms": ms}}
+    sid = client.post(f"/v1/runs/{ctx['run_id']}/steps", json=body).json()["step_id"]
+
+    def read() -> None:
+        with client.stream("GET", f"/v1/steps/{sid}/stream") as s:
+            raw = b"".join(s.iter_bytes())
+        ctx["gate"] = [f for f in parse_sse(raw) if f["id"] is not None]
+
+    ctx["reader"] = threading.Thread(target=read)
+    ctx["reader"].start()
+
+
+@then(parsers.parse("the gate {outcome} and saw {n:d} fact"))
+@then(parsers.parse("the gate {outcome} and saw {n:d} facts"))
+def gate_outcome(ctx: dict[str, Any], outcome: str, n: int) -> None:
+    """The recorded result."""
+    if "reader" in ctx:
+        ctx["reader"].join(10)
+    end = json.loads(ctx["gate"][-1]["data"])
+    assert ctx["gate"][-1]["event"] == "end"
+    assert (end["output"]["passed"], len(end["output"]["facts_seen"])) == (
+        outcome == "passed", n)
+
+
+@when("I strict-replay that gate")
+def strict_gate(client: TestClient[Any], ctx: dict[str, Any]) -> None:
+    """Same client_token in a strict_replay run."""
+    run_id = client.post(f"/v1/flows/{ctx['flow_id']}/runs", json={
+        "mode": "strict_replay", "replay_of": ctx["run_id"]}).json()["run_id"]
+    _step, raw = run_to_end(client, run_id, ctx["gate_body"])
+    ctx["replayed"] = [f for f in parse_sse(raw) if f["id"] is not None]
+
+
+@then("the replayed gate's end equals the recorded one")
+def gate_equal(ctx: dict[str, Any]) -> None:
+    """Re-evaluated over the recorded facts: same output."""
+    rec = json.loads(ctx["gate"][-1]["data"])["output"]
+    rep = json.loads(ctx["replayed"][-1]["data"])["output"]
+    assert ctx["replayed"][-1]["event"] == "end"
+    assert rep == rec and rec["value"] == 0.9
+
+
+@when(parsers.parse('I submit gate_eval "{expr}"'))
+def bad_gate(client: TestClient[Any], ctx: dict[str, Any], expr: str) -> None:
+    """An expression that does not compile."""
+    ctx["answers"].append(client.post(f"/v1/runs/{ctx['run_id']}/steps", json={
+        "type": "gate_eval", "client_token": "bad", "input": {"expression": expr}}))
