@@ -29,11 +29,9 @@ from typing import Any
 import httpx
 import msgspec
 
-from orchestrator_core.config import PoolConfig, ServerConfig, mock_config
+from orchestrator_core.config import ServerConfig, mock_config
 from orchestratord.demo import stop_server
 from test_harness.support import llm_step, parse_sse
-from worker_adapters.base import EngineAdapter
-from worker_adapters.mock import MockEngine, default_handler
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FRAME_PAUSE_S = 0.05
@@ -48,24 +46,6 @@ _DROPPED_RE = re.compile(
 
 
 # -- the server process ----------------------------------------------------------------
-
-
-def _length_is_max_tokens(pool: PoolConfig, index: int) -> EngineAdapter:
-    """Engine factory of the child: the default mock handler, ``length = max_tokens``."""
-    tokens_per_s = float(pool.options.get("tokens_per_s", 0))
-    return MockEngine(lambda req: default_handler(tokens_per_s, length=req.max_tokens)(req))
-
-
-def serve(config_path: str) -> None:
-    """Child process entry: serve the app on Granian like ``orchestratord serve`` does.
-
-    Args:
-        config_path: JSON :class:`ServerConfig` (host, port, data_dir, the mock pool).
-    """
-    from orchestratord.cli import serve as serve_config
-
-    config = msgspec.json.decode(pathlib.Path(config_path).read_bytes(), type=ServerConfig)
-    serve_config(config, engine_factory=_length_is_max_tokens)
 
 
 def _free_port() -> int:
@@ -91,8 +71,7 @@ def long_step_server(data_dir: pathlib.Path, *, tokens_per_s: float) -> \
     config = _config(data_dir, tokens_per_s)
     cfg_path = data_dir / "config.json"
     cfg_path.write_bytes(msgspec.json.encode(config))
-    code = ("import sys; from test_harness.integration.test_backpressure import serve; "
-            "serve(sys.argv[1])")
+    code = "import sys; from tools.bench.streams import serve; serve(sys.argv[1])"
     with open(data_dir / "server.log", "ab") as log:  # the child keeps a dup
         proc = subprocess.Popen([sys.executable, "-c", code, str(cfg_path)], cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT,
