@@ -3,6 +3,8 @@
 Everything a client or the server puts on the wire is defined here and nowhere else.
 """
 
+from contracts.checkpoints import *  # noqa: F403
+from contracts.checkpoints import __all__ as _checkpoints_all
 from contracts.errors import *  # noqa: F403 - the public API is each module's __all__
 from contracts.errors import __all__ as _errors_all
 from contracts.events import *  # noqa: F403
@@ -19,5 +21,6 @@ from contracts.steps import *  # noqa: F403
 from contracts.steps import __all__ as _steps_all
 
 __all__ = [
-    *_errors_all, *_events_all, *_facts_all, *_flows_all, *_pools_all, *_runs_all, *_steps_all,
+    *_checkpoints_all, *_errors_all, *_events_all, *_facts_all, *_flows_all, *_pools_all,
+    *_runs_all, *_steps_all,
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -127,6 +127,10 @@ class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
     ``replay`` and ``strict_replay`` need ``replay_of`` (a recorded Run of the same Flow).
     ``seed`` defaults to the recording's seed when replaying, else to a random 31-bit seed.
     ``cancel_on_disconnect`` overrides the server's setting for this Run's Steps.
+    ``from_checkpoint`` forks a new ``record`` Run from a checkpoint of another Run of
+    the same Flow: it shares that Run's history up to the checkpoint (its Facts are
+    copied; its finished Steps are served from the parent's log when submitted again
+    with the same client_token) and diverges after it. The parent is never changed.
     """
 
     mode: RunMode = RunMode.RECORD
@@ -138,6 +142,7 @@ class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
     fs_policy: FsPolicy = msgspec.field(default_factory=FsPolicy)
     labels: Labels = msgspec.field(default_factory=dict)
     cancel_on_disconnect: bool | None = None
+    from_checkpoint: Id | None = None
 
 
 class Run(msgspec.Struct):
@@ -160,3 +165,4 @@ class Run(msgspec.Struct):
     usage: BudgetUsage
     steps: dict[str, int]
     cancel_on_disconnect: bool | None = None
+    lineage: dict[str, Any] = msgspec.field(default_factory=dict)

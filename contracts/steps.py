@@ -14,6 +14,8 @@ from contracts.runs import Budgets, BudgetUsage, Placement
 
 __all__ = [
     "ChatMessage",
+    "CheckpointInput",
+    "CheckpointSubmit",
     "FsOp",
     "FsOpInput",
     "FsOpSubmit",
@@ -175,7 +177,22 @@ class GateEvalSubmit(msgspec.Struct, tag="gate_eval", tag_field="type",
     budgets: Budgets = msgspec.field(default_factory=Budgets)
 
 
-StepSubmit = LlmCallSubmit | ToolCallSubmit | FsOpSubmit | GateEvalSubmit
+class CheckpointInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Input of a ``checkpoint`` Step: the interpreter state to snapshot (JSON)."""
+
+    snapshot: Any
+
+
+class CheckpointSubmit(msgspec.Struct, tag="checkpoint", tag_field="type",
+                       forbid_unknown_fields=True):
+    """Body of ``POST /v1/runs/{run_id}/steps`` for a ``checkpoint``."""
+
+    client_token: Token
+    input: CheckpointInput
+    budgets: Budgets = msgspec.field(default_factory=Budgets)
+
+
+StepSubmit = LlmCallSubmit | ToolCallSubmit | FsOpSubmit | GateEvalSubmit | CheckpointSubmit
 """The submission union, tagged on ``type``."""
 
 

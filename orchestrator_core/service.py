@@ -33,6 +33,7 @@ from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, ModelCapability, PoolInfo
 from contracts.runs import PlacementPin, Policy, Run, RunCreate, RunMode, RunStatus
 from contracts.steps import (
+    CheckpointSubmit,
     FsOpSubmit,
     GateEvalSubmit,
     LlmCallSubmit,
@@ -44,6 +45,7 @@ from contracts.steps import (
 from orchestrator_core import views
 from orchestrator_core.budgets import BudgetBook
 from orchestrator_core.canonical import b3, canonical_json, derive_seed, new_id
+from orchestrator_core.checkpoints import Checkpoints
 from orchestrator_core.clock import Clock, SystemClock, iso_utc
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.effects import Effects, check_tool_schemas
@@ -88,7 +90,8 @@ def _redacted_input(run_row: dict[str, Any], input_value: Any) -> Any:
 
 
 _STEP_TYPES: dict[type, str] = {LlmCallSubmit: "llm_call", ToolCallSubmit: "tool_call",
-                                FsOpSubmit: "fs_op", GateEvalSubmit: "gate_eval"}
+                                FsOpSubmit: "fs_op", GateEvalSubmit: "gate_eval",
+                                CheckpointSubmit: "checkpoint"}
 EFFECT_STEP_TYPES = frozenset({"tool_call", "fs_op"})
 
 
@@ -122,6 +125,7 @@ class Orchestrator:
         self.executor = Executor(self.log, clock, config.prices, metrics, self.budgets)
         self.effects = Effects(self)
         self.facts = Facts(self)
+        self.checkpoints = Checkpoints(self)
         self._tg: anyio.abc.TaskGroup | None = None
 
     @classmethod
@@ -245,6 +249,15 @@ class Orchestrator:
         if body.fs_policy.roots:
             self.effects.validate_fs_policy(body.fs_policy)
         policy_hash = b3(body.policy)
+        fork = None
+        if body.from_checkpoint is not None:
+            if body.mode is not RunMode.RECORD:
+                raise InvalidParams("from_checkpoint forks a record run; replay the fork's "
+                                    "recording with replay_of instead")
+            fork = self.checkpoints.fork_source(body.from_checkpoint, flow_id, tenant)
+            parent = self.store.get_run(fork.run_id)
+            assert parent is not None
+            seed = parent["seed"] if seed is None else seed
         if body.mode is RunMode.RECORD:
             if body.replay_of is not None:
                 raise InvalidParams("replay_of is only for replay and strict_replay runs")
@@ -286,6 +299,8 @@ class Orchestrator:
             "policy_hash": policy_hash, "status": RunStatus.ACTIVE.value,
             "created_at": iso_utc(self.clock.now()), "tenant": tenant,
         })
+        if fork is not None:
+            self.checkpoints.inherit(run_id, fork)
         return self.get_run(run_id, tenant)
 
     def get_run(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> Run:
@@ -294,7 +309,7 @@ class Orchestrator:
         row = self.store.get_run(run_id)
         if row is None or (tenant is not None and row["tenant"] != tenant):
             raise NotFound(f"no run {run_id}", data={"run_id": run_id})
-        return views.run(row, self.store.run_usage(run_id))
+        return views.run(row, self.store.run_usage(run_id), self.store.child_runs(run_id))
 
     def cancel_run(self, run_id: str, tenant: str = DEFAULT_TENANT) -> Run:
         """Refuse new Steps and cancel the Run's in-flight ones; idempotent."""
@@ -354,8 +369,16 @@ class Orchestrator:
                 check_allowed(run.policy, step_type=step_type, tool=body.input.tool)
             case FsOpSubmit():
                 check_allowed(run.policy, step_type=step_type, fs_op=body.input.op)
-            case GateEvalSubmit():
+            case GateEvalSubmit() | CheckpointSubmit():
                 check_allowed(run.policy, step_type=step_type)
+        inherited = (self.checkpoints.inherited_step(run, body.client_token)
+                     if mode is RunMode.RECORD else None)
+        if inherited is not None:  # a fork serves the parent's history up to its checkpoint
+            check_recorded_match(client_token=body.client_token, recorded=inherited,
+                                 step_type=step_type, input_hash=input_hash,
+                                 input_value=input_value)
+            return self._submit_replay(run, body, step_type, stored_input, input_hash,
+                                       inherited), True
         # Side effects never run again in any replay mode: their recorded results are served.
         if mode is RunMode.REPLAY or (mode is RunMode.STRICT_REPLAY
                                       and step_type in EFFECT_STEP_TYPES):
@@ -374,6 +397,11 @@ class Orchestrator:
                                                    input_hash), True
                 return self.facts.submit_gate(run, body, input_value, input_hash,
                                               recorded), True
+            case CheckpointSubmit():
+                if mode is RunMode.STRICT_REPLAY:
+                    return self._submit_replay(run, body, step_type, stored_input,
+                                               input_hash), True
+                return self.checkpoints.submit_step(run, body, input_value, input_hash), True
         return self._submit_llm(run, body, mode, step_type, input_value, input_hash,
                                 stored_input), True
 
@@ -413,8 +441,12 @@ class Orchestrator:
         return rec
 
     def _submit_replay(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
-                       input_hash: str) -> Step:
-        rec = self._recorded(run, body, step_type, input_value, input_hash)
+                       input_hash: str, rec: dict[str, Any] | None = None) -> Step:
+        if rec is None:
+            rec = self._recorded(run, body, step_type, input_value, input_hash)
+        elif not StepStatus(rec["status"]).terminal:
+            raise Conflict("the inherited step has not finished yet",
+                           data={"recorded_step_id": rec["step_id"]})
         rows = self.log.read_rows(rec["step_id"])
         step_id = self.insert_step(run, body, step_type, input_value, input_hash,
                                     rec["seed"], rec["step_id"])

@@ -23,7 +23,7 @@ import sqlite_utils
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 EventRow = tuple[str, int, str, str, bytes]
 """``(step_id, seq, run_id, type, data_json)``: one durable frame."""
@@ -92,6 +92,57 @@ class SqliteStore:
             self._migrate_v2()
         if version < 3:
             self._migrate_v3()
+        if version < 4:
+            self._migrate_v4()
+
+    def _migrate_v4(self) -> None:
+        """Checkpoints (content-addressed) and Run lineage (parent run, checkpoint)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS checkpoints ("
+                " checkpoint_id TEXT PRIMARY KEY,"
+                " run_id TEXT NOT NULL REFERENCES runs(run_id),"
+                " step_id TEXT, hash TEXT NOT NULL, snapshot TEXT NOT NULL,"
+                " cursor TEXT NOT NULL, ts TEXT NOT NULL)")
+            self._conn.execute("CREATE INDEX IF NOT EXISTS checkpoints_run"
+                               " ON checkpoints(run_id, ts)")
+            for column in ("parent_run_id", "from_checkpoint"):
+                self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+            self._conn.execute("PRAGMA user_version=4")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def insert_checkpoint(self, row: dict[str, Any]) -> bool:
+        """Store a checkpoint unless its content address exists; True when created."""
+        cur = self._conn.execute(
+            "INSERT OR IGNORE INTO checkpoints (checkpoint_id, run_id, step_id, hash,"
+            " snapshot, cursor, ts) VALUES (:checkpoint_id, :run_id, :step_id, :hash,"
+            " :snapshot, :cursor, :ts)", row)
+        return cur.rowcount == 1
+
+    def get_checkpoint(self, checkpoint_id: str) -> dict[str, Any] | None:
+        """The checkpoint row, or None."""
+        return self._one("SELECT * FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,))
+
+    def list_checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        """A Run's checkpoints, oldest first."""
+        return [dict(r) for r in self._conn.execute(
+            "SELECT * FROM checkpoints WHERE run_id = ? ORDER BY rowid", (run_id,))]
+
+    def child_runs(self, run_id: str) -> list[str]:
+        """Runs forked from this Run's checkpoints."""
+        return [r[0] for r in self._conn.execute(
+            "SELECT run_id FROM runs WHERE parent_run_id = ? ORDER BY rowid", (run_id,))]
+
+    def set_lineage(self, run_id: str, parent_run_id: str, checkpoint_id: str) -> None:
+        """Record where a forked Run came from."""
+        self._conn.execute("UPDATE runs SET parent_run_id = ?, from_checkpoint = ?"
+                           " WHERE run_id = ?", (parent_run_id, checkpoint_id, run_id))
 
     def _migrate_v3(self) -> None:
         """Facts: append-only, one total order per Run (``UNIQUE(run_id, seq)``)."""

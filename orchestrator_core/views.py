@@ -50,8 +50,8 @@ def flow(row: dict[str, Any]) -> Flow:
                 created_at=row["created_at"])
 
 
-def run(row: dict[str, Any], usage: dict[str, Any]) -> Run:
-    """A ``runs`` row plus its usage sums as a :class:`Run`."""
+def run(row: dict[str, Any], usage: dict[str, Any], children: list[str] | None = None) -> Run:
+    """A ``runs`` row plus its usage sums (and forked children) as a :class:`Run`."""
     body = _run_body.decode(row["body"])
     return Run(run_id=row["run_id"], flow_id=row["flow_id"], flow_hash=row["flow_hash"],
                mode=RunMode(row["mode"]), seed=row["seed"], replay_of=row["replay_of"],
@@ -60,7 +60,10 @@ def run(row: dict[str, Any], usage: dict[str, Any]) -> Run:
                status=RunStatus(row["status"]), created_at=row["created_at"],
                usage=BudgetUsage(tokens_in=usage["tokens_in"], tokens_out=usage["tokens_out"],
                                  wall_ms=usage["wall_ms"], cost_usd=usage["cost_usd"]),
-               steps=usage["counts"], cancel_on_disconnect=body.cancel_on_disconnect)
+               steps=usage["counts"], cancel_on_disconnect=body.cancel_on_disconnect,
+               lineage={"parent_run_id": row.get("parent_run_id"),
+                        "from_checkpoint": row.get("from_checkpoint"),
+                        "children": children or []})
 
 
 def step(row: dict[str, Any]) -> Step:

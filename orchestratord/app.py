@@ -31,6 +31,7 @@ from litestar.response import Stream
 from litestar.types import Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from contracts.checkpoints import Checkpoint, CheckpointCreate
 from contracts.errors import (
     Internal,
     InvalidParams,
@@ -269,6 +270,21 @@ async def list_flow_facts(flow_id: FromPath[str], orch: Orch, tenant: Tenant,
     return orch.facts.list_flow(flow_id, tenant, fact_type=type, limit=limit)
 
 
+@post("/v1/runs/{run_id:str}/checkpoint", status_code=201)
+async def create_checkpoint(run_id: FromPath[str], data: JSONBody[CheckpointCreate], orch: Orch,
+                            tenant: Tenant) -> Response[Checkpoint]:
+    """Snapshot interpreter state with the server's cursor: 201 new, 200 when identical."""
+    ckp, created = orch.checkpoints.create(run_id, data, tenant)
+    return Response(ckp, status_code=201 if created else 200)
+
+
+@get("/v1/runs/{run_id:str}/checkpoints")
+async def list_checkpoints(run_id: FromPath[str], orch: Orch,
+                           tenant: Tenant) -> list[Checkpoint]:
+    """A Run's checkpoints, oldest first."""
+    return orch.checkpoints.list(run_id, tenant)
+
+
 @get("/v1/pools")
 async def list_pools(orch: Orch) -> list[PoolInfo]:
     """Every pool: engine, build fingerprint, models with sha256, replicas, load."""
@@ -333,6 +349,7 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory | None = N
             create_flow, get_flow, get_flow_by_hash, create_run, get_run, cancel_run,
             submit_step, get_step, cancel_step, stream_step, list_pools, get_pool,
             append_fact, list_run_facts, stream_run_facts, list_flow_facts,
+            create_checkpoint, list_checkpoints,
             capabilities, health, ready, metrics,
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),

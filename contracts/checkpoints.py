@@ -1,0 +1,35 @@
+"""Checkpoint wire types: snapshots of interpreter state for replay and forks (NERVE-4005)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from contracts.limits import Id
+
+__all__ = ["Checkpoint", "CheckpointCreate"]
+
+
+class CheckpointCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /v1/runs/{run_id}/checkpoint``: the interpreter's state, as JSON."""
+
+    snapshot: Any
+    step_id: Id | None = None
+
+
+class Checkpoint(msgspec.Struct):
+    """A stored checkpoint: the client's snapshot and the server's cursor at that moment.
+
+    ``cursor`` holds ``steps_done`` (client_tokens of the Run's finished Steps, in order),
+    ``usage`` (tokens, USD) and ``facts_high_water`` (last Fact seq, -1 for none). The id is
+    a content address of (run, snapshot, cursor).
+    """
+
+    checkpoint_id: str
+    run_id: str
+    step_id: str | None
+    hash: str
+    snapshot: Any
+    cursor: dict[str, Any]
+    ts: str
