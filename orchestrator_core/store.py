@@ -14,9 +14,10 @@ The :class:`Store` protocol names what a PostgreSQL backend would implement.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import sqlite_utils
@@ -81,6 +82,17 @@ class SqliteStore:
         self._conn.row_factory = sqlite3.Row
         self._migrate()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on any exception."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
     # -- schema ------------------------------------------------------------------------
 
     def _migrate(self) -> None:
@@ -97,8 +109,7 @@ class SqliteStore:
 
     def _migrate_v4(self) -> None:
         """Checkpoints (content-addressed) and Run lineage (parent run, checkpoint)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS checkpoints ("
                 " checkpoint_id TEXT PRIMARY KEY,"
@@ -110,10 +121,6 @@ class SqliteStore:
             for column in ("parent_run_id", "from_checkpoint"):
                 self._conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
             self._conn.execute("PRAGMA user_version=4")
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
 
     # -- checkpoints -------------------------------------------------------------------
 
@@ -146,8 +153,7 @@ class SqliteStore:
 
     def _migrate_v3(self) -> None:
         """Facts: append-only, one total order per Run (``UNIQUE(run_id, seq)``)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS facts ("
                 " fact_id TEXT PRIMARY KEY,"
@@ -162,15 +168,10 @@ class SqliteStore:
                 " UNIQUE (run_id, seq))")
             self._conn.execute("CREATE INDEX IF NOT EXISTS facts_flow ON facts(flow_id, type)")
             self._conn.execute("PRAGMA user_version=3")
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
 
     def _migrate_v2(self) -> None:
         """Tenancy: flows and runs belong to a tenant; a flow's hash is unique per tenant."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for table in ("flows", "runs"):
                 self._conn.execute(f"ALTER TABLE {table} ADD COLUMN tenant TEXT NOT NULL"
                                    " DEFAULT 'default'")
@@ -178,15 +179,10 @@ class SqliteStore:
             self._conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS flows_tenant_hash"
                                " ON flows(tenant, hash)")
             self._conn.execute("PRAGMA user_version=2")
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
 
     def _migrate_v1(self, db: sqlite_utils.Database) -> None:
         """The initial schema: flows, runs, steps (with the idempotency key), events."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             db.table("flows").create(
                 {"flow_id": str, "hash": str, "ast_ir": str, "tools": str, "config": str,
                  "labels": str, "created_at": str},
@@ -229,10 +225,6 @@ class SqliteStore:
             )
             self._conn.execute("CREATE INDEX IF NOT EXISTS events_run ON events(run_id, gseq)")
             self._conn.execute("PRAGMA user_version=1")
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
 
     # -- flows -------------------------------------------------------------------------
 
@@ -322,19 +314,13 @@ class SqliteStore:
         Returns:
             Its ``seq`` (0 for the Run's first Fact).
         """
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             seq = conn.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM facts WHERE run_id = ?",
                                (row["run_id"],)).fetchone()[0]
             conn.execute(
                 "INSERT INTO facts (fact_id, run_id, flow_id, seq, type, schema_uri, data,"
                 " emitted_by_step, ts) VALUES (:fact_id, :run_id, :flow_id, :seq, :type,"
                 " :schema_uri, :data, :emitted_by_step, :ts)", {**row, "seq": seq})
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return int(seq)
 
     def list_facts(self, *, run_id: str | None = None, flow_id: str | None = None,
@@ -364,9 +350,7 @@ class SqliteStore:
         Each update sets ``last_seq`` implicitly to the highest appended seq of its Step
         when the caller does not give it.
         """
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             if rows:
                 conn.executemany(
                     "INSERT INTO events (step_id, seq, run_id, type, data)"
@@ -378,10 +362,6 @@ class SqliteStore:
                 sets = ", ".join(f"{k} = :{k}" for k in changes)
                 conn.execute(f"UPDATE steps SET {sets} WHERE step_id = :_id",  # noqa: S608
                              {**changes, "_id": step_id})
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def read_events(self, step_id: str, after_seq: int,
                     limit: int = 100_000) -> list[tuple[int, str, bytes]]:
