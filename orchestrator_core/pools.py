@@ -241,7 +241,8 @@ class PoolManager:
             else:
                 url = pc.urls[replica.index]
                 await _probe(url)
-            replica.adapter = OpenAIHttpEngine(url, pool.identity, tok)
+            replica.adapter = OpenAIHttpEngine(url, pool.identity, tok,
+                                               fresh_prompt=pc.engine == "llamacpp")
         replica.health = ReplicaHealth.READY
 
     async def start(self) -> None:

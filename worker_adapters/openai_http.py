@@ -57,6 +57,9 @@ class Chunk(msgspec.Struct):
 
 _chunk_decoder = msgspec.json.Decoder(Chunk)
 
+_PREFIX_BREAKER = "<|endoftext|>"
+"""A one-token prompt that begins no real prompt (SmolLM2's end-of-text token)."""
+
 
 def completion_body(request: CompletionRequest) -> dict[str, object]:
     """The ``POST /v1/completions`` body: streaming, every sampling parameter explicit.
@@ -92,6 +95,12 @@ class OpenAIHttpEngine(EngineAdapter):
         tokenizer: the model's tokenizer, for token counts and token ids.
         transport: optional httpx transport (tests).
         connect_timeout_s: seconds to establish a connection.
+        fresh_prompt: before each completion, evaluate a one-token prompt that shares no
+            prefix with any real prompt, so the real prompt is always evaluated from an
+            empty prefix cache. llama-cpp-python reuses the cached common prefix of the
+            previous request, and a prompt evaluated partly from that cache can decode
+            differently from a fresh evaluation (seen on SmolLM2 at temperature 0):
+            strict_replay needs the same evaluation path every time.
     """
 
     def __init__(
@@ -102,10 +111,12 @@ class OpenAIHttpEngine(EngineAdapter):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         connect_timeout_s: float = 5.0,
+        fresh_prompt: bool = False,
     ) -> None:
         super().__init__(identity)
         self.base_url = base_url
         self.tokenizer = tokenizer
+        self.fresh_prompt = fresh_prompt
         self._client = httpx.AsyncClient(
             base_url=base_url,
             transport=transport,
@@ -130,6 +141,8 @@ class OpenAIHttpEngine(EngineAdapter):
         body = completion_body(request)
         self.requests += 1
         try:
+            if self.fresh_prompt:
+                await self._clear_prefix()
             async with self._client.stream("POST", "/v1/completions", json=body) as resp:
                 if resp.status_code != 200:
                     detail = (await resp.aread())[:500].decode("utf-8", "replace")
@@ -161,6 +174,16 @@ class OpenAIHttpEngine(EngineAdapter):
         except msgspec.DecodeError as exc:
             raise EngineError(f"engine sent an undecodable chunk: {exc}",
                               data={"url": self.base_url}) from exc
+
+    async def _clear_prefix(self) -> None:
+        """Evaluate the end-of-text token as a one-token prompt (a prefix no real prompt
+        has), leaving nothing of the next real prompt in the engine's prefix cache."""
+        resp = await self._client.post("/v1/completions", json={
+            "prompt": _PREFIX_BREAKER, "max_tokens": 1, "temperature": 0.0, "seed": 0,
+            "stream": False})
+        if resp.status_code != 200:
+            raise EngineError(f"engine answered HTTP {resp.status_code} to the prefix reset",
+                              data={"status": resp.status_code, "url": self.base_url})
 
     async def aclose(self) -> None:
         """Close the pooled connections."""

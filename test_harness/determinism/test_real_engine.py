@@ -195,3 +195,31 @@ def test_a_changed_model_hash_is_refused_before_started(tmp_path: pathlib.Path) 
         assert set(resp.json()["data"]["fields"]) == {"model_hash"}
         assert json.dumps(resp.json()["data"]["fields"]["model_hash"]["recorded"]) != \
             json.dumps(resp.json()["data"]["fields"]["model_hash"]["current"])
+
+
+class TestImmediateReplay:
+    """Replaying a step right after recording it, while the engine still holds the
+    prompt in its prefix cache, is byte-identical too (NERVE-4021)."""
+
+    PROMPTS = ("Give three keywords about the sea as JSON.", "Write one sentence about the sea.",
+               "List three prime numbers.", "Name a colour.",
+               "Summarise: the cat sat on the mat.", "What is 2+2?")
+
+    def test_record_then_strict_replay_at_once(self, real_http: httpx.Client) -> None:
+        """12 cases, each recorded and strict-replayed back to back."""
+        run = _new_run(real_http).json()
+        strict = real_http.post(f"/v1/flows/{run['flow_id']}/runs", json={
+            "mode": "strict_replay", "replay_of": run["run_id"]}).json()
+        diverged = []
+        for n, prompt in enumerate(self.PROMPTS):
+            for temp in (0.0, 0.8):
+                body = {"type": "llm_call", "client_token": f"now-{n}-{temp}",
+                        "input": {"model": REAL_MODEL,
+                                  "messages": [{"role": "user", "content": prompt}],
+                                  "params": {"temperature": temp, "max_tokens": 48}}}
+                _s, rec = http_run_step(real_http, run["run_id"], body)
+                _s, rep = http_run_step(real_http, strict["run_id"], body)
+                assert rec[-1]["event"] == "end"
+                if rep[-1]["event"] != "end" or _tokens(rep) != _tokens(rec):
+                    diverged.append((prompt, temp, rep[-1]["data"][:200]))
+        assert diverged == []
