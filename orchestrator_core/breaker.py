@@ -88,6 +88,13 @@ class CircuitBreaker:
             return self.clock.monotonic() - self._opened_at >= self.reset_timeout_s
         return not (self.state is BreakerState.HALF_OPEN and self._probing)
 
+    def retry_after_ms(self) -> int:
+        """Milliseconds until an open breaker lets a probe through (0 when it would now)."""
+        if self.state is not BreakerState.OPEN:
+            return 0
+        left = self.reset_timeout_s - (self.clock.monotonic() - self._opened_at)
+        return max(0, int(left * 1000) + 1)
+
     def release_probe(self) -> None:
         """The call ended without a verdict (cancelled, over budget): free the probe slot."""
         self._probing = False

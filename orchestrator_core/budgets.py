@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from contracts.errors import BudgetExceeded
 from contracts.runs import Budgets, Run
 from orchestrator_core.config import PriceTable
-from orchestrator_core.store import SqliteStore
 
 __all__ = ["BudgetBook", "Reservation"]
 
@@ -58,13 +57,13 @@ def _min(*values: float | None) -> float:
 class BudgetBook:
     """Reservations of in-flight Steps, per Run, on top of the stored usage.
 
+    The usage of finished Steps comes with the :class:`Run` passed in.
+
     Args:
-        store: the store (usage of finished Steps).
         prices: the versioned price table.
     """
 
-    def __init__(self, store: SqliteStore, prices: PriceTable) -> None:
-        self.store = store
+    def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
         self._reserved: dict[str, dict[str, Reservation]] = {}
 
@@ -73,16 +72,16 @@ class BudgetBook:
 
         Keys: ``tokens_in``, ``tokens_out``, ``cost_usd`` and ``wall_ms``.
         """
-        usage = self.store.run_usage(run.run_id)
+        usage = run.usage  # finished Steps' usage, read with the Run
         held = self._reserved.get(run.run_id, {}).values()
         b = run.budgets
         created = dt.datetime.fromisoformat(run.created_at).timestamp()
         out = {
-            "tokens_in": _min(b.max_tokens_in) - usage["tokens_in"]
+            "tokens_in": _min(b.max_tokens_in) - usage.tokens_in
             - sum(r.tokens_in for r in held),
-            "tokens_out": _min(b.max_tokens_out) - usage["tokens_out"]
+            "tokens_out": _min(b.max_tokens_out) - usage.tokens_out
             - sum(r.tokens_out for r in held),
-            "cost_usd": _min(b.max_cost_usd) - usage["cost_usd"] - sum(r.cost_usd for r in held),
+            "cost_usd": _min(b.max_cost_usd) - usage.cost_usd - sum(r.cost_usd for r in held),
             "wall_ms": _min(b.max_wall_ms) - 0.0,
         }
         out["deadline_s"] = created + out["wall_ms"] / 1000.0

@@ -111,7 +111,7 @@ class Effects:
         breaker = self._breaker(self.tool_breakers, executor.name, f"tool:{executor.name}")
         if not breaker.peek():
             raise CircuitOpen(f"tool executor {executor.name}'s circuit breaker is open",
-                              retry_after_ms=int(breaker.reset_timeout_s * 1000),
+                              retry_after_ms=breaker.retry_after_ms(),
                               data={"executor": executor.name})
         args = dict(body.input.args)
         step_id = self.orch.insert_step(run, body, "tool_call", input_value, input_hash,
@@ -165,7 +165,7 @@ class Effects:
         breaker = self._breaker(self.fs_breakers, run.run_id, f"fs:{run.run_id}")
         if not breaker.peek():
             raise CircuitOpen("repeated file-system policy violations opened this run's "
-                              "breaker", retry_after_ms=int(breaker.reset_timeout_s * 1000),
+                              "breaker", retry_after_ms=breaker.retry_after_ms(),
                               data={"run_id": run.run_id})
         op = msgspec.convert(msgspec.to_builtins(body.input), FsOpInput)
         step_id = self.orch.insert_step(run, body, "fs_op", input_value, input_hash,

@@ -20,10 +20,8 @@ __all__ = ["place"]
 
 def _circuit_open(replicas: list[Replica]) -> CircuitOpen:
     """CIRCUIT_OPEN with the time until the first breaker may probe again."""
-    waits = [max(0.0, r.breaker.reset_timeout_s
-                 - (r.breaker.clock.monotonic() - r.breaker._opened_at)) for r in replicas]
     return CircuitOpen("every candidate replica's circuit breaker is open",
-                       retry_after_ms=int(min(waits) * 1000) + 1,
+                       retry_after_ms=min(r.breaker.retry_after_ms() for r in replicas),
                        data={"replicas": [r.replica_id for r in replicas]})
 
 

@@ -121,7 +121,7 @@ class Orchestrator:
                             commit_interval_s=config.commit_interval_ms / 1000.0,
                             commit_max_frames=config.commit_max_frames,
                             ephemeral_capacity=config.ephemeral_buffer)
-        self.budgets = BudgetBook(store, config.prices)
+        self.budgets = BudgetBook(config.prices)
         self.executor = Executor(self.log, clock, config.prices, metrics, self.budgets)
         self.effects = Effects(self)
         self.facts = Facts(self)
