@@ -31,7 +31,8 @@ The tree::
         ├── Cancelled ............... CANCELLED
         ├── ReplayDiverged .......... REPLAY_DIVERGED
         ├── DeadlineExceeded ........ DEADLINE_EXCEEDED
-        └── Interrupted ............. INTERRUPTED
+        ├── Interrupted ............. INTERRUPTED
+        └── ContractViolation ....... CONTRACT_VIOLATION
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "CircuitOpen",
     "Conflict",
     "ContextBudget",
+    "ContractViolation",
     "DeadlineExceeded",
     "DeterminismInputsDiffer",
     "EngineError",
@@ -99,6 +101,7 @@ class ErrorCode(enum.StrEnum):
     REPLAY_DIVERGED = "REPLAY_DIVERGED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     INTERRUPTED = "INTERRUPTED"
+    CONTRACT_VIOLATION = "CONTRACT_VIOLATION"
 
 
 class ErrorEnvelope(msgspec.Struct, omit_defaults=True):
@@ -354,13 +357,25 @@ class Interrupted(StreamError):
     retriable = True
 
 
+class ContractViolation(StreamError):
+    """The model's output is not JSON, or does not validate against the Step's
+    ``response_contract`` (or, for ``llm_plan``, the intents envelope) (NERVE-4013).
+
+    ``data``: ``reason`` (``not_json``, ``schema`` or ``truncated``), ``errors`` (up to 20
+    ``{path, message}``) and ``finish_reason``. Not retriable: the same inputs decode the
+    same output; a retry is a new Step with other inputs.
+    """
+
+    code = ErrorCode.CONTRACT_VIOLATION
+
+
 _BY_CODE: dict[ErrorCode, type[OrchestratorError]] = {
     cls.code: cls
     for cls in (
         InvalidParams, InvalidToolArgs, InvalidModel, ContextBudget, Unauthorized,
         BudgetExceeded, PolicyDenied, FsPolicyViolation, NotFound, Conflict, Nondeterminism,
         AdmissionReject, QueueFull, PoolUnready, PoolUnavailable, CircuitOpen, EngineError,
-        Internal, Cancelled, DeadlineExceeded, Interrupted,
+        Internal, Cancelled, DeadlineExceeded, Interrupted, ContractViolation,
     )
 }
 

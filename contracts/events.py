@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from contracts.errors import ErrorEnvelope
+
 __all__ = [
     "DURABLE_FRAMES",
     "TERMINAL_FRAMES",
@@ -25,6 +27,7 @@ __all__ = [
     "Provenance",
     "StartedData",
     "TokenData",
+    "ToolSuggestData",
     "sse_comment",
     "sse_frame",
 ]
@@ -114,6 +117,23 @@ class EndData(msgspec.Struct, frozen=True):
 
     provenance: Provenance
     output: dict[str, Any]
+
+
+class ToolSuggestData(msgspec.Struct, frozen=True, omit_defaults=True):
+    """``tool_suggest``: one intent of an ``llm_plan`` (NERVE-4010, NERVE-4011).
+
+    ``i`` is the intent's index in the plan (from 0). ``valid`` is True only when
+    ``tool`` is on the Step's menu and ``args`` validate against that tool's JSON Schema
+    (2020-12); otherwise ``error`` says why, as a typed envelope (``INVALID_TOOL_ARGS``
+    with ``data.reason`` ``not_on_menu`` or ``schema`` and ``data.errors``). An invalid
+    suggestion is reported, never passed on as if valid.
+    """
+
+    i: int
+    tool: str
+    args: Any
+    valid: bool
+    error: ErrorEnvelope | None = None
 
 
 class EffectEndData(msgspec.Struct, frozen=True):

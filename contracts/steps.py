@@ -23,6 +23,8 @@ __all__ = [
     "GateEvalSubmit",
     "LlmCallInput",
     "LlmCallSubmit",
+    "LlmPlanInput",
+    "LlmPlanSubmit",
     "SamplingParams",
     "Step",
     "StepStatus",
@@ -86,8 +88,9 @@ class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     content: str
 
 
-class LlmCallInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """Input of an ``llm_call`` Step: exactly one of ``messages`` or ``prompt``.
+class _LlmInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Fields shared by ``llm_call`` and ``llm_plan``: exactly one of ``messages`` or
+    ``prompt``.
 
     ``model`` is an opaque id exactly as ``GET /v1/capabilities`` advertises it.
     ``messages`` go through the model's own chat template; ``prompt`` is sent raw.
@@ -100,6 +103,19 @@ class LlmCallInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit
     params: SamplingParams = msgspec.field(default_factory=SamplingParams)
 
 
+class LlmCallInput(_LlmInput, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Input of an ``llm_call`` Step (NERVE-4003, NERVE-4013).
+
+    ``response_contract``, when given, is a JSON Schema (2020-12) the output must
+    satisfy: decoding is constrained to it where the engine supports that, the output is
+    parsed and validated on the server, and the validated value is recorded as
+    ``end.output.value``. A violation ends the Step with ``CONTRACT_VIOLATION``; there is
+    no hidden retry. The contract is a determinism input (it is in ``params_hash``).
+    """
+
+    response_contract: dict[str, Any] | None = None
+
+
 class LlmCallSubmit(msgspec.Struct, tag="llm_call", tag_field="type", forbid_unknown_fields=True):
     """Body of ``POST /v1/runs/{run_id}/steps`` for an ``llm_call``.
 
@@ -108,6 +124,34 @@ class LlmCallSubmit(msgspec.Struct, tag="llm_call", tag_field="type", forbid_unk
 
     client_token: Token
     input: LlmCallInput
+    placement: Placement | None = None
+    budgets: Budgets = msgspec.field(default_factory=Budgets)
+
+
+class LlmPlanInput(_LlmInput, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Input of an ``llm_plan`` Step: a prompt and a tool menu (NERVE-4010, NERVE-4011).
+
+    ``tools`` names tools the Flow declares (default: every declared tool), in menu
+    order. The server shows the menu to the model as a system message (``menu``
+    ``"system"``, the default) or leaves the prompt exactly as sent (``"none"``: the
+    caller has described the tools itself). The model answers
+    ``{"intents": [{"tool": <name>, "args": {...}}, ...]}`` with 1 to ``max_intents``
+    intents, constrained to that shape where the engine supports it; each intent becomes
+    one ``tool_suggest`` frame, marked valid only when its arguments validate against
+    the tool's JSON Schema.
+    """
+
+    tools: Annotated[list[Name], msgspec.Meta(min_length=1, max_length=64)] | None = None
+    max_intents: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
+    menu: Literal["system", "none"] = "system"
+
+
+class LlmPlanSubmit(msgspec.Struct, tag="llm_plan", tag_field="type",
+                    forbid_unknown_fields=True):
+    """Body of ``POST /v1/runs/{run_id}/steps`` for an ``llm_plan``."""
+
+    client_token: Token
+    input: LlmPlanInput
     placement: Placement | None = None
     budgets: Budgets = msgspec.field(default_factory=Budgets)
 
@@ -192,7 +236,8 @@ class CheckpointSubmit(msgspec.Struct, tag="checkpoint", tag_field="type",
     budgets: Budgets = msgspec.field(default_factory=Budgets)
 
 
-StepSubmit = LlmCallSubmit | ToolCallSubmit | FsOpSubmit | GateEvalSubmit | CheckpointSubmit
+StepSubmit = (LlmCallSubmit | LlmPlanSubmit | ToolCallSubmit | FsOpSubmit | GateEvalSubmit
+              | CheckpointSubmit)
 """The submission union, tagged on ``type``."""
 
 

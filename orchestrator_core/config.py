@@ -55,8 +55,10 @@ class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One pool of identical replicas.
 
     ``options`` are engine settings (e.g. ``n_threads``, ``n_batch`` for llama.cpp;
-    ``tokens_per_s``, ``vocab`` for the mock). ``urls`` lists remote replicas for
-    ``openai_http``. ``queue_capacity`` bounds the Steps waiting for a slot.
+    ``tokens_per_s``, ``vocab`` for the mock; ``constraint`` for ``openai_http``: how
+    the remote engine takes a JSON Schema, ``gbnf``, ``json_schema`` or ``guided_json``,
+    absent when it cannot). ``urls`` lists remote replicas for ``openai_http``.
+    ``queue_capacity`` bounds the Steps waiting for a slot.
     """
 
     pool_id: str

@@ -55,6 +55,7 @@ from orchestrator_core.clock import Clock
 from orchestrator_core.config import PriceTable
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
+from orchestrator_core.planning import OutputShape
 from orchestrator_core.pools import Pool, Replica
 from orchestrator_core.replay import TokenVerifier
 from worker_adapters.base import CompletionRequest, Delta, Finish
@@ -78,10 +79,12 @@ _enc = msgspec.json.Encoder()
 
 @dataclass
 class LlmJob:
-    """Everything needed to run an ``llm_call`` on an engine (record or strict_replay).
+    """Everything needed to run an ``llm_call`` or ``llm_plan`` on an engine (record or
+    strict_replay).
 
     Units: ``submitted_at`` and ``deadline`` in monotonic seconds; the reservation holds
-    the budget cap in tokens and USD.
+    the budget cap in tokens and USD. ``shape`` turns the decoded text into the output
+    and any ``tool_suggest`` frames (NERVE-4010, NERVE-4013).
     """
 
     step_id: str
@@ -101,6 +104,8 @@ class LlmJob:
     deadline: float = math.inf
     verifier: TokenVerifier | None = None
     redactions: int = 0
+    step_type: str = "llm_call"
+    shape: OutputShape = field(default_factory=OutputShape)
 
 
 @dataclass
@@ -307,23 +312,24 @@ class Executor:
                 try:
                     await self._run_llm(job, usage)
                 except OrchestratorError as err:
-                    self._fail(job.step_id, err, usage, job.model)
+                    self._fail(job.step_id, err, usage, job.model, job.step_type)
                 except Exception as exc:
                     log.exception("step %s failed unexpectedly", job.step_id)
                     self._fail(job.step_id, Internal(f"{type(exc).__name__}: {exc}"), usage,
-                               job.model)
+                               job.model, job.step_type)
             if self.log.is_live(job.step_id):
                 reason = self.cancel_requested.get(job.step_id, "step cancelled")
-                self._fail(job.step_id, Cancelled(reason), usage, job.model)
+                self._fail(job.step_id, Cancelled(reason), usage, job.model, job.step_type)
         except anyio.get_cancelled_exc_class():
             if self.log.is_live(job.step_id):
-                self._fail(job.step_id, Interrupted("server shutting down"), usage, job.model)
+                self._fail(job.step_id, Interrupted("server shutting down"), usage, job.model,
+                           job.step_type)
             raise
         finally:
             self.budgets.release(job.run_id, job.step_id)
             self.scopes.pop(job.step_id, None)
             self.cancel_requested.pop(job.step_id, None)
-            self.metrics.step_latency.labels(type="llm_call", mode=job.mode).observe(
+            self.metrics.step_latency.labels(type=job.step_type, mode=job.mode).observe(
                 self.clock.monotonic() - job.submitted_at)
 
     async def _run_llm(self, job: LlmJob, usage: dict[str, Any]) -> None:
@@ -345,7 +351,7 @@ class Executor:
     async def _generate(self, job: LlmJob, usage: dict[str, Any], queue_position: int,
                         predicted_ms: int) -> None:
         engine = job.replica.engine()
-        started = StartedData(type="llm_call", queue_position=queue_position,
+        started = StartedData(type=job.step_type, queue_position=queue_position,
                               predicted_start_ms=predicted_ms, placement=job.decision,
                               redactions=job.redactions)
         self.log.append(job.step_id, FrameType.STARTED, _enc.encode(started),
@@ -419,6 +425,9 @@ class Executor:
                 data={"budget": res.cap_budget, "limit": res.tokens_out})
         if job.verifier is not None:
             job.verifier.finish(n)
+        output, suggestions = job.shape.finish("".join(text), finish)
+        for suggestion in suggestions:
+            self.log.append(job.step_id, FrameType.TOOL_SUGGEST, _enc.encode(suggestion))
         decode_ms = int((self.clock.monotonic() - t0) * 1000)
         cost = self.prices.cost_usd(job.model, job.tokens_in, n)
         ident = job.pool.identity
@@ -431,12 +440,12 @@ class Executor:
             finish_reason=finish, policy_hash=job.policy_hash,
             price_table_version=self.prices.version,
         )
-        end = EndData(provenance=prov, output={"text": "".join(text)})
+        end = EndData(provenance=prov, output=output)
         wall_ms = int((self.clock.monotonic() - job.submitted_at) * 1000)
         self.log.finish(job.step_id, FrameType.END, _enc.encode(end), {
             "status": StepStatus.SUCCEEDED.value, "tokens_in": job.tokens_in,
             "tokens_out": n, "cost_usd": cost, "wall_ms": wall_ms,
             "provenance": _enc.encode(prov).decode(),
         })
-        self.metrics.steps_finished.labels(type="llm_call",
+        self.metrics.steps_finished.labels(type=job.step_type,
                                            status=StepStatus.SUCCEEDED.value).inc()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -227,7 +227,7 @@ class PoolManager:
                     identity=pool.identity)
         else:
             from worker_adapters.llamacpp import LlamaCppServerProcess
-            from worker_adapters.openai_http import OpenAIHttpEngine
+            from worker_adapters.openai_http import Constraint, OpenAIHttpEngine
 
             path = self._model_path(pc.models[0])
             tok = self._tokenizer(path)
@@ -241,8 +241,12 @@ class PoolManager:
             else:
                 url = pc.urls[replica.index]
                 await _probe(url)
-            replica.adapter = OpenAIHttpEngine(url, pool.identity, tok,
-                                               fresh_prompt=pc.engine == "llamacpp")
+            option = "gbnf" if pc.engine == "llamacpp" else pc.options.get("constraint")
+            constraint = cast("Constraint | None", option if option in (
+                "gbnf", "json_schema", "guided_json") else None)
+            replica.adapter = OpenAIHttpEngine(
+                url, pool.identity, tok, fresh_prompt=pc.engine == "llamacpp",
+                constraint=constraint)
         replica.health = ReplicaHealth.READY
 
     async def start(self) -> None:

@@ -37,6 +37,7 @@ from contracts.steps import (
     FsOpSubmit,
     GateEvalSubmit,
     LlmCallSubmit,
+    LlmPlanSubmit,
     Step,
     StepStatus,
     StepSubmit,
@@ -54,6 +55,15 @@ from orchestrator_core.executor import Executor, LlmJob, ReplayJob
 from orchestrator_core.facts import Facts, check_fact_schemas
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.placement import place
+from orchestrator_core.planning import (
+    ContractShape,
+    OutputShape,
+    PlanShape,
+    check_contract_schema,
+    intents_schema,
+    menu_text,
+    tool_menu,
+)
 from orchestrator_core.policy import check_allowed, redact, validate_policy
 from orchestrator_core.pools import EngineFactory, PoolManager
 from orchestrator_core.replay import (
@@ -89,7 +99,8 @@ def _redacted_input(run_row: dict[str, Any], input_value: Any) -> Any:
     return out
 
 
-_STEP_TYPES: dict[type, str] = {LlmCallSubmit: "llm_call", ToolCallSubmit: "tool_call",
+_STEP_TYPES: dict[type, str] = {LlmCallSubmit: "llm_call", LlmPlanSubmit: "llm_plan",
+                                ToolCallSubmit: "tool_call",
                                 FsOpSubmit: "fs_op", GateEvalSubmit: "gate_eval",
                                 CheckpointSubmit: "checkpoint"}
 EFFECT_STEP_TYPES = frozenset({"tool_call", "fs_op"})
@@ -365,6 +376,11 @@ class Orchestrator:
         match body:
             case LlmCallSubmit():
                 check_allowed(run.policy, step_type=step_type, model=body.input.model)
+            case LlmPlanSubmit():
+                check_allowed(run.policy, step_type=step_type, model=body.input.model)
+                for tool in tool_menu(self.get_flow(run.flow_id, None).tools,
+                                      body.input.tools):
+                    check_allowed(run.policy, step_type=step_type, tool=tool.name)
             case ToolCallSubmit():
                 check_allowed(run.policy, step_type=step_type, tool=body.input.tool)
             case FsOpSubmit():
@@ -455,11 +471,29 @@ class Orchestrator:
         self._spawn(self.executor.run_replay, ReplayJob(step_id, run.run_id, rows, final))
         return self.get_step(step_id, None)
 
-    def _submit_llm(self, run: Run, body: LlmCallSubmit, mode: RunMode, step_type: str,
-                    input_value: Any, input_hash: str, stored_input: Any) -> Step:
+    def _output_shape(self, run: Run, body: LlmCallSubmit | LlmPlanSubmit) -> \
+            tuple[OutputShape, dict[str, Any] | None, str | None]:
+        """``(shape, strict json_schema, menu system text)`` of an LLM Step; for a plan
+        the schema is the strict intents envelope (NERVE-4010, NERVE-4013)."""
+        if isinstance(body, LlmPlanSubmit):
+            inp = body.input
+            menu = tool_menu(self.get_flow(run.flow_id, None).tools, inp.tools)
+            text = menu_text(menu, inp.max_intents) if inp.menu == "system" else None
+            return (PlanShape(menu, inp.max_intents),
+                    intents_schema(menu, inp.max_intents), text)
+        contract = body.input.response_contract
+        if contract is None:
+            return OutputShape(), None, None
+        check_contract_schema(contract)
+        return ContractShape(contract), contract, None
+
+    def _submit_llm(self, run: Run, body: LlmCallSubmit | LlmPlanSubmit, mode: RunMode,
+                    step_type: str, input_value: Any, input_hash: str,
+                    stored_input: Any) -> Step:
         inp = body.input
         if (inp.messages is None) == (inp.prompt is None):
-            raise InvalidParams("llm_call input needs exactly one of messages or prompt")
+            raise InvalidParams(f"{step_type} input needs exactly one of messages or prompt")
+        shape, json_schema, menu = self._output_shape(run, body)
         prm = inp.params
         if prm.max_tokens < 1 or prm.temperature < 0 or prm.top_k < 0 or not (
                 0 < prm.top_p <= 1) or not (0 <= prm.min_p <= 1) or prm.repeat_penalty <= 0:
@@ -492,6 +526,23 @@ class Orchestrator:
             (prompt,), redactions = redact(run.policy, [prompt])
         else:  # unreachable: exactly one of messages/prompt was checked above
             raise InvalidParams("llm_call input needs exactly one of messages or prompt")
+        if menu is not None:  # the server-authored tool menu, shown as a system message
+            if messages is not None:
+                messages = [{"role": "system", "content": menu}, *messages]
+            else:
+                prompt = f"{menu}\n\n{prompt}"
+        if json_schema is not None:
+            try:
+                engine.check_constraint(json_schema)
+            except InvalidParams:
+                if not isinstance(body, LlmPlanSubmit):
+                    raise
+                # A tool schema the grammar cannot express: constrain the envelope only;
+                # every suggestion's arguments are still validated (NERVE-4011).
+                json_schema = intents_schema(tool_menu(
+                    self.get_flow(run.flow_id, None).tools, body.input.tools),
+                    body.input.max_intents, strict=False)
+                engine.check_constraint(json_schema)
         prepared = engine.prepare(prompt=prompt, messages=messages)
         model_cfg = pool.models[inp.model]
         if prepared.tokens_in + prm.max_tokens > model_cfg.context_tokens:
@@ -502,7 +553,10 @@ class Orchestrator:
                       "context_tokens": model_cfg.context_tokens})
         prompt_hash = b3({"messages": messages} if messages is not None
                          else {"prompt": prompt})
-        params_hash = b3({k: v for k, v in msgspec.to_builtins(prm).items() if k != "seed"})
+        params = {k: v for k, v in msgspec.to_builtins(prm).items() if k != "seed"}
+        if json_schema is not None:  # constrained decoding is a determinism input
+            params["json_schema"] = json_schema
+        params_hash = b3(params)
         verifier = None
         tokens: list[bytes] = []
         if rec_prov is not None and recorded is not None:
@@ -542,13 +596,15 @@ class Orchestrator:
         req = CompletionRequest(
             prompt=prepared.text, seed=seed, temperature=prm.temperature, top_k=prm.top_k,
             top_p=prm.top_p, min_p=prm.min_p, repeat_penalty=prm.repeat_penalty,
-            max_tokens=min(prm.max_tokens, res.tokens_out), stop=tuple(prm.stop))
+            max_tokens=min(prm.max_tokens, res.tokens_out), stop=tuple(prm.stop),
+            json_schema=json_schema)
         job = LlmJob(step_id=step_id, run_id=run.run_id, mode=mode.value, pool=pool,
                      replica=replica, decision=decision, request=req, model=inp.model,
                      tokens_in=prepared.tokens_in, prompt_hash=prompt_hash,
                      params_hash=params_hash, policy_hash=run.policy_hash,
                      submitted_at=mono, reservation=res, deadline=deadline,
-                     verifier=verifier, redactions=redactions)
+                     verifier=verifier, redactions=redactions, step_type=step_type,
+                     shape=shape)
         self._spawn(self.executor.run_llm, job)
         return self.get_step(step_id, None)
 
@@ -678,6 +734,11 @@ class Orchestrator:
                     features=["completion", "chat", "stream", "seed", "strict_replay"],
                     pools=[]))
                 cap.pools.append(pool.pool_id)
+                constrained = pool.config.engine in ("llamacpp", "mock") or \
+                    pool.config.options.get("constraint") in ("gbnf", "json_schema",
+                                                              "guided_json")
+                if constrained and "json_schema" not in cap.features:
+                    cap.features += ["json_schema", "llm_plan"]
         return Capabilities(models=list(models.values()), server_version=SERVER_VERSION,
                             limits={"max_body_bytes": self.config.max_body_bytes,
                                     "max_queue_per_pool": max(

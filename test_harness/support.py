@@ -102,3 +102,23 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def scripted_engine(answer: str | None) -> Any:
+    """A mock engine that streams ``answer`` in 5-character tokens and finishes with
+    ``stop`` (or ``length`` when ``max_tokens`` cuts it); ``None`` is the default seeded
+    handler, which answers a ``json_schema`` request with a document of that schema."""
+    from worker_adapters.base import CompletionRequest, Delta, Finish, StreamItem
+    from worker_adapters.mock import MockEngine
+
+    if answer is None:
+        return MockEngine()
+
+    async def handler(req: CompletionRequest) -> Any:
+        pieces = [answer[k:k + 5] for k in range(0, len(answer), 5)]
+        for i, piece in enumerate(pieces[:req.max_tokens]):
+            item: StreamItem = Delta(text=piece, token_id=500 + i)
+            yield item
+        yield Finish(reason="length" if len(pieces) > req.max_tokens else "stop")
+
+    return MockEngine(handler)

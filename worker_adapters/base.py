@@ -54,7 +54,9 @@ class PreparedPrompt(msgspec.Struct, frozen=True):
 class CompletionRequest(msgspec.Struct, frozen=True):
     """One completion, with every sampling parameter explicit (DESIGN.md §5).
 
-    Units: ``max_tokens`` in tokens. ``seed`` is always set.
+    Units: ``max_tokens`` in tokens. ``seed`` is always set. ``json_schema``, when set,
+    asks the engine to constrain decoding to JSON matching that schema (an adapter whose
+    engine cannot do it ignores it; the orchestrator validates the output either way).
     """
 
     prompt: str
@@ -66,6 +68,7 @@ class CompletionRequest(msgspec.Struct, frozen=True):
     repeat_penalty: float
     max_tokens: int
     stop: Sequence[str] = ()
+    json_schema: dict[str, Any] | None = None
 
 
 class Delta(msgspec.Struct, frozen=True):
@@ -89,7 +92,11 @@ class EngineAdapter(abc.ABC):
 
     Subclasses implement :meth:`prepare` and :meth:`stream`. ``requests`` counts every
     request sent to the engine, so tests can prove that ``replay`` sends none.
+    ``constrained_decoding`` names how the engine honours ``json_schema`` (``"gbnf"``,
+    ``"json_schema"``, ``"guided_json"``, ``"mock"``) or is ``None`` when it does not.
     """
+
+    constrained_decoding: str | None = None
 
     def __init__(self, identity: EngineIdentity) -> None:
         self.identity = identity
@@ -108,6 +115,13 @@ class EngineAdapter(abc.ABC):
 
         Raises:
             contracts.errors.EngineError: the engine refused or broke the request.
+        """
+
+    def check_constraint(self, schema: dict[str, Any]) -> None:  # noqa: B027 - optional
+        """Refuse, before anything runs, a schema the engine cannot constrain decoding to.
+
+        Raises:
+            contracts.errors.InvalidParams: the schema cannot be compiled for this engine.
         """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default

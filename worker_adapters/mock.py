@@ -2,12 +2,15 @@
 
 The default handler produces words drawn from a small vocabulary by a PRNG seeded from
 ``(seed, prompt)`` (``temperature == 0`` ignores the seed, like greedy decoding), so the
-same request always yields the same tokens. Tests pass their own handler to script
+same request always yields the same tokens. A request with a ``json_schema`` gets a
+JSON document built from the schema by the same PRNG (:func:`mock_instance`), streamed
+in small pieces, like a grammar-constrained engine. Tests pass their own handler to script
 tokens, delays and faults, in the manner of ``httpx.MockTransport``.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -25,7 +28,7 @@ from worker_adapters.base import (
     StreamItem,
 )
 
-__all__ = ["MockEngine", "MockHandler", "default_handler", "mock_identity"]
+__all__ = ["MockEngine", "MockHandler", "default_handler", "mock_identity", "mock_instance"]
 
 MockHandler = Callable[[CompletionRequest], AsyncIterator[StreamItem]]
 
@@ -41,6 +44,47 @@ def mock_identity(model_hash: str = "sha256:" + "0" * 64, **settings: Any) -> En
     fp = "b3:" + blake3.blake3(repr(sorted(settings.items())).encode()).hexdigest()
     return EngineIdentity(name="mock", version="1", build_fingerprint=fp,
                           model_hash=model_hash, settings=dict(settings))
+
+
+def mock_instance(schema: Any, rng: random.Random, depth: int = 0) -> Any:
+    """A JSON value satisfying the common keywords of ``schema``, drawn with ``rng``.
+
+    Handles ``const``, ``enum``, ``anyOf``/``oneOf`` (one branch), ``type`` object (every
+    required property, plus the optional ones), array (``minItems``, at least one item,
+    at most ``maxItems``), string (``minLength``/``maxLength``), integer and number
+    (``minimum``/``maximum``), boolean and null. Anything else gives ``{}``.
+    """
+    if not isinstance(schema, dict) or depth > 8:
+        return {}
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return rng.choice(schema["enum"])
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return mock_instance(rng.choice(schema[key]), rng, depth + 1)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = kind[0] if kind else "object"
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: mock_instance(sub, rng, depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        lo = int(schema.get("minItems", 1))
+        hi = int(schema.get("maxItems", max(lo, 2)))
+        n = max(lo, min(hi, 1 + rng.randrange(2)))
+        return [mock_instance(schema.get("items", {}), rng, depth + 1) for _ in range(n)]
+    if kind == "string":
+        text = _WORDS[rng.randrange(len(_WORDS) - 1)]
+        while len(text) < int(schema.get("minLength", 0)):
+            text += " " + _WORDS[rng.randrange(len(_WORDS) - 1)]
+        return text[: int(schema.get("maxLength", len(text)))]
+    if kind in ("integer", "number"):
+        lo = int(schema.get("minimum", 0))
+        return max(lo, min(int(schema.get("maximum", lo + 9)), lo + rng.randrange(10)))
+    if kind == "boolean":
+        return rng.random() < 0.5
+    return None
 
 
 def default_handler(
@@ -62,7 +106,12 @@ def default_handler(
         key = blake3.blake3(req.prompt.encode()).digest(length=8)
         base = int.from_bytes(key, "big")
         rng = random.Random(base if req.temperature == 0 else base ^ req.seed)  # noqa: S311
-        n = length if length is not None else 8 + base % 33
+        pieces: list[str] | None = None
+        if req.json_schema is not None:
+            doc = json.dumps(mock_instance(req.json_schema, rng), separators=(",", ":"))
+            pieces = [doc[k:k + 4] for k in range(0, len(doc), 4)]
+        n = len(pieces) if pieces is not None else (
+            length if length is not None else 8 + base % 33)
         finish = "stop"
         if n > req.max_tokens:
             n, finish = req.max_tokens, "length"
@@ -71,6 +120,9 @@ def default_handler(
             if fail_after is not None and i >= fail_after:
                 return
             await sleep(delay)
+            if pieces is not None:
+                yield Delta(text=pieces[i], token_id=1000 + sum(map(ord, pieces[i])))
+                continue
             idx = rng.randrange(len(_WORDS))
             yield Delta(text=(" " if i else "") + _WORDS[idx], token_id=100 + idx)
         yield Finish(reason=finish)
@@ -80,6 +132,8 @@ def default_handler(
 
 class MockEngine(EngineAdapter):
     """An in-process engine driven by a handler (see :func:`default_handler`)."""
+
+    constrained_decoding = "mock"
 
     def __init__(self, handler: MockHandler | None = None,
                  identity: EngineIdentity | None = None) -> None:

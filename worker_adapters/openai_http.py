@@ -8,13 +8,16 @@ are sent explicitly (DESIGN.md §5). The engine's HTTP transport is injectable
 
 from __future__ import annotations
 
+import atexit
+import functools
+import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 import msgspec
 
-from contracts.errors import EngineError
+from contracts.errors import EngineError, InvalidParams
 from worker_adapters.base import (
     CompletionRequest,
     Delta,
@@ -25,7 +28,12 @@ from worker_adapters.base import (
     StreamItem,
 )
 
-__all__ = ["Chunk", "OpenAIHttpEngine", "Tokenizer", "completion_body"]
+__all__ = ["Chunk", "Constraint", "OpenAIHttpEngine", "Tokenizer", "completion_body",
+           "constraint_fields"]
+
+Constraint = Literal["gbnf", "json_schema", "guided_json"]
+"""How an OpenAI-compatible engine takes a JSON Schema constraint: a GBNF ``grammar``
+(llama-cpp-python), a ``json_schema`` field (llama-server) or ``guided_json`` (vLLM)."""
 
 
 class Tokenizer(Protocol):
@@ -61,7 +69,55 @@ _PREFIX_BREAKER = "<|endoftext|>"
 """A one-token prompt that begins no real prompt (SmolLM2's end-of-text token)."""
 
 
-def completion_body(request: CompletionRequest) -> dict[str, object]:
+@functools.cache
+def _grammar_compiler() -> Any:
+    """llama-cpp-python's JSON-Schema-to-GBNF converter, imported once.
+
+    Importing ``llama_cpp`` opens two ``/dev/null`` handles it never closes; they are
+    closed at interpreter exit so that no ``ResourceWarning`` is left behind.
+    """
+    from llama_cpp import _utils
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    def close_null_files() -> None:
+        for name in ("outnull_file", "errnull_file"):
+            handle = getattr(_utils, name, None)
+            if handle is not None:
+                handle.close()
+
+    atexit.register(close_null_files)
+    return json_schema_to_gbnf
+
+
+@functools.lru_cache(maxsize=256)
+def _gbnf(schema_json: str) -> str:
+    return str(_grammar_compiler()(schema_json))
+
+
+def constraint_fields(constraint: Constraint | None, schema: dict[str, Any] | None) -> \
+        dict[str, Any]:
+    """The extra ``/v1/completions`` body fields that constrain decoding to ``schema``.
+
+    The GBNF grammar is compiled once per distinct schema (canonical JSON as the key).
+
+    Raises:
+        InvalidParams: the schema uses a construct the grammar compiler cannot express.
+    """
+    if schema is None or constraint is None:
+        return {}
+    if constraint == "gbnf":
+        key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        try:
+            return {"grammar": _gbnf(key)}
+        except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError,
+                RecursionError) as exc:  # the converter reports unsupported input by assert
+            raise InvalidParams(f"the engine cannot constrain decoding to this schema: {exc}",
+                                data={"constraint": constraint}) from exc
+    return {constraint: schema}
+
+
+def completion_body(request: CompletionRequest,
+                    constraint: Constraint | None = None) -> dict[str, object]:
     """The ``POST /v1/completions`` body: streaming, every sampling parameter explicit.
 
     Parameters the request does not carry are pinned to their neutral values
@@ -83,6 +139,7 @@ def completion_body(request: CompletionRequest) -> dict[str, object]:
         "mirostat_mode": 0,
         "max_tokens": request.max_tokens,
         "stop": list(request.stop),
+        **constraint_fields(constraint, request.json_schema),
     }
 
 
@@ -101,6 +158,8 @@ class OpenAIHttpEngine(EngineAdapter):
             previous request, and a prompt evaluated partly from that cache can decode
             differently from a fresh evaluation (seen on SmolLM2 at temperature 0):
             strict_replay needs the same evaluation path every time.
+        constraint: how the engine takes ``CompletionRequest.json_schema``
+            (see :data:`Constraint`); ``None`` sends no constraint.
     """
 
     def __init__(
@@ -112,11 +171,14 @@ class OpenAIHttpEngine(EngineAdapter):
         transport: httpx.AsyncBaseTransport | None = None,
         connect_timeout_s: float = 5.0,
         fresh_prompt: bool = False,
+        constraint: Constraint | None = None,
     ) -> None:
         super().__init__(identity)
+        self.constrained_decoding = constraint
         self.base_url = base_url
         self.tokenizer = tokenizer
         self.fresh_prompt = fresh_prompt
+        self.constraint: Constraint | None = constraint
         self._client = httpx.AsyncClient(
             base_url=base_url,
             transport=transport,
@@ -138,7 +200,7 @@ class OpenAIHttpEngine(EngineAdapter):
         Raises:
             EngineError: connection failure, non-200 status or an undecodable chunk.
         """
-        body = completion_body(request)
+        body = completion_body(request, self.constraint)
         self.requests += 1
         try:
             if self.fresh_prompt:
@@ -174,6 +236,11 @@ class OpenAIHttpEngine(EngineAdapter):
         except msgspec.DecodeError as exc:
             raise EngineError(f"engine sent an undecodable chunk: {exc}",
                               data={"url": self.base_url}) from exc
+
+    def check_constraint(self, schema: dict[str, Any]) -> None:
+        """Compile the schema's constraint now (cached), so a schema the engine cannot
+        express is refused at submission (INVALID_PARAMS) rather than mid-stream."""
+        constraint_fields(self.constraint, schema)
 
     async def _clear_prefix(self) -> None:
         """Evaluate the end-of-text token as a one-token prompt (a prefix no real prompt

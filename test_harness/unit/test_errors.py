@@ -32,7 +32,7 @@ class TestErrorTree:
         """The closed vocabulary is fully covered by the tree."""
         owners = {c.code for c in STATUS} | {
             errors.DeterminismInputsDiffer.code, errors.Cancelled.code, errors.ReplayDiverged.code,
-            errors.DeadlineExceeded.code, errors.Interrupted.code}
+            errors.DeadlineExceeded.code, errors.Interrupted.code, errors.ContractViolation.code}
         assert owners == set(errors.ErrorCode)
 
     def test_envelope_roundtrip_rebuilds_the_typed_error(self) -> None:

@@ -1,0 +1,157 @@
+"""Output shapes, intents schemas and engine constraints (NERVE-4010, NERVE-4011, NERVE-4013)."""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+import pytest
+from jsonschema import Draft202012Validator
+
+from contracts.errors import ContractViolation, InvalidParams
+from contracts.flows import ToolSchema
+from orchestrator_core.planning import (
+    ContractShape,
+    PlanShape,
+    check_contract_schema,
+    intents_schema,
+    menu_text,
+    tool_menu,
+)
+from worker_adapters.base import CompletionRequest
+from worker_adapters.mock import mock_instance
+from worker_adapters.openai_http import completion_body, constraint_fields
+
+TEXT = {"type": "object", "required": ["text"], "additionalProperties": False,
+        "properties": {"text": {"type": "string", "maxLength": 32}}}
+QUERY = {"type": "object", "required": ["document", "path"], "additionalProperties": False,
+         "properties": {"document": {"type": "object"}, "path": {"type": "string"}}}
+TOOLS = [ToolSchema(name="count", parameters=TEXT, description="Count words."),
+         ToolSchema(name="query", parameters=QUERY)]
+
+
+def _req(schema: dict[str, object] | None) -> CompletionRequest:
+    return CompletionRequest(prompt="p", seed=1, temperature=0.0, top_k=40, top_p=0.95,
+                             min_p=0.05, repeat_penalty=1.0, max_tokens=8, json_schema=schema)
+
+
+class TestToolMenu:
+    def test_default_menu_is_every_declared_tool_in_order(self) -> None:
+        assert [t.name for t in tool_menu(TOOLS, None)] == ["count", "query"]
+
+    def test_named_menu_keeps_the_callers_order(self) -> None:
+        assert [t.name for t in tool_menu(TOOLS, ["query", "count"])] == ["query", "count"]
+
+    @pytest.mark.parametrize("names", [["count", "rm"], ["count", "count"]])
+    def test_undeclared_or_repeated_names_are_invalid_params(self, names: list[str]) -> None:
+        with pytest.raises(InvalidParams):
+            tool_menu(TOOLS, names)
+
+    def test_a_flow_without_tools_has_no_menu(self) -> None:
+        with pytest.raises(InvalidParams):
+            tool_menu([], None)
+
+    def test_menu_text_shows_each_tool_with_its_schema_in_canonical_json(self) -> None:
+        text = menu_text(TOOLS[:1], 2)
+        assert "with 1 to 2 intents" in text
+        assert ('- count: Count words. Arguments (JSON Schema): {"additionalProperties":false,'
+                '"properties":{"text":{"maxLength":32,"type":"string"}},"required":["text"],'
+                '"type":"object"}') in text.splitlines()
+
+
+class TestIntentsSchema:
+    def test_strict_schema_gives_each_tool_its_own_argument_schema(self) -> None:
+        schema = intents_schema(TOOLS, 3)
+        Draft202012Validator.check_schema(schema)
+        items = schema["properties"]["intents"]
+        assert (items["minItems"], items["maxItems"]) == (1, 3)
+        assert [b["properties"] for b in items["items"]["anyOf"]] == [
+            {"tool": {"const": "count"}, "args": TEXT}, {"tool": {"const": "query"}, "args": QUERY}]
+
+    def test_strict_schema_accepts_valid_intents_and_rejects_wrong_args(self) -> None:
+        v = Draft202012Validator(intents_schema(TOOLS, 2))
+        assert v.is_valid({"intents": [{"tool": "count", "args": {"text": "a"}}]})
+        assert not v.is_valid({"intents": [{"tool": "count", "args": {"text": 1}}]})
+        assert not v.is_valid({"intents": []})
+
+    def test_loose_schema_only_names_the_menu(self) -> None:
+        v = Draft202012Validator(intents_schema(TOOLS, 2, strict=False))
+        assert v.is_valid({"intents": [{"tool": "count", "args": {"text": 1}}]})
+        assert not v.is_valid({"intents": [{"tool": "rm", "args": {}}]})
+
+    def test_the_mock_engine_answers_a_valid_document_of_any_intents_schema(self) -> None:
+        schema = intents_schema(TOOLS, 4)
+        v = Draft202012Validator(schema)
+        for seed in range(50):
+            assert v.is_valid(mock_instance(schema, random.Random(seed)))
+
+
+class TestShapes:
+    def test_contract_value_is_parsed_and_whitespace_tolerated(self) -> None:
+        out, frames = ContractShape(TEXT).finish(' {"text": "hi"}\n', "stop")
+        assert (out, frames) == ({"text": ' {"text": "hi"}\n', "value": {"text": "hi"}}, [])
+
+    @pytest.mark.parametrize(("text", "finish", "reason"), [
+        ('{"text": "h', "length", "truncated"),
+        ('{"text": "h', "stop", "not_json"),
+        ("hello", "stop", "not_json"),
+        ('{"text": 3}', "stop", "schema"),
+        ('{"text": "a", "x": 1}', "stop", "schema"),
+    ])
+    def test_contract_violations_are_typed(self, text: str, finish: str, reason: str) -> None:
+        with pytest.raises(ContractViolation) as info:
+            ContractShape(TEXT).finish(text, finish)
+        env = info.value.envelope()
+        assert (env.code.value, env.retriable) == ("CONTRACT_VIOLATION", False)
+        assert env.data is not None and env.data["reason"] == reason
+        assert env.data["finish_reason"] == finish
+
+    def test_plan_marks_each_intent_valid_or_invalid_with_a_typed_error(self) -> None:
+        text = ('{"intents": [{"tool": "count", "args": {"text": "a b"}},'
+                ' {"tool": "count", "args": {}}, {"tool": "rm", "args": {"x": 1}}]}')
+        out, frames = PlanShape(TOOLS[:1], 4).finish(text, "stop")
+        assert [(f.i, f.tool, f.valid) for f in frames] == [
+            (0, "count", True), (1, "count", False), (2, "rm", False)]
+        assert frames[0].error is None
+        reasons = [(f.error.code.value, (f.error.data or {})["reason"])
+                   for f in frames[1:] if f.error is not None]
+        assert reasons == [("INVALID_TOOL_ARGS", "schema"), ("INVALID_TOOL_ARGS", "not_on_menu")]
+        assert out["valid"] == 1
+        assert out["intents"][2] == {"tool": "rm", "args": {"x": 1}, "valid": False}
+
+    @pytest.mark.parametrize("text", ['{"plan": []}', '{"intents": []}', '[1, 2]',
+                                      '{"intents": [{"tool": "count"}]}',
+                                      '{"intents": [{}, {}, {}, {}, {}]}'])
+    def test_a_plan_without_the_envelope_is_a_contract_violation(self, text: str) -> None:
+        with pytest.raises(ContractViolation):
+            PlanShape(TOOLS, 4).finish(text, "stop")
+
+    def test_a_contract_that_is_not_a_json_schema_is_invalid_params(self) -> None:
+        with pytest.raises(InvalidParams) as info:
+            check_contract_schema({"type": "no-such-type"})
+        assert info.value.data == {"field": "input.response_contract"}
+
+
+class TestEngineConstraint:
+    def test_gbnf_grammar_is_compiled_from_the_schema(self) -> None:
+        body = completion_body(_req(intents_schema(TOOLS, 2)), "gbnf")
+        grammar = body["grammar"]
+        assert isinstance(grammar, str)
+        assert grammar.count("root ::=") == 1 and '"\\"count\\""' in grammar
+
+    @pytest.mark.parametrize("form", ["json_schema", "guided_json"])
+    def test_other_engines_get_the_schema_in_their_field(self, form: str) -> None:
+        body = completion_body(_req(TEXT), form)  # type: ignore[arg-type]
+        assert body[form] == TEXT and "grammar" not in body
+
+    def test_no_schema_or_no_constraint_adds_nothing(self) -> None:
+        plain = completion_body(_req(None), "gbnf")
+        assert completion_body(_req(TEXT), None) == plain
+        assert set(plain) & {"grammar", "json_schema", "guided_json"} == set()
+
+    def test_a_schema_the_grammar_compiler_cannot_express_is_invalid_params(self) -> None:
+        with pytest.raises(InvalidParams):
+            constraint_fields("gbnf", {"type": "string", "pattern": "[a-z]+"})
+
+    def test_the_request_with_a_schema_still_encodes(self) -> None:
+        assert msgspec.json.decode(msgspec.json.encode(_req(TEXT)))["json_schema"] == TEXT
