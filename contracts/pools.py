@@ -92,8 +92,13 @@ class ModelCapability(msgspec.Struct):
 
 
 class Capabilities(msgspec.Struct):
-    """``GET /v1/capabilities``: opaque model ids, limits and the server version."""
+    """``GET /v1/capabilities``: opaque model ids, limits and the server version.
+
+    ``sandbox_parents`` are the directories beneath which a Run's ``fs_policy.roots`` may
+    lie (POLICY-3001); a record Run's missing roots are created when it is created.
+    """
 
     models: list[ModelCapability]
     server_version: str
     limits: dict[str, int]
+    sandbox_parents: list[str] = msgspec.field(default_factory=list)

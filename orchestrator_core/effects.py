@@ -11,6 +11,7 @@ recording and never run again (DESIGN.md §2).
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +119,7 @@ class Effects:
                                         None, None)
 
         async def call() -> Any:
+            self.orch.metrics.tool_executions.labels(executor=executor.name).inc()
             return await executor.call(args)
 
         self.orch.spawn(self.orch.executor.run_effect, EffectJob(
@@ -128,9 +130,22 @@ class Effects:
 
     # -- fs_op -------------------------------------------------------------------------
 
-    def validate_fs_policy(self, policy: FsPolicy) -> None:
-        """Refuse a Run whose fs_policy leaves the operator's limits (INVALID_PARAMS)."""
+    def validate_fs_policy(self, policy: FsPolicy, *, create_roots: bool = False) -> None:
+        """Refuse a Run whose fs_policy leaves the operator's limits (INVALID_PARAMS);
+        with ``create_roots`` (record Runs), create missing roots (mode 0700).
+
+        Raises:
+            InvalidParams: a root is not beneath an allowed parent, or cannot be created.
+        """
         FsBroker(policy, self.fs_limits)
+        if not create_roots:
+            return
+        for root in policy.roots:
+            try:
+                os.makedirs(os.path.realpath(root), mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise InvalidParams(f"fs root {root!r} cannot be created: {exc.strerror}",
+                                    data={"field": "fs_policy.roots", "value": root}) from exc
 
     def broker(self, run: Run) -> FsBroker:
         """The Run's broker (its fs_policy within the operator's limits).
@@ -173,6 +188,7 @@ class Effects:
         run_id = run.run_id
 
         async def call() -> Any:
+            self.orch.metrics.fs_operations.labels(op=op.op).inc()
             usage = self._fs_usage(run_id)
             result, after = await anyio.to_thread.run_sync(broker.execute, op, usage)
             return {**result, "fs_usage": msgspec.to_builtins(after)}

@@ -15,6 +15,8 @@ class Metrics:
         group_commits: event-log transactions; ``events_committed`` counts their rows.
         steps_finished: Steps that reached a terminal status, by type and status.
         engine_requests: requests sent to engines, by pool.
+        tool_executions: tool executor invocations, by executor (NERVE-4011).
+        fs_operations: operations the FS broker performed or refused, by op (POLICY-3001).
         step_latency: submit-to-terminal seconds, by type and mode.
     """
 
@@ -31,6 +33,11 @@ class Metrics:
                                       ["type", "status"], registry=r)
         self.engine_requests = Counter("orchestrator_engine_requests",
                                        "Requests sent to engines", ["pool_id"], registry=r)
+        self.tool_executions = Counter("orchestrator_tool_executions",
+                                       "Tool executor invocations", ["executor"], registry=r)
+        self.fs_operations = Counter("orchestrator_fs_operations",
+                                     "File-system operations run by the FS broker", ["op"],
+                                     registry=r)
         self.sse_subscribers = Gauge("orchestrator_sse_subscribers",
                                      "Open SSE step subscriptions", registry=r)
         self.step_latency = Histogram("orchestrator_step_seconds",

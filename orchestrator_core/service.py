@@ -258,7 +258,8 @@ class Orchestrator:
         seed = body.seed
         validate_policy(body.policy)
         if body.fs_policy.roots:
-            self.effects.validate_fs_policy(body.fs_policy)
+            self.effects.validate_fs_policy(body.fs_policy,
+                                            create_roots=body.mode is RunMode.RECORD)
         policy_hash = b3(body.policy)
         fork = None
         if body.from_checkpoint is not None:
@@ -740,6 +741,7 @@ class Orchestrator:
                 if constrained and "json_schema" not in cap.features:
                     cap.features += ["json_schema", "llm_plan"]
         return Capabilities(models=list(models.values()), server_version=SERVER_VERSION,
+                            sandbox_parents=list(self.effects.fs_limits.allowed_parents),
                             limits={"max_body_bytes": self.config.max_body_bytes,
                                     "max_queue_per_pool": max(
                                         (p.queue_capacity for p in self.config.pools),
