@@ -15,6 +15,7 @@ import msgspec
 from httpx_sse import aconnect_sse
 
 from contracts.errors import ErrorEnvelope, error_from_envelope
+from contracts.facts import Fact
 from contracts.flows import Flow, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run
@@ -52,6 +53,16 @@ class StepResult(msgspec.Struct):
     def terminal(self) -> Frame:
         """The ``end`` or ``error`` frame."""
         return self.frames[-1]
+
+    @property
+    def suggestions(self) -> list[Frame]:
+        """The ``tool_suggest`` frames of an ``llm_plan`` (NERVE-4010)."""
+        return [f for f in self.frames if f.event == "tool_suggest"]
+
+    @property
+    def output(self) -> Any:
+        """``end.output`` (``None`` when the Step ended with ``error``)."""
+        return self.terminal.json()["output"] if self.terminal.event == "end" else None
 
     @property
     def text(self) -> str:
@@ -157,6 +168,18 @@ class OrchestratorClient:
         """``POST /v1/steps/{id}/cancel``."""
         resp = await self._call("POST", f"/v1/steps/{step_id}/cancel")
         return msgspec.json.decode(resp.content, type=Step)
+
+    async def append_fact(self, run_id: str, fact: dict[str, Any]) -> Fact:
+        """``POST /v1/runs/{id}/facts`` with ``{type, schema_uri, data, step_id?}``."""
+        resp = await self._call("POST", f"/v1/runs/{run_id}/facts", fact)
+        return msgspec.json.decode(resp.content, type=Fact)
+
+    async def facts(self, run_id: str, **filters: Any) -> list[Fact]:
+        """``GET /v1/runs/{id}/facts`` with ``type``, ``step``, ``since_seq``, ``limit``."""
+        query = str(httpx.QueryParams(filters))
+        resp = await self._call("GET", f"/v1/runs/{run_id}/facts" + (f"?{query}" if query
+                                                                       else ""))
+        return msgspec.json.decode(resp.content, type=list[Fact])
 
     async def stream(self, step_id: str, *, last_event_id: int | None = None) -> \
             AsyncIterator[Frame]:

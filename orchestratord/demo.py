@@ -1,17 +1,19 @@
-"""The main job: record a real three-step flow, replay it, strict-replay it, compare.
+"""The main job: record the demo Flow on the real model, replay it, strict-replay it.
 
-The demo is the interpreter. It starts ``orchestratord serve`` (default config: one CPU
-pool running llama.cpp on SmolLM2-135M-Instruct) unless ``--url`` is given, posts the
-Flow, and runs it three times:
+The demo is the interpreter (:mod:`orchestratord.demo_flow`: all six Step types, a Fact
+and a checkpoint). It starts ``orchestratord serve`` (default config: one CPU pool
+running llama.cpp on SmolLM2-135M-Instruct, the built-in tool executors) unless
+``--url`` is given, posts the Flow, and runs it three times:
 
-1. ``record``: every llm_call runs on the engine;
-2. ``replay``: the recorded frames are served, with zero engine requests;
+1. ``record``: the LLM Steps run on the engine, the tools and the FS broker for real;
+2. ``replay``: every recorded result is served; the engine, the tools and the file
+   system are not touched, which the server's own counters show;
 3. ``strict_replay``: inference runs again on the recorded replica and every token is
-   checked against the recording.
+   checked against the recording; tool and FS results are served, the gate is
+   evaluated again.
 
-Each later prompt is built from the earlier steps' outputs, as an interpreter would
-feed them. The report says whether the token streams (index, text bytes, token id) are
-byte-identical across the three modes, with step/token counts and the time each took.
+The report says whether the token streams (index, text bytes, token id), the
+``tool_suggest`` frames and every Step's output are identical across the three modes.
 """
 
 from __future__ import annotations
@@ -32,20 +34,15 @@ import anyio
 import httpx
 
 from contracts.errors import OrchestratorError
-from orchestratord.client import OrchestratorClient, StepResult
+from orchestratord.client import OrchestratorClient
+from orchestratord.demo_flow import DEMO_FLOW, DEMO_TOOLS, FACT_SCHEMAS, interpret
 
 __all__ = ["DEMO_FLOW", "run_demo", "run_flow_modes"]
 
-DEMO_FLOW: dict[str, Any] = {
-    "version": 1,
-    "name": "summarise-keywords-title",
-    "steps": [
-        {"id": "summary", "op": "llm_call", "inputs": ["document"]},
-        {"id": "keywords", "op": "llm_call", "inputs": ["summary"], "output": "json"},
-        {"id": "title", "op": "llm_call", "inputs": ["summary", "keywords"]},
-    ],
-}
-_SYSTEM = "You are a precise technical writer. Answer briefly."
+_COUNTERS = {"engine_requests": "orchestrator_engine_requests_total",
+             "tool_executions": "orchestrator_tool_executions_total",
+             "fs_operations": "orchestrator_fs_operations_total"}
+_LLM_STEPS = ("summary", "plan", "title")
 
 
 def _default_file() -> pathlib.Path:
@@ -55,57 +52,34 @@ def _default_file() -> pathlib.Path:
     return pathlib.Path(__file__)
 
 
-def _step_body(step: str, model: str, outputs: dict[str, str], document: str) -> dict[str, Any]:
-    """The llm_call submission of one flow step; prompts use earlier outputs."""
-    if step == "summary":
-        user = ("Summarise the following document in two or three sentences.\n\n"
-                f"{document}")
-        params = {"temperature": 0.0, "max_tokens": 96}
-    elif step == "keywords":
-        user = ("Extract exactly three keywords from this summary. Answer with a JSON "
-                f"array of three strings and nothing else.\n\nSummary: {outputs['summary']}")
-        params = {"temperature": 0.0, "max_tokens": 40}
-    else:
-        user = ("Write a one-line title of at most ten words for a document with this "
-                f"summary and these keywords.\n\nSummary: {outputs['summary']}\n"
-                f"Keywords: {outputs['keywords']}")
-        params = {"temperature": 0.8, "max_tokens": 24}
-    return {
-        "type": "llm_call", "client_token": f"demo-{step}",
-        "input": {"model": model, "params": params,
-                  "messages": [{"role": "system", "content": _SYSTEM},
-                               {"role": "user", "content": user}]},
-    }
-
-
-async def _engine_requests(client: OrchestratorClient) -> int:
+async def _counters(client: OrchestratorClient) -> dict[str, int]:
+    """The server's engine, tool and FS counters, summed over their labels."""
     text = (await client._http.get("/metrics")).text
-    return sum(int(float(m)) for m in re.findall(
-        r'^orchestrator_engine_requests_total\{[^}]*\} ([0-9.e+]+)$', text, re.M))
+    return {key: sum(int(float(m)) for m in re.findall(
+        rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)) for key, name in _COUNTERS.items()}
 
 
 async def _run_mode(client: OrchestratorClient, flow_id: str, model: str, document: str,
-                    mode: str, seed: int, replay_of: str | None) -> dict[str, Any]:
+                    mode: str, seed: int, replay_of: str | None,
+                    fs_root: str) -> dict[str, Any]:
     run = await client.create_run(flow_id, mode=mode, seed=seed,
+                                  fs_policy={"roots": [fs_root],
+                                             "allow": {"write": ["report.md"]}},
                                   **({"replay_of": replay_of} if replay_of else {}))
-    before = await _engine_requests(client)
-    outputs: dict[str, str] = {}
-    results: list[StepResult] = []
-    t0 = time.perf_counter()
-    for spec in DEMO_FLOW["steps"]:
-        res = await client.run_step(run.run_id, _step_body(spec["id"], model, outputs, document))
-        if res.terminal.event != "end":
-            raise RuntimeError(f"{mode} step {spec['id']} ended with {res.terminal.data}")
-        outputs[spec["id"]] = res.text.strip()
-        results.append(res)
-    wall_ms = (time.perf_counter() - t0) * 1000
+    before = await _counters(client)
+    done = await interpret(client, run.run_id, model, document)
+    after = await _counters(client)
+    results = done["results"]
     return {
         "run_id": run.run_id, "mode": mode, "steps": len(results),
-        "tokens": sum(len(r.tokens) for r in results), "wall_ms": round(wall_ms, 1),
-        "engine_requests": await _engine_requests(client) - before,
-        "token_stream": [[f.data for f in r.tokens] for r in results],
-        "outputs": outputs,
-        "provenance": [r.terminal.json()["provenance"] for r in results],
+        "tokens": sum(len(r.tokens) for r in results.values()),
+        "wall_ms": round(done["wall_ms"], 1),
+        **{k: after[k] - before[k] for k in _COUNTERS},
+        "token_stream": {n: [f.data for f in results[n].tokens] for n in _LLM_STEPS},
+        "suggestions": [f.data for f in results["plan"].suggestions],
+        "outputs": {n: r.output for n, r in results.items()},
+        "types": {n: r.step.type.value for n, r in results.items()},
+        "provenance": results["summary"].terminal.json()["provenance"],
     }
 
 
@@ -113,26 +87,41 @@ async def run_flow_modes(client: OrchestratorClient, document: str,
                          seed: int = 20261121) -> dict[str, Any]:
     """Record, replay and strict_replay the demo flow; return the comparison report."""
     caps = await client.capabilities()
+    if not caps.sandbox_parents:
+        raise RuntimeError("the server allows no sandbox parent for the FS broker")
     model = caps.models[0].id
-    flow = await client.create_flow(DEMO_FLOW, config={"model": model})
-    rec = await _run_mode(client, flow.flow_id, model, document, "record", seed, None)
-    rep = await _run_mode(client, flow.flow_id, model, document, "replay", seed, rec["run_id"])
+    flow = await client.create_flow(DEMO_FLOW, tools=DEMO_TOOLS,
+                                    config={"model": model, "fact_schemas": FACT_SCHEMAS})
+    fs_root = os.path.join(caps.sandbox_parents[0], f"demo-{flow.hash[3:15]}-{seed}")
+    rec = await _run_mode(client, flow.flow_id, model, document, "record", seed, None,
+                          fs_root)
+    rep = await _run_mode(client, flow.flow_id, model, document, "replay", seed,
+                          rec["run_id"], fs_root)
     strict = await _run_mode(client, flow.flow_id, model, document, "strict_replay", seed,
-                             rec["run_id"])
-    same_replay = rep["token_stream"] == rec["token_stream"]
-    same_strict = strict["token_stream"] == rec["token_stream"]
-    modes = []
-    for r in (rec, rep, strict):
-        modes.append({k: r[k] for k in ("mode", "run_id", "steps", "tokens", "wall_ms",
-                                        "engine_requests")})
+                             rec["run_id"], fs_root)
+    modes = [{k: r[k] for k in ("mode", "run_id", "steps", "tokens", "wall_ms", *_COUNTERS)}
+             for r in (rec, rep, strict)]
+
+    def same(key: str, other: dict[str, Any]) -> bool:
+        return bool(other[key] == rec[key])
     return {
         "flow_id": flow.flow_id, "flow_hash": flow.hash, "model": model, "seed": seed,
+        "step_types": sorted(set(rec["types"].values())),
         "modes": modes,
-        "replay_byte_identical": same_replay,
-        "strict_replay_byte_identical": same_strict,
+        "replay_byte_identical": same("token_stream", rep) and same("suggestions", rep),
+        "strict_replay_byte_identical": same("token_stream", strict)
+        and same("suggestions", strict),
+        "replay_outputs_identical": same("outputs", rep),
+        "strict_replay_outputs_identical": same("outputs", strict),
         "replay_vs_record_time": round(rep["wall_ms"] / rec["wall_ms"], 4),
-        "outputs": rec["outputs"],
-        "engine": {k: rec["provenance"][0][k] for k in
+        "fs_root": fs_root,
+        "outputs": {"summary": rec["outputs"]["summary"]["text"].strip(),
+                    "plan": [json.loads(s) for s in rec["suggestions"]],
+                    "tools": {k: v for k, v in rec["outputs"].items() if k.startswith("act-")},
+                    "gate": rec["outputs"]["gate"]["passed"],
+                    "checkpoint": rec["outputs"]["checkpoint"],
+                    "title": rec["outputs"]["title"]["value"]},
+        "engine": {k: rec["provenance"][k] for k in
                    ("engine", "engine_version", "model_hash", "replica_id", "engine_build")},
     }
 
@@ -188,25 +177,29 @@ def _print_report(report: dict[str, Any]) -> None:
     print(f"flow {report['flow_id']}  model {report['model']}  seed {report['seed']}")
     print(f"engine {report['engine']['engine']} ({report['engine']['engine_version']}) "
           f"replica {report['engine']['replica_id']}  model {report['engine']['model_hash'][:23]}…")
+    print(f"step types: {', '.join(report['step_types'])}")
     print()
-    print(f"{'mode':<14}{'steps':>6}{'tokens':>8}{'time_ms':>11}{'engine_requests':>17}")
+    print(f"{'mode':<14}{'steps':>6}{'tokens':>8}{'time_ms':>10}{'engine_requests':>17}"
+          f"{'tool_executions':>17}{'fs_operations':>15}")
     for m in report["modes"]:
-        print(f"{m['mode']:<14}{m['steps']:>6}{m['tokens']:>8}{m['wall_ms']:>11.1f}"
-              f"{m['engine_requests']:>17}")
+        print(f"{m['mode']:<14}{m['steps']:>6}{m['tokens']:>8}{m['wall_ms']:>10.1f}"
+              f"{m['engine_requests']:>17}{m['tool_executions']:>17}{m['fs_operations']:>15}")
     print()
-    print(f"replay        token stream byte-identical to record: "
-          f"{yes[report['replay_byte_identical']]}")
-    print(f"strict_replay token stream byte-identical to record: "
-          f"{yes[report['strict_replay_byte_identical']]}")
+    for mode in ("replay", "strict_replay"):
+        print(f"{mode:<14}token streams and tool_suggest frames byte-identical to record: "
+              f"{yes[report[f'{mode}_byte_identical']]}; every step output identical: "
+              f"{yes[report[f'{mode}_outputs_identical']]}")
     print(f"replay time / record time: {report['replay_vs_record_time']:.4f}")
     print()
-    for name, text in report["outputs"].items():
+    for name, value in report["outputs"].items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         print(f"[{name}] {text}")
 
 
 def run_demo(*, url: str | None, as_json: bool, file: pathlib.Path | None,
              mock: bool = False) -> int:
-    """Run the demo; exit code 0 only when both replays are byte-identical."""
+    """Run the demo; exit code 0 only when both replays are byte-identical, every output
+    is identical, and ``replay`` made no engine, tool or file-system call."""
     path = file or _default_file()
     document = path.read_text(encoding="utf-8")[:1500]
     proc = None
@@ -222,7 +215,7 @@ def run_demo(*, url: str | None, as_json: bool, file: pathlib.Path | None,
 
     try:
         report = anyio.run(go)
-    except OrchestratorError as exc:
+    except (OrchestratorError, RuntimeError) as exc:
         print(f"demo failed: {exc!r}", file=sys.stderr)
         return 1
     finally:
@@ -233,5 +226,9 @@ def run_demo(*, url: str | None, as_json: bool, file: pathlib.Path | None,
         print(json.dumps(report, indent=2))
     else:
         _print_report(report)
-    ok = report["replay_byte_identical"] and report["strict_replay_byte_identical"]
+    ok = all(report[f"{mode}_{what}"] for mode in ("replay", "strict_replay")
+             for what in ("byte_identical", "outputs_identical"))
+    replay = report["modes"][1]
+    ok = ok and replay["engine_requests"] == replay["tool_executions"] == \
+        replay["fs_operations"] == 0
     return 0 if ok else 1
