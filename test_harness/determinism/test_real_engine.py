@@ -3,7 +3,9 @@
 Runs on llama.cpp with SmolLM2-135M-Instruct: 16 seeds x 2 prompts x temperatures 0 and
 0.8. Every strict_replay token stream must equal its recording byte for byte (text bytes,
 token ids, indices); a changed seed, params or model hash is refused before ``started``;
-``replay`` sends zero requests to the engine.
+``replay`` sends zero requests to the engine. Grammar-constrained ``llm_plan`` and
+``response_contract`` Steps (6 plans, 4 contract calls) validate and strict-replay
+byte for byte right after their recording.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import json
 import pathlib
 import shutil
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -223,3 +225,74 @@ class TestImmediateReplay:
                 if rep[-1]["event"] != "end" or _tokens(rep) != _tokens(rec):
                     diverged.append((prompt, temp, rep[-1]["data"][:200]))
         assert diverged == []
+
+
+class TestConstrainedDecoding:
+    """Grammar-constrained Steps on the real engine (NERVE-4010, NERVE-4013): the output
+    validates, and strict_replay right after the recording reproduces the tokens and
+    the ``tool_suggest`` frames byte for byte."""
+
+    TEXT: ClassVar[dict[str, Any]] = {
+        "type": "object", "required": ["text"], "additionalProperties": False,
+            "properties": {"text": {"type": "string", "maxLength": 80}}}
+    CONTRACT: ClassVar[dict[str, Any]] = {
+        "type": "object", "required": ["title", "keywords"],
+                "additionalProperties": False,
+                "properties": {"title": {"type": "string", "maxLength": 60},
+                               "keywords": {"type": "array", "minItems": 3, "maxItems": 3,
+                                            "items": {"type": "string", "maxLength": 20}}}}
+    QUESTIONS = ("How many words are in 'the quick brown fox jumps'?",
+                 "Compute the SHA-256 of the text 'hello world'.",
+                 "Count the words of 'replay is byte exact' and hash it.")
+
+    def _runs(self, http: httpx.Client) -> tuple[str, str]:
+        flow = http.post("/v1/flows", json={"ast_ir": {"suite": "constrained"}, "tools": [
+            {"name": "count_words", "executor": "wc", "parameters": self.TEXT,
+             "description": "Count the words of a text."},
+            {"name": "sha256", "executor": "sha256", "parameters": self.TEXT,
+             "description": "SHA-256 digest of a text."}]}).json()
+        rec = http.post(f"/v1/flows/{flow['flow_id']}/runs", json={"seed": 5}).json()
+        strict = http.post(f"/v1/flows/{flow['flow_id']}/runs", json={
+            "mode": "strict_replay", "replay_of": rec["run_id"]}).json()
+        return rec["run_id"], strict["run_id"]
+
+    def _pair(self, http: httpx.Client, runs: tuple[str, str], body: dict[str, Any]) -> \
+            tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        _s, rec = http_run_step(http, runs[0], body)
+        _s, rep = http_run_step(http, runs[1], body)
+        assert rec[-1]["event"] == "end", rec[-1]["data"][:300]
+        assert rep[-1]["event"] == "end", rep[-1]["data"][:300]
+        return rec, rep
+
+    def test_plans_validate_and_replay_byte_for_byte(self, real_http: httpx.Client) -> None:
+        """6 plans (3 questions x temperatures 0 and 0.8): every suggestion is valid."""
+        runs = self._runs(real_http)
+        for n, question in enumerate(self.QUESTIONS):
+            for temp in (0.0, 0.8):
+                rec, rep = self._pair(real_http, runs, {
+                    "type": "llm_plan", "client_token": f"plan-{n}-{temp}",
+                    "input": {"model": REAL_MODEL, "max_intents": 2,
+                              "messages": [{"role": "user", "content": question}],
+                              "params": {"temperature": temp, "max_tokens": 96}}})
+                sugs = [f["data"] for f in rec if f["event"] == "tool_suggest"]
+                assert sugs and all(json.loads(s)["valid"] for s in sugs), sugs
+                assert _tokens(rep) == _tokens(rec)
+                assert [f["data"] for f in rep if f["event"] == "tool_suggest"] == sugs
+
+    def test_contracts_validate_and_replay_byte_for_byte(self, real_http: httpx.Client) -> None:
+        """4 contract calls (2 seeds x temperatures 0 and 0.8): the value is recorded."""
+        runs = self._runs(real_http)
+        for seed in (1, 2):
+            for temp in (0.0, 0.8):
+                rec, rep = self._pair(real_http, runs, {
+                    "type": "llm_call", "client_token": f"contract-{seed}-{temp}",
+                    "input": {"model": REAL_MODEL, "response_contract": self.CONTRACT,
+                              "messages": [{"role": "user", "content":
+                                            "Title and three keywords for a text about "
+                                            "deterministic replay, as JSON."}],
+                              "params": {"temperature": temp, "seed": seed,
+                                         "max_tokens": 80}}})
+                value = json.loads(rec[-1]["data"])["output"]["value"]
+                assert set(value) == {"title", "keywords"} and len(value["keywords"]) == 3
+                assert _tokens(rep) == _tokens(rec)
+                assert json.loads(rep[-1]["data"])["output"]["value"] == value
