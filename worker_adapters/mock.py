@@ -52,7 +52,8 @@ def mock_instance(schema: Any, rng: random.Random, depth: int = 0) -> Any:
     Handles ``const``, ``enum``, ``anyOf``/``oneOf`` (one branch), ``type`` object (every
     required property, plus the optional ones), array (``minItems``, at least one item,
     at most ``maxItems``), string (``minLength``/``maxLength``), integer and number
-    (``minimum``/``maximum``), boolean and null. Anything else gives ``{}``.
+    (``minimum``/``maximum``), boolean and null. Anything else gives ``{}``. Strings
+    stop growing at 4096 characters and arrays at 64 items.
     """
     if not isinstance(schema, dict) or depth > 8:
         return {}
@@ -70,13 +71,13 @@ def mock_instance(schema: Any, rng: random.Random, depth: int = 0) -> Any:
         props = schema.get("properties", {})
         return {name: mock_instance(sub, rng, depth + 1) for name, sub in props.items()}
     if kind == "array":
-        lo = int(schema.get("minItems", 1))
-        hi = int(schema.get("maxItems", max(lo, 2)))
+        lo = min(int(schema.get("minItems", 1)), 64)
+        hi = min(int(schema.get("maxItems", max(lo, 2))), 64)
         n = max(lo, min(hi, 1 + rng.randrange(2)))
         return [mock_instance(schema.get("items", {}), rng, depth + 1) for _ in range(n)]
     if kind == "string":
         text = _WORDS[rng.randrange(len(_WORDS) - 1)]
-        while len(text) < int(schema.get("minLength", 0)):
+        while len(text) < min(int(schema.get("minLength", 0)), 4096):
             text += " " + _WORDS[rng.randrange(len(_WORDS) - 1)]
         return text[: int(schema.get("maxLength", len(text)))]
     if kind in ("integer", "number"):

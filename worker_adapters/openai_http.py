@@ -94,6 +94,28 @@ def _gbnf(schema_json: str) -> str:
     return str(_grammar_compiler()(schema_json))
 
 
+MAX_GRAMMAR_BOUND = 1000
+"""The largest length/count bound a schema may set for grammar compilation: the GBNF
+converter unrolls ``maxLength``/``minItems``... into that many grammar terms."""
+
+_BOUNDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties",
+           "maxProperties", "minContains", "maxContains")
+
+
+def _check_bounds(node: Any, path: str = "$") -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _BOUNDS and isinstance(value, int) and value > MAX_GRAMMAR_BOUND:
+                raise InvalidParams(
+                    f"{key} {value} at {path} is too large to constrain decoding "
+                    f"(at most {MAX_GRAMMAR_BOUND})",
+                    data={"path": path, "keyword": key, "limit": MAX_GRAMMAR_BOUND})
+            _check_bounds(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_bounds(item, f"{path}[{i}]")
+
+
 def constraint_fields(constraint: Constraint | None, schema: dict[str, Any] | None) -> \
         dict[str, Any]:
     """The extra ``/v1/completions`` body fields that constrain decoding to ``schema``.
@@ -101,11 +123,13 @@ def constraint_fields(constraint: Constraint | None, schema: dict[str, Any] | No
     The GBNF grammar is compiled once per distinct schema (canonical JSON as the key).
 
     Raises:
-        InvalidParams: the schema uses a construct the grammar compiler cannot express.
+        InvalidParams: the schema uses a construct the grammar compiler cannot express,
+            or a length/count bound above :data:`MAX_GRAMMAR_BOUND`.
     """
     if schema is None or constraint is None:
         return {}
     if constraint == "gbnf":
+        _check_bounds(schema)
         key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
         try:
             return {"grammar": _gbnf(key)}

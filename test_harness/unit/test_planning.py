@@ -155,3 +155,23 @@ class TestEngineConstraint:
 
     def test_the_request_with_a_schema_still_encodes(self) -> None:
         assert msgspec.json.decode(msgspec.json.encode(_req(TEXT)))["json_schema"] == TEXT
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "maxLength": 10**9},
+    {"type": "array", "minItems": 5000, "items": {"type": "integer"}},
+    {"type": "object", "properties": {"a": {"type": "array", "maxItems": 1001}}},
+])
+def test_unbounded_repetitions_are_refused_before_the_grammar_is_built(
+        schema: dict[str, object]) -> None:
+    """The converter unrolls bounds: a huge one would exhaust memory, so it is refused."""
+    with pytest.raises(InvalidParams) as info:
+        constraint_fields("gbnf", schema)
+    assert info.value.data is not None and info.value.data["limit"] == 1000
+
+
+def test_the_mock_answers_huge_bounds_without_building_them() -> None:
+    """A contract the engine cannot satisfy cheaply still gets a bounded answer."""
+    doc = mock_instance({"type": "array", "minItems": 10**9,
+                         "items": {"type": "string", "minLength": 10**9}}, random.Random(0))
+    assert len(doc) == 64 and all(4096 <= len(s) < 4200 for s in doc)
