@@ -115,9 +115,8 @@ async def interpret(client: OrchestratorClient, run_id: str, model: str,
         temperature=0.0, max_tokens=96)})).text.strip()
 
     plan = await step("plan", {"type": "llm_plan", "input": {
-        **_chat(model, "Measure this summary with the tools: count its words and compute "
-                       "its fingerprint. Pass the summary text as the argument.\n\n"
-                       f"Summary: {summary}", temperature=0.0, max_tokens=384),
+        **_chat(model, f'Call count_words and fingerprint on this exact text: "{summary}"',
+                temperature=0.0, max_tokens=384),
         "tools": ["count_words", "fingerprint"], "max_intents": 2}})
     valid = [s.json() for s in plan.suggestions if s.json()["valid"]]
     if not valid:
