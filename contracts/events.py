@@ -169,16 +169,25 @@ class NarrationData(msgspec.Struct, frozen=True):
     text: str
 
 
+_HEADS: dict[str, bytes] = {t.value: b"\nevent: " + t.value.encode() + b"\ndata: "
+                            for t in FrameType}
+
+
 def sse_frame(seq: int | None, event: str, data: bytes) -> bytes:
     """Frame one SSE event. ``data`` is single-line JSON; ``seq=None`` omits ``id:``.
+
+    The ``event:`` line of every :class:`FrameType` is prebuilt: this runs once per
+    streamed frame (STREAM-2000).
 
     Returns:
         ``id: <seq>\\nevent: <event>\\ndata: <data>\\n\\n`` as UTF-8 bytes.
     """
-    head = b"event: " + event.encode() + b"\ndata: "
-    if seq is not None:
-        head = b"id: " + str(seq).encode() + b"\n" + head
-    return head + data + b"\n\n"
+    head = _HEADS.get(event)
+    if head is None:
+        head = b"\nevent: " + event.encode() + b"\ndata: "
+    if seq is None:
+        return b"".join((head[1:], data, b"\n\n"))
+    return b"".join((b"id: ", b"%d" % seq, head, data, b"\n\n"))
 
 
 def sse_comment(text: str) -> bytes:

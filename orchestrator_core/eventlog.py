@@ -3,19 +3,26 @@
 * Durable frames get a per-Step sequence number and are committed to SQLite in groups
   (every ``commit_interval_ms`` or ``commit_max_frames``); a terminal frame commits at once,
   together with the Step's terminal status (STREAM-2000).
-* Readers are cursors. Committed frames of live Steps are also kept, SSE-encoded, in a
-  read-through cache so that many subscribers cost one list, not one query each; a
+* Readers are cursors. Committed frames of live Steps are also kept in a read-through
+  cache so that many subscribers cost one list, not one query each; they are SSE-framed
+  once, by the first read that needs them (a Step nobody reads is never framed). A
   finished Step's cache is evicted after a short linger and readers go back to disk.
   Nothing is shown to a reader before it is committed.
 * ``metrics`` and ``narration`` are ephemeral: each subscriber has a small bounded buffer
-  that drops its oldest entry when full, and every drop is counted (STREAM-2003).
+  that drops its oldest entry when full, and every drop is counted (STREAM-2003). An
+  ephemeral frame of a Step that has durable frames waiting for their group commit rides
+  along with that commit's wake-up (at most ``commit_interval_ms`` later) instead of
+  waking its readers a second time.
 
 All methods run on the event-loop thread; none of them awaits while holding state.
+Subscriptions wait on plain asyncio futures (the server runs on asyncio, under Granian):
+one future per wait and one timer per subscriber, re-armed once per heartbeat, instead
+of an event and a cancel scope per wait.
 """
 
 from __future__ import annotations
 
-import collections
+import asyncio
 from typing import Any
 
 import anyio
@@ -27,55 +34,146 @@ from orchestrator_core.store import EventRow, SqliteStore, StepUpdate
 
 __all__ = ["EventLog", "Subscription"]
 
-
 class Subscription:
-    """One reader of one Step: a wake-up flag and a bounded ephemeral buffer.
+    """One reader of one Step: a wake-up flag, a heartbeat timer and a bounded ephemeral
+    buffer (STREAM-2000, STREAM-2003).
+
+    :meth:`wait` returns True when new frames may be ready and False when the reader
+    wrote nothing for ``heartbeat_s`` (time for a ``: keep-alive``). The heartbeat is one
+    timer per subscriber that is re-armed only when it fires, not one per wait.
 
     Args:
+        step_id: the Step read.
         capacity: ephemeral frames kept; the oldest is dropped first.
+        metrics: where drops are counted.
+        heartbeat_s: idle time before :meth:`wait` returns False (s); None: never.
     """
 
-    def __init__(self, step_id: str, capacity: int, metrics: Metrics) -> None:
+    __slots__ = ("_loop", "_metrics", "_timer", "_waiter", "_woken", "capacity", "dropped",
+                 "ephemeral", "gone", "heartbeat_s", "last_write", "step_id")
+
+    def __init__(self, step_id: str, capacity: int, metrics: Metrics,
+                 heartbeat_s: float | None = None) -> None:
         self.step_id = step_id
-        self.ephemeral: collections.deque[bytes] = collections.deque(maxlen=capacity)
+        self.capacity = capacity
+        self.ephemeral: list[bytes] = []
         self.dropped = 0
+        self.heartbeat_s = heartbeat_s
+        self.last_write = 0.0
+        self.gone = False
         self._metrics = metrics
-        self._wake = anyio.Event()
+        self._woken = False
+        self._waiter: asyncio.Future[bool] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def notify(self) -> None:
         """Wake the reader (new durable frames were committed)."""
-        self._wake.set()
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
 
-    def push_ephemeral(self, frame_type: str, frame: bytes) -> None:
-        """Queue an ephemeral frame, dropping the oldest when the buffer is full."""
-        if len(self.ephemeral) == self.ephemeral.maxlen:
+    def hang_up(self) -> None:
+        """The reader's connection is gone: set :attr:`gone` and wake the reader."""
+        self.gone = True
+        self.notify()
+
+    def push_ephemeral(self, frame_type: str, frame: bytes, wake: bool = True) -> None:
+        """Queue an ephemeral frame, dropping the oldest when the buffer is full.
+
+        Args:
+            frame_type: counted under this label when a frame is dropped.
+            frame: the SSE-framed ephemeral event.
+            wake: wake the reader now; False when a commit will wake it soon anyway.
+        """
+        buf = self.ephemeral
+        buf.append(frame)
+        if len(buf) > self.capacity:
+            del buf[0]
             self.dropped += 1
             self._metrics.sse_dropped.labels(frame_type=frame_type).inc()
-        self.ephemeral.append(frame)
-        self._wake.set()
+        if wake:
+            self.notify()
 
     def drain_ephemeral(self) -> list[bytes]:
         """Take every buffered ephemeral frame."""
-        out = list(self.ephemeral)
-        self.ephemeral.clear()
+        out = self.ephemeral
+        if out:
+            self.ephemeral = []
         return out
 
-    async def wait(self) -> None:
-        """Sleep until :meth:`notify` or :meth:`push_ephemeral` is called (or was)."""
-        await self._wake.wait()
-        self._wake = anyio.Event()
+    def wrote(self) -> None:
+        """Record that the reader just wrote to its client (restarts the idle clock)."""
+        if self._loop is not None:
+            self.last_write = self._loop.time()
+
+    async def wait(self) -> bool:
+        """Sleep until :meth:`notify` (or was called since the last wait), or until the
+        reader has been idle for ``heartbeat_s``.
+
+        Returns:
+            True when woken (frames may be ready, or :attr:`gone`), False when a
+            heartbeat is due.
+        """
+        if self._woken:
+            self._woken = False
+            return True
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+            self.last_write = loop.time()
+            if self.heartbeat_s is not None:
+                self._timer = loop.call_at(self.last_write + self.heartbeat_s, self._beat)
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            self._woken = False
+
+    def _beat(self) -> None:
+        """Timer callback: end an idle wait with False, then re-arm for the next beat."""
+        loop, hb = self._loop, self.heartbeat_s
+        assert loop is not None
+        assert hb is not None
+        now = loop.time()
+        due = self.last_write + hb
+        if now >= due:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(False)
+            due = now + hb
+        self._timer = loop.call_at(due, self._beat)
+
+    def close(self) -> None:
+        """Stop the heartbeat timer (the reader is done)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _Live:
-    __slots__ = ("done", "evict_at", "frames", "next_seq", "run_id", "subs")
+    __slots__ = ("done", "evict_at", "frames", "next_seq", "pending", "run_id", "subs",
+                 "unframed")
 
-    def __init__(self, run_id: str, next_seq: int, frames: list[bytes]) -> None:
+    def __init__(self, run_id: str, next_seq: int) -> None:
         self.run_id = run_id
         self.next_seq = next_seq
-        self.frames = frames  # committed SSE frames; index == seq
+        self.frames: list[bytes] = []  # committed SSE frames; index == seq
+        self.unframed: list[EventRow] = []  # committed rows after ``frames``, not framed yet
+        self.pending = False  # durable frames wait for their group commit
         self.done = False
         self.evict_at = 0.0
         self.subs: set[Subscription] = set()
+
+    def framed(self) -> list[bytes]:
+        """Every committed frame, SSE-framed (frames the rows committed since last time)."""
+        if self.unframed:
+            self.frames += [sse_frame(row[1], row[3], row[4]) for row in self.unframed]
+            self.unframed = []
+        return self.frames
 
 
 class EventLog:
@@ -110,7 +208,7 @@ class EventLog:
 
     def open(self, step_id: str, run_id: str) -> None:
         """Start the live cache of a new Step (its log is empty)."""
-        self._live[step_id] = _Live(run_id, 0, [])
+        self._live[step_id] = _Live(run_id, 0)
 
     def active(self) -> int:
         """Steps that can still receive frames (queued or running)."""
@@ -146,13 +244,15 @@ class EventLog:
             raise RuntimeError(f"step {step_id} already has a terminal frame")
         seq = live.next_seq
         live.next_seq += 1
-        self._pending.append((step_id, seq, live.run_id, frame_type.value, data))
+        live.pending = True
+        pending = self._pending
+        pending.append((step_id, seq, live.run_id, frame_type.value, data))
         if update:
             self._pending_updates.setdefault(step_id, {}).update(update)
-        if len(self._pending) >= self.commit_max_frames:
+        if len(pending) >= self.commit_max_frames:
             self.flush()
-        else:
-            self._dirty.set()
+        elif len(pending) == 1:
+            self._dirty.set()  # the flusher is idle: start the interval (once per group)
         return seq
 
     def finish(self, step_id: str, frame_type: FrameType, data: bytes,
@@ -182,9 +282,7 @@ class EventLog:
         extra = queued
         if not rows and not extra:
             return
-        last: dict[str, int] = {}
-        for step_id, seq, *_ in rows:
-            last[step_id] = seq
+        last: dict[str, int] = {row[0]: row[1] for row in rows}  # rows are in seq order
         updates: list[StepUpdate] = []
         for step_id, seq in last.items():
             changes = {"last_seq": seq}
@@ -203,15 +301,17 @@ class EventLog:
             raise
         self.metrics.group_commits.inc()
         self.metrics.events_committed.inc(len(rows))
-        touched: set[str] = set()
-        for step_id, seq, _run, ftype, data in rows:
-            live = self._live.get(step_id)
+        lives = self._live
+        for row in rows:
+            live = lives.get(row[0])
             if live is not None:
-                live.frames.append(sse_frame(seq, ftype, data))
-                touched.add(step_id)
-        for step_id in touched:
-            for sub in self._live[step_id].subs:
-                sub.notify()
+                live.unframed.append(row)  # framed by the first read that needs it
+        for step_id in last:
+            live = lives.get(step_id)
+            if live is not None:
+                live.pending = False
+                for sub in live.subs:
+                    sub.notify()
 
     async def run_flusher(self) -> None:
         """Background task: commit pending frames every ``commit_interval_s``; evict
@@ -234,19 +334,31 @@ class EventLog:
     # -- ephemeral ---------------------------------------------------------------------
 
     def publish_ephemeral(self, step_id: str, frame_type: FrameType, data: bytes) -> None:
-        """Offer a ``metrics``/``narration`` frame to the Step's current subscribers."""
+        """Offer a ``metrics``/``narration`` frame to the Step's current subscribers.
+
+        When durable frames of the Step wait for their group commit, the frame waits for
+        that commit's wake-up (at most ``commit_interval_s``) and goes out in the same
+        write; otherwise its readers are woken now (STREAM-2003).
+        """
         live = self._live.get(step_id)
         if live is None or not live.subs:
             return
         frame = sse_frame(None, frame_type.value, data)
+        wake = not live.pending
         for sub in live.subs:
-            sub.push_ephemeral(frame_type.value, frame)
+            sub.push_ephemeral(frame_type.value, frame, wake)
 
     # -- reading -----------------------------------------------------------------------
 
-    def subscribe(self, step_id: str) -> Subscription:
-        """Register a reader for wake-ups and ephemeral frames of a live Step."""
-        sub = Subscription(step_id, self.ephemeral_capacity, self.metrics)
+    def subscribe(self, step_id: str, heartbeat_s: float | None = None) -> Subscription:
+        """Register a reader for wake-ups and ephemeral frames of a live Step.
+
+        Args:
+            step_id: the Step.
+            heartbeat_s: idle time after which :meth:`Subscription.wait` returns False
+                (s); None: never.
+        """
+        sub = Subscription(step_id, self.ephemeral_capacity, self.metrics, heartbeat_s)
         live = self._live.get(step_id)
         if live is not None:
             live.subs.add(sub)
@@ -254,7 +366,8 @@ class EventLog:
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        """Forget a reader."""
+        """Forget a reader (and stop its heartbeat timer)."""
+        sub.close()
         live = self._live.get(sub.step_id)
         if live is not None:
             live.subs.discard(sub)
@@ -269,7 +382,7 @@ class EventLog:
         """
         live = self._live.get(step_id)
         if live is not None:
-            return live.frames[after_seq + 1:], live.done
+            return live.framed()[after_seq + 1:], live.done
         rows = self.store.read_events(step_id, after_seq)
         return [sse_frame(seq, ftype, data) for seq, ftype, data in rows], True
 

@@ -28,7 +28,7 @@ from contracts.errors import (
     NotFound,
     QueueFull,
 )
-from contracts.events import FrameType, Provenance, sse_comment
+from contracts.events import FrameType, Provenance
 from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, ModelCapability, PoolInfo
 from contracts.runs import PlacementPin, Policy, Run, RunCreate, RunMode, RunStatus
@@ -72,6 +72,7 @@ from orchestrator_core.replay import (
     check_recorded_match,
 )
 from orchestrator_core.store import SqliteStore
+from orchestrator_core.streams import StepStream
 from worker_adapters.base import CompletionRequest
 
 __all__ = ["DEFAULT_TENANT", "SERVER_VERSION", "Orchestrator"]
@@ -655,44 +656,21 @@ class Orchestrator:
 
     def open_stream(self, step_id: str, last_event_id: int | None,
                     heartbeat_s: float | None = None,
-                    tenant: str = DEFAULT_TENANT) -> AsyncIterator[bytes]:
-        """Validate, then return the SSE byte stream of a Step (a cursor over its log).
+                    tenant: str = DEFAULT_TENANT) -> StepStream:
+        """Validate, then return the SSE stream of a Step (a cursor over its log).
 
-        Each yielded chunk batches every frame ready at that moment (fewer ASGI sends).
-        ``last_event_id`` resumes right after that frame. Idle streams get ``: keep-alive``
-        comments every ``heartbeat_s``.
+        The HTTP layer drives :meth:`StepStream.pump`: each write batches every frame
+        ready at that moment; ``last_event_id`` resumes right after that frame; idle
+        streams get ``: keep-alive`` comments every ``heartbeat_s`` (STREAM-2000,
+        STREAM-2004).
 
         Raises:
             NotFound: no such Step (before the stream starts).
         """
         self.get_step(step_id, tenant)
         hb = heartbeat_s if heartbeat_s is not None else self.config.heartbeat_ms / 1000.0
-        return self._stream(step_id, -1 if last_event_id is None else last_event_id, hb)
-
-    async def _stream(self, step_id: str, cursor: int, heartbeat_s: float) -> \
-            AsyncIterator[bytes]:
-        sub = self.log.subscribe(step_id)
-        done = False
-        try:
-            while True:
-                frames, done = self.log.read(step_id, cursor)
-                cursor += len(frames)
-                eph = sub.drain_ephemeral()
-                # Ephemeral frames never precede `started` nor follow the terminal frame.
-                if eph and cursor >= 0 and not done:
-                    frames = frames + eph
-                if frames:
-                    yield b"".join(frames)
-                if done:
-                    return
-                with anyio.move_on_after(heartbeat_s) as idle:
-                    await sub.wait()
-                if idle.cancelled_caught:
-                    yield sse_comment("keep-alive")
-        finally:
-            self.log.unsubscribe(sub)
-            if not done:
-                self._reader_left(step_id)
+        return StepStream(self.log, step_id, -1 if last_event_id is None else last_event_id,
+                          hb, self._reader_left)
 
     def _reader_left(self, step_id: str) -> None:
         """A reader went away before the terminal frame: when it was the last one and the

@@ -50,6 +50,7 @@ from orchestrator_core.metrics import Metrics
 from orchestrator_core.pools import EngineFactory
 from orchestrator_core.service import SERVER_VERSION, Orchestrator
 from orchestratord.auth import require_token, tenant_of
+from orchestratord.sse import SSE_HEADERS, SseStream
 
 __all__ = ["create_app"]
 
@@ -207,7 +208,10 @@ async def cancel_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Ste
 
 
 def _last_event_id(request: Request[Any, Any, Any]) -> int | None:
-    raw = request.headers.get("last-event-id")
+    # Read from the raw ASGI headers (lower-case names): ``request.headers`` would build
+    # and keep a parsed copy (~1 KiB) for as long as the stream lasts (STREAM-2004).
+    raw = next((value.decode("latin-1") for name, value in request.scope["headers"]
+                if name == b"last-event-id"), None)
     if raw is None:
         return None
     try:
@@ -224,10 +228,7 @@ def _last_event_id(request: Request[Any, Any, Any]) -> int | None:
 async def stream_step(step_id: FromPath[str], request: Request[Any, Any, Any],
                       orch: Orch, tenant: Tenant) -> Stream:
     """SSE stream of a Step's frames; ``Last-Event-ID`` resumes after that frame."""
-    body: AsyncIterator[bytes] = orch.open_stream(step_id, _last_event_id(request),
-                                                  tenant=tenant)
-    return Stream(body, media_type="text/event-stream",
-                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return SseStream(orch.open_stream(step_id, _last_event_id(request), tenant=tenant))
 
 
 @post("/v1/runs/{run_id:str}/facts", status_code=201)
@@ -256,8 +257,7 @@ async def stream_run_facts(run_id: FromPath[str], request: Request[Any, Any, Any
                            orch: Orch, tenant: Tenant) -> Stream:
     """SSE stream of a Run's Facts; ``Last-Event-ID`` (a fact seq) resumes after it."""
     body = orch.facts.open_stream(run_id, tenant, _last_event_id(request))
-    return Stream(body, media_type="text/event-stream",
-                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Stream(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @get("/v1/flows/{flow_id:str}/facts")
