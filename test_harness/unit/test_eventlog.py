@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -12,20 +10,6 @@ from orchestrator_core.clock import FakeClock
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.store import SqliteStore
-
-
-@pytest.fixture
-def store(tmp_path: pathlib.Path) -> SqliteStore:
-    """A fresh store with one flow, run and step."""
-    s = SqliteStore(tmp_path / "o.db")
-    s.insert_flow({"flow_id": "f", "hash": "h", "ast_ir": "{}", "tools": "[]",
-                   "config": "{}", "labels": "{}", "created_at": "t"})
-    s.insert_run({"run_id": "r", "flow_id": "f", "flow_hash": "h", "mode": "record",
-                  "seed": 1, "replay_of": None, "body": "{}", "policy_hash": "p",
-                  "status": "active", "created_at": "t"})
-    s.insert_step({"step_id": "s", "run_id": "r", "type": "llm_call", "client_token": "c",
-                   "input": "{}", "input_hash": "i", "status": "queued", "last_seq": -1})
-    return s
 
 
 @pytest.fixture

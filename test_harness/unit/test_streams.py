@@ -3,8 +3,6 @@ frames riding along with commits (STREAM-2000, STREAM-2002, STREAM-2003, STREAM-
 
 from __future__ import annotations
 
-import pathlib
-
 import anyio
 import anyio.lowlevel
 import pytest
@@ -21,17 +19,8 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def log(tmp_path: pathlib.Path) -> EventLog:
-    """An event log over a fresh store with step ``s`` of run ``r`` open."""
-    store = SqliteStore(tmp_path / "o.db")
-    store.insert_flow({"flow_id": "f", "hash": "h", "ast_ir": "{}", "tools": "[]",
-                       "config": "{}", "labels": "{}", "created_at": "t"})
-    store.insert_run({"run_id": "r", "flow_id": "f", "flow_hash": "h", "mode": "record",
-                      "seed": 1, "replay_of": None, "body": "{}", "policy_hash": "p",
-                      "status": "active", "created_at": "t"})
-    store.insert_step({"step_id": "s", "run_id": "r", "type": "llm_call",
-                       "client_token": "c", "input": "{}", "input_hash": "i",
-                       "status": "queued", "last_seq": -1})
+def log(store: SqliteStore) -> EventLog:
+    """An event log over the fresh store, with step ``s`` of run ``r`` open."""
     lg = EventLog(store, FakeClock(), Metrics(CollectorRegistry()), ephemeral_capacity=4)
     lg.open("s", "r")
     return lg
