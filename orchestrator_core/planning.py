@@ -186,6 +186,8 @@ class PlanShape(OutputShape):
     """
 
     def __init__(self, menu: Sequence[ToolSchema], max_intents: int) -> None:
+        self.tools = list(menu)
+        self.max_intents = max_intents
         self.menu = {t.name: Draft202012Validator(t.parameters) for t in menu}
         envelope = {"type": "object", "required": ["intents"], "properties": {
             "intents": {"type": "array", "minItems": 1, "maxItems": max_intents,

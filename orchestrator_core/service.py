@@ -537,13 +537,11 @@ class Orchestrator:
             try:
                 engine.check_constraint(json_schema)
             except InvalidParams:
-                if not isinstance(body, LlmPlanSubmit):
+                if not isinstance(shape, PlanShape):
                     raise
                 # A tool schema the grammar cannot express: constrain the envelope only;
                 # every suggestion's arguments are still validated (NERVE-4011).
-                json_schema = intents_schema(tool_menu(
-                    self.get_flow(run.flow_id, None).tools, body.input.tools),
-                    body.input.max_intents, strict=False)
+                json_schema = intents_schema(shape.tools, shape.max_intents, strict=False)
                 engine.check_constraint(json_schema)
         prepared = engine.prepare(prompt=prompt, messages=messages)
         model_cfg = pool.models[inp.model]
