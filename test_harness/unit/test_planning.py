@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
 import random
+from typing import Any
 
 import msgspec
 import pytest
@@ -10,6 +12,7 @@ from jsonschema import Draft202012Validator
 
 from contracts.errors import ContractViolation, InvalidParams
 from contracts.flows import ToolSchema
+from orchestrator_core.config import PoolConfig, mock_config
 from orchestrator_core.planning import (
     ContractShape,
     PlanShape,
@@ -18,8 +21,10 @@ from orchestrator_core.planning import (
     menu_text,
     tool_menu,
 )
-from worker_adapters.base import CompletionRequest
-from worker_adapters.mock import mock_instance
+from test_harness.bdd.conftest import run_to_end
+from test_harness.support import MOCK_MODEL, app_client, parse_sse
+from worker_adapters.base import CompletionRequest, EngineAdapter
+from worker_adapters.mock import MockEngine, mock_instance
 from worker_adapters.openai_http import completion_body, constraint_fields
 
 TEXT = {"type": "object", "required": ["text"], "additionalProperties": False,
@@ -175,3 +180,38 @@ def test_the_mock_answers_huge_bounds_without_building_them() -> None:
     doc = mock_instance({"type": "array", "minItems": 10**9,
                          "items": {"type": "string", "minLength": 10**9}}, random.Random(0))
     assert len(doc) == 64 and all(4096 <= len(s) < 4200 for s in doc)
+
+
+class _GbnfMock(MockEngine):
+    """The mock engine, refusing schemas exactly as the llama.cpp grammar compiler does."""
+
+    def check_constraint(self, schema: dict[str, Any]) -> None:
+        constraint_fields("gbnf", schema)
+
+
+def test_a_plan_whose_tool_schema_has_no_grammar_falls_back_to_the_loose_envelope(
+        tmp_path: pathlib.Path) -> None:
+    """[NERVE-4010] A tool schema the grammar cannot express (an unanchored pattern) does
+    not refuse the plan: decoding is constrained to the loose envelope, and the step's
+    suggestions are still validated against the tool's schema."""
+    engines: list[_GbnfMock] = []
+
+    def factory(pc: PoolConfig, index: int) -> EngineAdapter:
+        engines.append(_GbnfMock())
+        return engines[-1]
+
+    tool = {"name": "grep", "parameters": {"type": "object", "required": ["q"],
+                                           "properties": {"q": {"type": "string",
+                                                                "pattern": "[a-z]+"}}}}
+    with app_client(mock_config(data_dir=str(tmp_path)), engine_factory=factory) as client:
+        flow = client.post("/v1/flows", json={"ast_ir": {"t": 1}, "tools": [tool]}).json()
+        run = client.post(f"/v1/flows/{flow['flow_id']}/runs", json={}).json()
+        _step, raw = run_to_end(client, run["run_id"], {
+            "type": "llm_plan", "client_token": "p", "input": {
+                "model": MOCK_MODEL, "prompt": "find words", "params": {"max_tokens": 200}}})
+    frames = [f for f in parse_sse(raw) if f["id"] is not None]
+    assert frames[-1]["event"] == "end"
+    sent = engines[0].last_request
+    assert sent is not None and sent.json_schema == intents_schema(
+        [msgspec.convert(tool, ToolSchema)], 4, strict=False)
+    assert any(f["event"] == "tool_suggest" for f in frames)
