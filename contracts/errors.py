@@ -12,10 +12,12 @@ The tree::
     │   ├── InvalidToolArgs ......... INVALID_TOOL_ARGS 400
     │   ├── InvalidModel ............ INVALID_MODEL 400
     │   └── ContextBudget ........... CONTEXT_BUDGET 400
+    ├── UnsupportedMediaType ........ UNSUPPORTED_MEDIA_TYPE 415
     ├── Unauthorized ................ UNAUTHORIZED 401
     ├── BudgetExceeded .............. BUDGET_EXCEEDED 402
     ├── PolicyDenied ................ POLICY_DENIED 403
-    │   └── FsPolicyViolation ....... FS_POLICY_VIOLATION 403
+    │   ├── FsPolicyViolation ....... FS_POLICY_VIOLATION 403
+    │   └── OriginNotAllowed ........ ORIGIN_NOT_ALLOWED 403
     ├── NotFound .................... NOT_FOUND 404
     ├── Conflict .................... CONFLICT 409
     │   ├── Nondeterminism .......... NONDETERMINISM 409
@@ -64,6 +66,7 @@ __all__ = [
     "Nondeterminism",
     "NotFound",
     "OrchestratorError",
+    "OriginNotAllowed",
     "PolicyDenied",
     "PoolUnavailable",
     "PoolUnready",
@@ -71,6 +74,7 @@ __all__ = [
     "ReplayDiverged",
     "StreamError",
     "Unauthorized",
+    "UnsupportedMediaType",
     "error_from_envelope",
 ]
 
@@ -86,6 +90,8 @@ class ErrorCode(enum.StrEnum):
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
     POLICY_DENIED = "POLICY_DENIED"
     FS_POLICY_VIOLATION = "FS_POLICY_VIOLATION"
+    ORIGIN_NOT_ALLOWED = "ORIGIN_NOT_ALLOWED"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     NOT_FOUND = "NOT_FOUND"
     CONFLICT = "CONFLICT"
     NONDETERMINISM = "NONDETERMINISM"
@@ -206,6 +212,20 @@ class FsPolicyViolation(PolicyDenied):
     """An ``fs_op`` leaves the sandbox, the allow-list or the quota (403)."""
 
     code = ErrorCode.FS_POLICY_VIOLATION
+
+
+class OriginNotAllowed(PolicyDenied):
+    """A server without authentication refuses a request addressed to a host name that
+    is not loopback (DNS rebinding) or a state change from another origin (403)."""
+
+    code = ErrorCode.ORIGIN_NOT_ALLOWED
+
+
+class UnsupportedMediaType(OrchestratorError):
+    """A request body that is not ``application/json`` (415)."""
+
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+    http_status = 415
 
 
 class NotFound(OrchestratorError):
@@ -373,7 +393,8 @@ _BY_CODE: dict[ErrorCode, type[OrchestratorError]] = {
     cls.code: cls
     for cls in (
         InvalidParams, InvalidToolArgs, InvalidModel, ContextBudget, Unauthorized,
-        BudgetExceeded, PolicyDenied, FsPolicyViolation, NotFound, Conflict, Nondeterminism,
+        BudgetExceeded, PolicyDenied, FsPolicyViolation, OriginNotAllowed,
+        UnsupportedMediaType, NotFound, Conflict, Nondeterminism,
         AdmissionReject, QueueFull, PoolUnready, PoolUnavailable, CircuitOpen, EngineError,
         Internal, Cancelled, DeadlineExceeded, Interrupted, ContractViolation,
     )

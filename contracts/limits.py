@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ["Id", "Labels", "Name", "Token"]
+__all__ = ["Id", "Labels", "Name", "Seed", "Token"]
 
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 """An idempotency key or an opaque id supplied by a client (1..256 chars)."""
@@ -24,3 +24,7 @@ Labels = Annotated[
     msgspec.Meta(max_length=64),
 ]
 """At most 64 labels, keys up to 128 and values up to 1024 chars."""
+
+Seed = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""A sampling seed: 0..2**63-1. Negative seeds are refused (llama.cpp reads -1 as
+"random", which no recording could reproduce)."""

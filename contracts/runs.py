@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
-from contracts.limits import Id, Labels
+from contracts.limits import Id, Labels, Seed
 
 __all__ = [
     "BudgetUsage",
@@ -134,7 +134,7 @@ class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
     """
 
     mode: RunMode = RunMode.RECORD
-    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+    seed: Seed | None = None
     replay_of: Id | None = None
     budgets: Budgets = msgspec.field(default_factory=Budgets)
     policy: Policy = msgspec.field(default_factory=Policy)

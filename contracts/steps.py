@@ -9,7 +9,7 @@ import msgspec
 
 from contracts.errors import ErrorEnvelope
 from contracts.events import Provenance
-from contracts.limits import Id, Name, Token
+from contracts.limits import Id, Name, Seed, Token
 from contracts.runs import Budgets, BudgetUsage, Placement
 
 __all__ = [
@@ -76,7 +76,7 @@ class SamplingParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     max_tokens: int = 256
-    seed: int | None = None
+    seed: Seed | None = None
     stop: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]],
                     msgspec.Meta(max_length=16)] = msgspec.field(default_factory=list)
 

@@ -116,6 +116,12 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         fs_limits: what a Run's fs_policy may not exceed; with no ``allowed_parents``,
             sandbox roots must lie under ``<data_dir>/sandboxes`` (POLICY-3001).
         sqlite_synchronous: ``NORMAL`` survives a process crash; ``FULL`` a power loss.
+        max_body_bytes: largest request body (bytes); more is 400.
+        max_json_depth: deepest nesting of arrays and objects in a request body (SEC-6002).
+        allowed_hosts: ``Host`` names a server without ``auth_tokens`` answers besides
+            loopback ones (SEC-6000); default none.
+        allowed_origins: origins (``scheme://host[:port]``) that may send state-changing
+            requests to a server without ``auth_tokens`` besides its own (SEC-6001).
     """
 
     pools: list[PoolConfig]
@@ -139,6 +145,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     max_body_bytes: int = 1_048_576
     ephemeral_buffer: int = 16
+    max_json_depth: int = 64
+    allowed_hosts: list[str] = []
+    allowed_origins: list[str] = []
 
 
 def default_config(**overrides: Any) -> ServerConfig:

@@ -26,7 +26,7 @@ from jmespath.exceptions import JMESPathError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from contracts.errors import Conflict, InvalidParams, ReplayDiverged
+from contracts.errors import Conflict, InvalidParams, NotFound, ReplayDiverged
 from contracts.events import FrameType, sse_comment, sse_frame
 from contracts.facts import BUILTIN_FACT_SCHEMA, Fact, FactCreate
 from contracts.runs import Run, RunStatus
@@ -130,11 +130,10 @@ class Facts:
         if errors:
             raise InvalidParams("fact data does not match its schema",
                                 data={"schema_uri": body.schema_uri, "errors": errors[:20]})
-        if body.step_id is not None:
-            step = self.orch.get_step(body.step_id, None)
-            if step.run_id != run_id:
-                raise InvalidParams("step_id names a step of another run",
-                                    data={"step_id": body.step_id})
+        if body.step_id is not None:  # a step of another Run (or tenant) is as unknown
+            step = self.orch.store.get_step(body.step_id)
+            if step is None or step["run_id"] != run_id:
+                raise NotFound(f"no step {body.step_id}", data={"step_id": body.step_id})
         row: dict[str, Any] = {"fact_id": new_id("fct"), "run_id": run_id, "flow_id": run.flow_id,
                "type": body.type, "schema_uri": body.schema_uri,
                "data": canonical_json(body.data).decode(), "emitted_by_step": body.step_id,

@@ -25,6 +25,7 @@ from litestar.exceptions import (
     NotFoundException,
     ValidationException,
 )
+from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Stream
@@ -50,6 +51,7 @@ from orchestrator_core.metrics import Metrics
 from orchestrator_core.pools import EngineFactory
 from orchestrator_core.service import SERVER_VERSION, Orchestrator
 from orchestratord.auth import require_token, tenant_of
+from orchestratord.edge import EdgeGuard, JsonRequest
 from orchestratord.sse import SSE_HEADERS, SseStream
 
 __all__ = ["create_app"]
@@ -215,12 +217,12 @@ def _last_event_id(request: Request[Any, Any, Any]) -> int | None:
     if raw is None:
         return None
     try:
-        last = int(raw)
-        if last < 0:
+        last = int(raw) if len(raw) <= 20 else -1
+        if not 0 <= last < 2**63:
             raise ValueError(raw)
     except ValueError:
-        raise InvalidParams("Last-Event-ID must be a sequence number (an integer >= 0)",
-                            data={"last_event_id": raw}) from None
+        raise InvalidParams("Last-Event-ID must be a sequence number (an integer in "
+                            "[0, 2**63))", data={"last_event_id": raw[:64]}) from None
     return last
 
 
@@ -358,6 +360,11 @@ def create_app(config: ServerConfig, *, engine_factory: EngineFactory | None = N
         exception_handlers={Exception: error_handler},
         before_send=[add_correlation_id],
         lifespan=[lifespan],
+        middleware=[DefineMiddleware(EdgeGuard, no_auth=not config.auth_tokens,
+                                     allowed_hosts=config.allowed_hosts,
+                                     allowed_origins=config.allowed_origins)],
+        request_class=JsonRequest,
+        state=State({"max_json_depth": config.max_json_depth}),
         request_max_body_size=config.max_body_bytes,
         openapi_config=OpenAPIConfig(title="orchestratord", version="0.1.0",
                                      path="/schema"),

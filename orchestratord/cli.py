@@ -18,7 +18,14 @@ __all__ = ["main", "serve"]
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
-    cfg = mock_config() if getattr(args, "mock", False) else load_config(args.config)
+    """The config of ``serve``: the file (or the default), with ``--mock`` replacing only
+    its pools by the mock engine's, and ``--host``/``--port``/``--data-dir`` on top."""
+    cfg = load_config(args.config) if args.config else None
+    if getattr(args, "mock", False):
+        mock_pools = mock_config().pools
+        cfg = mock_config() if cfg is None else msgspec.structs.replace(cfg, pools=mock_pools)
+    elif cfg is None:
+        cfg = load_config(None)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
                                    ("data_dir", args.data_dir)) if v is not None}
     return msgspec.structs.replace(cfg, **overrides)
@@ -63,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run the HTTP server")
     p_serve.add_argument("--config", help="TOML or JSON config (default: one CPU pool, "
                          "llama.cpp, SmolLM2-135M-Instruct)")
-    p_serve.add_argument("--mock", action="store_true", help="use the mock engine pool")
+    p_serve.add_argument("--mock", action="store_true",
+                         help="use the mock engine pool (replaces only the pools of --config)")
     p_serve.add_argument("--host")
     p_serve.add_argument("--port", type=int)
     p_serve.add_argument("--data-dir")

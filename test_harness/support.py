@@ -27,7 +27,7 @@ def app_client(config: ServerConfig, engine_factory: EngineFactory | None = None
                metrics: Metrics | None = None) -> Iterator[TestClient[Any]]:
     """An in-process app (real Litestar, real SQLite, mock engine) with its lifespan."""
     app = create_app(config, engine_factory=engine_factory, metrics_registry=metrics)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         yield client
 
 

@@ -11,7 +11,8 @@ from orchestratord.app import error_handler
 STATUS = {
     errors.InvalidParams: 400, errors.InvalidToolArgs: 400, errors.InvalidModel: 400,
     errors.ContextBudget: 400, errors.Unauthorized: 401, errors.BudgetExceeded: 402,
-    errors.PolicyDenied: 403, errors.FsPolicyViolation: 403, errors.NotFound: 404,
+    errors.PolicyDenied: 403, errors.FsPolicyViolation: 403, errors.OriginNotAllowed: 403,
+    errors.UnsupportedMediaType: 415, errors.NotFound: 404,
     errors.Conflict: 409, errors.Nondeterminism: 409, errors.AdmissionReject: 429,
     errors.QueueFull: 429, errors.PoolUnready: 503, errors.PoolUnavailable: 503,
     errors.CircuitOpen: 503, errors.EngineError: 502, errors.Internal: 500,

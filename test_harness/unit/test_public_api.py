@@ -25,6 +25,7 @@ EXPECTED = {
     "ReplicaHealth", "ReplicaInfo", "Run", "RunCreate", "RunMode", "RunStatus",
     "SamplingParams", "StartedData", "Step", "StepStatus", "StepSubmit", "StepType",
     "StreamError", "TERMINAL_FRAMES", "TokenData", "ToolSchema", "Unauthorized",
+    "OriginNotAllowed", "UnsupportedMediaType",
     "error_from_envelope", "sse_comment", "sse_frame",
 }
 
