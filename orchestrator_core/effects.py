@@ -36,7 +36,7 @@ __all__ = ["Effects", "check_tool_schemas"]
 
 def check_tool_schemas(tool: ToolSchema, index: int = 0) -> None:
     """Refuse a Flow whose tool declares an invalid or unsafe JSON Schema (2020-12;
-    the limits of POLICY-3005, patterns on RE2).
+    the limits of POLICY-3020, patterns on RE2).
 
     Args:
         tool: the declared tool.

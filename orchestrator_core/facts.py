@@ -45,7 +45,7 @@ _enc = msgspec.json.Encoder()
 
 def check_fact_schemas(config: dict[str, Any]) -> None:
     """Refuse a Flow whose ``config.fact_schemas`` is not ``{uri: valid JSON Schema}``
-    (the limits of POLICY-3005, patterns on RE2).
+    (the limits of POLICY-3020, patterns on RE2).
 
     Raises:
         InvalidParams: names the offending uri; ``data.field`` is

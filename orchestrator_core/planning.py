@@ -43,7 +43,7 @@ _MAX_ERRORS = 20
 
 def check_contract_schema(schema: dict[str, Any]) -> None:
     """Refuse a ``response_contract`` that is not a valid JSON Schema (2020-12), or that
-    breaks the limits of POLICY-3005 (patterns on RE2).
+    breaks the limits of POLICY-3020 (patterns on RE2).
 
     Raises:
         InvalidParams: ``data.field`` is ``input.response_contract``, ``data.path`` the

@@ -1,5 +1,5 @@
 """Run policy, evaluated before execution: allow/deny and redaction (POLICY-3003,
-POLICY-3006).
+POLICY-3021).
 
 Denials are ``POLICY_DENIED`` before any compute. Redaction replaces every match of the
 policy's patterns in the prompt (or in each chat message) with ``[REDACTED]`` before the
@@ -77,7 +77,7 @@ def _compiled(patterns: tuple[str, ...]) -> Any:
 
 def validate_policy(policy: Policy) -> None:
     """Refuse a policy whose redaction patterns are too many, too long, or not patterns
-    RE2 compiles (POLICY-3006).
+    RE2 compiles (POLICY-3021).
 
     Raises:
         InvalidParams: ``data.field`` is ``policy.redact``; ``data.pattern`` names the
@@ -121,7 +121,7 @@ def check_allowed(policy: Policy, *, step_type: str, model: str | None = None,
 
 
 def redact(policy: Policy, texts: Sequence[str]) -> tuple[list[str], int]:
-    """Apply the policy's redaction to each text, on RE2 (POLICY-3003, POLICY-3006).
+    """Apply the policy's redaction to each text, on RE2 (POLICY-3003, POLICY-3021).
 
     Returns:
         ``(redacted texts, number of replacements)``.

@@ -1,4 +1,4 @@
-"""Safe JSON Schema 2020-12 for request-supplied schemas (POLICY-3005, POLICY-3006).
+"""Safe JSON Schema 2020-12 for request-supplied schemas (POLICY-3020, POLICY-3021).
 
 Tool ``parameters``/``output_schema``, a Flow's ``config.fact_schemas`` and an
 ``llm_call``'s ``response_contract`` come from requests and are evaluated on the event
@@ -459,7 +459,7 @@ def check_schema(schema: Any, *, field: str, label: str | None = None,
     """Refuse a request-supplied JSON Schema that is invalid or could hold the event loop.
 
     Draft 2020-12 meta-validation (its ``regex`` format on RE2) plus the limits of
-    POLICY-3005: at most :data:`MAX_DEPTH` levels and :data:`MAX_NODES` values, every
+    POLICY-3020: at most :data:`MAX_DEPTH` levels and :data:`MAX_NODES` values, every
     ``pattern`` and ``patternProperties`` key compiles on RE2, references are local and
     resolve, no reference cycle consumes no input, and at most :data:`MAX_EXPANSION`
     subschemas apply at one instance location.
@@ -510,7 +510,7 @@ def validator(schema: Any) -> Any:
 
 
 def violations(schema: Any, value: Any) -> list[dict[str, str]]:
-    """Every way ``value`` violates ``schema``, sorted by path (POLICY-3005).
+    """Every way ``value`` violates ``schema``, sorted by path (POLICY-3020).
 
     Returns:
         ``[{"path": "$.a[0]", "message": ...}, ...]`` (messages at most 1,000 chars);
