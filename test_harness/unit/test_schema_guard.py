@@ -183,6 +183,13 @@ class TestViolations:
         assert violations({"pattern": "^b"}, "abba") == [
             {"path": "$", "message": "'abba' does not match '^b'"}]
 
+    def test_the_digit_class_is_ascii_as_in_ecma_262(self) -> None:
+        """RE2's ``\\d`` is ASCII like JSON Schema's ECMA-262 dialect (Python ``re``'s
+        matched any Unicode digit)."""
+        assert violations({"pattern": "^\\d$"}, "\u0663") == [
+            {"path": "$", "message": "'\u0663' does not match '^\\\\d$'"}]
+        assert violations({"pattern": "^\\d$"}, "3") == []
+
     def test_pattern_properties_and_additional_properties_use_re2(self) -> None:
         """A key matching a patternProperties pattern is not additional."""
         schema = {"patternProperties": {"^x(a|aa)+$": {"type": "integer"}},
