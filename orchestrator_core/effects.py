@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from contracts.errors import CircuitOpen, InvalidParams, InvalidToolArgs
 from contracts.flows import ToolSchema
@@ -27,6 +25,7 @@ from contracts.steps import FsOpSubmit, Step, ToolCallSubmit
 from orchestrator_core.breaker import CircuitBreaker
 from orchestrator_core.executor import EffectJob
 from orchestrator_core.fsbroker import FsBroker, FsLimits, FsOpInput, FsUsage
+from orchestrator_core.schema_guard import check_schema, violations
 from worker_adapters.tools import ToolRegistry
 
 if TYPE_CHECKING:
@@ -35,27 +34,23 @@ if TYPE_CHECKING:
 __all__ = ["Effects", "check_tool_schemas"]
 
 
-def check_tool_schemas(tool: ToolSchema) -> None:
-    """Refuse a Flow whose tool declares an invalid JSON Schema (2020-12).
+def check_tool_schemas(tool: ToolSchema, index: int = 0) -> None:
+    """Refuse a Flow whose tool declares an invalid or unsafe JSON Schema (2020-12;
+    the limits of POLICY-3020, patterns on RE2).
+
+    Args:
+        tool: the declared tool.
+        index: its position in the Flow's ``tools``.
 
     Raises:
-        InvalidParams: names the tool and the schema.
+        InvalidParams: ``data`` names the tool, the field (``tools[<i>].parameters`` or
+            ``tools[<i>].output_schema``) and the JSON pointer inside the schema.
     """
     for field, schema in (("parameters", tool.parameters), ("output_schema", tool.output_schema)):
         if schema is None:
             continue
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as exc:
-            raise InvalidParams(f"tool {tool.name}: {field} is not a valid JSON Schema: "
-                                f"{exc.message}", data={"tool": tool.name, "field": field}) \
-                from exc
-
-
-def _violations(schema: dict[str, Any], value: Any) -> list[dict[str, str]]:
-    validator = Draft202012Validator(schema)
-    return [{"path": err.json_path, "message": err.message}
-            for err in sorted(validator.iter_errors(value), key=lambda e: e.json_path)]
+        check_schema(schema, field=f"tools[{index}].{field}",
+                     label=f"tool {tool.name}: {field}", extra={"tool": tool.name})
 
 
 class Effects:
@@ -105,7 +100,7 @@ class Effects:
                                 data={"tool": body.input.tool,
                                       "declared": [t.name for t in flow.tools]})
         executor = self.tools.get(tool.executor or tool.name)
-        errors = _violations(tool.parameters, body.input.args)
+        errors = violations(tool.parameters, body.input.args)
         if errors:
             raise InvalidToolArgs(f"arguments of tool {tool.name} do not match its schema",
                                   data={"tool": tool.name, "errors": errors})

@@ -25,7 +25,6 @@ from typing import Any
 
 import anyio
 import msgspec
-from jsonschema import Draft202012Validator
 
 from contracts.errors import (
     BudgetExceeded,
@@ -58,6 +57,7 @@ from orchestrator_core.metrics import Metrics
 from orchestrator_core.planning import OutputShape
 from orchestrator_core.pools import Pool, Replica
 from orchestrator_core.replay import TokenVerifier
+from orchestrator_core.schema_guard import violations
 from worker_adapters.base import CompletionRequest, Delta, Finish
 
 __all__ = ["EffectJob", "Executor", "LlmJob", "ReplayJob"]
@@ -272,14 +272,14 @@ class Executor:
             output = await job.call()
             verdict = True
             if job.output_schema is not None:
-                errors = list(Draft202012Validator(job.output_schema).iter_errors(output))
+                errors = violations(job.output_schema, output)
                 if errors:
                     moved = breaker.failure("output does not match output_schema") \
                         if breaker is not None else None
                     raise EngineError(f"{job.executor} returned output that does not match "
                                       "the tool's output_schema",
                                       data={"executor": job.executor,
-                                            "errors": [e.message for e in errors[:10]]})
+                                            "errors": [e["message"] for e in errors[:10]]})
             moved = breaker.success() if breaker is not None else None
         except (EngineError, FsPolicyViolation) as err:
             verdict = True

@@ -23,8 +23,6 @@ import anyio
 import jmespath
 import msgspec
 from jmespath.exceptions import JMESPathError
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from contracts.errors import Conflict, InvalidParams, NotFound, ReplayDiverged
 from contracts.events import FrameType, sse_comment, sse_frame
@@ -34,6 +32,7 @@ from contracts.steps import GateEvalSubmit, Step
 from orchestrator_core.canonical import canonical_json, new_id
 from orchestrator_core.clock import iso_utc
 from orchestrator_core.executor import EffectJob
+from orchestrator_core.schema_guard import check_schema, violations
 
 if TYPE_CHECKING:
     from orchestrator_core.service import Orchestrator
@@ -45,21 +44,20 @@ _enc = msgspec.json.Encoder()
 
 
 def check_fact_schemas(config: dict[str, Any]) -> None:
-    """Refuse a Flow whose ``config.fact_schemas`` is not ``{uri: valid JSON Schema}``.
+    """Refuse a Flow whose ``config.fact_schemas`` is not ``{uri: valid JSON Schema}``
+    (the limits of POLICY-3020, patterns on RE2).
 
     Raises:
-        InvalidParams: names the offending uri.
+        InvalidParams: names the offending uri; ``data.field`` is
+            ``config.fact_schemas.<uri>`` and ``data.path`` the pointer inside it.
     """
     schemas = config.get("fact_schemas", {})
     if not isinstance(schemas, dict):
         raise InvalidParams("config.fact_schemas must map schema URIs to JSON Schemas",
                             data={"field": "config.fact_schemas"})
     for uri, schema in schemas.items():
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as exc:
-            raise InvalidParams(f"fact schema {uri} is not a valid JSON Schema: {exc.message}",
-                                data={"field": "config.fact_schemas", "uri": uri}) from exc
+        check_schema(schema, field=f"config.fact_schemas.{uri}", label=f"fact schema {uri}",
+                     extra={"uri": uri})
 
 
 def _truthy(value: Any) -> bool:
@@ -125,8 +123,7 @@ class Facts:
             raise InvalidParams(f"schema_uri {body.schema_uri!r} is not registered",
                                 data={"schema_uri": body.schema_uri,
                                       "registered": sorted(schemas)})
-        errors = [{"path": e.json_path, "message": e.message}
-                  for e in Draft202012Validator(schema).iter_errors(body.data)]
+        errors = violations(schema, body.data)
         if errors:
             raise InvalidParams("fact data does not match its schema",
                                 data={"schema_uri": body.schema_uri, "errors": errors[:20]})

@@ -21,13 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from contracts.errors import ContractViolation, InvalidParams, InvalidToolArgs
 from contracts.events import ToolSuggestData
 from contracts.flows import ToolSchema
 from orchestrator_core.canonical import canonical_json
+from orchestrator_core.schema_guard import check_schema, violations
 
 __all__ = [
     "ContractShape",
@@ -43,16 +42,14 @@ _MAX_ERRORS = 20
 
 
 def check_contract_schema(schema: dict[str, Any]) -> None:
-    """Refuse a ``response_contract`` that is not a valid JSON Schema (2020-12).
+    """Refuse a ``response_contract`` that is not a valid JSON Schema (2020-12), or that
+    breaks the limits of POLICY-3020 (patterns on RE2).
 
     Raises:
-        InvalidParams: ``data.field`` is ``input.response_contract``.
+        InvalidParams: ``data.field`` is ``input.response_contract``, ``data.path`` the
+            JSON pointer inside it.
     """
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise InvalidParams(f"response_contract is not a valid JSON Schema: {exc.message}",
-                            data={"field": "input.response_contract"}) from exc
+    check_schema(schema, field="input.response_contract", label="response_contract")
 
 
 def tool_menu(declared: Sequence[ToolSchema], names: Sequence[str] | None) -> list[ToolSchema]:
@@ -118,14 +115,12 @@ def intents_schema(menu: Sequence[ToolSchema], max_intents: int, *,
                                        "maxItems": max_intents, "items": item}}}
 
 
-def _errors(validator: Draft202012Validator, value: Any) -> list[dict[str, str]]:
-    return [{"path": e.json_path, "message": e.message}
-            for e in list(validator.iter_errors(value))[:_MAX_ERRORS]]
+def _errors(schema: dict[str, Any], value: Any) -> list[dict[str, str]]:
+    return violations(schema, value)[:_MAX_ERRORS]
 
 
-def _parse(text: str, finish_reason: str, validator: Draft202012Validator,
-           what: str) -> Any:
-    """The one JSON document ``text`` holds, valid against ``validator``.
+def _parse(text: str, finish_reason: str, schema: dict[str, Any], what: str) -> Any:
+    """The one JSON document ``text`` holds, valid against ``schema`` (on RE2).
 
     Raises:
         ContractViolation: ``not_json``, ``truncated`` or ``schema`` (with ``errors``).
@@ -139,7 +134,7 @@ def _parse(text: str, finish_reason: str, validator: Draft202012Validator,
             + (" (it reached max_tokens)" if reason == "truncated" else ""),
             data={"reason": reason, "errors": [{"path": "$", "message": str(exc)}],
                   "finish_reason": finish_reason}) from exc
-    errors = _errors(validator, value)
+    errors = _errors(schema, value)
     if errors:
         raise ContractViolation(f"the model's output is not {what}",
                                 data={"reason": "schema", "errors": errors,
@@ -167,13 +162,13 @@ class ContractShape(OutputShape):
     """
 
     def __init__(self, schema: dict[str, Any]) -> None:
-        self.validator = Draft202012Validator(schema)
+        self.schema = schema
 
     def finish(self, text: str, finish_reason: str) -> \
             tuple[dict[str, Any], list[ToolSuggestData]]:
         """``{"text", "value"}``; raises ContractViolation (``not_json``, ``truncated``
         or ``schema`` with ``data.errors``)."""
-        value = _parse(text, finish_reason, self.validator, "valid for the response_contract")
+        value = _parse(text, finish_reason, self.schema, "valid for the response_contract")
         return {"text": text, "value": value}, []
 
 
@@ -188,23 +183,23 @@ class PlanShape(OutputShape):
     def __init__(self, menu: Sequence[ToolSchema], max_intents: int) -> None:
         self.tools = list(menu)
         self.max_intents = max_intents
-        self.menu = {t.name: Draft202012Validator(t.parameters) for t in menu}
-        envelope = {"type": "object", "required": ["intents"], "properties": {
-            "intents": {"type": "array", "minItems": 1, "maxItems": max_intents,
-                        "items": {"type": "object", "required": ["tool", "args"],
-                                  "properties": {"tool": {"type": "string"}}}}}}
-        self.envelope = Draft202012Validator(envelope)
+        self.menu = {t.name: t.parameters for t in menu}
+        self.envelope: dict[str, Any] = {
+            "type": "object", "required": ["intents"], "properties": {
+                "intents": {"type": "array", "minItems": 1, "maxItems": max_intents,
+                            "items": {"type": "object", "required": ["tool", "args"],
+                                      "properties": {"tool": {"type": "string"}}}}}}
 
     def suggestion(self, i: int, tool: str, args: Any) -> ToolSuggestData:
         """Judge one intent: valid, or invalid with a typed INVALID_TOOL_ARGS envelope."""
-        validator = self.menu.get(tool)
-        if validator is None:
+        schema = self.menu.get(tool)
+        if schema is None:
             err = InvalidToolArgs(f"tool {tool!r} is not on this step's menu",
                                   data={"tool": tool, "reason": "not_on_menu",
                                         "menu": sorted(self.menu)})
             return ToolSuggestData(i=i, tool=tool, args=args, valid=False,
                                    error=err.envelope())
-        errors = _errors(validator, args)
+        errors = _errors(schema, args)
         if errors:
             err = InvalidToolArgs(f"arguments of tool {tool} do not match its schema",
                                   data={"tool": tool, "reason": "schema", "errors": errors})

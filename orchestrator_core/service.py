@@ -210,8 +210,8 @@ class Orchestrator:
         if len(set(names)) != len(names):
             raise InvalidParams("tool names must be unique within a flow",
                                 data={"tools": names})
-        for tool in body.tools:
-            check_tool_schemas(tool)
+        for i, tool in enumerate(body.tools):
+            check_tool_schemas(tool, i)
         check_fact_schemas(body.config)
         content = {"ast_ir": body.ast_ir, "tools": body.tools, "config": body.config}
         flow_hash = b3(content)

@@ -43,4 +43,12 @@ def answer_is(ctx: dict[str, Any], status: int, code: str) -> None:
     assert (resp.status_code, resp.json()["code"]) == (status, code), resp.text
 
 
+@then(parsers.re(r'the refusal names field "(?P<field>[^"]+)" at path "(?P<path>[^"]*)"$'))
+def refusal_names(ctx: dict[str, Any], field: str, path: str) -> None:
+    """The last answer is a 400 naming the request field and the place inside it."""
+    resp = ctx["answers"][-1]
+    assert resp.status_code == 400, resp.text
+    assert (resp.json()["data"]["field"], resp.json()["data"]["path"]) == (field, path)
+
+
 __all__ = ["llm_step", "new_run", "run_to_end"]

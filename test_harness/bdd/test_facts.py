@@ -222,3 +222,24 @@ def bad_gate(client: TestClient[Any], ctx: dict[str, Any], expr: str) -> None:
     """An expression that does not compile."""
     ctx["answers"].append(client.post(f"/v1/runs/{ctx['run_id']}/steps", json={
         "type": "gate_eval", "client_token": "bad", "input": {"expression": expr}}))
+
+
+@when(parsers.parse('I try to declare fact schema "{uri}" whose "{field}" matches {pattern}'))
+def declare_pattern(client: TestClient[Any], ctx: dict[str, Any], uri: str, field: str,
+                    pattern: str) -> None:
+    """A Flow whose fact schema constrains one string with a pattern (a JSON string)."""
+    resp = client.post("/v1/flows", json={"ast_ir": {"facts": 2}, "config": {
+        "fact_schemas": {uri: {"type": "object", "required": [field], "properties": {
+            field: {"type": "string", "pattern": json.loads(pattern)}}}}}})
+    ctx["answers"].append(resp)
+    if resp.status_code in (200, 201):
+        ctx["schema_uri"] = uri
+        ctx["run_id"] = client.post(f"/v1/flows/{resp.json()['flow_id']}/runs",
+                                    json={}).json()["run_id"]
+
+
+@when(parsers.parse('I post a "{ftype}" fact whose "{field}" is {n:d} "a" followed by "!"'))
+def post_hostile(client: TestClient[Any], ctx: dict[str, Any], ftype: str, field: str,
+                 n: int) -> None:
+    """The value that makes a backtracking engine explode."""
+    _post(client, ctx, ftype, {field: "a" * n + "!"}, ctx["schema_uri"])

@@ -281,3 +281,15 @@ def stored_redacted(ctx: dict[str, Any]) -> None:
     """Secrets do not reach the store either."""
     step = ctx["client"].get(f"/v1/steps/{ctx['step']['step_id']}").json()
     assert step["input"]["prompt"] == "my key is [REDACTED] and [REDACTED]"
+
+
+@when(parsers.parse('I run an llm_call whose prompt is {n:d} "a" followed by "!"'))
+def run_hostile_prompt(ctx: dict[str, Any], n: int) -> None:
+    """The prompt that makes a backtracking engine explode."""
+    run_prompt(ctx, "a" * n + "!")
+
+
+@then(parsers.parse('the refusal names field "{field}"'))
+def refusal_field(ctx: dict[str, Any], field: str) -> None:
+    """The run was refused naming the request field."""
+    assert ctx["answers"][-1].json()["data"]["field"] == field

@@ -38,8 +38,8 @@ def background(ctx: dict[str, Any]) -> None:
 
 @given(parsers.parse("the model answers {answer}"))
 def answers(ctx: dict[str, Any], answer: str) -> None:
-    """A scripted engine."""
-    ctx["answer"] = answer
+    """A scripted engine; ``<200 a and !>`` stands for 200 letters a followed by "!"."""
+    ctx["answer"] = answer.replace("<200 a and !>", "a" * 200 + "!")
 
 
 def _client(stack: ExitStack, cfg: ServerConfig, ctx: dict[str, Any]) -> Any:

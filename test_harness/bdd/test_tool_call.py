@@ -153,3 +153,24 @@ def denied(ctx: dict[str, Any], tool: str) -> None:
         "policy": {"deny_tools": [tool]}}).json()["run_id"]
     ctx["answers"].append(ctx["client"].post(f"/v1/runs/{run_id}/steps",
                                              json=_body(ctx, tool, {"text": "x"})))
+
+
+@when(parsers.parse('I try to create a flow whose tool "{tool}" requires "{prop}" to match '
+                    '{pattern}'))
+def flow_with_pattern(ctx: dict[str, Any], tool: str, prop: str, pattern: str) -> None:
+    """A Flow whose tool (on the wc executor) constrains one string argument with a
+    pattern given as a JSON string."""
+    schema = {"type": "object", "required": [prop],
+              "properties": {prop: {"type": "string", "pattern": json.loads(pattern)}}}
+    resp = ctx["client"].post("/v1/flows", json={"ast_ir": {"t": 2}, "tools": [
+        {"name": tool, "executor": "wc", "parameters": schema}]})
+    ctx["answers"].append(resp)
+    if resp.status_code in (200, 201):
+        ctx["run_id"] = ctx["client"].post(f"/v1/flows/{resp.json()['flow_id']}/runs",
+                                           json={}).json()["run_id"]
+
+
+@when(parsers.parse('I call tool "{tool}" giving "{prop}" {n:d} "a" followed by "!"'))
+def call_hostile(ctx: dict[str, Any], tool: str, prop: str, n: int) -> None:
+    """The argument that makes a backtracking engine explode."""
+    _call(ctx, tool, {prop: "a" * n + "!"})

@@ -50,3 +50,16 @@ Feature: Facts are append-only, typed and validated; gates evaluate over them
   Scenario: An invalid JMESPath expression is refused before the step exists
     When I submit gate_eval "by_type.[["
     Then the answer is 400 with code INVALID_PARAMS
+
+  @POLICY-3020
+  Scenario: A fact schema with a lookahead pattern is refused naming the schema
+    When I try to declare fact schema "urn:demo:name" whose "name" matches "(?=x)x"
+    Then the answer is 400 with code INVALID_PARAMS
+    And the refusal names field "config.fact_schemas.urn:demo:name" at path "/properties/name/pattern"
+
+  @POLICY-3020
+  Scenario: A catastrophic pattern in a fact schema is evaluated without stalling
+    When I try to declare fact schema "urn:demo:name" whose "name" matches "(a|aa)+$"
+    And I post a "name" fact whose "name" is 50000 "a" followed by "!"
+    Then the answer is 400 with code INVALID_PARAMS
+    And the run has exactly 0 fact

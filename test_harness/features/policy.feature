@@ -71,3 +71,17 @@ Feature: Policy is evaluated before execution and budgets are hard caps
     Given a flow on the mock engine
     When I try to create a run whose policy redacts "sk-[unclosed"
     Then the answer is 400 with code INVALID_PARAMS
+
+  @POLICY-3021
+  Scenario: A redaction pattern with a lookahead is refused naming policy.redact
+    Given a flow on the mock engine
+    When I try to create a run whose policy redacts "sk-(?=[0-9])"
+    Then the answer is 400 with code INVALID_PARAMS
+    And the refusal names field "policy.redact"
+
+  @POLICY-3021
+  Scenario: A catastrophic redaction pattern meets a hostile prompt without stalling
+    Given a flow on the mock engine
+    When I create a record run whose policy redacts "^(a+)+$"
+    And I run an llm_call whose prompt is 50000 "a" followed by "!"
+    Then the started frame records 0 redactions

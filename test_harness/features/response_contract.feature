@@ -37,3 +37,16 @@ Feature: llm_call response_contract: constrained, validated, recorded output
     When I call the model with the summary contract
     And I replay the contract step in mode replay and in mode strict_replay
     Then both replays equal the contract recording
+
+  @POLICY-3020
+  Scenario: A contract whose pattern has a lookahead is refused naming the field
+    When I call the model with the contract {"type": "object", "properties": {"s": {"type": "string", "pattern": "a(?!b)"}}}
+    Then the answer is 400 with code INVALID_PARAMS
+    And the refusal names field "input.response_contract" at path "/properties/s/pattern"
+    And the engine received 0 requests
+
+  @POLICY-3020
+  Scenario: A catastrophic contract pattern is evaluated against a hostile answer without stalling
+    Given the model answers {"s": "<200 a and !>"}
+    When I call the model with the contract {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(\\w+\\s?)*$"}}}
+    Then the stream ends with error CONTRACT_VIOLATION reason "schema"

@@ -31,3 +31,15 @@ Feature: tool_call runs operator-configured executors with validated arguments
   Scenario: A tool denied by the run's policy is refused before it runs
     When I call tool "count" in a run whose policy denies it
     Then the answer is 403 with code POLICY_DENIED
+
+  @POLICY-3020
+  Scenario: A tool schema whose pattern needs a backreference is refused naming the field
+    When I try to create a flow whose tool "grep" requires "q" to match "(a)\\1"
+    Then the answer is 400 with code INVALID_PARAMS
+    And the refusal names field "tools[0].parameters" at path "/properties/q/pattern"
+
+  @POLICY-3020
+  Scenario: A catastrophic pattern in a tool schema is evaluated without stalling
+    When I try to create a flow whose tool "grep" requires "q" to match "^(a+)+$"
+    And I call tool "grep" giving "q" 50000 "a" followed by "!"
+    Then the answer is 400 with code INVALID_TOOL_ARGS

@@ -134,7 +134,7 @@ class TestShapes:
     def test_a_contract_that_is_not_a_json_schema_is_invalid_params(self) -> None:
         with pytest.raises(InvalidParams) as info:
             check_contract_schema({"type": "no-such-type"})
-        assert info.value.data == {"field": "input.response_contract"}
+        assert info.value.data == {"field": "input.response_contract", "path": "/type"}
 
 
 class TestEngineConstraint:
