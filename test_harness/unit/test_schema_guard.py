@@ -282,3 +282,40 @@ class TestRedactionOnRe2:
             redact(Policy(redact=["a"]), ["a" * 5000])
         assert info.value.data == {"field": "policy.redact", "max_redactions": 4096,
                                    "max_scan_chars": 16 << 20}
+
+
+class TestWorkBudget:
+    """Validation has a budget of keyword evaluations, so no schema/value pair holds the
+    event loop [POLICY-3020]."""
+
+    def test_fan_out_over_a_nested_value_is_one_violation(self) -> None:
+        """Two references per array level over 40 levels would be 2**40 evaluations; the
+        budget ends it as one violation at ``$``."""
+        schema = {"$defs": {"t": {"items": {"allOf": [{"$ref": "#/$defs/t"},
+                                                      {"$ref": "#/$defs/t"}]}}},
+                  "$ref": "#/$defs/t"}
+        check_schema(schema, field="f")
+        value: list[object] = []
+        for _ in range(40):
+            value = [value]
+        assert violations(schema, value) == [{
+            "path": "$", "message": "validating the value against this schema takes more "
+                                    "than 30000 keyword evaluations"}]
+
+    def test_a_huge_value_is_one_violation(self) -> None:
+        """200,000 integers against an items schema exceed the budget."""
+        schema = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+        assert violations(schema, list(range(200_000)))[0]["path"] == "$"
+
+    def test_a_legitimate_value_fits(self) -> None:
+        """A few thousand items validate normally."""
+        schema = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+        assert violations(schema, [*range(3000), -1]) == [
+            {"path": "$[3000]", "message": "-1 is less than the minimum of 0"}]
+
+    def test_an_unevaluable_number_is_one_violation(self) -> None:
+        """``multipleOf`` 0.1 on 10**400 (say, in a tool's output) overflows inside
+        jsonschema: a violation, not a crash."""
+        assert violations({"multipleOf": 0.1}, 10**400) == [{
+            "path": "$", "message": "a number in the value cannot be evaluated against "
+                                    "this schema"}]
