@@ -32,7 +32,7 @@ from orchestrator_core.sandboxes import (
     create_roots,
     remove_created,
     sweep_temp_files,
-    tenant_dir,
+    tenant_dirs,
 )
 from worker_adapters.tools import ToolRegistry
 
@@ -171,8 +171,7 @@ class Effects:
 
     def sandbox_dirs(self, tenant: str) -> list[str]:
         """The tenant's own directory in each allowed parent (``GET /v1/capabilities``)."""
-        name = tenant_dir(tenant)
-        return [str(pathlib.Path(p) / name) for p in self.fs_limits.allowed_parents]
+        return tenant_dirs(self.fs_limits.allowed_parents, tenant)
 
     def sweep_temp_files(self) -> int:
         """Remove temporary files a crash left in any sandbox (POLICY-3012).

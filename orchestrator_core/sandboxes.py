@@ -35,6 +35,7 @@ __all__ = [
     "sweep_temp_files",
     "temp_name",
     "tenant_dir",
+    "tenant_dirs",
 ]
 
 _PLAIN = frozenset(string.ascii_lowercase + string.digits + "_-")
@@ -62,6 +63,12 @@ def tenant_dir(tenant: str) -> str:
     if 1 <= len(tenant) <= 64 and all(c in _PLAIN for c in tenant):
         return tenant
     return "b3-" + blake3.blake3(tenant.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def tenant_dirs(parents: list[str], tenant: str) -> list[str]:
+    """The tenant's own directory in each allowed parent, absolute and normalised (what
+    ``GET /v1/capabilities`` shows as ``sandbox_parents``, POLICY-3010)."""
+    return [lexical for lexical, _real in _bases(parents, tenant)]
 
 
 def temp_name(token: str) -> str:

@@ -26,6 +26,7 @@ from orchestrator_core.sandboxes import (
     resolve_roots,
     sweep_temp_files,
     tenant_dir,
+    tenant_dirs,
 )
 
 
@@ -54,6 +55,13 @@ class TestTenantDir:
         name = tenant_dir(tenant)
         assert (name[:3], len(name), set(name[3:]) <= set("0123456789abcdef")) == (
             "b3-", 67, True)
+
+    def test_tenant_dirs_are_absolute_and_normalised(
+            self, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """One directory per allowed parent, relative parents made absolute."""
+        monkeypatch.chdir(tmp_path)
+        assert tenant_dirs(["rel/./p", "/a//b/"], "beta") == [f"{tmp_path}/rel/p/beta",
+                                                              "/a/b/beta"]
 
     def test_the_mapping_is_injective_on_lookalikes(self) -> None:
         """Case variants and a tenant named like another's hash get distinct directories."""
