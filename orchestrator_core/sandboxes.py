@@ -27,6 +27,7 @@ import blake3
 from contracts.errors import FsPolicyViolation, InvalidParams
 
 __all__ = [
+    "MAX_ROOT_DEPTH",
     "ResolvedRoot",
     "create_roots",
     "is_temp_name",
@@ -40,6 +41,9 @@ __all__ = [
 
 _PLAIN = frozenset(string.ascii_lowercase + string.digits + "_-")
 _TEMP_PREFIX, _TEMP_SUFFIX = ".fsbroker-", ".tmp"
+MAX_ROOT_DEPTH = 16
+"""Most path components a root may have below the tenant's directory (bounds the
+directories one Run creation makes, on the event loop: 16 roots x 16)."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 ResolvedRoot = tuple[str, str]
@@ -116,7 +120,8 @@ def resolve_roots(roots: list[str], parents: list[str], tenant: str) -> list[Res
         ``(named, real)`` absolute paths per root, in order.
 
     Raises:
-        InvalidParams: a root holds a NUL byte or is not valid UTF-8 (``field``).
+        InvalidParams: a root holds a NUL byte, is not valid UTF-8, or lies more than
+            :data:`MAX_ROOT_DEPTH` components below the tenant's directory (``field``).
         FsPolicyViolation: a root is not strictly inside ``<parent>/<tenant_dir>`` of any
             allowed parent, or resolves (through a symlink) outside it; ``data`` is
             ``{"field": "fs_policy.roots", "index": i, "rule": "outside_tenant"}`` in
@@ -144,6 +149,12 @@ def resolve_roots(roots: list[str], parents: list[str], tenant: str) -> list[Res
             named = os.path.normpath(os.path.join(base[0], root))
         if base is None or not (_inside(named, base[0]) or _inside(named, base[1])):
             raise _refuse(i)
+        below = base[0] if _inside(named, base[0]) else base[1]
+        if len(os.path.relpath(named, below).split(os.sep)) > MAX_ROOT_DEPTH:
+            raise InvalidParams(f"fs_policy.roots[{i}] is more than {MAX_ROOT_DEPTH} "
+                                "directories deep", data={"field": "fs_policy.roots",
+                                                          "index": i,
+                                                          "limit": MAX_ROOT_DEPTH})
         # Only now, inside the caller's own directory, may symlinks be resolved.
         real = os.path.realpath(named)
         if not _inside(real, os.path.realpath(base[1])):

@@ -110,6 +110,15 @@ class TestResolveRoots:
         """With no allowed parent even a relative root is refused."""
         assert refusal(["r"], [], "alpha")[1] == outside()
 
+    def test_a_root_deeper_than_16_directories_is_invalid_params(
+            self, tmp_path: pathlib.Path) -> None:
+        """16 components below the tenant's directory are fine, 17 are refused."""
+        parents = [str(tmp_path)]
+        assert len(resolve_roots(["/".join("a" * 16)], parents, "alpha")) == 1
+        with pytest.raises(InvalidParams) as info:
+            resolve_roots([f"{tmp_path}/alpha/" + "/".join("a" * 17)], parents, "alpha")
+        assert info.value.data == {"field": "fs_policy.roots", "index": 0, "limit": 16}
+
     def test_nul_in_a_root_is_invalid_params(self, tmp_path: pathlib.Path) -> None:
         """A NUL byte is malformed input, not a path question."""
         with pytest.raises(InvalidParams) as info:
