@@ -94,8 +94,10 @@ class ModelCapability(msgspec.Struct):
 class Capabilities(msgspec.Struct):
     """``GET /v1/capabilities``: opaque model ids, limits and the server version.
 
-    ``sandbox_parents`` are the directories beneath which a Run's ``fs_policy.roots`` may
-    lie (POLICY-3001); a record Run's missing roots are created when it is created.
+    ``sandbox_parents`` are the caller's own sandbox directories, one per operator allowed
+    parent: a Run's ``fs_policy.roots`` must lie strictly inside one of them, and a
+    relative root is resolved inside the first (POLICY-3010). A record Run's missing
+    roots are created when it is created.
     """
 
     models: list[ModelCapability]

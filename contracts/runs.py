@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -111,11 +111,26 @@ class PoolPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     placement: Placement = msgspec.field(default_factory=PlacementAuto)
 
 
-class FsPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """Sandbox for ``fs_op`` Steps: roots, per-operation allow-list globs, quotas."""
+_FsRoot = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+"""A sandbox root: relative to the tenant's sandbox directory, or absolute inside it."""
 
-    roots: list[str] = msgspec.field(default_factory=list)
-    allow: dict[str, list[str]] = msgspec.field(default_factory=dict)
+_FsGlob = Annotated[str, msgspec.Meta(max_length=256)]
+"""An allow-list glob over root-relative paths."""
+
+
+class FsPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Sandbox for ``fs_op`` Steps: roots, per-operation allow-list globs, quotas.
+
+    At most 16 roots of 1..1024 characters; ``allow`` maps at most 7 ops to at most 32
+    globs of up to 256 characters each (POLICY-3001, POLICY-3011).
+    """
+
+    roots: Annotated[list[_FsRoot], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=list)
+    allow: Annotated[
+        dict[Annotated[str, msgspec.Meta(max_length=16)],
+             Annotated[list[_FsGlob], msgspec.Meta(max_length=32)]],
+        msgspec.Meta(max_length=7)] = msgspec.field(default_factory=dict)
     max_bytes_written: int | None = None
     max_files: int | None = None
     max_file_bytes: int | None = None

@@ -114,7 +114,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             subprocesses); Flows reference them, clients can never add one. Default: the
             built-in ``wc``, ``json_query`` and ``sha256`` (NERVE-4011).
         fs_limits: what a Run's fs_policy may not exceed; with no ``allowed_parents``,
-            sandbox roots must lie under ``<data_dir>/sandboxes`` (POLICY-3001).
+            the parent is ``<data_dir>/sandboxes``; a Run's roots lie in its tenant's
+            directory of a parent (POLICY-3001, POLICY-3010).
         sqlite_synchronous: ``NORMAL`` survives a process crash; ``FULL`` a power loss.
         max_body_bytes: largest request body (bytes); more is 400.
         max_json_depth: deepest nesting of arrays and objects in a request body (SEC-6002).

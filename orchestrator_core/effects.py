@@ -1,4 +1,5 @@
-"""Side-effecting Steps: ``tool_call`` and ``fs_op`` (NERVE-4011, POLICY-3001, POLICY-3002).
+"""Side-effecting Steps: ``tool_call`` and ``fs_op`` (NERVE-4011, POLICY-3001, POLICY-3002,
+POLICY-3010, POLICY-3011, POLICY-3012).
 
 Admission happens here, before anything is stored: the tool must be declared by the Flow,
 its arguments must validate against the tool's JSON Schema (2020-12) — invalid arguments
@@ -11,7 +12,7 @@ recording and never run again (DESIGN.md §2).
 
 from __future__ import annotations
 
-import os
+import logging
 import pathlib
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,12 @@ from contracts.steps import FsOpSubmit, Step, ToolCallSubmit
 from orchestrator_core.breaker import CircuitBreaker
 from orchestrator_core.executor import EffectJob
 from orchestrator_core.fsbroker import FsBroker, FsLimits, FsOpInput, FsUsage
+from orchestrator_core.sandboxes import (
+    create_roots,
+    remove_created,
+    sweep_temp_files,
+    tenant_dirs,
+)
 from orchestrator_core.schema_guard import check_schema, violations
 from worker_adapters.tools import ToolRegistry
 
@@ -32,6 +39,8 @@ if TYPE_CHECKING:
     from orchestrator_core.service import Orchestrator
 
 __all__ = ["Effects", "check_tool_schemas"]
+
+log = logging.getLogger("orchestratord")
 
 
 def check_tool_schemas(tool: ToolSchema, index: int = 0) -> None:
@@ -125,30 +134,62 @@ class Effects:
 
     # -- fs_op -------------------------------------------------------------------------
 
-    def validate_fs_policy(self, policy: FsPolicy, *, create_roots: bool = False) -> None:
-        """Refuse a Run whose fs_policy leaves the operator's limits (INVALID_PARAMS);
-        with ``create_roots`` (record Runs), create missing roots (mode 0700).
+    def validate_fs_policy(self, policy: FsPolicy, tenant: str) -> None:
+        """Refuse a Run whose fs_policy leaves the tenant's directories or the operator's
+        limits; touches no file (POLICY-3001, POLICY-3010).
 
         Raises:
-            InvalidParams: a root is not beneath an allowed parent, or cannot be created.
+            FsPolicyViolation: a root is outside the tenant's own directories.
+            InvalidParams: a malformed root, an unknown op or a quota above the limits.
         """
-        FsBroker(policy, self.fs_limits)
-        if not create_roots:
-            return
-        for root in policy.roots:
-            try:
-                os.makedirs(os.path.realpath(root), mode=0o700, exist_ok=True)
-            except OSError as exc:
-                raise InvalidParams(f"fs root {root!r} cannot be created: {exc.strerror}",
-                                    data={"field": "fs_policy.roots", "value": root}) from exc
+        FsBroker(policy, self.fs_limits, tenant=tenant)
+
+    def create_roots(self, policy: FsPolicy, tenant: str) -> list[str]:
+        """Create a record Run's missing roots (mode 0700); call it after every other
+        check of the Run passed (POLICY-3011).
+
+        Returns:
+            The directories created, for :meth:`discard_roots` if the Run is not stored.
+
+        Raises:
+            FsPolicyViolation, InvalidParams: as :meth:`validate_fs_policy`, or a root
+                cannot be created.
+        """
+        parents = self.fs_limits.allowed_parents
+        broker = FsBroker(policy, self.fs_limits, tenant=tenant)
+        return create_roots(broker.roots, parents, tenant)
+
+    @staticmethod
+    def discard_roots(created: list[str]) -> None:
+        """Remove directories :meth:`create_roots` made, where still empty."""
+        remove_created(created)
+
+    def sandbox_dirs(self, tenant: str) -> list[str]:
+        """The tenant's own directory in each allowed parent (``GET /v1/capabilities``)."""
+        return tenant_dirs(self.fs_limits.allowed_parents, tenant)
+
+    def sweep_temp_files(self) -> int:
+        """Remove temporary files a crash left in any sandbox (POLICY-3012).
+
+        Returns:
+            How many were removed.
+        """
+        removed = sweep_temp_files(self.fs_limits.allowed_parents)
+        if removed:
+            log.warning("removed %d leftover fs broker temporary file(s)", removed)
+        return removed
 
     def broker(self, run: Run) -> FsBroker:
-        """The Run's broker (its fs_policy within the operator's limits).
+        """The Run's broker (its fs_policy within its tenant's directories and the
+        operator's limits).
 
         Raises:
+            FsPolicyViolation: a root is no longer inside the tenant's directories.
             InvalidParams: the policy exceeds the operator limits.
         """
-        return FsBroker(run.fs_policy, self.fs_limits)
+        row = self.orch.store.get_run(run.run_id)
+        assert row is not None
+        return FsBroker(run.fs_policy, self.fs_limits, tenant=row["tenant"])
 
     def _fs_usage(self, run_id: str) -> FsUsage:
         """Cumulative usage recorded by the Run's last successful fs_op."""
@@ -162,10 +203,12 @@ class Effects:
         return FsUsage()
 
     def submit_fs(self, run: Run, body: FsOpSubmit, input_value: Any, input_hash: str) -> Step:
-        """Admit an ``fs_op``; it runs serialised per Run, in a worker thread.
+        """Admit an ``fs_op``; it runs serialised per Run (quotas), in a worker thread; the
+        broker serialises mutations of one file across Runs (POLICY-3012).
 
         Raises:
             InvalidParams: the Run has no sandbox roots, or its policy exceeds the limits.
+            FsPolicyViolation: a root is no longer inside the tenant's directories.
             CircuitOpen: repeated violations opened the Run's file-system breaker.
         """
         if not run.fs_policy.roots:

@@ -1,13 +1,15 @@
 """File-system broker: one ``fs_op`` inside a Run's sandbox, or a refusal (POLICY-3001).
 
 Every refusal is ``FsPolicyViolation`` with ``data={"op", "path", "rule"}`` and leaves
-the disk as it was. Checks, in order, with their rules:
+the disk as it was. The Run's roots are resolved inside its tenant's own directories
+(:mod:`orchestrator_core.sandboxes`, POLICY-3010). Checks, in order, with their rules:
 
 * Path (``nul``, ``encoding``, ``traversal``, ``encoded_traversal``, ``outside_root``,
-  ``root``): NUL, non-UTF-8, *any* ``..`` component (``a/..`` differs from ``.`` when
-  ``a`` is a symlink), ``..`` behind percent-encoding, backslashes or NFKC lookalikes
-  (``%2e%2e``, ``\u2024\u2024``), an absolute path outside the root. Otherwise ``%``
-  is literal.
+  ``root``, ``reserved_name``): NUL, non-UTF-8, *any* ``..`` component (``a/..``
+  differs from ``.`` when ``a`` is a symlink), ``..`` behind percent-encoding,
+  backslashes or NFKC lookalikes (``%2e%2e``, ``\u2024\u2024``), an absolute path
+  outside the root, a component named like the broker's temporary files
+  (``.fsbroker-*.tmp``). Otherwise ``%`` is literal.
 * Allow-list (``allow_list``): ``policy.allow[op]`` holds root-relative globs; ``*``,
   ``?``, ``[..]`` match within one component (``fnmatchcase``), ``**`` any number of
   components, ``.`` the root. An op with no entry, or an empty list, is denied.
@@ -24,18 +26,25 @@ the disk as it was. Checks, in order, with their rules:
 
 Writes go to a temporary file in the same directory, ``fsync``, ``os.replace``, then
 ``fsync`` of the directory; append rewrites the file so. A failed write removes its
-temporary file. Synchronous: run it in a worker thread. Units: bytes, ns (``mtime_ns``).
+temporary file; ``list`` never shows one. Mutating ops (write, append, delete, mkdir) hold,
+from the ``lstat`` of their target to the directory ``fsync``, a process-wide lock keyed
+by the target's directory ``(st_dev, st_ino)`` and name, then ``flock`` on that directory,
+so Runs sharing a root (and processes sharing a disk) never lose an acknowledged append
+(POLICY-3012). Synchronous: run it in a worker thread. Units: bytes, ns (``mtime_ns``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import stat
+import threading
 import unicodedata
 import urllib.parse
+from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from typing import Any, NoReturn
 
@@ -44,10 +53,12 @@ import msgspec
 from contracts.errors import FsPolicyViolation, InvalidParams
 from contracts.runs import FsPolicy
 from contracts.steps import FsOpInput
+from orchestrator_core.sandboxes import is_temp_name, resolve_roots, temp_name
 
 __all__ = ["FsBroker", "FsLimits", "FsOpInput", "FsUsage"]
 
 _OPS = frozenset(("read", "write", "append", "list", "stat", "delete", "mkdir"))
+_MUTATING = frozenset(("write", "append", "delete", "mkdir"))
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_MODE = 0o644
 
@@ -55,8 +66,8 @@ _NEW_FILE_MODE = 0o644
 class FsLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Operator limits that a Run's :class:`FsPolicy` may not exceed (bytes, entries).
 
-    Every policy root must resolve strictly beneath one of ``allowed_parents``; an empty
-    list refuses every root.
+    Every policy root must resolve strictly inside ``<parent>/<tenant_dir>`` of one of
+    ``allowed_parents`` (POLICY-3010); an empty list refuses every root.
     """
 
     allowed_parents: list[str]
@@ -78,11 +89,57 @@ def _inside(path: str, root: str) -> bool:
 
 
 def _match(parts: list[str], pattern: list[str]) -> bool:
-    if not pattern:
-        return not parts
-    if pattern[0] == "**":
-        return any(_match(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatchcase(parts[0], pattern[0]) and _match(parts[1:], pattern[1:])
+    """Glob match of path components; O(len(parts) * len(pattern)) however many ``**``."""
+    # ok[j]: pattern[i:] matches parts[j:], computed for i from the end.
+    ok = [j == len(parts) for j in range(len(parts) + 1)]
+    for comp in reversed(pattern):
+        nxt = [False] * (len(parts) + 1)
+        for j in range(len(parts), -1, -1):
+            if comp == "**":
+                nxt[j] = ok[j] or (j < len(parts) and nxt[j + 1])
+            else:
+                nxt[j] = j < len(parts) and ok[j + 1] and fnmatchcase(parts[j], comp)
+        ok = nxt
+    return ok[0]
+
+
+class _EntryLocks:
+    """Process-wide locks keyed by (directory ``st_dev``, ``st_ino``, entry name); an
+    entry's lock is dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._locks: dict[tuple[int, int, str], tuple[threading.Lock, list[int]]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: tuple[int, int, str]) -> Iterator[None]:
+        with self._mu:
+            lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._mu:
+                users[0] -= 1
+                if not users[0]:
+                    del self._locks[key]
+
+
+_ENTRY_LOCKS = _EntryLocks()
+
+
+@contextlib.contextmanager
+def _exclusive(pfd: int, name: str) -> Iterator[None]:
+    """Serialise mutations of ``name`` in the directory ``pfd``: the process-wide entry
+    lock, then ``flock`` on the directory (other processes)."""
+    st = os.fstat(pfd)
+    with _ENTRY_LOCKS.hold((st.st_dev, st.st_ino, name)):
+        fcntl.flock(pfd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(pfd, fcntl.LOCK_UN)
 
 
 def _has_dotdot(path: str) -> bool:
@@ -90,28 +147,25 @@ def _has_dotdot(path: str) -> bool:
 
 
 class FsBroker:
-    """Executes single ``fs_op`` operations for one Run (POLICY-3001).
+    """Executes single ``fs_op`` operations for one Run (POLICY-3001, POLICY-3010).
 
     Args:
-        policy: the Run's sandbox: absolute roots, allow-list globs per op, quotas.
+        policy: the Run's sandbox: roots (relative to the tenant's directory of the first
+            allowed parent, or absolute inside one of the tenant's directories),
+            allow-list globs per op, quotas.
         limits: the operator's limits; unset policy quotas take these values.
+        tenant: the Run's tenant; its roots must lie in its own directories.
 
     Raises:
-        InvalidParams: a root is relative or not strictly beneath an allowed parent, an
-            allow-list key is not an op, or a quota is negative or above the operator's;
-            ``data["field"]`` names the field.
+        FsPolicyViolation: a root is outside the tenant's directories (``data``:
+            ``field``, ``index``, ``rule`` ``outside_tenant``; see
+            :func:`~orchestrator_core.sandboxes.resolve_roots`).
+        InvalidParams: a root holds NUL or non-UTF-8, an allow-list key is not an op, or
+            a quota is negative or above the operator's; ``data["field"]`` names the field.
     """
 
-    def __init__(self, policy: FsPolicy, limits: FsLimits) -> None:
-        parents = [os.path.realpath(p) for p in limits.allowed_parents]
-        self._roots: list[tuple[str, str]] = []
-        for root in policy.roots:
-            real = os.path.realpath(root)
-            if not os.path.isabs(root) or not any(
-                    real != p and _inside(real, p) for p in parents):
-                raise InvalidParams(f"fs root {root!r} is not beneath an allowed parent",
-                                    data={"field": "roots", "value": root})
-            self._roots.append((os.path.normpath(root), real))
+    def __init__(self, policy: FsPolicy, limits: FsLimits, *, tenant: str) -> None:
+        self._roots = resolve_roots(policy.roots, limits.allowed_parents, tenant)
         unknown = sorted(set(policy.allow) - _OPS)
         if unknown:
             raise InvalidParams(f"fs allow-list names unknown ops {unknown}",
@@ -124,6 +178,11 @@ class FsBroker:
         self.max_file_bytes = self._cap(
             "max_file_bytes", policy.max_file_bytes, limits.max_file_bytes)
         self.max_read_bytes = limits.max_read_bytes
+
+    @property
+    def roots(self) -> list[tuple[str, str]]:
+        """``(named, real)`` absolute path of each root, in policy order."""
+        return list(self._roots)
 
     @staticmethod
     def _cap(field: str, value: int | None, limit: int) -> int:
@@ -172,6 +231,9 @@ class FsBroker:
             fds.append(os.open(self._roots[op.root][1], _DIR_FLAGS))
             for name in parts[:-1]:
                 fds.append(self._open_dir(op, fds[-1], name))
+            if parts and op.op in _MUTATING:
+                with _exclusive(fds[-1], parts[-1]):
+                    return self._act(op, fds[-1], parts[-1], data, usage)
             if parts:
                 return self._act(op, fds[-1], parts[-1], data, usage)
             if op.op not in ("list", "stat"):
@@ -216,7 +278,10 @@ class FsBroker:
             if base is None:
                 self._refuse(op, "outside_root")
             path = os.path.relpath(norm, base)
-        return [c for c in path.split("/") if c not in ("", ".")]
+        parts = [c for c in path.split("/") if c not in ("", ".")]
+        if any(is_temp_name(c) for c in parts):
+            self._refuse(op, "reserved_name")
+        return parts
 
     @staticmethod
     def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
@@ -339,7 +404,7 @@ class FsBroker:
             self._refuse(op, "file_size_quota")
         if created and usage.files_created + 1 > self.max_files:
             self._refuse(op, "files_quota")
-        tmp = f".fsbroker-{secrets.token_hex(8)}.tmp"
+        tmp = temp_name(secrets.token_hex(8))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             with open(os.open(tmp, flags, 0o600, dir_fd=pfd), "wb") as fh:
@@ -362,6 +427,8 @@ class FsBroker:
         entries = []
         with os.scandir(fd) as it:
             for e in it:
+                if is_temp_name(e.name):  # another op's write in flight
+                    continue
                 st = e.stat(follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
                     is_dir = stat.S_ISDIR(st.st_mode)

@@ -172,11 +172,13 @@ class Orchestrator:
 
     def recover(self) -> int:
         """Close every Step a crash left ``queued``/``running`` with an ``INTERRUPTED``
-        error frame, appended right after its last committed frame (no gaps).
+        error frame, appended right after its last committed frame (no gaps), and remove
+        the FS broker's leftover temporary files from every sandbox (POLICY-3012).
 
         Returns:
             How many Steps were interrupted.
         """
+        self.effects.sweep_temp_files()
         rows = self.store.unfinished_steps()
         for row in rows:
             step_id = row["step_id"]
@@ -249,18 +251,21 @@ class Orchestrator:
     def create_run(self, flow_id: str, body: RunCreate, tenant: str = DEFAULT_TENANT) -> Run:
         """Create a Run (NERVE-4002). Replays name their recording with ``replay_of``.
 
+        A record Run's missing sandbox roots are created only once every other check
+        has passed, right before the Run is stored (POLICY-3011).
+
         Raises:
             NotFound: no such flow, or no such recorded run.
             InvalidParams: ``replay_of`` missing/forbidden, or the recording is not a
                 ``record`` run of this flow.
+            FsPolicyViolation: a sandbox root outside the tenant's own directories.
             DeterminismInputsDiffer: a replay asks for another seed or policy.
         """
         flow = self.get_flow(flow_id, tenant)
         seed = body.seed
         validate_policy(body.policy)
         if body.fs_policy.roots:
-            self.effects.validate_fs_policy(body.fs_policy,
-                                            create_roots=body.mode is RunMode.RECORD)
+            self.effects.validate_fs_policy(body.fs_policy, tenant)
         policy_hash = b3(body.policy)
         fork = None
         if body.from_checkpoint is not None:
@@ -300,18 +305,24 @@ class Orchestrator:
         if not 0 <= seed < 2**63:
             raise InvalidParams("seed must be in [0, 2**63)", data={"seed": seed})
         run_id = new_id("run")
-        self.store.insert_run({
-            "run_id": run_id, "flow_id": flow.flow_id, "flow_hash": flow.hash,
-            "mode": body.mode.value, "seed": seed, "replay_of": body.replay_of,
-            "body": _enc.encode({"budgets": body.budgets, "policy": body.policy,
-                                 "pool_policy": body.pool_policy,
-                                 "fs_policy": body.fs_policy,
-                                 "labels": body.labels,
-                                 "cancel_on_disconnect": body.cancel_on_disconnect,
-                                 }).decode(),
-            "policy_hash": policy_hash, "status": RunStatus.ACTIVE.value,
-            "created_at": iso_utc(self.clock.now()), "tenant": tenant,
-        })
+        created = (self.effects.create_roots(body.fs_policy, tenant)
+                   if body.fs_policy.roots and body.mode is RunMode.RECORD else [])
+        try:
+            self.store.insert_run({
+                "run_id": run_id, "flow_id": flow.flow_id, "flow_hash": flow.hash,
+                "mode": body.mode.value, "seed": seed, "replay_of": body.replay_of,
+                "body": _enc.encode({"budgets": body.budgets, "policy": body.policy,
+                                     "pool_policy": body.pool_policy,
+                                     "fs_policy": body.fs_policy,
+                                     "labels": body.labels,
+                                     "cancel_on_disconnect": body.cancel_on_disconnect,
+                                     }).decode(),
+                "policy_hash": policy_hash, "status": RunStatus.ACTIVE.value,
+                "created_at": iso_utc(self.clock.now()), "tenant": tenant,
+            })
+        except BaseException:
+            self.effects.discard_roots(created)
+            raise
         if fork is not None:
             self.checkpoints.inherit(run_id, fork)
         return self.get_run(run_id, tenant)
@@ -701,8 +712,9 @@ class Orchestrator:
             raise NotFound(f"no pool {pool_id}", data={"pool_id": pool_id})
         return pool.info()
 
-    def capabilities(self) -> Capabilities:
-        """Opaque model ids, context sizes, features and limits."""
+    def capabilities(self, tenant: str = DEFAULT_TENANT) -> Capabilities:
+        """Opaque model ids, context sizes, features and limits; ``sandbox_parents`` are
+        the caller's own sandbox directories only (POLICY-3010)."""
         models: dict[str, ModelCapability] = {}
         for pool in self.pools.pools.values():
             for m in pool.config.models:
@@ -717,7 +729,7 @@ class Orchestrator:
                 if constrained and "json_schema" not in cap.features:
                     cap.features += ["json_schema", "llm_plan"]
         return Capabilities(models=list(models.values()), server_version=SERVER_VERSION,
-                            sandbox_parents=list(self.effects.fs_limits.allowed_parents),
+                            sandbox_parents=self.effects.sandbox_dirs(tenant),
                             limits={"max_body_bytes": self.config.max_body_bytes,
                                     "max_queue_per_pool": max(
                                         (p.queue_capacity for p in self.config.pools),

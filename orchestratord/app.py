@@ -300,9 +300,10 @@ async def get_pool(pool_id: FromPath[str], orch: Orch) -> PoolInfo:
 
 
 @get("/v1/capabilities")
-async def capabilities(orch: Orch) -> Capabilities:
-    """Opaque model ids, context sizes, features, limits, server version."""
-    return orch.capabilities()
+async def capabilities(orch: Orch, tenant: Tenant) -> Capabilities:
+    """Opaque model ids, context sizes, features, limits, server version; the caller's
+    own sandbox directories (POLICY-3010)."""
+    return orch.capabilities(tenant)
 
 
 @get("/health", opt={"public": True})

@@ -17,6 +17,12 @@ that the crash cost nothing. The report gives four figures that must all be 0:
   that does not return 200 with the same ``step_id``, a ``(run_id, client_token)`` that
   maps to more than one step row, or a step that is not terminal after restart recovery.
 
+Each cycle also runs ``--fs-appends`` concurrent ``fs_op`` appends per Run from a Run and
+its fork (from a checkpoint) on one shared sandbox root (:mod:`tools.crash_fs`), which
+adds two more figures that must be 0: **lost acknowledged appends** (an append whose
+``end`` frame a client received but whose line is not in the file exactly once) and
+**leftover temp files** (``.fsbroker-*.tmp`` files after a restart or the final stop).
+
 Run ``python -m tools.crash_loop`` (real llama.cpp engine) or ``--mock``; ``--json``
 prints the report as JSON. The exit code is 1 when any figure is non-zero or the loop
 could not complete.
@@ -54,10 +60,12 @@ from orchestrator_core.config import ServerConfig, default_config, mock_config
 from orchestrator_core.store import SqliteStore
 from orchestratord.demo import start_server, stop_server
 from test_harness.support import parse_sse, pid_alive
+from tools import crash_fs
 
 __all__ = ["Options", "Tally", "main", "parse_args", "run_crash_loop"]
 
-FIGURES = ("lost_events", "duplicated_tokens", "orphan_processes", "broken_idempotency")
+FIGURES = ("lost_events", "duplicated_tokens", "orphan_processes", "broken_idempotency",
+           "lost_appends", "leftover_temp_files")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 TERMINAL_EVENTS = frozenset({"end", "error"})
 DB_NAME = "orchestrator.db"
@@ -168,6 +176,7 @@ class Options:
         as_json: print the report as JSON.
         time_limit_s: the loop starts no new cycle after this many seconds.
         max_delay_s: upper bound of the kill moment after submission (seconds).
+        fs_appends: ``fs_op`` appends per Run (parent and fork) per cycle.
     """
 
     cycles: int
@@ -178,6 +187,7 @@ class Options:
     as_json: bool
     time_limit_s: float
     max_delay_s: float
+    fs_appends: int = 30
 
 
 @dataclass
@@ -202,6 +212,7 @@ class Loop:
     cycle_log: list[dict[str, Any]] = field(default_factory=list)
     verifications: int = 0
     frames_checked: int = 0
+    fs: crash_fs.FsWorkload = field(default_factory=crash_fs.FsWorkload)
 
 
 # -- server lifecycle ------------------------------------------------------------------
@@ -304,6 +315,13 @@ def integrity(db: pathlib.Path) -> dict[str, int]:
             return store.integrity()
         finally:
             store.close()
+
+
+def check_temp_files(loop: Loop, where: str) -> None:
+    """Count the broker's temporary files left under the sandbox parent (after recovery
+    or a clean stop every one must be gone)."""
+    found = crash_fs.count_temp_files(loop.data_dir / "sandboxes")
+    loop.tally.add("leftover_temp_files", "present", len(found), f"{where}: {found[:3]}")
 
 
 def check_integrity(loop: Loop, where: str) -> None:
@@ -553,11 +571,14 @@ def stream_and_kill(loop: Loop, server: Server, cycle: int) -> dict[str, Any]:
     """Submit this cycle's steps, read them in threads, SIGKILL the server at a random
     moment, then count orphans. Returns the cycle's log entry."""
     with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT) as http:
+        appenders = crash_fs.prepare_appends(loop.fs, http, cycle, loop.opts.fs_appends,
+                                             loop.opts.seed, time.monotonic() + 120.0)
         recs = submit_steps(loop, http, cycle)
         loop.steps.extend(recs)
         t0 = time.monotonic()
         threads = [threading.Thread(target=reader, daemon=True,
-                                    args=(server.url, rec, t0 + 120.0)) for rec in recs]
+                                    args=(server.url, rec, t0 + 120.0))
+                   for rec in recs] + appenders
         for t in threads:
             t.start()
         delay = kill_delay(loop.rng, loop.opts.max_delay_s)
@@ -570,7 +591,12 @@ def stream_and_kill(loop: Loop, server: Server, cycle: int) -> dict[str, Any]:
     survivors = count_survivors(pids | children)
     loop.tally.add("orphan_processes", "alive_after_sigkill", len(survivors),
                    f"cycle {cycle}: pids {survivors} survived the server's SIGKILL")
+    temp_at_kill = len(crash_fs.count_temp_files(loop.data_dir / "sandboxes"))
+    loop.fs.temp_files_after_kill += temp_at_kill
     return {"cycle": cycle, "kill_after_s": round(delay, 3),
+            "fs_appends_acknowledged": sum(a.acknowledged for a in loop.fs.appends
+                                           if a.cycle == cycle),
+            "temp_files_at_kill": temp_at_kill,
             "replica_pids": sorted(pids), "child_pids": sorted(children),
             "survivors": survivors,
             "frames_received": [len(r.received) for r in recs],
@@ -581,6 +607,7 @@ def run_cycle(loop: Loop, cycle: int) -> None:
     """Start (recovering the previous crash), verify everything, stream, kill."""
     server = start(loop)
     try:
+        check_temp_files(loop, f"after the restart before cycle {cycle}")
         verify_all(loop, server)
         entry = stream_and_kill(loop, server, cycle)
     finally:
@@ -598,9 +625,13 @@ def final_check(loop: Loop) -> int:
     """
     server = start(loop)
     try:
+        check_temp_files(loop, "after the final restart")
         verify_all(loop, server)
         with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT) as http:
             pids = replica_pids(http)
+            lost = crash_fs.lost_appends(loop.fs, http)
+        for kind, n in sorted(lost.items()):
+            loop.tally.add("lost_appends", kind, n, f"{n} acknowledged append(s) {kind}")
         pids |= descendants(server.proc.pid)
     finally:
         code = stop_server(server.proc)
@@ -608,6 +639,7 @@ def final_check(loop: Loop) -> int:
     loop.tally.add("orphan_processes", "alive_after_clean_stop", len(survivors),
                    f"pids {survivors} survived the final SIGTERM")
     check_integrity(loop, "after the final clean stop")
+    check_temp_files(loop, "after the final clean stop")
     return code
 
 
@@ -664,6 +696,7 @@ def build_report(loop: Loop, wall_s: float, error: str | None,
         "frames_checked": loop.frames_checked,
         "log_frames": sum(r.log_frames for r in loop.steps),
         "verifications": loop.verifications,
+        "fs": loop.fs.summary(),
         "figures": loop.tally.figures(),
         "details": dict(sorted(loop.tally.counts.items())),
         "examples": loop.tally.examples,
@@ -688,11 +721,16 @@ def render(report: dict[str, Any]) -> str:
         f"frames in step logs: {report['log_frames']}",
         f"verifications (restarts): {report['verifications']}  "
         f"final SIGTERM exit code: {report['final_stop_exit_code']}",
+        "fs appends (parent + fork on one root): {appends_submitted} submitted, "
+        "{appends_acknowledged} acknowledged; temp files seen right after the kills: "
+        "{temp_files_seen_after_kills}".format(**report["fs"]),
         "",
     ]
     labels = {"lost_events": "lost events", "duplicated_tokens": "duplicated tokens",
               "orphan_processes": "orphan engine processes",
-              "broken_idempotency": "broken idempotency"}
+              "broken_idempotency": "broken idempotency",
+              "lost_appends": "lost acknowledged appends",
+              "leftover_temp_files": "leftover temp files"}
     lines += [f"  {labels[k]:<26}{v}" for k, v in report["figures"].items()]
     lines += [f"    {k}: {v}" for k, v in report["details"].items()]
     lines += [f"  e.g. {e}" for e in report["examples"]]
@@ -719,13 +757,16 @@ def parse_args(argv: list[str] | None = None) -> Options:
                         "--mock, 3.0 with llama.cpp, whose first token takes ~0.6 s)")
     p.add_argument("--time-limit", type=float, default=3600.0,
                    help="start no new cycle after this many seconds (default 3600)")
+    p.add_argument("--fs-appends", type=int, default=30,
+                   help="fs_op appends per Run (a parent and its fork share one root) per "
+                        "cycle (default 30)")
     a = p.parse_args(argv)
-    if a.cycles < 1 or a.streams < 1:
-        p.error("--cycles and --streams must be at least 1")
+    if a.cycles < 1 or a.streams < 1 or a.fs_appends < 1:
+        p.error("--cycles, --streams and --fs-appends must be at least 1")
     return Options(cycles=a.cycles, streams=a.streams, seed=a.seed, mock=a.mock,
                    data_dir=a.data_dir, as_json=a.json, time_limit_s=a.time_limit,
                    max_delay_s=a.max_delay if a.max_delay is not None
-                   else (1.5 if a.mock else 3.0))
+                   else (1.5 if a.mock else 3.0), fs_appends=a.fs_appends)
 
 
 def main(argv: list[str] | None = None) -> int:

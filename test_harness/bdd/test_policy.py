@@ -71,10 +71,11 @@ def _run(ctx: dict[str, Any], **body: Any) -> None:
 
 @when("I create a record run with seed 42, a step budget and a policy")
 def create_full(ctx: dict[str, Any], mock_cfg: ServerConfig) -> None:
-    """Every Run field set; the sandbox root lies under <data_dir>/sandboxes."""
+    """Every Run field set; the sandbox root lies in <data_dir>/sandboxes/default."""
     import pathlib
 
-    ctx["root"] = str((pathlib.Path(mock_cfg.data_dir) / "sandboxes" / "r").resolve())
+    ctx["root"] = str((pathlib.Path(mock_cfg.data_dir) / "sandboxes" / "default" / "r")
+                      .resolve())
     ctx["policy"] = {"deny_models": ["hf:x"]}
     _run(ctx, seed=42, budgets={"max_tokens_out": 100, "max_cost_usd": 0.5},
          policy=ctx["policy"],

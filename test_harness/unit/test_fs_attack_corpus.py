@@ -1,10 +1,11 @@
 """Attack corpus for the file-system broker: every case is refused, nothing changes (POLICY-3001).
 
-Each case runs against the same tree: a sandbox root beneath the allowed parent, an
-``outside`` directory beside it holding a secret, symlinks that leave the root at depth 1,
-2 and 3 and as the final component, a FIFO, a socket, a hard link and a symlink to
-``/dev/zero``. After the refusal, the whole ``tmp_path`` (sandbox *and* outside) must be
-byte for byte as before: every path, its mode and its content or link target.
+Each case runs against the same tree: a sandbox root in the ``default`` tenant's directory
+of the allowed parent (POLICY-3010), an ``outside`` directory beside it holding a secret,
+symlinks that leave the root at depth 1, 2 and 3 and as the final component, a FIFO, a
+socket, a hard link and a symlink to ``/dev/zero``. After the refusal, the whole
+``tmp_path`` (sandbox *and* outside) must be byte for byte as before: every path, its
+mode and its content or link target.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def tree(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Pat
     outside = tmp_path / "outside"
     (outside / "od").mkdir(parents=True)
     (outside / "secret.txt").write_text("top secret\n")
-    root = tmp_path / "parent" / "root"
+    root = tmp_path / "parent" / "default" / "root"
     (root / "a" / "b" / "c").mkdir(parents=True)
     (root / "a" / "b" / "c" / "f.txt").write_text("deep\n")
     (root / "out" / "sub").mkdir(parents=True)
@@ -194,7 +195,7 @@ class TestAttackCorpus:
         policy = {"allow": ALLOW_ALL} | policy
         broker = FsBroker(FsPolicy(roots=[str(tree)], **policy), FsLimits(
             allowed_parents=[str(tmp_path / "parent")], max_bytes_written=1000,
-            max_files=10, max_file_bytes=100, max_read_bytes=64))
+            max_files=10, max_file_bytes=100, max_read_bytes=64), tenant="default")
         path = path.format(root=tree, tmp=tmp_path)
         before = snapshot(tmp_path)
         error = guarded(broker, FsOpInput(op, path, CONTENT.get(op), root),  # type: ignore[arg-type]

@@ -18,10 +18,14 @@ OPS = ("read", "write", "append", "list", "stat", "delete", "mkdir")
 ALLOW_ALL = {op: ["**"] for op in OPS}
 
 
+OUTSIDE = {"field": "fs_policy.roots", "index": 0, "rule": "outside_tenant"}
+
+
 @pytest.fixture
 def root(tmp_path: pathlib.Path) -> pathlib.Path:
-    """The Run's sandbox root, strictly beneath the operator's allowed parent."""
-    path = tmp_path / "sandboxes" / "run-1"
+    """The Run's sandbox root, inside the ``default`` tenant's directory of the operator's
+    allowed parent."""
+    path = tmp_path / "sandboxes" / "default" / "run-1"
     path.mkdir(parents=True)
     return path
 
@@ -37,7 +41,7 @@ def broker(root: pathlib.Path, allow: dict[str, list[str]] | None = None,
            **quotas: Any) -> FsBroker:
     policy = FsPolicy(roots=[str(root)], allow=ALLOW_ALL if allow is None else allow,
                       **quotas)
-    return FsBroker(policy, limits(root.parent.parent))
+    return FsBroker(policy, limits(root.parent.parent.parent), tenant="default")
 
 
 def run(b: FsBroker, op: str, path: str, content: str | None = None,
@@ -55,44 +59,46 @@ def refused(b: FsBroker, op: str, path: str, content: str | None = None,
 class TestConstruction:
     """The constructor refuses a policy that exceeds the operator's limits."""
 
-    def test_a_root_outside_the_allowed_parents_is_invalid_params(
+    def test_a_root_outside_the_allowed_parents_is_an_fs_policy_violation(
             self, tmp_path: pathlib.Path) -> None:
-        """A root beside, not beneath, the allowed parent names the ``roots`` field."""
-        with pytest.raises(InvalidParams) as info:
-            FsBroker(FsPolicy(roots=[str(tmp_path / "elsewhere")]), limits(tmp_path))
-        assert info.value.data == {"field": "roots", "value": str(tmp_path / "elsewhere")}
+        """A root beside, not beneath, the allowed parent is refused naming its index."""
+        with pytest.raises(FsPolicyViolation) as info:
+            FsBroker(FsPolicy(roots=[str(tmp_path / "elsewhere")]), limits(tmp_path),
+                     tenant="default")
+        assert info.value.data == OUTSIDE
 
-    def test_the_allowed_parent_itself_is_not_a_root(self, tmp_path: pathlib.Path) -> None:
-        """A Run may not take the whole parent, where other Runs' sandboxes live."""
-        with pytest.raises(InvalidParams) as info:
-            FsBroker(FsPolicy(roots=[str(tmp_path / "sandboxes")]), limits(tmp_path))
-        assert info.value.data == {"field": "roots", "value": str(tmp_path / "sandboxes")}
+    @pytest.mark.parametrize("below", ["", "default"])
+    def test_the_allowed_parent_and_the_tenant_directory_are_not_roots(
+            self, tmp_path: pathlib.Path, below: str) -> None:
+        """A Run may take neither the parent nor its whole tenant directory."""
+        with pytest.raises(FsPolicyViolation) as info:
+            FsBroker(FsPolicy(roots=[str(tmp_path / "sandboxes" / below)]),
+                     limits(tmp_path), tenant="default")
+        assert info.value.data == OUTSIDE
 
-    def test_a_relative_root_is_invalid_params(self, tmp_path: pathlib.Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-        """A root must be absolute, even when it would resolve beneath a parent."""
-        (tmp_path / "sandboxes" / "r").mkdir(parents=True)
+    def test_a_relative_root_resolves_in_the_tenant_directory(
+            self, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A relative root lies in ``<first parent>/<tenant>``, never in the cwd."""
         monkeypatch.chdir(tmp_path)
-        with pytest.raises(InvalidParams) as info:
-            FsBroker(FsPolicy(roots=["sandboxes/r"]), limits(tmp_path))
-        assert info.value.data == {"field": "roots", "value": "sandboxes/r"}
+        b = FsBroker(FsPolicy(roots=["a/./b"]), limits(tmp_path), tenant="alpha")
+        assert b.roots == [(str(tmp_path / "sandboxes" / "alpha" / "a" / "b"),) * 2]
 
     def test_a_symlinked_root_resolving_outside_the_parents_is_refused(
             self, tmp_path: pathlib.Path) -> None:
         """The root is compared after ``realpath``, so a link cannot smuggle it out."""
-        (tmp_path / "sandboxes").mkdir()
-        (tmp_path / "sandboxes" / "r").symlink_to(tmp_path)
-        with pytest.raises(InvalidParams) as info:
-            FsBroker(FsPolicy(roots=[str(tmp_path / "sandboxes" / "r")]), limits(tmp_path))
-        assert info.value.data == {"field": "roots",
-                                   "value": str(tmp_path / "sandboxes" / "r")}
+        (tmp_path / "sandboxes" / "default").mkdir(parents=True)
+        (tmp_path / "sandboxes" / "default" / "r").symlink_to(tmp_path)
+        with pytest.raises(FsPolicyViolation) as info:
+            FsBroker(FsPolicy(roots=[str(tmp_path / "sandboxes" / "default" / "r")]),
+                     limits(tmp_path), tenant="default")
+        assert info.value.data == OUTSIDE
 
     def test_no_allowed_parents_refuses_every_root(self, root: pathlib.Path) -> None:
         """An empty ``allowed_parents`` list admits no root at all."""
-        with pytest.raises(InvalidParams) as info:
+        with pytest.raises(FsPolicyViolation) as info:
             FsBroker(FsPolicy(roots=[str(root)]),
-                     limits(root.parent.parent, allowed_parents=[]))
-        assert info.value.data == {"field": "roots", "value": str(root)}
+                     limits(root.parent.parent.parent, allowed_parents=[]), tenant="default")
+        assert info.value.data == OUTSIDE
 
     @pytest.mark.parametrize(("field", "value", "limit"), [
         ("max_bytes_written", 1001, 1000), ("max_files", 11, 10),
