@@ -116,6 +116,14 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         fs_limits: what a Run's fs_policy may not exceed; with no ``allowed_parents``,
             sandbox roots must lie under ``<data_dir>/sandboxes`` (POLICY-3001).
         sqlite_synchronous: ``NORMAL`` survives a process crash; ``FULL`` a power loss.
+        max_recorded_value_bytes: the largest value a Step may record, in bytes of compact
+            JSON: a tool's output, an ``fs_op`` result, a gate's value, a checkpoint
+            snapshot. A larger one is refused, never truncated (POLICY-3010).
+        max_gate_work: the work budget of one ``gate_eval`` evaluation, in units of about
+            one JMESPath node visit each (NERVE-4007).
+
+    Raises:
+        InvalidParams: a limit is not positive; ``data["field"]`` names it.
     """
 
     pools: list[PoolConfig]
@@ -139,6 +147,13 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     max_body_bytes: int = 1_048_576
     ephemeral_buffer: int = 16
+    max_recorded_value_bytes: int = 1_048_576
+    max_gate_work: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_recorded_value_bytes", "max_gate_work"):
+            if getattr(self, name) <= 0:
+                raise InvalidParams(f"config: {name} must be positive", data={"field": name})
 
 
 def default_config(**overrides: Any) -> ServerConfig:

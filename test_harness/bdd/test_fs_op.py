@@ -31,10 +31,13 @@ def _tree(root: pathlib.Path) -> dict[str, bytes]:
             for p in sorted(root.rglob("*"))}
 
 
-@given(parsers.parse('a record run whose sandbox allows write, read and list under "{d}"'))
-def sandbox_run(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any], d: str) -> None:
+@given(parsers.parse('a record run whose sandbox allows write, read and list under "{d}", on '
+                     'a server recording values of at most {limit:d} bytes'))
+def sandbox_run(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any], d: str,
+                limit: int) -> None:
     """A sandbox under <data_dir>/sandboxes; breaker opens after 3 violations."""
-    cfg = msgspec.structs.replace(mock_cfg, breaker_failures=3, breaker_reset_ms=60_000)
+    cfg = msgspec.structs.replace(mock_cfg, breaker_failures=3, breaker_reset_ms=60_000,
+                                  max_recorded_value_bytes=limit)
     root = (pathlib.Path(cfg.data_dir) / "sandboxes" / "run-1").resolve()
     root.mkdir(parents=True)
     (root / d).mkdir()
@@ -63,6 +66,12 @@ def write(ctx: dict[str, Any], path: str, content: str) -> None:
     """A write; the parent tree is snapshotted first."""
     ctx.setdefault("before", _tree(ctx["root"].parent))
     _fs(ctx, "write", path, content)
+
+
+@when(parsers.parse('I run fs_op write "{path}" with {n:d} bytes'))
+def write_n(ctx: dict[str, Any], path: str, n: int) -> None:
+    """A write of ``n`` ASCII characters."""
+    _fs(ctx, "write", path, "y" * n)
 
 
 @when(parsers.parse('I run fs_op read "{path}"'))
@@ -162,3 +171,22 @@ def bad_root(ctx: dict[str, Any], root: str) -> None:
     """A root outside <data_dir>/sandboxes."""
     ctx["answers"].append(ctx["client"].post(f"/v1/flows/{ctx['flow_id']}/runs",
                                              json={"fs_policy": {"roots": [root]}}))
+
+
+@then(parsers.parse("the write ended with end and the read with OUTPUT_TOO_LARGE {data}"))
+def read_too_large(ctx: dict[str, Any], data: str) -> None:
+    """[POLICY-3010] The file was written; reading it back is refused, never truncated."""
+    write, read = ctx["steps"]
+    env = json.loads(read[-1]["data"])
+    assert (write[-1]["event"], [f["event"] for f in read]) == ("end", ["started", "error"])
+    assert (env["code"], env["retriable"], env["data"]) == (
+        "OUTPUT_TOO_LARGE", False, json.loads(data))
+
+
+@then(parsers.parse("no stored frame of the read is larger than {limit:d} bytes"))
+def read_small(ctx: dict[str, Any], limit: int) -> None:
+    """The content did not reach the store."""
+    orch = ctx["client"].app.state.orch
+    run_id = ctx["run_id"]
+    (read,) = [r for r in orch.store.list_steps(run_id) if r["client_token"] == "fs-2"]
+    assert max(len(d) for _s, _t, d in orch.store.read_events(read["step_id"], -1)) <= limit

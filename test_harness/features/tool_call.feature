@@ -31,3 +31,9 @@ Feature: tool_call runs operator-configured executors with validated arguments
   Scenario: A tool denied by the run's policy is refused before it runs
     When I call tool "count" in a run whose policy denies it
     Then the answer is 403 with code POLICY_DENIED
+
+  @POLICY-3010
+  Scenario: A tool whose output is over the server's bound ends with OUTPUT_TOO_LARGE
+    When on a server recording values of at most 2048 bytes a tool prints 4096 bytes
+    Then the step ends with OUTPUT_TOO_LARGE {"field": "output", "reason": "size", "limit_bytes": 2048}
+    And the tool ran once and no stored frame of the step is larger than 1024 bytes
