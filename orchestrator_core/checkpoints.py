@@ -85,8 +85,10 @@ class Checkpoints:
         limit = self.orch.config.max_recorded_value_bytes
         refused = oversize(snapshot, limit)
         if refused is not None:
+            bound = (f"{limit} bytes of JSON" if refused["reason"] == "size"
+                     else f"{refused['limit_depth']} levels of nesting")
             raise InvalidParams(f"{field} is over the server's bound on recorded values "
-                                f"({limit} bytes of JSON)", data={"field": field, **refused})
+                                f"({bound})", data={"field": field, **refused})
 
     def create(self, run_id: str, body: CheckpointCreate, tenant: str | None,
                step_id: str | None = None) -> tuple[Checkpoint, bool]:

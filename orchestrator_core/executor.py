@@ -307,8 +307,11 @@ class Executor:
                 self._escalate(job.step_id, moved)
         refused = oversize(output, self.max_recorded_value_bytes)
         if refused is not None:
+            bound = (f"{self.max_recorded_value_bytes} bytes of JSON"
+                     if refused["reason"] == "size"
+                     else f"{refused['limit_depth']} levels of nesting")
             raise OutputTooLarge(f"the {job.step_type} output is over the server's bound on "
-                                 "recorded values", data={"field": "output", **refused})
+                                 f"recorded values ({bound})", data={"field": "output", **refused})
         duration_ms = int((self.clock.monotonic() - t0) * 1000)
         end = EffectEndData(output=output, executor=job.executor, duration_ms=duration_ms)
         self.log.finish(job.step_id, FrameType.END, _enc.encode(end), {
