@@ -34,7 +34,8 @@ The tree::
         ├── ReplayDiverged .......... REPLAY_DIVERGED
         ├── DeadlineExceeded ........ DEADLINE_EXCEEDED
         ├── Interrupted ............. INTERRUPTED
-        └── ContractViolation ....... CONTRACT_VIOLATION
+        ├── ContractViolation ....... CONTRACT_VIOLATION
+        └── OutputTooLarge .......... OUTPUT_TOO_LARGE (413 for completeness)
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ __all__ = [
     "NotFound",
     "OrchestratorError",
     "OriginNotAllowed",
+    "OutputTooLarge",
     "PolicyDenied",
     "PoolUnavailable",
     "PoolUnready",
@@ -108,6 +110,7 @@ class ErrorCode(enum.StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     INTERRUPTED = "INTERRUPTED"
     CONTRACT_VIOLATION = "CONTRACT_VIOLATION"
+    OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
 
 
 class ErrorEnvelope(msgspec.Struct, omit_defaults=True):
@@ -389,6 +392,23 @@ class ContractViolation(StreamError):
     code = ErrorCode.CONTRACT_VIOLATION
 
 
+class OutputTooLarge(StreamError):
+    """A value the Step would record is over the server's bound, or evaluating it went
+    over its work budget (POLICY-3010, NERVE-4007). Nothing of it is recorded: the value
+    is refused, never truncated.
+
+    ``data``: ``field`` (the refused value, e.g. ``output`` or ``output.value``),
+    ``reason`` (``size``, ``depth``, ``work`` or ``memory``) and the limit that was
+    crossed: ``limit_bytes`` (``max_recorded_value_bytes``), ``limit_depth`` or
+    ``limit_work`` (``max_gate_work``). Not retriable: the same inputs give the same
+    value. Stream-only; its status, 413, is never sent (an oversized value refused before
+    a Step exists is 400 ``INVALID_PARAMS`` naming the field).
+    """
+
+    code = ErrorCode.OUTPUT_TOO_LARGE
+    http_status = 413
+
+
 _BY_CODE: dict[ErrorCode, type[OrchestratorError]] = {
     cls.code: cls
     for cls in (
@@ -397,6 +417,7 @@ _BY_CODE: dict[ErrorCode, type[OrchestratorError]] = {
         UnsupportedMediaType, NotFound, Conflict, Nondeterminism,
         AdmissionReject, QueueFull, PoolUnready, PoolUnavailable, CircuitOpen, EngineError,
         Internal, Cancelled, DeadlineExceeded, Interrupted, ContractViolation,
+        OutputTooLarge,
     )
 }
 

@@ -205,7 +205,9 @@ class GateEvalInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     The expression sees ``{"facts": [<Fact>...], "by_type": {<type>: [<data>...]}}``; the
     gate passes when the result is truthy (JMESPath truthiness). With ``wait_ms`` > 0 a
-    failing gate waits for new Facts and re-evaluates, up to that many milliseconds.
+    failing gate waits for new Facts and re-evaluates, up to that many milliseconds. The
+    expression's syntax tree may be at most 64 levels deep, and each evaluation has a
+    work budget (NERVE-4007).
     """
 
     expression: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
@@ -222,7 +224,8 @@ class GateEvalSubmit(msgspec.Struct, tag="gate_eval", tag_field="type",
 
 
 class CheckpointInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Input of a ``checkpoint`` Step: the interpreter state to snapshot (JSON)."""
+    """Input of a ``checkpoint`` Step: the interpreter state to snapshot (JSON), at most
+    ``max_recorded_value_bytes`` once encoded (POLICY-3010)."""
 
     snapshot: Any
 

@@ -1,16 +1,21 @@
-"""Checkpoints and forks (NERVE-4005).
+"""Checkpoints and forks (NERVE-4005, NERVE-4008).
 
 A checkpoint stores the interpreter's snapshot together with the server's cursor of the
-Run at that moment: the client_tokens of its finished Steps, its usage, and its Facts
-high-water mark. It is content-addressed (``ckp_`` + blake3 of run, snapshot and cursor)
-and lives in SQLite, so it survives restarts. It is made by ``POST
+Run at that moment. The cursor's size does not grow with the Run (NERVE-4008): the
+highest Step ordinal (``steps_high_water``), the ordinals of the Steps not finished then
+(``steps_unfinished``, at most ``max_active_steps``), the usage, and the Facts high-water
+mark, each read through an index. It is content-addressed (``ckp_`` + blake3 of run,
+snapshot and cursor) and lives in SQLite, so it survives restarts. It is made by ``POST
 /v1/runs/{id}/checkpoint`` or by a ``checkpoint`` Step (which also logs a durable
-``checkpoint`` frame before its ``end``).
+``checkpoint`` frame before its ``end``). A snapshot larger than
+``max_recorded_value_bytes`` is refused before anything is stored (POLICY-3010).
 
 A Run created with ``from_checkpoint`` forks from it without touching the parent: the
 parent's Facts up to the high-water mark are copied into the child, and a Step the child
 submits with a client_token the parent had finished by then is served from the parent's
 log (matched by type and input hash, like a replay); everything else runs anew.
+Checkpoints written before schema v6 hold ``steps_done`` (the finished client_tokens)
+instead, and fork exactly as they did.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from contracts.checkpoints import Checkpoint, CheckpointCreate
 from contracts.errors import InvalidParams, NotFound
 from contracts.events import FrameType
 from contracts.runs import Run
-from contracts.steps import CheckpointSubmit, Step, StepStatus
+from contracts.steps import CheckpointSubmit, Step
+from orchestrator_core.bounds import oversize
 from orchestrator_core.canonical import b3, canonical_json
 from orchestrator_core.clock import iso_utc
 from orchestrator_core.executor import EffectJob
@@ -54,15 +60,35 @@ class Checkpoints:
         self.orch = orch
 
     def cursor(self, run_id: str) -> dict[str, Any]:
-        """The server's view of a Run now: finished Steps, usage, Facts high-water mark."""
+        """The server's view of a Run now, in O(1) of the Run's length (NERVE-4008).
+
+        Returns:
+            ``{"steps_high_water": <highest Step ordinal, -1 for none>,
+            "steps_unfinished": [<ordinals of queued or running Steps>],
+            "usage": {"tokens_in", "tokens_out", "cost_usd"},
+            "facts_high_water": <last Fact seq, -1 for none>}``.
+        """
         store = self.orch.store
-        done = [r["client_token"] for r in store.list_steps(run_id)
-                if StepStatus(r["status"]).terminal]
         usage = store.run_usage(run_id)
-        facts = store.list_facts(run_id=run_id, limit=1_000_000)
-        return {"steps_done": done,
+        return {"steps_high_water": store.steps_high_water(run_id),
+                "steps_unfinished": store.unfinished_ordinals(run_id),
                 "usage": {k: usage[k] for k in ("tokens_in", "tokens_out", "cost_usd")},
-                "facts_high_water": facts[-1]["seq"] if facts else -1}
+                "facts_high_water": store.facts_high_water(run_id)}
+
+    def check_snapshot(self, snapshot: Any, field: str) -> None:
+        """Refuse a snapshot over ``max_recorded_value_bytes`` (POLICY-3010).
+
+        Raises:
+            InvalidParams: ``data``: ``field``, ``reason`` (``size`` or ``depth``) and the
+                limit (``limit_bytes`` or ``limit_depth``).
+        """
+        limit = self.orch.config.max_recorded_value_bytes
+        refused = oversize(snapshot, limit)
+        if refused is not None:
+            bound = (f"{limit} bytes of JSON" if refused["reason"] == "size"
+                     else f"{refused['limit_depth']} levels of nesting")
+            raise InvalidParams(f"{field} is over the server's bound on recorded values "
+                                f"({bound})", data={"field": field, **refused})
 
     def create(self, run_id: str, body: CheckpointCreate, tenant: str | None,
                step_id: str | None = None) -> tuple[Checkpoint, bool]:
@@ -74,8 +100,12 @@ class Checkpoints:
 
         Raises:
             NotFound: no such Run (or another tenant's).
+            InvalidParams: the snapshot is over ``max_recorded_value_bytes``
+                (``data.field`` ``snapshot``, POLICY-3010).
         """
         self.orch.get_run(run_id, tenant)
+        if step_id is None:  # a checkpoint Step's snapshot was checked at its admission
+            self.check_snapshot(body.snapshot, "snapshot")
         cursor = self.cursor(run_id)
         digest = b3({"run_id": run_id, "snapshot": body.snapshot, "cursor": cursor})
         row = {"checkpoint_id": "ckp_" + digest[3:35], "run_id": run_id,
@@ -89,10 +119,40 @@ class Checkpoints:
         assert stored is not None
         return _view(stored), created
 
-    def list(self, run_id: str, tenant: str) -> list[Checkpoint]:
-        """A Run's checkpoints, oldest first."""
+    def list(self, run_id: str, tenant: str, *, after: str | None = None,
+             limit: int = 100) -> tuple[list[Checkpoint], str | None]:
+        """One page of a Run's checkpoints, oldest first (NERVE-4008).
+
+        Args:
+            run_id: the Run.
+            tenant: the caller's tenant.
+            after: a checkpoint_id of this Run; the page starts right after it.
+            limit: page size, 1..1000.
+
+        Returns:
+            ``(page, next_after)``: ``next_after`` is the last checkpoint_id of the page
+            when more follow, else None.
+
+        Raises:
+            NotFound: no such Run (or another tenant's).
+            InvalidParams: ``limit`` out of range, or ``after`` names no checkpoint of
+                this Run (``data.field`` names the parameter).
+        """
         self.orch.get_run(run_id, tenant)
-        return [_view(r) for r in self.orch.store.list_checkpoints(run_id)]
+        if not 1 <= limit <= 1000:
+            raise InvalidParams("limit must be 1..1000", data={"field": "limit",
+                                                               "limit": limit})
+        position = 0
+        if after is not None:
+            found = self.orch.store.checkpoint_position(run_id, after)
+            if found is None:
+                raise InvalidParams("after must name a checkpoint of this run",
+                                    data={"field": "after"})
+            position = found
+        rows = self.orch.store.list_checkpoints(run_id, position, limit + 1)
+        more = len(rows) > limit
+        page = [_view(r) for r in rows[:limit]]
+        return page, page[-1].checkpoint_id if more else None
 
     def get(self, checkpoint_id: str, tenant: str) -> Checkpoint:
         """One checkpoint of the tenant. Raises NotFound."""
@@ -111,7 +171,13 @@ class Checkpoints:
     def submit_step(self, run: Run, body: CheckpointSubmit, input_value: Any,
                     input_hash: str) -> Step:
         """Admit a ``checkpoint`` Step: it stores the checkpoint, logs a ``checkpoint``
-        frame, and ends with ``{checkpoint_id, hash}``."""
+        frame, and ends with ``{checkpoint_id, hash}``.
+
+        Raises:
+            InvalidParams: the snapshot is over ``max_recorded_value_bytes``
+                (``data.field`` ``input.snapshot``, POLICY-3010); nothing is stored.
+        """
+        self.check_snapshot(body.input.snapshot, "input.snapshot")
         step_id = self.orch.insert_step(run, body, "checkpoint", input_value, input_hash,
                                         None, None)
         snapshot = body.input.snapshot
@@ -153,18 +219,34 @@ class Checkpoints:
         store.set_lineage(child_run_id, ckp.run_id, ckp.checkpoint_id)
         high = int(ckp.cursor["facts_high_water"])
         flow_id = self.orch.get_run(child_run_id, None).flow_id
-        for row in store.list_facts(run_id=ckp.run_id, limit=1_000_000):
-            if row["seq"] > high:
-                break
-            store.append_fact({**row, "fact_id": "fct_" + b3([child_run_id, row["fact_id"]])[3:27],
-                               "run_id": child_run_id, "flow_id": flow_id})
+        seen = -1
+        while seen < high:
+            rows = store.list_facts(run_id=ckp.run_id, since_seq=seen, limit=512)
+            for row in rows:
+                if row["seq"] > high:
+                    return
+                store.append_fact({**row, "run_id": child_run_id, "flow_id": flow_id,
+                                   "fact_id": "fct_" + b3([child_run_id, row["fact_id"]])[3:27]})
+            if not rows:
+                return
+            seen = rows[-1]["seq"]
 
     def inherited_step(self, run: Run, client_token: str) -> dict[str, Any] | None:
-        """The parent's finished Step a forked Run's submission inherits, if any."""
+        """The parent's Step a forked Run's submission inherits, if any: one the parent
+        had finished at the checkpoint (NERVE-4005, NERVE-4008)."""
         ckp_id = run.lineage.get("from_checkpoint")
         if not ckp_id:
             return None
         row = self.orch.store.get_checkpoint(ckp_id)
-        if row is None or client_token not in msgspec.json.decode(row["cursor"])["steps_done"]:
+        if row is None:
             return None
-        return self.orch.store.get_step_by_token(row["run_id"], client_token)
+        step = self.orch.store.get_step_by_token(row["run_id"], client_token)
+        if step is None:
+            return None
+        cursor = msgspec.json.decode(row["cursor"])
+        if "steps_done" in cursor:  # written before schema v6
+            return step if client_token in cursor["steps_done"] else None
+        ordinal = step["ordinal"]
+        if ordinal > cursor["steps_high_water"] or ordinal in cursor["steps_unfinished"]:
+            return None
+        return step

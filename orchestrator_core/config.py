@@ -118,11 +118,19 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             directory of a parent (POLICY-3001, POLICY-3010).
         sqlite_synchronous: ``NORMAL`` survives a process crash; ``FULL`` a power loss.
         max_body_bytes: largest request body (bytes); more is 400.
-        max_json_depth: deepest nesting of arrays and objects in a request body (SEC-6002).
+        max_json_depth: deepest nesting of arrays and objects in a request body (NERVE-4032).
         allowed_hosts: ``Host`` names a server without ``auth_tokens`` answers besides
-            loopback ones (SEC-6000); default none.
+            loopback ones (NERVE-4052); default none.
         allowed_origins: origins (``scheme://host[:port]``) that may send state-changing
-            requests to a server without ``auth_tokens`` besides its own (SEC-6001).
+            requests to a server without ``auth_tokens`` besides its own (NERVE-4052).
+        max_recorded_value_bytes: the largest value a Step may record, in bytes of compact
+            JSON: a tool's output, an ``fs_op`` result, a gate's value, a checkpoint
+            snapshot. A larger one is refused, never truncated (POLICY-3030).
+        max_gate_work: the work budget of one ``gate_eval`` evaluation, in units of about
+            one JMESPath node visit each (NERVE-4007).
+
+    Raises:
+        InvalidParams: a limit is not positive; ``data["field"]`` names it.
     """
 
     pools: list[PoolConfig]
@@ -149,6 +157,13 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_json_depth: int = 64
     allowed_hosts: list[str] = []
     allowed_origins: list[str] = []
+    max_recorded_value_bytes: int = 1_048_576
+    max_gate_work: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_recorded_value_bytes", "max_gate_work"):
+            if getattr(self, name) <= 0:
+                raise InvalidParams(f"config: {name} must be positive", data={"field": name})
 
 
 def default_config(**overrides: Any) -> ServerConfig:

@@ -9,6 +9,9 @@ Four paths, one log (DESIGN.md §1-§2):
 * ``replay`` copies the recorded frames into the new Step's log; no engine is touched.
 * ``tool_call`` and ``fs_op`` run their effect once, in ``record`` mode only, behind a
   circuit breaker, and end with the result; replays of them are served from the log.
+  A result larger than ``max_recorded_value_bytes`` is refused with ``OUTPUT_TOO_LARGE``
+  (measured before it is encoded, POLICY-3030); so is a ``gate_eval`` or ``checkpoint``
+  output, which runs the same way.
 
 Whatever happens (success, typed error, cancel, unexpected fault) exactly one terminal
 frame is committed, together with the Step's terminal status.
@@ -36,6 +39,7 @@ from contracts.errors import (
     Internal,
     Interrupted,
     OrchestratorError,
+    OutputTooLarge,
 )
 from contracts.events import (
     EffectEndData,
@@ -48,6 +52,7 @@ from contracts.events import (
     TokenData,
 )
 from contracts.steps import StepStatus
+from orchestrator_core.bounds import oversize
 from orchestrator_core.breaker import BreakerState, CircuitBreaker, Transition
 from orchestrator_core.budgets import BudgetBook, Reservation
 from orchestrator_core.clock import Clock
@@ -147,11 +152,14 @@ class Executor:
         prices: the versioned price table (cost_usd, price_table_version).
         metrics: Prometheus metrics.
         metrics_every: publish an ephemeral ``metrics`` frame every this many tokens.
+        max_recorded_value_bytes: the largest effect output recorded (POLICY-3030).
     """
 
     def __init__(self, log: EventLog, clock: Clock, prices: PriceTable, metrics: Metrics,
-                 budgets: BudgetBook, metrics_every: int = 16) -> None:
+                 budgets: BudgetBook, metrics_every: int = 16,
+                 max_recorded_value_bytes: int = 1_048_576) -> None:
         self.log = log
+        self.max_recorded_value_bytes = max_recorded_value_bytes
         self.clock = clock
         self.prices = prices
         self.metrics = metrics
@@ -227,7 +235,13 @@ class Executor:
     # -- side effects ------------------------------------------------------------------
 
     async def run_effect(self, job: EffectJob) -> None:
-        """Run a ``tool_call`` or ``fs_op`` once and log its result (record mode only)."""
+        """Run a ``tool_call`` or ``fs_op`` once and log its result (record mode only).
+
+        The result must fit ``max_recorded_value_bytes`` (POLICY-3030); a larger one ends
+        the Step with an ``OUTPUT_TOO_LARGE`` error frame (``data.field`` ``output``) and
+        nothing of it is recorded. The executor's breaker has counted the call a success
+        by then: the tool worked, the server refused to keep what it said.
+        """
         scope = self._scope(job.step_id)
         usage: dict[str, Any] = {"submitted_at": job.submitted_at}
         try:
@@ -291,6 +305,13 @@ class Executor:
                 breaker.release_probe()
             if moved is not None:
                 self._escalate(job.step_id, moved)
+        refused = oversize(output, self.max_recorded_value_bytes)
+        if refused is not None:
+            bound = (f"{self.max_recorded_value_bytes} bytes of JSON"
+                     if refused["reason"] == "size"
+                     else f"{refused['limit_depth']} levels of nesting")
+            raise OutputTooLarge(f"the {job.step_type} output is over the server's bound on "
+                                 f"recorded values ({bound})", data={"field": "output", **refused})
         duration_ms = int((self.clock.monotonic() - t0) * 1000)
         end = EffectEndData(output=output, executor=job.executor, duration_ms=duration_ms)
         self.log.finish(job.step_id, FrameType.END, _enc.encode(end), {

@@ -11,7 +11,9 @@ Step is also appended to that Step's stream as a durable ``fact`` frame.
 ``gate_eval`` (NERVE-4006) evaluates a JMESPath expression over the Run's Facts and can
 wait for new ones up to a deadline; it records whether it passed, the value, and the ids
 of the Facts it saw. ``strict_replay`` evaluates it again over exactly those Facts and
-compares; ``replay`` serves the recording.
+compares; ``replay`` serves the recording. The expression is bounded at admission and
+evaluated on a work budget in a worker thread (:mod:`orchestrator_core.gates`,
+NERVE-4007).
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import jmespath
 import msgspec
-from jmespath.exceptions import JMESPathError
 
 from contracts.errors import Conflict, InvalidParams, NotFound, ReplayDiverged
 from contracts.events import FrameType, sse_comment, sse_frame
@@ -32,12 +32,13 @@ from contracts.steps import GateEvalSubmit, Step
 from orchestrator_core.canonical import canonical_json, new_id
 from orchestrator_core.clock import iso_utc
 from orchestrator_core.executor import EffectJob
+from orchestrator_core.gates import GateExpression, compile_gate, evaluate_gate
 from orchestrator_core.schema_guard import check_schema, violations
 
 if TYPE_CHECKING:
     from orchestrator_core.service import Orchestrator
 
-__all__ = ["Facts", "check_fact_schemas", "evaluate_gate"]
+__all__ = ["Facts", "check_fact_schemas"]
 
 _BUILTIN = {BUILTIN_FACT_SCHEMA: {"type": "object"}}
 _enc = msgspec.json.Encoder()
@@ -58,31 +59,6 @@ def check_fact_schemas(config: dict[str, Any]) -> None:
     for uri, schema in schemas.items():
         check_schema(schema, field=f"config.fact_schemas.{uri}", label=f"fact schema {uri}",
                      extra={"uri": uri})
-
-
-def _truthy(value: Any) -> bool:
-    """JMESPath truthiness: false, null, "", [] and {} are false."""
-    return value not in (None, False, "", [], {})
-
-
-def evaluate_gate(expression: str, facts: list[dict[str, Any]]) -> tuple[bool, Any]:
-    """Evaluate ``expression`` over ``{"facts": [...], "by_type": {type: [data...]}}``.
-
-    Returns:
-        ``(passed, value)``.
-
-    Raises:
-        InvalidParams: the expression does not compile or fails to evaluate.
-    """
-    by_type: dict[str, list[Any]] = {}
-    for f in facts:
-        by_type.setdefault(f["type"], []).append(f["data"])
-    try:
-        value = jmespath.search(expression, {"facts": facts, "by_type": by_type})
-    except JMESPathError as exc:
-        raise InvalidParams(f"gate expression failed: {exc}",
-                            data={"expression": expression}) from exc
-    return _truthy(value), value
 
 
 def _fact(row: dict[str, Any]) -> Fact:
@@ -201,30 +177,30 @@ class Facts:
         over the recorded Facts and must agree with the recording.
 
         Raises:
-            InvalidParams: the expression does not compile.
+            InvalidParams: the expression does not compile or is over the expression
+                limits (``data.field`` ``input.expression``, NERVE-4007).
         """
-        expression = body.input.expression
-        try:
-            jmespath.compile(expression)
-        except JMESPathError as exc:
-            raise InvalidParams(f"invalid JMESPath expression: {exc}",
-                                data={"expression": expression}) from exc
+        gate = compile_gate(body.input.expression)
         step_id = self.orch.insert_step(run, body, "gate_eval", input_value, input_hash, None,
                                         recorded["step_id"] if recorded else None)
         run_id, wait_s = run.run_id, body.input.wait_ms / 1000.0
         orch = self.orch
+        cfg = orch.config
+
+        async def evaluate(rows: list[dict[str, Any]]) -> tuple[list[str], bool, Any]:
+            """``(fact ids, passed, value)``, evaluated in a worker thread."""
+            return await anyio.to_thread.run_sync(_evaluate, gate, rows, cfg.max_gate_work,
+                                                  cfg.max_recorded_value_bytes)
 
         async def live() -> Any:
             deadline = orch.clock.monotonic() + wait_s
             while True:
                 rows = orch.store.list_facts(run_id=run_id, limit=100_000)
-                facts = [msgspec.to_builtins(_fact(r)) for r in rows]
-                passed, value = evaluate_gate(expression, facts)
+                seen, passed, value = await evaluate(rows)
                 left = deadline - orch.clock.monotonic()
                 if passed or left <= 0:
-                    return {"passed": passed, "value": value,
-                            "facts_seen": [f["fact_id"] for f in facts],
-                            "high_water": facts[-1]["seq"] if facts else -1}
+                    return {"passed": passed, "value": value, "facts_seen": seen,
+                            "high_water": rows[-1]["seq"] if rows else -1}
                 with anyio.move_on_after(left):
                     await self.wait_for_new(run_id)
 
@@ -234,8 +210,7 @@ class Facts:
                        orch.store.read_events(recorded["step_id"], -1) if t == "end")
             want = end["output"]
             rows = orch.store.list_facts(fact_ids=want["facts_seen"], limit=100_000)
-            facts = [msgspec.to_builtins(_fact(r)) for r in rows]
-            passed, value = evaluate_gate(expression, facts)
+            _seen, passed, value = await evaluate(rows)
             if (passed, value) != (want["passed"], want["value"]):
                 raise ReplayDiverged(run_id=run_id, step_id=step_id, index=0,
                                      expected={"passed": want["passed"], "value": want["value"]},
@@ -247,3 +222,12 @@ class Facts:
             call=again if recorded is not None else live, breaker=None, output_schema=None,
             submitted_at=self.orch.clock.monotonic()))
         return self.orch.get_step(step_id, None)
+
+
+def _evaluate(gate: GateExpression, rows: list[dict[str, Any]], max_work: int,
+              max_value_bytes: int) -> tuple[list[str], bool, Any]:
+    """Decode the Facts and evaluate the gate over them (pure; runs in a worker thread)."""
+    facts = [msgspec.to_builtins(_fact(r)) for r in rows]
+    passed, value = evaluate_gate(gate, facts, max_work=max_work,
+                                  max_value_bytes=max_value_bytes)
+    return [f["fact_id"] for f in facts], passed, value

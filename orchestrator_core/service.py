@@ -134,7 +134,8 @@ class Orchestrator:
                             commit_max_frames=config.commit_max_frames,
                             ephemeral_capacity=config.ephemeral_buffer)
         self.budgets = BudgetBook(config.prices)
-        self.executor = Executor(self.log, clock, config.prices, metrics, self.budgets)
+        self.executor = Executor(self.log, clock, config.prices, metrics, self.budgets,
+                                 max_recorded_value_bytes=config.max_recorded_value_bytes)
         self.effects = Effects(self)
         self.facts = Facts(self)
         self.checkpoints = Checkpoints(self)
@@ -731,6 +732,8 @@ class Orchestrator:
         return Capabilities(models=list(models.values()), server_version=SERVER_VERSION,
                             sandbox_parents=self.effects.sandbox_dirs(tenant),
                             limits={"max_body_bytes": self.config.max_body_bytes,
+                                    "max_recorded_value_bytes":
+                                        self.config.max_recorded_value_bytes,
                                     "max_queue_per_pool": max(
                                         (p.queue_capacity for p in self.config.pools),
                                         default=0)})

@@ -24,7 +24,7 @@ import sqlite_utils
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 EventRow = tuple[str, int, str, str, bytes]
 """``(step_id, seq, run_id, type, data_json)``: one durable frame."""
@@ -108,6 +108,32 @@ class SqliteStore:
             self._migrate_v4()
         if version < 5:
             self._migrate_v5()
+        if version < 6:
+            self._migrate_v6()
+
+    def _migrate_v6(self) -> None:
+        """Steps get ``ordinal``: their position in their Run (0, 1, … in creation order,
+        ``UNIQUE(run_id, ordinal)``), so a checkpoint cursor is a high-water mark instead
+        of a list of every finished Step (NERVE-4008).
+
+        Existing Steps are numbered in creation (rowid) order. A partial index over the
+        unfinished Steps of a Run lets a cursor list them without reading the finished
+        ones, and ``checkpoints_run_order`` pages a Run's checkpoints in creation order.
+        """
+        with self._transaction():
+            self._conn.execute("ALTER TABLE steps ADD COLUMN ordinal INTEGER")
+            next_of: dict[str, int] = {}
+            numbered: list[tuple[int, int]] = []
+            for rowid, run_id in self._conn.execute(
+                    "SELECT rowid, run_id FROM steps ORDER BY rowid").fetchall():
+                numbered.append((next_of.get(run_id, 0), rowid))
+                next_of[run_id] = numbered[-1][0] + 1
+            self._conn.executemany("UPDATE steps SET ordinal = ? WHERE rowid = ?", numbered)
+            self._conn.execute("CREATE UNIQUE INDEX steps_run_ordinal ON steps(run_id, ordinal)")
+            self._conn.execute("CREATE INDEX steps_run_unfinished ON steps(run_id, ordinal)"
+                               " WHERE status IN ('queued', 'running')")
+            self._conn.execute("CREATE INDEX checkpoints_run_order ON checkpoints(run_id)")
+            self._conn.execute("PRAGMA user_version=6")
 
     def _migrate_v5(self) -> None:
         """The event log keyed by ``(step_id, seq)`` itself (``WITHOUT ROWID``).
@@ -162,10 +188,19 @@ class SqliteStore:
         """The checkpoint row, or None."""
         return self._one("SELECT * FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,))
 
-    def list_checkpoints(self, run_id: str) -> list[dict[str, Any]]:
-        """A Run's checkpoints, oldest first."""
+    def checkpoint_position(self, run_id: str, checkpoint_id: str) -> int | None:
+        """Where a checkpoint of this Run sits in its creation order, or None when the Run
+        has no such checkpoint (an opaque, increasing number)."""
+        row = self._conn.execute("SELECT rowid FROM checkpoints WHERE checkpoint_id = ?"
+                                 " AND run_id = ?", (checkpoint_id, run_id)).fetchone()
+        return None if row is None else int(row[0])
+
+    def list_checkpoints(self, run_id: str, after: int = 0,
+                         limit: int = 1000) -> list[dict[str, Any]]:
+        """A page of a Run's checkpoints, oldest first, after position ``after``."""
         return [dict(r) for r in self._conn.execute(
-            "SELECT * FROM checkpoints WHERE run_id = ? ORDER BY rowid", (run_id,))]
+            "SELECT * FROM checkpoints WHERE run_id = ? AND rowid > ? ORDER BY rowid LIMIT ?",
+            (run_id, after, limit))]
 
     def child_runs(self, run_id: str) -> list[str]:
         """Runs forked from this Run's checkpoints."""
@@ -303,15 +338,29 @@ class SqliteStore:
     # -- steps -------------------------------------------------------------------------
 
     def insert_step(self, row: dict[str, Any]) -> bool:
-        """Insert a Step and so claim its ``(run_id, client_token)`` key.
+        """Insert a Step and so claim its ``(run_id, client_token)`` key; it gets the next
+        ``ordinal`` of its Run in the same statement.
 
         Returns:
             False when the key is already taken (the caller re-reads the existing Step).
         """
         cols = [c for c in _STEP_COLUMNS if c in row]
-        sql = (f"INSERT OR IGNORE INTO steps ({', '.join(cols)}) VALUES "  # noqa: S608 - columns from _STEP_COLUMNS
-               f"({', '.join(':' + c for c in cols)})")
+        sql = (f"INSERT OR IGNORE INTO steps ({', '.join(cols)}, ordinal) VALUES "  # noqa: S608 - columns from _STEP_COLUMNS
+               f"({', '.join(':' + c for c in cols)}, (SELECT COALESCE(MAX(ordinal), -1) + 1"
+               " FROM steps WHERE run_id = :run_id))")
         return self._conn.execute(sql, row).rowcount == 1
+
+    def steps_high_water(self, run_id: str) -> int:
+        """The highest ``ordinal`` of the Run's Steps, -1 when it has none (index lookup)."""
+        return int(self._conn.execute("SELECT COALESCE(MAX(ordinal), -1) FROM steps"
+                                      " WHERE run_id = ?", (run_id,)).fetchone()[0])
+
+    def unfinished_ordinals(self, run_id: str) -> list[int]:
+        """Ordinals of the Run's ``queued`` or ``running`` Steps, ascending (read from the
+        partial index of unfinished Steps; the finished ones are never visited)."""
+        return [r[0] for r in self._conn.execute(
+            "SELECT ordinal FROM steps WHERE run_id = ? AND status IN ('queued', 'running')"
+            " ORDER BY ordinal", (run_id,))]
 
     def get_step(self, step_id: str) -> dict[str, Any] | None:
         """The Step row, or None."""
@@ -348,6 +397,11 @@ class SqliteStore:
                 " emitted_by_step, ts) VALUES (:fact_id, :run_id, :flow_id, :seq, :type,"
                 " :schema_uri, :data, :emitted_by_step, :ts)", {**row, "seq": seq})
         return int(seq)
+
+    def facts_high_water(self, run_id: str) -> int:
+        """The Run's last Fact ``seq``, -1 when it has none (index lookup)."""
+        return int(self._conn.execute("SELECT COALESCE(MAX(seq), -1) FROM facts"
+                                      " WHERE run_id = ?", (run_id,)).fetchone()[0])
 
     def list_facts(self, *, run_id: str | None = None, flow_id: str | None = None,
                    fact_type: str | None = None, step_id: str | None = None,

@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -281,10 +282,17 @@ async def create_checkpoint(run_id: FromPath[str], data: JSONBody[CheckpointCrea
 
 
 @get("/v1/runs/{run_id:str}/checkpoints")
-async def list_checkpoints(run_id: FromPath[str], orch: Orch,
-                           tenant: Tenant) -> list[Checkpoint]:
-    """A Run's checkpoints, oldest first."""
-    return orch.checkpoints.list(run_id, tenant)
+async def list_checkpoints(run_id: FromPath[str], orch: Orch, tenant: Tenant,
+                           limit: FromQuery[int] = 100,
+                           after: FromQuery[str | None] = None) -> Response[list[Checkpoint]]:
+    """A page of a Run's checkpoints, oldest first: ``limit`` (1..1000, default 100) after
+    the checkpoint_id ``after``; ``Link: <...>; rel="next"`` names the next page."""
+    page, next_after = orch.checkpoints.list(run_id, tenant, after=after, limit=limit)
+    headers = {}
+    if next_after is not None:
+        query = urlencode({"limit": limit, "after": next_after})
+        headers["Link"] = f'</v1/runs/{quote(run_id)}/checkpoints?{query}>; rel="next"'
+    return Response(page, headers=headers)
 
 
 @get("/v1/pools")

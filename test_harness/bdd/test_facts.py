@@ -6,6 +6,7 @@ import json
 import pathlib
 import threading
 import time
+import tracemalloc
 from typing import Any
 
 import httpx
@@ -155,7 +156,8 @@ def _gate(client: TestClient[Any], ctx: dict[str, Any], expr: str, wait_ms: int 
     ctx["n"] += 1
     ctx["gate_body"] = {"type": "gate_eval", "client_token": f"g-{ctx['n']}",
                         "input": {"expression": expr, "wait_ms": wait_ms}}
-    _step, raw = run_to_end(client, ctx["run_id"], ctx["gate_body"])
+    step, raw = run_to_end(client, ctx["run_id"], ctx["gate_body"])
+    ctx["gate_step"] = step["step_id"]
     ctx["gate"] = [f for f in parse_sse(raw) if f["id"] is not None]
 
 
@@ -243,3 +245,80 @@ def post_hostile(client: TestClient[Any], ctx: dict[str, Any], ftype: str, field
                  n: int) -> None:
     """The value that makes a backtracking engine explode."""
     _post(client, ctx, ftype, {field: "a" * n + "!"}, ctx["schema_uri"])
+
+@when(parsers.parse('I run gate_eval "{start}" followed by {n:d} stages of "{stage}" '
+                    'while tracing memory'))
+def gate_traced(client: TestClient[Any], ctx: dict[str, Any], start: str, n: int,
+                stage: str) -> None:
+    """The probe's doubling expression, with Python's allocations traced meanwhile."""
+    tracemalloc.start()
+    try:
+        _gate(client, ctx, start + stage * n)
+        ctx["peak_bytes"] = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@when(parsers.parse('I run gate_eval "{start}" followed by {n:d} stages of "{stage}" and '
+                    '{m:d} stages of "{tail}"'))
+def gate_stages(client: TestClient[Any], ctx: dict[str, Any], start: str, n: int, stage: str,
+                m: int, tail: str) -> None:
+    """A doubling expression followed by steps that would do the doubled work."""
+    _gate(client, ctx, start + stage * n + tail * m)
+
+
+@then(parsers.parse("the gate ends with OUTPUT_TOO_LARGE {data}"))
+def gate_too_large(client: TestClient[Any], ctx: dict[str, Any], data: str) -> None:
+    """[NERVE-4007] [POLICY-3030] A typed, non-retriable error frame names what was refused."""
+    last = ctx["gate"][-1]
+    env = json.loads(last["data"])
+    assert (last["event"], env["code"], env["retriable"], env["data"]) == (
+        "error", "OUTPUT_TOO_LARGE", False, json.loads(data))
+    step = client.get(f"/v1/steps/{ctx['gate_step']}").json()
+    assert (step["status"], step["error"]["code"]) == ("failed", "OUTPUT_TOO_LARGE")
+
+
+@then(parsers.parse("no frame of the gate is larger than {limit:d} bytes"))
+def gate_frames_small(client: TestClient[Any], ctx: dict[str, Any], limit: int) -> None:
+    """What the store holds for the gate is small (read from the store, not the wire)."""
+    rows = client.app.state.orch.store.read_events(ctx["gate_step"], -1)
+    assert [t for _s, t, _d in rows] == ["started", "error"]
+    assert max(len(d) for _s, _t, d in rows) <= limit
+
+
+@then(parsers.parse("the server allocated less than {mb:d} MB while the gate ran"))
+def gate_memory(ctx: dict[str, Any], mb: int) -> None:
+    """Nothing of the doubled value was built: the traced peak stays small."""
+    assert ctx["peak_bytes"] < mb << 20
+
+
+@when(parsers.parse('I submit gate_eval "{prefix}" repeated {n:d} times, then "a", then '
+                    '"{suffix}" repeated {m:d} times'))
+def deep_gate(client: TestClient[Any], ctx: dict[str, Any], prefix: str, n: int, suffix: str,
+              m: int) -> None:
+    """A deeply nested expression (the parser and the evaluator recurse per level)."""
+    ctx["answers"].append(client.post(f"/v1/runs/{ctx['run_id']}/steps", json={
+        "type": "gate_eval", "client_token": "deep",
+        "input": {"expression": prefix * n + "a" + suffix * m}}))
+
+
+@when(parsers.parse('I submit gate_eval "{prefix}" repeated {n:d} times, then "a", then '
+                    '"" repeated {m:d} times'))
+def deep_gate_no_suffix(client: TestClient[Any], ctx: dict[str, Any], prefix: str, n: int,
+                        m: int) -> None:
+    """A deeply nested prefix expression."""
+    deep_gate(client, ctx, prefix, n, "", m)
+
+
+@then("the answer is 400 INVALID_PARAMS naming input.expression with limit_depth 64")
+def deep_refused(ctx: dict[str, Any]) -> None:
+    """[NERVE-4007] Refused at admission with the field named, never a 500."""
+    resp = ctx["answers"][-1]
+    assert (resp.status_code, resp.json()["code"], resp.json()["data"]) == (
+        400, "INVALID_PARAMS", {"field": "input.expression", "limit_depth": 64})
+
+
+@then("the run has no steps")
+def no_steps(client: TestClient[Any], ctx: dict[str, Any]) -> None:
+    """Nothing was stored for the refused Step."""
+    assert client.get(f"/v1/runs/{ctx['run_id']}").json()["steps"] == {}

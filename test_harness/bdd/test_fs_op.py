@@ -32,11 +32,14 @@ def _tree(root: pathlib.Path) -> dict[str, bytes]:
             for p in sorted(root.rglob("*"))}
 
 
-@given(parsers.parse('a record run whose sandbox allows write, read and list under "{d}"'))
-def sandbox_run(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any], d: str) -> None:
+@given(parsers.parse('a record run whose sandbox allows write, read and list under "{d}", on '
+                     'a server recording values of at most {limit:d} bytes'))
+def sandbox_run(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any], d: str,
+                limit: int) -> None:
     """A sandbox in the default tenant's directory of <data_dir>/sandboxes; the breaker
     opens after 3 violations."""
-    cfg = msgspec.structs.replace(mock_cfg, breaker_failures=3, breaker_reset_ms=60_000)
+    cfg = msgspec.structs.replace(mock_cfg, breaker_failures=3, breaker_reset_ms=60_000,
+                                  max_recorded_value_bytes=limit)
     root = (pathlib.Path(cfg.data_dir) / "sandboxes" / "default" / "run-1").resolve()
     root.mkdir(parents=True)
     (root / d).mkdir()
@@ -65,6 +68,12 @@ def write(ctx: dict[str, Any], path: str, content: str) -> None:
     """A write; the parent tree is snapshotted first."""
     ctx.setdefault("before", _tree(ctx["root"].parent))
     _fs(ctx, "write", path, content)
+
+
+@when(parsers.parse('I run fs_op write "{path}" with {n:d} bytes'))
+def write_n(ctx: dict[str, Any], path: str, n: int) -> None:
+    """A write of ``n`` ASCII characters."""
+    _fs(ctx, "write", path, "y" * n)
 
 
 @when(parsers.parse('I run fs_op read "{path}"'))
@@ -333,3 +342,22 @@ def names_field(ctx: dict[str, Any], field: str) -> None:
 def nothing_created(ctx: dict[str, Any]) -> None:
     """A refused Run created nothing on disk."""
     assert (_tree(_parent(ctx)) if _parent(ctx).exists() else {}) == {}
+
+
+@then(parsers.parse("the write ended with end and the read with OUTPUT_TOO_LARGE {data}"))
+def read_too_large(ctx: dict[str, Any], data: str) -> None:
+    """[POLICY-3030] The file was written; reading it back is refused, never truncated."""
+    write, read = ctx["steps"]
+    env = json.loads(read[-1]["data"])
+    assert (write[-1]["event"], [f["event"] for f in read]) == ("end", ["started", "error"])
+    assert (env["code"], env["retriable"], env["data"]) == (
+        "OUTPUT_TOO_LARGE", False, json.loads(data))
+
+
+@then(parsers.parse("no stored frame of the read is larger than {limit:d} bytes"))
+def read_small(ctx: dict[str, Any], limit: int) -> None:
+    """The content did not reach the store."""
+    orch = ctx["client"].app.state.orch
+    run_id = ctx["run_id"]
+    (read,) = [r for r in orch.store.list_steps(run_id) if r["client_token"] == "fs-2"]
+    assert max(len(d) for _s, _t, d in orch.store.read_events(read["step_id"], -1)) <= limit

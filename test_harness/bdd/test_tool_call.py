@@ -174,3 +174,39 @@ def flow_with_pattern(ctx: dict[str, Any], tool: str, prop: str, pattern: str) -
 def call_hostile(ctx: dict[str, Any], tool: str, prop: str, n: int) -> None:
     """The argument that makes a backtracking engine explode."""
     _call(ctx, tool, {prop: "a" * n + "!"})
+
+@when(parsers.parse("on a server recording values of at most {limit:d} bytes a tool prints "
+                    "{size:d} bytes"))
+def big_output(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any], limit: int,
+               size: int) -> None:
+    """An executor whose JSON output is a string of ``size`` characters."""
+    script = f"import json; print(json.dumps({{'text': 'x' * {size - 11}}}))"
+    tools = {**default_tool_executors(),
+             "big": ToolExecutorConfig(kind="argv", argv=[sys.executable, "-c", script])}
+    cfg = msgspec.structs.replace(mock_cfg, tools=tools, max_recorded_value_bytes=limit,
+                                  data_dir=mock_cfg.data_dir + "-big")
+    client = ctx["client"] = stack.enter_context(app_client(cfg))
+    flow_id = client.post("/v1/flows", json={"ast_ir": {"big": 1}, "tools": [
+        {"name": "big", "executor": "big", "parameters": {"type": "object"}}]}).json()["flow_id"]
+    ctx["run_id"] = client.post(f"/v1/flows/{flow_id}/runs", json={}).json()["run_id"]
+    _call(ctx, "big", {})
+
+
+@then(parsers.parse("the step ends with OUTPUT_TOO_LARGE {data}"))
+def too_large(ctx: dict[str, Any], data: str) -> None:
+    """[POLICY-3030] Refused, never truncated: a typed error frame names the bound."""
+    frames = ctx["streams"][-1]
+    env = json.loads(frames[-1]["data"])
+    assert [f["event"] for f in frames] == ["started", "error"]
+    assert (env["code"], env["retriable"], env["data"]) == (
+        "OUTPUT_TOO_LARGE", False, json.loads(data))
+
+
+@then(parsers.parse("the tool ran once and no stored frame of the step is larger than "
+                    "{limit:d} bytes"))
+def nothing_large_stored(ctx: dict[str, Any], limit: int) -> None:
+    """The tool's output was produced, and none of it reached the store."""
+    orch = ctx["client"].app.state.orch
+    step_id = ctx["answers"][-1].json()["step_id"]
+    assert _calls(ctx, "big") == 1
+    assert max(len(d) for _s, _t, d in orch.store.read_events(step_id, -1)) <= limit

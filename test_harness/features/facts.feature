@@ -63,3 +63,32 @@ Feature: Facts are append-only, typed and validated; gates evaluate over them
     And I post a "name" fact whose "name" is 50000 "a" followed by "!"
     Then the answer is 400 with code INVALID_PARAMS
     And the run has exactly 0 fact
+
+  @NERVE-4007 @POLICY-3030
+  Scenario: A gate whose value doubles at each stage is refused without being built
+    When I post a fact of type "score" with {"score": 0.9}
+    And I run gate_eval "by_type" followed by 20 stages of "|[@,@]" while tracing memory
+    Then the gate ends with OUTPUT_TOO_LARGE {"field": "output.value", "reason": "size", "limit_bytes": 1048576}
+    And no frame of the gate is larger than 4096 bytes
+    And the server allocated less than 16 MB while the gate ran
+
+  @NERVE-4007
+  Scenario: A gate whose work doubles at each stage stops at its work budget
+    When I post a fact of type "score" with {"score": 0.9}
+    And I run gate_eval "by_type" followed by 20 stages of "|[@,@]" and 20 stages of "[]"
+    Then the gate ends with OUTPUT_TOO_LARGE {"field": "input.expression", "reason": "work", "limit_work": 1000000}
+    And no frame of the gate is larger than 4096 bytes
+
+  @NERVE-4007
+  Scenario Outline: A gate expression nested too deeply is refused before the step exists
+    When I submit gate_eval "<prefix>" repeated <n> times, then "a", then "<suffix>" repeated <n> times
+    Then the answer is 400 INVALID_PARAMS naming input.expression with limit_depth 64
+    And the run has no steps
+
+    Examples:
+      | prefix | suffix | n    |
+      | (      | )      | 1000 |
+      | [      | ]      | 1000 |
+      | !      |        | 1500 |
+      | a\|    |        | 1200 |
+      | [a,    | ]      | 100  |

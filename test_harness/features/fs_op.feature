@@ -4,7 +4,7 @@ Feature: fs_op runs inside the Run's sandbox through the FS broker
   Rule: One Run's sandbox
 
     Background:
-      Given a record run whose sandbox allows write, read and list under "out"
+      Given a record run whose sandbox allows write, read and list under "out", on a server recording values of at most 4096 bytes
 
     Scenario: A file written through the broker reads back, atomically
       When I run fs_op write "out/notes.txt" with "hello sandbox"
@@ -34,6 +34,13 @@ Feature: fs_op runs inside the Run's sandbox through the FS broker
     Scenario: A sandbox outside the operator's allowed parents is refused at run creation
       When I create a run whose fs_policy root is "/tmp"
       Then the answer is 403 with code FS_POLICY_VIOLATION
+
+    @POLICY-3030
+    Scenario: A read whose content is over the server's bound ends with OUTPUT_TOO_LARGE
+      When I run fs_op write "out/big.txt" with 5000 bytes
+      And I run fs_op read "out/big.txt"
+      Then the write ended with end and the read with OUTPUT_TOO_LARGE {"field": "output", "reason": "size", "limit_bytes": 4096}
+      And no stored frame of the read is larger than 1024 bytes
 
   Rule: Sandboxes belong to a tenant
 

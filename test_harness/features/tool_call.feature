@@ -43,3 +43,9 @@ Feature: tool_call runs operator-configured executors with validated arguments
     When I try to create a flow whose tool "grep" requires "q" to match "^(a+)+$"
     And I call tool "grep" giving "q" 50000 "a" followed by "!"
     Then the answer is 400 with code INVALID_TOOL_ARGS
+
+  @POLICY-3030
+  Scenario: A tool whose output is over the server's bound ends with OUTPUT_TOO_LARGE
+    When on a server recording values of at most 2048 bytes a tool prints 4096 bytes
+    Then the step ends with OUTPUT_TOO_LARGE {"field": "output", "reason": "size", "limit_bytes": 2048}
+    And the tool ran once and no stored frame of the step is larger than 1024 bytes

@@ -33,8 +33,19 @@ class TestErrorTree:
         """The closed vocabulary is fully covered by the tree."""
         owners = {c.code for c in STATUS} | {
             errors.DeterminismInputsDiffer.code, errors.Cancelled.code, errors.ReplayDiverged.code,
-            errors.DeadlineExceeded.code, errors.Interrupted.code, errors.ContractViolation.code}
+            errors.DeadlineExceeded.code, errors.Interrupted.code, errors.ContractViolation.code,
+            errors.OutputTooLarge.code}
         assert owners == set(errors.ErrorCode)
+
+    def test_output_too_large_is_a_stream_only_refusal(self) -> None:
+        """[POLICY-3030] OUTPUT_TOO_LARGE is a stream error, not retriable, 413 on paper."""
+        err = errors.OutputTooLarge("too big", data={"field": "output", "reason": "size",
+                                                     "limit_bytes": 1024})
+        assert isinstance(err, errors.StreamError)
+        assert (err.http_status, err.retriable) == (413, False)
+        back = errors.error_from_envelope(err.envelope())
+        assert type(back) is errors.OutputTooLarge
+        assert back.data == {"field": "output", "reason": "size", "limit_bytes": 1024}
 
     def test_envelope_roundtrip_rebuilds_the_typed_error(self) -> None:
         """A client gets the same subclass, data and retry hint back."""
