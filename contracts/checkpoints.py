@@ -13,7 +13,7 @@ __all__ = ["Checkpoint", "CheckpointCreate"]
 
 class CheckpointCreate(msgspec.Struct, forbid_unknown_fields=True):
     """Body of ``POST /v1/runs/{run_id}/checkpoint``: the interpreter's state, as JSON, at
-    most ``max_recorded_value_bytes`` once encoded (POLICY-3010)."""
+    most ``max_recorded_value_bytes`` once encoded (POLICY-3030)."""
 
     snapshot: Any
     step_id: Id | None = None

@@ -394,7 +394,7 @@ class ContractViolation(StreamError):
 
 class OutputTooLarge(StreamError):
     """A value the Step would record is over the server's bound, or evaluating it went
-    over its work budget (POLICY-3010, NERVE-4007). Nothing of it is recorded: the value
+    over its work budget (POLICY-3030, NERVE-4007). Nothing of it is recorded: the value
     is refused, never truncated.
 
     ``data``: ``field`` (the refused value, e.g. ``output`` or ``output.value``),

@@ -225,7 +225,7 @@ class GateEvalSubmit(msgspec.Struct, tag="gate_eval", tag_field="type",
 
 class CheckpointInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Input of a ``checkpoint`` Step: the interpreter state to snapshot (JSON), at most
-    ``max_recorded_value_bytes`` once encoded (POLICY-3010)."""
+    ``max_recorded_value_bytes`` once encoded (POLICY-3030)."""
 
     snapshot: Any
 

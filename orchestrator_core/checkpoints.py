@@ -8,7 +8,7 @@ mark, each read through an index. It is content-addressed (``ckp_`` + blake3 of 
 snapshot and cursor) and lives in SQLite, so it survives restarts. It is made by ``POST
 /v1/runs/{id}/checkpoint`` or by a ``checkpoint`` Step (which also logs a durable
 ``checkpoint`` frame before its ``end``). A snapshot larger than
-``max_recorded_value_bytes`` is refused before anything is stored (POLICY-3010).
+``max_recorded_value_bytes`` is refused before anything is stored (POLICY-3030).
 
 A Run created with ``from_checkpoint`` forks from it without touching the parent: the
 parent's Facts up to the high-water mark are copied into the child, and a Step the child
@@ -76,7 +76,7 @@ class Checkpoints:
                 "facts_high_water": store.facts_high_water(run_id)}
 
     def check_snapshot(self, snapshot: Any, field: str) -> None:
-        """Refuse a snapshot over ``max_recorded_value_bytes`` (POLICY-3010).
+        """Refuse a snapshot over ``max_recorded_value_bytes`` (POLICY-3030).
 
         Raises:
             InvalidParams: ``data``: ``field``, ``reason`` (``size`` or ``depth``) and the
@@ -99,13 +99,19 @@ class Checkpoints:
             checkpoint.
 
         Raises:
-            NotFound: no such Run (or another tenant's).
+            NotFound: no such Run (or another tenant's), or ``body.step_id`` names no
+                Step of this Run.
             InvalidParams: the snapshot is over ``max_recorded_value_bytes``
-                (``data.field`` ``snapshot``, POLICY-3010).
+                (``data.field`` ``snapshot``, POLICY-3030).
         """
         self.orch.get_run(run_id, tenant)
         if step_id is None:  # a checkpoint Step's snapshot was checked at its admission
             self.check_snapshot(body.snapshot, "snapshot")
+            cited = body.step_id
+            row_of = self.orch.store.get_step(cited) if cited is not None else None
+            if cited is not None and (row_of is None or row_of["run_id"] != run_id):
+                # another Run's or tenant's step answers as an unknown one (NERVE-4051)
+                raise NotFound(f"no step {cited}", data={"step_id": cited})
         cursor = self.cursor(run_id)
         digest = b3({"run_id": run_id, "snapshot": body.snapshot, "cursor": cursor})
         row = {"checkpoint_id": "ckp_" + digest[3:35], "run_id": run_id,
@@ -175,7 +181,7 @@ class Checkpoints:
 
         Raises:
             InvalidParams: the snapshot is over ``max_recorded_value_bytes``
-                (``data.field`` ``input.snapshot``, POLICY-3010); nothing is stored.
+                (``data.field`` ``input.snapshot``, POLICY-3030); nothing is stored.
         """
         self.check_snapshot(body.input.snapshot, "input.snapshot")
         step_id = self.orch.insert_step(run, body, "checkpoint", input_value, input_hash,

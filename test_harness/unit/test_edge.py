@@ -240,6 +240,25 @@ class TestCrossReferences:
         assert foreign == unknown
         assert foreign[0] == 404
 
+    def test_checkpoint_citing_another_tenants_step_answers_like_an_unknown_step(
+            self, two: tuple[TestClient[Any], dict[str, str]]) -> None:
+        """Beta's checkpoint citing alpha's step is refused as a made-up step is, and
+        stores nothing."""
+        c, ids = two
+        h = {"Authorization": "Bearer tb"}
+
+        def answer(step_id: str) -> tuple[int, bytes]:
+            r = c.post(f"/v1/runs/{ids['beta_run']}/checkpoint", headers=h,
+                       json={"snapshot": {"pc": 1}, "step_id": step_id})
+            return r.status_code, r.content.replace(step_id.encode(), b"<id>")
+
+        assert answer(ids["alpha_step"]) == answer("stp_" + "0" * 26)
+        assert answer(ids["alpha_step"])[0] == 404
+        listed = c.get(f"/v1/runs/{ids['beta_run']}/checkpoints", headers=h).json()
+        own = c.post(f"/v1/runs/{ids['beta_run']}/checkpoint", headers=h,
+                     json={"snapshot": {"pc": 1}, "step_id": ids["beta_step"]})
+        assert (listed, own.status_code) == ([], 201)
+
 
 def test_check_json_value_is_iterative() -> None:
     """A value nested 100,000 levels is measured without recursion [NERVE-4032]."""
