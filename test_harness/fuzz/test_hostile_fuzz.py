@@ -56,7 +56,14 @@ from test_harness.fuzz.common import (
     shown,
     stray_tracebacks,
 )
-from test_harness.fuzz.hostile import CATEGORIES, HostileCase, Req, hostile_cases
+from test_harness.fuzz.hostile import (
+    CATEGORIES,
+    NEST_SHAPES,
+    HostileCase,
+    Req,
+    hostile_cases,
+    nest,
+)
 from test_harness.fuzz.live import HealthProbe, LiveServer, Poll
 from test_harness.support import http_run_step, llm_step
 
@@ -362,6 +369,32 @@ def _print_summary(report: Report, probe: HealthProbe, server: LiveServer) -> No
     polls, worst, p99 = probe.summary()
     print(f"  /health: {polls} polls, max {worst * 1000:.0f} ms, p99 {p99 * 1000:.1f} ms, "
           f"{len(_slow_polls(probe))} over {HEALTH_LIMIT_S * 1000:.0f} ms or failed")
+
+
+def _depth(raw: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` outside strings (an unclosed run counts as open)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            escaped = not escaped and byte == 0x5C
+            in_string = escaped or byte != 0x22
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
+
+
+@pytest.mark.parametrize("shape", NEST_SHAPES)
+def test_nest_builds_exactly_the_levels_asked(shape: str) -> None:
+    """The deep-nesting generator makes as many levels as asked, odd or even, so cases
+    "at the limit" and "one over" sit on either side of the server's 64."""
+    assert [_depth(nest(n, shape)) for n in (1, 2, 3, 63, 64, 65, 20_000)] == \
+        [1, 2, 3, 63, 64, 65, 20_000]
 
 
 @pytest.mark.usefixtures("hypothesis_home")
