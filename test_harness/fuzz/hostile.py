@@ -87,12 +87,15 @@ class Req:
 
 @dataclass(frozen=True)
 class HostileCase:
-    """A hostile input: its category, the operation it targets, what it is, its requests."""
+    """A hostile input: its category, the operation it targets, what it is, its requests,
+    and the family of cases it belongs to (where the input is used: ``policy.redact``,
+    ``pattern in tool parameters``...), which a stall-prone fuzz may give up on as one."""
 
     category: str
     operation: str
     note: str
     requests: tuple[Req, ...]
+    family: str = ""
 
 
 def _req(op: Op, body: Any, expect: frozenset[int] = frozenset(),
@@ -382,7 +385,7 @@ def _deep_schema(t: Targets) -> st.SearchStrategy[HostileCase]:
         if isinstance(schema, Raw) and _SCHEMA_SLOT_DEPTH + levels > MAX_DEPTH:  # 400 at once
             reqs = (Req(reqs[0].label, reqs[0].method, reqs[0].path, reqs[0].body,
                         expect=frozenset({400}), capture=reqs[0].capture),)
-        return HostileCase("deep_schema", label, f"{name} in {where}", reqs)
+        return HostileCase("deep_schema", label, f"{name} in {where}", reqs, where)
     return build()
 
 
@@ -415,7 +418,8 @@ def _catastrophic(t: Targets) -> st.SearchStrategy[HostileCase]:
                          encode(run), capture="run_id"),
                      Req(f"{STEP} llm_call", "POST", "/v1/runs/{run_id}/steps", encode(step)))
             return HostileCase("catastrophic_patterns", f"{STEP} llm_call",
-                               f"{pattern!r} in policy.redact, prompt {EVIL_TEXT!r}", chain)
+                               f"{pattern!r} in policy.redact, prompt {EVIL_TEXT!r}", chain,
+                               "policy.redact")
         if keyword == "pattern":
             schema: dict[str, Any] = {"type": "object", "properties": {
                 "text": {"type": "string", "pattern": pattern}}}
@@ -429,7 +433,7 @@ def _catastrophic(t: Targets) -> st.SearchStrategy[HostileCase]:
         where = draw(st.sampled_from(sorted(_schema_targets(t, {}, {}, ""))))
         label, reqs = _schema_targets(t, schema, instance, pattern)[where]
         return HostileCase("catastrophic_patterns", label,
-                           f"{pattern!r} as {keyword} in {where}", reqs)
+                           f"{pattern!r} as {keyword} in {where}", reqs, f"{keyword} in {where}")
     return build()
 
 

@@ -17,8 +17,9 @@ request is sent raw with httpx. The test fails on:
 * any request slower than 1 s (SSE routes answer a bad ``Last-Event-ID`` before streaming;
   a stream that does start is read for 0.5 s and counted apart, not as slow);
 * no answer (dropped connection, or no answer within 5 s: the server is then killed and
-  restarted, and after two such stalls the rest of that category's cases on that
-  operation are skipped and reported);
+  restarted; after two stalls in one family of cases (a category's cases on one
+  operation with one use of the input, such as ``policy.redact``) the rest of that family
+  is skipped and counted);
 * a Step accepted by the server that then fails with ``INTERNAL``, or that is still
   running 3 s later (Steps are followed until they end, so background work is timed);
 * a traceback in the server log;
@@ -78,7 +79,7 @@ STREAM_READ_S = 0.5
 FOLLOW_S = 3.0
 """How long an accepted Step may run before the fuzz cancels it and reports it."""
 MAX_STALLS = 2
-"""Stalls per (category, operation) before its remaining cases are skipped."""
+"""Stalls per family of cases (category, operation, family) before the rest are skipped."""
 _TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 _CHOSEN = tuple(c for c in os.environ.get("FUZZ_CATEGORIES", ",".join(CATEGORIES)).split(",")
                 if c)
@@ -97,7 +98,7 @@ class Report:
     max_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     streamed: Counter[str] = field(default_factory=Counter)
     stream_notes: Counter[str] = field(default_factory=Counter)
-    stalls: Counter[tuple[str, str]] = field(default_factory=Counter)
+    stalls: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     failures: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     attributed: list[tuple[int, int]] = field(default_factory=list)
 
@@ -179,7 +180,7 @@ class Fuzzer:
 
     def run(self, case: HostileCase) -> None:
         """Send the case's requests in order, following each Step it creates."""
-        if self.report.stalls[case.category, case.operation] >= MAX_STALLS:
+        if self.report.stalls[case.category, case.operation, case.family] >= MAX_STALLS:
             self.report.skipped[case.category] += 1
             return
         self.report.cases[case.category] += 1
@@ -263,14 +264,14 @@ class Fuzzer:
                    elapsed: float) -> None:
         """Report a request without an answer; restart the server if it is stuck."""
         report = self.report
-        alive = self.server.alive()
+        alive = self.server.alive(timeout_s=1.0)
         kind = "NO RESPONSE" if alive else \
             "STALL" if isinstance(exc, httpx.TimeoutException) else "SERVER DOWN"
         report.fail(kind, case, f"{req.label}: {type(exc).__name__}",
                     f"{sent}\nerror after {elapsed:.1f} s: {exc!r}\nserver answers /health: "
                     f"{alive}\n{self._log_lines()}")
         if not alive:
-            report.stalls[case.category, case.operation] += 1
+            report.stalls[case.category, case.operation, case.family] += 1
             self.probe.paused = True
             self.server.restart()
             self.probe.paused = False
