@@ -306,29 +306,33 @@ class Fuzzer:
                 return
             time.sleep(0.02)
 
+    def _log_tail(self) -> bytes:
+        """The server log written since the case in flight started."""
+        with self.server.log.open("rb") as f:
+            f.seek(self.offset)
+            return f.read()
+
     def _log_lines(self) -> str:
         """The server-log lines of the case in flight, once a traceback is among them (at
         most 1 s later); they count as shown."""
-        log, start = self.server.log, self.offset
         deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and TRACEBACK.encode() not in \
-                log.read_bytes()[start:]:
+        while time.monotonic() < deadline and TRACEBACK.encode() not in self._log_tail():
             time.sleep(0.05)
-        self.report.attributed.append((start, log.stat().st_size))
-        return f"server log:\n{_clip(log_since(log, start))}"
+        tail = self._log_tail()
+        self.report.attributed.append((self.offset, self.offset + len(tail)))
+        return "server log:\n" + _clip(tail.decode(errors="replace").strip() or "<none>")
 
     def _check_log(self, case: HostileCase) -> None:
         """Report the tracebacks the case left in the server log that no failure showed."""
-        log = self.server.log
-        raw, marker = log.read_bytes(), TRACEBACK.encode()
-        at = raw.find(marker, self.offset)
+        tail, marker = self._log_tail(), TRACEBACK.encode()
+        at = tail.find(marker)
         while at >= 0:
-            end = raw.find(marker, at + 1)
-            if not any(lo <= at < hi for lo, hi in self.report.attributed):
-                block = raw[at:end if end >= 0 else len(raw)].decode(errors="replace")
+            end = tail.find(marker, at + 1)
+            if not any(lo <= self.offset + at < hi for lo, hi in self.report.attributed):
+                block = tail[at:end if end >= 0 else len(tail)].decode(errors="replace")
                 self.report.fail("SERVER TRACEBACK", case, exception_line(block), _clip(block))
             at = end
-        self.report.attributed.append((self.offset, len(raw)))
+        self.report.attributed.append((self.offset, self.offset + len(tail)))
 
 
 def _clip(text: str, head: int = 1500, tail: int = 2500) -> str:
