@@ -31,42 +31,41 @@ a run is reproducible and leaves nothing in the repository.
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import pathlib
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import msgspec
 import msgspec.inspect as mi
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir, storage_directory
 from schemathesis import Case, GenerationMode
 
-from contracts.errors import ErrorEnvelope
 from contracts.flows import FlowCreate
 from contracts.runs import RunCreate
 from contracts.steps import StepSubmit
 from orchestrator_core.config import mock_config
+from test_harness.fuzz.common import (
+    FUZZ_CASES,
+    FUZZ_SETTINGS,
+    envelope_problem,
+    exception_line,
+    log_since,
+    settled_size,
+    shown,
+    stray_tracebacks,
+)
 from test_harness.support import MOCK_MODEL, http_run_step, llm_step, server_process
-
-FUZZ_CASES = int(os.environ.get("FUZZ_CASES", "200"))
-"""Total requests over all operations."""
 
 REQUEST_TIMEOUT_S = 10.0
 """Per request; for an SSE stream, the total time it is read before being cut short."""
 
-_ENVELOPE_KEYS = frozenset({"code", "message", "retriable", "retry_after_ms", "data"})
-_SHOWN = 1500  # characters of a request or response body shown in a report
 _LAST = ("POST /v1/runs/{run_id}/cancel", "POST /v1/steps/{step_id}/cancel")
 """Run last, so the known Runs still accept Steps while the other operations are fuzzed."""
 _CONTRACTS: dict[str, Any] = {
@@ -82,19 +81,6 @@ _SAMPLING_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 """``(low, high, low excluded)`` of the sampling parameters the server accepts."""
 _FRESH = itertools.count()
 """Suffixes that make a repaired client_token new, so its Step is created."""
-_TRACEBACK = "Traceback (most recent call last):"
-_LOG_WAIT_S = 3.0
-
-_FUZZ_SETTINGS = settings(
-    deadline=None,  # each example is a network round trip
-    derandomize=True,  # the same cases on every run, in CI too
-    database=None,  # no .hypothesis/ directory in the repository
-    phases=[Phase.generate],  # failures are collected, never raised: nothing to shrink
-    # The one timing-based health check (data generation time): a loaded CI runner must
-    # not fail the test. The others are deterministic under derandomize and pass.
-    suppress_health_check=[HealthCheck.too_slow],
-)
-
 
 @dataclass
 class Server:
@@ -148,20 +134,6 @@ def _seed(url: str) -> dict[str, list[str]]:
         pools = [p["pool_id"] for p in http.get("/v1/pools").json()]
     return {"flow_id": [flow_id], "flow_hash": [flow_hash], "run_id": runs,
             "step_id": [step.json()["step_id"]], "pool_id": pools}
-
-
-@pytest.fixture(scope="module")
-def hypothesis_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keep Hypothesis's caches out of the repository.
-
-    ``database=None`` stops the example database, but Hypothesis still caches the
-    constants it collects from local modules and its Unicode tables under
-    ``./.hypothesis``; point that home at a temporary directory for this module.
-    """
-    previous = storage_directory(intent_to_write=False).home_directory
-    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
-    yield
-    set_hypothesis_home_dir(previous)
 
 
 @pytest.fixture(scope="module")
@@ -257,97 +229,6 @@ def _strategy(op: Any, known: dict[str, list[str]]) -> st.SearchStrategy[Case[An
     return st.sampled_from([plain, conforming]).flatmap(lambda strategy: strategy)
 
 
-def _shown(raw: object) -> str:
-    if raw is None:
-        return "<none>"
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}… ({len(text)} chars)"
-
-
-def _envelope_problem(status: int, content_type: str, body: bytes) -> str | None:
-    """Why a non-2xx answer is not the error envelope, or None when it is."""
-    if status < 400:
-        return f"status {status} is not an error status"
-    if not content_type.startswith("application/json"):
-        return f"content-type {content_type!r} is not application/json"
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return "body is not JSON"
-    if not isinstance(doc, dict):
-        return f"body is a JSON {type(doc).__name__}, not an object"
-    if extra := sorted(set(doc) - _ENVELOPE_KEYS):
-        return f"unexpected keys {extra}"
-    if nulls := sorted(k for k in ("retry_after_ms", "data") if k in doc and doc[k] is None):
-        return f"optional keys {nulls} are null instead of absent"
-    try:
-        env = msgspec.convert(doc, ErrorEnvelope, strict=True)
-    except msgspec.ValidationError as exc:
-        return f"not an error envelope: {exc}"
-    if env.retry_after_ms is not None and env.retry_after_ms < 0:
-        return "retry_after_ms is negative"
-    return None
-
-
-def _log_since(log: pathlib.Path, offset: int) -> str:
-    with log.open("rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace").strip() or "<no server log lines>"
-
-
-def _settled_size(log: pathlib.Path, offset: int) -> int:
-    """The log size once the lines of a request just answered are written.
-
-    The worker's log lines reach the file a little after its response, so wait until the
-    log has grown past ``offset`` and stopped growing (at most ``_LOG_WAIT_S``).
-    """
-    deadline = time.monotonic() + _LOG_WAIT_S
-    size = log.stat().st_size
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        new = log.stat().st_size
-        if new == size and size > offset:
-            break
-        size = new
-    return size
-
-
-def _exception_line(log_text: str) -> str:
-    """``file:line in function: exception`` of the last traceback in ``log_text``."""
-    _, marker, last = log_text.rpartition(_TRACEBACK)
-    if not marker:
-        return "no traceback in the server log"
-    where, exc = "?", "?"
-    for line in last.splitlines()[1:]:
-        text = line.strip()
-        if text.startswith('File "'):
-            path, _, rest = text[6:].partition('", line ')
-            number, _, func = rest.partition(", in ")
-            where = f"{pathlib.Path(path).name}:{number} in {func}"
-        elif text and not line.startswith((" ", "\t")):
-            exc = text[:200]
-            break
-    return f"{where}: {exc}"
-
-
-def _stray_tracebacks(log: pathlib.Path, attributed: list[tuple[int, int]]) -> list[str]:
-    """Tracebacks in the server log outside the log windows of reported 500s."""
-    raw = log.read_bytes()
-    marker = _TRACEBACK.encode()
-    starts = []
-    at = raw.find(marker)
-    while at >= 0:
-        starts.append(at)
-        at = raw.find(marker, at + 1)
-    blocks = []
-    for n, start in enumerate(starts):
-        if any(lo <= start < hi for lo, hi in attributed):
-            continue
-        end = starts[n + 1] if n + 1 < len(starts) else len(raw)
-        blocks.append(raw[start:end].decode(errors="replace").strip())
-    return blocks
-
-
 def _exercise(case: Case[Any], label: str, server: Server, session: requests.Session,
               report: Report) -> None:
     """Send one case and record what is wrong with the answer."""
@@ -361,22 +242,22 @@ def _exercise(case: Case[Any], label: str, server: Server, session: requests.Ses
         report.fail("NO RESPONSE", label, type(exc).__name__,
                     f"{request}\nreproduce: {case.as_curl_command(base_url=server.url)}"
                     f"\nerror: {exc!r}\nserver alive: {alive}\n"
-                    f"server log:\n{_log_since(server.log, offset)}")
+                    f"server log:\n{log_since(server.log, offset)}")
         return
     report.statuses.setdefault(label, Counter())[resp.status_code] += 1
     report.cut_streams += resp.stream_cut_short
     if 200 <= resp.status_code < 300:
         return
     sent = (f"{resp.request.method} {resp.request.url}\n"
-            f"request body: {_shown(resp.request.body)}\n"
-            f"status: {resp.status_code}\nresponse body: {_shown(resp.content)}")
+            f"request body: {shown(resp.request.body)}\n"
+            f"status: {resp.status_code}\nresponse body: {shown(resp.content)}")
     if resp.status_code == 500:
-        end = _settled_size(server.log, offset)
-        log_text = _log_since(server.log, offset)
+        end = settled_size(server.log, offset)
+        log_text = log_since(server.log, offset)
         report.attributed.append((offset, end))
-        report.fail("500", label, _exception_line(log_text), f"{sent}\nserver log:\n{log_text}")
+        report.fail("500", label, exception_line(log_text), f"{sent}\nserver log:\n{log_text}")
     content_type = (resp.headers.get("content-type") or [""])[0]
-    problem = _envelope_problem(resp.status_code, content_type, resp.content)
+    problem = envelope_problem(resp.status_code, content_type, resp.content)
     if problem is not None:
         report.fail("NOT AN ENVELOPE", label, problem, sent)
 
@@ -385,7 +266,7 @@ def _fuzz_operation(op: Any, strategy: st.SearchStrategy[Case[Any]], budget: int
                     session: requests.Session, report: Report) -> None:
     label = f"{op.method.upper()} {op.path}"
 
-    @settings(_FUZZ_SETTINGS, max_examples=budget)
+    @settings(FUZZ_SETTINGS, max_examples=budget)
     @given(case=strategy)
     def fuzz(case: Case[Any]) -> None:
         _exercise(case, label, server, session, report)
@@ -414,11 +295,11 @@ def test_fuzz_served_openapi(server: Server) -> None:
     for label, count in sorted(report.cases.items()):
         statuses = dict(sorted(report.statuses.get(label, Counter()).items()))
         print(f"  {count:5d}  {label:34s} {statuses}")
-    for block in _stray_tracebacks(server.log, report.attributed):
-        report.fail("SERVER TRACEBACK", "-", _exception_line(block), block)
+    for block in stray_tracebacks(server.log, report.attributed):
+        report.fail("SERVER TRACEBACK", "-", exception_line(block), block)
     if server.proc.poll() is not None:
         report.fail("SERVER EXITED", "-", str(server.proc.returncode),
-                    _log_since(server.log, 0)[-4000:])
+                    log_since(server.log, 0)[-4000:])
     if report.failures:
         pytest.fail(f"fuzzing found {len(report.failures)} distinct problems:\n\n"
                     f"{report.render()}", pytrace=False)
