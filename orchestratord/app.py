@@ -218,7 +218,7 @@ def _last_event_id(request: Request[Any, Any, Any]) -> int | None:
     if raw is None:
         return None
     try:
-        last = int(raw) if len(raw) <= 20 else -1
+        last = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 20 else -1
         if not 0 <= last < 2**63:
             raise ValueError(raw)
     except ValueError:

@@ -121,7 +121,8 @@ class TestLastEventId:
 
     @pytest.mark.parametrize("route", ["/v1/steps/{step}/stream",
                                        "/v1/runs/{run}/facts/stream"])
-    @pytest.mark.parametrize("value", [str(2**63), str(2**64), "-1", "9" * 400, "x"])
+    @pytest.mark.parametrize("value", [str(2**63), str(2**64), "-1", "9" * 400, "x", "+1",
+                                       "1_0", "1 "])
     def test_out_of_range_is_400_before_the_stream(
             self, client: TestClient[Any], ids: dict[str, str], route: str, value: str) -> None:
         """Values outside [0, 2**63) are refused with the value echoed (cut to 64 chars)."""
