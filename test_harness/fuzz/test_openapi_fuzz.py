@@ -63,6 +63,9 @@ from test_harness.fuzz.common import (
 )
 from test_harness.support import MOCK_MODEL, http_run_step, llm_step, server_process
 
+SLOW_S = 1.0
+"""No request may take longer than this to answer (its response head, for a stream)."""
+
 REQUEST_TIMEOUT_S = 10.0
 """Per request; for an SSE stream, the total time it is read before being cut short."""
 
@@ -246,6 +249,10 @@ def _exercise(case: Case[Any], label: str, server: Server, session: requests.Ses
         return
     report.statuses.setdefault(label, Counter())[resp.status_code] += 1
     report.cut_streams += resp.stream_cut_short
+    if resp.elapsed > SLOW_S:  # time to the response head, streams too
+        report.fail("SLOW", label, f"over {SLOW_S} s",
+                    f"{request} answered in {resp.elapsed:.2f} s\n"
+                    f"reproduce: {case.as_curl_command(base_url=server.url)}")
     if 200 <= resp.status_code < 300:
         return
     sent = (f"{resp.request.method} {resp.request.url}\n"
@@ -276,7 +283,8 @@ def _fuzz_operation(op: Any, strategy: st.SearchStrategy[Case[Any]], budget: int
 
 @pytest.mark.usefixtures("hypothesis_home")
 def test_fuzz_served_openapi(server: Server) -> None:
-    """No 500, every error an envelope, every request answered, over FUZZ_CASES requests."""
+    """No 500, every error an envelope, every request answered within 1 s, over FUZZ_CASES
+    requests."""
     schema = schemathesis.openapi.from_url(f"{server.url}/schema/openapi.json")
     ops = [op for path in schema for op in schema[path].values()]
     assert ops, "the served document has no operations"
