@@ -29,6 +29,9 @@ class FakeTokenizer:
     def token_id(self, piece: str) -> int:
         return len(piece)
 
+    def piece(self, token_id: int) -> bytes:
+        return b"<%d>" % token_id
+
 
 def _sse(*chunks: dict[str, object], done: bool = True) -> bytes:
     body = b"".join(b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks)

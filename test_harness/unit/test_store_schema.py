@@ -19,6 +19,7 @@ def test_a_v4_event_log_is_carried_into_v5_unchanged(tmp_path: pathlib.Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames written under v4 read back identically after the v5 rebuild."""
     monkeypatch.setattr(SqliteStore, "_migrate_v5", lambda self: None)
+    monkeypatch.setattr(SqliteStore, "_migrate_v6", lambda self: None)
     old = seeded(SqliteStore(tmp_path / "o.db"))
     frames = [("s", i, "r", "token", b'{"i":%d}' % i) for i in range(5)]
     old.commit_events(frames[::-1], [("s", {"last_seq": 4})])
@@ -29,7 +30,7 @@ def test_a_v4_event_log_is_carried_into_v5_unchanged(tmp_path: pathlib.Path,
     new = SqliteStore(tmp_path / "o.db")
     assert _rows(new) == before == [(i, "token", b'{"i":%d}' % i) for i in range(5)]
     con = sqlite3.connect(tmp_path / "o.db")
-    assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
+    assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
     indexes = {r[1] for r in con.execute("PRAGMA index_list(events)")}
     assert "events_run" not in indexes
     new.close()
