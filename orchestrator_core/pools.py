@@ -301,14 +301,15 @@ class PoolManager:
             path, settings, pool.identity.settings["env"], replica.slots,
             self.data_dir / "engines" / f"{replica.replica_id.replace('/', '_')}.log")
         await proc.start()
-        replica.process = proc
         adapter = LlamaCppEngine(proc.url, pool.identity, self._tokenizer(path))
         try:
             check_observed(pool.identity, await adapter.engine_report())
         except BaseException:
+            # Refused for good: the process is not kept, so it is not restarted either.
             await adapter.aclose()
             await proc.stop()
             raise
+        replica.process = proc
         replica.adapter = adapter
 
     async def start(self) -> None:

@@ -72,6 +72,8 @@ class _Line(msgspec.Struct, omit_defaults=True):
     error: str | None = None
 
 
+_TYPES = {0: "f32", 1: "f16", 8: "q8_0", 30: "bf16"}
+"""ggml KV cache type numbers and their names (only ``f16`` is ever requested)."""
 _enc = msgspec.json.Encoder()
 _req = msgspec.json.Decoder(GenerateRequest)
 
@@ -104,8 +106,8 @@ class _Slot:
                 "n_threads_batch": lib.llama_n_threads_batch(ctx),
                 "flash_attn": llm.context_params.flash_attn_type
                 == lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                "type_k": int(llm.context_params.type_k),
-                "type_v": int(llm.context_params.type_v),
+                "type_k": _TYPES.get(int(llm.context_params.type_k), "other"),
+                "type_v": _TYPES.get(int(llm.context_params.type_v), "other"),
                 "last_n_tokens_size": llm.last_n_tokens_size,
                 "logits_all": bool(llm._logits_all)}
 
