@@ -103,7 +103,8 @@ class TestOpenAIHttpEngine:
             await _collect(_engine(httpx.MockTransport(handler)))
 
 
-VLLM_CHUNKS = [  # recorded from vLLM's /v1/completions with return_tokens_as_token_ids
+# Recorded from vLLM's /v1/completions with return_tokens_as_token_ids.
+VLLM_CHUNKS: list[dict[str, object]] = [
     {"choices": [{"index": 0, "text": " caf", "finish_reason": None,
                   "logprobs": {"tokens": ["token_id:2104"], "token_logprobs": [-0.1]}}]},
     {"choices": [{"index": 0, "text": "", "finish_reason": None,
