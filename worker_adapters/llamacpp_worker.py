@@ -44,7 +44,7 @@ import msgspec
 
 from worker_adapters.token_bytes import StopFilter
 
-__all__ = ["GenerateRequest", "main"]
+__all__ = ["GenerateRequest", "main", "open_llama"]
 
 
 class GenerateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -78,6 +78,26 @@ _enc = msgspec.json.Encoder()
 _req = msgspec.json.Decoder(GenerateRequest)
 
 
+def open_llama(model: str, settings: dict[str, Any]) -> Any:
+    """A ``llama_cpp.Llama`` context with every setting explicit (PLACE-5004).
+
+    Args:
+        model: the GGUF path.
+        settings: as :func:`worker_adapters.llamacpp.llamacpp_settings` returns them.
+    """
+    import llama_cpp
+
+    types = {name: num for num, name in _TYPES.items()}
+    return llama_cpp.Llama(
+        model_path=model, n_ctx=settings["n_ctx"], n_batch=settings["n_batch"],
+        n_ubatch=settings["n_ubatch"], n_threads=settings["n_threads"],
+        n_threads_batch=settings["n_threads_batch"], flash_attn=settings["flash_attn"],
+        type_k=types[settings["type_k"]], type_v=types[settings["type_v"]],
+        last_n_tokens_size=settings["last_n_tokens_size"],
+        logits_all=settings["logits_all"], n_gpu_layers=0, use_mmap=True,
+        use_mlock=False, numa=False, embedding=False, verbose=False)
+
+
 class _Slot:
     """One ``Llama`` context and what it needs to turn ids into bytes."""
 
@@ -85,14 +105,7 @@ class _Slot:
         import llama_cpp
 
         self.lib = llama_cpp
-        self.llm = llama_cpp.Llama(
-            model_path=model, n_ctx=settings["n_ctx"], n_batch=settings["n_batch"],
-            n_ubatch=settings["n_ubatch"], n_threads=settings["n_threads"],
-            n_threads_batch=settings["n_threads_batch"], flash_attn=settings["flash_attn"],
-            type_k=llama_cpp.GGML_TYPE_F16, type_v=llama_cpp.GGML_TYPE_F16,
-            last_n_tokens_size=settings["last_n_tokens_size"],
-            logits_all=settings["logits_all"], n_gpu_layers=0, use_mmap=True,
-            use_mlock=False, numa=False, embedding=False, verbose=False)
+        self.llm = open_llama(model, settings)
         self.vocab = self.llm._model.vocab
         self._buf = ctypes.create_string_buffer(64)
         self._grammars: dict[str, Any] = {}
@@ -163,7 +176,7 @@ class _Slot:
         grammar = self.grammar(req.grammar) if req.grammar is not None else None
         yield _Line(prompt_tokens=len(tokens))
         # n_tokens = 0: generate() evaluates the whole prompt, nothing is reused
-        llm.reset()  # type: ignore[no-untyped-call]
+        llm.reset()
         llm.set_seed(req.seed)
         stops = StopFilter(req.stop)
         sampled = 0

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from worker_adapters.llamacpp import llamacpp_settings
+from worker_adapters.llamacpp_worker import open_llama
 
 __all__ = ["Expected", "Reference", "decode_valid"]
 
@@ -61,14 +62,7 @@ class Reference:
 
         atexit.register(close_null_files)
 
-        s = llamacpp_settings({}, 2048)
-        self.llm = llama_cpp.Llama(
-            model_path=str(model_path), n_ctx=s["n_ctx"], n_batch=s["n_batch"],
-            n_ubatch=s["n_ubatch"], n_threads=s["n_threads"],
-            n_threads_batch=s["n_threads_batch"], flash_attn=s["flash_attn"],
-            type_k=llama_cpp.GGML_TYPE_F16, type_v=llama_cpp.GGML_TYPE_F16,
-            last_n_tokens_size=s["last_n_tokens_size"], logits_all=s["logits_all"],
-            verbose=False)
+        self.llm = open_llama(str(model_path), llamacpp_settings({}, 2048))
         self.lib = llama_cpp
 
     def complete(self, prompt: str, params: dict[str, Any]) -> Expected:
@@ -77,7 +71,7 @@ class Reference:
         sampling = {"top_k": params["top_k"], "top_p": params["top_p"],
                     "min_p": params["min_p"], "repeat_penalty": params["repeat_penalty"]}
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-        llm.reset()  # type: ignore[no-untyped-call]
+        llm.reset()
         llm.set_seed(params["seed"])
         ids: list[int] = []
         gen = llm.generate(tokens, temp=params["temperature"], typical_p=1.0, **sampling)
@@ -88,11 +82,11 @@ class Reference:
             ids.append(token)
         gen.close()
         data = b"".join(llm.detokenize([t]) for t in ids)
-        llm.reset()  # type: ignore[no-untyped-call]
+        llm.reset()
         out = llm.create_completion(prompt, max_tokens=params["max_tokens"],
                                     temperature=params["temperature"], seed=params["seed"],
                                     stop=[], **sampling)
-        choice = out["choices"][0]  # type: ignore[index]
-        usage = out["usage"]  # type: ignore[index]
+        choice = out["choices"][0]
+        usage = out["usage"]
         return Expected(ids=ids, data=data, text=choice["text"],
                         completion_tokens=usage["completion_tokens"])
