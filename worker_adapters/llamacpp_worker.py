@@ -239,6 +239,7 @@ def _client_gone(sock: socket.socket) -> bool:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # one small write per token: never wait for an ACK
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
