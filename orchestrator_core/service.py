@@ -524,6 +524,7 @@ class Orchestrator:
                                      replica_id=rec_prov.replica_id)
         pool, replica, decision = place(self.pools, inp.model, placement)
         engine = replica.engine()
+        engine.check_seed(seed)
         messages = ([msgspec.to_builtins(m) for m in inp.messages]
                     if inp.messages is not None else None)
         prompt = inp.prompt

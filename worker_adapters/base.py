@@ -137,6 +137,13 @@ class EngineAdapter(abc.ABC):
             contracts.errors.EngineError: the engine refused or broke the request.
         """
 
+    def check_seed(self, seed: int) -> None:  # noqa: B027 - optional
+        """Refuse, before anything runs, a seed the engine would not honour exactly.
+
+        Raises:
+            contracts.errors.InvalidParams: naming ``params.seed`` in ``data["field"]``.
+        """
+
     def check_constraint(self, schema: dict[str, Any]) -> None:  # noqa: B027 - optional
         """Refuse, before anything runs, a schema the engine cannot constrain decoding to.
 

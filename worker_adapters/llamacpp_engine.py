@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from contracts.errors import EngineError
+from contracts.errors import EngineError, InvalidParams
 from worker_adapters.base import (
     CompletionRequest,
     Delta,
@@ -28,7 +28,10 @@ from worker_adapters.base import (
 )
 from worker_adapters.openai_http import Tokenizer, constraint_fields
 
-__all__ = ["LlamaCppEngine", "WorkerLine", "generate_body"]
+__all__ = ["RANDOM_SEED", "LlamaCppEngine", "WorkerLine", "generate_body"]
+
+RANDOM_SEED = 0xFFFFFFFF
+"""llama.cpp's ``LLAMA_DEFAULT_SEED``: as a sampler seed it means "pick one at random"."""
 
 
 class WorkerLine(msgspec.Struct):
@@ -90,6 +93,18 @@ class LlamaCppEngine(EngineAdapter):
         """Render with the chat template (or take ``prompt`` raw) and count its tokens."""
         text = prompt if prompt is not None else self.tokenizer.render(messages or [])
         return PreparedPrompt(text=text, tokens_in=self.tokenizer.count(text))
+
+    def check_seed(self, seed: int) -> None:
+        """llama.cpp keeps a seed's low 32 bits, and all ones there (``0xFFFFFFFF``) asks
+        it for a random seed: such a seed is refused (PLACE-5003).
+
+        Raises:
+            InvalidParams: the seed's low 32 bits are all ones.
+        """
+        if seed & RANDOM_SEED == RANDOM_SEED:
+            raise InvalidParams("llama.cpp takes a seed whose low 32 bits are all ones "
+                                "(0xFFFFFFFF) as a request for a random seed; use another",
+                                data={"field": "params.seed", "seed": seed})
 
     def check_constraint(self, schema: dict[str, Any]) -> None:
         """Compile the schema to GBNF now (cached), so a schema the grammar cannot express

@@ -166,6 +166,8 @@ class _Slot:
             ValueError: the prompt does not fit the context.
         """
         llm = self.llm
+        if req.seed & 0xFFFFFFFF == 0xFFFFFFFF:
+            raise ValueError("a seed whose low 32 bits are all ones is a random seed")
         tokens = self.prompt_tokens(req.prompt)
         n_ctx = llm.n_ctx()
         if len(tokens) >= n_ctx:

@@ -157,3 +157,19 @@ class TestReplicaSettings:
         assert argv[1:6] == ["-m", "worker_adapters.llamacpp_worker", "--model", "m.gguf",
                              "--slots"]
         assert json.loads(argv[argv.index("--settings") + 1]) == settings
+
+
+class TestSeeds:
+    """A seed llama.cpp would replace by a random one is refused (PLACE-5003)."""
+
+    @pytest.mark.parametrize("seed", [0xFFFFFFFF, 2**63 - 1, (7 << 32) | 0xFFFFFFFF])
+    def test_low_32_bits_all_ones_is_refused_naming_the_field(self, seed: int) -> None:
+        """llama.cpp keeps the low 32 bits, and 0xFFFFFFFF means "random" to it."""
+        with pytest.raises(InvalidParams) as info:
+            _engine(httpx.MockTransport(lambda r: httpx.Response(500))).check_seed(seed)
+        assert info.value.data == {"field": "params.seed", "seed": seed}
+
+    @pytest.mark.parametrize("seed", [0, 1, 0xFFFFFFFE, 2**32, 2**63 - 2])
+    def test_every_other_seed_is_taken(self, seed: int) -> None:
+        """Including seeds above 2**32, whose low bits llama.cpp uses."""
+        _engine(httpx.MockTransport(lambda r: httpx.Response(500))).check_seed(seed)
