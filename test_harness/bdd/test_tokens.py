@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,3 +133,37 @@ def withheld(ctx: dict[str, Any]) -> None:
     """The engine sampled it: it is paid for and counts against the budget."""
     frames = len(_tokens(ctx["stopped"]))
     assert _end(ctx["stopped"])["provenance"]["tokens_out"] == frames + 1
+
+
+def test_a_recording_made_before_token_bytes_existed_replays_byte_for_byte(
+        tmp_path: pathlib.Path) -> None:
+    """Frames written by an older server (no ``b``, ``id`` -1, several tokens merged in
+    one frame) still read, and ``replay`` serves them byte for byte (STREAM-2006)."""
+    cfg = mock_config(data_dir=str(tmp_path / "data"), replicas=1,
+                      mock_options={"utf8_split": True, "length": 15})
+    body = llm_step("legacy-1", "tell me about café")
+    with app_client(cfg) as client:
+        run_id = new_run(client)
+        step, _raw = run_to_end(client, run_id, body)
+        flow_id = client.get(f"/v1/runs/{run_id}").json()["flow_id"]
+    db = sqlite3.connect(tmp_path / "data" / "orchestrator.db")
+    rows = db.execute("SELECT seq, data FROM events WHERE step_id = ? AND type = 'token'",
+                      (step["step_id"],)).fetchall()
+    for seq, data in rows:  # rewrite as today's main wrote them
+        tok = json.loads(data)
+        legacy = json.dumps({"i": tok["i"], "t": tok["t"], "id": -1},
+                            ensure_ascii=False, separators=(",", ":")).encode()
+        db.execute("UPDATE events SET data = ? WHERE step_id = ? AND seq = ?",
+                   (legacy, step["step_id"], seq))
+    db.commit()
+    db.close()
+    with app_client(cfg) as client:
+        with client.stream("GET", f"/v1/steps/{step['step_id']}/stream") as s:
+            recorded = b"".join(s.iter_bytes())
+        replay = client.post(f"/v1/flows/{flow_id}/runs", json={
+            "mode": "replay", "replay_of": run_id}).json()
+        _step, replayed = run_to_end(client, replay["run_id"], body)
+    tokens = _tokens(recorded)
+    assert len(tokens) == 15 and all(set(t) == {"i", "t", "id"} and t["id"] == -1
+                                     for t in tokens)
+    assert [f["data"] for f in parse_sse(replayed)] == [f["data"] for f in parse_sse(recorded)]
