@@ -141,6 +141,7 @@ class LlamaCppEngine(EngineAdapter):
         """
         body = generate_body(request)
         self.requests += 1
+        finish: Finish | None = None
         try:
             async with self._client.stream("POST", "/v1/generate", json=body) as resp:
                 if resp.status_code != 200:
@@ -158,11 +159,15 @@ class LlamaCppEngine(EngineAdapter):
                         yield Delta(text="", token_id=line.id,
                                     data=base64.b64decode(line.b or ""))
                     elif line.finish_reason is not None:
-                        yield Finish(reason=line.finish_reason, tokens=line.completion_tokens)
-                        return
+                        # The body ends right after this line: read that end, so that the
+                        # connection goes back to the pool instead of being closed.
+                        finish = Finish(reason=line.finish_reason,
+                                        tokens=line.completion_tokens)
                     elif line.error is not None:
                         raise EngineError(f"the engine failed: {line.error}",
                                           data={"url": self.base_url})
+            if finish is not None:
+                yield finish
         except httpx.HTTPError as exc:
             raise EngineError(f"engine request failed: {type(exc).__name__}: {exc}",
                               data={"url": self.base_url}) from exc
