@@ -12,7 +12,8 @@ temperatures 0, 0.8 and 1.2 (top_p 0.95), 24 tokens each, on one replica with
   (no U+FFFD the engine's bytes do not hold).
 * Concurrent: the same cases recorded and strict-replayed by 4 clients at once on the
   2-slot replica equal the sequential recording.
-* 20 loops of 2 concurrent clients, recording and strict-replaying: no REPLAY_DIVERGED.
+* 20 loops of 2, and of 4, concurrent clients, recording and strict-replaying: no
+  REPLAY_DIVERGED.
 """
 
 from __future__ import annotations
@@ -195,20 +196,23 @@ class TestEngineTokens:
         assert [k for k in seq if strict[k][0] != seq[k][0]] == []
 
 
-def test_two_concurrent_clients_on_two_slots_never_diverge(two_slots: httpx.Client) -> None:
-    """20 loops: 2 clients record at once, then strict-replay at once: no REPLAY_DIVERGED."""
+@pytest.mark.parametrize("clients", [2, 4])
+def test_concurrent_clients_on_two_slots_never_diverge(two_slots: httpx.Client,
+                                                       clients: int) -> None:
+    """20 loops: the clients record at once, then strict-replay at once: no
+    REPLAY_DIVERGED, whether they fit the 2 slots or queue for them."""
     codes: list[str] = []
     for loop in range(20):
         run = _run(two_slots, seed=loop)
         bodies = [{"type": "llm_call", "client_token": f"loop{loop}-c{c}",
-                   "input": {"model": REAL_MODEL, "prompt": PROMPTS[c],
+                   "input": {"model": REAL_MODEL, "prompt": PROMPTS[c % len(PROMPTS)],
                              "params": {**_params(loop, 0.8), "max_tokens": 16}}}
-                  for c in (0, 1)]
-        _all(two_slots, run["run_id"], bodies, 2)
+                  for c in range(clients)]
+        _all(two_slots, run["run_id"], bodies, clients)
         strict = _replay_run(two_slots, run, "strict_replay")
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(clients) as pool:
             ends = list(pool.map(lambda b, run_id=strict: http_run_step(
                 two_slots, run_id, b)[1][-1], bodies))
         codes += [e["event"] if e["event"] == "end" else json.loads(e["data"])["code"]
                   for e in ends]
-    assert codes == ["end"] * 40
+    assert codes == ["end"] * 20 * clients
