@@ -112,7 +112,6 @@ class _PolicyOnly(msgspec.Struct):
     policy: Policy
 
 
-
 class Orchestrator:
     """The domain service behind every HTTP route.
 
