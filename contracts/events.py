@@ -79,12 +79,22 @@ class StartedData(msgspec.Struct, frozen=True):
     redactions: int = 0
 
 
-class TokenData(msgspec.Struct, frozen=True, array_like=False):
-    """``token``: index ``i`` from 0, text ``t``, engine token ``id``."""
+class TokenData(msgspec.Struct, frozen=True, array_like=False, omit_defaults=True):
+    """``token``: one engine token (STREAM-2006).
+
+    ``i`` is the index from 0, ``id`` the engine's token id, ``b`` the token's exact
+    bytes in standard base64 (they may end inside a UTF-8 character), and ``t`` the text
+    this token completes: the incremental UTF-8 decoding (invalid bytes become U+FFFD) of
+    every token's bytes so far, minus the text of the tokens before it. ``t`` is ``""``
+    for a token that ends inside a character, and holds that whole character for the
+    token that completes it, so concatenating ``t`` gives valid text. Frames recorded
+    before ``b`` existed lack it (``None``); their bytes are the UTF-8 of ``t``.
+    """
 
     i: int
     t: str
     id: int
+    b: str | None = None
 
 
 class Provenance(msgspec.Struct, frozen=True):

@@ -28,12 +28,19 @@ class ReplicaHealth(enum.StrEnum):
 
 
 class EngineInfo(msgspec.Struct, frozen=True):
-    """The engine behind a pool; every field here is a determinism input."""
+    """The engine behind a pool; every field here is a determinism input.
+
+    ``batch_invariant``: the engine's output for a request does not depend on the other
+    requests it computes at the same time. ``isolated_slots``: each slot is an engine
+    context of its own serving one request at a time (PLACE-5005).
+    """
 
     name: str
     version: str
     build_fingerprint: str
     settings: dict[str, Any]
+    batch_invariant: bool = False
+    isolated_slots: bool = False
 
 
 class ModelInfo(msgspec.Struct, frozen=True):

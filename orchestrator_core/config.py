@@ -54,11 +54,15 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One pool of identical replicas.
 
-    ``options`` are engine settings (e.g. ``n_threads``, ``n_batch`` for llama.cpp;
-    ``tokens_per_s``, ``vocab`` for the mock; ``constraint`` for ``openai_http``: how
-    the remote engine takes a JSON Schema, ``gbnf``, ``json_schema`` or ``guided_json``,
-    absent when it cannot). ``urls`` lists remote replicas for ``openai_http``.
-    ``queue_capacity`` bounds the Steps waiting for a slot.
+    ``options`` are engine settings (``n_threads``, ``n_batch``, ``n_ubatch``,
+    ``flash_attn`` for llama.cpp, any other key refused at start-up; ``tokens_per_s``,
+    ``length``, ``utf8_split`` for the mock; for ``openai_http``: ``constraint``, how the
+    remote engine takes a JSON Schema, ``gbnf``, ``json_schema`` or ``guided_json``, absent
+    when it cannot; ``dialect`` (``openai``, ``llama-server``, ``vllm``);
+    ``batch_invariant``; ``engine_version``). ``env`` is the whole environment a local
+    replica adds to its fixed base (PLACE-5004); it is part of the build fingerprint.
+    ``urls`` lists remote replicas for ``openai_http``. ``queue_capacity`` bounds the
+    Steps waiting for a slot.
     """
 
     pool_id: str
@@ -71,6 +75,7 @@ class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_capacity: int = 64
     options: dict[str, Any] = {}
     urls: list[str] = []
+    env: dict[str, str] = {}
 
 
 class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

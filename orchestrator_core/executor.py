@@ -19,6 +19,7 @@ frame is committed, together with the Step's terminal status.
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -64,6 +65,7 @@ from orchestrator_core.pools import Pool, Replica
 from orchestrator_core.replay import TokenVerifier
 from orchestrator_core.schema_guard import violations
 from worker_adapters.base import CompletionRequest, Delta, Finish
+from worker_adapters.token_bytes import TokenText
 
 __all__ = ["EffectJob", "Executor", "LlmJob", "ReplayJob"]
 
@@ -381,7 +383,9 @@ class Executor:
         t0 = self.clock.monotonic()
         n = 0
         finish: str | None = None
+        sampled: int | None = None
         text: list[str] = []
+        texts = TokenText()
         rep = job.replica
         allowed, probing = rep.breaker.allow()
         if probing is not None:
@@ -396,7 +400,7 @@ class Executor:
         try:
             async for item in stream:
                 if isinstance(item, Finish):
-                    finish = item.reason
+                    finish, sampled = item.reason, item.tokens
                     break
                 assert isinstance(item, Delta)
                 if job.reservation.capped and n >= job.reservation.tokens_out:
@@ -406,11 +410,13 @@ class Executor:
                         f"({job.reservation.cap_budget})",
                         data={"budget": job.reservation.cap_budget,
                               "limit": job.reservation.tokens_out})
-                tok = TokenData(i=n, t=item.text, id=item.token_id)
+                raw = item.data if item.data is not None else item.text.encode()
+                tok = TokenData(i=n, t=texts.push(raw), id=item.token_id,
+                                b=base64.b64encode(raw).decode("ascii"))
                 if job.verifier is not None:
                     job.verifier.check(tok)
                 self.log.append(job.step_id, FrameType.TOKEN, _enc.encode(tok))
-                text.append(item.text)
+                text.append(tok.t)
                 n += 1
                 usage["tokens_out"] = n
                 if n % self.metrics_every == 0:
@@ -437,8 +443,11 @@ class Executor:
                 rep.breaker.release_probe()
             if moved is not None:
                 self._escalate(job.step_id, moved)
+        # Tokens the engine sampled: the frames plus any withheld as a stop string's.
+        tokens_out = n if sampled is None else max(n, sampled)
+        usage["tokens_out"] = tokens_out
         res = job.reservation
-        if res.capped and finish == "length" and n >= res.tokens_out:
+        if res.capped and finish == "length" and tokens_out >= res.tokens_out:
             # The engine was asked for at most the reservation: a `length` finish there is
             # the budget cutting the step, not the sampling limit (zero tokens over budget).
             raise BudgetExceeded(
@@ -450,14 +459,15 @@ class Executor:
         for suggestion in suggestions:
             self.log.append(job.step_id, FrameType.TOOL_SUGGEST, _enc.encode(suggestion))
         decode_ms = int((self.clock.monotonic() - t0) * 1000)
-        cost = self.prices.cost_usd(job.model, job.tokens_in, n)
+        cost = self.prices.cost_usd(job.model, job.tokens_in, tokens_out)
         ident = job.pool.identity
         prov = Provenance(
             seed=job.request.seed, prompt_hash=job.prompt_hash, params_hash=job.params_hash,
             engine=ident.name, engine_version=ident.version,
             engine_build=ident.build_fingerprint, model_hash=ident.model_hash,
             pool_id=job.pool.pool_id, replica_id=job.replica.replica_id,
-            tokens_in=job.tokens_in, tokens_out=n, cost_usd=cost, decode_time_ms=decode_ms,
+            tokens_in=job.tokens_in, tokens_out=tokens_out, cost_usd=cost,
+            decode_time_ms=decode_ms,
             finish_reason=finish, policy_hash=job.policy_hash,
             price_table_version=self.prices.version,
         )
@@ -465,7 +475,7 @@ class Executor:
         wall_ms = int((self.clock.monotonic() - job.submitted_at) * 1000)
         self.log.finish(job.step_id, FrameType.END, _enc.encode(end), {
             "status": StepStatus.SUCCEEDED.value, "tokens_in": job.tokens_in,
-            "tokens_out": n, "cost_usd": cost, "wall_ms": wall_ms,
+            "tokens_out": tokens_out, "cost_usd": cost, "wall_ms": wall_ms,
             "provenance": _enc.encode(prov).decode(),
         })
         self.metrics.steps_finished.labels(type=job.step_type,

@@ -1,13 +1,18 @@
 """Pools of engine replicas: provisioning, health checks, slots and restarts (PLACE-5000/5002).
 
 A :class:`Replica` is one engine endpoint with ``slots`` concurrent requests. For the
-``llamacpp`` engine each replica is a child process the :class:`PoolManager` starts,
-health-checks every second, restarts when it dies, and stops on shutdown; ``mock``
-replicas live in-process; ``openai_http`` replicas are remote URLs from the config.
+``llamacpp`` engine each replica is a worker process (one independent context per slot)
+the :class:`PoolManager` starts from an explicit environment, checks against the pool's
+engine identity, health-checks every second, restarts when it dies, and stops on
+shutdown; ``mock`` replicas live in-process; ``openai_http`` replicas are remote URLs from
+the config. An engine whose output depends on its batch and whose slots share one
+(``openai_http`` unless declared batch-invariant) serves one request at a time per
+replica (PLACE-5005).
 """
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Callable
 from typing import Any, cast
@@ -17,6 +22,7 @@ import anyio
 from contracts.errors import EngineError, PoolUnavailable
 from contracts.pools import EngineInfo, ModelInfo, PoolInfo, ReplicaHealth, ReplicaInfo
 from orchestrator_core.breaker import CircuitBreaker
+from orchestrator_core.canonical import b3
 from orchestrator_core.clock import Clock, SystemClock
 from orchestrator_core.config import ModelConfig, PoolConfig, ServerConfig
 from worker_adapters.base import EngineAdapter, EngineIdentity
@@ -26,6 +32,30 @@ __all__ = ["EngineFactory", "Pool", "PoolManager", "Replica"]
 
 EngineFactory = Callable[[PoolConfig, int], EngineAdapter]
 """Builds the adapter for replica ``index`` of a mock pool (tests inject handlers)."""
+
+log = logging.getLogger("orchestrator.pools")
+
+
+def remote_identity(pc: PoolConfig, model_path: pathlib.Path | None) -> EngineIdentity:
+    """Identity of an ``openai_http`` pool: what its config declares about the server.
+
+    The server is not ours to inspect, so its ``dialect``, ``engine_version``,
+    ``batch_invariant`` declaration and every other option are folded into the build
+    fingerprint as the operator states them (PLACE-5005).
+    """
+    from worker_adapters.llamacpp import file_sha256
+
+    sha = pc.models[0].sha256
+    model_hash = ("sha256:" + sha.removeprefix("sha256:") if sha
+                  else file_sha256(model_path) if model_path is not None else "sha256:unknown")
+    settings = {**{k: v for k, v in pc.options.items() if isinstance(v, int | float | str)},
+                "env": dict(pc.env)}
+    return EngineIdentity(
+        name=f"openai_http:{pc.options.get('dialect', 'openai')}",
+        version=str(pc.options.get("engine_version", "unknown")),
+        build_fingerprint=b3({"engine": "openai_http", "settings": settings}),
+        model_hash=model_hash, settings=settings,
+        batch_invariant=pc.options.get("batch_invariant") is True)
 
 
 class Replica:
@@ -99,9 +129,18 @@ class Pool:
         self.config = config
         self.pool_id = config.pool_id
         self.identity = identity
-        self.replicas = [Replica(config.pool_id, i, config.slots_per_replica)
+        self.replicas = [Replica(config.pool_id, i, self.effective_slots())
                          for i in range(config.replicas)]
         self.models = {m.id: m for m in config.models}
+
+    def effective_slots(self) -> int:
+        """Concurrent requests per replica: ``slots_per_replica``, or 1 when the engine is
+        not batch-invariant and its slots share a batch, so that every record and
+        strict_replay step runs alone in its batch (PLACE-5005)."""
+        ident = self.identity
+        if ident.batch_invariant or ident.isolated_slots:
+            return self.config.slots_per_replica
+        return 1
 
     def queued(self) -> int:
         """Steps waiting for a slot across the pool."""
@@ -121,7 +160,9 @@ class Pool:
             engine=EngineInfo(name=ident.name, version=ident.version,
                               build_fingerprint=ident.build_fingerprint,
                               settings={k: v for k, v in ident.settings.items()
-                                        if k != "system_info"}),
+                                        if k != "system_info"},
+                              batch_invariant=ident.batch_invariant,
+                              isolated_slots=ident.isolated_slots),
             models=[ModelInfo(id=m.id, family=m.family, context_tokens=m.context_tokens,
                               sha256=ident.model_hash, features=["completion", "chat"])
                     for m in self.config.models],
@@ -192,20 +233,24 @@ class PoolManager:
         return pathlib.Path(model.path) if model.path else default_model_path()
 
     def _llama_settings(self, pc: PoolConfig) -> dict[str, Any]:
-        return {"n_ctx": pc.models[0].context_tokens,
-                "n_threads": int(pc.options.get("n_threads", 1)),
-                "n_batch": int(pc.options.get("n_batch", 512)),
-                "interrupt_requests": False}
+        from worker_adapters.llamacpp import llamacpp_settings
+
+        return llamacpp_settings(pc.options, pc.models[0].context_tokens)
 
     def _identity(self, pc: PoolConfig) -> EngineIdentity:
         if pc.engine == "mock":
             sha = pc.models[0].sha256 or "0" * 64
             return mock_identity(model_hash="sha256:" + sha.removeprefix("sha256:"),
                                  **{k: v for k, v in pc.options.items()
-                                    if isinstance(v, int | float | str)})
-        from worker_adapters.llamacpp import llamacpp_identity
+                                    if isinstance(v, int | float | str)},
+                                 **({"env": dict(pc.env)} if pc.env else {}))
+        if pc.engine == "openai_http":
+            return remote_identity(pc, self._model_path(pc.models[0]))
+        from worker_adapters.llamacpp import llamacpp_identity, worker_env
 
-        return llamacpp_identity(self._model_path(pc.models[0]), self._llama_settings(pc))
+        settings = self._llama_settings(pc)
+        return llamacpp_identity(self._model_path(pc.models[0]), settings,
+                                 worker_env(dict(pc.env), settings))
 
     def _tokenizer(self, path: pathlib.Path) -> Any:
         from worker_adapters.llamacpp import GgufTokenizer
@@ -223,31 +268,49 @@ class PoolManager:
                 length = pc.options.get("length")
                 replica.adapter = MockEngine(
                     default_handler(tokens_per_s=float(pc.options.get("tokens_per_s", 0)),
-                                    length=int(length) if length is not None else None),
+                                    length=int(length) if length is not None else None,
+                                    utf8_split=pc.options.get("utf8_split") is True),
                     identity=pool.identity)
+        elif pc.engine == "llamacpp":
+            await self._start_worker(pool, replica)
         else:
-            from worker_adapters.llamacpp import LlamaCppServerProcess
-            from worker_adapters.openai_http import Constraint, OpenAIHttpEngine
+            from worker_adapters.openai_http import Constraint, Dialect, OpenAIHttpEngine
 
-            path = self._model_path(pc.models[0])
-            tok = self._tokenizer(path)
-            if pc.engine == "llamacpp":
-                proc = LlamaCppServerProcess(
-                    path, self._llama_settings(pc),
-                    self.data_dir / "engines" / f"{replica.replica_id.replace('/', '_')}.log")
-                await proc.start()
-                replica.process = proc
-                url = proc.url
-            else:
-                url = pc.urls[replica.index]
-                await _probe(url)
-            option = "gbnf" if pc.engine == "llamacpp" else pc.options.get("constraint")
+            tok = self._tokenizer(self._model_path(pc.models[0]))
+            url = pc.urls[replica.index]
+            await _probe(url)
+            option = pc.options.get("constraint")
             constraint = cast("Constraint | None", option if option in (
                 "gbnf", "json_schema", "guided_json") else None)
             replica.adapter = OpenAIHttpEngine(
-                url, pool.identity, tok, fresh_prompt=pc.engine == "llamacpp",
-                constraint=constraint)
+                url, pool.identity, tok, constraint=constraint,
+                dialect=cast("Dialect", pc.options.get("dialect", "openai")))
         replica.health = ReplicaHealth.READY
+
+    async def _start_worker(self, pool: Pool, replica: Replica) -> None:
+        """Start a llama.cpp worker from the pool's explicit settings and environment, and
+        refuse it unless what it observes of itself matches the pool's identity."""
+        from worker_adapters.llamacpp import LlamaCppWorkerProcess, check_observed
+        from worker_adapters.llamacpp_engine import LlamaCppEngine
+
+        pc = pool.config
+        path = self._model_path(pc.models[0])
+        settings = {k: v for k, v in pool.identity.settings.items()
+                    if k not in ("env", "library_sha256", "worker", "system_info")}
+        proc = LlamaCppWorkerProcess(
+            path, settings, pool.identity.settings["env"], replica.slots,
+            self.data_dir / "engines" / f"{replica.replica_id.replace('/', '_')}.log")
+        await proc.start()
+        adapter = LlamaCppEngine(proc.url, pool.identity, self._tokenizer(path))
+        try:
+            check_observed(pool.identity, await adapter.engine_report())
+        except BaseException:
+            # Refused for good: the process is not kept, so it is not restarted either.
+            await adapter.aclose()
+            await proc.stop()
+            raise
+        replica.process = proc
+        replica.adapter = adapter
 
     async def start(self) -> None:
         """Provision every pool's replicas concurrently; a failed replica is UNHEALTHY."""
@@ -266,7 +329,8 @@ class PoolManager:
         async def start_one(pool: Pool, rep: Replica) -> None:
             try:
                 await self._start_replica(pool, rep)
-            except Exception:
+            except Exception as exc:
+                log.warning("replica %s failed to start: %s", rep.replica_id, exc)
                 rep.health = ReplicaHealth.UNHEALTHY
 
         async with anyio.create_task_group() as tg:

@@ -5,12 +5,15 @@
 * Before ``strict_replay`` starts, the determinism inputs are compared with the recorded
   provenance; any difference is ``DETERMINISM_INPUTS_DIFFER`` listing every differing
   field (NERVE-4022).
-* During ``strict_replay`` every token is compared with the recording: text bytes, token
-  id and index. The first difference is ``REPLAY_DIVERGED`` (NERVE-4021).
+* During ``strict_replay`` every token is compared with the recording: the token's exact
+  bytes, its id and its index. The first difference is ``REPLAY_DIVERGED`` naming the
+  index (NERVE-4021, STREAM-2006).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +21,7 @@ import msgspec
 
 from contracts.errors import DeterminismInputsDiffer, Nondeterminism, ReplayDiverged
 from contracts.events import Provenance, TokenData
+from contracts.steps import SamplingParams
 
 __all__ = [
     "DETERMINISM_FIELDS",
@@ -25,6 +29,9 @@ __all__ = [
     "check_determinism_inputs",
     "check_recorded_match",
     "first_difference",
+    "flat_diff",
+    "recorded_params",
+    "token_bytes",
 ]
 
 DETERMINISM_FIELDS = (
@@ -79,23 +86,100 @@ def check_recorded_match(*, client_token: str, recorded: Mapping[str, Any] | Non
                   "recorded_hash": recorded["input_hash"], "submitted_hash": input_hash})
 
 
-def check_determinism_inputs(recorded: Provenance, current: Mapping[str, Any]) -> None:
+def flat_diff(recorded: Mapping[str, Any] | None, current: Mapping[str, Any] | None,
+              prefix: str = "") -> dict[str, dict[str, Any]]:
+    """Every key whose value differs between two JSON objects, nested objects flattened
+    to dotted names (``env.GGML_SCHED_MAX_COPIES``), each ``{"recorded", "current"}``;
+    a key missing on one side has the value ``None`` there (a missing object counts as
+    an empty one)."""
+    out: dict[str, dict[str, Any]] = {}
+    rec, cur = recorded or {}, current or {}
+    for key in sorted(set(rec) | set(cur)):
+        a, b = rec.get(key), cur.get(key)
+        if isinstance(a, Mapping | None) and isinstance(b, Mapping | None) and a != b:
+            out.update(flat_diff(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out[f"{prefix}{key}"] = {"recorded": a, "current": b}
+    return out
+
+
+def recorded_params(step_type: str, stored_input: str | bytes, current_input: Mapping[str, Any],
+                    current: Mapping[str, Any]) -> dict[str, Any]:
+    """The params a recorded LLM Step was hashed with, recomputed from its stored input
+    (NERVE-4022): every sampling parameter with its defaults filled, except ``seed``
+    (NERVE-4012), and its decoding constraint. The constraint is the current one when the
+    inputs it derives from (``response_contract``, ``tools``, ``max_intents``, ``menu``)
+    are equal, else those recorded inputs stand for it.
+
+    Args:
+        step_type: the recorded Step's type.
+        stored_input: the recorded Step's input, canonical JSON.
+        current_input: the submitted input as builtins.
+        current: the submitted params, as hashed into ``params_hash``.
+    """
+    stored = msgspec.json.decode(stored_input)
+    stored = stored if isinstance(stored, dict) else {}
+    try:
+        prm = msgspec.convert(stored.get("params") or {}, SamplingParams)
+    except msgspec.ValidationError:
+        return {}
+    out = {k: v for k, v in msgspec.to_builtins(prm).items() if k != "seed"}
+    keys = ("response_contract", "tools", "max_intents", "menu")
+    if all(stored.get(k) == current_input.get(k) for k in keys):
+        if "json_schema" in current:
+            out["json_schema"] = current["json_schema"]
+    elif stored.get("response_contract") is not None or step_type == "llm_plan":
+        out["json_schema"] = {k: stored[k] for k in keys if k in stored}
+    return out
+
+
+def check_determinism_inputs(recorded: Provenance, current: Mapping[str, Any], *,
+                             details: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Compare every determinism input; raise listing all differing fields.
+
+    Args:
+        details: for a hashed input, ``{field: {"key": name, "recorded": {...},
+            "current": {...}}}``: the values behind both hashes. When that field differs,
+            its entry also lists, under ``key``, every value that differs
+            (:func:`flat_diff`): ``params`` for ``params_hash``, ``settings`` for
+            ``engine_build`` (NERVE-4022).
 
     Raises:
         DeterminismInputsDiffer: ``fields`` maps each differing name to
-            ``{"recorded": ..., "current": ...}``.
+            ``{"recorded": ..., "current": ...}`` (plus its details); the message names
+            the differing fields and, for hashed ones, the values behind them.
     """
     diff: dict[str, dict[str, Any]] = {}
+    named: list[str] = []
     for name in DETERMINISM_FIELDS:
         rec = getattr(recorded, name)
         cur = current.get(name)
-        if rec != cur:
-            diff[name] = {"recorded": rec, "current": cur}
+        if rec == cur:
+            continue
+        diff[name] = {"recorded": rec, "current": cur}
+        detail = (details or {}).get(name)
+        if detail is None:
+            named.append(name)
+            continue
+        changed = flat_diff(detail["recorded"], detail["current"])
+        diff[name][detail["key"]] = changed
+        named.append(f"{name} ({', '.join(changed) or 'not recorded'})")
     if diff:
         raise DeterminismInputsDiffer(
-            "strict_replay refused: determinism inputs differ: " + ", ".join(sorted(diff)),
+            "strict_replay refused: determinism inputs differ: " + ", ".join(sorted(named)),
             fields=diff)
+
+
+def token_bytes(token: TokenData) -> bytes:
+    """A token frame's exact bytes: ``b`` decoded, or the UTF-8 of ``t`` for a frame
+    recorded before ``b`` existed (STREAM-2006). An undecodable ``b`` counts as its
+    ASCII text, so it still compares unequal to any real token."""
+    if token.b is None:
+        return token.t.encode()
+    try:
+        return base64.b64decode(token.b, validate=True)
+    except (binascii.Error, ValueError):
+        return b"\xff" + token.b.encode()
 
 
 class TokenVerifier:
@@ -114,15 +198,19 @@ class TokenVerifier:
     def _diverged(self, index: int, expected: TokenData | None,
                   actual: TokenData | None) -> ReplayDiverged:
         def view(t: TokenData | None) -> dict[str, Any] | None:
-            return None if t is None else {"t": t.t, "id": t.id}
+            if t is None:
+                return None
+            return {"t": t.t, "id": t.id,
+                    "b": base64.b64encode(token_bytes(t)).decode("ascii")}
         return ReplayDiverged(run_id=self.run_id, step_id=self.step_id, index=index,
                               expected=view(expected), actual=view(actual))
 
     def check(self, actual: TokenData) -> None:
-        """Raise ``REPLAY_DIVERGED`` unless ``actual`` equals the recorded token at its index."""
+        """Raise ``REPLAY_DIVERGED`` unless ``actual`` has the recorded token's id and
+        bytes at its index."""
         i = actual.i
         exp = self.expected[i] if i < len(self.expected) else None
-        if exp is None or exp.t.encode() != actual.t.encode() or exp.id != actual.id:
+        if exp is None or exp.id != actual.id or token_bytes(exp) != token_bytes(actual):
             raise self._diverged(i, exp, actual)
 
     def finish(self, produced: int) -> None:

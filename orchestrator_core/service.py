@@ -70,6 +70,7 @@ from orchestrator_core.replay import (
     TokenVerifier,
     check_determinism_inputs,
     check_recorded_match,
+    recorded_params,
 )
 from orchestrator_core.store import SqliteStore
 from orchestrator_core.streams import StepStream
@@ -155,6 +156,10 @@ class Orchestrator:
         try:
             orch.recover()
             await pools.start()
+            for pool in pools.pools.values():
+                ident = pool.identity
+                store.record_engine_build(ident.build_fingerprint,
+                                          canonical_json(ident.settings).decode())
             async with anyio.create_task_group() as tg:
                 orch._tg = tg
                 tg.start_soon(orch.log.run_flusher)
@@ -530,6 +535,7 @@ class Orchestrator:
                                      replica_id=rec_prov.replica_id)
         pool, replica, decision = place(self.pools, inp.model, placement)
         engine = replica.engine()
+        engine.check_seed(seed)
         messages = ([msgspec.to_builtins(m) for m in inp.messages]
                     if inp.messages is not None else None)
         prompt = inp.prompt
@@ -573,11 +579,20 @@ class Orchestrator:
         tokens: list[bytes] = []
         if rec_prov is not None and recorded is not None:
             ident = pool.identity
+            rec_settings = self.store.engine_build(rec_prov.engine_build)
             check_determinism_inputs(rec_prov, {
                 "prompt_hash": prompt_hash, "params_hash": params_hash, "seed": seed,
                 "engine": ident.name, "engine_version": ident.version,
                 "engine_build": ident.build_fingerprint, "model_hash": ident.model_hash,
                 "replica_id": replica.replica_id, "policy_hash": run.policy_hash,
+            }, details={
+                "params_hash": {"key": "params", "current": params,
+                                "recorded": recorded_params(
+                                    recorded["type"], recorded["input"],
+                                    msgspec.to_builtins(body.input), params)},
+                "engine_build": {"key": "settings", "current": ident.settings,
+                                 "recorded": msgspec.json.decode(rec_settings)
+                                 if rec_settings is not None else None},
             })
             check_recorded_match(client_token=body.client_token, recorded=recorded,
                                  step_type=step_type, input_hash=input_hash,

@@ -24,7 +24,7 @@ import sqlite_utils
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 EventRow = tuple[str, int, str, str, bytes]
 """``(step_id, seq, run_id, type, data_json)``: one durable frame."""
@@ -110,6 +110,8 @@ class SqliteStore:
             self._migrate_v5()
         if version < 6:
             self._migrate_v6()
+        if version < 7:
+            self._migrate_v7()
 
     def _migrate_v6(self) -> None:
         """Steps get ``ordinal``: their position in their Run (0, 1, … in creation order,
@@ -134,6 +136,16 @@ class SqliteStore:
                                " WHERE status IN ('queued', 'running')")
             self._conn.execute("CREATE INDEX checkpoints_run_order ON checkpoints(run_id)")
             self._conn.execute("PRAGMA user_version=6")
+
+    def _migrate_v7(self) -> None:
+        """Engine builds: each build fingerprint with the settings it hashes, so that a
+        refused strict_replay can name the setting that changed (NERVE-4022)."""
+        with self._transaction():
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS engine_builds ("
+                " fingerprint TEXT PRIMARY KEY,"
+                " settings TEXT NOT NULL) WITHOUT ROWID")
+            self._conn.execute("PRAGMA user_version=7")
 
     def _migrate_v5(self) -> None:
         """The event log keyed by ``(step_id, seq)`` itself (``WITHOUT ROWID``).
@@ -334,6 +346,19 @@ class SqliteStore:
             "SELECT status, COUNT(*) FROM steps WHERE run_id = ? GROUP BY status", (run_id,))}
         return {"tokens_in": usage["ti"], "tokens_out": usage["tout"],
                 "cost_usd": usage["cost"], "wall_ms": usage["wall"], "counts": counts}
+
+    # -- engine builds -----------------------------------------------------------------
+
+    def record_engine_build(self, fingerprint: str, settings_json: str) -> None:
+        """Remember the settings behind a build fingerprint (first writer wins)."""
+        self._conn.execute("INSERT OR IGNORE INTO engine_builds (fingerprint, settings)"
+                           " VALUES (?, ?)", (fingerprint, settings_json))
+
+    def engine_build(self, fingerprint: str) -> str | None:
+        """The settings JSON recorded for a build fingerprint, or None."""
+        row = self._conn.execute("SELECT settings FROM engine_builds WHERE fingerprint = ?",
+                                 (fingerprint,)).fetchone()
+        return None if row is None else str(row[0])
 
     # -- steps -------------------------------------------------------------------------
 

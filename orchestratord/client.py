@@ -6,6 +6,7 @@ The transport is injectable, like httpx's own (``transport=httpx.ASGITransport(a
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -66,8 +67,26 @@ class StepResult(msgspec.Struct):
 
     @property
     def text(self) -> str:
-        """The generated text, concatenated from the token frames."""
+        """The generated text, concatenated from the token frames' ``t`` (valid text: a
+        character split over several tokens is in the ``t`` of the token completing it)."""
         return "".join(f.json()["t"] for f in self.tokens)
+
+    @property
+    def data(self) -> bytes:
+        """The engine's exact output bytes: every token frame's ``b`` (base64) decoded and
+        concatenated; a frame recorded before ``b`` existed gives the UTF-8 of its ``t``
+        (STREAM-2006)."""
+        out = bytearray()
+        for frame in self.tokens:
+            tok = frame.json()
+            out += base64.b64decode(tok["b"]) if tok.get("b") is not None else \
+                tok["t"].encode()
+        return bytes(out)
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The engine token id of each token frame."""
+        return [f.json()["id"] for f in self.tokens]
 
 
 class OrchestratorClient:

@@ -34,7 +34,14 @@ class EngineIdentity(msgspec.Struct, frozen=True):
         version: engine library version.
         build_fingerprint: ``b3:`` hash of build flags, CPU features and server settings.
         model_hash: ``sha256:<hex>`` of the weights file.
-        settings: the server settings folded into the fingerprint, for display.
+        settings: the engine settings folded into the fingerprint, for display.
+        batch_invariant: the engine's output for a request does not depend on what else
+            it computes at the same time (vLLM with ``VLLM_BATCH_INVARIANT=1``, the mock).
+            An engine that is not may only serve record and strict_replay steps in an
+            exclusive slot (PLACE-5005).
+        isolated_slots: each slot of a replica is an engine context of its own that
+            serves one request at a time (the llama.cpp worker), so a slot is exclusive by
+            construction.
     """
 
     name: str
@@ -42,6 +49,8 @@ class EngineIdentity(msgspec.Struct, frozen=True):
     build_fingerprint: str
     model_hash: str
     settings: dict[str, Any]
+    batch_invariant: bool = False
+    isolated_slots: bool = False
 
 
 class PreparedPrompt(msgspec.Struct, frozen=True):
@@ -72,16 +81,27 @@ class CompletionRequest(msgspec.Struct, frozen=True):
 
 
 class Delta(msgspec.Struct, frozen=True):
-    """One generated token: its text and its vocabulary id."""
+    """One generated token: its vocabulary id and its exact bytes (STREAM-2006).
+
+    ``data`` is the token's bytes, which may end inside a UTF-8 character; ``None`` means
+    the UTF-8 encoding of ``text`` (engines that only stream text). When ``data`` is set,
+    ``text`` is informative only: the orchestrator derives a frame's text from the bytes.
+    """
 
     text: str
     token_id: int
+    data: bytes | None = None
 
 
 class Finish(msgspec.Struct, frozen=True):
-    """The engine closed the stream on purpose: ``stop``, ``length`` ..."""
+    """The engine closed the stream on purpose: ``stop``, ``length`` ...
+
+    ``tokens`` is the number of tokens the engine sampled, when it says so: it exceeds
+    the Deltas yielded by the tokens withheld because they completed a stop string.
+    """
 
     reason: str
+    tokens: int | None = None
 
 
 StreamItem = Delta | Finish
@@ -115,6 +135,13 @@ class EngineAdapter(abc.ABC):
 
         Raises:
             contracts.errors.EngineError: the engine refused or broke the request.
+        """
+
+    def check_seed(self, seed: int) -> None:  # noqa: B027 - optional
+        """Refuse, before anything runs, a seed the engine would not honour exactly.
+
+        Raises:
+            contracts.errors.InvalidParams: naming ``params.seed`` in ``data["field"]``.
         """
 
     def check_constraint(self, schema: dict[str, Any]) -> None:  # noqa: B027 - optional

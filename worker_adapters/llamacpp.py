@@ -1,10 +1,12 @@
-"""llama.cpp replicas: the server process, the model's own tokenizer and the identity.
+"""llama.cpp replicas: the worker process, its settings and identity, the tokenizer.
 
-A replica is ``python -m llama_cpp.server`` in its own process, started and stopped by
-the pool manager and spoken to over HTTP through :class:`OpenAIHttpEngine`. It runs with
-one thread and ``--interrupt_requests False`` (DESIGN.md §5). The child is bound to its
-parent with ``PR_SET_PDEATHSIG`` so that even a ``kill -9`` of the server leaves no
-engine process behind.
+A replica is ``python -m worker_adapters.llamacpp_worker`` (see that module) in its own
+process, started and stopped by the pool manager and spoken to over loopback HTTP through
+:class:`worker_adapters.llamacpp_engine.LlamaCppEngine`. It starts from an explicit
+environment and explicit settings (PLACE-5004): nothing of the server's environment
+reaches it, and everything that can change its output is in its build fingerprint. The
+child is bound to its parent with ``PR_SET_PDEATHSIG`` so that even a ``kill -9`` of the
+server leaves no engine process behind.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib.util
+import json
 import os
 import pathlib
 import signal
@@ -25,16 +28,20 @@ from typing import IO, Any
 import anyio
 import httpx
 
-from contracts.errors import EngineError, PoolUnavailable
+from contracts.errors import EngineError, InvalidParams, PoolUnavailable
 from orchestrator_core.canonical import b3
 from worker_adapters.base import EngineIdentity
 
 __all__ = [
+    "LLAMACPP_OPTIONS",
     "GgufTokenizer",
-    "LlamaCppServerProcess",
+    "LlamaCppWorkerProcess",
+    "check_observed",
     "default_model_path",
     "file_sha256",
     "llamacpp_identity",
+    "llamacpp_settings",
+    "worker_env",
 ]
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -68,28 +75,118 @@ def file_sha256(path: pathlib.Path) -> str:
     return _SHA_CACHE[key]
 
 
-def llamacpp_identity(model_path: pathlib.Path, settings: dict[str, Any]) -> EngineIdentity:
-    """Identity of a llama-cpp-python replica: version, CPU features used, settings, weights.
+LLAMACPP_OPTIONS = frozenset({"n_threads", "n_batch", "n_ubatch", "flash_attn"})
+"""Pool ``options`` a ``llamacpp`` pool accepts; any other key is refused at start-up."""
 
-    The build fingerprint hashes the library version, ``llama_print_system_info()`` (the
-    instruction sets compiled in and used) and the server settings.
+_PINNED: dict[str, Any] = {"type_k": "f16", "type_v": "f16", "last_n_tokens_size": 64,
+                           "logits_all": False}
+_WORKER = "orchestratord llamacpp_worker 1"
+_BASE_ENV = {"LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "1", "PYTHONCOERCECLOCALE": "0",
+             "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
+_RUNTIME_ENV = ("PATH", "PYTHONPATH")
+"""Variables the worker needs to start that cannot change its output (not fingerprinted)."""
+
+
+def llamacpp_settings(options: dict[str, Any], n_ctx: int) -> dict[str, Any]:
+    """Every engine setting of a llama.cpp replica, explicit (PLACE-5003, PLACE-5004).
+
+    ``n_threads`` (default 1, also used for batch processing), ``n_batch`` (512),
+    ``n_ubatch`` (512, at most ``n_batch``) and ``flash_attn`` (false) come from the pool
+    options; the KV cache types (f16), the repeat-penalty window (64 tokens) and
+    ``logits_all`` (false) are pinned.
+
+    Raises:
+        InvalidParams: an option the worker does not know, or a value of the wrong type,
+            naming it in ``data["field"]``.
+    """
+    unknown = sorted(set(options) - LLAMACPP_OPTIONS)
+    if unknown:
+        raise InvalidParams(f"llamacpp pools take no option {unknown[0]!r}; known: "
+                            + ", ".join(sorted(LLAMACPP_OPTIONS)),
+                            data={"field": f"options.{unknown[0]}"})
+    ints = {k: options.get(k, d) for k, d in (("n_threads", 1), ("n_batch", 512))}
+    ints["n_ubatch"] = options.get("n_ubatch", min(512, int(ints["n_batch"])))
+    for key, value in ints.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidParams(f"llamacpp option {key} must be a positive integer",
+                                data={"field": f"options.{key}"})
+    flash = options.get("flash_attn", False)
+    if not isinstance(flash, bool):
+        raise InvalidParams("llamacpp option flash_attn must be true or false",
+                            data={"field": "options.flash_attn"})
+    batch = min(n_ctx, ints["n_batch"])
+    return {"n_ctx": n_ctx, "n_threads": ints["n_threads"],
+            "n_threads_batch": ints["n_threads"], "n_batch": batch,
+            "n_ubatch": min(batch, ints["n_ubatch"]), "flash_attn": flash, **_PINNED}
+
+
+def worker_env(pool_env: dict[str, str], settings: dict[str, Any]) -> dict[str, str]:
+    """The environment a replica's output may depend on: fixed locale and hashing, one
+    OpenMP thread per ``n_threads``, and exactly the pool's ``env`` on top (PLACE-5004).
+
+    Nothing of the server's own environment is in it: ``LLAMA_ARG_*``, ``GGML_*`` or any
+    other variable reaches a replica only through the pool config, and then changes its
+    build fingerprint.
+    """
+    return {**_BASE_ENV, "OMP_NUM_THREADS": str(settings["n_threads"]), **pool_env}
+
+
+def _library() -> tuple[str, str, str]:
+    """``(version, directory, b3 of the engine's shared libraries)`` of llama-cpp-python."""
+    import llama_cpp
+
+    libdir = pathlib.Path(llama_cpp.__file__).parent
+    libs = {p.name: file_sha256(p) for p in sorted((libdir / "lib").glob("*.so"))}
+    return llama_cpp.__version__, str(libdir), b3(libs)
+
+
+def llamacpp_identity(model_path: pathlib.Path, settings: dict[str, Any],
+                      env: dict[str, str]) -> EngineIdentity:
+    """Identity of a llama.cpp worker replica (PLACE-5000, PLACE-5004).
+
+    The build fingerprint hashes the library version, the SHA-256 of its shared
+    libraries (their build flags included), ``llama_print_system_info()`` (the instruction
+    sets compiled in and used), the worker protocol, every engine setting and the
+    replica's environment. ``settings`` of the identity shows all of them.
     """
     import llama_cpp
 
+    version, _dir, libs = _library()
     system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
-    fingerprint = b3({
-        "library": "llama-cpp-python",
-        "version": llama_cpp.__version__,
-        "system_info": system_info,
-        "settings": settings,
-    })
-    return EngineIdentity(
-        name="llama.cpp",
-        version=f"llama-cpp-python {llama_cpp.__version__}",
-        build_fingerprint=fingerprint,
-        model_hash=file_sha256(model_path),
-        settings={**settings, "system_info": system_info},
-    )
+    shown = {**settings, "env": dict(sorted(env.items())), "library_sha256": libs,
+             "worker": _WORKER, "system_info": system_info}
+    fingerprint = b3({"library": "llama-cpp-python", "version": version, **shown})
+    return EngineIdentity(name="llama.cpp", version=f"llama-cpp-python {version}",
+                          build_fingerprint=fingerprint, model_hash=file_sha256(model_path),
+                          settings=shown, batch_invariant=False, isolated_slots=True)
+
+
+def check_observed(identity: EngineIdentity, report: dict[str, Any]) -> None:
+    """Compare what a worker observed of itself (``GET /v1/engine``) with its identity.
+
+    Raises:
+        EngineError: a setting differs, naming it in ``data["field"]`` with both values;
+            the replica must not take traffic.
+    """
+    import llama_cpp
+
+    expected = identity.settings
+    checks: list[tuple[str, Any, Any]] = [
+        ("version", llama_cpp.__version__, report.get("version")),
+        ("library_path", _library()[1], report.get("library_path")),
+        ("system_info", expected["system_info"], report.get("system_info")),
+        ("env", expected["env"], {k: v for k, v in (report.get("env") or {}).items()
+                                  if k not in _RUNTIME_ENV}),
+    ]
+    for ctx in report.get("contexts") or [None]:
+        for key in ("n_ctx", "n_batch", "n_ubatch", "n_threads", "n_threads_batch",
+                    "flash_attn", "type_k", "type_v", "last_n_tokens_size", "logits_all"):
+            checks.append((key, expected[key], (ctx or {}).get(key)))
+    for field, want, got in checks:
+        if want != got:
+            raise EngineError(f"the llama.cpp worker runs with {field}={got!r}, expected "
+                              f"{want!r}", data={"field": field, "expected": want,
+                                                 "observed": got})
 
 
 class GgufTokenizer:
@@ -125,6 +222,10 @@ class GgufTokenizer:
         """Number of prompt tokens the engine will evaluate for ``text``."""
         return len(self._llm.tokenize(text.encode("utf-8"), special=True))
 
+    def piece(self, token_id: int) -> bytes:
+        """The exact bytes of one vocabulary token (special tokens render as nothing)."""
+        return bytes(self._llm.detokenize([token_id]))
+
     def token_id(self, piece: str) -> int:
         """Vocabulary id whose decoded piece equals ``piece`` (smallest id on a tie)."""
         if self._piece_ids is None:
@@ -136,12 +237,6 @@ class GgufTokenizer:
         return self._piece_ids.get(piece, -1)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     PR_SET_PDEATHSIG = 1  # noqa: N806 - the Linux constant's own name
     try:
@@ -151,19 +246,32 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
-class LlamaCppServerProcess:
-    """One ``llama_cpp.server`` child process on a loopback port.
+def _package_root() -> str:
+    """Directory holding the ``worker_adapters`` package this server runs from."""
+    return str(pathlib.Path(__file__).resolve().parent.parent)
+
+
+class LlamaCppWorkerProcess:
+    """One ``python -m worker_adapters.llamacpp_worker`` child on a loopback socket.
+
+    The server binds the listening socket and hands it to the child, so the port is
+    known before the child starts and no other process can take it.
 
     Args:
         model_path: the GGUF file.
-        settings: ``n_ctx``, ``n_threads``, ``n_batch`` (the determinism-relevant ones).
+        settings: every engine setting (:func:`llamacpp_settings`).
+        env: the replica's environment (:func:`worker_env`); ``PATH`` and ``PYTHONPATH``
+            are added so the child can start, nothing else.
+        slots: independent contexts in the worker, one request each at a time.
         log_path: where the child's stdout/stderr go.
     """
 
     def __init__(self, model_path: pathlib.Path, settings: dict[str, Any],
-                 log_path: pathlib.Path) -> None:
+                 env: dict[str, str], slots: int, log_path: pathlib.Path) -> None:
         self.model_path = model_path
         self.settings = settings
+        self.env = env
+        self.slots = slots
         self.log_path = log_path
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -174,38 +282,40 @@ class LlamaCppServerProcess:
         """Base URL of the replica."""
         return f"http://127.0.0.1:{self.port}"
 
-    def argv(self) -> list[str]:
+    def argv(self, fd: int) -> list[str]:
         """The exact command line; every setting is explicit."""
-        s = self.settings
-        return [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(self.model_path),
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--n_ctx", str(s["n_ctx"]),
-            "--n_threads", str(s["n_threads"]), "--n_threads_batch", str(s["n_threads"]),
-            "--n_batch", str(s["n_batch"]),
-            "--interrupt_requests", "False",
-            "--verbose", "False",
-        ]
+        return [sys.executable, "-m", "worker_adapters.llamacpp_worker",
+                "--model", str(self.model_path), "--slots", str(self.slots),
+                "--settings", json.dumps(self.settings, sort_keys=True), "--fd", str(fd)]
+
+    def full_env(self) -> dict[str, str]:
+        """The child's whole environment: ``env`` plus ``PATH`` and ``PYTHONPATH``."""
+        return {"PATH": os.defpath, "PYTHONPATH": _package_root(), **self.env}
 
     def alive(self) -> bool:
         """True while the child process runs."""
         return self.proc is not None and self.proc.poll() is None
 
     async def start(self, ready_timeout_s: float = 60.0) -> None:
-        """Spawn the child and wait until ``GET /v1/models`` answers 200.
+        """Spawn the child and wait until ``GET /health`` answers 200.
 
         Raises:
             EngineError: the child exited or was not ready within ``ready_timeout_s``.
         """
-        self.port = _free_port()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.settings["n_threads"])}
-        self.proc = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once
-            self.argv(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL,
-        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(64)
+            self.port = int(sock.getsockname()[1])
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_path.open("ab")
+            self.proc = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once
+                self.argv(sock.fileno()), stdout=self._log, stderr=subprocess.STDOUT,
+                env=self.full_env(), cwd="/", pass_fds=(sock.fileno(),),
+                preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL,
+            )
+        finally:
+            sock.close()
         deadline = time.monotonic() + ready_timeout_s
         async with httpx.AsyncClient(base_url=self.url, timeout=2.0) as client:
             while time.monotonic() < deadline:
@@ -214,11 +324,11 @@ class LlamaCppServerProcess:
                         f"llama.cpp replica exited with {self.proc.returncode}; "
                         f"see {self.log_path}", data={"log": str(self.log_path)})
                 try:
-                    if (await client.get("/v1/models")).status_code == 200:
+                    if (await client.get("/health")).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass
-                await anyio.sleep(0.05)
+                await anyio.sleep(0.02)
         await self.stop()
         raise EngineError(f"llama.cpp replica not ready after {ready_timeout_s}s")
 

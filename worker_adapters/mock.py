@@ -4,8 +4,12 @@ The default handler produces words drawn from a small vocabulary by a PRNG seede
 ``(seed, prompt)`` (``temperature == 0`` ignores the seed, like greedy decoding), so the
 same request always yields the same tokens. A request with a ``json_schema`` gets a
 JSON document built from the schema by the same PRNG (:func:`mock_instance`), streamed
-in small pieces, like a grammar-constrained engine. Tests pass their own handler to script
-tokens, delays and faults, in the manner of ``httpx.MockTransport``.
+in small pieces, like a grammar-constrained engine. Every token carries its bytes; with
+``utf8_split`` every fourth token is an accented or Japanese word whose first multi-byte
+character is split over two tokens, as a real tokenizer does (STREAM-2006). Stop strings
+end the stream as in the llama.cpp worker (:class:`~worker_adapters.token_bytes.StopFilter`).
+Tests pass their own handler to script tokens, delays and faults, in the manner of
+``httpx.MockTransport``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from worker_adapters.base import (
     PreparedPrompt,
     StreamItem,
 )
+from worker_adapters.token_bytes import StopFilter
 
 __all__ = ["MockEngine", "MockHandler", "default_handler", "mock_identity", "mock_instance"]
 
@@ -37,13 +42,23 @@ _WORDS = (
     "replay", "is", "byte", "exact", "stream", "token", "seed", "pool", "step", "run",
     "budget", "policy", "gate", "checkpoint", "flow", "engine", "model", "placement", ".",
 )
+_UTF8_WORDS = ("café", "élève", "日本", "naïve", "über")
+"""Words the ``utf8_split`` mock splits inside their first multi-byte character."""
+
+
+def _split_utf8(word: str) -> list[bytes]:
+    """A word's bytes as two tokens, cut one byte into its first multi-byte character."""
+    data = word.encode()
+    cut = next(k for k, ch in enumerate(data) if ch >= 0x80) + 1
+    return [data[:cut], data[cut:]]
 
 
 def mock_identity(model_hash: str = "sha256:" + "0" * 64, **settings: Any) -> EngineIdentity:
     """Identity of the mock engine; ``settings`` fold into its build fingerprint."""
     fp = "b3:" + blake3.blake3(repr(sorted(settings.items())).encode()).hexdigest()
     return EngineIdentity(name="mock", version="1", build_fingerprint=fp,
-                          model_hash=model_hash, settings=dict(settings))
+                          model_hash=model_hash, settings=dict(settings),
+                          batch_invariant=True)
 
 
 def mock_instance(schema: Any, rng: random.Random, depth: int = 0) -> Any:
@@ -93,6 +108,7 @@ def default_handler(
     length: int | None = None,
     fail_after: int | None = None,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    utf8_split: bool = False,
 ) -> MockHandler:
     """Build the default seeded handler.
 
@@ -101,6 +117,8 @@ def default_handler(
         length: tokens before ``Finish("stop")``; default derives 8..40 from the prompt.
         fail_after: end the stream after this many tokens *without* a ``Finish``.
         sleep: injected sleep, so tests can drive time.
+        utf8_split: every fourth token is the first half of a multi-byte word (the next
+            token completes it); both count as tokens.
     """
 
     async def handler(req: CompletionRequest) -> AsyncIterator[StreamItem]:
@@ -117,18 +135,41 @@ def default_handler(
         if n > req.max_tokens:
             n, finish = req.max_tokens, "length"
         delay = 1.0 / tokens_per_s if tokens_per_s > 0 else 0.0
+        stops = StopFilter(req.stop)
+        tokens: list[tuple[int, bytes]] = []
+        sampled = 0
         for i in range(n):
+            if not tokens:
+                tokens = _next_tokens(i, pieces, rng, utf8_split)
+            tid, data = tokens.pop(0)
             if fail_after is not None and i >= fail_after:
                 return
             await sleep(delay)
-            if pieces is not None:
-                yield Delta(text=pieces[i], token_id=1000 + sum(map(ord, pieces[i])))
-                continue
-            idx = rng.randrange(len(_WORDS))
-            yield Delta(text=(" " if i else "") + _WORDS[idx], token_id=100 + idx)
-        yield Finish(reason=finish)
+            sampled += 1
+            for rid, rdata in stops.push(tid, data):
+                yield Delta(text=rdata.decode("utf-8", "replace"), token_id=rid, data=rdata)
+            if stops.matched:
+                yield Finish(reason="stop", tokens=sampled)
+                return
+        for rid, rdata in stops.flush():
+            yield Delta(text=rdata.decode("utf-8", "replace"), token_id=rid, data=rdata)
+        yield Finish(reason=finish, tokens=sampled)
 
     return handler
+
+
+def _next_tokens(i: int, pieces: list[str] | None, rng: random.Random,
+                 utf8_split: bool) -> list[tuple[int, bytes]]:
+    """The next token(s) ``(id, bytes)`` of the default handler at token index ``i``."""
+    if pieces is not None:
+        return [(1000 + sum(map(ord, pieces[i])), pieces[i].encode())]
+    sep = " " if i else ""
+    if utf8_split and i % 4 == 3:
+        idx = rng.randrange(len(_UTF8_WORDS))
+        first, rest = _split_utf8(sep + _UTF8_WORDS[idx])
+        return [(900 + 2 * idx, first), (901 + 2 * idx, rest)]
+    idx = rng.randrange(len(_WORDS))
+    return [(100 + idx, (sep + _WORDS[idx]).encode())]
 
 
 class MockEngine(EngineAdapter):

@@ -1,9 +1,18 @@
-"""Adapter for OpenAI-compatible ``/v1/completions`` streaming servers.
+"""Adapter for OpenAI-compatible ``/v1/completions`` streaming servers (remote pools).
 
-It drives llama-cpp-python's server (the default engine), and equally llama-server,
-vLLM or Ollama's OpenAI endpoint on a GPU machine. Every sampling parameter and the seed
-are sent explicitly (DESIGN.md §5). The engine's HTTP transport is injectable
-(``httpx.MockTransport`` in tests).
+It drives llama-server, vLLM or Ollama's OpenAI endpoint on another host (the local
+default engine is the llama.cpp worker, :mod:`worker_adapters.llamacpp_engine`). Every
+sampling parameter and the seed are sent explicitly (DESIGN.md §5). The pool's
+``dialect`` adds what that server needs for exact replay (PLACE-5003, PLACE-5005):
+
+* ``llama-server``: ``cache_prompt: false``, so each prompt is evaluated from an empty
+  prefix cache within the request itself (no extra request per step);
+* ``vllm``: ``logprobs: 0`` with ``return_tokens_as_token_ids: true``, so each chunk names
+  the engine's token ids; their bytes come from the model's own vocabulary;
+* ``openai``: nothing more; token ids are recovered from the streamed text (-1 when a
+  chunk is not exactly one vocabulary piece).
+
+The engine's HTTP transport is injectable (``httpx.MockTransport`` in tests).
 """
 
 from __future__ import annotations
@@ -28,12 +37,15 @@ from worker_adapters.base import (
     StreamItem,
 )
 
-__all__ = ["Chunk", "Constraint", "OpenAIHttpEngine", "Tokenizer", "completion_body",
-           "constraint_fields"]
+__all__ = ["Chunk", "Constraint", "Dialect", "OpenAIHttpEngine", "Tokenizer",
+           "completion_body", "constraint_fields"]
 
 Constraint = Literal["gbnf", "json_schema", "guided_json"]
 """How an OpenAI-compatible engine takes a JSON Schema constraint: a GBNF ``grammar``
 (llama-cpp-python), a ``json_schema`` field (llama-server) or ``guided_json`` (vLLM)."""
+
+Dialect = Literal["openai", "llama-server", "vllm"]
+"""Which OpenAI-compatible server a pool talks to (see the module docstring)."""
 
 
 class Tokenizer(Protocol):
@@ -51,10 +63,19 @@ class Tokenizer(Protocol):
         """Vocabulary id of one streamed token piece (-1 when unknown)."""
         ...
 
+    def piece(self, token_id: int) -> bytes:
+        """The exact bytes of one vocabulary token."""
+        ...
+
+
+class _Logprobs(msgspec.Struct):
+    tokens: list[str] = []
+
 
 class _Choice(msgspec.Struct):
     text: str = ""
     finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
 
 
 class Chunk(msgspec.Struct):
@@ -64,10 +85,6 @@ class Chunk(msgspec.Struct):
 
 
 _chunk_decoder = msgspec.json.Decoder(Chunk)
-
-_PREFIX_BREAKER = "<|endoftext|>"
-"""A one-token prompt that begins no real prompt (SmolLM2's end-of-text token)."""
-
 
 @functools.cache
 def _grammar_compiler() -> Any:
@@ -140,14 +157,20 @@ def constraint_fields(constraint: Constraint | None, schema: dict[str, Any] | No
     return {constraint: schema}
 
 
-def completion_body(request: CompletionRequest,
-                    constraint: Constraint | None = None) -> dict[str, object]:
+def completion_body(request: CompletionRequest, constraint: Constraint | None = None,
+                    dialect: Dialect = "openai") -> dict[str, object]:
     """The ``POST /v1/completions`` body: streaming, every sampling parameter explicit.
 
     Parameters the request does not carry are pinned to their neutral values
     (``typical_p`` 1, no presence/frequency penalty, no mirostat), so an engine's own
-    defaults never leak into the output (DESIGN.md §5, PLACE-5003).
+    defaults never leak into the output (DESIGN.md §5, PLACE-5003). The ``dialect`` adds
+    its fields (module docstring).
     """
+    extra: dict[str, object] = {}
+    if dialect == "llama-server":
+        extra = {"cache_prompt": False}
+    elif dialect == "vllm":
+        extra = {"logprobs": 0, "return_tokens_as_token_ids": True}
     return {
         "prompt": request.prompt,
         "stream": True,
@@ -164,6 +187,7 @@ def completion_body(request: CompletionRequest,
         "max_tokens": request.max_tokens,
         "stop": list(request.stop),
         **constraint_fields(constraint, request.json_schema),
+        **extra,
     }
 
 
@@ -176,14 +200,9 @@ class OpenAIHttpEngine(EngineAdapter):
         tokenizer: the model's tokenizer, for token counts and token ids.
         transport: optional httpx transport (tests).
         connect_timeout_s: seconds to establish a connection.
-        fresh_prompt: before each completion, evaluate a one-token prompt that shares no
-            prefix with any real prompt, so the real prompt is always evaluated from an
-            empty prefix cache. llama-cpp-python reuses the cached common prefix of the
-            previous request, and a prompt evaluated partly from that cache can decode
-            differently from a fresh evaluation (seen on SmolLM2 at temperature 0):
-            strict_replay needs the same evaluation path every time.
         constraint: how the engine takes ``CompletionRequest.json_schema``
             (see :data:`Constraint`); ``None`` sends no constraint.
+        dialect: the server's kind (see :data:`Dialect`).
     """
 
     def __init__(
@@ -194,14 +213,14 @@ class OpenAIHttpEngine(EngineAdapter):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         connect_timeout_s: float = 5.0,
-        fresh_prompt: bool = False,
         constraint: Constraint | None = None,
+        dialect: Dialect = "openai",
     ) -> None:
         super().__init__(identity)
         self.constrained_decoding = constraint
         self.base_url = base_url
         self.tokenizer = tokenizer
-        self.fresh_prompt = fresh_prompt
+        self.dialect: Dialect = dialect
         self.constraint: Constraint | None = constraint
         self._client = httpx.AsyncClient(
             base_url=base_url,
@@ -224,11 +243,9 @@ class OpenAIHttpEngine(EngineAdapter):
         Raises:
             EngineError: connection failure, non-200 status or an undecodable chunk.
         """
-        body = completion_body(request, self.constraint)
+        body = completion_body(request, self.constraint, self.dialect)
         self.requests += 1
         try:
-            if self.fresh_prompt:
-                await self._clear_prefix()
             async with self._client.stream("POST", "/v1/completions", json=body) as resp:
                 if resp.status_code != 200:
                     detail = (await resp.aread())[:500].decode("utf-8", "replace")
@@ -247,17 +264,16 @@ class OpenAIHttpEngine(EngineAdapter):
                     if not chunk.choices:
                         continue
                     choice = chunk.choices[0]
-                    if choice.text:
+                    for delta in self._deltas(choice):
                         self.tokens_generated += 1
-                        yield Delta(text=choice.text,
-                                    token_id=self.tokenizer.token_id(choice.text))
+                        yield delta
                     if choice.finish_reason:
                         yield Finish(reason=choice.finish_reason)
                         return
         except httpx.HTTPError as exc:
             raise EngineError(f"engine request failed: {type(exc).__name__}: {exc}",
                               data={"url": self.base_url}) from exc
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, ValueError) as exc:
             raise EngineError(f"engine sent an undecodable chunk: {exc}",
                               data={"url": self.base_url}) from exc
 
@@ -266,15 +282,18 @@ class OpenAIHttpEngine(EngineAdapter):
         express is refused at submission (INVALID_PARAMS) rather than mid-stream."""
         constraint_fields(self.constraint, schema)
 
-    async def _clear_prefix(self) -> None:
-        """Evaluate the end-of-text token as a one-token prompt (a prefix no real prompt
-        has), leaving nothing of the next real prompt in the engine's prefix cache."""
-        resp = await self._client.post("/v1/completions", json={
-            "prompt": _PREFIX_BREAKER, "max_tokens": 1, "temperature": 0.0, "seed": 0,
-            "stream": False})
-        if resp.status_code != 200:
-            raise EngineError(f"engine answered HTTP {resp.status_code} to the prefix reset",
-                              data={"status": resp.status_code, "url": self.base_url})
+    def _deltas(self, choice: _Choice) -> list[Delta]:
+        """The tokens of one chunk: engine ids with their vocabulary bytes (``vllm``), or
+        the chunk's text as one token whose id is looked up (-1 when unknown)."""
+        if self.dialect == "vllm" and choice.logprobs is not None and choice.logprobs.tokens:
+            out = []
+            for name in choice.logprobs.tokens:
+                tid = int(name.removeprefix("token_id:"))
+                out.append(Delta(text="", token_id=tid, data=self.tokenizer.piece(tid)))
+            return out
+        if not choice.text:
+            return []
+        return [Delta(text=choice.text, token_id=self.tokenizer.token_id(choice.text))]
 
     async def aclose(self) -> None:
         """Close the pooled connections."""

@@ -17,7 +17,7 @@ from pytest_bdd import given, parsers, scenarios, then, when
 from contracts.steps import StepStatus
 from orchestrator_core.checkpoints import Checkpoints
 from orchestrator_core.config import ServerConfig
-from orchestrator_core.store import SqliteStore
+from orchestrator_core.store import SCHEMA_VERSION, SqliteStore
 from test_harness.bdd.conftest import run_to_end
 from test_harness.support import app_client, insert_step_before_v6, llm_step, parse_sse
 
@@ -223,6 +223,8 @@ def legacy_history(ctx: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None
     ctx["stack"].close()
     with monkeypatch.context() as old_server:
         old_server.setattr(SqliteStore, "_migrate_v6", lambda self: None)
+        old_server.setattr(SqliteStore, "_migrate_v7", lambda self: None)
+        old_server.setattr(SqliteStore, "record_engine_build", lambda self, f, s: None)
         old_server.setattr(SqliteStore, "insert_step", insert_step_before_v6)
         old_server.setattr(Checkpoints, "cursor", _cursor_before_v6)
         with app_client(cfg) as client:
@@ -242,7 +244,8 @@ def legacy_cursor(ctx: dict[str, Any], done: str) -> None:
     (ckp,) = ctx["client"].get(f"/v1/runs/{ctx['run_id']}/checkpoints").json()
     assert (ckp["checkpoint_id"], ckp["cursor"]["steps_done"]) == (ctx["checkpoint_id"],
                                                                   json.loads(done))
-    assert sqlite3.connect(ctx["db"]).execute("PRAGMA user_version").fetchone() == (6,)
+    assert sqlite3.connect(ctx["db"]).execute("PRAGMA user_version").fetchone() == (
+        SCHEMA_VERSION,)
 
 
 def _checkpoint_now(c: Any, run_id: str, n: int) -> dict[str, Any]:

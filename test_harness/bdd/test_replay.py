@@ -140,6 +140,13 @@ def submit_params(env: Env, ctx: dict[str, Any], t: float) -> None:
     ctx["answers"].append(env.client.post(f"/v1/runs/{ctx['replay_run']}/steps", json=body))
 
 
+@when(parsers.parse("I submit the first step with temperature {t:f} and top_p {p:f}"))
+def submit_two_params(env: Env, ctx: dict[str, Any], t: float, p: float) -> None:
+    """Two changed params."""
+    body = llm_step("c-0", PROMPTS[0], temperature=t, top_p=p)
+    ctx["answers"].append(env.client.post(f"/v1/runs/{ctx['replay_run']}/steps", json=body))
+
+
 @when(parsers.parse('I submit the first step with prompt "{prompt}"'))
 def submit_prompt(env: Env, ctx: dict[str, Any], prompt: str) -> None:
     """Changed prompt."""
@@ -171,6 +178,13 @@ def restart_model(env: Env) -> None:
     env.restart(cfg)
 
 
+@when(parsers.parse('the server restarts with the pool environment {name}="{value}"'))
+def restart_env(env: Env, name: str, value: str) -> None:
+    """Same data dir and model; one more variable in the replicas' environment."""
+    pool = msgspec.structs.replace(env.cfg.pools[0], env={name: value})
+    env.restart(msgspec.structs.replace(env.cfg, pools=[pool]))
+
+
 @when("the engine starts producing different tokens")
 def diverge(env: Env) -> None:
     """Make every engine answer differently from the recording."""
@@ -184,7 +198,28 @@ def refused_listing(ctx: dict[str, Any], code: str, field: str) -> None:
     body = resp.json()
     assert (resp.status_code, body["code"]) == (409, code), resp.text
     assert field in body["data"]["fields"]
-    assert set(body["data"]["fields"][field]) == {"recorded", "current"}
+    assert {"recorded", "current"} <= set(body["data"]["fields"][field])
+
+
+@then(parsers.parse("the refusal names params {names}"))
+def refused_params(ctx: dict[str, Any], names: str) -> None:
+    """Each differing sampling parameter, with its recorded and current value."""
+    body = ctx["answers"][-1].json()
+    expected = {}
+    for item in names.split(", "):
+        key, values = item.split(" ", 1)
+        rec, cur = values.removeprefix("from ").split(" to ")
+        expected[key] = {"recorded": json.loads(rec), "current": json.loads(cur)}
+    assert body["data"]["fields"]["params_hash"]["params"] == expected
+    assert body["message"].endswith(f"params_hash ({', '.join(expected)})")
+
+
+@then(parsers.parse("the refusal names setting {name} from {rec} to {cur}"))
+def refused_setting(ctx: dict[str, Any], name: str, rec: str, cur: str) -> None:
+    """The engine setting behind a changed build fingerprint is named."""
+    body = ctx["answers"][-1].json()
+    assert body["data"]["fields"]["engine_build"]["settings"] == {
+        name: {"recorded": json.loads(rec), "current": json.loads(cur)}}
 
 
 @then(parsers.parse("the answer is 409 NONDETERMINISM naming field {field}"))
@@ -213,5 +248,5 @@ def diverged(ctx: dict[str, Any]) -> None:
     first = json.loads(ctx["recorded"][0][0])
     assert err["code"] == "REPLAY_DIVERGED"
     assert err["data"]["index"] == 0
-    assert err["data"]["expected"] == {"t": first["t"], "id": first["id"]}
-    assert err["data"]["actual"] == {"t": "divergent", "id": 7}
+    assert err["data"]["expected"] == {"t": first["t"], "id": first["id"], "b": first["b"]}
+    assert err["data"]["actual"] == {"t": "divergent", "id": 7, "b": "ZGl2ZXJnZW50"}

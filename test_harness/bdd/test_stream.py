@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -47,7 +48,8 @@ def indices(ctx: dict[str, Any]) -> None:
     """Token ``i`` counts from 0 without holes."""
     tokens = [json.loads(f["data"]) for f in ctx["frames"] if f["event"] == "token"]
     assert [t["i"] for t in tokens] == list(range(len(tokens)))
-    assert all(set(t) == {"i", "t", "id"} for t in tokens)
+    assert all(set(t) == {"i", "t", "id", "b"} for t in tokens)
+    assert all(base64.b64decode(t["b"]) == t["t"].encode() for t in tokens)
 
 
 @then("tokens_out in the end frame equals the number of token frames")

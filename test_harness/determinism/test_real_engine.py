@@ -17,6 +17,7 @@ import shutil
 from typing import Any, ClassVar
 
 import httpx
+import msgspec
 import pytest
 
 from orchestrator_core.config import ModelConfig, default_config
@@ -158,14 +159,106 @@ class TestPools:
         assert pool["engine"]["name"] == "llama.cpp"
         assert pool["engine"]["version"].startswith("llama-cpp-python ")
         assert pool["engine"]["build_fingerprint"].startswith("b3:")
-        assert pool["engine"]["settings"] == {"n_ctx": 2048, "n_threads": 1, "n_batch": 512,
-                                              "interrupt_requests": False}
+        settings = pool["engine"]["settings"]
+        assert {k: settings[k] for k in settings if k not in ("library_sha256", "env")} == {
+            "n_ctx": 2048, "n_threads": 1, "n_threads_batch": 1, "n_batch": 512,
+            "n_ubatch": 512, "flash_attn": False, "type_k": "f16", "type_v": "f16",
+            "last_n_tokens_size": 64, "logits_all": False,
+            "worker": "orchestratord llamacpp_worker 1"}
+        assert settings["env"] == {
+            "LANG": "C", "LC_ALL": "C", "OMP_NUM_THREADS": "1", "PYTHONCOERCECLOCALE": "0",
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "PYTHONNOUSERSITE": "1",
+            "PYTHONUTF8": "1"}
+        assert settings["library_sha256"].startswith("b3:")
+        assert (pool["engine"]["batch_invariant"], pool["engine"]["isolated_slots"]) == (
+            False, True)
         assert pool["models"][0] == {"id": REAL_MODEL, "family": "smollm2",
                                      "context_tokens": 2048, "sha256": "sha256:" + sha,
                                      "features": ["completion", "chat"]}
         (rep,) = pool["replicas"]
         assert (rep["replica_id"], rep["slots"], rep["health"]) == ("cpu-0/r0", 1, "ready")
         assert "AVX2 = 1" in pool["capabilities"]["cpu_features"]
+
+
+def _restart_and_strict(cfg: Any, data: pathlib.Path, run: dict[str, Any],
+                        body: dict[str, Any]) -> httpx.Response:
+    """Start a server on the same store with ``cfg`` and submit ``body`` to a strict_replay
+    run of ``run``."""
+    with server_process(cfg, data) as (_p, url), \
+            httpx.Client(base_url=url, timeout=120.0) as http:
+        strict = http.post(f"/v1/flows/{run['flow_id']}/runs", json={
+            "mode": "strict_replay", "replay_of": run["run_id"]}).json()
+        resp = http.post(f"/v1/runs/{strict['run_id']}/steps", json=body)
+        assert http.get(f"/v1/runs/{strict['run_id']}").json()["steps"] == {}
+        return resp
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One step recorded on the default config, with engine-looking variables in the
+    server's own environment that must not reach the replica."""
+    data = pathlib.Path(tmp_path_factory.mktemp("hermetic"))
+    body = _body(3, 0, 0.8)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("FLASH_ATTN", "N_UBATCH", "TYPE_K", "LLAMA_ARG_FLASH_ATTN",
+                     "GGML_SCHED_MAX_COPIES"):
+            mp.setenv(name, "1")
+        with server_process(default_config(data_dir=str(data)), data) as (_p, url), \
+                httpx.Client(base_url=url, timeout=120.0) as http:
+            run = _new_run(http).json()
+            _sub, frames = http_run_step(http, run["run_id"], body)
+            build = http.get("/v1/pools").json()[0]["engine"]["build_fingerprint"]
+    assert frames[-1]["event"] == "end"
+    return {"data": data, "run": run, "body": body, "frames": frames, "build": build}
+
+
+class TestHermeticEngine:
+    """A replica sees only its pool's settings and environment (PLACE-5004)."""
+
+    def test_the_server_environment_does_not_reach_the_replica(
+            self, real_http: httpx.Client, recorded: dict[str, Any]) -> None:
+        """FLASH_ATTN, LLAMA_ARG_* and GGML_* in the server's environment change nothing:
+        the fingerprint equals that of a server started without them."""
+        assert recorded["build"] == real_http.get("/v1/pools").json()[0]["engine"][
+            "build_fingerprint"]
+
+    def test_an_extra_pool_environment_variable_is_refused_naming_it(
+            self, recorded: dict[str, Any]) -> None:
+        """The pool's env is part of the build: strict_replay is refused before started."""
+        base = default_config(data_dir=str(recorded["data"]))
+        cfg = msgspec.structs.replace(base, pools=[msgspec.structs.replace(
+            base.pools[0], env={"GGML_SCHED_MAX_COPIES": "1"})])
+        resp = _restart_and_strict(cfg, recorded["data"], recorded["run"], recorded["body"])
+        assert (resp.status_code, resp.json()["code"]) == (409, "DETERMINISM_INPUTS_DIFFER")
+        assert set(resp.json()["data"]["fields"]) == {"engine_build"}
+        assert resp.json()["data"]["fields"]["engine_build"]["settings"] == {
+            "env.GGML_SCHED_MAX_COPIES": {"recorded": None, "current": "1"}}
+
+    def test_a_changed_engine_setting_is_refused_naming_it(
+            self, recorded: dict[str, Any]) -> None:
+        """Another n_batch (and so n_ubatch) changes the build: refused, both named."""
+        base = default_config(data_dir=str(recorded["data"]))
+        cfg = msgspec.structs.replace(base, pools=[msgspec.structs.replace(
+            base.pools[0], options={"n_threads": 1, "n_batch": 256})])
+        resp = _restart_and_strict(cfg, recorded["data"], recorded["run"], recorded["body"])
+        assert (resp.status_code, resp.json()["code"]) == (409, "DETERMINISM_INPUTS_DIFFER")
+        assert resp.json()["data"]["fields"]["engine_build"]["settings"] == {
+            "n_batch": {"recorded": 512, "current": 256},
+            "n_ubatch": {"recorded": 512, "current": 256}}
+        assert resp.json()["message"] == ("strict_replay refused: determinism inputs "
+                                          "differ: engine_build (n_batch, n_ubatch)")
+
+    def test_the_unchanged_config_replays_after_the_restart(
+            self, recorded: dict[str, Any]) -> None:
+        """The control: same config, same store, strict_replay matches."""
+        cfg = default_config(data_dir=str(recorded["data"]))
+        with server_process(cfg, recorded["data"]) as (_p, url), \
+                httpx.Client(base_url=url, timeout=120.0) as http:
+            run = recorded["run"]
+            strict = http.post(f"/v1/flows/{run['flow_id']}/runs", json={
+                "mode": "strict_replay", "replay_of": run["run_id"]}).json()
+            _s, frames = http_run_step(http, strict["run_id"], recorded["body"])
+        assert _tokens(frames) == _tokens(recorded["frames"])
 
 
 def test_a_changed_model_hash_is_refused_before_started(tmp_path: pathlib.Path) -> None:

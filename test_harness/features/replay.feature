@@ -24,7 +24,21 @@ Feature: Record, replay and strict_replay
     When I create a strict_replay run
     And I submit the first step with temperature 0.5
     Then the answer is 409 DETERMINISM_INPUTS_DIFFER listing params_hash
+    And the refusal names params temperature from 0.0 to 0.5
     And no step was stored in the replay run
+
+  Scenario: strict_replay with several changed params names each of them
+    When I create a strict_replay run
+    And I submit the first step with temperature 0.5 and top_p 0.9
+    Then the answer is 409 DETERMINISM_INPUTS_DIFFER listing params_hash
+    And the refusal names params temperature from 0.0 to 0.5, top_p from 0.95 to 0.9
+
+  Scenario: strict_replay after an engine environment change names the variable
+    When the server restarts with the pool environment GGML_SCHED_MAX_COPIES="1"
+    And I create a strict_replay run
+    And I submit the first step unchanged
+    Then the answer is 409 DETERMINISM_INPUTS_DIFFER listing engine_build
+    And the refusal names setting env.GGML_SCHED_MAX_COPIES from null to "1"
 
   Scenario: A replayed step whose input differs is NONDETERMINISM
     When I create a replay run

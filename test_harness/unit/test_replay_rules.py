@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import msgspec
 import pytest
 
@@ -12,6 +14,8 @@ from orchestrator_core.replay import (
     check_determinism_inputs,
     check_recorded_match,
     first_difference,
+    flat_diff,
+    recorded_params,
 )
 
 PROV = Provenance(
@@ -73,6 +77,65 @@ class TestDeterminismInputs:
         assert info.value.fields == {"seed": {"recorded": 1, "current": 2},
                                      "model_hash": {"recorded": "m", "current": "m2"}}
 
+    def test_a_params_hash_difference_lists_every_parameter_that_differs(self) -> None:
+        """Each changed sampling parameter is named with its recorded and current value."""
+        rec = {"temperature": 0.8, "top_p": 0.95, "max_tokens": 24, "stop": []}
+        cur = {"temperature": 0.0, "top_p": 0.9, "max_tokens": 24, "stop": []}
+        with pytest.raises(DeterminismInputsDiffer) as info:
+            check_determinism_inputs(PROV, {**CURRENT, "params_hash": "q2"}, details={
+                "params_hash": {"key": "params", "recorded": rec, "current": cur}})
+        assert info.value.fields == {"params_hash": {
+            "recorded": "q", "current": "q2",
+            "params": {"temperature": {"recorded": 0.8, "current": 0.0},
+                       "top_p": {"recorded": 0.95, "current": 0.9}}}}
+        assert info.value.message == ("strict_replay refused: determinism inputs differ: "
+                                      "params_hash (temperature, top_p)")
+
+    def test_an_engine_build_difference_names_the_setting(self) -> None:
+        """Nested settings (the replica's environment) are named by dotted path."""
+        rec = {"n_batch": 512, "env": {"LANG": "C"}}
+        cur = {"n_batch": 512, "env": {"LANG": "C", "GGML_SCHED_MAX_COPIES": "1"}}
+        with pytest.raises(DeterminismInputsDiffer) as info:
+            check_determinism_inputs(PROV, {**CURRENT, "engine_build": "b2"}, details={
+                "engine_build": {"key": "settings", "recorded": rec, "current": cur}})
+        assert info.value.fields == {"engine_build": {
+            "recorded": "b", "current": "b2",
+            "settings": {"env.GGML_SCHED_MAX_COPIES": {"recorded": None, "current": "1"}}}}
+        assert info.value.message.endswith("engine_build (env.GGML_SCHED_MAX_COPIES)")
+
+    def test_a_build_without_recorded_settings_says_so(self) -> None:
+        """A fingerprint the store never saw still refuses, with nothing to list."""
+        with pytest.raises(DeterminismInputsDiffer) as info:
+            check_determinism_inputs(PROV, {**CURRENT, "engine_build": "b2"}, details={
+                "engine_build": {"key": "settings", "recorded": None, "current": {"a": 1}}})
+        assert info.value.fields["engine_build"]["settings"] == {
+            "a": {"recorded": None, "current": 1}}
+
+
+class TestRecordedParams:
+    """The recorded params are recomputed from the stored input, defaults filled."""
+
+    def test_defaults_are_filled_and_the_seed_left_out(self) -> None:
+        """Only what the client sent was stored; the hash covered every parameter."""
+        stored = msgspec.json.encode({"model": "m", "prompt": "x",
+                                      "params": {"temperature": 0.8, "seed": 3}})
+        assert recorded_params("llm_call", stored, {"model": "m", "prompt": "x"}, {}) == {
+            "max_tokens": 256, "min_p": 0.05, "repeat_penalty": 1.0, "stop": [],
+            "temperature": 0.8, "top_k": 40, "top_p": 0.95}
+
+    def test_a_changed_contract_stands_for_the_json_schema(self) -> None:
+        """The decoding constraint is shown as the recorded input it came from."""
+        contract = {"type": "object"}
+        stored = msgspec.json.encode({"prompt": "x", "response_contract": contract})
+        out = recorded_params("llm_call", stored, {"prompt": "x"}, {})
+        assert out["json_schema"] == {"response_contract": contract}
+
+    def test_flat_diff_names_nested_keys(self) -> None:
+        """Dotted names; a missing key is None on its side."""
+        assert flat_diff({"a": {"b": 1}, "c": 2}, {"a": {"b": 2}, "d": 3}) == {
+            "a.b": {"recorded": 1, "current": 2}, "c": {"recorded": 2, "current": None},
+            "d": {"recorded": None, "current": 3}}
+
 
 class TestTokenVerifier:
     """Byte-exact means text bytes, token ids and the index sequence."""
@@ -89,17 +152,35 @@ class TestTokenVerifier:
         v.check(TokenData(i=1, t="lo", id=11))
         v.finish(2)
 
-    @pytest.mark.parametrize("actual", [TokenData(i=1, t="lo!", id=11),
-                                        TokenData(i=1, t="lo", id=12)])
-    def test_text_or_id_difference_diverges_at_its_index(self, actual: TokenData) -> None:
-        """The error carries index, expected and actual."""
+    @pytest.mark.parametrize(("actual", "view"), [
+        (TokenData(i=1, t="lo!", id=11, b="bG8h"), {"t": "lo!", "id": 11, "b": "bG8h"}),
+        (TokenData(i=1, t="lo", id=12, b="bG8="), {"t": "lo", "id": 12, "b": "bG8="})])
+    def test_text_or_id_difference_diverges_at_its_index(self, actual: TokenData,
+                                                         view: dict[str, object]) -> None:
+        """The error carries index, expected and actual, each with its bytes."""
         v = self._verifier()
-        v.check(TokenData(i=0, t="Hel", id=10))
+        v.check(TokenData(i=0, t="Hel", id=10, b="SGVs"))
         with pytest.raises(ReplayDiverged) as info:
             v.check(actual)
         assert (info.value.index, info.value.expected, info.value.actual) == (
-            1, {"t": "lo", "id": 11}, {"t": actual.t, "id": actual.id})
+            1, {"t": "lo", "id": 11, "b": "bG8="}, view)
         assert (info.value.run_id, info.value.step_id) == ("run_1", "stp_1")
+
+    def test_same_text_and_id_but_other_bytes_diverges(self) -> None:
+        """A token ending inside a character has empty text: only its bytes tell."""
+        first = TokenData(i=0, t="", id=7, b=base64.b64encode(b"\xc3").decode())
+        v = TokenVerifier([msgspec.json.encode(first)], run_id="r", step_id="s")
+        with pytest.raises(ReplayDiverged) as info:
+            v.check(TokenData(i=0, t="", id=7, b=base64.b64encode(b"\xe3").decode()))
+        assert (info.value.index, info.value.expected, info.value.actual) == (
+            0, {"t": "", "id": 7, "b": "ww=="}, {"t": "", "id": 7, "b": "4w=="})
+
+    def test_a_frame_recorded_without_bytes_compares_by_its_text(self) -> None:
+        """Frames written before ``b`` existed still verify: their bytes are UTF-8 of t."""
+        legacy = [b"{\"i\":0,\"t\":\"caf\\u00e9\",\"id\":-1}"]
+        v = TokenVerifier(legacy, run_id="r", step_id="s")
+        v.check(TokenData(i=0, t="café", id=-1, b=base64.b64encode("café".encode()).decode()))
+        v.finish(1)
 
     def test_a_shorter_stream_diverges_where_it_ended(self) -> None:
         """Ending early is a divergence with no actual token."""

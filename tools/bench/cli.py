@@ -9,10 +9,13 @@ import sys
 import tempfile
 
 import anyio
+import httpx
+import msgspec
 
 from orchestratord.client import OrchestratorClient
 from orchestratord.demo import start_server, stop_server
 
+from .engines import EnginesReport, measure_engines
 from .latency import ProbeConfig, measure_latency
 from .replay import default_document, measure_replay
 from .report import BenchReport, render_json, render_text
@@ -32,8 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="rounds R (default 5)")
     p.add_argument("--per-round", type=int, default=10,
                    help="requests per path per round K (default 10)")
-    p.add_argument("--max-tokens", type=int, default=16,
-                   help="tokens generated per latency request (default 16)")
+    p.add_argument("--max-tokens", type=int, default=8,
+                   help="tokens generated per latency request (default 8)")
+    p.add_argument("--no-engines", action="store_true",
+                   help="skip the engine paths comparison (in-process, worker, old server)")
+    p.add_argument("--engine-requests", type=int, default=15,
+                   help="timed requests per engine path and length (default 15)")
     p.add_argument("--seed", type=int, default=1234, help="sampling seed (default 1234)")
     p.add_argument("--file", type=pathlib.Path, default=None,
                    help="document the demo flow summarises (default: as orchestratord demo)")
@@ -53,6 +60,20 @@ async def _measure(url: str, started: bool, cfg: ProbeConfig,
         replay = await measure_replay(client, document, text)
     return BenchReport(server_url=url, server_started=started, engine=engine,
                        latency=latency, replay=replay)
+
+
+def _engines(url: str, requests: int, work_dir: pathlib.Path) -> EnginesReport | None:
+    """Measurement 0 against the first llama.cpp worker replica, if the server has one."""
+    from worker_adapters.llamacpp import default_model_path
+
+    for pool in httpx.get(url + "/v1/pools", timeout=10.0).json():
+        if pool["engine"]["name"] != "llama.cpp":
+            continue
+        for replica in pool["replicas"]:
+            if replica.get("url") and replica["health"] == "ready":
+                return measure_engines(replica["url"], default_model_path(), work_dir,
+                                       requests=requests)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
                 engine = "mock engine" if args.mock else "default config, llama.cpp"
                 print(f"starting orchestratord ({engine})...", file=sys.stderr, flush=True)
             proc, url = start_server(mock=args.mock, data_dir=data_dir)
+        engines = None
+        if not (args.mock or args.no_engines):
+            work = pathlib.Path(data_dir or tempfile.mkdtemp(prefix="orchestratord-bench-"))
+            engines = _engines(url, args.engine_requests, work)
         report = anyio.run(_measure, url, proc is not None, cfg, document, text)
+        report = msgspec.structs.replace(report, engines=engines)
         ok = True
     finally:
         if proc is not None:

@@ -3,15 +3,16 @@
 The orchestrator path is timed from just before ``POST /v1/runs/{id}/steps`` to the
 receipt of the Step's ``end`` SSE frame (the stream is opened right after the POST
 answers, as an interpreter would). The direct path is timed from just before
-``POST {replica_url}/v1/completions`` (``stream: true``) to the engine's final chunk,
-the one carrying ``finish_reason`` (the point where the orchestrator's adapter considers
-the completion done); the time to ``data: [DONE]`` is recorded as well. Both paths send
-the same raw prompt, every sampling parameter and the same seed, and are alternated
-request by request so that drift (thermal, caches, other load) hits both alike.
+``POST {replica_url}/v1/generate`` to the worker's finish line (the point where the
+orchestrator's adapter considers the completion done); the time to the end of the body
+is recorded as well. Both paths send the same raw prompt, every sampling parameter and
+the same seed, and are alternated request by request so that drift (thermal, caches,
+other load) hits both alike.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 
 import httpx
@@ -20,7 +21,7 @@ import msgspec
 from contracts.pools import ReplicaHealth
 from orchestratord.client import OrchestratorClient
 from worker_adapters.base import CompletionRequest
-from worker_adapters.openai_http import Chunk, completion_body
+from worker_adapters.llamacpp_engine import WorkerLine, generate_body
 
 from .stats import PathStats, summarise
 
@@ -49,7 +50,7 @@ class ProbeConfig(msgspec.Struct, frozen=True):
     """
 
     prompt: str = "The three primary colours are"
-    max_tokens: int = 16
+    max_tokens: int = 8
     seed: int = 1234
     rounds: int = 5
     per_round: int = 10
@@ -59,8 +60,8 @@ class Sample(msgspec.Struct, frozen=True):
     """One timed request.
 
     Attributes:
-        ms: time to completion (ms): ``end`` frame, or the engine's final chunk.
-        done_ms: direct path only: time to ``data: [DONE]`` (ms); else equal to ``ms``.
+        ms: time to completion (ms): ``end`` frame, or the worker's finish line.
+        done_ms: direct path only: time to the end of the body (ms); else equal to ``ms``.
         text: generated text.
         tokens: streamed token pieces (orchestrator ``token`` frames / engine chunks).
     """
@@ -83,8 +84,8 @@ class LatencyReport(msgspec.Struct, frozen=True):
         tokens: token frames of the warm-up orchestrator request.
         same_output: every request on both paths produced the warm-up's text.
         orchestrator: orchestrator path statistics (ms).
-        direct: direct path statistics, to the final chunk (ms).
-        direct_done: direct path statistics, to ``[DONE]`` (ms).
+        direct: direct path statistics, to the finish line (ms).
+        direct_done: direct path statistics, to the end of the body (ms).
         added_p50_ms: ``orchestrator.p50_ms - direct.p50_ms`` (ms).
         added_p99_ms: ``orchestrator.p99_ms - direct.p99_ms`` (ms).
         ratio_p50: ``orchestrator.p50_ms / direct.p50_ms``.
@@ -107,7 +108,7 @@ class LatencyReport(msgspec.Struct, frozen=True):
     ratio_p99: float | None = None
 
 
-_chunk = msgspec.json.Decoder(Chunk)
+_line = msgspec.json.Decoder(WorkerLine)
 
 
 def _ms_since(t0_ns: int) -> float:
@@ -115,8 +116,8 @@ def _ms_since(t0_ns: int) -> float:
 
 
 def engine_body(cfg: ProbeConfig) -> dict[str, object]:
-    """The direct ``/v1/completions`` body: exactly what the adapter sends."""
-    return completion_body(CompletionRequest(
+    """The direct ``/v1/generate`` body: exactly what the adapter sends."""
+    return generate_body(CompletionRequest(
         prompt=cfg.prompt, seed=cfg.seed, temperature=0.0, top_k=40, top_p=0.95,
         min_p=0.05, repeat_penalty=1.0, max_tokens=cfg.max_tokens))
 
@@ -158,28 +159,24 @@ async def _orchestrator_once(client: OrchestratorClient, run_id: str,
 async def _direct_once(http: httpx.AsyncClient, body: dict[str, object]) -> Sample:
     t0 = time.perf_counter_ns()
     final_ms: float | None = None
-    done_ms: float | None = None
-    pieces: list[str] = []
-    async with http.stream("POST", "/v1/completions", json=body) as resp:
+    data: list[bytes] = []
+    async with http.stream("POST", "/v1/generate", json=body) as resp:
         if resp.status_code != 200:
             detail = (await resp.aread())[:300].decode("utf-8", "replace")
             raise RuntimeError(f"engine answered HTTP {resp.status_code}: {detail}")
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: "):
+        async for raw in resp.aiter_lines():
+            if not raw:
                 continue
-            if line[6:] == "[DONE]":
-                done_ms = _ms_since(t0)
-                continue  # read to the end of the body so the connection is reused
-            chunk = _chunk.decode(line[6:])
-            if not chunk.choices:
-                continue
-            if chunk.choices[0].text:
-                pieces.append(chunk.choices[0].text)
-            if chunk.choices[0].finish_reason and final_ms is None:
+            line = _line.decode(raw)
+            if line.id is not None:
+                data.append(base64.b64decode(line.b or ""))
+            elif line.finish_reason is not None and final_ms is None:
                 final_ms = _ms_since(t0)
-    if final_ms is None or done_ms is None:
-        raise RuntimeError("engine stream ended without a finish_reason or [DONE]")
-    return Sample(ms=final_ms, done_ms=done_ms, text="".join(pieces), tokens=len(pieces))
+    done_ms = _ms_since(t0)
+    if final_ms is None:
+        raise RuntimeError("engine stream ended without a finish line")
+    text = b"".join(data).decode("utf-8", "replace")
+    return Sample(ms=final_ms, done_ms=done_ms, text=text, tokens=len(data))
 
 
 async def measure_latency(client: OrchestratorClient, cfg: ProbeConfig) -> LatencyReport:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from .engines import EnginesReport
 from .latency import LatencyReport
 from .replay import ReplayReport
 
@@ -21,6 +22,8 @@ class BenchReport(msgspec.Struct, frozen=True):
         engine: ``mock`` or ``llamacpp``/remote, as the pool reports it.
         latency: measurement 1, added latency (ms).
         replay: measurement 2, replay time / record time.
+        engines: measurement 0, the engine paths side by side (None with the mock or
+            ``--no-engines``).
     """
 
     server_url: str
@@ -28,6 +31,7 @@ class BenchReport(msgspec.Struct, frozen=True):
     engine: str
     latency: LatencyReport
     replay: ReplayReport
+    engines: EnginesReport | None = None
 
 
 def render_json(report: BenchReport) -> str:
@@ -60,14 +64,14 @@ def _latency_lines(lat: LatencyReport) -> list[str]:
                   f"   {'added (orchestrator - direct)':<56}{_NA}"]
     else:
         lines += [
-            f"   {'direct: POST ' + str(lat.replica_url) + '/v1/completions':<56}",
-            f"   {'        -> final chunk (finish_reason)':<56}"
+            f"   {'direct: POST ' + str(lat.replica_url) + '/v1/generate':<56}",
+            f"   {'        -> finish line':<56}"
             f"{_ms(lat.direct.p50_ms)}{_ms(lat.direct.p99_ms)}",
-            f"   {'        -> data: [DONE]':<56}"
+            f"   {'        -> end of body':<56}"
             f"{_ms(lat.direct_done.p50_ms)}{_ms(lat.direct_done.p99_ms)}",
-            f"   {'added (orchestrator - direct final chunk), ms':<56}"
+            f"   {'added (orchestrator - direct finish line), ms':<56}"
             f"{_ms(lat.added_p50_ms)}{_ms(lat.added_p99_ms)}",
-            f"   {'ratio (orchestrator / direct final chunk)':<56}"
+            f"   {'ratio (orchestrator / direct finish line)':<56}"
             f"{lat.ratio_p50:9.3f}x{lat.ratio_p99:9.3f}x",
         ]
     lines.append(f"   p50 = median of the {cfg.rounds} per-round medians; "
@@ -77,6 +81,29 @@ def _latency_lines(lat: LatencyReport) -> list[str]:
     if lat.direct is not None:
         lines.append("   per-round medians, direct (ms):       "
                      + ", ".join(f"{m:.1f}" for m in lat.direct.round_medians_ms))
+    return lines
+
+
+def _engine_lines(eng: EnginesReport) -> list[str]:
+    yes = {True: "yes", False: "NO"}
+    lines = [
+        f"0) engine paths: {eng.short}- and {eng.long}-token completions, {eng.requests} "
+        "requests per path and length, alternating",
+        "",
+        f"   {'path':<22}{f'p50 {eng.short} tok':>12}{f'p50 {eng.long} tok':>12}"
+        f"{'ms/token':>10}{'tok/s':>8}{'+ms/token':>11}{'+ms/step':>10}",
+    ]
+    for p in eng.paths:
+        lines.append(f"   {p.name:<22}{p.short_p50_ms:>12.2f}{p.long_p50_ms:>12.2f}"
+                     f"{p.ms_per_token:>10.3f}{p.tokens_per_s:>8.1f}"
+                     f"{p.overhead_ms_per_token:>11.3f}{p.step_overhead_ms:>10.2f}")
+    lines += [
+        "   +ms/token and +ms/step: over the in-process engine "
+        "(tokens: " + ", ".join(f"{p.name} {p.short_tokens}/{p.long_tokens}"
+                                for p in eng.paths) + ")",
+        f"   worker token ids = in-process engine's: {yes[eng.worker_equals_engine]}; "
+        f"old server text = worker bytes: {yes[eng.old_server_text_equal]}",
+    ]
     return lines
 
 
@@ -108,5 +135,7 @@ def render_text(report: BenchReport) -> str:
     how = "started by the bench" if report.server_started else "already running"
     head = [f"orchestratord bench: server {report.server_url} ({how}), "
             f"engine {report.engine}", ""]
-    lines = [*head, *_latency_lines(report.latency), "", *_replay_lines(report.replay)]
+    engines = [*_engine_lines(report.engines), ""] if report.engines is not None else []
+    lines = [*head, *engines, *_latency_lines(report.latency), "",
+             *_replay_lines(report.replay)]
     return "\n".join(line.rstrip() for line in lines)
