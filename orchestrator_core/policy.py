@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-import re2
-
 from contracts.errors import InvalidParams, PolicyDenied
 from contracts.runs import Policy
+from orchestrator_core.linear_regex import compile_linear
 
 __all__ = [
     "MAX_PATTERNS",
@@ -50,22 +49,9 @@ MAX_REDACTION_SCAN = 16 << 20
 
 
 def _re2(pattern: str) -> Any:
-    """Compile on RE2 (no fallback to Python ``re``); raises ``ValueError`` with RE2's
-    reason for syntax RE2 does not have (backreferences, lookaround) or a program past
-    :data:`RE2_MAX_MEM`."""
-    options = re2.Options()
-    options.max_mem = RE2_MAX_MEM
-    options.log_errors = False
-    options.never_capture = True
-    try:
-        return re2.compile(pattern, options)
-    except re2.error as exc:
-        reason = exc.args[0] if exc.args else "not supported"
-        if isinstance(reason, bytes):
-            reason = reason.decode("utf-8", "replace")
-        raise ValueError(str(reason)) from exc
-    except UnicodeEncodeError as exc:
-        raise ValueError("the pattern is not valid UTF-8") from exc
+    """Compile one redaction program on RE2 within :data:`RE2_MAX_MEM`; raises
+    ``ValueError`` with RE2's reason (no fallback to Python ``re``)."""
+    return compile_linear(pattern, RE2_MAX_MEM)
 
 
 @lru_cache(maxsize=64)

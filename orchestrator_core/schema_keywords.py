@@ -21,12 +21,12 @@ from functools import lru_cache
 from typing import Any
 
 import msgspec
-import re2
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema._utils import find_evaluated_item_indexes_by_schema
 from jsonschema.exceptions import ValidationError
 
 from orchestrator_core.canonical import canonical_json
+from orchestrator_core.linear_regex import compile_linear
 
 __all__ = [
     "MAX_EVALUATIONS",
@@ -56,29 +56,13 @@ class _OverBudget(Exception):
     """The validation spent its keyword evaluations."""
 
 
-def _options() -> Any:
-    options = re2.Options()
-    options.max_mem = RE2_MAX_MEM
-    options.log_errors = False
-    options.never_capture = True
-    return options
-
-
 @lru_cache(maxsize=1024)
 def compile_re2(pattern: str) -> Any:
-    """The RE2 program of ``pattern``; raises ``ValueError`` with RE2's reason.
+    """The RE2 program of ``pattern`` (cached); raises ``ValueError`` with RE2's reason.
 
-    google-re2 has no fallback to Python ``re``: unsupported syntax raises ``re2.error``.
+    google-re2 has no fallback to Python ``re``: unsupported syntax raises.
     """
-    try:
-        return re2.compile(pattern, _options())
-    except re2.error as exc:
-        reason = exc.args[0] if exc.args else "not supported"
-        if isinstance(reason, bytes):
-            reason = reason.decode("utf-8", "replace")
-        raise ValueError(str(reason)) from exc
-    except UnicodeEncodeError as exc:
-        raise ValueError("the pattern is not valid UTF-8") from exc
+    return compile_linear(pattern, RE2_MAX_MEM)
 
 
 def _search(pattern: str, text: str) -> bool | None:
