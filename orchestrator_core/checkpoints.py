@@ -20,7 +20,7 @@ instead, and fork exactly as they did.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -33,9 +33,7 @@ from orchestrator_core.bounds import oversize
 from orchestrator_core.canonical import b3, canonical_json
 from orchestrator_core.clock import iso_utc
 from orchestrator_core.executor import EffectJob
-
-if TYPE_CHECKING:
-    from orchestrator_core.service import Orchestrator
+from orchestrator_core.host import StepHost
 
 __all__ = ["Checkpoints"]
 
@@ -56,7 +54,7 @@ class Checkpoints:
         orch: the orchestrator (store, event log, executor, clock).
     """
 
-    def __init__(self, orch: Orchestrator) -> None:
+    def __init__(self, orch: StepHost) -> None:
         self.orch = orch
 
     def cursor(self, run_id: str) -> dict[str, Any]:

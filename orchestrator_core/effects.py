@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import msgspec
@@ -26,6 +26,7 @@ from contracts.steps import FsOpSubmit, Step, ToolCallSubmit
 from orchestrator_core.breaker import CircuitBreaker
 from orchestrator_core.executor import EffectJob
 from orchestrator_core.fsbroker import FsBroker, FsLimits, FsOpInput, FsUsage
+from orchestrator_core.host import StepHost
 from orchestrator_core.sandboxes import (
     create_roots,
     remove_created,
@@ -33,10 +34,7 @@ from orchestrator_core.sandboxes import (
     tenant_dirs,
 )
 from orchestrator_core.schema_guard import check_schema, violations
-from worker_adapters.tools import ToolRegistry
-
-if TYPE_CHECKING:
-    from orchestrator_core.service import Orchestrator
+from worker_adapters.base import ToolExecutors
 
 __all__ = ["Effects", "check_tool_schemas"]
 
@@ -67,12 +65,13 @@ class Effects:
 
     Args:
         orch: the orchestrator (store, executor, config, clock).
+        tools: the operator's tool executors, built by the injected factory (PLACE-5006).
     """
 
-    def __init__(self, orch: Orchestrator) -> None:
+    def __init__(self, orch: StepHost, tools: ToolExecutors) -> None:
         self.orch = orch
         cfg = orch.config
-        self.tools = ToolRegistry(cfg.tools)
+        self.tools = tools
         self.tool_breakers: dict[str, CircuitBreaker] = {}
         self.fs_breakers: dict[str, CircuitBreaker] = {}
         self._fs_locks: dict[str, anyio.Lock] = {}

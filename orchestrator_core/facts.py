@@ -19,7 +19,7 @@ NERVE-4007).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import msgspec
@@ -33,10 +33,8 @@ from orchestrator_core.canonical import canonical_json, new_id
 from orchestrator_core.clock import iso_utc
 from orchestrator_core.executor import EffectJob
 from orchestrator_core.gates import GateExpression, compile_gate, evaluate_gate
+from orchestrator_core.host import StepHost
 from orchestrator_core.schema_guard import check_schema, violations
-
-if TYPE_CHECKING:
-    from orchestrator_core.service import Orchestrator
 
 __all__ = ["Facts", "check_fact_schemas"]
 
@@ -74,7 +72,7 @@ class Facts:
         orch: the orchestrator (store, event log, clock, executor).
     """
 
-    def __init__(self, orch: Orchestrator) -> None:
+    def __init__(self, orch: StepHost) -> None:
         self.orch = orch
         self._changed: dict[str, anyio.Event] = {}
 

@@ -1,61 +1,41 @@
 """Pools of engine replicas: provisioning, health checks, slots and restarts (PLACE-5000/5002).
 
-A :class:`Replica` is one engine endpoint with ``slots`` concurrent requests. For the
-``llamacpp`` engine each replica is a worker process (one independent context per slot)
-the :class:`PoolManager` starts from an explicit environment, checks against the pool's
-engine identity, health-checks every second, restarts when it dies, and stops on
-shutdown; ``mock`` replicas live in-process; ``openai_http`` replicas are remote URLs from
-the config. An engine whose output depends on its batch and whose slots share one
-(``openai_http`` unless declared batch-invariant) serves one request at a time per
-replica (PLACE-5005).
+A :class:`Replica` is one engine endpoint with ``slots`` concurrent requests. The
+:class:`PoolManager` never names an engine: the app injects a driver registry (engine
+name -> :class:`~worker_adapters.base.EngineDriver`, PLACE-5006) and each pool's
+``engine`` picks its driver, which computes the pool's identity and starts its replicas
+(a local worker process, an in-process mock, a remote URL). The manager health-checks
+local processes every second, restarts one that dies, and stops them on shutdown. An
+engine whose output depends on its batch and whose slots share one serves one request at
+a time per replica (PLACE-5005).
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import anyio
 
-from contracts.errors import EngineError, PoolUnavailable
+from contracts.errors import InvalidParams, PoolUnavailable
 from contracts.pools import EngineInfo, ModelInfo, PoolInfo, ReplicaHealth, ReplicaInfo
 from orchestrator_core.breaker import CircuitBreaker
-from orchestrator_core.canonical import b3
 from orchestrator_core.clock import Clock, SystemClock
-from orchestrator_core.config import ModelConfig, PoolConfig, ServerConfig
-from worker_adapters.base import EngineAdapter, EngineIdentity
-from worker_adapters.mock import MockEngine, default_handler, mock_identity
+from orchestrator_core.config import ServerConfig
+from worker_adapters.base import (
+    Drivers,
+    EngineAdapter,
+    EngineDriver,
+    EngineIdentity,
+    PoolConfig,
+    ReplicaProcess,
+    ReplicaSpec,
+)
 
-__all__ = ["EngineFactory", "Pool", "PoolManager", "Replica"]
-
-EngineFactory = Callable[[PoolConfig, int], EngineAdapter]
-"""Builds the adapter for replica ``index`` of a mock pool (tests inject handlers)."""
+__all__ = ["Pool", "PoolManager", "Replica"]
 
 log = logging.getLogger("orchestrator.pools")
-
-
-def remote_identity(pc: PoolConfig, model_path: pathlib.Path | None) -> EngineIdentity:
-    """Identity of an ``openai_http`` pool: what its config declares about the server.
-
-    The server is not ours to inspect, so its ``dialect``, ``engine_version``,
-    ``batch_invariant`` declaration and every other option are folded into the build
-    fingerprint as the operator states them (PLACE-5005).
-    """
-    from worker_adapters.llamacpp import file_sha256
-
-    sha = pc.models[0].sha256
-    model_hash = ("sha256:" + sha.removeprefix("sha256:") if sha
-                  else file_sha256(model_path) if model_path is not None else "sha256:unknown")
-    settings = {**{k: v for k, v in pc.options.items() if isinstance(v, int | float | str)},
-                "env": dict(pc.env)}
-    return EngineIdentity(
-        name=f"openai_http:{pc.options.get('dialect', 'openai')}",
-        version=str(pc.options.get("engine_version", "unknown")),
-        build_fingerprint=b3({"engine": "openai_http", "settings": settings}),
-        model_hash=model_hash, settings=settings,
-        batch_invariant=pc.options.get("batch_invariant") is True)
 
 
 class Replica:
@@ -78,7 +58,7 @@ class Replica:
         self.restarts = 0
         self.health = ReplicaHealth.STARTING
         self.adapter: EngineAdapter | None = None
-        self.process: Any = None  # LlamaCppServerProcess for local llama.cpp replicas
+        self.process: ReplicaProcess | None = None  # a local engine process
         self.avg_step_ms = 1000.0
         self.breaker = CircuitBreaker(self.replica_id, SystemClock())
         self._sem = anyio.Semaphore(slots)
@@ -112,7 +92,7 @@ class Replica:
 
     def info(self) -> ReplicaInfo:
         """Wire view of the replica."""
-        pid = self.process.proc.pid if self.process is not None and self.process.proc else None
+        pid = self.process.pid if self.process is not None else None
         url = self.process.url if self.process is not None else None
         return ReplicaInfo(replica_id=self.replica_id, health=self.health, slots=self.slots,
                            busy=self.busy, queued=self.waiting, restarts=self.restarts,
@@ -187,138 +167,51 @@ def _gpu_capabilities() -> dict[str, Any]:
         return {"nvml": f"error: {exc}"}
 
 
-async def _probe(url: str, timeout_s: float = 5.0) -> None:
-    """Health check of a remote OpenAI-compatible replica: ``GET /v1/models`` must be 200.
-
-    Raises:
-        EngineError: the replica does not answer, or not with 200.
-    """
-    import httpx
-
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:
-            status = (await client.get("/v1/models")).status_code
-    except httpx.HTTPError as exc:
-        raise EngineError(f"replica {url} is unreachable: {exc}", data={"url": url}) from exc
-    if status != 200:
-        raise EngineError(f"replica {url} answered {status} to GET /v1/models",
-                          data={"url": url, "status": status})
-
-
 class PoolManager:
     """Owns every pool: provisions replicas, watches their health, stops them.
 
     Args:
         config: the server config.
         data_dir: where engine logs go.
-        engine_factory: optional builder of mock adapters (tests script tokens/faults).
+        drivers: engine name -> driver (PLACE-5006).
+        clock: injected time, for the replicas' circuit breakers.
     """
 
-    def __init__(self, config: ServerConfig, data_dir: pathlib.Path,
-                 engine_factory: EngineFactory | None = None,
+    def __init__(self, config: ServerConfig, data_dir: pathlib.Path, drivers: Drivers,
                  clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.data_dir = data_dir
-        self.engine_factory = engine_factory
+        self.drivers = drivers
         self.pools: dict[str, Pool] = {}
-        self._model_paths: dict[str, pathlib.Path] = {}
-        self._tokenizers: dict[pathlib.Path, Any] = {}
 
     # -- provisioning ------------------------------------------------------------------
 
-    def _model_path(self, model: ModelConfig) -> pathlib.Path:
-        from worker_adapters.llamacpp import default_model_path
+    def _driver(self, pc: PoolConfig) -> EngineDriver:
+        """The driver of the pool's engine.
 
-        return pathlib.Path(model.path) if model.path else default_model_path()
-
-    def _llama_settings(self, pc: PoolConfig) -> dict[str, Any]:
-        from worker_adapters.llamacpp import llamacpp_settings
-
-        return llamacpp_settings(pc.options, pc.models[0].context_tokens)
-
-    def _identity(self, pc: PoolConfig) -> EngineIdentity:
-        if pc.engine == "mock":
-            sha = pc.models[0].sha256 or "0" * 64
-            return mock_identity(model_hash="sha256:" + sha.removeprefix("sha256:"),
-                                 **{k: v for k, v in pc.options.items()
-                                    if isinstance(v, int | float | str)},
-                                 **({"env": dict(pc.env)} if pc.env else {}))
-        if pc.engine == "openai_http":
-            return remote_identity(pc, self._model_path(pc.models[0]))
-        from worker_adapters.llamacpp import llamacpp_identity, worker_env
-
-        settings = self._llama_settings(pc)
-        return llamacpp_identity(self._model_path(pc.models[0]), settings,
-                                 worker_env(dict(pc.env), settings))
-
-    def _tokenizer(self, path: pathlib.Path) -> Any:
-        from worker_adapters.llamacpp import GgufTokenizer
-
-        if path not in self._tokenizers:
-            self._tokenizers[path] = GgufTokenizer(path)
-        return self._tokenizers[path]
+        Raises:
+            InvalidParams: no driver has that name; ``data["field"]`` is ``engine``.
+        """
+        try:
+            return self.drivers[pc.engine]
+        except KeyError:
+            raise InvalidParams(
+                f"pool {pc.pool_id}: no engine driver named {pc.engine!r}",
+                data={"field": "engine", "pool_id": pc.pool_id,
+                      "engines": sorted(self.drivers)}) from None
 
     async def _start_replica(self, pool: Pool, replica: Replica) -> None:
-        pc = pool.config
-        if pc.engine == "mock":
-            if self.engine_factory is not None:
-                replica.adapter = self.engine_factory(pc, replica.index)
-            else:
-                length = pc.options.get("length")
-                replica.adapter = MockEngine(
-                    default_handler(tokens_per_s=float(pc.options.get("tokens_per_s", 0)),
-                                    length=int(length) if length is not None else None,
-                                    utf8_split=pc.options.get("utf8_split") is True),
-                    identity=pool.identity)
-        elif pc.engine == "llamacpp":
-            await self._start_worker(pool, replica)
-        else:
-            from worker_adapters.openai_http import Constraint, Dialect, OpenAIHttpEngine
-
-            tok = self._tokenizer(self._model_path(pc.models[0]))
-            url = pc.urls[replica.index]
-            await _probe(url)
-            option = pc.options.get("constraint")
-            constraint = cast("Constraint | None", option if option in (
-                "gbnf", "json_schema", "guided_json") else None)
-            replica.adapter = OpenAIHttpEngine(
-                url, pool.identity, tok, constraint=constraint,
-                dialect=cast("Dialect", pc.options.get("dialect", "openai")))
+        spec = ReplicaSpec(replica_id=replica.replica_id, index=replica.index,
+                           slots=replica.slots, data_dir=self.data_dir)
+        started = await self._driver(pool.config).start(pool.config, pool.identity, spec)
+        replica.adapter, replica.process = started.adapter, started.process
         replica.health = ReplicaHealth.READY
-
-    async def _start_worker(self, pool: Pool, replica: Replica) -> None:
-        """Start a llama.cpp worker from the pool's explicit settings and environment, and
-        refuse it unless what it observes of itself matches the pool's identity."""
-        from worker_adapters.llamacpp import LlamaCppWorkerProcess, check_observed
-        from worker_adapters.llamacpp_engine import LlamaCppEngine
-
-        pc = pool.config
-        path = self._model_path(pc.models[0])
-        settings = {k: v for k, v in pool.identity.settings.items()
-                    if k not in ("env", "library_sha256", "worker", "system_info")}
-        proc = LlamaCppWorkerProcess(
-            path, settings, pool.identity.settings["env"], replica.slots,
-            self.data_dir / "engines" / f"{replica.replica_id.replace('/', '_')}.log")
-        await proc.start()
-        adapter = LlamaCppEngine(proc.url, pool.identity, self._tokenizer(path))
-        try:
-            check_observed(pool.identity, await adapter.engine_report())
-        except BaseException:
-            # Refused for good: the process is not kept, so it is not restarted either.
-            await adapter.aclose()
-            await proc.stop()
-            raise
-        replica.process = proc
-        replica.adapter = adapter
 
     async def start(self) -> None:
         """Provision every pool's replicas concurrently; a failed replica is UNHEALTHY."""
         for pc in self.config.pools:
-            if pc.engine == "openai_http" and len(pc.urls) < pc.replicas:
-                raise PoolUnavailable(f"pool {pc.pool_id}: {pc.replicas} replicas but "
-                                      f"{len(pc.urls)} urls")
-            pool = Pool(pc, self._identity(pc))
+            pool = Pool(pc, self._driver(pc).identity(pc))
             for rep in pool.replicas:
                 rep.breaker = CircuitBreaker(
                     rep.replica_id, self.clock,

@@ -65,7 +65,7 @@ from orchestrator_core.planning import (
     tool_menu,
 )
 from orchestrator_core.policy import check_allowed, redact, validate_policy
-from orchestrator_core.pools import EngineFactory, PoolManager
+from orchestrator_core.pools import PoolManager
 from orchestrator_core.replay import (
     TokenVerifier,
     check_determinism_inputs,
@@ -74,7 +74,7 @@ from orchestrator_core.replay import (
 )
 from orchestrator_core.store import SqliteStore
 from orchestrator_core.streams import StepStream
-from worker_adapters.base import CompletionRequest
+from worker_adapters.base import CompletionRequest, Drivers, ToolExecutors, ToolsFactory
 
 __all__ = ["DEFAULT_TENANT", "SERVER_VERSION", "Orchestrator"]
 
@@ -121,10 +121,11 @@ class Orchestrator:
         pools: the pool manager (provisioned by :meth:`running`).
         clock: injected time.
         metrics: Prometheus metrics.
+        tools: the operator's tool executors (injected, PLACE-5006).
     """
 
     def __init__(self, config: ServerConfig, store: SqliteStore, pools: PoolManager,
-                 clock: Clock, metrics: Metrics) -> None:
+                 clock: Clock, metrics: Metrics, tools: ToolExecutors) -> None:
         self.config = config
         self.store = store
         self.pools = pools
@@ -137,22 +138,32 @@ class Orchestrator:
         self.budgets = BudgetBook(config.prices)
         self.executor = Executor(self.log, clock, config.prices, metrics, self.budgets,
                                  max_recorded_value_bytes=config.max_recorded_value_bytes)
-        self.effects = Effects(self)
+        self.effects = Effects(self, tools)
         self.facts = Facts(self)
         self.checkpoints = Checkpoints(self)
         self._tg: anyio.abc.TaskGroup | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, config: ServerConfig, *, clock: Clock | None = None,
-                      metrics: Metrics | None = None,
-                      engine_factory: EngineFactory | None = None) -> AsyncIterator[Orchestrator]:
-        """Open the store, recover, start pools and background tasks; stop all on exit."""
+    async def running(cls, config: ServerConfig, *, drivers: Drivers, tools: ToolsFactory,
+                      clock: Clock | None = None,
+                      metrics: Metrics | None = None) -> AsyncIterator[Orchestrator]:
+        """Open the store, recover, start pools and background tasks; stop all on exit.
+
+        Args:
+            config: the operator config.
+            drivers: engine name -> driver that provisions its pools (PLACE-5006); the
+                core names no engine.
+            tools: builds the tool executors from ``config.tools`` (PLACE-5006).
+            clock: injected time (default: the system clock).
+            metrics: Prometheus metrics (default: a fresh registry).
+        """
         data_dir = pathlib.Path(config.data_dir)
         store = SqliteStore(data_dir / "orchestrator.db", config.sqlite_synchronous)
         clock = clock or SystemClock()
-        pools = PoolManager(config, data_dir, engine_factory, clock)
-        orch = cls(config, store, pools, clock, metrics or Metrics())
+        pools = PoolManager(config, data_dir, drivers, clock)
+        executors = tools(config.tools)
+        orch = cls(config, store, pools, clock, metrics or Metrics(), executors)
         try:
             orch.recover()
             await pools.start()
@@ -171,6 +182,7 @@ class Orchestrator:
         finally:
             orch._tg = None
             await pools.stop()
+            await executors.aclose()
             orch.log.flush()
             store.close()
 

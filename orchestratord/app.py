@@ -49,11 +49,13 @@ from contracts.runs import Run, RunCreate
 from contracts.steps import Step, StepSubmit
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
-from orchestrator_core.pools import EngineFactory
 from orchestrator_core.service import SERVER_VERSION, Orchestrator
 from orchestratord.auth import require_token, tenant_of
 from orchestratord.edge import EdgeGuard, JsonRequest
 from orchestratord.sse import SSE_HEADERS, SseStream
+from worker_adapters.base import Drivers, ToolsFactory
+from worker_adapters.registry import default_drivers
+from worker_adapters.tools import tool_registry
 
 __all__ = ["create_app"]
 
@@ -338,20 +340,23 @@ async def metrics(orch: Orch) -> bytes:
 # -- the app ---------------------------------------------------------------------------
 
 
-def create_app(config: ServerConfig, *, engine_factory: EngineFactory | None = None,
+def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
+               tools: ToolsFactory = tool_registry,
                metrics_registry: Metrics | None = None) -> Litestar:
     """Build the ASGI app; the lifespan runs the orchestrator (pools, flusher, steps).
 
     Args:
         config: operator config.
-        engine_factory: builds mock adapters per replica (tests inject faults).
+        drivers: engine name -> driver (default: :func:`default_drivers`); tests and
+            benchmarks pass their own, e.g. a mock scripting faults (PLACE-5006).
+        tools: builds the tool executors from ``config.tools`` (PLACE-5006).
         metrics_registry: metrics object (tests pass a fresh registry).
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with Orchestrator.running(config, engine_factory=engine_factory,
-                                        metrics=metrics_registry) as orch:
+        async with Orchestrator.running(config, drivers=drivers or default_drivers(),
+                                        tools=tools, metrics=metrics_registry) as orch:
             app.state.orch = orch
             yield
 

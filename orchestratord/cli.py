@@ -12,7 +12,7 @@ import sys
 import msgspec
 
 from orchestrator_core.config import ServerConfig, load_config, mock_config
-from orchestrator_core.pools import EngineFactory
+from worker_adapters.base import Drivers
 
 __all__ = ["main", "serve"]
 
@@ -31,14 +31,15 @@ def _config(args: argparse.Namespace) -> ServerConfig:
     return msgspec.structs.replace(cfg, **overrides)
 
 
-def serve(config: ServerConfig, engine_factory: EngineFactory | None = None) -> None:
+def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
     """Run the app on Granian's embedded server until SIGINT or SIGTERM.
 
     One process: the engine replicas are its children and die with it.
 
     Args:
         config: the server config.
-        engine_factory: builds mock adapters per replica (benchmarks and tests).
+        drivers: engine name -> driver (default: every engine of
+            :func:`worker_adapters.registry.default_drivers`; benchmarks pass their own).
     """
     from granian.constants import Interfaces
     from granian.server.embed import Server
@@ -51,7 +52,7 @@ def serve(config: ServerConfig, engine_factory: EngineFactory | None = None) -> 
         raise SystemExit(f"orchestratord: {refusal}")
 
     async def run() -> None:
-        server = Server(create_app(config, engine_factory=engine_factory),
+        server = Server(create_app(config, drivers=drivers),
                         address=config.host, port=config.port,
                         interface=Interfaces.ASGI, log_access=False, backlog=1024)
         loop = asyncio.get_running_loop()

@@ -14,19 +14,21 @@ from litestar.testing import TestClient
 
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
-from orchestrator_core.pools import EngineFactory
 from orchestratord.app import create_app
 from orchestratord.demo import start_server, stop_server
+from worker_adapters.registry import MockFactory, default_drivers
 
 MOCK_MODEL = "mock:echo-1"
 REAL_MODEL = "hf:HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1"
 
 
 @contextmanager
-def app_client(config: ServerConfig, engine_factory: EngineFactory | None = None,
+def app_client(config: ServerConfig, engine_factory: MockFactory | None = None,
                metrics: Metrics | None = None) -> Iterator[TestClient[Any]]:
-    """An in-process app (real Litestar, real SQLite, mock engine) with its lifespan."""
-    app = create_app(config, engine_factory=engine_factory, metrics_registry=metrics)
+    """An in-process app (real Litestar, real SQLite, mock engine) with its lifespan;
+    ``engine_factory`` replaces the mock driver's adapters (scripted tokens, faults)."""
+    app = create_app(config, drivers=default_drivers(mock_factory=engine_factory),
+                     metrics_registry=metrics)
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         yield client
 

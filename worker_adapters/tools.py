@@ -24,11 +24,10 @@ import contextlib
 import math
 import os
 import pathlib
-import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -37,6 +36,7 @@ import msgspec
 
 from contracts.errors import EngineError, InvalidParams, InvalidToolArgs
 from contracts.limits import Name
+from worker_adapters.base import _PLACEHOLDER, ToolExecutorConfig
 from worker_adapters.builtin_tools import TOOLS
 
 __all__ = [
@@ -48,10 +48,8 @@ __all__ = [
     "build_executor",
     "default_tool_executors",
     "render_argv",
+    "tool_registry",
 ]
-
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-"""A template element that is exactly ``{name}``; anything else is a literal."""
 
 _STDERR_TAIL_BYTES = 4096
 """How much of a child's stderr is kept (its last bytes) for the error data."""
@@ -60,79 +58,6 @@ _HTTP_DETAIL_BYTES = 500
 """How much of a non-2xx HTTP body is kept for the error data."""
 
 _READ_CHUNK_BYTES = 65_536
-
-
-class ToolExecutorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One operator-configured tool executor.
-
-    Attributes:
-        kind: ``http`` (POST the arguments as JSON) or ``argv`` (spawn a process).
-        url: ``http`` only, required: the ``http://`` or ``https://`` URL to POST to.
-        headers: ``http`` only: extra request headers (e.g. an API key).
-        argv: ``argv`` only, required: the argv template. Each element is a literal, or
-            exactly ``"{name}"`` for the string form of the scalar argument ``name``.
-            The program (element 0) must be a literal.
-        cwd: ``argv`` only: the child's working directory (default: the server's).
-        env: ``argv`` only: variables added to the minimal child environment
-            (``PATH`` and ``LANG=C.UTF-8``); nothing else is inherited.
-        timeout_ms: wall-clock limit of one call, in milliseconds.
-        max_output_bytes: limit on the tool's output (stdout or HTTP body), in bytes.
-
-    Raises:
-        InvalidParams: on construction or decoding, when the fields do not fit ``kind``
-            or a limit is not positive; ``data["field"]`` names the offending field.
-    """
-
-    kind: Literal["http", "argv"]
-    url: str | None = None
-    headers: dict[str, str] = {}
-    argv: list[str] | None = None
-    cwd: str | None = None
-    env: dict[str, str] = {}
-    timeout_ms: int = 10_000
-    max_output_bytes: int = 1_048_576
-
-    def __post_init__(self) -> None:
-        for name in ("timeout_ms", "max_output_bytes"):
-            if getattr(self, name) <= 0:
-                raise _config_error(f"{name} must be positive", name)
-        if self.kind == "http":
-            self._validate_http()
-        else:
-            self._validate_argv()
-
-    def _validate_http(self) -> None:
-        for name, value in (("argv", self.argv), ("cwd", self.cwd), ("env", self.env)):
-            if value:
-                raise _config_error(f"{name} is only for kind 'argv'", name)
-        if not self.url:
-            raise _config_error("an http tool executor needs a url", "url")
-        try:
-            scheme = httpx.URL(self.url).scheme
-        except httpx.InvalidURL as exc:
-            raise _config_error(f"invalid url: {exc}", "url") from exc
-        if scheme not in ("http", "https"):
-            raise _config_error("url must be http:// or https://", "url")
-
-    def _validate_argv(self) -> None:
-        for name, value in (("url", self.url), ("headers", self.headers)):
-            if value:
-                raise _config_error(f"{name} is only for kind 'http'", name)
-        if not self.argv:
-            raise _config_error("an argv tool executor needs a non-empty argv", "argv")
-        if not self.argv[0] or _PLACEHOLDER.fullmatch(self.argv[0]):
-            raise _config_error("argv[0] must name the program literally", "argv")
-        if any("\0" in element for element in self.argv):
-            raise _config_error("argv elements must not contain NUL", "argv")
-
-    @property
-    def timeout_s(self) -> float:
-        """The call timeout in seconds."""
-        return self.timeout_ms / 1000
-
-
-def _config_error(message: str, field: str) -> InvalidParams:
-    return InvalidParams(f"tool executor config: {message}", data={"field": field})
 
 
 class ToolExecutor(abc.ABC):
@@ -555,3 +480,13 @@ def default_tool_executors() -> dict[str, ToolExecutorConfig]:
         )
         for tool in sorted(TOOLS)
     }
+
+
+def tool_registry(configs: Mapping[str, ToolExecutorConfig] | None) -> ToolRegistry:
+    """The app's :data:`~worker_adapters.base.ToolsFactory`: the operator's executors, or
+    the built-in ones (:func:`default_tool_executors`) when the config names none.
+
+    Raises:
+        InvalidParams: an executor name is invalid; ``data["tool"]`` holds it.
+    """
+    return ToolRegistry(default_tool_executors() if configs is None else configs)

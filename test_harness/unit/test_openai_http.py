@@ -13,10 +13,11 @@ import pytest
 
 from contracts.errors import EngineError
 from orchestrator_core.config import ModelConfig, PoolConfig
-from orchestrator_core.pools import Pool, remote_identity
+from orchestrator_core.pools import Pool
 from worker_adapters.base import CompletionRequest, Delta, Finish, StreamItem
 from worker_adapters.mock import mock_identity
 from worker_adapters.openai_http import OpenAIHttpEngine
+from worker_adapters.registry import remote_identity
 
 REQ = CompletionRequest(prompt="hi", seed=5, temperature=0.8, top_k=40, top_p=0.95,
                         min_p=0.05, repeat_penalty=1.0, max_tokens=8)

@@ -24,7 +24,7 @@ def pools(tmp_path: pathlib.Path) -> PoolManager:
     cfg = mock_config(replicas=2, slots_per_replica=2)
     gpu = msgspec.structs.replace(cfg.pools[0], pool_id="mock-1",
                                   tags={"device": "gpu"}, kind="gpu")
-    pm = PoolManager(msgspec.structs.replace(cfg, pools=[cfg.pools[0], gpu]), tmp_path)
+    pm = PoolManager(msgspec.structs.replace(cfg, pools=[cfg.pools[0], gpu]), tmp_path, {})
     for pc in pm.config.pools:
         pool = Pool(pc, mock_identity())
         for r in pool.replicas:

@@ -87,9 +87,10 @@ def serve(config_path: str) -> None:
         config_path: JSON :class:`ServerConfig` (host, port, data_dir, the mock pool).
     """
     from orchestratord.cli import serve as serve_config
+    from worker_adapters.registry import default_drivers
 
     config = msgspec.json.decode(pathlib.Path(config_path).read_bytes(), type=ServerConfig)
-    serve_config(config, engine_factory=_length_is_max_tokens)
+    serve_config(config, drivers=default_drivers(mock_factory=_length_is_max_tokens))
 
 
 def _free_port() -> int:
