@@ -1,33 +1,54 @@
-"""Stream frame payloads and their SSE framing (STREAM-2000, STREAM-2001, NERVE-4020).
+"""The frame vocabulary: every stream frame's payload Struct, and its SSE framing
+(STREAM-2000, STREAM-2001, NERVE-4020).
 
 A frame is ``(seq, type, data)``. Durable frames (``started``, ``token``, ``tool_suggest``,
 ``fact``, ``checkpoint``, ``end``, ``error``, ``escalation``) are rows in the event log and
 carry ``id: <seq>`` on the wire. Ephemeral frames (``metrics``, ``narration``) are not
 stored and carry no ``id``.
+
+Every payload is a msgspec Struct, and the Struct names its frame type:
+:data:`FRAME_TYPE_OF` maps each payload class to its :class:`FrameType` (the event log
+derives the type from the payload, so the two are never paired by hand), and
+:data:`FRAME_PAYLOADS` maps each type back to the Structs its data decodes into
+(``end`` has two: :class:`EndData` for LLM Steps, :class:`EffectEndData` for the others).
+The JSON of each Struct is exactly the stored and streamed ``data`` (field order, omitted
+defaults), so stores written before this vocabulary read and replay unchanged.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from contracts.errors import ErrorEnvelope
+from contracts.facts import Fact
 
 __all__ = [
     "DURABLE_FRAMES",
+    "FRAME_PAYLOADS",
+    "FRAME_TYPE_OF",
     "TERMINAL_FRAMES",
+    "BreakerState",
+    "CheckpointData",
+    "DurablePayload",
     "EffectEndData",
     "EndData",
+    "EphemeralPayload",
+    "EscalationData",
+    "FramePayload",
     "FrameType",
     "MetricsData",
     "NarrationData",
     "PlacementDecision",
     "Provenance",
     "StartedData",
+    "TerminalPayload",
     "TokenData",
     "ToolSuggestData",
+    "decode_frame_data",
+    "frame_type_of",
     "sse_comment",
     "sse_frame",
 ]
@@ -177,6 +198,98 @@ class NarrationData(msgspec.Struct, frozen=True):
     """``narration`` (ephemeral): a human-readable note passed through verbatim."""
 
     text: str
+
+
+class CheckpointData(msgspec.Struct, frozen=True):
+    """``checkpoint``: the checkpoint a ``checkpoint`` Step stored (NERVE-4005).
+
+    ``hash`` is the checkpoint's content address (blake3 hex) and ``checkpoint_id`` is
+    ``ckp_`` + its prefix.
+    """
+
+    checkpoint_id: str
+    hash: str
+
+
+class BreakerState(enum.StrEnum):
+    """The three circuit-breaker states (POLICY-3002)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class EscalationData(msgspec.Struct, frozen=True):
+    """``escalation``: a circuit breaker moved (POLICY-3002): which breaker (``kind``,
+    ``target``, e.g. a replica_id or a tool executor), from where to where, after how many
+    consecutive ``failures``, and why."""
+
+    kind: str
+    target: str
+    from_state: BreakerState
+    to_state: BreakerState
+    failures: int
+    reason: str
+
+
+DurablePayload = (StartedData | TokenData | ToolSuggestData | Fact | CheckpointData
+                  | EscalationData)
+"""Payloads of the non-terminal durable frames (``EventLog.append``)."""
+TerminalPayload = EndData | EffectEndData | ErrorEnvelope
+"""Payloads of the terminal frames ``end`` and ``error`` (``EventLog.finish``)."""
+EphemeralPayload = MetricsData | NarrationData
+"""Payloads of the ephemeral frames (``EventLog.publish_ephemeral``)."""
+FramePayload = DurablePayload | TerminalPayload | EphemeralPayload
+"""The data of any frame."""
+
+FRAME_PAYLOADS: Final[dict[FrameType, tuple[type[msgspec.Struct], ...]]] = {
+    FrameType.STARTED: (StartedData,),
+    FrameType.TOKEN: (TokenData,),
+    FrameType.TOOL_SUGGEST: (ToolSuggestData,),
+    FrameType.FACT: (Fact,),
+    FrameType.CHECKPOINT: (CheckpointData,),
+    FrameType.ESCALATION: (EscalationData,),
+    FrameType.END: (EndData, EffectEndData),
+    FrameType.ERROR: (ErrorEnvelope,),
+    FrameType.METRICS: (MetricsData,),
+    FrameType.NARRATION: (NarrationData,),
+}
+"""Each frame type and the payload Structs its data decodes into, most specific first."""
+
+FRAME_TYPE_OF: Final[dict[type[msgspec.Struct], FrameType]] = {
+    cls: ftype for ftype, classes in FRAME_PAYLOADS.items() for cls in classes}
+"""Each payload Struct and the frame type it is sent as (one type per Struct)."""
+
+_DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], ...]] = {
+    ftype.value: tuple(msgspec.json.Decoder(cls) for cls in classes)
+    for ftype, classes in FRAME_PAYLOADS.items()}
+
+
+def frame_type_of(payload: FramePayload) -> FrameType:
+    """The frame type a payload is sent as (STREAM-2001).
+
+    Raises:
+        KeyError: ``payload`` is not a frame payload Struct.
+    """
+    return FRAME_TYPE_OF[type(payload)]
+
+
+def decode_frame_data(event: str, data: bytes | str) -> FramePayload:
+    """Decode a frame's ``data`` into the payload Struct of its ``event`` (STREAM-2000).
+
+    ``end`` is tried as :class:`EndData` (LLM Steps), then as :class:`EffectEndData`.
+
+    Raises:
+        KeyError: ``event`` is not a :class:`FrameType`.
+        msgspec.DecodeError: ``data`` is not JSON, or matches none of the event's Structs.
+    """
+    decoders = _DECODERS[event]
+    for dec in decoders[:-1]:
+        try:
+            return dec.decode(data)  # type: ignore[no-any-return]
+        except msgspec.ValidationError:
+            continue
+    return decoders[-1].decode(data)  # type: ignore[no-any-return]
 
 
 _HEADS: dict[str, bytes] = {t.value: b"\nevent: " + t.value.encode() + b"\ndata: "

@@ -8,32 +8,14 @@ who records it as an ``escalation`` frame.
 
 from __future__ import annotations
 
-import enum
-
-import msgspec
-
+from contracts.events import BreakerState, EscalationData
 from orchestrator_core.clock import Clock
 
 __all__ = ["BreakerState", "CircuitBreaker", "Transition"]
 
 
-class BreakerState(enum.StrEnum):
-    """The three breaker states."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class Transition(msgspec.Struct, frozen=True):
-    """An ``escalation`` frame's data: which breaker moved, from where to where, and why."""
-
-    kind: str
-    target: str
-    from_state: BreakerState
-    to_state: BreakerState
-    failures: int
-    reason: str
+Transition = EscalationData
+"""A breaker transition is the ``escalation`` frame's payload (contracts.events)."""
 
 
 class CircuitBreaker:

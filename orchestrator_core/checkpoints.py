@@ -26,7 +26,7 @@ import msgspec
 
 from contracts.checkpoints import Checkpoint, CheckpointCreate
 from contracts.errors import InvalidParams, NotFound
-from contracts.events import FrameType
+from contracts.events import CheckpointData
 from contracts.runs import Run
 from contracts.steps import CheckpointSubmit, Step
 from orchestrator_core.bounds import oversize
@@ -36,8 +36,6 @@ from orchestrator_core.executor import EffectJob
 from orchestrator_core.host import StepHost
 
 __all__ = ["Checkpoints"]
-
-_enc = msgspec.json.Encoder()
 
 
 def _view(row: dict[str, Any]) -> Checkpoint:
@@ -189,9 +187,9 @@ class Checkpoints:
         async def call() -> Any:
             ckp, _created = self.create(run.run_id, CheckpointCreate(snapshot=snapshot), None,
                                         step_id=step_id)
-            out = {"checkpoint_id": ckp.checkpoint_id, "hash": ckp.hash}
-            self.orch.log.append(step_id, FrameType.CHECKPOINT, _enc.encode(out))
-            return out
+            self.orch.log.append(step_id, CheckpointData(checkpoint_id=ckp.checkpoint_id,
+                                                         hash=ckp.hash))
+            return {"checkpoint_id": ckp.checkpoint_id, "hash": ckp.hash}
 
         self.orch.spawn(self.orch.executor.run_effect, EffectJob(
             step_id=step_id, run_id=run.run_id, step_type="checkpoint", executor="checkpoint",

@@ -1,5 +1,8 @@
 """The event log: the one source of truth for streams, replay and recovery (DESIGN.md §1).
 
+* Frames are appended as their payload Structs (:mod:`contracts.events`); the log encodes
+  each one and derives its frame type from the payload's class, so a type and its data
+  are never paired by hand. A replay copies recorded ``(type, data)`` rows verbatim.
 * Durable frames get a per-Step sequence number and are committed to SQLite in groups
   (every ``commit_interval_ms`` or ``commit_max_frames``); a terminal frame commits at once,
   together with the Step's terminal status (STREAM-2000).
@@ -26,13 +29,26 @@ import asyncio
 from typing import Any
 
 import anyio
+import msgspec
 
-from contracts.events import TERMINAL_FRAMES, FrameType, sse_frame
+from contracts.events import (
+    FRAME_TYPE_OF,
+    TERMINAL_FRAMES,
+    DurablePayload,
+    EphemeralPayload,
+    TerminalPayload,
+    sse_frame,
+)
 from orchestrator_core.clock import Clock
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.store import EventRow, SqliteStore, StepUpdate
 
 __all__ = ["EventLog", "Subscription"]
+
+_enc = msgspec.json.Encoder()
+# payload class -> stored frame type name: one dict lookup per appended frame
+_TYPE_NAME: dict[type, str] = {cls: ftype.value for cls, ftype in FRAME_TYPE_OF.items()}
+_TERMINAL_NAMES = frozenset(t.value for t in TERMINAL_FRAMES)
 
 class Subscription:
     """One reader of one Step: a wake-up flag, a heartbeat timer and a bounded ephemeral
@@ -229,16 +245,26 @@ class EventLog:
         live = self._live.get(step_id)
         return live is not None and not live.done
 
-    def append(self, step_id: str, frame_type: FrameType, data: bytes,
+    def append(self, step_id: str, payload: DurablePayload,
                update: dict[str, Any] | None = None) -> int:
         """Buffer one non-terminal durable frame; it is committed within the interval.
 
+        The frame's type is the payload's (``contracts.events.FRAME_TYPE_OF``) and its
+        data the payload's JSON (STREAM-2000, STREAM-2001). This runs once per token.
+
         Args:
+            step_id: a Step opened on this log and not finished.
+            payload: the frame's data, e.g. a ``TokenData``.
             update: Step columns (e.g. ``status``) committed in the same transaction.
 
         Returns:
             The frame's sequence number.
+
+        Raises:
+            RuntimeError: the Step already has its terminal frame.
+            KeyError: ``payload`` is not a frame payload Struct.
         """
+        frame_type = _TYPE_NAME[type(payload)]
         live = self._live[step_id]
         if live.done:
             raise RuntimeError(f"step {step_id} already has a terminal frame")
@@ -246,7 +272,7 @@ class EventLog:
         live.next_seq += 1
         live.pending = True
         pending = self._pending
-        pending.append((step_id, seq, live.run_id, frame_type.value, data))
+        pending.append((step_id, seq, live.run_id, frame_type, _enc.encode(payload)))
         if update:
             self._pending_updates.setdefault(step_id, {}).update(update)
         if len(pending) >= self.commit_max_frames:
@@ -255,19 +281,56 @@ class EventLog:
             self._dirty.set()  # the flusher is idle: start the interval (once per group)
         return seq
 
-    def finish(self, step_id: str, frame_type: FrameType, data: bytes,
-               update: dict[str, Any]) -> int:
-        """Commit everything pending plus a terminal frame and the Step's final columns,
-        in one transaction, then wake readers (DESIGN.md §1: terminal frames commit first).
+    def finish(self, step_id: str, payload: TerminalPayload, update: dict[str, Any]) -> int:
+        """Commit everything pending plus a terminal frame (``end`` or ``error``, derived
+        from the payload) and the Step's final columns, in one transaction, then wake
+        readers (DESIGN.md §1: terminal frames commit first; STREAM-2000).
 
         Returns:
             The terminal frame's sequence number.
         """
-        assert frame_type in TERMINAL_FRAMES
+        return self.finish_recorded(step_id, _TYPE_NAME[type(payload)], _enc.encode(payload),
+                                    update)
+
+    def append_recorded(self, step_id: str, frame_type: str, data: bytes,
+                        update: dict[str, Any] | None = None) -> int:
+        """Buffer a non-terminal frame copied verbatim from a recording (``replay``):
+        its stored type name and data bytes are kept as they are (STREAM-2001).
+
+        Returns:
+            The frame's sequence number.
+
+        Raises:
+            RuntimeError: the Step already has its terminal frame.
+        """
+        live = self._live[step_id]
+        if live.done:
+            raise RuntimeError(f"step {step_id} already has a terminal frame")
+        seq = live.next_seq
+        live.next_seq += 1
+        live.pending = True
+        pending = self._pending
+        pending.append((step_id, seq, live.run_id, frame_type, data))
+        if update:
+            self._pending_updates.setdefault(step_id, {}).update(update)
+        if len(pending) >= self.commit_max_frames:
+            self.flush()
+        elif len(pending) == 1:
+            self._dirty.set()
+        return seq
+
+    def finish_recorded(self, step_id: str, frame_type: str, data: bytes,
+                        update: dict[str, Any]) -> int:
+        """:meth:`finish` with a terminal frame copied verbatim (``replay``).
+
+        Returns:
+            The terminal frame's sequence number.
+        """
+        assert frame_type in _TERMINAL_NAMES
         live = self._live[step_id]
         seq = live.next_seq
         live.next_seq += 1
-        self._pending.append((step_id, seq, live.run_id, frame_type.value, data))
+        self._pending.append((step_id, seq, live.run_id, frame_type, data))
         live.done = True
         live.evict_at = self.clock.monotonic() + self.linger_s
         self.flush(extra={step_id: update})
@@ -333,8 +396,9 @@ class EventLog:
 
     # -- ephemeral ---------------------------------------------------------------------
 
-    def publish_ephemeral(self, step_id: str, frame_type: FrameType, data: bytes) -> None:
-        """Offer a ``metrics``/``narration`` frame to the Step's current subscribers.
+    def publish_ephemeral(self, step_id: str, payload: EphemeralPayload) -> None:
+        """Offer a ``metrics``/``narration`` frame (the type follows from the payload) to
+        the Step's current subscribers.
 
         When durable frames of the Step wait for their group commit, the frame waits for
         that commit's wake-up (at most ``commit_interval_s``) and goes out in the same
@@ -343,10 +407,11 @@ class EventLog:
         live = self._live.get(step_id)
         if live is None or not live.subs:
             return
-        frame = sse_frame(None, frame_type.value, data)
+        frame_type = _TYPE_NAME[type(payload)]
+        frame = sse_frame(None, frame_type, _enc.encode(payload))
         wake = not live.pending
         for sub in live.subs:
-            sub.push_ephemeral(frame_type.value, frame, wake)
+            sub.push_ephemeral(frame_type, frame, wake)
 
     # -- reading -----------------------------------------------------------------------
 

@@ -43,9 +43,9 @@ from contracts.errors import (
     OutputTooLarge,
 )
 from contracts.events import (
+    TERMINAL_FRAMES,
     EffectEndData,
     EndData,
-    FrameType,
     MetricsData,
     PlacementDecision,
     Provenance,
@@ -82,6 +82,7 @@ class _NoLock:
                         tb: TracebackType | None) -> None:
         return None
 _enc = msgspec.json.Encoder()
+_TERMINAL = frozenset(t.value for t in TERMINAL_FRAMES)
 
 
 @dataclass
@@ -192,7 +193,7 @@ class Executor:
 
     def _escalate(self, step_id: str, moved: Transition) -> None:
         """Log a breaker transition as a durable ``escalation`` frame of this Step."""
-        self.log.append(step_id, FrameType.ESCALATION, _enc.encode(moved))
+        self.log.append(step_id, moved)
 
     # -- terminal helpers --------------------------------------------------------------
 
@@ -207,7 +208,7 @@ class Executor:
                 model, usage.get("tokens_in", 0), usage.get("tokens_out", 0))}
         if "submitted_at" in usage:
             usage["wall_ms"] = int((self.clock.monotonic() - usage.pop("submitted_at")) * 1000)
-        self.log.finish(step_id, FrameType.ERROR, _enc.encode(env),
+        self.log.finish(step_id, env,
                         {"status": status.value, "error": _enc.encode(env).decode(), **usage})
         self.metrics.steps_finished.labels(type=step_type, status=status.value).inc()
 
@@ -220,11 +221,10 @@ class Executor:
             with scope:
                 for _seq, ftype, data in job.rows:
                     await anyio.lowlevel.checkpoint()
-                    frame = FrameType(ftype)
-                    if frame in (FrameType.END, FrameType.ERROR):
-                        self.log.finish(job.step_id, frame, data, job.final)
+                    if ftype in _TERMINAL:
+                        self.log.finish_recorded(job.step_id, ftype, data, job.final)
                         return
-                    self.log.append(job.step_id, frame, data)
+                    self.log.append_recorded(job.step_id, ftype, data)
                 self._fail(job.step_id, Interrupted("the recording has no terminal frame"),
                            {})
             if scope.cancel_called and self.log.is_live(job.step_id):
@@ -271,8 +271,7 @@ class Executor:
 
     async def _effect(self, job: EffectJob) -> None:
         started = StartedData(type=job.step_type, queue_position=0, predicted_start_ms=0)
-        self.log.append(job.step_id, FrameType.STARTED, _enc.encode(started),
-                        update={"status": StepStatus.RUNNING.value})
+        self.log.append(job.step_id, started, update={"status": StepStatus.RUNNING.value})
         breaker = job.breaker
         if breaker is not None:
             allowed, probing = breaker.allow()
@@ -316,7 +315,7 @@ class Executor:
                                  f"recorded values ({bound})", data={"field": "output", **refused})
         duration_ms = int((self.clock.monotonic() - t0) * 1000)
         end = EffectEndData(output=output, executor=job.executor, duration_ms=duration_ms)
-        self.log.finish(job.step_id, FrameType.END, _enc.encode(end), {
+        self.log.finish(job.step_id, end, {
             "status": StepStatus.SUCCEEDED.value,
             "wall_ms": int((self.clock.monotonic() - job.submitted_at) * 1000),
         })
@@ -377,8 +376,7 @@ class Executor:
         started = StartedData(type=job.step_type, queue_position=queue_position,
                               predicted_start_ms=predicted_ms, placement=job.decision,
                               redactions=job.redactions)
-        self.log.append(job.step_id, FrameType.STARTED, _enc.encode(started),
-                        update={"status": StepStatus.RUNNING.value})
+        self.log.append(job.step_id, started, update={"status": StepStatus.RUNNING.value})
         usage["tokens_in"] = job.tokens_in
         t0 = self.clock.monotonic()
         n = 0
@@ -415,18 +413,18 @@ class Executor:
                                 b=base64.b64encode(raw).decode("ascii"))
                 if job.verifier is not None:
                     job.verifier.check(tok)
-                self.log.append(job.step_id, FrameType.TOKEN, _enc.encode(tok))
+                self.log.append(job.step_id, tok)
                 text.append(tok.t)
                 n += 1
                 usage["tokens_out"] = n
                 if n % self.metrics_every == 0:
                     elapsed = self.clock.monotonic() - t0
-                    self.log.publish_ephemeral(job.step_id, FrameType.METRICS, _enc.encode(
-                        MetricsData(tokens_out=n, elapsed_ms=int(elapsed * 1000),
-                                    tokens_per_s=round(n / elapsed, 1) if elapsed else 0.0,
-                                    tokens_in=job.tokens_in,
-                                    cost_usd=self.prices.cost_usd(job.model, job.tokens_in, n),
-                                    reserved_tokens_out=job.reservation.tokens_out)))
+                    self.log.publish_ephemeral(job.step_id, MetricsData(
+                        tokens_out=n, elapsed_ms=int(elapsed * 1000),
+                        tokens_per_s=round(n / elapsed, 1) if elapsed else 0.0,
+                        tokens_in=job.tokens_in,
+                        cost_usd=self.prices.cost_usd(job.model, job.tokens_in, n),
+                        reserved_tokens_out=job.reservation.tokens_out))
             if finish is None:
                 raise Interrupted("engine stream ended without a finish_reason",
                                   data={"replica_id": rep.replica_id, "tokens_out": n})
@@ -457,7 +455,7 @@ class Executor:
             job.verifier.finish(n)
         output, suggestions = job.shape.finish("".join(text), finish)
         for suggestion in suggestions:
-            self.log.append(job.step_id, FrameType.TOOL_SUGGEST, _enc.encode(suggestion))
+            self.log.append(job.step_id, suggestion)
         decode_ms = int((self.clock.monotonic() - t0) * 1000)
         cost = self.prices.cost_usd(job.model, job.tokens_in, tokens_out)
         ident = job.pool.identity
@@ -473,7 +471,7 @@ class Executor:
         )
         end = EndData(provenance=prov, output=output)
         wall_ms = int((self.clock.monotonic() - job.submitted_at) * 1000)
-        self.log.finish(job.step_id, FrameType.END, _enc.encode(end), {
+        self.log.finish(job.step_id, end, {
             "status": StepStatus.SUCCEEDED.value, "tokens_in": job.tokens_in,
             "tokens_out": tokens_out, "cost_usd": cost, "wall_ms": wall_ms,
             "provenance": _enc.encode(prov).decode(),

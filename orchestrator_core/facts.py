@@ -112,7 +112,7 @@ class Facts:
         row["seq"] = self.orch.store.append_fact(row)
         fact = _fact(row)
         if body.step_id is not None and self.orch.log.is_live(body.step_id):
-            self.orch.log.append(body.step_id, FrameType.FACT, _enc.encode(fact))
+            self.orch.log.append(body.step_id, fact)
         self._wake(run_id)
         return fact
 
@@ -159,7 +159,7 @@ class Facts:
             rows = self.orch.store.list_facts(run_id=run_id, since_seq=cursor, limit=512)
             if rows:
                 cursor = rows[-1]["seq"]
-                yield b"".join(sse_frame(r["seq"], "fact", _enc.encode(_fact(r)))
+                yield b"".join(sse_frame(r["seq"], FrameType.FACT, _enc.encode(_fact(r)))
                                for r in rows)
                 continue
             with anyio.move_on_after(heartbeat_s) as idle:

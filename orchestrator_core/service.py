@@ -28,7 +28,7 @@ from contracts.errors import (
     NotFound,
     QueueFull,
 )
-from contracts.events import FrameType, Provenance
+from contracts.events import Provenance, frame_type_of
 from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, ModelCapability, PoolInfo
 from contracts.runs import PlacementPin, Policy, Run, RunCreate, RunMode, RunStatus
@@ -206,7 +206,7 @@ class Orchestrator:
                               data={"step_id": step_id}).envelope()
             body = _enc.encode(env)
             self.store.commit_events(
-                [(step_id, seq, row["run_id"], FrameType.ERROR.value, body)],
+                [(step_id, seq, row["run_id"], frame_type_of(env).value, body)],
                 [(step_id, {"status": StepStatus.INTERRUPTED.value, "last_seq": seq,
                             "error": body.decode(), "tokens_out": tokens})])
         return len(rows)

@@ -1,6 +1,8 @@
 """An async Python client for orchestratord (httpx + httpx-sse), as an interpreter uses it.
 
-Errors come back as the typed :class:`contracts.errors.OrchestratorError` subclasses.
+Errors come back as the typed :class:`contracts.errors.OrchestratorError` subclasses, and
+stream frames as :class:`Frame` whose ``data`` is the frame's payload Struct from
+:mod:`contracts.events` (``TokenData``, ``EndData``, ``ErrorEnvelope``, ...).
 The transport is injectable, like httpx's own (``transport=httpx.ASGITransport(app)``).
 """
 
@@ -16,27 +18,72 @@ import msgspec
 from httpx_sse import aconnect_sse
 
 from contracts.errors import ErrorEnvelope, error_from_envelope
+from contracts.events import (
+    DURABLE_FRAMES,
+    EffectEndData,
+    EndData,
+    FramePayload,
+    FrameType,
+    TokenData,
+    ToolSuggestData,
+    decode_frame_data,
+)
 from contracts.facts import Fact
 from contracts.flows import Flow, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run
 from contracts.steps import Step
 
-__all__ = ["Frame", "OrchestratorClient", "StepResult"]
+__all__ = ["Frame", "OrchestratorClient", "StepResult", "UntypedData"]
 
 _env_decoder = msgspec.json.Decoder(ErrorEnvelope)
+_EPHEMERAL = frozenset(t.value for t in FrameType if t not in DURABLE_FRAMES)
+
+
+class UntypedData(msgspec.Struct, frozen=True):
+    """The data of a frame this client has no payload Struct for (an event name newer than
+    the client, or a recorded payload that does not match its Struct): the decoded JSON."""
+
+    value: Any
 
 
 class Frame(msgspec.Struct, frozen=True):
-    """One SSE frame as received: ``seq`` (None for ephemeral frames), event, raw data."""
+    """One SSE frame as received (STREAM-2000).
 
-    seq: int | None
+    Attributes:
+        id: the frame's sequence number in its Step (``id:``); None for ephemeral frames.
+        event: the frame type (``event:``), a ``contracts.events.FrameType`` value.
+        data: the payload Struct of that type (``contracts.events.FRAME_PAYLOADS``), or
+            :class:`UntypedData` when there is none.
+        raw: the ``data:`` line exactly as received (single-line JSON).
+    """
+
+    id: int | None
     event: str
-    data: str
+    data: FramePayload | UntypedData
+    raw: str
+
+    @classmethod
+    def decode(cls, seq: int | None, event: str, raw: str) -> Frame:
+        """Build a frame from its SSE fields, decoding ``raw`` by ``event``.
+
+        Raises:
+            msgspec.DecodeError: ``raw`` is not JSON.
+        """
+        try:
+            data: FramePayload | UntypedData = decode_frame_data(event, raw)
+        except (KeyError, msgspec.ValidationError):
+            data = UntypedData(msgspec.json.decode(raw))
+        return cls(id=seq, event=event, data=data, raw=raw)
+
+    @property
+    def seq(self) -> int | None:
+        """The sequence number (``id``); kept for callers written before :attr:`id`."""
+        return self.id
 
     def json(self) -> Any:
-        """The decoded data."""
-        return msgspec.json.decode(self.data)
+        """The data as plain JSON values (dicts, lists, ...)."""
+        return msgspec.json.decode(self.raw)
 
 
 class StepResult(msgspec.Struct):
@@ -51,6 +98,11 @@ class StepResult(msgspec.Struct):
         return [f for f in self.frames if f.event == "token"]
 
     @property
+    def token_data(self) -> list[TokenData]:
+        """The payloads of the ``token`` frames."""
+        return [f.data for f in self.frames if isinstance(f.data, TokenData)]
+
+    @property
     def terminal(self) -> Frame:
         """The ``end`` or ``error`` frame."""
         return self.frames[-1]
@@ -61,15 +113,23 @@ class StepResult(msgspec.Struct):
         return [f for f in self.frames if f.event == "tool_suggest"]
 
     @property
+    def suggestion_data(self) -> list[ToolSuggestData]:
+        """The payloads of the ``tool_suggest`` frames."""
+        return [f.data for f in self.frames if isinstance(f.data, ToolSuggestData)]
+
+    @property
     def output(self) -> Any:
         """``end.output`` (``None`` when the Step ended with ``error``)."""
+        data = self.terminal.data
+        if isinstance(data, EndData | EffectEndData):
+            return data.output
         return self.terminal.json()["output"] if self.terminal.event == "end" else None
 
     @property
     def text(self) -> str:
         """The generated text, concatenated from the token frames' ``t`` (valid text: a
         character split over several tokens is in the ``t`` of the token completing it)."""
-        return "".join(f.json()["t"] for f in self.tokens)
+        return "".join(tok.t for tok in self.token_data)
 
     @property
     def data(self) -> bytes:
@@ -77,16 +137,14 @@ class StepResult(msgspec.Struct):
         concatenated; a frame recorded before ``b`` existed gives the UTF-8 of its ``t``
         (STREAM-2006)."""
         out = bytearray()
-        for frame in self.tokens:
-            tok = frame.json()
-            out += base64.b64decode(tok["b"]) if tok.get("b") is not None else \
-                tok["t"].encode()
+        for tok in self.token_data:
+            out += base64.b64decode(tok.b) if tok.b is not None else tok.t.encode()
         return bytes(out)
 
     @property
     def token_ids(self) -> list[int]:
         """The engine token id of each token frame."""
-        return [f.json()["id"] for f in self.tokens]
+        return [tok.id for tok in self.token_data]
 
 
 class OrchestratorClient:
@@ -210,8 +268,9 @@ class OrchestratorClient:
                 await source.response.aread()
                 raise error_from_envelope(_env_decoder.decode(source.response.content))
             async for sse in source.aiter_sse():
-                yield Frame(seq=int(sse.id) if sse.id else None, event=sse.event,
-                            data=sse.data)
+                # SSE carries the last id over to frames without one: ephemeral ones
+                seq = int(sse.id) if sse.id and sse.event not in _EPHEMERAL else None
+                yield Frame.decode(seq, sse.event, sse.data)
                 if sse.event in ("end", "error"):
                     return
 

@@ -84,7 +84,7 @@ def _chat(model: str, user: str, **params: Any) -> dict[str, Any]:
 
 def _ok(name: str, res: StepResult) -> StepResult:
     if res.terminal.event != "end":
-        raise RuntimeError(f"step {name} ended with {res.terminal.data}")
+        raise RuntimeError(f"step {name} ended with {res.terminal.raw}")
     return res
 
 

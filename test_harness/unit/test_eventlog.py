@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from contracts.events import FrameType
+from contracts.events import NarrationData
 from orchestrator_core.clock import FakeClock
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
@@ -32,8 +32,8 @@ class TestGroupCommit:
     def test_frames_are_invisible_until_committed(self, log: EventLog,
                                                   store: SqliteStore) -> None:
         """Appended but pending frames are neither on disk nor shown to readers."""
-        log.append("s", FrameType.STARTED, b"{}")
-        log.append("s", FrameType.TOKEN, b'{"i":0}')
+        log.append_recorded("s", "started", b"{}")
+        log.append_recorded("s", "token", b'{"i":0}')
         assert log.read("s", -1) == ([], False)
         assert store.read_events("s", -1) == []
         log.flush()
@@ -45,27 +45,27 @@ class TestGroupCommit:
                                           metrics: Metrics) -> None:
         """``commit_max_frames`` pending frames trigger the commit."""
         for i in range(4):
-            log.append("s", FrameType.TOKEN, b'{"i":%d}' % i)
+            log.append_recorded("s", "token", b'{"i":%d}' % i)
         assert len(store.read_events("s", -1)) == 4
         assert metrics.registry.get_sample_value("orchestrator_event_group_commits_total") == 1
 
     def test_terminal_frame_commits_with_the_status(self, log: EventLog,
                                                     store: SqliteStore) -> None:
         """Pending frames, the terminal frame and the status change land together."""
-        log.append("s", FrameType.STARTED, b"{}")
-        seq = log.finish("s", FrameType.END, b"{}", {"status": "succeeded"})
+        log.append_recorded("s", "started", b"{}")
+        seq = log.finish_recorded("s", "end", b"{}", {"status": "succeeded"})
         step = store.get_step("s")
         assert step is not None
         assert (seq, step["status"], step["last_seq"]) == (1, "succeeded", 1)
         assert log.read("s", 0)[1] is True
         with pytest.raises(RuntimeError):
-            log.append("s", FrameType.TOKEN, b"{}")
+            log.append_recorded("s", "token", b"{}")
 
     def test_a_finished_step_reads_the_same_bytes_from_disk(self, log: EventLog) -> None:
         """After eviction from the cache the disk gives identical SSE bytes."""
-        log.append("s", FrameType.STARTED, b"{}")
-        log.append("s", FrameType.TOKEN, b'{"i":0,"t":"a","id":1}')
-        log.finish("s", FrameType.END, b"{}", {"status": "succeeded"})
+        log.append_recorded("s", "started", b"{}")
+        log.append_recorded("s", "token", b'{"i":0,"t":"a","id":1}')
+        log.finish_recorded("s", "end", b"{}", {"status": "succeeded"})
         cached = log.read("s", -1)
         log._live.clear()
         assert log.read("s", -1) == cached
@@ -80,18 +80,18 @@ class TestEphemeralBackpressure:
         """Capacity 2: the third frame pushes out the first, counted by frame type."""
         sub = log.subscribe("s")
         for n in range(3):
-            log.publish_ephemeral("s", FrameType.METRICS, b'{"n":%d}' % n)
-        assert sub.drain_ephemeral() == [b'event: metrics\ndata: {"n":1}\n\n',
-                                         b'event: metrics\ndata: {"n":2}\n\n']
+            log.publish_ephemeral("s", NarrationData(text=str(n)))
+        assert sub.drain_ephemeral() == [b'event: narration\ndata: {"text":"1"}\n\n',
+                                         b'event: narration\ndata: {"text":"2"}\n\n']
         assert sub.dropped == 1
         assert metrics.registry.get_sample_value(
-            "orchestrator_sse_dropped_frames_total", {"frame_type": "metrics"}) == 1
+            "orchestrator_sse_dropped_frames_total", {"frame_type": "narration"}) == 1
 
     def test_durable_frames_are_never_dropped(self, log: EventLog) -> None:
         """A subscriber that reads late still gets every token frame."""
         log.subscribe("s")
         for i in range(40):
-            log.append("s", FrameType.TOKEN, b'{"i":%d}' % i)
+            log.append_recorded("s", "token", b'{"i":%d}' % i)
         log.flush()
         frames, _ = log.read("s", -1)
         assert len(frames) == 40
@@ -100,7 +100,7 @@ class TestEphemeralBackpressure:
     async def test_a_commit_wakes_the_subscriber(self, log: EventLog) -> None:
         """Subscribers wait on a flag the commit sets."""
         sub = log.subscribe("s")
-        log.append("s", FrameType.STARTED, b"{}")
+        log.append_recorded("s", "started", b"{}")
         log.flush()
         await sub.wait()  # returns at once: the commit already set the flag
         assert log.read("s", -1)[0] == [b"id: 0\nevent: started\ndata: {}\n\n"]

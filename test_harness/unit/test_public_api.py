@@ -28,6 +28,9 @@ EXPECTED = {
     "StreamError", "TERMINAL_FRAMES", "TokenData", "ToolSchema", "Unauthorized",
     "OriginNotAllowed", "UnsupportedMediaType",
     "error_from_envelope", "sse_comment", "sse_frame",
+    "BreakerState", "CheckpointData", "DurablePayload", "EphemeralPayload", "EscalationData",
+    "FRAME_PAYLOADS", "FRAME_TYPE_OF", "FramePayload", "TerminalPayload",
+    "decode_frame_data", "frame_type_of",
 }
 
 

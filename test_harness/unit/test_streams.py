@@ -8,7 +8,7 @@ import anyio.lowlevel
 import pytest
 from prometheus_client import CollectorRegistry
 
-from contracts.events import FrameType, sse_frame
+from contracts.events import FrameType, MetricsData, NarrationData, sse_frame
 from orchestrator_core.clock import FakeClock
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
@@ -16,6 +16,10 @@ from orchestrator_core.store import SqliteStore
 from orchestrator_core.streams import KEEP_ALIVE, StepStream
 
 pytestmark = pytest.mark.anyio
+
+_METRICS = MetricsData(tokens_out=16, elapsed_ms=8, tokens_per_s=2000.0)
+_METRICS_JSON = (b'{"tokens_out":16,"elapsed_ms":8,"tokens_per_s":2000.0,"tokens_in":0,'
+                 b'"cost_usd":0.0,"reserved_tokens_out":null}')
 
 
 @pytest.fixture
@@ -74,7 +78,7 @@ class TestSubscription:
 
             tg.start_soon(reader)
             await anyio.lowlevel.checkpoint()
-            log.append("s", FrameType.STARTED, b"{}")
+            log.append_recorded("s", "started", b"{}")
             log.flush()
         log.unsubscribe(sub)
         assert results == [True]
@@ -95,20 +99,21 @@ class TestSubscription:
         """With durable frames pending, a metrics frame does not wake the reader; the
         commit does, and both are there to read."""
         sub = log.subscribe("s")
-        log.append("s", FrameType.STARTED, b"{}")
-        log.publish_ephemeral("s", FrameType.METRICS, b'{"n":1}')
+        log.append_recorded("s", "started", b"{}")
+        log.publish_ephemeral("s", _METRICS)
         with anyio.move_on_after(0.02) as asleep:
             await sub.wait()
         log.flush()
         assert (asleep.cancelled_caught, await sub.wait()) == (True, True)
         assert (log.read("s", -1)[0], sub.drain_ephemeral()) == (
-            [b"id: 0\nevent: started\ndata: {}\n\n"], [b'event: metrics\ndata: {"n":1}\n\n'])
+            [b"id: 0\nevent: started\ndata: {}\n\n"],
+            [b"event: metrics\ndata: " + _METRICS_JSON + b"\n\n"])
 
     async def test_an_ephemeral_frame_with_nothing_pending_wakes_at_once(
             self, log: EventLog) -> None:
         """No commit is coming: the reader is woken for the ephemeral frame itself."""
         sub = log.subscribe("s")
-        log.publish_ephemeral("s", FrameType.NARRATION, b'{"text":"hi"}')
+        log.publish_ephemeral("s", NarrationData(text="hi"))
         assert (await sub.wait(), sub.drain_ephemeral()) == (
             True, [b'event: narration\ndata: {"text":"hi"}\n\n'])
 
@@ -118,9 +123,9 @@ class TestStepStream:
 
     async def test_a_finished_step_is_written_whole_in_one_chunk(self, log: EventLog) -> None:
         """Every frame, in order, one write; the loop reports the terminal frame."""
-        log.append("s", FrameType.STARTED, b"{}")
-        log.append("s", FrameType.TOKEN, b'{"i":0,"t":"a","id":1}')
-        log.finish("s", FrameType.END, b"{}", {"status": "succeeded"})
+        log.append_recorded("s", "started", b"{}")
+        log.append_recorded("s", "token", b'{"i":0,"t":"a","id":1}')
+        log.finish_recorded("s", "end", b"{}", {"status": "succeeded"})
         left: list[str] = []
         stream = StepStream(log, "s", -1, 60.0, left.append)
         client = _Client(stream)
@@ -132,8 +137,8 @@ class TestStepStream:
 
     async def test_the_cursor_resumes_after_the_last_event_id(self, log: EventLog) -> None:
         """Cursor 0 starts with frame 1 (STREAM-2004)."""
-        log.append("s", FrameType.STARTED, b"{}")
-        log.finish("s", FrameType.END, b"{}", {"status": "succeeded"})
+        log.append_recorded("s", "started", b"{}")
+        log.finish_recorded("s", "end", b"{}", {"status": "succeeded"})
         stream = StepStream(log, "s", 0, 60.0, lambda _s: None)
         client = _Client(stream)
         await stream.pump(client.write)
@@ -142,16 +147,16 @@ class TestStepStream:
     async def test_durable_frames_then_ephemeral_frames_in_one_write(
             self, log: EventLog) -> None:
         """A write carries the committed frames first, then the buffered ephemeral ones."""
-        log.append("s", FrameType.STARTED, b"{}")
+        log.append_recorded("s", "started", b"{}")
         stream = StepStream(log, "s", -1, 60.0, lambda _s: None)
         client = _Client(stream, hang_up_after=1)
         async with anyio.create_task_group() as tg:
             tg.start_soon(stream.pump, client.write)
             await anyio.lowlevel.checkpoint()
-            log.publish_ephemeral("s", FrameType.METRICS, b'{"n":1}')
+            log.publish_ephemeral("s", _METRICS)
             log.flush()
         assert client.writes == [b"id: 0\nevent: started\ndata: {}\n\n"
-                                 b'event: metrics\ndata: {"n":1}\n\n']
+                                 b"event: metrics\ndata: " + _METRICS_JSON + b"\n\n"]
 
     async def test_an_idle_stream_gets_keep_alives_and_a_hang_up_abandons_it(
             self, log: EventLog) -> None:

@@ -152,7 +152,7 @@ async def _orchestrator_once(client: OrchestratorClient, run_id: str,
             ms = _ms_since(t0)
             return Sample(ms=ms, done_ms=ms, text="".join(pieces), tokens=len(pieces))
         elif frame.event == "error":
-            raise RuntimeError(f"step {step.step_id} failed: {frame.data}")
+            raise RuntimeError(f"step {step.step_id} failed: {frame.raw}")
     raise RuntimeError(f"step {step.step_id}: stream ended without a terminal frame")
 
 
