@@ -19,16 +19,14 @@ from orchestrator_core.canonical import flow_address
 __all__ = ["FLOW_BY_HASH", "FLOW_BY_ID", "migrate_v8"]
 
 FLOW_BY_ID = (
-    "SELECT * FROM flows WHERE flow_id = :id UNION ALL"
-    " SELECT f.* FROM flow_aliases a JOIN flows f ON f.flow_id = a.flow_id"
+    "SELECT f.* FROM flow_aliases a JOIN flows f ON f.flow_id = a.flow_id"
     " WHERE a.alias = :id LIMIT 1")
-"""A Flow by its flow_id or by an alias id (the caller checks the tenant)."""
+"""A Flow by an alias of its id (the caller checks the tenant); read after a miss."""
 
 FLOW_BY_HASH = (
-    "SELECT * FROM flows WHERE tenant = :tenant AND hash = :hash UNION ALL"
-    " SELECT f.* FROM flow_aliases a JOIN flows f ON f.flow_id = a.flow_id"
+    "SELECT f.* FROM flow_aliases a JOIN flows f ON f.flow_id = a.flow_id"
     " WHERE a.alias = :hash AND a.tenant = :tenant LIMIT 1")
-"""A tenant's Flow by its hash or by a pre-v8 hash."""
+"""A tenant's Flow by a pre-v8 hash; read after a miss."""
 
 
 def migrate_v8(conn: sqlite3.Connection) -> int:

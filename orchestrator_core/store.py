@@ -322,11 +322,14 @@ class SqliteStore:
 
     def get_flow(self, flow_id: str) -> dict[str, Any] | None:
         """The Flow row by its flow_id or a pre-v8 alias of it, or None."""
-        return self._one(FLOW_BY_ID, {"id": flow_id})
+        return (self._one("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
+                or self._one(FLOW_BY_ID, {"id": flow_id}))
 
     def get_flow_by_hash(self, tenant: str, flow_hash: str) -> dict[str, Any] | None:
         """The tenant's Flow with this content hash (or pre-v8 hash), or None."""
-        return self._one(FLOW_BY_HASH, {"tenant": tenant, "hash": flow_hash})
+        return (self._one("SELECT * FROM flows WHERE tenant = ? AND hash = ?",
+                          (tenant, flow_hash))
+                or self._one(FLOW_BY_HASH, {"tenant": tenant, "hash": flow_hash}))
 
     # -- runs --------------------------------------------------------------------------
 

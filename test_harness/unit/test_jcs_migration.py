@@ -18,8 +18,7 @@ from test_harness.support import app_client, llm_step, parse_sse
 FLOW = {"ast_ir": {"weights": [1.0, 1e21, 1e-7, -0.0, 0.5]}, "config": {"temperature": 1.0}}
 BODIES = [llm_step("c-0", "first prompt", temperature=0.0),
           llm_step("c-1", "second prompt", temperature=0.8, top_p=0.9)]
-_OLD_FLOW_BY_ID = "SELECT * FROM flows WHERE flow_id = :id"
-_OLD_FLOW_BY_HASH = "SELECT * FROM flows WHERE tenant = :tenant AND hash = :hash"
+_NO_ALIAS = "SELECT * FROM flows WHERE 0"
 
 
 def _legacy_canonical_json(value: Any) -> bytes:
@@ -39,8 +38,8 @@ def old_store(mock_cfg: ServerConfig,
     monkeypatch.setattr(canonical, "canonical_json", _legacy_canonical_json)
     monkeypatch.setattr(service, "canonical_json", _legacy_canonical_json)
     monkeypatch.setattr(SqliteStore, "_migrate_v8", lambda self: None)
-    monkeypatch.setattr(store, "FLOW_BY_ID", _OLD_FLOW_BY_ID)
-    monkeypatch.setattr(store, "FLOW_BY_HASH", _OLD_FLOW_BY_HASH)
+    monkeypatch.setattr(store, "FLOW_BY_ID", _NO_ALIAS)
+    monkeypatch.setattr(store, "FLOW_BY_HASH", _NO_ALIAS)
     with app_client(mock_cfg) as client:
         flow = client.post("/v1/flows", json=FLOW).json()
         run = client.post(f"/v1/flows/{flow['flow_id']}/runs", json={"seed": 7}).json()
