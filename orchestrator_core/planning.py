@@ -25,7 +25,6 @@ import msgspec
 from contracts.errors import ContractViolation, InvalidParams, InvalidToolArgs
 from contracts.events import ToolSuggestData
 from contracts.flows import ToolSchema
-from orchestrator_core.canonical import canonical_json
 from orchestrator_core.schema_guard import check_schema, violations
 
 __all__ = [
@@ -73,11 +72,15 @@ def tool_menu(declared: Sequence[ToolSchema], names: Sequence[str] | None) -> li
     return [by_name[n] for n in names]
 
 
+_menu_json = msgspec.json.Encoder(order="sorted")
+
+
 def menu_text(menu: Sequence[ToolSchema], max_intents: int) -> str:
     """The system message that shows the menu to the model (deterministic text).
 
-    Each tool is one line: its name, its description and its argument schema as
-    canonical JSON.
+    Each tool is one line: its name, its description and its argument schema as compact
+    JSON with sorted keys (msgspec's encoding, not RFC 8785: the prompt text of plans
+    recorded before RFC 8785 (NERVE-4009) must not change, or their replays would diverge).
     """
     lines = [
         "You can call the tools listed below. Reply with JSON only, exactly in the form "
@@ -88,7 +91,7 @@ def menu_text(menu: Sequence[ToolSchema], max_intents: int) -> str:
     for tool in menu:
         desc = f": {tool.description}" if tool.description else ""
         lines.append(f"- {tool.name}{desc} Arguments (JSON Schema): "
-                     f"{canonical_json(tool.parameters).decode()}")
+                     f"{_menu_json.encode(tool.parameters).decode()}")
     return "\n".join(lines)
 
 

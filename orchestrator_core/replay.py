@@ -22,6 +22,7 @@ import msgspec
 from contracts.errors import DeterminismInputsDiffer, Nondeterminism, ReplayDiverged
 from contracts.events import Provenance, TokenData
 from contracts.steps import SamplingParams
+from orchestrator_core.canonical import b3_as_recorded
 
 __all__ = [
     "DETERMINISM_FIELDS",
@@ -31,6 +32,7 @@ __all__ = [
     "first_difference",
     "flat_diff",
     "recorded_params",
+    "same_build",
     "token_bytes",
 ]
 
@@ -78,12 +80,37 @@ def check_recorded_match(*, client_token: str, recorded: Mapping[str, Any] | Non
             f"step {client_token!r} was recorded as {recorded['type']}, not {step_type}",
             data={"client_token": client_token, "field": "type",
                   "recorded_hash": recorded["input_hash"], "submitted_hash": input_hash})
-    if recorded["input_hash"] != input_hash:
+    if recorded["input_hash"] != b3_as_recorded({"type": step_type, "input": input_value},
+                                                input_hash, recorded["input_hash"]):
         field = first_difference(msgspec.json.decode(recorded["input"]), input_value)
         raise Nondeterminism(
             f"step {client_token!r} input differs from the recording at {field}",
             data={"client_token": client_token, "field": field,
                   "recorded_hash": recorded["input_hash"], "submitted_hash": input_hash})
+
+
+def same_build(recorded: Provenance, recorded_settings: str | None, *, engine: str,
+               version: str, fingerprint: str, settings: Mapping[str, Any]) -> str:
+    """The current build fingerprint in the form the recording used (NERVE-4048).
+
+    A fingerprint hashes the engine's name, version and settings, so when those equal
+    the recorded ones the build is the recorded build, whichever canonical form its
+    fingerprint was hashed in (a recording made before RFC 8785 keeps its own).
+
+    Args:
+        recorded: the recorded provenance.
+        recorded_settings: the settings JSON the store holds for the recorded
+            fingerprint, or None.
+        engine, version, fingerprint, settings: the current engine identity.
+
+    Returns:
+        ``recorded.engine_build`` when it names the same build, else ``fingerprint``.
+    """
+    if recorded.engine_build == fingerprint or recorded_settings is None:
+        return fingerprint
+    same = (recorded.engine == engine and recorded.engine_version == version
+            and msgspec.json.decode(recorded_settings) == dict(settings))
+    return recorded.engine_build if same else fingerprint
 
 
 def flat_diff(recorded: Mapping[str, Any] | None, current: Mapping[str, Any] | None,

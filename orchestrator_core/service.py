@@ -45,7 +45,14 @@ from contracts.steps import (
 )
 from orchestrator_core import views
 from orchestrator_core.budgets import BudgetBook
-from orchestrator_core.canonical import b3, canonical_json, derive_seed, new_id
+from orchestrator_core.canonical import (
+    b3,
+    b3_as_recorded,
+    canonical_json,
+    derive_seed,
+    flow_address,
+    new_id,
+)
 from orchestrator_core.checkpoints import Checkpoints
 from orchestrator_core.clock import Clock, SystemClock, iso_utc
 from orchestrator_core.config import ServerConfig
@@ -71,6 +78,7 @@ from orchestrator_core.replay import (
     check_determinism_inputs,
     check_recorded_match,
     recorded_params,
+    same_build,
 )
 from orchestrator_core.store import SqliteStore
 from orchestrator_core.streams import StepStream
@@ -234,10 +242,7 @@ class Orchestrator:
             check_tool_schemas(tool, i)
         check_fact_schemas(body.config)
         content = {"ast_ir": body.ast_ir, "tools": body.tools, "config": body.config}
-        flow_hash = b3(content)
-        digest = flow_hash if tenant == DEFAULT_TENANT else b3({"tenant": tenant,
-                                                                "hash": flow_hash})
-        flow_id = "flw_" + digest[3:35]
+        flow_hash, flow_id = flow_address(content, tenant, DEFAULT_TENANT)
         created = self.store.insert_flow({
             "tenant": tenant,
             "flow_id": flow_id, "hash": flow_hash,
@@ -247,7 +252,9 @@ class Orchestrator:
             "labels": canonical_json(body.labels).decode(),
             "created_at": iso_utc(self.clock.now()),
         })
-        return self.get_flow(flow_id, tenant), created
+        row = self.store.get_flow_by_hash(tenant, flow_hash)  # a migrated Flow keeps its id
+        assert row is not None
+        return views.flow(row), created
 
     def get_flow(self, flow_id: str, tenant: str | None = DEFAULT_TENANT) -> Flow:
         """The tenant's Flow. Raises NotFound (also for another tenant's flow).
@@ -290,7 +297,7 @@ class Orchestrator:
             if body.mode is not RunMode.RECORD:
                 raise InvalidParams("from_checkpoint forks a record run; replay the fork's "
                                     "recording with replay_of instead")
-            fork = self.checkpoints.fork_source(body.from_checkpoint, flow_id, tenant)
+            fork = self.checkpoints.fork_source(body.from_checkpoint, flow.flow_id, tenant)
             parent = self.store.get_run(fork.run_id)
             assert parent is not None
             seed = parent["seed"] if seed is None else seed
@@ -303,12 +310,13 @@ class Orchestrator:
             src = self.store.get_run(body.replay_of)
             if src is None or src["tenant"] != tenant:
                 raise NotFound(f"no run {body.replay_of}", data={"run_id": body.replay_of})
-            if src["mode"] != RunMode.RECORD.value or src["flow_id"] != flow_id:
+            if src["mode"] != RunMode.RECORD.value or src["flow_id"] != flow.flow_id:
                 raise InvalidParams("replay_of must name a record-mode run of the same flow",
                                     data={"replay_of": body.replay_of,
                                           "recorded_flow_id": src["flow_id"],
                                           "recorded_mode": src["mode"]})
             diff: dict[str, dict[str, Any]] = {}
+            policy_hash = b3_as_recorded(body.policy, policy_hash, src["policy_hash"])
             if seed is not None and seed != src["seed"]:
                 diff["seed"] = {"recorded": src["seed"], "current": seed}
             if body.mode is RunMode.STRICT_REPLAY and policy_hash != src["policy_hash"]:
@@ -387,7 +395,8 @@ class Orchestrator:
         input_hash = b3({"type": step_type, "input": input_value})
         existing = self.store.get_step_by_token(run_id, body.client_token)
         if existing is not None:
-            if existing["input_hash"] != input_hash:
+            if existing["input_hash"] != b3_as_recorded({"type": step_type, "input": input_value},
+                                                        input_hash, existing["input_hash"]):
                 raise Conflict(
                     f"client_token {body.client_token!r} was used with another input",
                     data={"client_token": body.client_token, "step_id": existing["step_id"],
@@ -592,10 +601,19 @@ class Orchestrator:
         if rec_prov is not None and recorded is not None:
             ident = pool.identity
             rec_settings = self.store.engine_build(rec_prov.engine_build)
+            # a recording made before RFC 8785 keeps its hashes (NERVE-4048)
+            prompt_hash = b3_as_recorded({"messages": messages} if messages is not None
+                                         else {"prompt": prompt}, prompt_hash,
+                                         rec_prov.prompt_hash)
+            params_hash = b3_as_recorded(params, params_hash, rec_prov.params_hash)
             check_determinism_inputs(rec_prov, {
                 "prompt_hash": prompt_hash, "params_hash": params_hash, "seed": seed,
                 "engine": ident.name, "engine_version": ident.version,
-                "engine_build": ident.build_fingerprint, "model_hash": ident.model_hash,
+                "engine_build": same_build(rec_prov, rec_settings, engine=ident.name,
+                                           version=ident.version,
+                                           fingerprint=ident.build_fingerprint,
+                                           settings=ident.settings),
+                "model_hash": ident.model_hash,
                 "replica_id": replica.replica_id, "policy_hash": run.policy_hash,
             }, details={
                 "params_hash": {"key": "params", "current": params,

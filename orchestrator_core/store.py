@@ -22,9 +22,11 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
+from orchestrator_core.flow_aliases import FLOW_BY_HASH, FLOW_BY_ID, migrate_v8
+
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 EventRow = tuple[str, int, str, str, bytes]
 """``(step_id, seq, run_id, type, data_json)``: one durable frame."""
@@ -112,6 +114,8 @@ class SqliteStore:
             self._migrate_v6()
         if version < 7:
             self._migrate_v7()
+        if version < 8:
+            self._migrate_v8()
 
     def _migrate_v6(self) -> None:
         """Steps get ``ordinal``: their position in their Run (0, 1, … in creation order,
@@ -146,6 +150,13 @@ class SqliteStore:
                 " fingerprint TEXT PRIMARY KEY,"
                 " settings TEXT NOT NULL) WITHOUT ROWID")
             self._conn.execute("PRAGMA user_version=7")
+
+    def _migrate_v8(self) -> None:
+        """Flows re-addressed under RFC 8785, their old addresses kept as aliases
+        (:mod:`orchestrator_core.flow_aliases`, NERVE-4048)."""
+        with self._transaction():
+            migrate_v8(self._conn)
+            self._conn.execute("PRAGMA user_version=8")
 
     def _migrate_v5(self) -> None:
         """The event log keyed by ``(step_id, seq)`` itself (``WITHOUT ROWID``).
@@ -310,13 +321,15 @@ class SqliteStore:
         return cur.rowcount == 1
 
     def get_flow(self, flow_id: str) -> dict[str, Any] | None:
-        """The Flow row, or None."""
-        return self._one("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
+        """The Flow row by its flow_id or a pre-v8 alias of it, or None."""
+        return (self._one("SELECT * FROM flows WHERE flow_id = ?", (flow_id,))
+                or self._one(FLOW_BY_ID, {"id": flow_id}))
 
     def get_flow_by_hash(self, tenant: str, flow_hash: str) -> dict[str, Any] | None:
-        """The tenant's Flow with this content hash, or None."""
-        return self._one("SELECT * FROM flows WHERE tenant = ? AND hash = ?",
-                         (tenant, flow_hash))
+        """The tenant's Flow with this content hash (or pre-v8 hash), or None."""
+        return (self._one("SELECT * FROM flows WHERE tenant = ? AND hash = ?",
+                          (tenant, flow_hash))
+                or self._one(FLOW_BY_HASH, {"tenant": tenant, "hash": flow_hash}))
 
     # -- runs --------------------------------------------------------------------------
 
@@ -497,8 +510,9 @@ class SqliteStore:
 
     # -- misc --------------------------------------------------------------------------
 
-    def _one(self, sql: str, args: Iterable[Any]) -> dict[str, Any] | None:
-        row = self._conn.execute(sql, tuple(args)).fetchone()
+    def _one(self, sql: str, args: Iterable[Any] | dict[str, Any]) -> dict[str, Any] | None:
+        row = self._conn.execute(sql, args if isinstance(args, dict) else tuple(args)
+                                 ).fetchone()
         return dict(row) if row is not None else None
 
     def close(self) -> None:

@@ -224,6 +224,7 @@ def legacy_history(ctx: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None
     with monkeypatch.context() as old_server:
         old_server.setattr(SqliteStore, "_migrate_v6", lambda self: None)
         old_server.setattr(SqliteStore, "_migrate_v7", lambda self: None)
+        old_server.setattr(SqliteStore, "_migrate_v8", lambda self: None)
         old_server.setattr(SqliteStore, "record_engine_build", lambda self, f, s: None)
         old_server.setattr(SqliteStore, "insert_step", insert_step_before_v6)
         old_server.setattr(Checkpoints, "cursor", _cursor_before_v6)

@@ -9,6 +9,7 @@ import pytest
 
 from contracts.errors import DeterminismInputsDiffer, Nondeterminism, ReplayDiverged
 from contracts.events import Provenance, TokenData
+from orchestrator_core.canonical import b3, b3_as_recorded, b3_legacy
 from orchestrator_core.replay import (
     TokenVerifier,
     check_determinism_inputs,
@@ -16,6 +17,7 @@ from orchestrator_core.replay import (
     first_difference,
     flat_diff,
     recorded_params,
+    same_build,
 )
 
 PROV = Provenance(
@@ -196,3 +198,26 @@ class TestTokenVerifier:
         with pytest.raises(ReplayDiverged) as info:
             v.check(TokenData(i=2, t="x", id=1))
         assert (info.value.index, info.value.expected) == (2, None)
+
+
+class TestHashesRecordedBeforeRfc8785:
+    """[NERVE-4048] A hash recorded under the pre-RFC 8785 form still matches its value."""
+
+    def test_a_legacy_hash_of_the_same_value_is_kept(self) -> None:
+        """The recorded legacy hash is returned when it hashes the same value."""
+        params = {"temperature": 0.0, "top_p": 0.95}
+        assert b3_legacy(params) != b3(params)
+        assert b3_as_recorded(params, b3(params), b3_legacy(params)) == b3_legacy(params)
+
+    def test_a_hash_of_another_value_is_not(self) -> None:
+        """A recorded hash of different params still differs from the current one."""
+        params = {"temperature": 0.5}
+        recorded = b3_legacy({"temperature": 0.0})
+        assert b3_as_recorded(params, b3(params), recorded) == b3(params)
+
+    def test_an_engine_build_with_equal_settings_is_the_recorded_build(self) -> None:
+        """Same engine, version and settings: the recorded fingerprint stands."""
+        kwargs = {"engine": "llama.cpp", "version": "v", "fingerprint": "b3:new"}
+        assert same_build(PROV, '{"rope":1.0}', settings={"rope": 1.0}, **kwargs) == "b"
+        assert same_build(PROV, '{"rope":1.0}', settings={"rope": 2.0}, **kwargs) == "b3:new"
+        assert same_build(PROV, None, settings={"rope": 1.0}, **kwargs) == "b3:new"

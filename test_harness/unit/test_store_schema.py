@@ -22,6 +22,7 @@ def test_a_v4_event_log_is_carried_into_v5_unchanged(tmp_path: pathlib.Path,
     monkeypatch.setattr(SqliteStore, "_migrate_v5", lambda self: None)
     monkeypatch.setattr(SqliteStore, "_migrate_v6", lambda self: None)
     monkeypatch.setattr(SqliteStore, "_migrate_v7", lambda self: None)
+    monkeypatch.setattr(SqliteStore, "_migrate_v8", lambda self: None)
     monkeypatch.setattr(SqliteStore, "insert_step", insert_step_before_v6)
     old = seeded(SqliteStore(tmp_path / "o.db"))
     frames = [("s", i, "r", "token", b'{"i":%d}' % i) for i in range(5)]
@@ -33,7 +34,7 @@ def test_a_v4_event_log_is_carried_into_v5_unchanged(tmp_path: pathlib.Path,
     new = SqliteStore(tmp_path / "o.db")
     assert _rows(new) == before == [(i, "token", b'{"i":%d}' % i) for i in range(5)]
     con = sqlite3.connect(tmp_path / "o.db")
-    assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (7,)
+    assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (8,)
     indexes = {r[1] for r in con.execute("PRAGMA index_list(events)")}
     assert "events_run" not in indexes
     new.close()
@@ -50,6 +51,7 @@ def test_v6_numbers_the_steps_of_each_run_in_creation_order(
     """[NERVE-4008] Steps a v5 store holds get per-Run ordinals 0, 1, … in creation order."""
     monkeypatch.setattr(SqliteStore, "_migrate_v6", lambda self: None)
     monkeypatch.setattr(SqliteStore, "_migrate_v7", lambda self: None)
+    monkeypatch.setattr(SqliteStore, "_migrate_v8", lambda self: None)
     monkeypatch.setattr(SqliteStore, "insert_step", insert_step_before_v6)
     old = seeded(SqliteStore(tmp_path / "o.db"))  # step "s" of run "r" comes first
     old.insert_run({"run_id": "r2", "flow_id": "f", "flow_hash": "h", "mode": "record",
@@ -65,7 +67,7 @@ def test_v6_numbers_the_steps_of_each_run_in_creation_order(
     assert con.execute("SELECT run_id, step_id, ordinal FROM steps ORDER BY run_id, ordinal"
                        ).fetchall() == [("r", "s", 0), ("r", "t", 1), ("r", "u", 2),
                                         ("r2", "x", 0), ("r2", "y", 1)]
-    assert con.execute("PRAGMA user_version").fetchone() == (7,)
+    assert con.execute("PRAGMA user_version").fetchone() == (8,)
     _step(new, "v", "r", status="running")
     assert (new.steps_high_water("r"), new.unfinished_ordinals("r")) == (3, [0, 3])
     new.close()
