@@ -51,7 +51,9 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.service import SERVER_VERSION, Orchestrator
 from orchestratord.auth import require_token, tenant_of
+from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
+from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
 from orchestratord.sse import SSE_HEADERS, SseStream
 from worker_adapters.base import Drivers, ToolsFactory
 from worker_adapters.registry import default_drivers
@@ -360,13 +362,13 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             app.state.orch = orch
             yield
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             create_flow, get_flow, get_flow_by_hash, create_run, get_run, cancel_run,
             submit_step, get_step, cancel_step, stream_step, list_pools, get_pool,
             append_fact, list_run_facts, stream_run_facts, list_flow_facts,
             create_checkpoint, list_checkpoints,
-            capabilities, health, ready, metrics,
+            capabilities, health, ready, metrics, docs_assets_router(),
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),
                       "tenant": Provide(tenant_of, sync_to_thread=False)},
@@ -381,6 +383,10 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
         state=State({"max_json_depth": config.max_json_depth}),
         request_max_body_size=config.max_body_bytes,
         openapi_config=OpenAPIConfig(title="orchestratord", version="0.1.0",
-                                     path="/schema"),
+                                     path="/schema", security=SECURITY,
+                                     components=SECURITY_COMPONENTS,
+                                     render_plugins=[swagger_plugin()]),
         debug=False,
     )
+    complete_document(app)
+    return app

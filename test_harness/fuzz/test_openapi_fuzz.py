@@ -14,6 +14,8 @@ fuzzed inputs. Every response is checked:
 
 * no status 500 (a 500 is always a bug; the server-log lines the request produced are
   attached to the report);
+* every answer is documented for its operation: its status, media type, headers and
+  body match the served document (schemathesis' conformance checks, NERVE-4033);
 * every 3xx/4xx/5xx answer is the error envelope ``{code, message, retriable,
   retry_after_ms?, data?}`` with a 4xx/5xx status;
 * every request gets an answer: no dropped connection, no hang (an SSE stream is read
@@ -46,6 +48,13 @@ import schemathesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.core.failures import FailureGroup
 
 from contracts.flows import FlowCreate
 from contracts.runs import RunCreate
@@ -82,6 +91,10 @@ _SAMPLING_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "top_p": (0, 1, True), "min_p": (0, 1, False), "repeat_penalty": (0, None, True),
 }
 """``(low, high, low excluded)`` of the sampling parameters the server accepts."""
+_CONFORMANCE = [status_code_conformance, content_type_conformance,
+                response_headers_conformance, response_schema_conformance]
+"""Every answer's status, media type, headers and body are the ones its operation
+documents, errors included (NERVE-4033)."""
 _FRESH = itertools.count()
 """Suffixes that make a repaired client_token new, so its Step is created."""
 
@@ -253,6 +266,14 @@ def _exercise(case: Case[Any], label: str, server: Server, session: requests.Ses
         report.fail("SLOW", label, f"over {SLOW_S} s",
                     f"{request} answered in {resp.elapsed:.2f} s\n"
                     f"reproduce: {case.as_curl_command(base_url=server.url)}")
+    try:
+        case.validate_response(resp, checks=_CONFORMANCE)
+    except FailureGroup as group:
+        for failure in group.exceptions:
+            report.fail("NOT AS DOCUMENTED", label, failure.title,
+                        f"{request} -> {resp.status_code}\n{failure}\n"
+                        f"response body: {shown(resp.content)}\n"
+                        f"reproduce: {case.as_curl_command(base_url=server.url)}")
     if 200 <= resp.status_code < 300:
         return
     sent = (f"{resp.request.method} {resp.request.url}\n"
@@ -283,8 +304,8 @@ def _fuzz_operation(op: Any, strategy: st.SearchStrategy[Case[Any]], budget: int
 
 @pytest.mark.usefixtures("hypothesis_home")
 def test_fuzz_served_openapi(server: Server) -> None:
-    """No 500, every error an envelope, every request answered within 1 s, over FUZZ_CASES
-    requests."""
+    """No 500, every answer as documented, every error an envelope, every request answered
+    within 1 s, over FUZZ_CASES requests."""
     schema = schemathesis.openapi.from_url(f"{server.url}/schema/openapi.json")
     ops = [op for path in schema for op in schema[path].values()]
     assert ops, "the served document has no operations"

@@ -1,0 +1,57 @@
+"""The served OpenAPI document tells the truth about errors, streams and auth (NERVE-4033)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from orchestratord.openapi import openapi_json
+
+DOC: dict[str, Any] = json.loads(openapi_json())
+ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
+
+
+def _op(method: str, path: str) -> dict[str, Any]:
+    op: dict[str, Any] = DOC["paths"][path][method]
+    return op
+
+
+class TestOpenApiDocument:
+    """What contracts/openapi.json documents."""
+
+    def test_submit_step_documents_every_status(self) -> None:
+        """[NERVE-4033] Submitting a Step documents its successes and every error status."""
+        assert sorted(_op("post", "/v1/runs/{run_id}/steps")["responses"]) == [
+            "200", "201", "400", "401", "402", "403", "404", "409", "415", "429", "502",
+            "503"]
+
+    def test_errors_are_the_envelope(self) -> None:
+        """[NERVE-4033] Every error response of every operation is the flat envelope."""
+        shapes = {json.dumps(resp["content"]["application/json"]["schema"]["allOf"][0])
+                  for item in DOC["paths"].values() for op in item.values()
+                  for status, resp in op["responses"].items() if status[0] in "45"}
+        assert shapes == {json.dumps(ENVELOPE)}
+
+    def test_429_carries_backoff_headers(self) -> None:
+        """[NERVE-4033] A 429 documents Retry-After and X-Backoff-Ms."""
+        headers = _op("post", "/v1/runs/{run_id}/steps")["responses"]["429"]["headers"]
+        assert sorted(headers) == ["Retry-After", "X-Backoff-Ms", "X-Correlation-Id"]
+
+    def test_step_stream_is_the_frame_union(self) -> None:
+        """[NERVE-4033] The Step stream answers SseFrame events and takes Last-Event-ID."""
+        op = _op("get", "/v1/steps/{step_id}/stream")
+        assert op["responses"]["200"]["content"] == {
+            "text/event-stream": {"schema": {"$ref": "#/components/schemas/SseFrame"}}}
+        assert sorted(DOC["components"]["schemas"]["SseFrame"]["discriminator"]["mapping"]) == [
+            "checkpoint", "end", "error", "escalation", "fact", "metrics", "narration",
+            "started", "token", "tool_suggest"]
+        assert [p["name"] for p in op["parameters"] if p["in"] == "header"] == [
+            "X-Correlation-Id", "Last-Event-ID"]
+
+    def test_bearer_scheme_with_public_probes(self) -> None:
+        """[NERVE-4033] Bearer auth is global; /health and /ready declare no security."""
+        assert DOC["security"] == [{"bearerAuth": []}]
+        assert DOC["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+        assert _op("get", "/health")["security"] == []
+        assert _op("get", "/ready")["security"] == []
+        assert "401" not in _op("get", "/health")["responses"]
