@@ -264,22 +264,8 @@ class EventLog:
             RuntimeError: the Step already has its terminal frame.
             KeyError: ``payload`` is not a frame payload Struct.
         """
-        frame_type = _TYPE_NAME[type(payload)]
-        live = self._live[step_id]
-        if live.done:
-            raise RuntimeError(f"step {step_id} already has a terminal frame")
-        seq = live.next_seq
-        live.next_seq += 1
-        live.pending = True
-        pending = self._pending
-        pending.append((step_id, seq, live.run_id, frame_type, _enc.encode(payload)))
-        if update:
-            self._pending_updates.setdefault(step_id, {}).update(update)
-        if len(pending) >= self.commit_max_frames:
-            self.flush()
-        elif len(pending) == 1:
-            self._dirty.set()  # the flusher is idle: start the interval (once per group)
-        return seq
+        return self.append_recorded(step_id, _TYPE_NAME[type(payload)],
+                                    _enc.encode(payload), update)
 
     def finish(self, step_id: str, payload: TerminalPayload, update: dict[str, Any]) -> int:
         """Commit everything pending plus a terminal frame (``end`` or ``error``, derived

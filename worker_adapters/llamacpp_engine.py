@@ -26,24 +26,13 @@ from worker_adapters.base import (
     PreparedPrompt,
     StreamItem,
 )
+from worker_adapters.llamacpp_worker import WorkerLine
 from worker_adapters.openai_http import Tokenizer, constraint_fields
 
 __all__ = ["RANDOM_SEED", "LlamaCppEngine", "WorkerLine", "generate_body"]
 
 RANDOM_SEED = 0xFFFFFFFF
 """llama.cpp's ``LLAMA_DEFAULT_SEED``: as a sampler seed it means "pick one at random"."""
-
-
-class WorkerLine(msgspec.Struct):
-    """One NDJSON line of ``POST /v1/generate`` (see the worker module)."""
-
-    id: int | None = None
-    b: str | None = None
-    prompt_tokens: int | None = None
-    finish_reason: str | None = None
-    completion_tokens: int | None = None
-    withheld: int | None = None
-    error: str | None = None
 
 
 _line = msgspec.json.Decoder(WorkerLine)

@@ -44,7 +44,7 @@ import msgspec
 
 from worker_adapters.token_bytes import StopFilter
 
-__all__ = ["GenerateRequest", "main", "open_llama"]
+__all__ = ["GenerateRequest", "WorkerLine", "main", "open_llama"]
 
 
 class GenerateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -62,7 +62,10 @@ class GenerateRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     grammar: str | None = None
 
 
-class _Line(msgspec.Struct, omit_defaults=True):
+class WorkerLine(msgspec.Struct, omit_defaults=True):
+    """One NDJSON line of ``POST /v1/generate``: the prompt size, a token (engine ``id``
+    and its bytes ``b`` in base64), the finish, or an error (STREAM-2006)."""
+
     id: int | None = None
     b: str | None = None
     prompt_tokens: int | None = None
@@ -157,7 +160,7 @@ class _Slot:
             self._grammars[text] = LlamaGrammar.from_string(text, verbose=False)
         return self._grammars[text]
 
-    def generate(self, req: GenerateRequest, aborted: Any) -> Generator[_Line, None, None]:
+    def generate(self, req: GenerateRequest, aborted: Any) -> Generator[WorkerLine, None, None]:
         """Run one completion from an empty cache; yield the lines of the answer.
 
         ``aborted()`` is polled between tokens; True ends generation with no finish line.
@@ -176,7 +179,7 @@ class _Slot:
         if max_tokens + len(tokens) >= n_ctx:
             max_tokens = n_ctx - len(tokens)
         grammar = self.grammar(req.grammar) if req.grammar is not None else None
-        yield _Line(prompt_tokens=len(tokens))
+        yield WorkerLine(prompt_tokens=len(tokens))
         # n_tokens = 0: generate() evaluates the whole prompt, nothing is reused
         llm.reset()
         llm.set_seed(req.seed)
@@ -195,7 +198,7 @@ class _Slot:
                     break
                 sampled += 1
                 for tid, data in stops.push(token, self.piece(token)):
-                    yield _Line(id=tid, b=base64.b64encode(data).decode("ascii"))
+                    yield WorkerLine(id=tid, b=base64.b64encode(data).decode("ascii"))
                 if stops.matched:
                     finish = "stop"
                     break
@@ -206,8 +209,8 @@ class _Slot:
         finally:
             gen.close()
         for tid, data in stops.flush():
-            yield _Line(id=tid, b=base64.b64encode(data).decode("ascii"))
-        yield _Line(finish_reason=finish, completion_tokens=sampled, withheld=stops.withheld)
+            yield WorkerLine(id=tid, b=base64.b64encode(data).decode("ascii"))
+        yield WorkerLine(finish_reason=finish, completion_tokens=sampled, withheld=stops.withheld)
 
 
 class _Engine:
@@ -299,7 +302,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 for line in lines:
                     self._chunk(_enc.encode(line) + b"\n")
             except Exception as exc:  # report the engine's failure in the stream
-                self._chunk(_enc.encode(_Line(error=f"{type(exc).__name__}: {exc}")) + b"\n")
+                self._chunk(_enc.encode(WorkerLine(error=f"{type(exc).__name__}: {exc}")) + b"\n")
             self.wfile.write(b"0\r\n\r\n")
         except OSError:  # the client went away: the request is aborted
             self.close_connection = True
