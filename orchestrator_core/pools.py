@@ -126,6 +126,13 @@ class Pool:
         """Steps waiting for a slot across the pool."""
         return sum(r.waiting for r in self.replicas)
 
+    def constrained_decoding(self) -> bool:
+        """Whether the pool's engine declares a way to constrain decoding to a JSON
+        Schema (``EngineAdapter.constrained_decoding``), so ``json_schema`` and
+        ``llm_plan`` are features of its models; no engine is named here."""
+        return any(r.adapter is not None and r.adapter.constrained_decoding is not None
+                   for r in self.replicas)
+
     def info(self) -> PoolInfo:
         """Wire view: engine, models, replicas, load and capabilities."""
         ident = self.identity

@@ -674,20 +674,21 @@ class Orchestrator:
             raise RuntimeError("the orchestrator is not running")
         self._tg.start_soon(fn, job)
 
-    def budget_headers(self, run_id: str) -> dict[str, str]:
-        """``X-Budget-*-Remaining`` headers of a Run, for the budgets it has (POLICY-3000)."""
-        row = self.store.get_run(run_id)
-        if row is None:
+    def budget_remaining(self, run_id: str) -> dict[str, float]:
+        """What is left of a Run's budgets, for the budgets it has (POLICY-3000).
+
+        Returns:
+            ``{"tokens_in": tokens, "tokens_out": tokens, "cost_usd": USD, "wall_ms": ms}``
+            with only the capped budgets present, each at least 0; ``{}`` for no Run.
+            The HTTP layer turns these into ``X-Budget-*-Remaining`` headers.
+        """
+        if self.store.get_run(run_id) is None:
             return {}
         left = self.budgets.remaining(self.get_run(run_id, None))
-        names = {"tokens_in": "X-Budget-Tokens-In-Remaining",
-                 "tokens_out": "X-Budget-Tokens-Out-Remaining",
-                 "cost_usd": "X-Budget-Cost-Usd-Remaining"}
-        out = {h: (f"{max(0.0, left[k]):.6f}" if k == "cost_usd" else str(max(0, int(left[k]))))
-               for k, h in names.items() if math.isfinite(left[k])}
+        out = {k: max(0.0, float(left[k])) for k in ("tokens_in", "tokens_out", "cost_usd")
+               if math.isfinite(left[k])}
         if math.isfinite(left["deadline_s"]):
-            out["X-Budget-Wall-Ms-Remaining"] = str(
-                max(0, int((left["deadline_s"] - self.clock.now()) * 1000)))
+            out["wall_ms"] = max(0.0, (left["deadline_s"] - self.clock.now()) * 1000)
         return out
 
     def get_step(self, step_id: str, tenant: str | None = DEFAULT_TENANT) -> Step:
@@ -769,10 +770,7 @@ class Orchestrator:
                     features=["completion", "chat", "stream", "seed", "strict_replay"],
                     pools=[]))
                 cap.pools.append(pool.pool_id)
-                constrained = pool.config.engine in ("llamacpp", "mock") or \
-                    pool.config.options.get("constraint") in ("gbnf", "json_schema",
-                                                              "guided_json")
-                if constrained and "json_schema" not in cap.features:
+                if pool.constrained_decoding() and "json_schema" not in cap.features:
                     cap.features += ["json_schema", "llm_plan"]
         return Capabilities(models=list(models.values()), server_version=SERVER_VERSION,
                             sandbox_parents=self.effects.sandbox_dirs(tenant),

@@ -152,6 +152,19 @@ def _json(value: Any, status: int = 200) -> Response[bytes]:
                     media_type="application/json")
 
 
+_BUDGET_HEADERS = {"tokens_in": "X-Budget-Tokens-In-Remaining",
+                   "tokens_out": "X-Budget-Tokens-Out-Remaining",
+                   "cost_usd": "X-Budget-Cost-Usd-Remaining",
+                   "wall_ms": "X-Budget-Wall-Ms-Remaining"}
+
+
+def budget_headers(orch: Orchestrator, run_id: str) -> dict[str, str]:
+    """``X-Budget-*-Remaining`` headers of a Run, for the budgets it has (POLICY-3000):
+    tokens and milliseconds as integers, USD with 6 decimals."""
+    return {_BUDGET_HEADERS[k]: (f"{v:.6f}" if k == "cost_usd" else str(int(v)))
+            for k, v in orch.budget_remaining(run_id).items()}
+
+
 @post("/v1/flows", status_code=201)
 async def create_flow(data: JSONBody[FlowCreate], orch: Orch,
                       tenant: Tenant) -> Response[FlowCreated]:
@@ -183,7 +196,7 @@ async def create_run(flow_id: FromPath[str], data: JSONBody[RunCreate], orch: Or
 @get("/v1/runs/{run_id:str}")
 async def get_run(run_id: FromPath[str], orch: Orch, tenant: Tenant) -> Response[Run]:
     """Read a Run with its usage and Step counts; ``X-Budget-*`` headers say what is left."""
-    return Response(orch.get_run(run_id, tenant), headers=orch.budget_headers(run_id))
+    return Response(orch.get_run(run_id, tenant), headers=budget_headers(orch, run_id))
 
 
 @post("/v1/runs/{run_id:str}/cancel", status_code=200)
@@ -198,14 +211,14 @@ async def submit_step(run_id: FromPath[str], data: JSONBody[StepSubmit],
     """Submit a Step: 201 when new, 200 when the client_token already names it."""
     step, created = orch.submit_step(run_id, data, tenant)
     return Response(step, status_code=201 if created else 200,
-                    headers=orch.budget_headers(run_id))
+                    headers=budget_headers(orch, run_id))
 
 
 @get("/v1/steps/{step_id:str}")
 async def get_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Response[Step]:
     """Read a Step, with its Run's ``X-Budget-*`` headers."""
     step = orch.get_step(step_id, tenant)
-    return Response(step, headers=orch.budget_headers(step.run_id))
+    return Response(step, headers=budget_headers(orch, step.run_id))
 
 
 @post("/v1/steps/{step_id:str}/cancel", status_code=200)

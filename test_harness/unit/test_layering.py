@@ -125,3 +125,34 @@ class TestInjectedDrivers:
                 await pm.stop()
 
         assert anyio.run(main) == [ReplicaHealth.READY]
+
+
+_BLOCKED = ("litestar", "granian", "sqlite3", "sqlite_utils", "orchestrator_core",
+            "worker_adapters", "jsonschema", "jmespath")
+_IMPORT_CLIENT = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {_BLOCKED!r}:
+            raise ImportError(f"the client imported {{name}}")
+        return None
+sys.meta_path.insert(0, Block())
+import orchestratord.client
+print(sorted(orchestratord.client.__all__))
+"""
+
+
+class TestClientStandsAlone:
+    """The Python client needs none of the server's dependencies (PLACE-5006)."""
+
+    def test_client_imports_with_the_server_packages_blocked(self) -> None:
+        """Importing ``orchestratord.client`` touches no web framework, server, SQLite,
+        core or adapter module: a meta-path hook that refuses them lets it import."""
+        import subprocess
+        import sys
+
+        done = subprocess.run([sys.executable, "-c", _IMPORT_CLIENT], capture_output=True,
+                              text=True, timeout=60, check=False,
+                              cwd=pathlib.Path(__file__).resolve().parents[2])
+        assert (done.returncode, done.stderr.strip()[-300:]) == (0, "")
+        assert "OrchestratorClient" in done.stdout
