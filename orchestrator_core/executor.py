@@ -359,7 +359,7 @@ class Executor:
         queue_position = rep.waiting
         ahead = rep.waiting + (1 if rep.busy >= rep.slots else 0)
         predicted_ms = int(math.ceil(ahead / rep.slots) * rep.avg_step_ms) if ahead else 0
-        with anyio.move_on_after(max(0.0, job.deadline - self.clock.monotonic())) as wall:
+        with self.clock.move_on_after(max(0.0, job.deadline - self.clock.monotonic())) as wall:
             await rep.acquire()
             held_from = self.clock.monotonic()
             try:

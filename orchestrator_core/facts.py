@@ -162,7 +162,7 @@ class Facts:
                 yield b"".join(sse_frame(r["seq"], FrameType.FACT, _enc.encode(_fact(r)))
                                for r in rows)
                 continue
-            with anyio.move_on_after(heartbeat_s) as idle:
+            with self.orch.clock.move_on_after(heartbeat_s) as idle:
                 await self.wait_for_new(run_id)
             if idle.cancelled_caught:
                 yield sse_comment("keep-alive")
@@ -199,7 +199,7 @@ class Facts:
                 if passed or left <= 0:
                     return {"passed": passed, "value": value, "facts_seen": seen,
                             "high_water": rows[-1]["seq"] if rows else -1}
-                with anyio.move_on_after(left):
+                with orch.clock.move_on_after(left):
                     await self.wait_for_new(run_id)
 
         async def again() -> Any:

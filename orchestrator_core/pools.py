@@ -46,9 +46,10 @@ class Replica:
         slots: concurrent requests it serves; more wait in the pool's queue.
         busy / waiting: Steps holding / waiting for a slot.
         avg_step_ms: moving average of slot hold time, for ``predicted_start_ms``.
+        breaker: its circuit breaker, on the pool manager's clock (POLICY-3002).
     """
 
-    def __init__(self, pool_id: str, index: int, slots: int) -> None:
+    def __init__(self, pool_id: str, index: int, slots: int, breaker: CircuitBreaker) -> None:
         self.pool_id = pool_id
         self.replica_id = f"{pool_id}/r{index}"
         self.index = index
@@ -60,7 +61,7 @@ class Replica:
         self.adapter: EngineAdapter | None = None
         self.process: ReplicaProcess | None = None  # a local engine process
         self.avg_step_ms = 1000.0
-        self.breaker = CircuitBreaker(self.replica_id, SystemClock())
+        self.breaker = breaker
         self._sem = anyio.Semaphore(slots)
 
     @property
@@ -103,14 +104,29 @@ class Replica:
 
 
 class Pool:
-    """A set of identical replicas serving the same models with the same engine."""
+    """A set of identical replicas serving the same models with the same engine.
 
-    def __init__(self, config: PoolConfig, identity: EngineIdentity) -> None:
+    Args:
+        config: the pool's config.
+        identity: its engine's identity.
+        clock: injected time for the replicas' circuit breakers (POLICY-3002).
+        breaker_failures: consecutive failures that open a replica's breaker.
+        breaker_reset_s: seconds (of ``clock``) a replica's breaker stays open.
+    """
+
+    def __init__(self, config: PoolConfig, identity: EngineIdentity,
+                 clock: Clock | None = None, *, breaker_failures: int = 3,
+                 breaker_reset_s: float = 5.0) -> None:
         self.config = config
         self.pool_id = config.pool_id
         self.identity = identity
-        self.replicas = [Replica(config.pool_id, i, self.effective_slots())
-                         for i in range(config.replicas)]
+        clock = clock or SystemClock()
+        self.replicas = [
+            Replica(config.pool_id, i, self.effective_slots(),
+                    CircuitBreaker(f"{config.pool_id}/r{i}", clock,
+                                   failure_threshold=breaker_failures,
+                                   reset_timeout_s=breaker_reset_s))
+            for i in range(config.replicas)]
         self.models = {m.id: m for m in config.models}
 
     def effective_slots(self) -> int:
@@ -218,12 +234,9 @@ class PoolManager:
     async def start(self) -> None:
         """Provision every pool's replicas concurrently; a failed replica is UNHEALTHY."""
         for pc in self.config.pools:
-            pool = Pool(pc, self._driver(pc).identity(pc))
-            for rep in pool.replicas:
-                rep.breaker = CircuitBreaker(
-                    rep.replica_id, self.clock,
-                    failure_threshold=self.config.breaker_failures,
-                    reset_timeout_s=self.config.breaker_reset_ms / 1000.0)
+            pool = Pool(pc, self._driver(pc).identity(pc), self.clock,
+                        breaker_failures=self.config.breaker_failures,
+                        breaker_reset_s=self.config.breaker_reset_ms / 1000.0)
             self.pools[pc.pool_id] = pool
 
         async def start_one(pool: Pool, rep: Replica) -> None:

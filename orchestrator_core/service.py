@@ -742,7 +742,7 @@ class Orchestrator:
             self._tg.start_soon(self._cancel_after_grace, step_id)
 
     async def _cancel_after_grace(self, step_id: str) -> None:
-        await anyio.sleep(self.config.disconnect_grace_ms / 1000.0)
+        await self.clock.sleep(self.config.disconnect_grace_ms / 1000.0)
         if self.log.is_live(step_id) and not self.log.subscribers(step_id):
             self.executor.cancel(step_id, reason="every reader disconnected")
 
