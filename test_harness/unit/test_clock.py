@@ -179,3 +179,32 @@ async def test_a_step_past_its_wall_budget_on_the_fake_clock_is_deadline_exceede
     assert done.error is not None
     assert (done.error.code, done.error.data) == ("DEADLINE_EXCEEDED",
                                                   {"budget": "max_wall_ms"})
+
+
+async def test_a_gate_wait_ends_when_the_fake_clock_passes_wait_ms(
+        tmp_path: pathlib.Path) -> None:
+    """A gate_eval that never passes waits its 60 s wait_ms on the fake clock, then
+    succeeds with ``passed: false``, in well under 5 s of real time [NERVE-4006]."""
+    clock = FakeClock()
+    cfg = mock_config(data_dir=str(tmp_path / "data"))
+    with anyio.fail_after(REAL_TIME_LIMIT_S):
+        async with Orchestrator.running(cfg, drivers=default_drivers(), tools=tool_registry,
+                                        clock=clock) as orch:
+            flow, _ = orch.create_flow(FlowCreate(ast_ir={"demo": True}))
+            run = orch.create_run(flow.flow_id, RunCreate(seed=7))
+            body = msgspec.convert({"type": "gate_eval", "client_token": "g-1",
+                                    "input": {"expression": "by_type.nothing",
+                                              "wait_ms": 60_000}}, StepSubmit)
+            step, _ = orch.submit_step(run.run_id, body)
+            await until(lambda: clock.pending == 1)
+            clock.advance(59.999)
+            await anyio.lowlevel.checkpoint()
+            assert not orch.get_step(step.step_id).status.terminal
+            clock.advance(0.001)
+            await until(lambda: orch.get_step(step.step_id).status.terminal)
+            done = orch.get_step(step.step_id)
+            end = [msgspec.json.decode(d) for _s, t, d in
+                   orch.store.read_events(step.step_id, -1) if t == "end"]
+    assert done.status is StepStatus.SUCCEEDED
+    assert end[0]["output"] == {"passed": False, "value": None, "facts_seen": [],
+                                "high_water": -1}
