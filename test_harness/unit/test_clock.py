@@ -15,7 +15,7 @@ import pytest
 from contracts.events import BreakerState
 from contracts.flows import FlowCreate
 from contracts.runs import RunCreate
-from contracts.steps import StepStatus, StepSubmit
+from contracts.steps import Step, StepStatus, StepSubmit
 from orchestrator_core.clock import FakeClock
 from orchestrator_core.config import mock_config
 from orchestrator_core.pools import Pool
@@ -147,6 +147,17 @@ def test_a_replica_breaker_half_opens_when_the_fake_clock_passes_the_reset() -> 
         (True, BreakerState.HALF_OPEN, BreakerState.HALF_OPEN)
 
 
+async def _past_60_s(orch: Orchestrator, clock: FakeClock, step_id: str) -> Step:
+    """Once the step waits on the clock: still running at 59.999 s, terminal at 60 s."""
+    await until(lambda: clock.pending == 1)
+    clock.advance(59.999)
+    await anyio.lowlevel.checkpoint()
+    assert not orch.get_step(step_id).status.terminal
+    clock.advance(0.001)
+    await until(lambda: orch.get_step(step_id).status.terminal)
+    return orch.get_step(step_id)
+
+
 async def test_a_step_past_its_wall_budget_on_the_fake_clock_is_deadline_exceeded(
         tmp_path: pathlib.Path) -> None:
     """An llm_call whose engine never answers ends DEADLINE_EXCEEDED once the fake clock
@@ -168,13 +179,7 @@ async def test_a_step_past_its_wall_budget_on_the_fake_clock_is_deadline_exceede
             body = msgspec.convert({**llm_step("w-1"), "budgets": {"max_wall_ms": 60_000}},
                                    StepSubmit)
             step, _ = orch.submit_step(run.run_id, body)
-            await until(lambda: clock.pending == 1)
-            clock.advance(59.999)
-            await anyio.lowlevel.checkpoint()
-            assert not orch.get_step(step.step_id).status.terminal
-            clock.advance(0.001)
-            await until(lambda: orch.get_step(step.step_id).status.terminal)
-            done = orch.get_step(step.step_id)
+            done = await _past_60_s(orch, clock, step.step_id)
     assert done.status is StepStatus.FAILED
     assert done.error is not None
     assert (done.error.code, done.error.data) == ("DEADLINE_EXCEEDED",
@@ -196,13 +201,7 @@ async def test_a_gate_wait_ends_when_the_fake_clock_passes_wait_ms(
                                     "input": {"expression": "by_type.nothing",
                                               "wait_ms": 60_000}}, StepSubmit)
             step, _ = orch.submit_step(run.run_id, body)
-            await until(lambda: clock.pending == 1)
-            clock.advance(59.999)
-            await anyio.lowlevel.checkpoint()
-            assert not orch.get_step(step.step_id).status.terminal
-            clock.advance(0.001)
-            await until(lambda: orch.get_step(step.step_id).status.terminal)
-            done = orch.get_step(step.step_id)
+            done = await _past_60_s(orch, clock, step.step_id)
             end = [msgspec.json.decode(d) for _s, t, d in
                    orch.store.read_events(step.step_id, -1) if t == "end"]
     assert done.status is StepStatus.SUCCEEDED
