@@ -158,6 +158,19 @@ class EngineAdapter(abc.ABC):
         """Render chat ``messages`` with the model's own template (or take ``prompt`` raw)
         and count its tokens with the model's tokenizer. Pure: no engine request."""
 
+    async def aprepare(self, *, prompt: str | None,
+                       messages: Sequence[dict[str, str]] | None) -> PreparedPrompt:
+        """:meth:`prepare` for admission on the event loop (PLACE-5006).
+
+        An engine that renders and counts through its server (a remote pool with no model
+        file on this machine: the server's tokenize and chat-template endpoints) overrides
+        this; the default calls :meth:`prepare`, which is local and pure.
+
+        Raises:
+            EngineError: the engine could not render or count the prompt.
+        """
+        return self.prepare(prompt=prompt, messages=messages)
+
     @abc.abstractmethod
     def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
         """Start a completion and yield its tokens, then one :class:`Finish`.
