@@ -9,6 +9,7 @@ the requests the adapter sends as well as what it makes of the answers.
 from __future__ import annotations
 
 import json
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -295,14 +296,13 @@ def _pool(dialect: str = "llama-cpp-python", *, urls: tuple[str, ...] = ("http:/
 
 
 def _replica(index: int = 0) -> ReplicaSpec:
-    import pathlib
-
     return ReplicaSpec(replica_id=f"remote-0/r{index}", index=index, slots=1,
                        data_dir=pathlib.Path("/nonexistent"))
 
 
-LCP_REPORT: dict[str, Any] = {"dialect": "llama-cpp-python", "version": "llama-cpp-python 0.3.36",
-              "model": "/models/smol.gguf", "context_tokens": None, "settings": {}}
+LCP_REPORT: dict[str, Any] = {
+    "dialect": "llama-cpp-python", "version": "llama-cpp-python 0.3.36",
+    "model": "/models/smol.gguf", "context_tokens": None, "settings": {}}
 
 
 class TestRemoteIdentity:
