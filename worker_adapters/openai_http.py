@@ -1,16 +1,24 @@
 """Adapter for OpenAI-compatible ``/v1/completions`` streaming servers (remote pools).
 
-It drives llama-server, vLLM or Ollama's OpenAI endpoint on another host (the local
-default engine is the llama.cpp worker, :mod:`worker_adapters.llamacpp_engine`). Every
-sampling parameter and the seed are sent explicitly (DESIGN.md §5). The pool's
-``dialect`` adds what that server needs for exact replay (PLACE-5003, PLACE-5005):
+It drives llama-server, vLLM, llama-cpp-python's server or Ollama's OpenAI endpoint on
+another host (the local default engine is the llama.cpp worker,
+:mod:`worker_adapters.llamacpp_engine`). Every sampling parameter and the seed are sent
+explicitly (DESIGN.md §5). The pool's ``dialect`` adds what that server needs for exact
+replay and token ids (PLACE-5003, PLACE-5005, PLACE-5007):
 
 * ``llama-server``: ``cache_prompt: false``, so each prompt is evaluated from an empty
-  prefix cache within the request itself (no extra request per step);
+  prefix cache within the request itself (no extra request per step), ``mirostat: 0`` and
+  ``repeat_last_n: 64`` (its own names), and ``n_probs: 1``, so each chunk names the
+  sampled token's id and exact bytes;
 * ``vllm``: ``logprobs: 0`` with ``return_tokens_as_token_ids: true``, so each chunk names
-  the engine's token ids; their bytes come from the model's own vocabulary;
-* ``openai``: nothing more; token ids are recovered from the streamed text (-1 when a
-  chunk is not exactly one vocabulary piece).
+  the engine's token ids;
+* ``llama-cpp-python`` and ``openai``: nothing more; the chunks carry text only.
+
+With the model file on this machine (the pool model's ``path``), prompts are rendered and
+counted with its :class:`Tokenizer`, and token bytes and text-only ids come from its
+vocabulary. Without it, the engine server renders, counts and tokenizes
+(:mod:`worker_adapters.remote_tokenizer`): :meth:`OpenAIHttpEngine.aprepare` must then be
+used, and a token's bytes are the server's (see :meth:`OpenAIHttpEngine.stream`).
 
 The engine's HTTP transport is injectable (``httpx.MockTransport`` in tests).
 """
@@ -36,6 +44,7 @@ from worker_adapters.base import (
     PreparedPrompt,
     StreamItem,
 )
+from worker_adapters.remote_tokenizer import Piece, RemoteTokenizer, remote_tokenizer
 
 __all__ = ["Chunk", "Constraint", "Dialect", "OpenAIHttpEngine", "Tokenizer",
            "completion_body", "constraint_fields"]
@@ -44,7 +53,7 @@ Constraint = Literal["gbnf", "json_schema", "guided_json"]
 """How an OpenAI-compatible engine takes a JSON Schema constraint: a GBNF ``grammar``
 (llama-cpp-python), a ``json_schema`` field (llama-server) or ``guided_json`` (vLLM)."""
 
-Dialect = Literal["openai", "llama-server", "vllm"]
+Dialect = Literal["openai", "llama-server", "vllm", "llama-cpp-python"]
 """Which OpenAI-compatible server a pool talks to (see the module docstring)."""
 
 
@@ -68,8 +77,16 @@ class Tokenizer(Protocol):
         ...
 
 
+class _Prob(msgspec.Struct):
+    """llama-server's probability entry of one sampled token (``n_probs``)."""
+
+    id: int
+    data: list[int] = msgspec.field(name="bytes", default_factory=list)
+
+
 class _Logprobs(msgspec.Struct):
-    tokens: list[str] = []
+    tokens: list[str] = []  # vLLM: "token_id:<id>" with return_tokens_as_token_ids
+    content: list[_Prob] = []  # llama-server: the sampled token of the chunk
 
 
 class _Choice(msgspec.Struct):
@@ -168,7 +185,7 @@ def completion_body(request: CompletionRequest, constraint: Constraint | None = 
     """
     extra: dict[str, object] = {}
     if dialect == "llama-server":
-        extra = {"cache_prompt": False}
+        extra = {"cache_prompt": False, "mirostat": 0, "repeat_last_n": 64, "n_probs": 1}
     elif dialect == "vllm":
         extra = {"logprobs": 0, "return_tokens_as_token_ids": True}
     return {
@@ -191,30 +208,57 @@ def completion_body(request: CompletionRequest, constraint: Constraint | None = 
     }
 
 
+def _by_chunk(ids: Sequence[int], text: str) -> list[Delta]:
+    """Tokens whose own bytes the server does not give: the chunk's bytes go to its last
+    token (the one that completed the text), the tokens before it carry none."""
+    if not ids:
+        return [Delta(text=text, token_id=-1)] if text else []
+    return [*(Delta(text="", token_id=t, data=b"") for t in ids[:-1]),
+            Delta(text="", token_id=ids[-1], data=text.encode("utf-8"))]
+
+
+def _from_pieces(pieces: Sequence[Piece], text: str) -> list[Delta]:
+    """A chunk's tokens from the server's tokenization of its text: each with its own
+    bytes when the server gives them and they spell the text, else :func:`_by_chunk`."""
+    data = text.encode("utf-8")
+    if pieces and all(p.data is not None for p in pieces) and \
+            b"".join(p.data or b"" for p in pieces) == data:
+        return [Delta(text="", token_id=p.id, data=p.data) for p in pieces]
+    return _by_chunk([p.id for p in pieces], text)
+
+
 class OpenAIHttpEngine(EngineAdapter):
     """Streams ``/v1/completions`` from one replica at ``base_url``.
 
     Args:
         base_url: e.g. ``http://127.0.0.1:18001``.
         identity: the replica's determinism identity.
-        tokenizer: the model's tokenizer, for token counts and token ids.
+        tokenizer: the model's tokenizer, for token counts and token ids; ``None`` when
+            the model file is not on this machine: the server then renders, counts and
+            tokenizes (its dialect must be one of
+            :data:`~worker_adapters.remote_tokenizer.REMOTE_DIALECTS`).
         transport: optional httpx transport (tests).
         connect_timeout_s: seconds to establish a connection.
         constraint: how the engine takes ``CompletionRequest.json_schema``
             (see :data:`Constraint`); ``None`` sends no constraint.
         dialect: the server's kind (see :data:`Dialect`).
+        served_model: the model name the server serves, sent where its API takes one.
+
+    Raises:
+        InvalidParams: no ``tokenizer`` and a dialect without a tokenize endpoint.
     """
 
     def __init__(
         self,
         base_url: str,
         identity: EngineIdentity,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         connect_timeout_s: float = 5.0,
         constraint: Constraint | None = None,
         dialect: Dialect = "openai",
+        served_model: str | None = None,
     ) -> None:
         super().__init__(identity)
         self.constrained_decoding = constraint
@@ -227,24 +271,59 @@ class OpenAIHttpEngine(EngineAdapter):
             transport=transport,
             timeout=httpx.Timeout(None, connect=connect_timeout_s),
         )
+        self.remote: RemoteTokenizer | None = None if tokenizer is not None else \
+            remote_tokenizer(dialect, self._client, served_model)
 
     def prepare(self, *, prompt: str | None, messages: Sequence[dict[str, str]] | None) -> \
             PreparedPrompt:
-        """Render with the chat template (or take ``prompt`` raw) and count its tokens."""
+        """Render with the chat template (or take ``prompt`` raw) and count its tokens.
+
+        Raises:
+            EngineError: the pool has no model file here, so rendering and counting are
+                requests to its server: use :meth:`aprepare` (PLACE-5007).
+        """
+        if self.tokenizer is None:
+            raise EngineError(
+                "this pool renders and counts prompts through its engine server: "
+                "admission must await aprepare, not call prepare",
+                data={"url": self.base_url, "dialect": self.dialect})
         text = prompt if prompt is not None else self.tokenizer.render(messages or [])
         return PreparedPrompt(text=text, tokens_in=self.tokenizer.count(text))
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
-        """POST a streaming completion; yield one Delta per engine chunk, then Finish.
-
-        If the engine's stream ends with no ``finish_reason`` (e.g. it was interrupted
-        by another request), nothing more is yielded: the caller sees no Finish.
+    async def aprepare(self, *, prompt: str | None,
+                       messages: Sequence[dict[str, str]] | None) -> PreparedPrompt:
+        """:meth:`prepare` through the server when the model file is not here: the
+        server's chat template renders ``messages`` and its tokenizer counts the text
+        (one or two requests, PLACE-5007).
 
         Raises:
-            EngineError: connection failure, non-200 status or an undecodable chunk.
+            EngineError: the server failed.
+            InvalidParams: ``messages`` on a server that cannot render them
+                (``data.field`` ``input.messages``).
+        """
+        if self.remote is None:
+            return self.prepare(prompt=prompt, messages=messages)
+        text = prompt if prompt is not None else await self.remote.render(messages or [])
+        return PreparedPrompt(text=text, tokens_in=await self.remote.count(text))
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+        """POST a streaming completion; yield its tokens as Deltas, then Finish.
+
+        If the engine's stream ends with no ``finish_reason`` (e.g. it was interrupted
+        by another request), no Finish is yielded. Tokens come from the chunks as
+        :meth:`_deltas` says; on a server that cannot tokenize while it streams
+        (llama-cpp-python without a model file here) they are yielded once the engine's
+        stream has ended, after the tokenize requests that give their ids.
+
+        Raises:
+            EngineError: connection failure, non-200 status, an undecodable chunk, or a
+                failed tokenize request.
         """
         body = completion_body(request, self.constraint, self.dialect)
         self.requests += 1
+        defer = self.remote is not None and not self.remote.tokenize_while_streaming
+        held: list[_Choice] = []
+        finish: Finish | None = None
         try:
             async with self._client.stream("POST", "/v1/completions", json=body) as resp:
                 if resp.status_code != 200:
@@ -259,17 +338,26 @@ class OpenAIHttpEngine(EngineAdapter):
                         continue
                     payload = line[6:]
                     if payload == "[DONE]":
-                        return
+                        break
                     chunk = _chunk_decoder.decode(payload)
                     if not chunk.choices:
                         continue
                     choice = chunk.choices[0]
-                    for delta in self._deltas(choice):
-                        self.tokens_generated += 1
-                        yield delta
+                    if defer:
+                        held.append(choice)
+                    else:
+                        for delta in await self._deltas(choice):
+                            self.tokens_generated += 1
+                            yield delta
                     if choice.finish_reason:
-                        yield Finish(reason=choice.finish_reason)
-                        return
+                        finish = Finish(reason=choice.finish_reason)
+                        break
+            for choice in held:
+                for delta in await self._deltas(choice):
+                    self.tokens_generated += 1
+                    yield delta
+            if finish is not None:
+                yield finish
         except httpx.HTTPError as exc:
             raise EngineError(f"engine request failed: {type(exc).__name__}: {exc}",
                               data={"url": self.base_url}) from exc
@@ -282,18 +370,57 @@ class OpenAIHttpEngine(EngineAdapter):
         express is refused at submission (INVALID_PARAMS) rather than mid-stream."""
         constraint_fields(self.constraint, schema)
 
-    def _deltas(self, choice: _Choice) -> list[Delta]:
-        """The tokens of one chunk: engine ids with their vocabulary bytes (``vllm``), or
-        the chunk's text as one token whose id is looked up (-1 when unknown)."""
-        if self.dialect == "vllm" and choice.logprobs is not None and choice.logprobs.tokens:
-            out = []
-            for name in choice.logprobs.tokens:
-                tid = int(name.removeprefix("token_id:"))
-                out.append(Delta(text="", token_id=tid, data=self.tokenizer.piece(tid)))
-            return out
+    async def _deltas(self, choice: _Choice) -> list[Delta]:
+        """The tokens of one chunk (PLACE-5005, PLACE-5007).
+
+        * ``vllm``: the ids the chunk names, with their vocabulary bytes (model file
+          here) or the chunk's bytes on its last token;
+        * ``llama-server``: the sampled token's id and exact bytes from ``n_probs``
+          (:meth:`_sampled`);
+        * text-only chunks: with the model file, the text as one token whose id is
+          looked up (-1 when it is not one vocabulary piece); without it, the server's
+          tokenization of the text (:func:`_from_pieces`).
+        """
+        lp = choice.logprobs
+        if self.dialect == "vllm" and lp is not None and lp.tokens:
+            ids = [int(name.removeprefix("token_id:")) for name in lp.tokens]
+            if self.tokenizer is not None:
+                return [Delta(text="", token_id=t, data=self.tokenizer.piece(t)) for t in ids]
+            return _by_chunk(ids, choice.text)
+        if self.dialect == "llama-server" and lp is not None and lp.content:
+            return await self._sampled(choice.text, lp.content)
         if not choice.text:
             return []
-        return [Delta(text=choice.text, token_id=self.tokenizer.token_id(choice.text))]
+        if self.remote is None:
+            assert self.tokenizer is not None  # one of the two is always set
+            return [Delta(text=choice.text, token_id=self.tokenizer.token_id(choice.text))]
+        return _from_pieces(await self.remote.pieces(choice.text), choice.text)
+
+    async def _sampled(self, text: str, probs: Sequence[_Prob]) -> list[Delta]:
+        """llama-server's chunk: its text and the token it sampled last (id, bytes).
+
+        The server sends no chunk for a token that leaves its text inside a UTF-8
+        character or inside a possible stop string: the next chunk's text then begins
+        with that token's bytes, and its id is missing. Those ids are recovered with the
+        server's tokenization of the chunk's text when it ends with the sampled token and
+        spells the text exactly; otherwise the held bytes are one token of id -1. A chunk
+        cut by a stop string is its token cut to the text shown.
+        """
+        sampled = [Delta(text="", token_id=p.id, data=bytes(p.data)) for p in probs]
+        data = text.encode("utf-8")
+        got = b"".join(d.data or b"" for d in sampled)
+        if got == data:
+            return sampled
+        if not data.endswith(got) or not got:
+            return [Delta(text="", token_id=sampled[-1].token_id, data=data)] if data else []
+        if self.remote is not None:
+            pieces = await self.remote.pieces(text)
+            tail = [p.id for p in pieces[-len(sampled):]]
+            if tail == [d.token_id for d in sampled] and all(p.data is not None
+                                                              for p in pieces) and \
+                    b"".join(p.data or b"" for p in pieces) == data:
+                return [Delta(text="", token_id=p.id, data=p.data) for p in pieces]
+        return [Delta(text="", token_id=-1, data=data[:len(data) - len(got)]), *sampled]
 
     async def aclose(self) -> None:
         """Close the pooled connections."""

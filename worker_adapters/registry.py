@@ -8,7 +8,9 @@
 * ``llamacpp``: one ``python -m worker_adapters.llamacpp_worker`` process per replica,
   started from the pool's explicit settings and environment and refused unless what it
   observes of itself matches the pool's identity;
-* ``openai_http``: a remote OpenAI-compatible server per URL of the pool.
+* ``openai_http``: a remote OpenAI-compatible server per URL of the pool; with no model
+  file here (no ``path``), its identity comes from the config and what the server reports
+  of itself, and the server renders, counts and tokenizes (PLACE-5007).
 
 The core receives the mapping, the way an httpx client receives a transport: it never
 names an engine, and a test or a benchmark can pass a registry of its own.
@@ -16,13 +18,14 @@ names an engine, and a test or a benchmark can pass a registry of its own.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Callable
 from typing import Any, cast
 
 import httpx
 
-from contracts.errors import EngineError, PoolUnavailable
+from contracts.errors import EngineError, InvalidParams, PoolUnavailable
 from worker_adapters.base import (
     EngineAdapter,
     EngineDriver,
@@ -35,8 +38,10 @@ from worker_adapters.base import (
 )
 from worker_adapters.mock import MockEngine, default_handler, mock_identity
 
-__all__ = ["LlamaCppDriver", "MockDriver", "MockFactory", "OpenAIHttpDriver",
-           "default_drivers", "remote_identity"]
+__all__ = ["DIALECTS", "LlamaCppDriver", "MockDriver", "MockFactory", "OpenAIHttpDriver",
+           "check_declared", "check_reported", "default_drivers", "remote_identity"]
+
+log = logging.getLogger("orchestrator.pools")
 
 MockFactory = Callable[[PoolConfig, int], EngineAdapter]
 """Builds the adapter for replica ``index`` of a mock pool (tests script tokens/faults)."""
@@ -53,7 +58,7 @@ class MockDriver:
     def __init__(self, factory: MockFactory | None = None) -> None:
         self.factory = factory
 
-    def identity(self, pool: PoolConfig) -> EngineIdentity:
+    async def identity(self, pool: PoolConfig) -> EngineIdentity:
         """The mock's identity: the declared model hash, options and env fingerprinted."""
         sha = pool.models[0].sha256 or "0" * 64
         return mock_identity(model_hash="sha256:" + sha.removeprefix("sha256:"),
@@ -102,7 +107,7 @@ class LlamaCppDriver:
     def __init__(self) -> None:
         self._tokenizers = _Tokenizers()
 
-    def identity(self, pool: PoolConfig) -> EngineIdentity:
+    async def identity(self, pool: PoolConfig) -> EngineIdentity:
         """Library, build, model file hash and every setting of the pool's engine.
 
         Raises:
@@ -143,36 +148,120 @@ class LlamaCppDriver:
         return StartedReplica(adapter, proc)
 
 
-def remote_identity(pc: PoolConfig, model_path: pathlib.Path | None) -> EngineIdentity:
-    """Identity of an ``openai_http`` pool: what its config declares about the server.
+DIALECTS = ("openai", "llama-server", "vllm", "llama-cpp-python")
+"""The ``dialect`` option's values (see :mod:`worker_adapters.openai_http`)."""
 
-    The server is not ours to inspect, so its ``dialect``, ``engine_version``,
-    ``batch_invariant`` declaration and every other option are folded into the build
-    fingerprint as the operator states them (PLACE-5005).
+
+def _dialect(pc: PoolConfig) -> str:
+    """The pool's ``dialect`` option (default ``openai``).
+
+    Raises:
+        InvalidParams: an unknown dialect (``options.dialect``).
+    """
+    dialect = pc.options.get("dialect", "openai")
+    if dialect not in DIALECTS:
+        raise InvalidParams(f"pool {pc.pool_id}: unknown dialect {dialect!r}; known: "
+                            + ", ".join(DIALECTS),
+                            data={"field": "options.dialect", "pool_id": pc.pool_id})
+    return str(dialect)
+
+
+def check_declared(pc: PoolConfig, report: dict[str, Any]) -> None:
+    """Refuse a pool whose config contradicts what its engine server reports (PLACE-5007).
+
+    A declared ``engine_version`` must equal the reported version, and the model's
+    ``context_tokens`` must not exceed the context the server reports.
+
+    Raises:
+        InvalidParams: naming the config field in ``data["field"]``, with ``declared``
+            and ``reported``.
+    """
+    declared = pc.options.get("engine_version")
+    if declared is not None and str(declared) != report["version"]:
+        raise InvalidParams(
+            f"pool {pc.pool_id}: engine_version {declared!r} is declared but the server "
+            f"reports {report['version']!r}",
+            data={"field": "options.engine_version", "pool_id": pc.pool_id,
+                  "declared": declared, "reported": report["version"]})
+    ctx = report.get("context_tokens")
+    if isinstance(ctx, int) and pc.models[0].context_tokens > ctx:
+        raise InvalidParams(
+            f"pool {pc.pool_id}: context_tokens {pc.models[0].context_tokens} is declared "
+            f"but the server's context is {ctx} tokens",
+            data={"field": "models[0].context_tokens", "pool_id": pc.pool_id,
+                  "declared": pc.models[0].context_tokens, "reported": ctx})
+
+
+def check_reported(identity: EngineIdentity, report: dict[str, Any]) -> None:
+    """Compare what a replica's server reports with the pool's identity (PLACE-5007).
+
+    Raises:
+        EngineError: the pool's identity was made without a report, or a reported value
+            differs, naming it in ``data["field"]`` with ``expected`` and ``observed``;
+            the replica must not take traffic.
+    """
+    expected = identity.settings.get("engine_report")
+    if not isinstance(expected, dict):
+        raise EngineError("no server of the pool answered when its identity was made",
+                          data={"field": "engine_report", "expected": None,
+                                "observed": report})
+    for key in sorted(set(expected) | set(report)):
+        if expected.get(key) != report.get(key):
+            raise EngineError(
+                f"the engine server reports {key}={report.get(key)!r}, the pool's identity "
+                f"has {expected.get(key)!r}",
+                data={"field": f"engine_report.{key}", "expected": expected.get(key),
+                      "observed": report.get(key)})
+
+
+def remote_identity(pc: PoolConfig, model_path: pathlib.Path | None,
+                    report: dict[str, Any] | None = None) -> EngineIdentity:
+    """Identity of an ``openai_http`` pool (PLACE-5005, PLACE-5007).
+
+    Its ``dialect``, ``batch_invariant`` declaration and every other option are folded
+    into the build fingerprint as the operator states them, with ``report``, what the
+    server said of itself (:meth:`~worker_adapters.remote_tokenizer.RemoteTokenizer.report`)
+    when the model file is not here. The model hash is the declared ``sha256``, else the
+    hash of ``model_path``, else ``b3:`` of the served model the server reports.
+
+    Raises:
+        InvalidParams: the config contradicts the report (:func:`check_declared`).
     """
     from worker_adapters.llamacpp import file_sha256
 
     sha = pc.models[0].sha256
-    model_hash = ("sha256:" + sha.removeprefix("sha256:") if sha
-                  else file_sha256(model_path) if model_path is not None else "sha256:unknown")
     settings = {**{k: v for k, v in pc.options.items() if isinstance(v, int | float | str)},
                 "env": dict(pc.env)}
+    version = str(pc.options.get("engine_version", "unknown"))
+    if report is not None:
+        check_declared(pc, report)
+        settings["engine_report"] = report
+        version = report["version"]
+    if sha:
+        model_hash = "sha256:" + sha.removeprefix("sha256:")
+    elif model_path is not None:
+        model_hash = file_sha256(model_path)
+    elif report is not None:
+        model_hash = fingerprint({"dialect": report["dialect"], "model": report["model"]})
+    else:
+        model_hash = "sha256:unknown"
     return EngineIdentity(
-        name=f"openai_http:{pc.options.get('dialect', 'openai')}",
-        version=str(pc.options.get("engine_version", "unknown")),
+        name=f"openai_http:{pc.options.get('dialect', 'openai')}", version=version,
         build_fingerprint=fingerprint({"engine": "openai_http", "settings": settings}),
         model_hash=model_hash, settings=settings,
         batch_invariant=pc.options.get("batch_invariant") is True)
 
 
-async def _probe(url: str, timeout_s: float = 5.0) -> None:
+async def _probe(url: str, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout_s: float = 5.0) -> None:
     """Health check of a remote OpenAI-compatible replica: ``GET /v1/models`` must be 200.
 
     Raises:
         EngineError: the replica does not answer, or not with 200.
     """
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:
+        async with httpx.AsyncClient(base_url=url, transport=transport,
+                                     timeout=timeout_s) as client:
             status = (await client.get("/v1/models")).status_code
     except httpx.HTTPError as exc:
         raise EngineError(f"replica {url} is unreachable: {exc}", data={"url": url}) from exc
@@ -182,41 +271,89 @@ async def _probe(url: str, timeout_s: float = 5.0) -> None:
 
 
 class OpenAIHttpDriver:
-    """Remote OpenAI-compatible replicas, one per URL of the pool (PLACE-5003)."""
+    """Remote OpenAI-compatible replicas, one per URL of the pool (PLACE-5003, PLACE-5007).
 
-    def __init__(self) -> None:
+    Args:
+        transport: optional httpx transport for every request to the servers (tests).
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._tokenizers = _Tokenizers()
+        self.transport = transport
 
-    def identity(self, pool: PoolConfig) -> EngineIdentity:
-        """The pool's declared identity (:func:`remote_identity`).
+    async def _report(self, url: str, dialect: str) -> dict[str, Any]:
+        """What the server at ``url`` reports of itself.
+
+        Raises:
+            EngineError: it did not answer as its dialect does.
+        """
+        from worker_adapters.remote_tokenizer import remote_tokenizer
+
+        async with httpx.AsyncClient(base_url=url, transport=self.transport,
+                                     timeout=5.0) as client:
+            return await remote_tokenizer(dialect, client).report()
+
+    async def identity(self, pool: PoolConfig) -> EngineIdentity:
+        """The pool's identity: declared (:func:`remote_identity`), plus, when its model
+        has no ``path``, what the first of its servers that answers reports of itself.
 
         Raises:
             PoolUnavailable: the pool has fewer ``urls`` than ``replicas``.
+            InvalidParams: an unknown dialect, a pool without a model file whose dialect
+                cannot tokenize (``options.dialect``), or a config the server contradicts.
         """
+        from worker_adapters.remote_tokenizer import REMOTE_DIALECTS
+
         if len(pool.urls) < pool.replicas:
             raise PoolUnavailable(f"pool {pool.pool_id}: {pool.replicas} replicas but "
                                   f"{len(pool.urls)} urls")
+        dialect = _dialect(pool)
         model = pool.models[0]
-        return remote_identity(pool, None if model.sha256 else self._tokenizers.path(model))
+        if model.path is not None:
+            return remote_identity(pool, None if model.sha256 else pathlib.Path(model.path))
+        if dialect not in REMOTE_DIALECTS:
+            raise InvalidParams(
+                f"pool {pool.pool_id}: without a model path, the server must render, count "
+                f"and tokenize, which dialect {dialect!r} cannot; use one of "
+                + ", ".join(REMOTE_DIALECTS) + " or give the model a path",
+                data={"field": "options.dialect", "pool_id": pool.pool_id})
+        for url in pool.urls[:pool.replicas]:
+            try:
+                return remote_identity(pool, None, await self._report(url, dialect))
+            except EngineError as exc:
+                log.warning("pool %s: %s did not report its identity: %s", pool.pool_id,
+                            url, exc)
+        return remote_identity(pool, None)
 
     async def start(self, pool: PoolConfig, identity: EngineIdentity,
                     replica: ReplicaSpec) -> StartedReplica:
-        """Probe ``urls[index]`` and connect an adapter to it.
+        """Probe ``urls[index]`` and connect an adapter to it; without a model file, the
+        server's report must match the pool's identity first (:func:`check_reported`).
 
         Raises:
-            EngineError: the replica does not answer ``GET /v1/models`` with 200.
+            EngineError: the replica does not answer ``GET /v1/models`` with 200, or is
+                not the engine ``identity`` describes.
         """
         from worker_adapters.openai_http import Constraint, Dialect, OpenAIHttpEngine
 
-        tok = self._tokenizers.get(self._tokenizers.path(pool.models[0]))
+        model = pool.models[0]
         url = pool.urls[replica.index]
-        await _probe(url)
+        await _probe(url, self.transport)
+        dialect = _dialect(pool)
+        tok = None
+        served = None
+        if model.path is not None:
+            tok = self._tokenizers.get(pathlib.Path(model.path))
+        else:
+            report = await self._report(url, dialect)
+            check_reported(identity, report)
+            served = report["settings"].get("served_model") or None
         option = pool.options.get("constraint")
         constraint = cast("Constraint | None", option if option in (
             "gbnf", "json_schema", "guided_json") else None)
         return StartedReplica(OpenAIHttpEngine(
-            url, identity, tok, constraint=constraint,
-            dialect=cast("Dialect", pool.options.get("dialect", "openai"))))
+            url, identity, tok, constraint=constraint, dialect=cast("Dialect", dialect),
+            served_model=served, transport=self.transport))
 
 
 def default_drivers(*, mock_factory: MockFactory | None = None) -> dict[str, EngineDriver]:

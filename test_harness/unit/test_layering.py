@@ -25,6 +25,7 @@ CONCRETE_ENGINES_AND_TOOLS = (
     "worker_adapters.llamacpp", "worker_adapters.llamacpp_engine",
     "worker_adapters.llamacpp_worker", "worker_adapters.openai_http", "worker_adapters.mock",
     "worker_adapters.registry", "worker_adapters.tools", "worker_adapters.builtin_tools",
+    "worker_adapters.remote_tokenizer",
 )
 PROJECT = ("contracts", "orchestrator_core", "worker_adapters", "orchestratord")
 
