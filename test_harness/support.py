@@ -15,7 +15,7 @@ from litestar.testing import TestClient
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
 from orchestratord.app import create_app
-from orchestratord.demo import start_server, stop_server
+from tools.servers import start_server, stop_server
 from worker_adapters.registry import MockFactory, default_drivers
 
 MOCK_MODEL = "mock:echo-1"
