@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from litestar.testing import TestClient
 
+from orchestrator_core.clock import Clock
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
 from orchestratord.app import create_app
@@ -24,11 +25,14 @@ REAL_MODEL = "hf:HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1"
 
 @contextmanager
 def app_client(config: ServerConfig, engine_factory: MockFactory | None = None,
-               metrics: Metrics | None = None) -> Iterator[TestClient[Any]]:
+               metrics: Metrics | None = None,
+               clock: Clock | None = None) -> Iterator[TestClient[Any]]:
     """An in-process app (real Litestar, real SQLite, mock engine) with its lifespan;
-    ``engine_factory`` replaces the mock driver's adapters (scripted tokens, faults)."""
+    ``engine_factory`` replaces the mock driver's adapters (scripted tokens, faults);
+    ``clock`` (e.g. a ``FakeClock``, advanced through ``client.blocking_portal``) is the
+    time every server timer runs on."""
     app = create_app(config, drivers=default_drivers(mock_factory=engine_factory),
-                     metrics_registry=metrics)
+                     metrics_registry=metrics, clock=clock)
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         yield client
 

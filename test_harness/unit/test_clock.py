@@ -1,25 +1,35 @@
-"""Injected time: sleeps, deadlines and breaker timers move only when a test advances the
-fake clock, so nothing here waits in real time (POLICY-3000, POLICY-3002)."""
+"""Injected time: sleeps, deadlines, heartbeats, the disconnect grace, the pool watcher, the
+log's cache sweep and breaker timers move only when a test advances the fake clock, so
+nothing here waits in real time (POLICY-3000, POLICY-3002, STREAM-2002, NERVE-4060)."""
 
 from __future__ import annotations
 
+import ast
 import pathlib
+import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
+from prometheus_client import CollectorRegistry
 
+from contracts.errors import ErrorEnvelope
 from contracts.events import BreakerState
 from contracts.flows import FlowCreate
 from contracts.runs import RunCreate
 from contracts.steps import Step, StepStatus, StepSubmit
-from orchestrator_core.clock import FakeClock
+from orchestrator_core.clock import FakeClock, SystemClock
 from orchestrator_core.config import mock_config
-from orchestrator_core.pools import Pool
+from orchestrator_core.eventlog import EventLog
+from orchestrator_core.metrics import Metrics
+from orchestrator_core.pools import Pool, PoolManager
 from orchestrator_core.service import Orchestrator
+from orchestrator_core.store import SqliteStore
+from orchestrator_core.streams import StepStream
 from test_harness.support import llm_step
 from worker_adapters.mock import MockEngine, mock_identity
 from worker_adapters.registry import default_drivers
@@ -30,10 +40,20 @@ pytestmark = pytest.mark.anyio
 REAL_TIME_LIMIT_S = 5.0
 """Each test finishes within this much real time although its fake time runs longer."""
 
+TICK = 2.0 ** -10
+"""Just under a millisecond, exact in binary floating point, so that ``t - TICK`` and
+``t`` are both exact sums of the advances a test makes."""
+
 
 async def until(predicate: Any) -> None:
     """Yield to other tasks until ``predicate()`` holds."""
     while not predicate():
+        await anyio.lowlevel.checkpoint()
+
+
+async def settle(passes: int = 50) -> None:
+    """Let the woken tasks run, without any real time for a real timer to fire in."""
+    for _ in range(passes):
         await anyio.lowlevel.checkpoint()
 
 
@@ -129,6 +149,164 @@ class TestFakeClockMoveOnAfter:
         assert scope.cancelled_caught is True
 
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+_DIRECT_TIMERS = {
+    "anyio": {"sleep", "sleep_until", "move_on_after", "fail_after", "current_time"},
+    "time": {"time", "monotonic", "perf_counter", "sleep", "time_ns", "monotonic_ns"},
+    "asyncio": {"sleep", "wait_for", "timeout", "timeout_at"},
+}
+
+
+def direct_timers(package: str, *, root: pathlib.Path = ROOT,
+                  exempt: tuple[str, ...] = ("orchestrator_core/clock.py",)) -> list[str]:
+    """``path:line uses name`` for every use of a real-time function of ``anyio``,
+    ``time`` or ``asyncio``, and of an event loop's own timers, in ``package``."""
+    out = []
+    for path in sorted((root / package).rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in exempt:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.attr in _DIRECT_TIMERS.get(node.value.id, ()):
+                out.append(f"{rel}:{node.lineno} uses {node.value.id}.{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and node.module in _DIRECT_TIMERS:
+                out += [f"{rel}:{node.lineno} uses {node.module}.{a.name}"
+                        for a in node.names if a.name in _DIRECT_TIMERS[node.module]]
+            elif isinstance(node, ast.Attribute) \
+                    and node.attr in ("call_later", "call_at", "time") \
+                    and "loop" in ast.unparse(node.value).lower():
+                out.append(f"{rel}:{node.lineno} uses {ast.unparse(node)}")
+    return sorted(out, key=lambda v: (v.split(" ")[0].rsplit(":", 1)[0],
+                                      int(v.split(" ")[0].rsplit(":", 1)[1]), v))
+
+
+class TestNoTimerBypassesTheClock:
+    """The core and the server ask the injected clock for every timer [NERVE-4060]."""
+
+    def test_only_the_group_commit_window_runs_on_real_time(self) -> None:
+        """Outside ``clock.py``, the one real-time wait is the event log's group-commit
+        window (``commit_interval_ms``)."""
+        found = [v for package in ("orchestrator_core", "orchestratord")
+                 for v in direct_timers(package)]
+        assert [re.sub(r":\d+ ", " ", v) for v in found] == [
+            "orchestrator_core/eventlog.py uses anyio.sleep"]
+
+    def test_the_check_reports_each_kind_of_direct_timer(self, tmp_path: pathlib.Path) -> None:
+        """Module timers, imported timer functions and a loop's own timers are listed."""
+        pkg = tmp_path / "orchestratord"
+        pkg.mkdir()
+        (pkg / "bad.py").write_text(
+            "import anyio, asyncio, time\n"
+            "from time import monotonic\n"
+            "async def f(loop):\n"
+            "    with anyio.move_on_after(1):\n        await asyncio.sleep(time.time())\n"
+            "    loop.call_later(1, print)\n"
+            "    asyncio.get_running_loop().time()\n")
+        assert direct_timers("orchestratord", root=tmp_path) == [
+            "orchestratord/bad.py:2 uses time.monotonic",
+            "orchestratord/bad.py:4 uses anyio.move_on_after",
+            "orchestratord/bad.py:5 uses asyncio.sleep",
+            "orchestratord/bad.py:5 uses time.time",
+            "orchestratord/bad.py:6 uses loop.call_later",
+            "orchestratord/bad.py:7 uses asyncio.get_running_loop().time",
+        ]
+
+
+class TestFakeClockTimers:
+    """``call_at`` timers (what a stream's heartbeat uses) fire from ``advance``."""
+
+    def test_a_timer_fires_when_time_reaches_it_and_may_rearm(self) -> None:
+        """A timer for 10 s is quiet a tick before and fires at 10 s; its callback arms
+        the next one, for 20 s."""
+        clock = FakeClock()
+        fired: list[float] = []
+
+        def beat() -> None:
+            fired.append(clock.monotonic())
+            clock.call_at(clock.monotonic() + 10.0, beat)
+
+        clock.call_at(10.0, beat)
+        clock.advance(10.0 - TICK)
+        assert (fired, clock.deadlines) == ([], [10.0])
+        clock.advance(TICK)
+        assert (fired, clock.deadlines) == ([10.0], [20.0])
+
+    def test_a_cancelled_timer_never_fires(self) -> None:
+        """cancel disarms the timer, and cancelling again changes nothing."""
+        clock = FakeClock()
+        fired: list[str] = []
+        timer = clock.call_at(1.0, lambda: fired.append("late"))
+        timer.cancel()
+        timer.cancel()
+        clock.advance(5.0)
+        assert (fired, clock.pending) == ([], 0)
+
+    async def test_the_system_clock_calls_back_on_the_event_loop(self) -> None:
+        """A system-clock timer whose time has come runs on the running loop."""
+        clock = SystemClock()
+        fired = anyio.Event()
+        clock.call_at(clock.monotonic(), fired.set)
+        with anyio.fail_after(REAL_TIME_LIMIT_S):
+            await fired.wait()
+
+
+async def test_the_pool_watcher_looks_at_each_interval_of_the_injected_clock(
+        tmp_path: pathlib.Path) -> None:
+    """A replica whose process died is restarted when the fake clock reaches the
+    watcher's next 1 s look, not a tick before [PLACE-5002] [NERVE-4060]."""
+
+    class Dead:
+        url, pid = "http://127.0.0.1:1", None
+
+        def alive(self) -> bool:
+            return False
+
+        async def stop(self) -> None:
+            return None
+
+    clock = FakeClock()
+    pm = PoolManager(mock_config(data_dir=str(tmp_path), replicas=1), tmp_path,
+                     default_drivers(), clock)
+    with anyio.fail_after(REAL_TIME_LIMIT_S):
+        await pm.start()
+        (rep,) = pm.all_replicas()
+        rep.process = Dead()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pm.watch, 1.0)
+            await until(lambda: clock.deadlines == [1.0])
+            clock.advance(1.0 - TICK)
+            await settle()
+            assert rep.restarts == 0
+            clock.advance(TICK)
+            await settle()
+            tg.cancel_scope.cancel()
+        await pm.stop()
+    assert (rep.restarts, rep.process is None) == (1, True)
+
+
+async def test_a_finished_step_leaves_the_log_cache_when_the_clock_passes_its_linger(
+        store: SqliteStore) -> None:
+    """The log's sweep runs on the injected clock: a Step finished at 0 s is still cached
+    at 29 s of a 30 s linger and gone at 30 s [STREAM-2000] [NERVE-4060]."""
+    clock = FakeClock()
+    log = EventLog(store, clock, Metrics(CollectorRegistry()), linger_s=30.0)
+    log.open("s", "r")
+    log.finish_recorded("s", "end", b"{}", {"status": "succeeded"})
+    with anyio.fail_after(REAL_TIME_LIMIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(log.run_flusher)
+            await until(lambda: clock.deadlines == [1.0])
+            clock.advance(29.0)
+            await settle()
+            assert log.run_of("s") == "r"
+            clock.advance(1.0)
+            await settle()
+            tg.cancel_scope.cancel()
+    assert log.run_of("s") is None
+
+
 def test_a_replica_breaker_half_opens_when_the_fake_clock_passes_the_reset() -> None:
     """A replica's breaker runs on the pool's clock: open after 3 failures, still open at
     4.999 s, half-open (one probe) at 5 s [POLICY-3002]."""
@@ -148,8 +326,9 @@ def test_a_replica_breaker_half_opens_when_the_fake_clock_passes_the_reset() -> 
 
 
 async def _past_60_s(orch: Orchestrator, clock: FakeClock, step_id: str) -> Step:
-    """Once the step waits on the clock: still running at 59.999 s, terminal at 60 s."""
-    await until(lambda: clock.pending == 1)
+    """Once the step waits on the clock until 60 s: still running at 59.999 s, terminal at
+    60 s (the pool watcher and the log's sweep wait on the same clock)."""
+    await until(lambda: 60.0 in clock.deadlines)
     clock.advance(59.999)
     await anyio.lowlevel.checkpoint()
     assert not orch.get_step(step_id).status.terminal
@@ -207,3 +386,141 @@ async def test_a_gate_wait_ends_when_the_fake_clock_passes_wait_ms(
     assert done.status is StepStatus.SUCCEEDED
     assert end[0]["output"] == {"passed": False, "value": None, "facts_seen": [],
                                 "high_water": -1}
+
+
+class _Reader:
+    """One SSE reader of a Step: pumps its stream in a task until it hangs up."""
+
+    def __init__(self, stream: StepStream) -> None:
+        self.stream = stream
+        self.chunks: list[bytes] = []
+        self.done = anyio.Event()
+
+    async def read(self) -> None:
+        async def write(chunk: bytes) -> None:
+            self.chunks.append(chunk)
+
+        try:
+            await self.stream.pump(write)
+        finally:
+            self.done.set()
+
+    async def leave(self) -> None:
+        """Disconnect, and wait until the server noticed."""
+        self.stream.hang_up()
+        await self.done.wait()
+
+
+class TestDisconnectGrace:
+    """When a Step's last reader leaves, the Step is cancelled once ``disconnect_grace_ms``
+    of the injected clock has passed since that departure, unless a reader is back
+    (STREAM-2002) [NERVE-4060]."""
+
+    GRACE_S = 1.0
+
+    @asynccontextmanager
+    async def _step(self, tmp_path: pathlib.Path,
+                    clock: FakeClock) -> AsyncIterator[tuple[Orchestrator, str, Any]]:
+        """A running llm_call whose engine never answers, and a way to add readers."""
+
+        async def stalls(_request: Any) -> AsyncIterator[Any]:
+            await anyio.sleep_forever()
+            yield None  # pragma: no cover
+
+        drivers = default_drivers(mock_factory=lambda _pc, _i: MockEngine(stalls))
+        cfg = msgspec.structs.replace(mock_config(data_dir=str(tmp_path / "data")),
+                                      disconnect_grace_ms=int(self.GRACE_S * 1000))
+        async with Orchestrator.running(cfg, drivers=drivers, tools=tool_registry,
+                                        clock=clock) as orch, \
+                anyio.create_task_group() as tg:
+            flow, _ = orch.create_flow(FlowCreate(ast_ir={"grace": True}))
+            run = orch.create_run(flow.flow_id, RunCreate(seed=7))
+            step, _ = orch.submit_step(run.run_id, msgspec.convert(llm_step("d-1"),
+                                                                   StepSubmit))
+            await until(lambda: orch.get_step(step.step_id).status is StepStatus.RUNNING)
+
+            async def reader() -> _Reader:
+                before = orch.log.subscribers(step.step_id)
+                r = _Reader(orch.open_stream(step.step_id, None))
+                tg.start_soon(r.read)
+                await until(lambda: orch.log.subscribers(step.step_id) == before + 1)
+                return r
+
+            yield orch, step.step_id, reader
+            tg.cancel_scope.cancel()
+
+    @staticmethod
+    def _error(orch: Orchestrator, step_id: str) -> tuple[StepStatus, ErrorEnvelope | None]:
+        done = orch.get_step(step_id)
+        return done.status, done.error
+
+    async def test_the_step_is_cancelled_exactly_when_the_grace_has_passed(
+            self, tmp_path: pathlib.Path) -> None:
+        """The last reader leaves at 0.25 s: the Step still runs a tick before 1.25 s
+        and is cancelled at 1.25 s, "every reader disconnected"."""
+        clock = FakeClock()
+        with anyio.fail_after(REAL_TIME_LIMIT_S):
+            async with self._step(tmp_path, clock) as (orch, step_id, reader):
+                first = await reader()
+                clock.advance(0.25)
+                await first.leave()
+                await until(lambda: 1.25 in clock.deadlines)
+                clock.advance(self.GRACE_S - TICK)
+                await settle()
+                assert orch.get_step(step_id).status is StepStatus.RUNNING
+                clock.advance(TICK)
+                await until(lambda: orch.get_step(step_id).status.terminal)
+                status, error = self._error(orch, step_id)
+        assert status is StepStatus.CANCELLED
+        assert error is not None
+        assert (error.code, error.message) == ("CANCELLED", "every reader disconnected")
+
+    async def test_a_reader_back_within_the_grace_keeps_the_step_running(
+            self, tmp_path: pathlib.Path) -> None:
+        """The last reader leaves at 0.25 s and another arrives at 0.75 s: at 10 s the
+        Step still runs, and the new reader has had its keep-alives."""
+        clock = FakeClock()
+        with anyio.fail_after(REAL_TIME_LIMIT_S):
+            async with self._step(tmp_path, clock) as (orch, step_id, reader):
+                first = await reader()
+                clock.advance(0.25)
+                await first.leave()
+                clock.advance(0.5)
+                second = await reader()
+                for _ in range(37):
+                    clock.advance(0.25)
+                    await settle(5)
+                await settle()
+                assert (clock.monotonic(), orch.get_step(step_id).status) == (
+                    10.0, StepStatus.RUNNING)
+                assert second.chunks.count(b": keep-alive\n\n") == 4
+                orch.cancel_step(step_id)
+
+    async def test_a_reader_who_comes_back_and_leaves_again_gets_a_whole_grace(
+            self, tmp_path: pathlib.Path) -> None:
+        """Readers leave at 0.25 s and, after one came back at 0.5 s, at 0.75 s: the
+        grace counts from the last departure, so the Step still runs at 1.25 s and a
+        tick before 1.75 s, and is cancelled at 1.75 s."""
+        clock = FakeClock()
+        with anyio.fail_after(REAL_TIME_LIMIT_S):
+            async with self._step(tmp_path, clock) as (orch, step_id, reader):
+                first = await reader()
+                clock.advance(0.25)
+                await first.leave()
+                clock.advance(0.25)
+                second = await reader()
+                clock.advance(0.25)
+                await second.leave()
+                await until(lambda: 1.75 in clock.deadlines)
+                clock.advance(0.5)
+                await settle()
+                assert orch.get_step(step_id).status is StepStatus.RUNNING
+                clock.advance(0.5 - TICK)
+                await settle()
+                assert orch.get_step(step_id).status is StepStatus.RUNNING
+                clock.advance(TICK)
+                await until(lambda: orch.get_step(step_id).status.terminal)
+                status, error = self._error(orch, step_id)
+        assert status is StepStatus.CANCELLED
+        assert error is not None
+        assert (error.code, error.message) == ("CANCELLED", "every reader disconnected")
