@@ -1,14 +1,17 @@
-"""Shared helpers for the test suites: in-process apps, server processes, SSE parsing."""
+"""Shared helpers for the test suites: in-process apps, server processes, SSE parsing,
+fake-clock waits."""
 
 from __future__ import annotations
 
 import pathlib
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import msgspec
 from litestar.testing import TestClient
 
@@ -21,6 +24,23 @@ from worker_adapters.registry import MockFactory, default_drivers
 
 MOCK_MODEL = "mock:echo-1"
 REAL_MODEL = "hf:HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1"
+
+TICK = 2.0 ** -10
+"""Just under a millisecond, exact in binary floating point: a fake-clock test advances
+by ``t - TICK`` and then ``TICK`` and lands on ``t`` exactly."""
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Yield to other tasks until ``predicate()`` holds (bound it with ``fail_after``)."""
+    while not predicate():
+        await anyio.lowlevel.checkpoint()
+
+
+async def settle(passes: int = 50) -> None:
+    """Let woken tasks run for a few scheduler passes, too short for a real timer to fire:
+    what a fake-clock test does before asserting that something did not happen."""
+    for _ in range(passes):
+        await anyio.lowlevel.checkpoint()
 
 
 @contextmanager

@@ -7,8 +7,6 @@ Heartbeats run on the injected clock: the tests move a fake clock instead of sle
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 import anyio.lowlevel
 import pytest
@@ -20,6 +18,7 @@ from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.store import SqliteStore
 from orchestrator_core.streams import KEEP_ALIVE, StepStream
+from test_harness.support import TICK, settle, until
 
 pytestmark = pytest.mark.anyio
 
@@ -27,13 +26,8 @@ _METRICS = MetricsData(tokens_out=16, elapsed_ms=8, tokens_per_s=2000.0)
 _METRICS_JSON = (b'{"tokens_out":16,"elapsed_ms":8,"tokens_per_s":2000.0,"tokens_in":0,'
                  b'"cost_usd":0.0,"reserved_tokens_out":null}')
 
-
 REAL_TIME_LIMIT_S = 5.0
 """Each test finishes within this much real time, whatever its fake time."""
-
-TICK = 2.0 ** -10
-"""Just under a millisecond, exact in binary floating point, so that ``t - TICK`` and
-``t`` are both exact sums of the advances a test makes."""
 
 
 @pytest.fixture
@@ -48,18 +42,6 @@ def log(store: SqliteStore, clock: FakeClock) -> EventLog:
     lg = EventLog(store, clock, Metrics(CollectorRegistry()), ephemeral_capacity=4)
     lg.open("s", "r")
     return lg
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Yield to other tasks until ``predicate()`` holds."""
-    while not predicate():
-        await anyio.lowlevel.checkpoint()
-
-
-async def settle() -> None:
-    """Let every ready task run (a few scheduler passes)."""
-    for _ in range(10):
-        await anyio.lowlevel.checkpoint()
 
 
 class _Client:
