@@ -67,8 +67,9 @@ class TestDisconnectGrace:
     GRACE_S = 1.0
 
     @asynccontextmanager
-    async def _step(self, tmp_path: pathlib.Path,
-                    clock: FakeClock) -> AsyncIterator[tuple[Orchestrator, str, NewReader]]:
+    async def _step(self, tmp_path: pathlib.Path, clock: FakeClock,
+                    cancel_on_disconnect: bool | None = None,
+                    ) -> AsyncIterator[tuple[Orchestrator, str, NewReader]]:
         """A running llm_call whose engine never answers, and a way to add readers."""
 
         async def stalls(_request: Any) -> AsyncIterator[Any]:
@@ -82,7 +83,8 @@ class TestDisconnectGrace:
                                         clock=clock) as orch, \
                 anyio.create_task_group() as tg:
             flow, _ = orch.create_flow(FlowCreate(ast_ir={"grace": True}))
-            run = orch.create_run(flow.flow_id, RunCreate(seed=7))
+            run = orch.create_run(flow.flow_id, RunCreate(
+                seed=7, cancel_on_disconnect=cancel_on_disconnect))
             step, _ = orch.submit_step(run.run_id, msgspec.convert(llm_step("d-1"),
                                                                    StepSubmit))
             await until(lambda: orch.get_step(step.step_id).status is StepStatus.RUNNING)
@@ -172,3 +174,22 @@ class TestDisconnectGrace:
         assert status is StepStatus.CANCELLED
         assert error is not None
         assert (error.code, error.message) == ("CANCELLED", "every reader disconnected")
+
+    async def test_a_run_that_opts_out_keeps_its_step_running_past_the_grace(
+            self, tmp_path: pathlib.Path) -> None:
+        """With the Run's ``cancel_on_disconnect: false``, the Step whose last reader left
+        at 0.25 s still runs at 60 s, and no grace timer was ever armed."""
+        clock = FakeClock()
+        with anyio.fail_after(REAL_TIME_LIMIT_S):
+            async with self._step(tmp_path, clock, cancel_on_disconnect=False) as (
+                    orch, step_id, reader):
+                first = await reader()
+                clock.advance(0.25)
+                await first.leave()
+                await settle()
+                assert 1.25 not in clock.deadlines
+                for _ in range(60):
+                    clock.advance(1.0)
+                    await settle(5)
+                assert (clock.monotonic(), orch.get_step(step_id).status) == (
+                    60.25, StepStatus.RUNNING)
