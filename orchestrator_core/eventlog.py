@@ -19,8 +19,10 @@
 
 All methods run on the event-loop thread; none of them awaits while holding state.
 Subscriptions wait on plain asyncio futures (the server runs on asyncio, under Granian):
-one future per wait and one timer per subscriber, re-armed once per heartbeat, instead
-of an event and a cancel scope per wait.
+one future per wait and one timer per subscriber on the injected clock
+(:meth:`Clock.call_at`), re-armed once per heartbeat, instead of an event and a cancel
+scope per wait. The cache sweep runs on the injected clock too; only the group-commit
+window is real time (see :mod:`orchestrator_core.clock`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from contracts.events import (
     TerminalPayload,
     sse_frame,
 )
-from orchestrator_core.clock import Clock
+from orchestrator_core.clock import Clock, Timer
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.store import EventRow, SqliteStore, StepUpdate
 
@@ -55,20 +57,22 @@ class Subscription:
     buffer (STREAM-2000, STREAM-2003).
 
     :meth:`wait` returns True when new frames may be ready and False when the reader
-    wrote nothing for ``heartbeat_s`` (time for a ``: keep-alive``). The heartbeat is one
-    timer per subscriber that is re-armed only when it fires, not one per wait.
+    wrote nothing for ``heartbeat_s`` of the injected clock (time for a ``: keep-alive``,
+    NERVE-4060). The heartbeat is one timer per subscriber that is re-armed only when it
+    fires, not one per wait.
 
     Args:
         step_id: the Step read.
         capacity: ephemeral frames kept; the oldest is dropped first.
         metrics: where drops are counted.
+        clock: injected time of the heartbeat.
         heartbeat_s: idle time before :meth:`wait` returns False (s); None: never.
     """
 
-    __slots__ = ("_loop", "_metrics", "_timer", "_waiter", "_woken", "capacity", "dropped",
-                 "ephemeral", "gone", "heartbeat_s", "last_write", "step_id")
+    __slots__ = ("_clock", "_loop", "_metrics", "_timer", "_waiter", "_woken", "capacity",
+                 "dropped", "ephemeral", "gone", "heartbeat_s", "last_write", "step_id")
 
-    def __init__(self, step_id: str, capacity: int, metrics: Metrics,
+    def __init__(self, step_id: str, capacity: int, metrics: Metrics, clock: Clock,
                  heartbeat_s: float | None = None) -> None:
         self.step_id = step_id
         self.capacity = capacity
@@ -77,10 +81,11 @@ class Subscription:
         self.heartbeat_s = heartbeat_s
         self.last_write = 0.0
         self.gone = False
+        self._clock = clock
         self._metrics = metrics
         self._woken = False
         self._waiter: asyncio.Future[bool] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def notify(self) -> None:
@@ -122,7 +127,7 @@ class Subscription:
     def wrote(self) -> None:
         """Record that the reader just wrote to its client (restarts the idle clock)."""
         if self._loop is not None:
-            self.last_write = self._loop.time()
+            self.last_write = self._clock.monotonic()
 
     async def wait(self) -> bool:
         """Sleep until :meth:`notify` (or was called since the last wait), or until the
@@ -138,9 +143,10 @@ class Subscription:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-            self.last_write = loop.time()
+            self.last_write = self._clock.monotonic()
             if self.heartbeat_s is not None:
-                self._timer = loop.call_at(self.last_write + self.heartbeat_s, self._beat)
+                self._timer = self._clock.call_at(self.last_write + self.heartbeat_s,
+                                                  self._beat)
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiter = waiter
         try:
@@ -151,17 +157,16 @@ class Subscription:
 
     def _beat(self) -> None:
         """Timer callback: end an idle wait with False, then re-arm for the next beat."""
-        loop, hb = self._loop, self.heartbeat_s
-        assert loop is not None
+        hb = self.heartbeat_s
         assert hb is not None
-        now = loop.time()
+        now = self._clock.monotonic()
         due = self.last_write + hb
         if now >= due:
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(False)
             due = now + hb
-        self._timer = loop.call_at(due, self._beat)
+        self._timer = self._clock.call_at(due, self._beat)
 
     def close(self) -> None:
         """Stop the heartbeat timer (the reader is done)."""
@@ -363,11 +368,12 @@ class EventLog:
                     sub.notify()
 
     async def run_flusher(self) -> None:
-        """Background task: commit pending frames every ``commit_interval_s``; evict
-        finished Steps from the cache after their linger."""
+        """Background task: commit pending frames every ``commit_interval_s`` (real time:
+        a batching window, not a timer of the domain); evict finished Steps from the cache
+        after their linger, swept every second of the injected clock (NERVE-4060)."""
         next_sweep = self.clock.monotonic() + 1.0
         while True:
-            with anyio.move_on_after(1.0):
+            with self.clock.move_on_after(max(0.0, next_sweep - self.clock.monotonic())):
                 await self._dirty.wait()
             self._dirty = anyio.Event()
             if self._pending:
@@ -409,7 +415,8 @@ class EventLog:
             heartbeat_s: idle time after which :meth:`Subscription.wait` returns False
                 (s); None: never.
         """
-        sub = Subscription(step_id, self.ephemeral_capacity, self.metrics, heartbeat_s)
+        sub = Subscription(step_id, self.ephemeral_capacity, self.metrics, self.clock,
+                           heartbeat_s)
         live = self._live.get(step_id)
         if live is not None:
             live.subs.add(sub)

@@ -197,7 +197,7 @@ class PoolManager:
         config: the server config.
         data_dir: where engine logs go.
         drivers: engine name -> driver (PLACE-5006).
-        clock: injected time, for the replicas' circuit breakers.
+        clock: injected time, for the replicas' circuit breakers and the watcher.
     """
 
     def __init__(self, config: ServerConfig, data_dir: pathlib.Path, drivers: Drivers,
@@ -252,9 +252,13 @@ class PoolManager:
                     tg.start_soon(start_one, pool, rep)
 
     async def watch(self, interval_s: float = 1.0) -> None:
-        """Background task: restart local replicas whose process died."""
+        """Background task: restart local replicas whose process died (PLACE-5002).
+
+        Args:
+            interval_s: seconds of the injected clock between two looks (NERVE-4060).
+        """
         while True:
-            await anyio.sleep(interval_s)
+            await self.clock.sleep(interval_s)
             for pool in self.pools.values():
                 for rep in pool.replicas:
                     if rep.process is not None and not rep.process.alive():

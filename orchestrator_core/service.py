@@ -150,6 +150,7 @@ class Orchestrator:
         self.facts = Facts(self)
         self.checkpoints = Checkpoints(self)
         self._tg: anyio.abc.TaskGroup | None = None
+        self._departures: dict[str, object] = {}  # step id -> its last reader's departure
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -739,10 +740,14 @@ class Orchestrator:
         if not (self.config.cancel_on_disconnect if flag is None else flag):
             return
         if self._tg is not None:
-            self._tg.start_soon(self._cancel_after_grace, step_id)
+            self._departures[step_id] = departure = object()
+            self._tg.start_soon(self._cancel_after_grace, step_id, departure)
 
-    async def _cancel_after_grace(self, step_id: str) -> None:
+    async def _cancel_after_grace(self, step_id: str, departure: object) -> None:
         await self.clock.sleep(self.config.disconnect_grace_ms / 1000.0)
+        if self._departures.get(step_id) is not departure:
+            return  # a reader came back and left again: its own grace runs
+        del self._departures[step_id]
         if self.log.is_live(step_id) and not self.log.subscribers(step_id):
             self.executor.cancel(step_id, reason="every reader disconnected")
 

@@ -47,6 +47,7 @@ from contracts.flows import Flow, FlowCreate, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run, RunCreate
 from contracts.steps import Step, StepSubmit
+from orchestrator_core.clock import Clock
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.service import SERVER_VERSION, Orchestrator
@@ -357,7 +358,8 @@ async def metrics(orch: Orch) -> bytes:
 
 def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
                tools: ToolsFactory = tool_registry,
-               metrics_registry: Metrics | None = None) -> Litestar:
+               metrics_registry: Metrics | None = None,
+               clock: Clock | None = None) -> Litestar:
     """Build the ASGI app; the lifespan runs the orchestrator (pools, flusher, steps).
 
     Args:
@@ -366,12 +368,15 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             benchmarks pass their own, e.g. a mock scripting faults (PLACE-5006).
         tools: builds the tool executors from ``config.tools`` (PLACE-5006).
         metrics_registry: metrics object (tests pass a fresh registry).
+        clock: the time every timer of the server runs on (default: the system clock;
+            tests pass a ``FakeClock`` and advance it, NERVE-4060).
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with Orchestrator.running(config, drivers=drivers or default_drivers(),
-                                        tools=tools, metrics=metrics_registry) as orch:
+                                        tools=tools, metrics=metrics_registry,
+                                        clock=clock) as orch:
             app.state.orch = orch
             yield
 

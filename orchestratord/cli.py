@@ -1,11 +1,14 @@
-"""``orchestratord`` command line: ``serve``, ``demo`` and ``openapi``."""
+"""``orchestratord`` command line: ``serve`` and ``openapi``.
+
+The demo is a client of the server and lives outside this package: ``bash tools/demo.sh``
+(``python -m tools.demo``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import pathlib
 import signal
 import sys
 
@@ -77,12 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--port", type=int)
     p_serve.add_argument("--data-dir")
 
-    p_demo = sub.add_parser("demo", help="record, replay and strict_replay a real flow")
-    p_demo.add_argument("--url", help="use a running server instead of starting one")
-    p_demo.add_argument("--json", action="store_true", help="print the report as JSON")
-    p_demo.add_argument("--file", default=None, help="the file the flow summarises")
-    p_demo.add_argument("--mock", action="store_true", help="mock engine (no model)")
-
     sub.add_parser("openapi", help="print the OpenAPI document")
 
     args = parser.parse_args(argv)
@@ -91,11 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         serve(_config(args))
         return 0
-    if args.cmd == "demo":
-        from orchestratord.demo import run_demo
-
-        return run_demo(url=args.url, as_json=args.json,
-                        file=pathlib.Path(args.file) if args.file else None, mock=args.mock)
     if args.cmd == "openapi":
         from orchestratord.openapi import openapi_json
 

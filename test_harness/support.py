@@ -1,34 +1,58 @@
-"""Shared helpers for the test suites: in-process apps, server processes, SSE parsing."""
+"""Shared helpers for the test suites: in-process apps, server processes, SSE parsing,
+fake-clock waits."""
 
 from __future__ import annotations
 
 import pathlib
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import msgspec
 from litestar.testing import TestClient
 
+from orchestrator_core.clock import Clock
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
 from orchestratord.app import create_app
-from orchestratord.demo import start_server, stop_server
+from tools.servers import start_server, stop_server
 from worker_adapters.registry import MockFactory, default_drivers
 
 MOCK_MODEL = "mock:echo-1"
 REAL_MODEL = "hf:HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1"
 
+TICK = 2.0 ** -10
+"""Just under a millisecond, exact in binary floating point: a fake-clock test advances
+by ``t - TICK`` and then ``TICK`` and lands on ``t`` exactly."""
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Yield to other tasks until ``predicate()`` holds (bound it with ``fail_after``)."""
+    while not predicate():
+        await anyio.lowlevel.checkpoint()
+
+
+async def settle(passes: int = 50) -> None:
+    """Let woken tasks run for a few scheduler passes, too short for a real timer to fire:
+    what a fake-clock test does before asserting that something did not happen."""
+    for _ in range(passes):
+        await anyio.lowlevel.checkpoint()
+
 
 @contextmanager
 def app_client(config: ServerConfig, engine_factory: MockFactory | None = None,
-               metrics: Metrics | None = None) -> Iterator[TestClient[Any]]:
+               metrics: Metrics | None = None,
+               clock: Clock | None = None) -> Iterator[TestClient[Any]]:
     """An in-process app (real Litestar, real SQLite, mock engine) with its lifespan;
-    ``engine_factory`` replaces the mock driver's adapters (scripted tokens, faults)."""
+    ``engine_factory`` replaces the mock driver's adapters (scripted tokens, faults);
+    ``clock`` (e.g. a ``FakeClock``, advanced through ``client.blocking_portal``) is the
+    time every server timer runs on."""
     app = create_app(config, drivers=default_drivers(mock_factory=engine_factory),
-                     metrics_registry=metrics)
+                     metrics_registry=metrics, clock=clock)
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         yield client
 

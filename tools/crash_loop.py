@@ -58,9 +58,9 @@ import msgspec
 
 from orchestrator_core.config import ServerConfig, default_config, mock_config
 from orchestrator_core.store import SqliteStore
-from orchestratord.demo import start_server, stop_server
 from test_harness.support import parse_sse, pid_alive
 from tools import crash_fs
+from tools.servers import start_server, stop_server
 
 __all__ = ["Options", "Tally", "main", "parse_args", "run_crash_loop"]
 

@@ -1,4 +1,6 @@
-"""Interrupted engine streams and cancellation (STREAM-2005, STREAM-2002)."""
+"""Interrupted engine streams, cancellation and breakers (STREAM-2005, STREAM-2002,
+POLICY-3002); the breaker's reset runs on the server's injected clock, which the scenario
+moves (NERVE-4060)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import httpx
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
+from orchestrator_core.clock import FakeClock
 from orchestrator_core.config import PoolConfig, ServerConfig
 from test_harness.bdd.conftest import new_run, run_to_end
 from test_harness.conftest import with_options
@@ -233,7 +236,7 @@ def resumed(ctx: dict[str, Any]) -> None:
                      "failures and {ms:d} ms"))
 def failing_replica(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any], n: int,
                     ms: int) -> None:
-    """An engine whose health a test can switch."""
+    """An engine whose health a test can switch, on a server whose clock the test moves."""
     import msgspec
 
     from contracts.errors import EngineError as EngineErr
@@ -254,7 +257,9 @@ def failing_replica(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any
     cfg = msgspec.structs.replace(mock_cfg, breaker_failures=n, breaker_reset_ms=ms,
                                   pools=[msgspec.structs.replace(mock_cfg.pools[0],
                                                                  replicas=1)])
-    ctx["client"] = stack.enter_context(app_client(cfg, engine_factory=factory))
+    ctx["clock"] = FakeClock()
+    ctx["client"] = stack.enter_context(app_client(cfg, engine_factory=factory,
+                                                   clock=ctx["clock"]))
     ctx["run_id"] = new_run(ctx["client"])
     ctx["streams"] = []
 
@@ -296,11 +301,22 @@ def refused_open(ctx: dict[str, Any]) -> None:
     assert resp.headers["Retry-After"] == "1"
 
 
-@when(parsers.parse("the engine recovers and {ms:d} ms pass"))
+def _advance(ctx: dict[str, Any], ms: int) -> None:
+    """Move the server's fake clock, on the server's event loop thread."""
+    ctx["client"].blocking_portal.call(ctx["clock"].advance, ms / 1000.0)
+
+
+@when(parsers.parse("the engine recovers and {ms:d} ms pass on the server's clock"))
 def recovers(ctx: dict[str, Any], ms: int) -> None:
-    """Switch the engine back on and wait out the reset timeout."""
+    """Switch the engine back on and move time, without waiting."""
     ctx["healthy"] = True
-    time.sleep(ms / 1000.0 + 0.05)
+    _advance(ctx, ms)
+
+
+@when(parsers.parse("{ms:d} more ms pass on the server's clock"))
+def more_time(ctx: dict[str, Any], ms: int) -> None:
+    """Move time again."""
+    _advance(ctx, ms)
 
 
 @then("its stream has escalations open to half_open and half_open to closed, then end")

@@ -29,13 +29,17 @@ Feature: Interrupted engine streams and cancellation end steps with typed errors
     When a reader disconnects after 5 token frames and resumes at once with Last-Event-ID
     Then the resumed stream continues right after the last frame read until our own cancel
 
+  @NERVE-4060
   Scenario: A replica's circuit breaker opens, refuses, probes and closes
     Given one mock replica that fails every request, with a breaker of 3 failures and 300 ms
     When I run 3 llm_calls
     Then each ends with error ENGINE_ERROR and the third stream has an escalation closed to open
     And GET /v1/pools shows the replica's breaker open
     And a fourth llm_call is refused with 503 CIRCUIT_OPEN and a Retry-After
-    When the engine recovers and 300 ms pass
+    When the engine recovers and 299 ms pass on the server's clock
+    Then a fourth llm_call is refused with 503 CIRCUIT_OPEN and a Retry-After
+    And GET /v1/pools shows the replica's breaker open
+    When 1 more ms pass on the server's clock
     And I run 1 llm_calls
     Then its stream has escalations open to half_open and half_open to closed, then end
     And GET /v1/pools shows the replica's breaker closed

@@ -23,7 +23,7 @@ import httpx
 import msgspec
 
 from orchestrator_core.config import mock_config
-from orchestratord.demo import start_server, stop_server
+from tools.servers import start_server, stop_server
 
 __all__ = ["HealthProbe", "LiveServer", "Poll"]
 

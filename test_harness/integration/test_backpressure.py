@@ -30,8 +30,8 @@ import httpx
 import msgspec
 
 from orchestrator_core.config import ServerConfig, mock_config
-from orchestratord.demo import stop_server
 from test_harness.support import llm_step, parse_sse
+from tools.servers import stop_server
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FRAME_PAUSE_S = 0.05

@@ -16,7 +16,8 @@ import anyio
 import pytest
 
 from orchestratord.client import OrchestratorClient
-from orchestratord.demo import run_flow_modes, start_server, stop_server
+from tools.demo import run_flow_modes
+from tools.servers import start_server, stop_server
 
 DOCUMENT = pathlib.Path(__file__).resolve().parents[2] / "specs" / "20_stream_and_replay.md"
 

@@ -14,8 +14,8 @@ import time
 import httpx
 import pytest
 
-from orchestratord.demo import start_server
 from test_harness.support import pid_alive
+from tools.servers import start_server
 
 pytestmark = pytest.mark.engine
 

@@ -1,9 +1,13 @@
-"""Injected time: sleeps, deadlines and breaker timers move only when a test advances the
-fake clock, so nothing here waits in real time (POLICY-3000, POLICY-3002)."""
+"""Injected time: sleeps, deadlines, the pool watcher, the log's cache sweep and breaker
+timers move only when a test advances the fake clock, so nothing here waits in real time
+(POLICY-3000, POLICY-3002, NERVE-4060). Heartbeats: ``test_streams.py``; the disconnect
+grace: ``test_disconnect_grace.py``."""
 
 from __future__ import annotations
 
+import ast
 import pathlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,16 +15,20 @@ import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
+from prometheus_client import CollectorRegistry
 
 from contracts.events import BreakerState
 from contracts.flows import FlowCreate
 from contracts.runs import RunCreate
 from contracts.steps import Step, StepStatus, StepSubmit
-from orchestrator_core.clock import FakeClock
+from orchestrator_core.clock import FakeClock, SystemClock
 from orchestrator_core.config import mock_config
-from orchestrator_core.pools import Pool
+from orchestrator_core.eventlog import EventLog
+from orchestrator_core.metrics import Metrics
+from orchestrator_core.pools import Pool, PoolManager
 from orchestrator_core.service import Orchestrator
-from test_harness.support import llm_step
+from orchestrator_core.store import SqliteStore
+from test_harness.support import TICK, llm_step, settle, until
 from worker_adapters.mock import MockEngine, mock_identity
 from worker_adapters.registry import default_drivers
 from worker_adapters.tools import tool_registry
@@ -30,11 +38,6 @@ pytestmark = pytest.mark.anyio
 REAL_TIME_LIMIT_S = 5.0
 """Each test finishes within this much real time although its fake time runs longer."""
 
-
-async def until(predicate: Any) -> None:
-    """Yield to other tasks until ``predicate()`` holds."""
-    while not predicate():
-        await anyio.lowlevel.checkpoint()
 
 
 class TestFakeClockSleep:
@@ -129,6 +132,164 @@ class TestFakeClockMoveOnAfter:
         assert scope.cancelled_caught is True
 
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+_DIRECT_TIMERS = {
+    "anyio": {"sleep", "sleep_until", "move_on_after", "fail_after", "current_time"},
+    "time": {"time", "monotonic", "perf_counter", "sleep", "time_ns", "monotonic_ns"},
+    "asyncio": {"sleep", "wait_for", "timeout", "timeout_at"},
+}
+
+
+def direct_timers(package: str, *, root: pathlib.Path = ROOT,
+                  exempt: tuple[str, ...] = ("orchestrator_core/clock.py",)) -> list[str]:
+    """``path:line uses name`` for every use of a real-time function of ``anyio``,
+    ``time`` or ``asyncio``, and of an event loop's own timers, in ``package``."""
+    out = []
+    for path in sorted((root / package).rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in exempt:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.attr in _DIRECT_TIMERS.get(node.value.id, ()):
+                out.append(f"{rel}:{node.lineno} uses {node.value.id}.{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and node.module in _DIRECT_TIMERS:
+                out += [f"{rel}:{node.lineno} uses {node.module}.{a.name}"
+                        for a in node.names if a.name in _DIRECT_TIMERS[node.module]]
+            elif isinstance(node, ast.Attribute) \
+                    and node.attr in ("call_later", "call_at", "time") \
+                    and "loop" in ast.unparse(node.value).lower():
+                out.append(f"{rel}:{node.lineno} uses {ast.unparse(node)}")
+    return sorted(out, key=lambda v: (v.split(" ")[0].rsplit(":", 1)[0],
+                                      int(v.split(" ")[0].rsplit(":", 1)[1]), v))
+
+
+class TestNoTimerBypassesTheClock:
+    """The core and the server ask the injected clock for every timer [NERVE-4060]."""
+
+    def test_only_the_group_commit_window_runs_on_real_time(self) -> None:
+        """Outside ``clock.py``, the one real-time wait is the event log's group-commit
+        window (``commit_interval_ms``)."""
+        found = [v for package in ("orchestrator_core", "orchestratord")
+                 for v in direct_timers(package)]
+        assert [re.sub(r":\d+ ", " ", v) for v in found] == [
+            "orchestrator_core/eventlog.py uses anyio.sleep"]
+
+    def test_the_check_reports_each_kind_of_direct_timer(self, tmp_path: pathlib.Path) -> None:
+        """Module timers, imported timer functions and a loop's own timers are listed."""
+        pkg = tmp_path / "orchestratord"
+        pkg.mkdir()
+        (pkg / "bad.py").write_text(
+            "import anyio, asyncio, time\n"
+            "from time import monotonic\n"
+            "async def f(loop):\n"
+            "    with anyio.move_on_after(1):\n        await asyncio.sleep(time.time())\n"
+            "    loop.call_later(1, print)\n"
+            "    asyncio.get_running_loop().time()\n")
+        assert direct_timers("orchestratord", root=tmp_path) == [
+            "orchestratord/bad.py:2 uses time.monotonic",
+            "orchestratord/bad.py:4 uses anyio.move_on_after",
+            "orchestratord/bad.py:5 uses asyncio.sleep",
+            "orchestratord/bad.py:5 uses time.time",
+            "orchestratord/bad.py:6 uses loop.call_later",
+            "orchestratord/bad.py:7 uses asyncio.get_running_loop().time",
+        ]
+
+
+class TestFakeClockTimers:
+    """``call_at`` timers (what a stream's heartbeat uses) fire from ``advance``."""
+
+    def test_a_timer_fires_when_time_reaches_it_and_may_rearm(self) -> None:
+        """A timer for 10 s is quiet a tick before and fires at 10 s; its callback arms
+        the next one, for 20 s."""
+        clock = FakeClock()
+        fired: list[float] = []
+
+        def beat() -> None:
+            fired.append(clock.monotonic())
+            clock.call_at(clock.monotonic() + 10.0, beat)
+
+        clock.call_at(10.0, beat)
+        clock.advance(10.0 - TICK)
+        assert (fired, clock.deadlines) == ([], [10.0])
+        clock.advance(TICK)
+        assert (fired, clock.deadlines) == ([10.0], [20.0])
+
+    def test_a_cancelled_timer_never_fires(self) -> None:
+        """cancel disarms the timer, and cancelling again changes nothing."""
+        clock = FakeClock()
+        fired: list[str] = []
+        timer = clock.call_at(1.0, lambda: fired.append("late"))
+        timer.cancel()
+        timer.cancel()
+        clock.advance(5.0)
+        assert (fired, clock.pending) == ([], 0)
+
+    async def test_the_system_clock_calls_back_on_the_event_loop(self) -> None:
+        """A system-clock timer whose time has come runs on the running loop."""
+        clock = SystemClock()
+        fired = anyio.Event()
+        clock.call_at(clock.monotonic(), fired.set)
+        with anyio.fail_after(REAL_TIME_LIMIT_S):
+            await fired.wait()
+
+
+async def test_the_pool_watcher_looks_at_each_interval_of_the_injected_clock(
+        tmp_path: pathlib.Path) -> None:
+    """A replica whose process died is restarted when the fake clock reaches the
+    watcher's next 1 s look, not a tick before [PLACE-5002] [NERVE-4060]."""
+
+    class Dead:
+        url, pid = "http://127.0.0.1:1", None
+
+        def alive(self) -> bool:
+            return False
+
+        async def stop(self) -> None:
+            return None
+
+    clock = FakeClock()
+    pm = PoolManager(mock_config(data_dir=str(tmp_path), replicas=1), tmp_path,
+                     default_drivers(), clock)
+    with anyio.fail_after(REAL_TIME_LIMIT_S):
+        await pm.start()
+        (rep,) = pm.all_replicas()
+        rep.process = Dead()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pm.watch, 1.0)
+            await until(lambda: clock.deadlines == [1.0])
+            clock.advance(1.0 - TICK)
+            await settle()
+            assert rep.restarts == 0
+            clock.advance(TICK)
+            await settle()
+            tg.cancel_scope.cancel()
+        await pm.stop()
+    assert (rep.restarts, rep.process is None) == (1, True)
+
+
+async def test_a_finished_step_leaves_the_log_cache_when_the_clock_passes_its_linger(
+        store: SqliteStore) -> None:
+    """The log's sweep runs on the injected clock: a Step finished at 0 s is still cached
+    at 29 s of a 30 s linger and gone at 30 s [STREAM-2000] [NERVE-4060]."""
+    clock = FakeClock()
+    log = EventLog(store, clock, Metrics(CollectorRegistry()), linger_s=30.0)
+    log.open("s", "r")
+    log.finish_recorded("s", "end", b"{}", {"status": "succeeded"})
+    with anyio.fail_after(REAL_TIME_LIMIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(log.run_flusher)
+            await until(lambda: clock.deadlines == [1.0])
+            clock.advance(29.0)
+            await settle()
+            assert log.run_of("s") == "r"
+            clock.advance(1.0)
+            await settle()
+            tg.cancel_scope.cancel()
+    assert log.run_of("s") is None
+
+
 def test_a_replica_breaker_half_opens_when_the_fake_clock_passes_the_reset() -> None:
     """A replica's breaker runs on the pool's clock: open after 3 failures, still open at
     4.999 s, half-open (one probe) at 5 s [POLICY-3002]."""
@@ -148,8 +309,9 @@ def test_a_replica_breaker_half_opens_when_the_fake_clock_passes_the_reset() -> 
 
 
 async def _past_60_s(orch: Orchestrator, clock: FakeClock, step_id: str) -> Step:
-    """Once the step waits on the clock: still running at 59.999 s, terminal at 60 s."""
-    await until(lambda: clock.pending == 1)
+    """Once the step waits on the clock until 60 s: still running at 59.999 s, terminal at
+    60 s (the pool watcher and the log's sweep wait on the same clock)."""
+    await until(lambda: 60.0 in clock.deadlines)
     clock.advance(59.999)
     await anyio.lowlevel.checkpoint()
     assert not orch.get_step(step_id).status.terminal

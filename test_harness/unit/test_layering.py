@@ -60,6 +60,23 @@ def violations(package: str, banned: tuple[str, ...], *, root: pathlib.Path = RO
     return sorted(set(out))
 
 
+SERVER_HELPERS = ("start_server", "stop_server")
+"""What spawns ``orchestratord serve`` and waits for it (``tools/servers.py``)."""
+
+
+def definitions(package: str, names: tuple[str, ...], *,
+                root: pathlib.Path = ROOT) -> list[str]:
+    """``path:line defines name`` for every function or class named one of ``names`` in
+    ``package``."""
+    out = []
+    for path in sorted((root / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) \
+                    and node.name in names:
+                out.append(f"{path.relative_to(root)}:{node.lineno} defines {node.name}")
+    return sorted(out)
+
+
 class TestImportDirection:
     """Each package imports only what its layer may (specs/00_overview.md §3)."""
 
@@ -76,6 +93,29 @@ class TestImportDirection:
     def test_contracts_import_nothing_from_the_project(self) -> None:
         """contracts is the bottom layer."""
         assert violations("contracts", tuple(p for p in PROJECT if p != "contracts")) == []
+
+    def test_no_package_imports_the_tools_or_the_tests(self) -> None:
+        """The server's four packages import neither ``tools`` nor ``test_harness``
+        [PLACE-5006]."""
+        assert [v for package in PROJECT
+                for v in violations(package, ("tools", "test_harness"))] == []
+
+    def test_no_package_defines_the_server_spawning_helpers(self) -> None:
+        """Starting ``orchestratord serve`` as a process and waiting for it is done by
+        ``tools/servers.py``, never by a module of the four packages [PLACE-5006]."""
+        assert [d for package in PROJECT for d in definitions(package, SERVER_HELPERS)] == []
+
+    def test_the_helpers_check_reports_a_definition(self, tmp_path: pathlib.Path) -> None:
+        """A module defining a server-spawning helper, even nested, is listed."""
+        pkg = tmp_path / "orchestratord"
+        pkg.mkdir()
+        (pkg / "demo.py").write_text(
+            "def start_server():\n    pass\n"
+            "class Launcher:\n    def stop_server(self):\n        pass\n")
+        assert definitions("orchestratord", SERVER_HELPERS, root=tmp_path) == [
+            "orchestratord/demo.py:1 defines start_server",
+            "orchestratord/demo.py:4 defines stop_server",
+        ]
 
     def test_the_check_reports_a_violation(self, tmp_path: pathlib.Path) -> None:
         """A module importing a concrete engine, even lazily or for typing, is listed."""

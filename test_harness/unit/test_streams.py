@@ -1,5 +1,9 @@
 """A Step's stream loop and its subscription: wake-ups, heartbeats, hang-ups, ephemeral
-frames riding along with commits (STREAM-2000, STREAM-2002, STREAM-2003, STREAM-2004)."""
+frames riding along with commits (STREAM-2000, STREAM-2002, STREAM-2003, STREAM-2004).
+
+Heartbeats run on the injected clock: the tests move a fake clock instead of sleeping
+[NERVE-4060].
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.store import SqliteStore
 from orchestrator_core.streams import KEEP_ALIVE, StepStream
+from test_harness.support import TICK, settle, until
 
 pytestmark = pytest.mark.anyio
 
@@ -21,11 +26,20 @@ _METRICS = MetricsData(tokens_out=16, elapsed_ms=8, tokens_per_s=2000.0)
 _METRICS_JSON = (b'{"tokens_out":16,"elapsed_ms":8,"tokens_per_s":2000.0,"tokens_in":0,'
                  b'"cost_usd":0.0,"reserved_tokens_out":null}')
 
+REAL_TIME_LIMIT_S = 5.0
+"""Each test finishes within this much real time, whatever its fake time."""
+
 
 @pytest.fixture
-def log(store: SqliteStore) -> EventLog:
+def clock() -> FakeClock:
+    """The fake clock the event log's heartbeats run on."""
+    return FakeClock()
+
+
+@pytest.fixture
+def log(store: SqliteStore, clock: FakeClock) -> EventLog:
     """An event log over the fresh store, with step ``s`` of run ``r`` open."""
-    lg = EventLog(store, FakeClock(), Metrics(CollectorRegistry()), ephemeral_capacity=4)
+    lg = EventLog(store, clock, Metrics(CollectorRegistry()), ephemeral_capacity=4)
     lg.open("s", "r")
     return lg
 
@@ -60,13 +74,27 @@ class TestSseFrame:
 class TestSubscription:
     """A subscriber sleeps on one future; commits, heartbeats and hang-ups end the sleep."""
 
-    async def test_a_heartbeat_ends_an_idle_wait_with_false(self, log: EventLog) -> None:
-        """Nothing committed for ``heartbeat_s``: ``wait`` says a keep-alive is due."""
-        sub = log.subscribe("s", heartbeat_s=0.01)
-        try:
-            assert await sub.wait() is False
-        finally:
-            log.unsubscribe(sub)
+    async def test_a_heartbeat_ends_an_idle_wait_at_heartbeat_s_of_the_clock(
+            self, log: EventLog, clock: FakeClock) -> None:
+        """Nothing committed: ``wait`` is still asleep a tick before 10 s of a 10 s
+        heartbeat and says a keep-alive is due (False) at 10 s of the injected clock
+        [NERVE-4060]."""
+        sub = log.subscribe("s", heartbeat_s=10.0)
+        results: list[bool] = []
+
+        async def reader() -> None:
+            results.append(await sub.wait())
+
+        with anyio.fail_after(REAL_TIME_LIMIT_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader)
+                await until(lambda: clock.deadlines == [10.0])
+                clock.advance(10.0 - TICK)
+                await settle()
+                assert results == []
+                clock.advance(TICK)
+        log.unsubscribe(sub)
+        assert (results, clock.pending) == ([False], 0)
 
     async def test_a_commit_during_the_wait_ends_it_with_true(self, log: EventLog) -> None:
         """A group commit wakes a sleeping subscriber."""
@@ -159,12 +187,67 @@ class TestStepStream:
                                  b"event: metrics\ndata: " + _METRICS_JSON + b"\n\n"]
 
     async def test_an_idle_stream_gets_keep_alives_and_a_hang_up_abandons_it(
-            self, log: EventLog) -> None:
-        """Idle: ``: keep-alive``; the client gone before the terminal frame: the loop
-        ends without it and reports the Step as abandoned (STREAM-2002)."""
+            self, log: EventLog, clock: FakeClock) -> None:
+        """Idle: ``: keep-alive`` at 10 s and 20 s of a 10 s heartbeat on the injected
+        clock, none a tick before; the client gone before the terminal frame: the loop
+        ends without it and reports the Step as abandoned (STREAM-2002) [NERVE-4060]."""
         left: list[str] = []
-        stream = StepStream(log, "s", -1, 0.01, left.append)
+        stream = StepStream(log, "s", -1, 10.0, left.append)
         client = _Client(stream, hang_up_after=2)
-        assert await stream.pump(client.write) is False
-        assert (client.writes, left, log.subscribers("s")) == (
-            [KEEP_ALIVE, KEEP_ALIVE], ["s"], 0)
+        written_at: list[float] = []
+
+        async def write(chunk: bytes) -> None:
+            written_at.append(clock.monotonic())
+            await client.write(chunk)
+
+        ended: list[bool] = []
+
+        async def pump() -> None:
+            ended.append(await stream.pump(write))
+
+        async def beat(due: float, writes_before: int) -> None:
+            """Quiet a tick before ``due``, one write more at ``due``."""
+            await until(lambda: clock.deadlines == [due])
+            clock.advance(10.0 - TICK)
+            await settle()
+            assert len(client.writes) == writes_before
+            clock.advance(TICK)
+            await until(lambda: len(client.writes) == writes_before + 1)
+
+        with anyio.fail_after(REAL_TIME_LIMIT_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump)
+                await beat(10.0, 0)
+                await beat(20.0, 1)
+        assert (ended, client.writes, written_at, left, log.subscribers("s")) == (
+            [False], [KEEP_ALIVE, KEEP_ALIVE], [10.0, 20.0], ["s"], 0)
+
+    async def test_a_write_restarts_the_heartbeat(
+            self, log: EventLog, clock: FakeClock) -> None:
+        """A frame written at 5 s moves the next keep-alive of a 10 s heartbeat from 10 s
+        to 15 s of the injected clock [NERVE-4060]."""
+        stream = StepStream(log, "s", -1, 10.0, lambda _s: None)
+        client = _Client(stream, hang_up_after=2)
+        written_at: list[float] = []
+
+        async def write(chunk: bytes) -> None:
+            written_at.append(clock.monotonic())
+            await client.write(chunk)
+
+        with anyio.fail_after(REAL_TIME_LIMIT_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream.pump, write)
+                await until(lambda: clock.deadlines == [10.0])
+                clock.advance(5.0)
+                log.append_recorded("s", "started", b"{}")
+                log.flush()
+                await until(lambda: len(client.writes) == 1)
+                clock.advance(5.0)
+                await settle()
+                assert len(client.writes) == 1
+                clock.advance(5.0 - TICK)
+                await settle()
+                assert len(client.writes) == 1
+                clock.advance(TICK)
+        assert (client.writes, written_at) == (
+            [b"id: 0\nevent: started\ndata: {}\n\n", KEEP_ALIVE], [5.0, 15.0])

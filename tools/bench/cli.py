@@ -13,7 +13,7 @@ import httpx
 import msgspec
 
 from orchestratord.client import OrchestratorClient
-from orchestratord.demo import start_server, stop_server
+from tools.servers import start_server, stop_server
 
 from .engines import EnginesReport, measure_engines
 from .latency import ProbeConfig, measure_latency
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timed requests per engine path and length (default 15)")
     p.add_argument("--seed", type=int, default=1234, help="sampling seed (default 1234)")
     p.add_argument("--file", type=pathlib.Path, default=None,
-                   help="document the demo flow summarises (default: as orchestratord demo)")
+                   help="document the demo flow summarises (default: as python -m tools.demo)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.per_round < 1 or args.max_tokens < 1:

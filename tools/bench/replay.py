@@ -1,6 +1,6 @@
 """Replay time / record time of the demo flow (three ``llm_call`` Steps).
 
-Delegates to :func:`orchestratord.demo.run_flow_modes`, which records the flow, replays
+Delegates to :func:`tools.demo.run_flow_modes`, which records the flow, replays
 it and strict-replays it, timing each mode from its first Step submission to its last
 ``end`` frame.
 """
@@ -12,11 +12,11 @@ import pathlib
 import msgspec
 
 from orchestratord.client import OrchestratorClient
-from orchestratord.demo import run_flow_modes
+from tools.demo import run_flow_modes
 
 __all__ = ["ModeTime", "ReplayReport", "default_document", "measure_replay"]
 
-_DOCUMENT_CHARS = 1500  # as ``orchestratord demo`` does
+_DOCUMENT_CHARS = 1500  # as ``python -m tools.demo`` does
 
 
 class ModeTime(msgspec.Struct, frozen=True):
@@ -58,11 +58,11 @@ class ReplayReport(msgspec.Struct, frozen=True):
 
 
 def default_document() -> pathlib.Path:
-    """The file ``orchestratord demo`` summarises by default (same search order)."""
+    """The file ``python -m tools.demo`` summarises by default (same search order)."""
     for candidate in (pathlib.Path("specs/20_stream_and_replay.md"), pathlib.Path("README.md")):
         if candidate.is_file():
             return candidate
-    import orchestratord.demo as demo
+    import tools.demo as demo
 
     return pathlib.Path(demo.__file__)
 

@@ -39,7 +39,7 @@ import httpx
 import msgspec
 
 from orchestrator_core.config import PoolConfig, ServerConfig, mock_config
-from orchestratord.demo import stop_server
+from tools.servers import stop_server
 from worker_adapters.base import EngineAdapter
 from worker_adapters.mock import MockEngine, default_handler
 

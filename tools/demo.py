@@ -1,9 +1,10 @@
 """The main job: record the demo Flow on the real model, replay it, strict-replay it.
 
-The demo is the interpreter (:mod:`orchestratord.demo_flow`: all six Step types, a Fact
-and a checkpoint). It starts ``orchestratord serve`` (default config: one CPU pool
-running llama.cpp on SmolLM2-135M-Instruct, the built-in tool executors) unless
-``--url`` is given, posts the Flow, and runs it three times:
+The demo is the interpreter (:mod:`tools.demo_flow`: all six Step types, a Fact and a
+checkpoint), a client of the server like any other. It starts ``orchestratord serve``
+through :mod:`tools.servers` (default config: one CPU pool running llama.cpp on
+SmolLM2-135M-Instruct, the built-in tool executors) unless ``--url`` is given, posts the
+Flow, and runs it three times:
 
 1. ``record``: the LLM Steps run on the engine, the tools and the FS broker for real;
 2. ``replay``: every recorded result is served; the engine, the tools and the file
@@ -14,30 +15,29 @@ running llama.cpp on SmolLM2-135M-Instruct, the built-in tool executors) unless
 
 The report says whether the token streams (index, text bytes, token id), the
 ``tool_suggest`` frames and every Step's output are identical across the three modes.
+
+Run it as ``python -m tools.demo [--url URL] [--json] [--file PATH] [--mock]`` from the
+repository root; ``bash tools/demo.sh`` sets everything up first and then does that.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
 import re
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from typing import Any
 
 import anyio
-import httpx
 
 from contracts.errors import OrchestratorError
 from orchestratord.client import OrchestratorClient
-from orchestratord.demo_flow import DEMO_FLOW, DEMO_TOOLS, FACT_SCHEMAS, interpret
+from tools.demo_flow import DEMO_FLOW, DEMO_TOOLS, FACT_SCHEMAS, interpret
+from tools.servers import start_server, stop_server
 
-__all__ = ["DEMO_FLOW", "run_demo", "run_flow_modes"]
+__all__ = ["DEMO_FLOW", "main", "run_demo", "run_flow_modes"]
 
 _COUNTERS = {"engine_requests": "orchestrator_engine_requests_total",
              "tool_executions": "orchestrator_tool_executions_total",
@@ -126,52 +126,6 @@ async def run_flow_modes(client: OrchestratorClient, document: str,
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(*, mock: bool = False, data_dir: str | None = None,
-                 extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``orchestratord serve`` on a free loopback port; wait until ``/ready``.
-
-    Returns:
-        ``(process, base_url)``.
-    """
-    port = _free_port()
-    data_dir = data_dir or tempfile.mkdtemp(prefix="orchestratord-")
-    argv = [sys.executable, "-m", "orchestratord", "serve", "--port", str(port),
-            "--data-dir", data_dir, *(["--mock"] if mock else []), *(extra or [])]
-    with open(pathlib.Path(data_dir) / "server.log", "ab") as log:  # the child keeps a dup
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; "
-                               f"see {data_dir}/server.log")
-        try:
-            if httpx.get(url + "/ready", timeout=1.0).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"server not ready after 180 s; see {data_dir}/server.log")
-
-
-def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
-    """SIGTERM the server and wait; SIGKILL after ``timeout_s``. Returns the exit code."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
 def _print_report(report: dict[str, Any]) -> None:
     yes = {True: "yes", False: "NO"}
     print(f"flow {report['flow_id']}  model {report['model']}  seed {report['seed']}")
@@ -232,3 +186,29 @@ def run_demo(*, url: str | None, as_json: bool, file: pathlib.Path | None,
     ok = ok and replay["engine_requests"] == replay["tool_executions"] == \
         replay["fs_operations"] == 0
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of ``python -m tools.demo`` (``bash tools/demo.sh`` passes its
+    arguments here).
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code of :func:`run_demo`.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.demo",
+        description="Record, replay and strict_replay the demo Flow on a real server.")
+    parser.add_argument("--url", help="use a running server instead of starting one")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--file", default=None, help="the file the flow summarises")
+    parser.add_argument("--mock", action="store_true", help="mock engine (no model)")
+    args = parser.parse_args(argv)
+    return run_demo(url=args.url, as_json=args.json,
+                    file=pathlib.Path(args.file) if args.file else None, mock=args.mock)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
