@@ -34,15 +34,16 @@ from orchestrator_core.canonical import b3, canonical_json
 from orchestrator_core.clock import iso_utc
 from orchestrator_core.executor import EffectJob
 from orchestrator_core.host import StepHost
+from orchestrator_core.rows import CheckpointRow, StepRow
 
 __all__ = ["Checkpoints"]
 
 
-def _view(row: dict[str, Any]) -> Checkpoint:
-    return Checkpoint(checkpoint_id=row["checkpoint_id"], run_id=row["run_id"],
-                      step_id=row["step_id"], hash=row["hash"],
-                      snapshot=msgspec.json.decode(row["snapshot"]),
-                      cursor=msgspec.json.decode(row["cursor"]), ts=row["ts"])
+def _view(row: CheckpointRow) -> Checkpoint:
+    return Checkpoint(checkpoint_id=row.checkpoint_id, run_id=row.run_id,
+                      step_id=row.step_id, hash=row.hash,
+                      snapshot=msgspec.json.decode(row.snapshot),
+                      cursor=msgspec.json.decode(row.cursor), ts=row.ts)
 
 
 class Checkpoints:
@@ -68,7 +69,8 @@ class Checkpoints:
         usage = store.run_usage(run_id)
         return {"steps_high_water": store.steps_high_water(run_id),
                 "steps_unfinished": store.unfinished_ordinals(run_id),
-                "usage": {k: usage[k] for k in ("tokens_in", "tokens_out", "cost_usd")},
+                "usage": {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out,
+                          "cost_usd": usage.cost_usd},
                 "facts_high_water": store.facts_high_water(run_id)}
 
     def check_snapshot(self, snapshot: Any, field: str) -> None:
@@ -105,16 +107,16 @@ class Checkpoints:
             self.check_snapshot(body.snapshot, "snapshot")
             cited = body.step_id
             row_of = self.orch.store.get_step(cited) if cited is not None else None
-            if cited is not None and (row_of is None or row_of["run_id"] != run_id):
+            if cited is not None and (row_of is None or row_of.run_id != run_id):
                 # another Run's or tenant's step answers as an unknown one (NERVE-4051)
                 raise NotFound(f"no step {cited}", data={"step_id": cited})
         cursor = self.cursor(run_id)
         digest = b3({"run_id": run_id, "snapshot": body.snapshot, "cursor": cursor})
-        row = {"checkpoint_id": "ckp_" + digest[3:35], "run_id": run_id,
-               "step_id": step_id or body.step_id, "hash": digest,
-               "snapshot": canonical_json(body.snapshot).decode(),
-               "cursor": canonical_json(cursor).decode(),
-               "ts": iso_utc(self.orch.clock.now())}
+        row = CheckpointRow(checkpoint_id="ckp_" + digest[3:35], run_id=run_id,
+                            step_id=step_id or body.step_id, hash=digest,
+                            snapshot=canonical_json(body.snapshot).decode(),
+                            cursor=canonical_json(cursor).decode(),
+                            ts=iso_utc(self.orch.clock.now()))
         ckp_id = "ckp_" + digest[3:35]
         created = self.orch.store.insert_checkpoint(row)
         stored = self.orch.store.get_checkpoint(ckp_id)
@@ -160,8 +162,8 @@ class Checkpoints:
         """One checkpoint of the tenant. Raises NotFound."""
         row = self.orch.store.get_checkpoint(checkpoint_id)
         if row is not None:
-            run = self.orch.store.get_run(row["run_id"])
-            if run is None or run["tenant"] != tenant:
+            run = self.orch.store.get_run(row.run_id)
+            if run is None or run.tenant != tenant:
                 row = None
         if row is None:
             raise NotFound(f"no checkpoint {checkpoint_id}",
@@ -209,10 +211,10 @@ class Checkpoints:
         ckp = self.get(checkpoint_id, tenant)
         parent = self.orch.store.get_run(ckp.run_id)
         assert parent is not None
-        if parent["flow_id"] != flow_id:
+        if parent.flow_id != flow_id:
             raise InvalidParams("from_checkpoint must name a checkpoint of a run of this flow",
                                 data={"from_checkpoint": checkpoint_id,
-                                      "checkpoint_flow_id": parent["flow_id"]})
+                                      "checkpoint_flow_id": parent.flow_id})
         return ckp
 
     def inherit(self, child_run_id: str, ckp: Checkpoint) -> None:
@@ -225,15 +227,16 @@ class Checkpoints:
         while seen < high:
             rows = store.list_facts(run_id=ckp.run_id, since_seq=seen, limit=512)
             for row in rows:
-                if row["seq"] > high:
+                if row.seq > high:
                     return
-                store.append_fact({**row, "run_id": child_run_id, "flow_id": flow_id,
-                                   "fact_id": "fct_" + b3([child_run_id, row["fact_id"]])[3:27]})
+                store.append_fact(msgspec.structs.replace(
+                    row, run_id=child_run_id, flow_id=flow_id,
+                    fact_id="fct_" + b3([child_run_id, row.fact_id])[3:27]))
             if not rows:
                 return
-            seen = rows[-1]["seq"]
+            seen = rows[-1].seq
 
-    def inherited_step(self, run: Run, client_token: str) -> dict[str, Any] | None:
+    def inherited_step(self, run: Run, client_token: str) -> StepRow | None:
         """The parent's Step a forked Run's submission inherits, if any: one the parent
         had finished at the checkpoint (NERVE-4005, NERVE-4008)."""
         ckp_id = run.lineage.get("from_checkpoint")
@@ -242,13 +245,13 @@ class Checkpoints:
         row = self.orch.store.get_checkpoint(ckp_id)
         if row is None:
             return None
-        step = self.orch.store.get_step_by_token(row["run_id"], client_token)
+        step = self.orch.store.get_step_by_token(row.run_id, client_token)
         if step is None:
             return None
-        cursor = msgspec.json.decode(row["cursor"])
+        cursor = msgspec.json.decode(row.cursor)
         if "steps_done" in cursor:  # written before schema v6
             return step if client_token in cursor["steps_done"] else None
-        ordinal = step["ordinal"]
+        ordinal = step.ordinal
         if ordinal > cursor["steps_high_water"] or ordinal in cursor["steps_unfinished"]:
             return None
         return step

@@ -188,14 +188,14 @@ class Effects:
         """
         row = self.orch.store.get_run(run.run_id)
         assert row is not None
-        return FsBroker(run.fs_policy, self.fs_limits, tenant=row["tenant"])
+        return FsBroker(run.fs_policy, self.fs_limits, tenant=row.tenant)
 
     def _fs_usage(self, run_id: str) -> FsUsage:
         """Cumulative usage recorded by the Run's last successful fs_op."""
         for row in reversed(self.orch.store.list_steps(run_id)):
-            if row["type"] != "fs_op" or row["status"] != "succeeded":
+            if row.type != "fs_op" or row.status != "succeeded":
                 continue
-            for _seq, ftype, data in self.orch.store.read_events(row["step_id"], -1):
+            for _seq, ftype, data in self.orch.store.read_events(row.step_id, -1):
                 if ftype == "end":
                     usage = msgspec.json.decode(data)["output"].get("fs_usage", {})
                     return msgspec.convert(usage, FsUsage)

@@ -43,7 +43,8 @@ from contracts.events import (
 )
 from orchestrator_core.clock import Clock, Timer
 from orchestrator_core.metrics import Metrics
-from orchestrator_core.store import EventRow, SqliteStore, StepUpdate
+from orchestrator_core.rows import EventRead, EventRow, StepUpdate
+from orchestrator_core.store_base import Store
 
 __all__ = ["EventLog", "Subscription"]
 
@@ -201,7 +202,7 @@ class EventLog:
     """Append, group-commit and read the durable frames of every Step.
 
     Args:
-        store: the SQLite store.
+        store: the store (the event log's rows go through :meth:`Store.commit_events`).
         clock: injected time (eviction deadlines).
         metrics: Prometheus metrics.
         commit_interval_s: longest time a token frame waits for its commit.
@@ -210,7 +211,7 @@ class EventLog:
         ephemeral_capacity: per-subscriber buffer of ``metrics``/``narration`` frames.
     """
 
-    def __init__(self, store: SqliteStore, clock: Clock, metrics: Metrics, *,
+    def __init__(self, store: Store, clock: Clock, metrics: Metrics, *,
                  commit_interval_s: float = 0.002, commit_max_frames: int = 64,
                  linger_s: float = 30.0, ephemeral_capacity: int = 16) -> None:
         self.store = store
@@ -444,7 +445,7 @@ class EventLog:
         rows = self.store.read_events(step_id, after_seq)
         return [sse_frame(seq, ftype, data) for seq, ftype, data in rows], True
 
-    def read_rows(self, step_id: str) -> list[tuple[int, str, bytes]]:
+    def read_rows(self, step_id: str) -> list[EventRead]:
         """Every committed frame of a Step as ``(seq, type, data)`` (replay source)."""
         self.flush()
         return self.store.read_events(step_id, -1)

@@ -34,6 +34,7 @@ from orchestrator_core.clock import iso_utc
 from orchestrator_core.executor import EffectJob
 from orchestrator_core.gates import GateExpression, compile_gate, evaluate_gate
 from orchestrator_core.host import StepHost
+from orchestrator_core.rows import FactRow, StepRow
 from orchestrator_core.schema_guard import check_schema, violations
 
 __all__ = ["Facts", "check_fact_schemas"]
@@ -59,10 +60,10 @@ def check_fact_schemas(config: dict[str, Any]) -> None:
                      extra={"uri": uri})
 
 
-def _fact(row: dict[str, Any]) -> Fact:
-    return Fact(fact_id=row["fact_id"], run_id=row["run_id"], seq=row["seq"], type=row["type"],
-                schema_uri=row["schema_uri"], data=msgspec.json.decode(row["data"]),
-                emitted_by_step=row["emitted_by_step"], ts=row["ts"])
+def _fact(row: FactRow) -> Fact:
+    return Fact(fact_id=row.fact_id, run_id=row.run_id, seq=row.seq, type=row.type,
+                schema_uri=row.schema_uri, data=msgspec.json.decode(row.data),
+                emitted_by_step=row.emitted_by_step, ts=row.ts)
 
 
 class Facts:
@@ -103,13 +104,13 @@ class Facts:
                                 data={"schema_uri": body.schema_uri, "errors": errors[:20]})
         if body.step_id is not None:  # a step of another Run (or tenant) is as unknown
             step = self.orch.store.get_step(body.step_id)
-            if step is None or step["run_id"] != run_id:
+            if step is None or step.run_id != run_id:
                 raise NotFound(f"no step {body.step_id}", data={"step_id": body.step_id})
-        row: dict[str, Any] = {"fact_id": new_id("fct"), "run_id": run_id, "flow_id": run.flow_id,
-               "type": body.type, "schema_uri": body.schema_uri,
-               "data": canonical_json(body.data).decode(), "emitted_by_step": body.step_id,
-               "ts": iso_utc(self.orch.clock.now())}
-        row["seq"] = self.orch.store.append_fact(row)
+        row = FactRow(fact_id=new_id("fct"), run_id=run_id, flow_id=run.flow_id, seq=-1,
+                      type=body.type, schema_uri=body.schema_uri,
+                      data=canonical_json(body.data).decode(), emitted_by_step=body.step_id,
+                      ts=iso_utc(self.orch.clock.now()))
+        row = msgspec.structs.replace(row, seq=self.orch.store.append_fact(row))
         fact = _fact(row)
         if body.step_id is not None and self.orch.log.is_live(body.step_id):
             self.orch.log.append(body.step_id, fact)
@@ -158,8 +159,8 @@ class Facts:
         while True:
             rows = self.orch.store.list_facts(run_id=run_id, since_seq=cursor, limit=512)
             if rows:
-                cursor = rows[-1]["seq"]
-                yield b"".join(sse_frame(r["seq"], FrameType.FACT, _enc.encode(_fact(r)))
+                cursor = rows[-1].seq
+                yield b"".join(sse_frame(r.seq, FrameType.FACT, _enc.encode(_fact(r)))
                                for r in rows)
                 continue
             with self.orch.clock.move_on_after(heartbeat_s) as idle:
@@ -170,7 +171,7 @@ class Facts:
     # -- gate_eval ---------------------------------------------------------------------
 
     def submit_gate(self, run: Run, body: GateEvalSubmit, input_value: Any, input_hash: str,
-                    recorded: dict[str, Any] | None = None) -> Step:
+                    recorded: StepRow | None = None) -> Step:
         """Admit a ``gate_eval``; in ``strict_replay`` (``recorded`` given) it re-evaluates
         over the recorded Facts and must agree with the recording.
 
@@ -180,12 +181,12 @@ class Facts:
         """
         gate = compile_gate(body.input.expression)
         step_id = self.orch.insert_step(run, body, "gate_eval", input_value, input_hash, None,
-                                        recorded["step_id"] if recorded else None)
+                                        recorded.step_id if recorded else None)
         run_id, wait_s = run.run_id, body.input.wait_ms / 1000.0
         orch = self.orch
         cfg = orch.config
 
-        async def evaluate(rows: list[dict[str, Any]]) -> tuple[list[str], bool, Any]:
+        async def evaluate(rows: list[FactRow]) -> tuple[list[str], bool, Any]:
             """``(fact ids, passed, value)``, evaluated in a worker thread."""
             return await anyio.to_thread.run_sync(_evaluate, gate, rows, cfg.max_gate_work,
                                                   cfg.max_recorded_value_bytes)
@@ -198,14 +199,14 @@ class Facts:
                 left = deadline - orch.clock.monotonic()
                 if passed or left <= 0:
                     return {"passed": passed, "value": value, "facts_seen": seen,
-                            "high_water": rows[-1]["seq"] if rows else -1}
+                            "high_water": rows[-1].seq if rows else -1}
                 with orch.clock.move_on_after(left):
                     await self.wait_for_new(run_id)
 
         async def again() -> Any:
             assert recorded is not None
             end = next(msgspec.json.decode(d) for _s, t, d in
-                       orch.store.read_events(recorded["step_id"], -1) if t == "end")
+                       orch.store.read_events(recorded.step_id, -1) if t == "end")
             want = end["output"]
             rows = orch.store.list_facts(fact_ids=want["facts_seen"], limit=100_000)
             _seen, passed, value = await evaluate(rows)
@@ -222,7 +223,7 @@ class Facts:
         return self.orch.get_step(step_id, None)
 
 
-def _evaluate(gate: GateExpression, rows: list[dict[str, Any]], max_work: int,
+def _evaluate(gate: GateExpression, rows: list[FactRow], max_work: int,
               max_value_bytes: int) -> tuple[list[str], bool, Any]:
     """Decode the Facts and evaluate the gate over them (pure; runs in a worker thread)."""
     facts = [msgspec.to_builtins(_fact(r)) for r in rows]

@@ -16,7 +16,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.executor import Executor
 from orchestrator_core.metrics import Metrics
-from orchestrator_core.store import SqliteStore
+from orchestrator_core.store_base import Store
 
 __all__ = ["StepHost"]
 
@@ -30,7 +30,7 @@ class StepHost(Protocol):
 
     config: ServerConfig
     clock: Clock
-    store: SqliteStore
+    store: Store
     log: EventLog
     executor: Executor
     metrics: Metrics

@@ -23,6 +23,7 @@ from contracts.errors import DeterminismInputsDiffer, Nondeterminism, ReplayDive
 from contracts.events import Provenance, TokenData
 from contracts.steps import SamplingParams
 from orchestrator_core.canonical import b3_as_recorded
+from orchestrator_core.rows import StepRow
 
 __all__ = [
     "DETERMINISM_FIELDS",
@@ -63,30 +64,40 @@ def first_difference(recorded: Any, submitted: Any, path: str = "input") -> str 
     return None if recorded == submitted else path
 
 
-def check_recorded_match(*, client_token: str, recorded: Mapping[str, Any] | None,
+def check_recorded_match(*, client_token: str, recorded: StepRow | None,
                          step_type: str, input_hash: str, input_value: Any) -> None:
-    """Raise ``NONDETERMINISM`` unless the recorded Step has this type and input hash.
+    """Raise ``NONDETERMINISM`` unless the recorded Step has this type and input hash
+    (NERVE-4023).
 
     Args:
-        recorded: the recorded Step row (``type``, ``input_hash``, ``input`` JSON text).
+        client_token: the submitted Step's idempotency key.
+        recorded: the recorded Step row (its ``type``, ``input_hash`` and ``input``
+            JSON text are compared), or None when the recording has no such Step.
+        step_type: the submitted type.
+        input_hash: the submitted ``b3:<hex>`` of ``{type, input}``.
+        input_value: the submitted input as builtins.
+
+    Raises:
+        Nondeterminism: no recorded Step, another type, or another input; ``data.field``
+            is ``client_token``, ``type`` or the dotted path of the first difference.
     """
     if recorded is None:
         raise Nondeterminism(
             f"the recording has no step with client_token {client_token!r}",
             data={"client_token": client_token, "field": "client_token",
                   "recorded_hash": None, "submitted_hash": input_hash})
-    if recorded["type"] != step_type:
+    if recorded.type != step_type:
         raise Nondeterminism(
-            f"step {client_token!r} was recorded as {recorded['type']}, not {step_type}",
+            f"step {client_token!r} was recorded as {recorded.type}, not {step_type}",
             data={"client_token": client_token, "field": "type",
-                  "recorded_hash": recorded["input_hash"], "submitted_hash": input_hash})
-    if recorded["input_hash"] != b3_as_recorded({"type": step_type, "input": input_value},
-                                                input_hash, recorded["input_hash"]):
-        field = first_difference(msgspec.json.decode(recorded["input"]), input_value)
+                  "recorded_hash": recorded.input_hash, "submitted_hash": input_hash})
+    if recorded.input_hash != b3_as_recorded({"type": step_type, "input": input_value},
+                                             input_hash, recorded.input_hash):
+        field = first_difference(msgspec.json.decode(recorded.input), input_value)
         raise Nondeterminism(
             f"step {client_token!r} input differs from the recording at {field}",
             data={"client_token": client_token, "field": field,
-                  "recorded_hash": recorded["input_hash"], "submitted_hash": input_hash})
+                  "recorded_hash": recorded.input_hash, "submitted_hash": input_hash})
 
 
 def same_build(recorded: Provenance, recorded_settings: str | None, *, engine: str,

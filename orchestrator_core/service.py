@@ -80,7 +80,9 @@ from orchestrator_core.replay import (
     recorded_params,
     same_build,
 )
+from orchestrator_core.rows import FlowRow, RunRow, StepRow
 from orchestrator_core.store import SqliteStore
+from orchestrator_core.store_base import Store
 from orchestrator_core.streams import StepStream
 from worker_adapters.base import CompletionRequest, Drivers, ToolExecutors, ToolsFactory
 
@@ -93,10 +95,10 @@ _enc = msgspec.json.Encoder()
 _prov_decoder = msgspec.json.Decoder(Provenance)
 
 
-def _redacted_input(run_row: dict[str, Any], input_value: Any) -> Any:
+def _redacted_input(run_row: RunRow, input_value: Any) -> Any:
     """The Step input as stored: prompt and message contents redacted by the Run's policy
     (the input hash stays that of the submitted input, for idempotency and replay)."""
-    policy = msgspec.json.decode(run_row["body"], type=_PolicyOnly).policy
+    policy = msgspec.json.decode(run_row.body, type=_PolicyOnly).policy
     if not policy.redact or not isinstance(input_value, dict):
         return input_value
     out = dict(input_value)
@@ -125,14 +127,14 @@ class Orchestrator:
 
     Args:
         config: operator config.
-        store: the SQLite store.
+        store: the store (typed as the :class:`Store` protocol; PLACE-5008).
         pools: the pool manager (provisioned by :meth:`running`).
         clock: injected time.
         metrics: Prometheus metrics.
         tools: the operator's tool executors (injected, PLACE-5006).
     """
 
-    def __init__(self, config: ServerConfig, store: SqliteStore, pools: PoolManager,
+    def __init__(self, config: ServerConfig, store: Store, pools: PoolManager,
                  clock: Clock, metrics: Metrics, tools: ToolExecutors) -> None:
         self.config = config
         self.store = store
@@ -155,8 +157,8 @@ class Orchestrator:
     @classmethod
     @contextlib.asynccontextmanager
     async def running(cls, config: ServerConfig, *, drivers: Drivers, tools: ToolsFactory,
-                      clock: Clock | None = None,
-                      metrics: Metrics | None = None) -> AsyncIterator[Orchestrator]:
+                      clock: Clock | None = None, metrics: Metrics | None = None,
+                      store: Store | None = None) -> AsyncIterator[Orchestrator]:
         """Open the store, recover, start pools and background tasks; stop all on exit.
 
         Args:
@@ -166,9 +168,13 @@ class Orchestrator:
             tools: builds the tool executors from ``config.tools`` (PLACE-5006).
             clock: injected time (default: the system clock).
             metrics: Prometheus metrics (default: a fresh registry).
+            store: the store (default: a :class:`SqliteStore` at
+                ``<data_dir>/orchestrator.db``, migrated when opened); it is closed on
+                exit either way (PLACE-5008).
         """
         data_dir = pathlib.Path(config.data_dir)
-        store = SqliteStore(data_dir / "orchestrator.db", config.sqlite_synchronous)
+        if store is None:
+            store = SqliteStore(data_dir / "orchestrator.db", config.sqlite_synchronous)
         clock = clock or SystemClock()
         pools = PoolManager(config, data_dir, drivers, clock)
         executors = tools(config.tools)
@@ -208,14 +214,14 @@ class Orchestrator:
         self.effects.sweep_temp_files()
         rows = self.store.unfinished_steps()
         for row in rows:
-            step_id = row["step_id"]
+            step_id = row.step_id
             seq = self.store.max_seq(step_id) + 1
             tokens = sum(1 for _s, t, _d in self.store.read_events(step_id, -1) if t == "token")
             env = Interrupted("the server restarted while this step ran",
                               data={"step_id": step_id}).envelope()
             body = _enc.encode(env)
             self.store.commit_events(
-                [(step_id, seq, row["run_id"], frame_type_of(env).value, body)],
+                [(step_id, seq, row.run_id, frame_type_of(env).value, body)],
                 [(step_id, {"status": StepStatus.INTERRUPTED.value, "last_seq": seq,
                             "error": body.decode(), "tokens_out": tokens})])
         return len(rows)
@@ -244,15 +250,15 @@ class Orchestrator:
         check_fact_schemas(body.config)
         content = {"ast_ir": body.ast_ir, "tools": body.tools, "config": body.config}
         flow_hash, flow_id = flow_address(content, tenant, DEFAULT_TENANT)
-        created = self.store.insert_flow({
-            "tenant": tenant,
-            "flow_id": flow_id, "hash": flow_hash,
-            "ast_ir": canonical_json(body.ast_ir).decode(),
-            "tools": canonical_json(body.tools).decode(),
-            "config": canonical_json(body.config).decode(),
-            "labels": canonical_json(body.labels).decode(),
-            "created_at": iso_utc(self.clock.now()),
-        })
+        created = self.store.insert_flow(FlowRow(
+            tenant=tenant,
+            flow_id=flow_id, hash=flow_hash,
+            ast_ir=canonical_json(body.ast_ir).decode(),
+            tools=canonical_json(body.tools).decode(),
+            config=canonical_json(body.config).decode(),
+            labels=canonical_json(body.labels).decode(),
+            created_at=iso_utc(self.clock.now()),
+        ))
         row = self.store.get_flow_by_hash(tenant, flow_hash)  # a migrated Flow keeps its id
         assert row is not None
         return views.flow(row), created
@@ -261,7 +267,7 @@ class Orchestrator:
         """The tenant's Flow. Raises NotFound (also for another tenant's flow).
         ``tenant=None`` is the server's own, unscoped view."""
         row = self.store.get_flow(flow_id)
-        if row is None or (tenant is not None and row["tenant"] != tenant):
+        if row is None or (tenant is not None and row.tenant != tenant):
             raise NotFound(f"no flow {flow_id}", data={"flow_id": flow_id})
         return views.flow(row)
 
@@ -301,7 +307,7 @@ class Orchestrator:
             fork = self.checkpoints.fork_source(body.from_checkpoint, flow.flow_id, tenant)
             parent = self.store.get_run(fork.run_id)
             assert parent is not None
-            seed = parent["seed"] if seed is None else seed
+            seed = parent.seed if seed is None else seed
         if body.mode is RunMode.RECORD:
             if body.replay_of is not None:
                 raise InvalidParams("replay_of is only for replay and strict_replay runs")
@@ -309,24 +315,24 @@ class Orchestrator:
             if body.replay_of is None:
                 raise InvalidParams(f"mode {body.mode.value} needs replay_of: <run_id>")
             src = self.store.get_run(body.replay_of)
-            if src is None or src["tenant"] != tenant:
+            if src is None or src.tenant != tenant:
                 raise NotFound(f"no run {body.replay_of}", data={"run_id": body.replay_of})
-            if src["mode"] != RunMode.RECORD.value or src["flow_id"] != flow.flow_id:
+            if src.mode != RunMode.RECORD.value or src.flow_id != flow.flow_id:
                 raise InvalidParams("replay_of must name a record-mode run of the same flow",
                                     data={"replay_of": body.replay_of,
-                                          "recorded_flow_id": src["flow_id"],
-                                          "recorded_mode": src["mode"]})
+                                          "recorded_flow_id": src.flow_id,
+                                          "recorded_mode": src.mode})
             diff: dict[str, dict[str, Any]] = {}
-            policy_hash = b3_as_recorded(body.policy, policy_hash, src["policy_hash"])
-            if seed is not None and seed != src["seed"]:
-                diff["seed"] = {"recorded": src["seed"], "current": seed}
-            if body.mode is RunMode.STRICT_REPLAY and policy_hash != src["policy_hash"]:
-                diff["policy_hash"] = {"recorded": src["policy_hash"], "current": policy_hash}
+            policy_hash = b3_as_recorded(body.policy, policy_hash, src.policy_hash)
+            if seed is not None and seed != src.seed:
+                diff["seed"] = {"recorded": src.seed, "current": seed}
+            if body.mode is RunMode.STRICT_REPLAY and policy_hash != src.policy_hash:
+                diff["policy_hash"] = {"recorded": src.policy_hash, "current": policy_hash}
             if diff:
                 raise DeterminismInputsDiffer(
                     "replay refused: determinism inputs differ: " + ", ".join(sorted(diff)),
                     fields=diff)
-            seed = src["seed"]
+            seed = src.seed
         if seed is None:
             seed = secrets.randbelow(2**31)
         if not 0 <= seed < 2**63:
@@ -335,18 +341,18 @@ class Orchestrator:
         created = (self.effects.create_roots(body.fs_policy, tenant)
                    if body.fs_policy.roots and body.mode is RunMode.RECORD else [])
         try:
-            self.store.insert_run({
-                "run_id": run_id, "flow_id": flow.flow_id, "flow_hash": flow.hash,
-                "mode": body.mode.value, "seed": seed, "replay_of": body.replay_of,
-                "body": _enc.encode({"budgets": body.budgets, "policy": body.policy,
-                                     "pool_policy": body.pool_policy,
-                                     "fs_policy": body.fs_policy,
-                                     "labels": body.labels,
-                                     "cancel_on_disconnect": body.cancel_on_disconnect,
-                                     }).decode(),
-                "policy_hash": policy_hash, "status": RunStatus.ACTIVE.value,
-                "created_at": iso_utc(self.clock.now()), "tenant": tenant,
-            })
+            self.store.insert_run(RunRow(
+                run_id=run_id, flow_id=flow.flow_id, flow_hash=flow.hash,
+                mode=body.mode.value, seed=seed, replay_of=body.replay_of,
+                body=_enc.encode({"budgets": body.budgets, "policy": body.policy,
+                                  "pool_policy": body.pool_policy,
+                                  "fs_policy": body.fs_policy,
+                                  "labels": body.labels,
+                                  "cancel_on_disconnect": body.cancel_on_disconnect,
+                                  }).decode(),
+                policy_hash=policy_hash, status=RunStatus.ACTIVE.value,
+                created_at=iso_utc(self.clock.now()), tenant=tenant,
+            ))
         except BaseException:
             self.effects.discard_roots(created)
             raise
@@ -358,7 +364,7 @@ class Orchestrator:
         """The Run with its usage and Step counts. Raises NotFound (also for another
         tenant's run). ``tenant=None`` is the server's own, unscoped view."""
         row = self.store.get_run(run_id)
-        if row is None or (tenant is not None and row["tenant"] != tenant):
+        if row is None or (tenant is not None and row.tenant != tenant):
             raise NotFound(f"no run {run_id}", data={"run_id": run_id})
         return views.run(row, self.store.run_usage(run_id), self.store.child_runs(run_id))
 
@@ -367,7 +373,7 @@ class Orchestrator:
         self.get_run(run_id, tenant)
         self.store.set_run_status(run_id, RunStatus.CANCELLED.value)
         for row in self.store.list_steps(run_id):
-            self.executor.cancel(row["step_id"], reason="run cancelled")
+            self.executor.cancel(row.step_id, reason="run cancelled")
         return self.get_run(run_id, tenant)
 
     # -- steps -------------------------------------------------------------------------
@@ -389,31 +395,31 @@ class Orchestrator:
             QueueFull.
         """
         run_row = self.store.get_run(run_id)
-        if run_row is None or run_row["tenant"] != tenant:
+        if run_row is None or run_row.tenant != tenant:
             raise NotFound(f"no run {run_id}", data={"run_id": run_id})
         step_type = _STEP_TYPES[type(body)]
         input_value = msgspec.to_builtins(body.input)
         input_hash = b3({"type": step_type, "input": input_value})
         existing = self.store.get_step_by_token(run_id, body.client_token)
         if existing is not None:
-            if existing["input_hash"] != b3_as_recorded({"type": step_type, "input": input_value},
-                                                        input_hash, existing["input_hash"]):
+            if existing.input_hash != b3_as_recorded({"type": step_type, "input": input_value},
+                                                     input_hash, existing.input_hash):
                 raise Conflict(
                     f"client_token {body.client_token!r} was used with another input",
-                    data={"client_token": body.client_token, "step_id": existing["step_id"],
-                          "recorded_hash": existing["input_hash"],
+                    data={"client_token": body.client_token, "step_id": existing.step_id,
+                          "recorded_hash": existing.input_hash,
                           "submitted_hash": input_hash})
             return views.step(existing), False
-        if run_row["status"] != RunStatus.ACTIVE.value:
-            raise Conflict(f"run {run_id} is {run_row['status']}; it accepts no steps",
-                           data={"run_id": run_id, "status": run_row["status"]})
+        if run_row.status != RunStatus.ACTIVE.value:
+            raise Conflict(f"run {run_id} is {run_row.status}; it accepts no steps",
+                           data={"run_id": run_id, "status": run_row.status})
         stored_input = _redacted_input(run_row, input_value)
         if self.log.active() >= self.config.max_active_steps:
             raise AdmissionReject(
                 f"the server already has {self.config.max_active_steps} active steps",
                 retry_after_ms=1000, data={"max_active_steps": self.config.max_active_steps})
         run = self.get_run(run_id, tenant)
-        mode = RunMode(run_row["mode"])
+        mode = RunMode(run_row.mode)
         match body:
             case LlmCallSubmit():
                 check_allowed(run.policy, step_type=step_type, model=body.input.model)
@@ -449,7 +455,7 @@ class Orchestrator:
                 recorded = None
                 if mode is RunMode.STRICT_REPLAY:
                     recorded = self._recorded(run, body, step_type, input_value, input_hash)
-                    if recorded["status"] != StepStatus.SUCCEEDED.value:
+                    if recorded.status != StepStatus.SUCCEEDED.value:
                         return self._submit_replay(run, body, step_type, stored_input,
                                                    input_hash), True
                 return self.facts.submit_gate(run, body, input_value, input_hash,
@@ -466,16 +472,16 @@ class Orchestrator:
                      input_hash: str, seed: int | None, replay_of_step: str | None,
                      step_id: str | None = None) -> str:
         step_id = step_id or new_id("stp")
-        created = self.store.insert_step({
-            "step_id": step_id, "run_id": run.run_id, "type": step_type,
-            "client_token": body.client_token,
-            "input": canonical_json(input_value).decode(), "input_hash": input_hash,
-            "placement": (_enc.encode(body.placement).decode()
-                          if isinstance(body, LlmCallSubmit) and body.placement else None),
-            "status": StepStatus.QUEUED.value, "seed": seed,
-            "created_at": iso_utc(self.clock.now()), "last_seq": -1,
-            "replay_of_step": replay_of_step,
-        })
+        created = self.store.insert_step(StepRow(
+            step_id=step_id, run_id=run.run_id, type=step_type,
+            client_token=body.client_token,
+            input=canonical_json(input_value).decode(), input_hash=input_hash,
+            placement=(_enc.encode(body.placement).decode()
+                       if isinstance(body, LlmCallSubmit) and body.placement else None),
+            status=StepStatus.QUEUED.value, seed=seed,
+            created_at=iso_utc(self.clock.now()), last_seq=-1,
+            replay_of_step=replay_of_step,
+        ))
         if not created:  # a concurrent submit with the same token won the race
             raise Conflict("client_token was claimed concurrently; retry to read the step",
                            data={"client_token": body.client_token})
@@ -483,32 +489,33 @@ class Orchestrator:
         return step_id
 
     def _recorded(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
-                  input_hash: str, *, check_input: bool = True) -> dict[str, Any]:
+                  input_hash: str, *, check_input: bool = True) -> StepRow:
         assert run.replay_of is not None
         rec = self.store.get_step_by_token(run.replay_of, body.client_token)
         check_recorded_match(client_token=body.client_token, recorded=rec,
                              step_type=step_type,
                              input_hash=input_hash if check_input or rec is None
-                             else rec["input_hash"],
+                             else rec.input_hash,
                              input_value=input_value)
         assert rec is not None
-        if not StepStatus(rec["status"]).terminal:
+        if not StepStatus(rec.status).terminal:
             raise Conflict("the recorded step has not finished yet",
-                           data={"recorded_step_id": rec["step_id"]})
+                           data={"recorded_step_id": rec.step_id})
         return rec
 
     def _submit_replay(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
-                       input_hash: str, rec: dict[str, Any] | None = None) -> Step:
+                       input_hash: str, rec: StepRow | None = None) -> Step:
         if rec is None:
             rec = self._recorded(run, body, step_type, input_value, input_hash)
-        elif not StepStatus(rec["status"]).terminal:
+        elif not StepStatus(rec.status).terminal:
             raise Conflict("the inherited step has not finished yet",
-                           data={"recorded_step_id": rec["step_id"]})
-        rows = self.log.read_rows(rec["step_id"])
+                           data={"recorded_step_id": rec.step_id})
+        rows = self.log.read_rows(rec.step_id)
         step_id = self.insert_step(run, body, step_type, input_value, input_hash,
-                                    rec["seed"], rec["step_id"])
-        final = {k: rec[k] for k in ("status", "tokens_in", "tokens_out", "cost_usd",
-                                     "wall_ms", "provenance", "error")}
+                                    rec.seed, rec.step_id)
+        final = {"status": rec.status, "tokens_in": rec.tokens_in, "tokens_out": rec.tokens_out,
+                 "cost_usd": rec.cost_usd, "wall_ms": rec.wall_ms,
+                 "provenance": rec.provenance, "error": rec.error}
         self._spawn(self.executor.run_replay, ReplayJob(step_id, run.run_id, rows, final))
         return self.get_step(step_id, None)
 
@@ -542,16 +549,16 @@ class Orchestrator:
                                 data={"params": msgspec.to_builtins(prm)})
         seed = prm.seed if prm.seed is not None else derive_seed(run.seed, body.client_token)
         placement = body.placement or run.pool_policy.placement
-        recorded: dict[str, Any] | None = None
+        recorded: StepRow | None = None
         rec_prov: Provenance | None = None
         if mode is RunMode.STRICT_REPLAY:
             # Determinism inputs are compared first, so a changed seed or params is named
             # as such (DETERMINISM_INPUTS_DIFFER); any other input change is NONDETERMINISM.
             recorded = self._recorded(run, body, step_type, input_value, input_hash,
                                       check_input=False)
-            if recorded["provenance"] is None:  # the recording failed: serve it as is
+            if recorded.provenance is None:  # the recording failed: serve it as is
                 return self._submit_replay(run, body, step_type, stored_input, input_hash)
-            rec_prov = _prov_decoder.decode(recorded["provenance"])
+            rec_prov = _prov_decoder.decode(recorded.provenance)
             found = self.pools.find_replica(rec_prov.replica_id)
             placement = PlacementPin(pool_id=found[0].pool_id if found else rec_prov.pool_id,
                                      replica_id=rec_prov.replica_id)
@@ -619,7 +626,7 @@ class Orchestrator:
             }, details={
                 "params_hash": {"key": "params", "current": params,
                                 "recorded": recorded_params(
-                                    recorded["type"], recorded["input"],
+                                    recorded.type, recorded.input,
                                     msgspec.to_builtins(body.input), params)},
                 "engine_build": {"key": "settings", "current": ident.settings,
                                  "recorded": msgspec.json.decode(rec_settings)
@@ -628,7 +635,7 @@ class Orchestrator:
             check_recorded_match(client_token=body.client_token, recorded=recorded,
                                  step_type=step_type, input_hash=input_hash,
                                  input_value=input_value)
-            tokens = [d for _s, t, d in self.log.read_rows(recorded["step_id"]) if t == "token"]
+            tokens = [d for _s, t, d in self.log.read_rows(recorded.step_id) if t == "token"]
         if pool.queued() >= pool.config.queue_capacity:
             retry_ms = int(replica.avg_step_ms)
             raise QueueFull(f"pool {pool.pool_id} queue is full "
@@ -641,7 +648,7 @@ class Orchestrator:
                                  now_s=now)
         try:
             self.insert_step(run, body, step_type, stored_input, input_hash, seed,
-                              recorded["step_id"] if recorded else None, step_id)
+                              recorded.step_id if recorded else None, step_id)
         except BaseException:
             self.budgets.release(run.run_id, step_id)
             raise
@@ -696,8 +703,8 @@ class Orchestrator:
         """The Step resource. Raises NotFound (also for another tenant's step)."""
         row = self.store.get_step(step_id)
         if row is not None and tenant is not None:
-            run = self.store.get_run(row["run_id"])
-            if run is None or run["tenant"] != tenant:
+            run = self.store.get_run(row.run_id)
+            if run is None or run.tenant != tenant:
                 row = None
         if row is None:
             raise NotFound(f"no step {step_id}", data={"step_id": step_id})
@@ -736,7 +743,7 @@ class Orchestrator:
         if run_id is None or not self.log.is_live(step_id) or self.log.subscribers(step_id):
             return
         run = self.store.get_run(run_id)
-        flag = msgspec.json.decode(run["body"]).get("cancel_on_disconnect") if run else None
+        flag = msgspec.json.decode(run.body).get("cancel_on_disconnect") if run else None
         if not (self.config.cancel_on_disconnect if flag is None else flag):
             return
         if self._tg is not None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from contracts.errors import ErrorEnvelope
@@ -21,6 +19,7 @@ from contracts.runs import (
     RunStatus,
 )
 from contracts.steps import Step, StepStatus, StepType
+from orchestrator_core.rows import FlowRow, RunRow, RunUsage, StepRow
 
 __all__ = ["flow", "run", "step"]
 
@@ -41,43 +40,43 @@ _err = msgspec.json.Decoder(ErrorEnvelope)
 _placement = msgspec.json.Decoder(Placement)
 
 
-def flow(row: dict[str, Any]) -> Flow:
+def flow(row: FlowRow) -> Flow:
     """A ``flows`` row as a :class:`Flow`."""
-    return Flow(flow_id=row["flow_id"], hash=row["hash"],
-                ast_ir=msgspec.json.decode(row["ast_ir"]), tools=_tools.decode(row["tools"]),
-                config=msgspec.json.decode(row["config"]),
-                labels=msgspec.json.decode(row["labels"] or "{}"),
-                created_at=row["created_at"])
+    return Flow(flow_id=row.flow_id, hash=row.hash,
+                ast_ir=msgspec.json.decode(row.ast_ir), tools=_tools.decode(row.tools),
+                config=msgspec.json.decode(row.config),
+                labels=msgspec.json.decode(row.labels or "{}"),
+                created_at=row.created_at)
 
 
-def run(row: dict[str, Any], usage: dict[str, Any], children: list[str] | None = None) -> Run:
+def run(row: RunRow, usage: RunUsage, children: list[str] | None = None) -> Run:
     """A ``runs`` row plus its usage sums (and forked children) as a :class:`Run`."""
-    body = _run_body.decode(row["body"])
-    return Run(run_id=row["run_id"], flow_id=row["flow_id"], flow_hash=row["flow_hash"],
-               mode=RunMode(row["mode"]), seed=row["seed"], replay_of=row["replay_of"],
-               budgets=body.budgets, policy=body.policy, policy_hash=row["policy_hash"],
+    body = _run_body.decode(row.body)
+    return Run(run_id=row.run_id, flow_id=row.flow_id, flow_hash=row.flow_hash,
+               mode=RunMode(row.mode), seed=row.seed, replay_of=row.replay_of,
+               budgets=body.budgets, policy=body.policy, policy_hash=row.policy_hash,
                pool_policy=body.pool_policy, fs_policy=body.fs_policy, labels=body.labels,
-               status=RunStatus(row["status"]), created_at=row["created_at"],
-               usage=BudgetUsage(tokens_in=usage["tokens_in"], tokens_out=usage["tokens_out"],
-                                 wall_ms=usage["wall_ms"], cost_usd=usage["cost_usd"]),
-               steps=usage["counts"], cancel_on_disconnect=body.cancel_on_disconnect,
-               lineage={"parent_run_id": row.get("parent_run_id"),
-                        "from_checkpoint": row.get("from_checkpoint"),
+               status=RunStatus(row.status), created_at=row.created_at,
+               usage=BudgetUsage(tokens_in=usage.tokens_in, tokens_out=usage.tokens_out,
+                                 wall_ms=usage.wall_ms, cost_usd=usage.cost_usd),
+               steps=usage.counts, cancel_on_disconnect=body.cancel_on_disconnect,
+               lineage={"parent_run_id": row.parent_run_id,
+                        "from_checkpoint": row.from_checkpoint,
                         "children": children or []})
 
 
-def step(row: dict[str, Any]) -> Step:
+def step(row: StepRow) -> Step:
     """A ``steps`` row as a :class:`Step`."""
     return Step(
-        step_id=row["step_id"], run_id=row["run_id"], type=StepType(row["type"]),
-        client_token=row["client_token"], input=msgspec.json.decode(row["input"]),
-        input_hash=row["input_hash"],
-        placement=_placement.decode(row["placement"]) if row["placement"] else None,
-        status=StepStatus(row["status"]), seed=row["seed"], created_at=row["created_at"],
-        usage=BudgetUsage(tokens_in=row["tokens_in"], tokens_out=row["tokens_out"],
-                          wall_ms=row["wall_ms"], cost_usd=row["cost_usd"]),
-        last_seq=row["last_seq"],
-        provenance=_prov.decode(row["provenance"]) if row["provenance"] else None,
-        error=_err.decode(row["error"]) if row["error"] else None,
-        replay_of_step=row["replay_of_step"],
+        step_id=row.step_id, run_id=row.run_id, type=StepType(row.type),
+        client_token=row.client_token, input=msgspec.json.decode(row.input),
+        input_hash=row.input_hash,
+        placement=_placement.decode(row.placement) if row.placement else None,
+        status=StepStatus(row.status), seed=row.seed, created_at=row.created_at,
+        usage=BudgetUsage(tokens_in=row.tokens_in, tokens_out=row.tokens_out,
+                          wall_ms=row.wall_ms, cost_usd=row.cost_usd),
+        last_seq=row.last_seq,
+        provenance=_prov.decode(row.provenance) if row.provenance else None,
+        error=_err.decode(row.error) if row.error else None,
+        replay_of_step=row.replay_of_step,
     )

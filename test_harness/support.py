@@ -72,15 +72,6 @@ def server_process(config: ServerConfig,
             stop_server(proc)
 
 
-def insert_step_before_v6(self: Any, row: dict[str, Any]) -> bool:
-    """``SqliteStore.insert_step`` as it was before schema v6 (no ``ordinal`` column), for
-    tests that write a store the old way."""
-    cols = list(row)
-    sql = (f"INSERT OR IGNORE INTO steps ({', '.join(cols)}) VALUES "  # noqa: S608 - test columns
-           f"({', '.join(':' + c for c in cols)})")
-    return int(self._conn.execute(sql, row).rowcount) == 1
-
-
 def parse_sse(raw: bytes) -> list[dict[str, Any]]:
     """Split an SSE body into frames ``{"id", "event", "data"}`` (comments skipped)."""
     frames = []

@@ -19,7 +19,7 @@ from orchestrator_core.checkpoints import Checkpoints
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.store import SCHEMA_VERSION, SqliteStore
 from test_harness.bdd.conftest import run_to_end
-from test_harness.support import app_client, insert_step_before_v6, llm_step, parse_sse
+from test_harness.support import app_client, llm_step, parse_sse
 
 scenarios("checkpoint.feature")
 ANY = "urn:orchestratord:schema:any-object"
@@ -205,13 +205,14 @@ def fork_other(ctx: dict[str, Any]) -> None:
 def _cursor_before_v6(self: Checkpoints, run_id: str) -> dict[str, Any]:
     """``Checkpoints.cursor`` as it was before schema v6: every finished client_token."""
     store = self.orch.store
-    done = [r["client_token"] for r in store.list_steps(run_id)
-            if StepStatus(r["status"]).terminal]
+    done = [r.client_token for r in store.list_steps(run_id)
+            if StepStatus(r.status).terminal]
     usage = store.run_usage(run_id)
     facts = store.list_facts(run_id=run_id, limit=1_000_000)
     return {"steps_done": done,
-            "usage": {k: usage[k] for k in ("tokens_in", "tokens_out", "cost_usd")},
-            "facts_high_water": facts[-1]["seq"] if facts else -1}
+            "usage": {"tokens_in": usage.tokens_in, "tokens_out": usage.tokens_out,
+                      "cost_usd": usage.cost_usd},
+            "facts_high_water": facts[-1].seq if facts else -1}
 
 
 @when("a schema v5 server records the same history, is upgraded, and I fork from its "
@@ -222,11 +223,8 @@ def legacy_history(ctx: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None
     cfg = msgspec.structs.replace(ctx["cfg"], data_dir=ctx["cfg"].data_dir + "-v5")
     ctx["stack"].close()
     with monkeypatch.context() as old_server:
-        old_server.setattr(SqliteStore, "_migrate_v6", lambda self: None)
-        old_server.setattr(SqliteStore, "_migrate_v7", lambda self: None)
-        old_server.setattr(SqliteStore, "_migrate_v8", lambda self: None)
+        old_server.setattr(SqliteStore, "migrate_to", 5)
         old_server.setattr(SqliteStore, "record_engine_build", lambda self, f, s: None)
-        old_server.setattr(SqliteStore, "insert_step", insert_step_before_v6)
         old_server.setattr(Checkpoints, "cursor", _cursor_before_v6)
         with app_client(cfg) as client:
             ctx["client"] = client

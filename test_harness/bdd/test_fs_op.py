@@ -359,5 +359,5 @@ def read_small(ctx: dict[str, Any], limit: int) -> None:
     """The content did not reach the store."""
     orch = ctx["client"].app.state.orch
     run_id = ctx["run_id"]
-    (read,) = [r for r in orch.store.list_steps(run_id) if r["client_token"] == "fs-2"]
-    assert max(len(d) for _s, _t, d in orch.store.read_events(read["step_id"], -1)) <= limit
+    (read,) = [r for r in orch.store.list_steps(run_id) if r.client_token == "fs-2"]
+    assert max(len(d) for _s, _t, d in orch.store.read_events(read.step_id, -1)) <= limit

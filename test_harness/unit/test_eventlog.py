@@ -56,7 +56,7 @@ class TestGroupCommit:
         seq = log.finish_recorded("s", "end", b"{}", {"status": "succeeded"})
         step = store.get_step("s")
         assert step is not None
-        assert (seq, step["status"], step["last_seq"]) == (1, "succeeded", 1)
+        assert (seq, step.status, step.last_seq) == (1, "succeeded", 1)
         assert log.read("s", 0)[1] is True
         with pytest.raises(RuntimeError):
             log.append_recorded("s", "token", b"{}")

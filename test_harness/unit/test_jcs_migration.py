@@ -37,7 +37,7 @@ def old_store(mock_cfg: ServerConfig,
     record Run of two LLM steps at float temperatures, and what the old server answered."""
     monkeypatch.setattr(canonical, "canonical_json", _legacy_canonical_json)
     monkeypatch.setattr(service, "canonical_json", _legacy_canonical_json)
-    monkeypatch.setattr(SqliteStore, "_migrate_v8", lambda self: None)
+    monkeypatch.setattr(SqliteStore, "migrate_to", 7)
     monkeypatch.setattr(store, "FLOW_BY_ID", _NO_ALIAS)
     monkeypatch.setattr(store, "FLOW_BY_HASH", _NO_ALIAS)
     with app_client(mock_cfg) as client:

@@ -19,6 +19,7 @@ from orchestrator_core.replay import (
     recorded_params,
     same_build,
 )
+from orchestrator_core.rows import StepRow
 
 PROV = Provenance(
     seed=1, prompt_hash="p", params_hash="q", engine="llama.cpp", engine_version="v",
@@ -43,13 +44,19 @@ class TestFirstDifference:
         assert first_difference({"a": 1}, {"a": 1, "z": 0}) == "input.z"
 
 
+def _recorded(step_type: str, input_json: str) -> StepRow:
+    """A recorded Step row of this type and input, with input hash ``b3:r``."""
+    return StepRow(step_id="s", run_id="r", type=step_type, client_token="t", input=input_json,
+                   input_hash="b3:r", placement=None, status="succeeded", seed=None,
+                   created_at="t")
+
+
 class TestRecordedMatch:
     """A replayed Step must match its recording by type and input hash."""
 
     def test_differing_input_names_the_field(self) -> None:
         """The error carries the client_token, the field and both hashes."""
-        rec = {"type": "llm_call", "input_hash": "b3:r",
-               "input": msgspec.json.encode({"prompt": "x"})}
+        rec = _recorded("llm_call", msgspec.json.encode({"prompt": "x"}).decode())
         with pytest.raises(Nondeterminism) as info:
             check_recorded_match(client_token="t", recorded=rec, step_type="llm_call",
                                  input_hash="b3:s", input_value={"prompt": "y"})
@@ -58,7 +65,7 @@ class TestRecordedMatch:
 
     def test_differing_type_is_named(self) -> None:
         """Type is checked before the input."""
-        rec = {"type": "tool_call", "input_hash": "b3:r", "input": b"{}"}
+        rec = _recorded("tool_call", "{}")
         with pytest.raises(Nondeterminism) as info:
             check_recorded_match(client_token="t", recorded=rec, step_type="llm_call",
                                  input_hash="b3:r", input_value={})

@@ -5,32 +5,26 @@ from __future__ import annotations
 import pathlib
 import sqlite3
 
+import msgspec
 import pytest
 
+from orchestrator_core.rows import StepRow
 from orchestrator_core.store import SCHEMA_VERSION, SqliteStore
-from test_harness.support import insert_step_before_v6
-from test_harness.unit.conftest import seeded
+from test_harness.unit.conftest import RUN, seeded
 
 
 def _rows(store: SqliteStore) -> list[tuple[int, str, bytes]]:
     return store.read_events("s", -1)
 
 
-def test_a_v4_event_log_is_carried_into_v5_unchanged(tmp_path: pathlib.Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_v4_event_log_is_carried_into_v5_unchanged(tmp_path: pathlib.Path) -> None:
     """Frames written under v4 read back identically after the v5 rebuild."""
-    monkeypatch.setattr(SqliteStore, "_migrate_v5", lambda self: None)
-    monkeypatch.setattr(SqliteStore, "_migrate_v6", lambda self: None)
-    monkeypatch.setattr(SqliteStore, "_migrate_v7", lambda self: None)
-    monkeypatch.setattr(SqliteStore, "_migrate_v8", lambda self: None)
-    monkeypatch.setattr(SqliteStore, "insert_step", insert_step_before_v6)
-    old = seeded(SqliteStore(tmp_path / "o.db"))
+    old = seeded(SqliteStore(tmp_path / "o.db", migrate_to=4))
     frames = [("s", i, "r", "token", b'{"i":%d}' % i) for i in range(5)]
     old.commit_events(frames[::-1], [("s", {"last_seq": 4})])
     before = _rows(old)
     old.close()
     assert sqlite3.connect(tmp_path / "o.db").execute("PRAGMA user_version").fetchone() == (4,)
-    monkeypatch.undo()
     new = SqliteStore(tmp_path / "o.db")
     assert _rows(new) == before == [(i, "token", b'{"i":%d}' % i) for i in range(5)]
     con = sqlite3.connect(tmp_path / "o.db")
@@ -41,27 +35,20 @@ def test_a_v4_event_log_is_carried_into_v5_unchanged(tmp_path: pathlib.Path,
 
 
 def _step(store: SqliteStore, step_id: str, run_id: str, status: str = "succeeded") -> None:
-    assert store.insert_step({"step_id": step_id, "run_id": run_id, "type": "llm_call",
-                              "client_token": f"c-{step_id}", "input": "{}",
-                              "input_hash": "i", "status": status, "last_seq": -1})
+    assert store.insert_step(StepRow(step_id=step_id, run_id=run_id, type="llm_call",
+                                     client_token=f"c-{step_id}", input="{}", input_hash="i",
+                                     placement=None, status=status, seed=None,
+                                     created_at="t"))
 
 
-def test_v6_numbers_the_steps_of_each_run_in_creation_order(
-        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_v6_numbers_the_steps_of_each_run_in_creation_order(tmp_path: pathlib.Path) -> None:
     """[NERVE-4008] Steps a v5 store holds get per-Run ordinals 0, 1, … in creation order."""
-    monkeypatch.setattr(SqliteStore, "_migrate_v6", lambda self: None)
-    monkeypatch.setattr(SqliteStore, "_migrate_v7", lambda self: None)
-    monkeypatch.setattr(SqliteStore, "_migrate_v8", lambda self: None)
-    monkeypatch.setattr(SqliteStore, "insert_step", insert_step_before_v6)
-    old = seeded(SqliteStore(tmp_path / "o.db"))  # step "s" of run "r" comes first
-    old.insert_run({"run_id": "r2", "flow_id": "f", "flow_hash": "h", "mode": "record",
-                    "seed": 1, "replay_of": None, "body": "{}", "policy_hash": "p",
-                    "status": "active", "created_at": "t"})
+    old = seeded(SqliteStore(tmp_path / "o.db", migrate_to=5))  # step "s" of run "r" first
+    old.insert_run(msgspec.structs.replace(RUN, run_id="r2"))
     for step_id, run_id in (("x", "r2"), ("t", "r"), ("y", "r2"), ("u", "r")):
         _step(old, step_id, run_id)
     old.close()
     assert sqlite3.connect(tmp_path / "o.db").execute("PRAGMA user_version").fetchone() == (5,)
-    monkeypatch.undo()
     new = SqliteStore(tmp_path / "o.db")
     con = sqlite3.connect(tmp_path / "o.db")
     assert con.execute("SELECT run_id, step_id, ordinal FROM steps ORDER BY run_id, ordinal"

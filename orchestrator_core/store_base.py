@@ -1,0 +1,228 @@
+"""The store seam: the one protocol the core is typed against (PLACE-5008).
+
+Every module of the core reaches durable state through :class:`Store` and the typed rows
+of :mod:`orchestrator_core.rows`; none of them names a backend or a database driver.
+:class:`orchestrator_core.store.SqliteStore` is the embedded backend, and only the
+composition root (``Orchestrator.running``) constructs it. A PostgreSQL backend implements
+the same methods with the same guarantees:
+
+* every method runs on the event-loop thread and returns when its write is durable
+  (committed), so callers never await the store;
+* :meth:`Store.commit_events` writes frames and Step changes atomically, and
+  :meth:`Store.append_fact` assigns Fact numbers atomically, with no gap;
+* the idempotency key ``(run_id, client_token)`` maps to at most one Step, ever.
+
+Ids are opaque strings; units are tokens, USD and milliseconds. A method that finds
+nothing returns None (or an empty list); the constraint errors listed are the backend's
+own (``sqlite3.IntegrityError`` for the embedded store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from orchestrator_core.rows import (
+    CheckpointRow,
+    EventRead,
+    EventRow,
+    FactRow,
+    FlowRow,
+    RunRow,
+    RunUsage,
+    StepRow,
+    StepUpdate,
+)
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    """Flows, Runs, Steps, the event log, Facts, checkpoints and engine builds."""
+
+    # -- flows (NERVE-4001, NERVE-4048) --------------------------------------------------
+
+    def insert_flow(self, row: FlowRow) -> bool:
+        """Store a Flow unless its tenant already has one with its hash.
+
+        Returns:
+            True when the row was created, False when the hash existed.
+        """
+        ...
+
+    def get_flow(self, flow_id: str) -> FlowRow | None:
+        """The Flow by its flow_id, or by an id it had before it was re-addressed
+        (NERVE-4048), of any tenant (the caller checks the tenant); else None."""
+        ...
+
+    def get_flow_by_hash(self, tenant: str, flow_hash: str) -> FlowRow | None:
+        """The tenant's Flow with this ``b3:<hex>`` content hash, or a hash it had before
+        it was re-addressed (NERVE-4048); else None."""
+        ...
+
+    # -- runs (NERVE-4002, NERVE-4005) ---------------------------------------------------
+
+    def insert_run(self, row: RunRow) -> None:
+        """Store a new Run (its lineage is set later by :meth:`set_lineage`).
+
+        Raises:
+            the backend's integrity error: the run_id exists or the flow_id does not.
+        """
+        ...
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        """The Run of any tenant (the caller checks the tenant), or None."""
+        ...
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        """Change a Run's status (``active`` -> ``cancelled``); no-op for no such Run."""
+        ...
+
+    def run_usage(self, run_id: str) -> RunUsage:
+        """Sums over the Run's Steps: tokens, USD, wall ms, and Step counts by status
+        (all zero, ``{}`` counts, for a Run with no Steps)."""
+        ...
+
+    def child_runs(self, run_id: str) -> list[str]:
+        """The run_ids of the Runs forked from this Run's checkpoints, oldest first."""
+        ...
+
+    def set_lineage(self, run_id: str, parent_run_id: str, checkpoint_id: str) -> None:
+        """Record which Run and checkpoint a forked Run came from."""
+        ...
+
+    # -- engine builds (NERVE-4022) ------------------------------------------------------
+
+    def record_engine_build(self, fingerprint: str, settings_json: str) -> None:
+        """Remember the settings JSON behind a build fingerprint (first writer wins)."""
+        ...
+
+    def engine_build(self, fingerprint: str) -> str | None:
+        """The settings JSON recorded for a build fingerprint, or None."""
+        ...
+
+    # -- steps (NERVE-4003, NERVE-4008, NERVE-4040) --------------------------------------
+
+    def insert_step(self, row: StepRow) -> bool:
+        """Store a Step, claiming its ``(run_id, client_token)`` key, with the next
+        ordinal of its Run (``row.ordinal`` is ignored).
+
+        Returns:
+            False when the key is already taken (nothing is written; the caller reads
+            the existing Step with :meth:`get_step_by_token`).
+        """
+        ...
+
+    def get_step(self, step_id: str) -> StepRow | None:
+        """The Step, or None."""
+        ...
+
+    def get_step_by_token(self, run_id: str, client_token: str) -> StepRow | None:
+        """The Step a Run's client_token maps to, or None."""
+        ...
+
+    def list_steps(self, run_id: str) -> list[StepRow]:
+        """The Run's Steps in creation order."""
+        ...
+
+    def unfinished_steps(self) -> list[StepRow]:
+        """Every Step left ``queued`` or ``running`` (after a crash), oldest first."""
+        ...
+
+    def steps_high_water(self, run_id: str) -> int:
+        """The highest ordinal of the Run's Steps, -1 when it has none (an index lookup,
+        NERVE-4008)."""
+        ...
+
+    def unfinished_ordinals(self, run_id: str) -> list[int]:
+        """Ordinals of the Run's ``queued`` or ``running`` Steps, ascending, read without
+        visiting its finished ones (NERVE-4008)."""
+        ...
+
+    # -- the event log (STREAM-2000) -----------------------------------------------------
+
+    def commit_events(self, rows: Sequence[EventRow], updates: Sequence[StepUpdate]) -> None:
+        """Append frames and apply Step column changes in one atomic commit.
+
+        Args:
+            rows: ``(step_id, seq, run_id, type, data)`` frames, any order.
+            updates: ``(step_id, {column: value})`` changes, applied in order; the
+                columns must be in :data:`orchestrator_core.rows.STEP_UPDATABLE`.
+
+        Raises:
+            ValueError: an update names another column (nothing is written).
+            the backend's integrity error: a frame's ``(step_id, seq)`` exists, or its
+                Step does not (nothing is written).
+        """
+        ...
+
+    def read_events(self, step_id: str, after_seq: int,
+                    limit: int = 100_000) -> list[EventRead]:
+        """The Step's committed frames with ``seq > after_seq``, ascending, at most
+        ``limit``: ``(seq, type, data)`` with ``data`` the stored bytes exactly."""
+        ...
+
+    def max_seq(self, step_id: str) -> int:
+        """The Step's highest committed seq, -1 when it has none."""
+        ...
+
+    # -- facts (NERVE-4004, NERVE-4006) --------------------------------------------------
+
+    def append_fact(self, row: FactRow) -> int:
+        """Append a Fact at the end of its Run's order (``row.seq`` is ignored).
+
+        Returns:
+            The Fact's seq: 0 for the Run's first, then 1, 2, ... with no gap.
+        """
+        ...
+
+    def facts_high_water(self, run_id: str) -> int:
+        """The Run's last Fact seq, -1 when it has none (an index lookup)."""
+        ...
+
+    def list_facts(self, *, run_id: str | None = None, flow_id: str | None = None,
+                   fact_type: str | None = None, step_id: str | None = None,
+                   since_seq: int = -1, limit: int = 1000,
+                   fact_ids: list[str] | None = None) -> list[FactRow]:
+        """The Facts matching every filter given, ordered by Run then seq, at most
+        ``limit``.
+
+        Args:
+            run_id, flow_id, fact_type: equal to these.
+            step_id: emitted by this Step.
+            since_seq: ``seq > since_seq``.
+            limit: the most rows returned.
+            fact_ids: one of these ids.
+        """
+        ...
+
+    # -- checkpoints (NERVE-4005, NERVE-4008) --------------------------------------------
+
+    def insert_checkpoint(self, row: CheckpointRow) -> bool:
+        """Store a checkpoint unless its content address exists.
+
+        Returns:
+            True when it was created.
+        """
+        ...
+
+    def get_checkpoint(self, checkpoint_id: str) -> CheckpointRow | None:
+        """The checkpoint of any tenant (the caller checks the tenant), or None."""
+        ...
+
+    def checkpoint_position(self, run_id: str, checkpoint_id: str) -> int | None:
+        """An opaque number that increases with creation order, for a checkpoint of this
+        Run; None when the Run has no such checkpoint."""
+        ...
+
+    def list_checkpoints(self, run_id: str, after: int = 0,
+                         limit: int = 1000) -> list[CheckpointRow]:
+        """A page of the Run's checkpoints, oldest first, after position ``after``
+        (0: from the first; else a :meth:`checkpoint_position`)."""
+        ...
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Make everything durable and release the backend's resources."""
+        ...
