@@ -1,9 +1,14 @@
 """The orchestrator: Flows, Runs, Steps and their streams, with no HTTP in sight.
 
 :meth:`Orchestrator.running` is the lifecycle: it opens the store, recovers Steps a
-crash left unfinished (each gets an ``INTERRUPTED`` error frame), provisions the pools,
-and runs the group-commit flusher, the pool watcher and every Step task in one task
-group. Leaving the context stops the engines and closes the store.
+crash left unfinished (each gets an ``INTERRUPTED`` error frame recording what it
+consumed), provisions the pools, and runs the group-commit flusher, the pool watcher and
+every Step task in one task group. Leaving the context stops the engines and closes the
+store.
+
+Steps of every type are admitted by :mod:`orchestrator_core.steps.admission` and run by
+:mod:`orchestrator_core.steps.runner`; each type is one module of
+:mod:`orchestrator_core.steps` that sees a narrow context, never this class.
 """
 
 from __future__ import annotations
