@@ -103,8 +103,9 @@ class Admitter:
         existing = store.get_step_by_token(run_id, body.client_token)
         if existing is not None:
             return self._repeated(existing, body, step_type, input_value, input_hash), False
-        self._check_open(run_row)
+        self._check_active(run_row)
         stored_input = _redacted_input(run_row, input_value)
+        self._check_room()
         run = get_run(store, run_id, tenant)
         mode = RunMode(run_row["mode"])
         kind.check_policy(run, body)
@@ -130,7 +131,8 @@ class Admitter:
         try:
             latest = store.get_run(run_id)
             assert latest is not None
-            self._check_open(latest)
+            self._check_active(latest)  # the Run may have been cancelled meanwhile
+            self._check_room()
             return self._start(adm, plan, stored_input)
         except BaseException:
             self.ctx.budgets.release(run_id, adm.step_id)
@@ -151,12 +153,16 @@ class Admitter:
                       "submitted_hash": input_hash})
         return views.step(existing)
 
-    def _check_open(self, run_row: dict[str, Any]) -> None:
-        """The Run accepts Steps and the server has room for one more."""
+    @staticmethod
+    def _check_active(run_row: dict[str, Any]) -> None:
+        """The Run accepts Steps (it is not cancelled)."""
         if run_row["status"] != RunStatus.ACTIVE.value:
             raise Conflict(f"run {run_row['run_id']} is {run_row['status']}; it accepts "
                            "no steps", data={"run_id": run_row["run_id"],
                                              "status": run_row["status"]})
+
+    def _check_room(self) -> None:
+        """The server has room for one more active Step (``max_active_steps``)."""
         cap = self.ctx.config.max_active_steps
         if self.ctx.log.active() >= cap:
             raise AdmissionReject(f"the server already has {cap} active steps",
