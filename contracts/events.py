@@ -10,7 +10,8 @@ Every payload is a msgspec Struct, and the Struct names its frame type:
 :data:`FRAME_TYPE_OF` maps each payload class to its :class:`FrameType` (the event log
 derives the type from the payload, so the two are never paired by hand), and
 :data:`FRAME_PAYLOADS` maps each type back to the Structs its data decodes into
-(``end`` has two: :class:`EndData` for LLM Steps, :class:`EffectEndData` for the others).
+(``end`` has two: :class:`EndData` for LLM Steps, :class:`EffectEndData` for the others;
+``error`` is :class:`ErrorData`, the error envelope with the Step's provenance).
 The JSON of each Struct is exactly the stored and streamed ``data`` (field order, omitted
 defaults), so stores written before this vocabulary read and replay unchanged.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "EffectEndData",
     "EndData",
     "EphemeralPayload",
+    "ErrorData",
     "EscalationData",
     "FramePayload",
     "FrameType",
@@ -118,29 +120,46 @@ class TokenData(msgspec.Struct, frozen=True, array_like=False, omit_defaults=Tru
     b: str | None = None
 
 
-class Provenance(msgspec.Struct, frozen=True):
-    """Determinism and cost record of one Step (NERVE-4020, DESIGN.md §4).
+class Provenance(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Determinism and usage record of one Step, carried by its terminal frame, ``end`` or
+    ``error``, whatever its type (NERVE-4020, DESIGN.md §4).
 
-    Units: tokens, USD, milliseconds. ``engine_build`` is the engine build fingerprint
-    (library version, build flags, CPU features, server settings).
+    Units: tokens, USD, milliseconds. Which fields a block has depends on the Step type
+    (``specs/20_stream_and_replay.md`` §4); a field that does not apply is absent:
+
+    * ``llm_call`` / ``llm_plan``: ``seed`` .. ``replica_id`` (where and with what the
+      Step ran), the usage, ``decode_time_ms`` and ``finish_reason`` (absent when the
+      engine did not finish), ``policy_hash`` and ``price_table_version``. These are
+      exactly the fields, in exactly the order, of the block before the other types had
+      one, so an LLM ``end`` frame keeps its bytes.
+    * ``tool_call``, ``fs_op``, ``gate_eval``, ``checkpoint``: the usage (no tokens, no
+      cost), ``policy_hash``, ``price_table_version``, ``executor`` (the tool executor,
+      ``fs``, ``gate`` or ``checkpoint``), ``input_hash`` (the Step's) and ``wall_ms``
+      (submission to terminal frame).
+
+    ``engine_build`` is the engine build fingerprint (library version, build flags, CPU
+    features, server settings).
     """
 
-    seed: int
-    prompt_hash: str
-    params_hash: str
-    engine: str
-    engine_version: str
-    engine_build: str
-    model_hash: str
-    pool_id: str
-    replica_id: str
+    seed: int | None = None
+    prompt_hash: str | None = None
+    params_hash: str | None = None
+    engine: str | None = None
+    engine_version: str | None = None
+    engine_build: str | None = None
+    model_hash: str | None = None
+    pool_id: str | None = None
+    replica_id: str | None = None
     tokens_in: int
     tokens_out: int
     cost_usd: float
-    decode_time_ms: int
-    finish_reason: str
+    decode_time_ms: int | None = None
+    finish_reason: str | None = None
     policy_hash: str
     price_table_version: str
+    executor: str | None = None
+    input_hash: str | None = None
+    wall_ms: int | None = None
 
 
 class EndData(msgspec.Struct, frozen=True):
@@ -167,16 +186,28 @@ class ToolSuggestData(msgspec.Struct, frozen=True, omit_defaults=True):
     error: ErrorEnvelope | None = None
 
 
-class EffectEndData(msgspec.Struct, frozen=True):
-    """``end`` of a side-effecting Step (``tool_call``, ``fs_op``): its recorded result.
+class EffectEndData(msgspec.Struct, frozen=True, omit_defaults=True):
+    """``end`` of a Step that is not an LLM call (``tool_call``, ``fs_op``, ``gate_eval``,
+    ``checkpoint``): its recorded result and its provenance block (NERVE-4020).
 
-    ``executor`` names the tool executor or ``fs``; ``duration_ms`` is wall time (ms).
-    Replays serve this frame from the recording; the effect never runs again.
+    ``executor`` names the tool executor, ``fs``, ``gate`` or ``checkpoint``;
+    ``duration_ms`` is the wall time of the work itself (ms). Frames recorded before these
+    Steps had provenance lack ``provenance``. Replays serve this frame from the recording;
+    a side effect never runs again.
     """
 
     output: Any
     executor: str
     duration_ms: int
+    provenance: Provenance | None = None
+
+
+class ErrorData(ErrorEnvelope, omit_defaults=True):
+    """``error``: the flat error envelope plus the Step's provenance block (NERVE-4020):
+    what the Step had consumed and, for an LLM Step, where it ran. Frames recorded before
+    failed Steps had provenance lack ``provenance``, and keep their bytes."""
+
+    provenance: Provenance | None = None
 
 
 class MetricsData(msgspec.Struct, frozen=True):
@@ -235,7 +266,7 @@ class EscalationData(msgspec.Struct, frozen=True):
 DurablePayload = (StartedData | TokenData | ToolSuggestData | Fact | CheckpointData
                   | EscalationData)
 """Payloads of the non-terminal durable frames (``EventLog.append``)."""
-TerminalPayload = EndData | EffectEndData | ErrorEnvelope
+TerminalPayload = EndData | EffectEndData | ErrorData
 """Payloads of the terminal frames ``end`` and ``error`` (``EventLog.finish``)."""
 EphemeralPayload = MetricsData | NarrationData
 """Payloads of the ephemeral frames (``EventLog.publish_ephemeral``)."""
@@ -249,12 +280,13 @@ FRAME_PAYLOADS: Final[dict[FrameType, tuple[type[msgspec.Struct], ...]]] = {
     FrameType.FACT: (Fact,),
     FrameType.CHECKPOINT: (CheckpointData,),
     FrameType.ESCALATION: (EscalationData,),
-    FrameType.END: (EndData, EffectEndData),
-    FrameType.ERROR: (ErrorEnvelope,),
+    FrameType.END: (EffectEndData, EndData),
+    FrameType.ERROR: (ErrorData,),
     FrameType.METRICS: (MetricsData,),
     FrameType.NARRATION: (NarrationData,),
 }
-"""Each frame type and the payload Structs its data decodes into, most specific first."""
+"""Each frame type and the payload Structs its data decodes into, most specific first
+(an ``end`` with ``executor`` and ``duration_ms`` is an :class:`EffectEndData`)."""
 
 FRAME_TYPE_OF: Final[dict[type[msgspec.Struct], FrameType]] = {
     cls: ftype for ftype, classes in FRAME_PAYLOADS.items() for cls in classes}
@@ -277,7 +309,8 @@ def frame_type_of(payload: FramePayload) -> FrameType:
 def decode_frame_data(event: str, data: bytes | str) -> FramePayload:
     """Decode a frame's ``data`` into the payload Struct of its ``event`` (STREAM-2000).
 
-    ``end`` is tried as :class:`EndData` (LLM Steps), then as :class:`EffectEndData`.
+    ``end`` is tried as :class:`EffectEndData` (it needs ``executor`` and ``duration_ms``,
+    which an LLM ``end`` never has), then as :class:`EndData` (LLM Steps).
 
     Raises:
         KeyError: ``event`` is not a :class:`FrameType`.

@@ -9,7 +9,9 @@
   ``max_tokens`` gets that reservation as a hard cap: reaching it unfinished is
   ``BUDGET_EXCEEDED``, never a silent truncation.
 * ``max_wall_ms`` of the Run counts from the Run's creation; of the Step, from its
-  submission. Crossing it while streaming is ``DEADLINE_EXCEEDED``.
+  submission. It holds for every Step type: a Step of any type is refused once the Run's
+  deadline has passed, and crossing a deadline while it runs is ``DEADLINE_EXCEEDED``
+  (:mod:`orchestrator_core.steps.runner`).
 
 Units: tokens, USD, milliseconds.
 """
@@ -86,6 +88,28 @@ class BudgetBook:
         }
         out["deadline_s"] = created + out["wall_ms"] / 1000.0
         return out
+
+    def wall_deadline(self, run: Run, now_s: float) -> float:
+        """The Run's wall-clock deadline, for a Step that reserves no tokens (POLICY-3000).
+
+        Args:
+            run: the Run (its ``max_wall_ms`` and ``created_at``).
+            now_s: wall-clock time, epoch seconds.
+
+        Returns:
+            The deadline in epoch seconds, ``math.inf`` when the Run has no wall budget.
+
+        Raises:
+            BudgetExceeded: the deadline has passed (``data.budget`` ``max_wall_ms``).
+        """
+        if run.budgets.max_wall_ms is None:
+            return math.inf
+        created = dt.datetime.fromisoformat(run.created_at).timestamp()
+        deadline = created + run.budgets.max_wall_ms / 1000.0
+        if now_s >= deadline:
+            raise BudgetExceeded("the run's wall-clock budget is spent",
+                                 data={"budget": "max_wall_ms"})
+        return deadline
 
     def admit(self, run: Run, step_id: str, step: Budgets, *, model: str, tokens_in: int,
               max_tokens: int, now_s: float) -> Reservation:

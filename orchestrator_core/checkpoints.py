@@ -6,8 +6,9 @@ highest Step ordinal (``steps_high_water``), the ordinals of the Steps not finis
 (``steps_unfinished``, at most ``max_active_steps``), the usage, and the Facts high-water
 mark, each read through an index. It is content-addressed (``ckp_`` + blake3 of run,
 snapshot and cursor) and lives in SQLite, so it survives restarts. It is made by ``POST
-/v1/runs/{id}/checkpoint`` or by a ``checkpoint`` Step (which also logs a durable
-``checkpoint`` frame before its ``end``). A snapshot larger than
+/v1/runs/{id}/checkpoint`` or by a ``checkpoint`` Step
+(:mod:`orchestrator_core.steps.checkpoint`, which also logs a durable ``checkpoint`` frame
+before its ``end``). A snapshot larger than
 ``max_recorded_value_bytes`` is refused before anything is stored (POLICY-3030).
 
 A Run created with ``from_checkpoint`` forks from it without touching the parent: the
@@ -26,15 +27,14 @@ import msgspec
 
 from contracts.checkpoints import Checkpoint, CheckpointCreate
 from contracts.errors import InvalidParams, NotFound
-from contracts.events import CheckpointData
 from contracts.runs import Run
-from contracts.steps import CheckpointSubmit, Step
 from orchestrator_core.bounds import oversize
 from orchestrator_core.canonical import b3, canonical_json
-from orchestrator_core.clock import iso_utc
-from orchestrator_core.executor import EffectJob
-from orchestrator_core.host import StepHost
+from orchestrator_core.clock import Clock, iso_utc
+from orchestrator_core.config import ServerConfig
+from orchestrator_core.lookup import get_run
 from orchestrator_core.rows import CheckpointRow, StepRow
+from orchestrator_core.store_base import Store
 
 __all__ = ["Checkpoints"]
 
@@ -47,14 +47,18 @@ def _view(row: CheckpointRow) -> Checkpoint:
 
 
 class Checkpoints:
-    """Checkpoint creation, listing, ``checkpoint`` Steps and fork inheritance.
+    """Checkpoint creation and listing, and fork inheritance.
 
     Args:
-        orch: the orchestrator (store, event log, executor, clock).
+        store: the store.
+        clock: injected time (timestamps).
+        config: the operator config (``max_recorded_value_bytes``).
     """
 
-    def __init__(self, orch: StepHost) -> None:
-        self.orch = orch
+    def __init__(self, store: Store, clock: Clock, config: ServerConfig) -> None:
+        self.store = store
+        self.clock = clock
+        self.config = config
 
     def cursor(self, run_id: str) -> dict[str, Any]:
         """The server's view of a Run now, in O(1) of the Run's length (NERVE-4008).
@@ -65,7 +69,7 @@ class Checkpoints:
             "usage": {"tokens_in", "tokens_out", "cost_usd"},
             "facts_high_water": <last Fact seq, -1 for none>}``.
         """
-        store = self.orch.store
+        store = self.store
         usage = store.run_usage(run_id)
         return {"steps_high_water": store.steps_high_water(run_id),
                 "steps_unfinished": store.unfinished_ordinals(run_id),
@@ -80,7 +84,7 @@ class Checkpoints:
             InvalidParams: ``data``: ``field``, ``reason`` (``size`` or ``depth``) and the
                 limit (``limit_bytes`` or ``limit_depth``).
         """
-        limit = self.orch.config.max_recorded_value_bytes
+        limit = self.config.max_recorded_value_bytes
         refused = oversize(snapshot, limit)
         if refused is not None:
             bound = (f"{limit} bytes of JSON" if refused["reason"] == "size"
@@ -102,11 +106,11 @@ class Checkpoints:
             InvalidParams: the snapshot is over ``max_recorded_value_bytes``
                 (``data.field`` ``snapshot``, POLICY-3030).
         """
-        self.orch.get_run(run_id, tenant)
+        get_run(self.store, run_id, tenant)
         if step_id is None:  # a checkpoint Step's snapshot was checked at its admission
             self.check_snapshot(body.snapshot, "snapshot")
             cited = body.step_id
-            row_of = self.orch.store.get_step(cited) if cited is not None else None
+            row_of = self.store.get_step(cited) if cited is not None else None
             if cited is not None and (row_of is None or row_of.run_id != run_id):
                 # another Run's or tenant's step answers as an unknown one (NERVE-4051)
                 raise NotFound(f"no step {cited}", data={"step_id": cited})
@@ -116,10 +120,10 @@ class Checkpoints:
                             step_id=step_id or body.step_id, hash=digest,
                             snapshot=canonical_json(body.snapshot).decode(),
                             cursor=canonical_json(cursor).decode(),
-                            ts=iso_utc(self.orch.clock.now()))
+                            ts=iso_utc(self.clock.now()))
         ckp_id = "ckp_" + digest[3:35]
-        created = self.orch.store.insert_checkpoint(row)
-        stored = self.orch.store.get_checkpoint(ckp_id)
+        created = self.store.insert_checkpoint(row)
+        stored = self.store.get_checkpoint(ckp_id)
         assert stored is not None
         return _view(stored), created
 
@@ -142,62 +146,33 @@ class Checkpoints:
             InvalidParams: ``limit`` out of range, or ``after`` names no checkpoint of
                 this Run (``data.field`` names the parameter).
         """
-        self.orch.get_run(run_id, tenant)
+        get_run(self.store, run_id, tenant)
         if not 1 <= limit <= 1000:
             raise InvalidParams("limit must be 1..1000", data={"field": "limit",
                                                                "limit": limit})
         position = 0
         if after is not None:
-            found = self.orch.store.checkpoint_position(run_id, after)
+            found = self.store.checkpoint_position(run_id, after)
             if found is None:
                 raise InvalidParams("after must name a checkpoint of this run",
                                     data={"field": "after"})
             position = found
-        rows = self.orch.store.list_checkpoints(run_id, position, limit + 1)
+        rows = self.store.list_checkpoints(run_id, position, limit + 1)
         more = len(rows) > limit
         page = [_view(r) for r in rows[:limit]]
         return page, page[-1].checkpoint_id if more else None
 
     def get(self, checkpoint_id: str, tenant: str) -> Checkpoint:
         """One checkpoint of the tenant. Raises NotFound."""
-        row = self.orch.store.get_checkpoint(checkpoint_id)
+        row = self.store.get_checkpoint(checkpoint_id)
         if row is not None:
-            run = self.orch.store.get_run(row.run_id)
+            run = self.store.get_run(row.run_id)
             if run is None or run.tenant != tenant:
                 row = None
         if row is None:
             raise NotFound(f"no checkpoint {checkpoint_id}",
                            data={"checkpoint_id": checkpoint_id})
         return _view(row)
-
-    # -- the checkpoint Step -------------------------------------------------------------
-
-    def submit_step(self, run: Run, body: CheckpointSubmit, input_value: Any,
-                    input_hash: str) -> Step:
-        """Admit a ``checkpoint`` Step: it stores the checkpoint, logs a ``checkpoint``
-        frame, and ends with ``{checkpoint_id, hash}``.
-
-        Raises:
-            InvalidParams: the snapshot is over ``max_recorded_value_bytes``
-                (``data.field`` ``input.snapshot``, POLICY-3030); nothing is stored.
-        """
-        self.check_snapshot(body.input.snapshot, "input.snapshot")
-        step_id = self.orch.insert_step(run, body, "checkpoint", input_value, input_hash,
-                                        None, None)
-        snapshot = body.input.snapshot
-
-        async def call() -> Any:
-            ckp, _created = self.create(run.run_id, CheckpointCreate(snapshot=snapshot), None,
-                                        step_id=step_id)
-            self.orch.log.append(step_id, CheckpointData(checkpoint_id=ckp.checkpoint_id,
-                                                         hash=ckp.hash))
-            return {"checkpoint_id": ckp.checkpoint_id, "hash": ckp.hash}
-
-        self.orch.spawn(self.orch.executor.run_effect, EffectJob(
-            step_id=step_id, run_id=run.run_id, step_type="checkpoint", executor="checkpoint",
-            call=call, breaker=None, output_schema=None,
-            submitted_at=self.orch.clock.monotonic()))
-        return self.orch.get_step(step_id, None)
 
     # -- forks -----------------------------------------------------------------------
 
@@ -209,7 +184,7 @@ class Checkpoints:
             InvalidParams: the checkpoint belongs to a Run of another Flow.
         """
         ckp = self.get(checkpoint_id, tenant)
-        parent = self.orch.store.get_run(ckp.run_id)
+        parent = self.store.get_run(ckp.run_id)
         assert parent is not None
         if parent.flow_id != flow_id:
             raise InvalidParams("from_checkpoint must name a checkpoint of a run of this flow",
@@ -219,10 +194,10 @@ class Checkpoints:
 
     def inherit(self, child_run_id: str, ckp: Checkpoint) -> None:
         """Record the lineage and copy the parent's Facts up to the high-water mark."""
-        store = self.orch.store
+        store = self.store
         store.set_lineage(child_run_id, ckp.run_id, ckp.checkpoint_id)
         high = int(ckp.cursor["facts_high_water"])
-        flow_id = self.orch.get_run(child_run_id, None).flow_id
+        flow_id = get_run(self.store, child_run_id, None).flow_id
         seen = -1
         while seen < high:
             rows = store.list_facts(run_id=ckp.run_id, since_seq=seen, limit=512)
@@ -242,10 +217,10 @@ class Checkpoints:
         ckp_id = run.lineage.get("from_checkpoint")
         if not ckp_id:
             return None
-        row = self.orch.store.get_checkpoint(ckp_id)
+        row = self.store.get_checkpoint(ckp_id)
         if row is None:
             return None
-        step = self.orch.store.get_step_by_token(row.run_id, client_token)
+        step = self.store.get_step_by_token(row.run_id, client_token)
         if step is None:
             return None
         cursor = msgspec.json.decode(row.cursor)

@@ -121,7 +121,7 @@ def same_build(recorded: Provenance, recorded_settings: str | None, *, engine: s
         return fingerprint
     same = (recorded.engine == engine and recorded.engine_version == version
             and msgspec.json.decode(recorded_settings) == dict(settings))
-    return recorded.engine_build if same else fingerprint
+    return recorded.engine_build if same and recorded.engine_build else fingerprint
 
 
 def flat_diff(recorded: Mapping[str, Any] | None, current: Mapping[str, Any] | None,

@@ -1,9 +1,14 @@
 """The orchestrator: Flows, Runs, Steps and their streams, with no HTTP in sight.
 
 :meth:`Orchestrator.running` is the lifecycle: it opens the store, recovers Steps a
-crash left unfinished (each gets an ``INTERRUPTED`` error frame), provisions the pools,
-and runs the group-commit flusher, the pool watcher and every Step task in one task
-group. Leaving the context stops the engines and closes the store.
+crash left unfinished (each gets an ``INTERRUPTED`` error frame recording what it
+consumed), provisions the pools, and runs the group-commit flusher, the pool watcher and
+every Step task in one task group. Leaving the context stops the engines and closes the
+store.
+
+Steps of every type are admitted by :mod:`orchestrator_core.steps.admission` and run by
+:mod:`orchestrator_core.steps.runner`; each type is one module of
+:mod:`orchestrator_core.steps` that sees a narrow context, never this class.
 """
 
 from __future__ import annotations
@@ -18,73 +23,39 @@ from typing import Any
 import anyio
 import msgspec
 
-from contracts.errors import (
-    AdmissionReject,
-    Conflict,
-    ContextBudget,
-    DeterminismInputsDiffer,
-    Interrupted,
-    InvalidParams,
-    NotFound,
-    QueueFull,
-)
-from contracts.events import Provenance, frame_type_of
+from contracts.errors import DeterminismInputsDiffer, InvalidParams, NotFound
 from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, ModelCapability, PoolInfo
-from contracts.runs import PlacementPin, Policy, Run, RunCreate, RunMode, RunStatus
-from contracts.steps import (
-    CheckpointSubmit,
-    FsOpSubmit,
-    GateEvalSubmit,
-    LlmCallSubmit,
-    LlmPlanSubmit,
-    Step,
-    StepStatus,
-    StepSubmit,
-    ToolCallSubmit,
-)
-from orchestrator_core import views
+from contracts.runs import Run, RunCreate, RunMode, RunStatus
+from contracts.steps import Step, StepSubmit
+from orchestrator_core import lookup, views
 from orchestrator_core.budgets import BudgetBook
 from orchestrator_core.canonical import (
     b3,
     b3_as_recorded,
     canonical_json,
-    derive_seed,
     flow_address,
     new_id,
 )
 from orchestrator_core.checkpoints import Checkpoints
 from orchestrator_core.clock import Clock, SystemClock, iso_utc
 from orchestrator_core.config import ServerConfig
-from orchestrator_core.effects import Effects, check_tool_schemas
 from orchestrator_core.eventlog import EventLog
-from orchestrator_core.executor import Executor, LlmJob, ReplayJob
 from orchestrator_core.facts import Facts, check_fact_schemas
+from orchestrator_core.fs_sandboxes import Sandboxes
 from orchestrator_core.metrics import Metrics
-from orchestrator_core.placement import place
-from orchestrator_core.planning import (
-    ContractShape,
-    OutputShape,
-    PlanShape,
-    check_contract_schema,
-    intents_schema,
-    menu_text,
-    tool_menu,
-)
-from orchestrator_core.policy import check_allowed, redact, validate_policy
+from orchestrator_core.policy import validate_policy
 from orchestrator_core.pools import PoolManager
-from orchestrator_core.replay import (
-    TokenVerifier,
-    check_determinism_inputs,
-    check_recorded_match,
-    recorded_params,
-    same_build,
-)
-from orchestrator_core.rows import FlowRow, RunRow, StepRow
+from orchestrator_core.rows import FlowRow, RunRow
+from orchestrator_core.steps.admission import Admitter
+from orchestrator_core.steps.base import StepContext
+from orchestrator_core.steps.registry import StepKinds
+from orchestrator_core.steps.runner import StepTasks
+from orchestrator_core.steps.tool_call import check_tool_schemas
 from orchestrator_core.store import SqliteStore
 from orchestrator_core.store_base import Store
 from orchestrator_core.streams import StepStream
-from worker_adapters.base import CompletionRequest, Drivers, ToolExecutors, ToolsFactory
+from worker_adapters.base import Drivers, ToolExecutors, ToolsFactory
 
 __all__ = ["DEFAULT_TENANT", "SERVER_VERSION", "Orchestrator"]
 
@@ -92,34 +63,6 @@ SERVER_VERSION = "orchestratord 0.1.0"
 DEFAULT_TENANT = "default"
 """The tenant of every request when the server has no bearer tokens configured."""
 _enc = msgspec.json.Encoder()
-_prov_decoder = msgspec.json.Decoder(Provenance)
-
-
-def _redacted_input(run_row: RunRow, input_value: Any) -> Any:
-    """The Step input as stored: prompt and message contents redacted by the Run's policy
-    (the input hash stays that of the submitted input, for idempotency and replay)."""
-    policy = msgspec.json.decode(run_row.body, type=_PolicyOnly).policy
-    if not policy.redact or not isinstance(input_value, dict):
-        return input_value
-    out = dict(input_value)
-    if isinstance(out.get("prompt"), str):
-        (out["prompt"],), _n = redact(policy, [out["prompt"]])
-    if isinstance(out.get("messages"), list):
-        texts, _n = redact(policy, [m["content"] for m in out["messages"]])
-        out["messages"] = [{**m, "content": t} for m, t in zip(out["messages"], texts,
-                                                               strict=True)]
-    return out
-
-
-_STEP_TYPES: dict[type, str] = {LlmCallSubmit: "llm_call", LlmPlanSubmit: "llm_plan",
-                                ToolCallSubmit: "tool_call",
-                                FsOpSubmit: "fs_op", GateEvalSubmit: "gate_eval",
-                                CheckpointSubmit: "checkpoint"}
-EFFECT_STEP_TYPES = frozenset({"tool_call", "fs_op"})
-
-
-class _PolicyOnly(msgspec.Struct):
-    policy: Policy
 
 
 class Orchestrator:
@@ -146,12 +89,17 @@ class Orchestrator:
                             commit_max_frames=config.commit_max_frames,
                             ephemeral_capacity=config.ephemeral_buffer)
         self.budgets = BudgetBook(config.prices)
-        self.executor = Executor(self.log, clock, config.prices, metrics, self.budgets,
-                                 max_recorded_value_bytes=config.max_recorded_value_bytes)
-        self.effects = Effects(self, tools)
-        self.facts = Facts(self)
-        self.checkpoints = Checkpoints(self)
-        self._tg: anyio.abc.TaskGroup | None = None
+        self.tools = tools
+        self.sandboxes = Sandboxes(config)
+        self.facts = Facts(store, self.log, clock, config)
+        self.checkpoints = Checkpoints(store, clock, config)
+        self.steps = StepContext(config=config, store=store, log=self.log, pools=pools,
+                                 budgets=self.budgets, clock=clock, metrics=metrics,
+                                 tools=tools, facts=self.facts,
+                                 checkpoints=self.checkpoints, sandboxes=self.sandboxes)
+        self.kinds = StepKinds(self.steps)
+        self.tasks = StepTasks(self.steps)
+        self.admitter = Admitter(self.steps, self.kinds, self.tasks)
         self._departures: dict[str, object] = {}  # step id -> its last reader's departure
 
     @classmethod
@@ -187,7 +135,7 @@ class Orchestrator:
                 store.record_engine_build(ident.build_fingerprint,
                                           canonical_json(ident.settings).decode())
             async with anyio.create_task_group() as tg:
-                orch._tg = tg
+                orch.tasks.tg = tg
                 tg.start_soon(orch.log.run_flusher)
                 tg.start_soon(pools.watch)
                 try:
@@ -195,7 +143,7 @@ class Orchestrator:
                 finally:
                     tg.cancel_scope.cancel()
         finally:
-            orch._tg = None
+            orch.tasks.tg = None
             await pools.stop()
             await executors.aclose()
             orch.log.flush()
@@ -205,26 +153,14 @@ class Orchestrator:
 
     def recover(self) -> int:
         """Close every Step a crash left ``queued``/``running`` with an ``INTERRUPTED``
-        error frame, appended right after its last committed frame (no gaps), and remove
-        the FS broker's leftover temporary files from every sandbox (POLICY-3012).
+        error frame that records what it consumed (NERVE-4040), and remove the FS
+        broker's leftover temporary files from every sandbox (POLICY-3012).
 
         Returns:
             How many Steps were interrupted.
         """
-        self.effects.sweep_temp_files()
-        rows = self.store.unfinished_steps()
-        for row in rows:
-            step_id = row.step_id
-            seq = self.store.max_seq(step_id) + 1
-            tokens = sum(1 for _s, t, _d in self.store.read_events(step_id, -1) if t == "token")
-            env = Interrupted("the server restarted while this step ran",
-                              data={"step_id": step_id}).envelope()
-            body = _enc.encode(env)
-            self.store.commit_events(
-                [(step_id, seq, row.run_id, frame_type_of(env).value, body)],
-                [(step_id, {"status": StepStatus.INTERRUPTED.value, "last_seq": seq,
-                            "error": body.decode(), "tokens_out": tokens})])
-        return len(rows)
+        self.sandboxes.sweep_temp_files()
+        return self.tasks.recover()
 
     # -- flows -------------------------------------------------------------------------
 
@@ -266,10 +202,7 @@ class Orchestrator:
     def get_flow(self, flow_id: str, tenant: str | None = DEFAULT_TENANT) -> Flow:
         """The tenant's Flow. Raises NotFound (also for another tenant's flow).
         ``tenant=None`` is the server's own, unscoped view."""
-        row = self.store.get_flow(flow_id)
-        if row is None or (tenant is not None and row.tenant != tenant):
-            raise NotFound(f"no flow {flow_id}", data={"flow_id": flow_id})
-        return views.flow(row)
+        return lookup.get_flow(self.store, flow_id, tenant)
 
     def get_flow_by_hash(self, flow_hash: str, tenant: str = DEFAULT_TENANT) -> Flow:
         """Look a tenant's Flow up by ``b3:<hex>``. Raises NotFound."""
@@ -297,7 +230,7 @@ class Orchestrator:
         seed = body.seed
         validate_policy(body.policy)
         if body.fs_policy.roots:
-            self.effects.validate_fs_policy(body.fs_policy, tenant)
+            self.sandboxes.validate_fs_policy(body.fs_policy, tenant)
         policy_hash = b3(body.policy)
         fork = None
         if body.from_checkpoint is not None:
@@ -338,7 +271,7 @@ class Orchestrator:
         if not 0 <= seed < 2**63:
             raise InvalidParams("seed must be in [0, 2**63)", data={"seed": seed})
         run_id = new_id("run")
-        created = (self.effects.create_roots(body.fs_policy, tenant)
+        created = (self.sandboxes.create_roots(body.fs_policy, tenant)
                    if body.fs_policy.roots and body.mode is RunMode.RECORD else [])
         try:
             self.store.insert_run(RunRow(
@@ -354,7 +287,7 @@ class Orchestrator:
                 created_at=iso_utc(self.clock.now()), tenant=tenant,
             ))
         except BaseException:
-            self.effects.discard_roots(created)
+            self.sandboxes.discard_roots(created)
             raise
         if fork is not None:
             self.checkpoints.inherit(run_id, fork)
@@ -363,324 +296,39 @@ class Orchestrator:
     def get_run(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> Run:
         """The Run with its usage and Step counts. Raises NotFound (also for another
         tenant's run). ``tenant=None`` is the server's own, unscoped view."""
-        row = self.store.get_run(run_id)
-        if row is None or (tenant is not None and row.tenant != tenant):
-            raise NotFound(f"no run {run_id}", data={"run_id": run_id})
-        return views.run(row, self.store.run_usage(run_id), self.store.child_runs(run_id))
+        return lookup.get_run(self.store, run_id, tenant)
 
     def cancel_run(self, run_id: str, tenant: str = DEFAULT_TENANT) -> Run:
         """Refuse new Steps and cancel the Run's in-flight ones; idempotent."""
         self.get_run(run_id, tenant)
         self.store.set_run_status(run_id, RunStatus.CANCELLED.value)
         for row in self.store.list_steps(run_id):
-            self.executor.cancel(row.step_id, reason="run cancelled")
+            self.tasks.cancel(row.step_id, reason="run cancelled")
         return self.get_run(run_id, tenant)
 
     # -- steps -------------------------------------------------------------------------
 
-    def submit_step(self, run_id: str, body: StepSubmit,
-                    tenant: str = DEFAULT_TENANT) -> tuple[Step, bool]:
-        """Accept a Step, idempotently by ``client_token`` (NERVE-4003).
+    async def submit_step(self, run_id: str, body: StepSubmit,
+                          tenant: str = DEFAULT_TENANT) -> tuple[Step, bool]:
+        """Accept a Step of any type, idempotently by ``client_token`` (NERVE-4003).
 
         Everything that can refuse the Step is checked before anything is stored: policy,
-        model, context, placement, queue capacity and, for replays, the recording.
+        the type's own checks (model, context, placement, queue capacity, budgets,
+        tool arguments, ...) and, for replays, the recording
+        (:mod:`orchestrator_core.steps.admission`). An LLM Step's prompt is counted on
+        its engine, the one await of admission.
 
         Returns:
             ``(step, created)``; ``created`` is False for a repeated client_token.
 
         Raises:
             NotFound, Conflict (token reused with another input, or the run is
-            cancelled), InvalidParams, InvalidModel, ContextBudget, PolicyDenied,
-            Nondeterminism, DeterminismInputsDiffer, PoolUnavailable, PoolUnready,
-            QueueFull.
+            cancelled), AdmissionReject, InvalidParams, InvalidToolArgs, InvalidModel,
+            ContextBudget, PolicyDenied, FsPolicyViolation, Nondeterminism,
+            DeterminismInputsDiffer, BudgetExceeded, PoolUnavailable, PoolUnready,
+            CircuitOpen, QueueFull, EngineError.
         """
-        run_row = self.store.get_run(run_id)
-        if run_row is None or run_row.tenant != tenant:
-            raise NotFound(f"no run {run_id}", data={"run_id": run_id})
-        step_type = _STEP_TYPES[type(body)]
-        input_value = msgspec.to_builtins(body.input)
-        input_hash = b3({"type": step_type, "input": input_value})
-        existing = self.store.get_step_by_token(run_id, body.client_token)
-        if existing is not None:
-            if existing.input_hash != b3_as_recorded({"type": step_type, "input": input_value},
-                                                     input_hash, existing.input_hash):
-                raise Conflict(
-                    f"client_token {body.client_token!r} was used with another input",
-                    data={"client_token": body.client_token, "step_id": existing.step_id,
-                          "recorded_hash": existing.input_hash,
-                          "submitted_hash": input_hash})
-            return views.step(existing), False
-        if run_row.status != RunStatus.ACTIVE.value:
-            raise Conflict(f"run {run_id} is {run_row.status}; it accepts no steps",
-                           data={"run_id": run_id, "status": run_row.status})
-        stored_input = _redacted_input(run_row, input_value)
-        if self.log.active() >= self.config.max_active_steps:
-            raise AdmissionReject(
-                f"the server already has {self.config.max_active_steps} active steps",
-                retry_after_ms=1000, data={"max_active_steps": self.config.max_active_steps})
-        run = self.get_run(run_id, tenant)
-        mode = RunMode(run_row.mode)
-        match body:
-            case LlmCallSubmit():
-                check_allowed(run.policy, step_type=step_type, model=body.input.model)
-            case LlmPlanSubmit():
-                check_allowed(run.policy, step_type=step_type, model=body.input.model)
-                for tool in tool_menu(self.get_flow(run.flow_id, None).tools,
-                                      body.input.tools):
-                    check_allowed(run.policy, step_type=step_type, tool=tool.name)
-            case ToolCallSubmit():
-                check_allowed(run.policy, step_type=step_type, tool=body.input.tool)
-            case FsOpSubmit():
-                check_allowed(run.policy, step_type=step_type, fs_op=body.input.op)
-            case GateEvalSubmit() | CheckpointSubmit():
-                check_allowed(run.policy, step_type=step_type)
-        inherited = (self.checkpoints.inherited_step(run, body.client_token)
-                     if mode is RunMode.RECORD else None)
-        if inherited is not None:  # a fork serves the parent's history up to its checkpoint
-            check_recorded_match(client_token=body.client_token, recorded=inherited,
-                                 step_type=step_type, input_hash=input_hash,
-                                 input_value=input_value)
-            return self._submit_replay(run, body, step_type, stored_input, input_hash,
-                                       inherited), True
-        # Side effects never run again in any replay mode: their recorded results are served.
-        if mode is RunMode.REPLAY or (mode is RunMode.STRICT_REPLAY
-                                      and step_type in EFFECT_STEP_TYPES):
-            return self._submit_replay(run, body, step_type, stored_input, input_hash), True
-        match body:
-            case ToolCallSubmit():
-                return self.effects.submit_tool(run, body, input_value, input_hash), True
-            case FsOpSubmit():
-                return self.effects.submit_fs(run, body, input_value, input_hash), True
-            case GateEvalSubmit():
-                recorded = None
-                if mode is RunMode.STRICT_REPLAY:
-                    recorded = self._recorded(run, body, step_type, input_value, input_hash)
-                    if recorded.status != StepStatus.SUCCEEDED.value:
-                        return self._submit_replay(run, body, step_type, stored_input,
-                                                   input_hash), True
-                return self.facts.submit_gate(run, body, input_value, input_hash,
-                                              recorded), True
-            case CheckpointSubmit():
-                if mode is RunMode.STRICT_REPLAY:
-                    return self._submit_replay(run, body, step_type, stored_input,
-                                               input_hash), True
-                return self.checkpoints.submit_step(run, body, input_value, input_hash), True
-        return self._submit_llm(run, body, mode, step_type, input_value, input_hash,
-                                stored_input), True
-
-    def insert_step(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
-                     input_hash: str, seed: int | None, replay_of_step: str | None,
-                     step_id: str | None = None) -> str:
-        step_id = step_id or new_id("stp")
-        created = self.store.insert_step(StepRow(
-            step_id=step_id, run_id=run.run_id, type=step_type,
-            client_token=body.client_token,
-            input=canonical_json(input_value).decode(), input_hash=input_hash,
-            placement=(_enc.encode(body.placement).decode()
-                       if isinstance(body, LlmCallSubmit) and body.placement else None),
-            status=StepStatus.QUEUED.value, seed=seed,
-            created_at=iso_utc(self.clock.now()), last_seq=-1,
-            replay_of_step=replay_of_step,
-        ))
-        if not created:  # a concurrent submit with the same token won the race
-            raise Conflict("client_token was claimed concurrently; retry to read the step",
-                           data={"client_token": body.client_token})
-        self.log.open(step_id, run.run_id)
-        return step_id
-
-    def _recorded(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
-                  input_hash: str, *, check_input: bool = True) -> StepRow:
-        assert run.replay_of is not None
-        rec = self.store.get_step_by_token(run.replay_of, body.client_token)
-        check_recorded_match(client_token=body.client_token, recorded=rec,
-                             step_type=step_type,
-                             input_hash=input_hash if check_input or rec is None
-                             else rec.input_hash,
-                             input_value=input_value)
-        assert rec is not None
-        if not StepStatus(rec.status).terminal:
-            raise Conflict("the recorded step has not finished yet",
-                           data={"recorded_step_id": rec.step_id})
-        return rec
-
-    def _submit_replay(self, run: Run, body: StepSubmit, step_type: str, input_value: Any,
-                       input_hash: str, rec: StepRow | None = None) -> Step:
-        if rec is None:
-            rec = self._recorded(run, body, step_type, input_value, input_hash)
-        elif not StepStatus(rec.status).terminal:
-            raise Conflict("the inherited step has not finished yet",
-                           data={"recorded_step_id": rec.step_id})
-        rows = self.log.read_rows(rec.step_id)
-        step_id = self.insert_step(run, body, step_type, input_value, input_hash,
-                                    rec.seed, rec.step_id)
-        final = {"status": rec.status, "tokens_in": rec.tokens_in, "tokens_out": rec.tokens_out,
-                 "cost_usd": rec.cost_usd, "wall_ms": rec.wall_ms,
-                 "provenance": rec.provenance, "error": rec.error}
-        self._spawn(self.executor.run_replay, ReplayJob(step_id, run.run_id, rows, final))
-        return self.get_step(step_id, None)
-
-    def _output_shape(self, run: Run, body: LlmCallSubmit | LlmPlanSubmit) -> \
-            tuple[OutputShape, dict[str, Any] | None, str | None]:
-        """``(shape, strict json_schema, menu system text)`` of an LLM Step; for a plan
-        the schema is the strict intents envelope (NERVE-4010, NERVE-4013)."""
-        if isinstance(body, LlmPlanSubmit):
-            inp = body.input
-            menu = tool_menu(self.get_flow(run.flow_id, None).tools, inp.tools)
-            text = menu_text(menu, inp.max_intents) if inp.menu == "system" else None
-            return (PlanShape(menu, inp.max_intents),
-                    intents_schema(menu, inp.max_intents), text)
-        contract = body.input.response_contract
-        if contract is None:
-            return OutputShape(), None, None
-        check_contract_schema(contract)
-        return ContractShape(contract), contract, None
-
-    def _submit_llm(self, run: Run, body: LlmCallSubmit | LlmPlanSubmit, mode: RunMode,
-                    step_type: str, input_value: Any, input_hash: str,
-                    stored_input: Any) -> Step:
-        inp = body.input
-        if (inp.messages is None) == (inp.prompt is None):
-            raise InvalidParams(f"{step_type} input needs exactly one of messages or prompt")
-        shape, json_schema, menu = self._output_shape(run, body)
-        prm = inp.params
-        if prm.max_tokens < 1 or prm.temperature < 0 or prm.top_k < 0 or not (
-                0 < prm.top_p <= 1) or not (0 <= prm.min_p <= 1) or prm.repeat_penalty <= 0:
-            raise InvalidParams("sampling params out of range",
-                                data={"params": msgspec.to_builtins(prm)})
-        seed = prm.seed if prm.seed is not None else derive_seed(run.seed, body.client_token)
-        placement = body.placement or run.pool_policy.placement
-        recorded: StepRow | None = None
-        rec_prov: Provenance | None = None
-        if mode is RunMode.STRICT_REPLAY:
-            # Determinism inputs are compared first, so a changed seed or params is named
-            # as such (DETERMINISM_INPUTS_DIFFER); any other input change is NONDETERMINISM.
-            recorded = self._recorded(run, body, step_type, input_value, input_hash,
-                                      check_input=False)
-            if recorded.provenance is None:  # the recording failed: serve it as is
-                return self._submit_replay(run, body, step_type, stored_input, input_hash)
-            rec_prov = _prov_decoder.decode(recorded.provenance)
-            found = self.pools.find_replica(rec_prov.replica_id)
-            placement = PlacementPin(pool_id=found[0].pool_id if found else rec_prov.pool_id,
-                                     replica_id=rec_prov.replica_id)
-        pool, replica, decision = place(self.pools, inp.model, placement)
-        engine = replica.engine()
-        engine.check_seed(seed)
-        messages = ([msgspec.to_builtins(m) for m in inp.messages]
-                    if inp.messages is not None else None)
-        prompt = inp.prompt
-        if messages is not None:
-            texts, redactions = redact(run.policy, [m["content"] for m in messages])
-            messages = [{**m, "content": t} for m, t in zip(messages, texts, strict=True)]
-        elif prompt is not None:
-            (prompt,), redactions = redact(run.policy, [prompt])
-        else:  # unreachable: exactly one of messages/prompt was checked above
-            raise InvalidParams("llm_call input needs exactly one of messages or prompt")
-        if menu is not None:  # the server-authored tool menu, shown as a system message
-            if messages is not None:
-                messages = [{"role": "system", "content": menu}, *messages]
-            else:
-                prompt = f"{menu}\n\n{prompt}"
-        if json_schema is not None:
-            try:
-                engine.check_constraint(json_schema)
-            except InvalidParams:
-                if not isinstance(shape, PlanShape):
-                    raise
-                # A tool schema the grammar cannot express: constrain the envelope only;
-                # every suggestion's arguments are still validated (NERVE-4011).
-                json_schema = intents_schema(shape.tools, shape.max_intents, strict=False)
-                engine.check_constraint(json_schema)
-        prepared = engine.prepare(prompt=prompt, messages=messages)
-        model_cfg = pool.models[inp.model]
-        if prepared.tokens_in + prm.max_tokens > model_cfg.context_tokens:
-            raise ContextBudget(
-                f"prompt ({prepared.tokens_in} tokens) + max_tokens ({prm.max_tokens}) "
-                f"exceeds the context of {model_cfg.context_tokens} tokens",
-                data={"tokens_in": prepared.tokens_in, "max_tokens": prm.max_tokens,
-                      "context_tokens": model_cfg.context_tokens})
-        prompt_hash = b3({"messages": messages} if messages is not None
-                         else {"prompt": prompt})
-        params = {k: v for k, v in msgspec.to_builtins(prm).items() if k != "seed"}
-        if json_schema is not None:  # constrained decoding is a determinism input
-            params["json_schema"] = json_schema
-        params_hash = b3(params)
-        verifier = None
-        tokens: list[bytes] = []
-        if rec_prov is not None and recorded is not None:
-            ident = pool.identity
-            rec_settings = self.store.engine_build(rec_prov.engine_build)
-            # a recording made before RFC 8785 keeps its hashes (NERVE-4048)
-            prompt_hash = b3_as_recorded({"messages": messages} if messages is not None
-                                         else {"prompt": prompt}, prompt_hash,
-                                         rec_prov.prompt_hash)
-            params_hash = b3_as_recorded(params, params_hash, rec_prov.params_hash)
-            check_determinism_inputs(rec_prov, {
-                "prompt_hash": prompt_hash, "params_hash": params_hash, "seed": seed,
-                "engine": ident.name, "engine_version": ident.version,
-                "engine_build": same_build(rec_prov, rec_settings, engine=ident.name,
-                                           version=ident.version,
-                                           fingerprint=ident.build_fingerprint,
-                                           settings=ident.settings),
-                "model_hash": ident.model_hash,
-                "replica_id": replica.replica_id, "policy_hash": run.policy_hash,
-            }, details={
-                "params_hash": {"key": "params", "current": params,
-                                "recorded": recorded_params(
-                                    recorded.type, recorded.input,
-                                    msgspec.to_builtins(body.input), params)},
-                "engine_build": {"key": "settings", "current": ident.settings,
-                                 "recorded": msgspec.json.decode(rec_settings)
-                                 if rec_settings is not None else None},
-            })
-            check_recorded_match(client_token=body.client_token, recorded=recorded,
-                                 step_type=step_type, input_hash=input_hash,
-                                 input_value=input_value)
-            tokens = [d for _s, t, d in self.log.read_rows(recorded.step_id) if t == "token"]
-        if pool.queued() >= pool.config.queue_capacity:
-            retry_ms = int(replica.avg_step_ms)
-            raise QueueFull(f"pool {pool.pool_id} queue is full "
-                            f"({pool.config.queue_capacity} waiting)",
-                            retry_after_ms=retry_ms, data={"pool_id": pool.pool_id})
-        step_id = new_id("stp")
-        now = self.clock.now()
-        res = self.budgets.admit(run, step_id, body.budgets, model=inp.model,
-                                 tokens_in=prepared.tokens_in, max_tokens=prm.max_tokens,
-                                 now_s=now)
-        try:
-            self.insert_step(run, body, step_type, stored_input, input_hash, seed,
-                              recorded.step_id if recorded else None, step_id)
-        except BaseException:
-            self.budgets.release(run.run_id, step_id)
-            raise
-        if rec_prov is not None:
-            verifier = TokenVerifier(tokens, run_id=run.run_id, step_id=step_id)
-        mono = self.clock.monotonic()
-        deadline = mono + (res.deadline_s - now)
-        if body.budgets.max_wall_ms is not None:
-            deadline = min(deadline, mono + body.budgets.max_wall_ms / 1000.0)
-        req = CompletionRequest(
-            prompt=prepared.text, seed=seed, temperature=prm.temperature, top_k=prm.top_k,
-            top_p=prm.top_p, min_p=prm.min_p, repeat_penalty=prm.repeat_penalty,
-            max_tokens=min(prm.max_tokens, res.tokens_out), stop=tuple(prm.stop),
-            json_schema=json_schema)
-        job = LlmJob(step_id=step_id, run_id=run.run_id, mode=mode.value, pool=pool,
-                     replica=replica, decision=decision, request=req, model=inp.model,
-                     tokens_in=prepared.tokens_in, prompt_hash=prompt_hash,
-                     params_hash=params_hash, policy_hash=run.policy_hash,
-                     submitted_at=mono, reservation=res, deadline=deadline,
-                     verifier=verifier, redactions=redactions, step_type=step_type,
-                     shape=shape)
-        self._spawn(self.executor.run_llm, job)
-        return self.get_step(step_id, None)
-
-    def spawn(self, fn: Any, job: Any) -> None:
-        """Run ``fn(job)`` as a Step task in the orchestrator's task group."""
-        self._spawn(fn, job)
-
-    def _spawn(self, fn: Any, job: Any) -> None:
-        if self._tg is None:
-            raise RuntimeError("the orchestrator is not running")
-        self._tg.start_soon(fn, job)
+        return await self.admitter.submit(run_id, body, tenant)
 
     def budget_remaining(self, run_id: str) -> dict[str, float]:
         """What is left of a Run's budgets, for the budgets it has (POLICY-3000).
@@ -701,19 +349,12 @@ class Orchestrator:
 
     def get_step(self, step_id: str, tenant: str | None = DEFAULT_TENANT) -> Step:
         """The Step resource. Raises NotFound (also for another tenant's step)."""
-        row = self.store.get_step(step_id)
-        if row is not None and tenant is not None:
-            run = self.store.get_run(row.run_id)
-            if run is None or run.tenant != tenant:
-                row = None
-        if row is None:
-            raise NotFound(f"no step {step_id}", data={"step_id": step_id})
-        return views.step(row)
+        return lookup.get_step(self.store, step_id, tenant)
 
     def cancel_step(self, step_id: str, tenant: str = DEFAULT_TENANT) -> Step:
         """Cancel a Step; idempotent, and a no-op on a finished Step (STREAM-2002)."""
         self.get_step(step_id, tenant)
-        self.executor.cancel(step_id)
+        self.tasks.cancel(step_id)
         return self.get_step(step_id, tenant)
 
     # -- streams -----------------------------------------------------------------------
@@ -746,9 +387,9 @@ class Orchestrator:
         flag = msgspec.json.decode(run.body).get("cancel_on_disconnect") if run else None
         if not (self.config.cancel_on_disconnect if flag is None else flag):
             return
-        if self._tg is not None:
+        if self.tasks.tg is not None:
             self._departures[step_id] = departure = object()
-            self._tg.start_soon(self._cancel_after_grace, step_id, departure)
+            self.tasks.tg.start_soon(self._cancel_after_grace, step_id, departure)
 
     async def _cancel_after_grace(self, step_id: str, departure: object) -> None:
         await self.clock.sleep(self.config.disconnect_grace_ms / 1000.0)
@@ -756,7 +397,7 @@ class Orchestrator:
             return  # a reader came back and left again: its own grace runs
         del self._departures[step_id]
         if self.log.is_live(step_id) and not self.log.subscribers(step_id):
-            self.executor.cancel(step_id, reason="every reader disconnected")
+            self.tasks.cancel(step_id, reason="every reader disconnected")
 
     # -- pools -------------------------------------------------------------------------
 
@@ -785,7 +426,7 @@ class Orchestrator:
                 if pool.constrained_decoding() and "json_schema" not in cap.features:
                     cap.features += ["json_schema", "llm_plan"]
         return Capabilities(models=list(models.values()), server_version=SERVER_VERSION,
-                            sandbox_parents=self.effects.sandbox_dirs(tenant),
+                            sandbox_parents=self.sandboxes.sandbox_dirs(tenant),
                             limits={"max_body_bytes": self.config.max_body_bytes,
                                     "max_recorded_value_bytes":
                                         self.config.max_recorded_value_bytes,

@@ -38,6 +38,7 @@ _tools = msgspec.json.Decoder(list[ToolSchema])
 _prov = msgspec.json.Decoder(Provenance)
 _err = msgspec.json.Decoder(ErrorEnvelope)
 _placement = msgspec.json.Decoder(Placement)
+_LIVE = frozenset({StepStatus.QUEUED.value, StepStatus.RUNNING.value})
 
 
 def flow(row: FlowRow) -> Flow:
@@ -76,7 +77,9 @@ def step(row: StepRow) -> Step:
         usage=BudgetUsage(tokens_in=row.tokens_in, tokens_out=row.tokens_out,
                           wall_ms=row.wall_ms, cost_usd=row.cost_usd),
         last_seq=row.last_seq,
-        provenance=_prov.decode(row.provenance) if row.provenance else None,
+        # a Step stores its provenance at admission; it is shown once the Step has ended
+        provenance=_prov.decode(row.provenance)
+        if row.provenance and row.status not in _LIVE else None,
         error=_err.decode(row.error) if row.error else None,
         replay_of_step=row.replay_of_step,
     )

@@ -210,7 +210,7 @@ async def cancel_run(run_id: FromPath[str], orch: Orch, tenant: Tenant) -> Run:
 async def submit_step(run_id: FromPath[str], data: JSONBody[StepSubmit],
                       orch: Orch, tenant: Tenant) -> Response[Step]:
     """Submit a Step: 201 when new, 200 when the client_token already names it."""
-    step, created = orch.submit_step(run_id, data, tenant)
+    step, created = await orch.submit_step(run_id, data, tenant)
     return Response(step, status_code=201 if created else 200,
                     headers=budget_headers(orch, run_id))
 

@@ -32,6 +32,7 @@ from contracts.errors import ErrorCode, ErrorEnvelope
 from contracts.events import (
     EffectEndData,
     EndData,
+    ErrorData,
     MetricsData,
     NarrationData,
     StartedData,
@@ -119,7 +120,7 @@ _FRAMES: dict[str, tuple[str, bool]] = {
     "started": ("StartedData", True), "token": ("TokenData", True),
     "tool_suggest": ("ToolSuggestData", True), "fact": ("Fact", True),
     "checkpoint": ("CheckpointFrameData", True), "escalation": ("Transition", True),
-    "end": ("EndFrameData", True), "error": ("ErrorEnvelope", True),
+    "end": ("EndFrameData", True), "error": ("ErrorData", True),
     "metrics": ("MetricsData", False), "narration": ("NarrationData", False),
 }
 """SSE event name -> (schema of its ``data:`` line, durable: carries ``id:``)."""
@@ -163,15 +164,16 @@ def _frame_schemas() -> dict[str, dict[str, Any]]:
     """The data Structs of every frame, each frame, and the ``SseFrame`` union."""
     _, defs = msgspec.json.schema_components(
         [StartedData, TokenData, ToolSuggestData, Fact, EndData, EffectEndData,
-         ErrorEnvelope, Transition, MetricsData, NarrationData], ref_template=_REF)
+         ErrorEnvelope, ErrorData, Transition, MetricsData, NarrationData],
+        ref_template=_REF)
     ref = _REF.format
     defs["CheckpointFrameData"] = {
         "type": "object", "required": ["checkpoint_id", "hash"],
         "properties": {"checkpoint_id": {"type": "string"}, "hash": {"type": "string"}},
         "description": "`checkpoint`: the checkpoint a checkpoint Step stored."}
     defs["EndFrameData"] = {
-        "description": "`end`: an LLM Step's provenance and output, or a side-effecting "
-                       "Step's recorded result.",
+        "description": "`end`: an LLM Step's provenance and output, or another Step "
+                       "type's recorded result and provenance.",
         "anyOf": [{"$ref": ref(name="EndData")}, {"$ref": ref(name="EffectEndData")}]}
     members = {}
     for event, (data, durable) in _FRAMES.items():

@@ -204,7 +204,7 @@ def fork_other(ctx: dict[str, Any]) -> None:
 
 def _cursor_before_v6(self: Checkpoints, run_id: str) -> dict[str, Any]:
     """``Checkpoints.cursor`` as it was before schema v6: every finished client_token."""
-    store = self.orch.store
+    store = self.store
     done = [r.client_token for r in store.list_steps(run_id)
             if StepStatus(r.status).terminal]
     usage = store.run_usage(run_id)

@@ -10,13 +10,14 @@ from contextlib import ExitStack
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from orchestrator_core.config import ServerConfig
+from orchestrator_core.config import ModelPrice, PriceTable, ServerConfig
 from orchestrator_core.store import SqliteStore
 from test_harness.conftest import with_options
-from test_harness.support import llm_step, parse_sse, server_process
+from test_harness.support import MOCK_MODEL, llm_step, parse_sse, server_process
 
 scenarios("crash.feature")
 
@@ -32,7 +33,10 @@ def stack() -> Iterator[ExitStack]:
 def streaming(stack: ExitStack, mock_cfg: ServerConfig, tmp_path: pathlib.Path,
               ctx: dict[str, Any]) -> None:
     """A real server process; one long step is streaming."""
-    ctx["cfg"] = with_options(mock_cfg, tokens_per_s=100)
+    ctx["cfg"] = msgspec.structs.replace(
+        with_options(mock_cfg, tokens_per_s=100),
+        prices=PriceTable(version="crash-prices", models={MOCK_MODEL: ModelPrice(
+            usd_per_mtok_in=1000.0, usd_per_mtok_out=2000.0)}))
     ctx["dir"] = tmp_path / "srv"
     proc, url = stack.enter_context(server_process(ctx["cfg"], ctx["dir"]))
     http = stack.enter_context(httpx.Client(base_url=url, timeout=30.0))
@@ -87,6 +91,26 @@ def no_gaps(ctx: dict[str, Any]) -> None:
     assert after[: len(ctx["read"])] == ctx["read"]
     tokens = [json.loads(f["data"])["i"] for f in after if f["event"] == "token"]
     assert tokens == list(range(len(tokens)))
+
+
+@then("the step and its INTERRUPTED frame record the tokens it consumed, their cost and its "
+      "wall time")
+def consumed(ctx: dict[str, Any]) -> None:
+    """[NERVE-4040] Recovery counts the committed token frames, prices them with the
+    prompt, and measures the wall time from the Step's creation; the error frame carries
+    the same provenance block as the Step, without a finish_reason (NERVE-4020)."""
+    step = ctx["http"].get(f"/v1/steps/{ctx['step']['step_id']}").json()
+    frame = json.loads(ctx["after"][-1]["data"])
+    tokens = sum(1 for f in ctx["after"] if f["event"] == "token")
+    usage, prov = step["usage"], step["provenance"]
+    assert frame["provenance"] == prov
+    assert (usage["tokens_out"], prov["tokens_out"]) == (tokens, tokens)
+    assert usage["tokens_in"] == prov["tokens_in"] > 0
+    cost = round((usage["tokens_in"] * 1000.0 + tokens * 2000.0) / 1e6, 9)
+    assert (usage["cost_usd"], prov["cost_usd"]) == (cost, cost)
+    assert usage["wall_ms"] >= 20 * 10  # 20 tokens read at 100 tokens/s
+    assert (prov["engine"], prov["seed"], prov["price_table_version"],
+            "finish_reason" in prov) == ("mock", step["seed"], "crash-prices", False)
 
 
 @then("re-submitting the same client_token returns that same terminal step")

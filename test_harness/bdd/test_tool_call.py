@@ -92,7 +92,7 @@ def invalid_args(ctx: dict[str, Any]) -> None:
 
 def _calls(ctx: dict[str, Any], executor: str) -> int:
     orch = ctx["client"].app.state.orch
-    return int(orch.effects.tools.get(executor).calls)
+    return int(orch.tools.get(executor).calls)
 
 
 @then(parsers.parse('executor "{executor}" was called {n:d} times'))

@@ -7,5 +7,6 @@ Feature: A crash leaves the store consistent and nothing accepted is lost
     And the server restarts on the same data directory
     Then the step is interrupted and its stream ends with an INTERRUPTED error frame
     And the step's log has no gaps and still holds every token frame that was read
+    And the step and its INTERRUPTED frame record the tokens it consumed, their cost and its wall time
     And re-submitting the same client_token returns that same terminal step
     And the store's integrity check finds no gap, stale cursor or second terminal frame

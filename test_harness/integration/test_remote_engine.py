@@ -237,8 +237,6 @@ def _complete(data: bytes) -> bool:
     return True
 
 
-@pytest.mark.skip(reason="needs async admission (branch r10-steps awaits engine.aprepare); "
-                         "enable at merge")
 def test_a_step_on_the_remote_pool_over_http(engine_server: str,
                                              tmp_path: pathlib.Path) -> None:
     """An orchestrator whose only pool is the remote server streams a prompt step, with

@@ -340,7 +340,7 @@ async def test_a_step_past_its_wall_budget_on_the_fake_clock_is_deadline_exceede
             run = orch.create_run(flow.flow_id, RunCreate(seed=7))
             body = msgspec.convert({**llm_step("w-1"), "budgets": {"max_wall_ms": 60_000}},
                                    StepSubmit)
-            step, _ = orch.submit_step(run.run_id, body)
+            step, _ = await orch.submit_step(run.run_id, body)
             done = await _past_60_s(orch, clock, step.step_id)
     assert done.status is StepStatus.FAILED
     assert done.error is not None
@@ -362,7 +362,7 @@ async def test_a_gate_wait_ends_when_the_fake_clock_passes_wait_ms(
             body = msgspec.convert({"type": "gate_eval", "client_token": "g-1",
                                     "input": {"expression": "by_type.nothing",
                                               "wait_ms": 60_000}}, StepSubmit)
-            step, _ = orch.submit_step(run.run_id, body)
+            step, _ = await orch.submit_step(run.run_id, body)
             done = await _past_60_s(orch, clock, step.step_id)
             end = [msgspec.json.decode(d) for _s, t, d in
                    orch.store.read_events(step.step_id, -1) if t == "end"]

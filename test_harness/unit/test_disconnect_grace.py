@@ -85,7 +85,7 @@ class TestDisconnectGrace:
             flow, _ = orch.create_flow(FlowCreate(ast_ir={"grace": True}))
             run = orch.create_run(flow.flow_id, RunCreate(
                 seed=7, cancel_on_disconnect=cancel_on_disconnect))
-            step, _ = orch.submit_step(run.run_id, msgspec.convert(llm_step("d-1"),
+            step, _ = await orch.submit_step(run.run_id, msgspec.convert(llm_step("d-1"),
                                                                    StepSubmit))
             await until(lambda: orch.get_step(step.step_id).status is StepStatus.RUNNING)
 

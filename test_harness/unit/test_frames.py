@@ -23,6 +23,7 @@ from contracts.events import (
     EffectEndData,
     EndData,
     EphemeralPayload,
+    ErrorData,
     EscalationData,
     FrameType,
     MetricsData,
@@ -87,14 +88,24 @@ _DURABLE_BYTES = [
     b'id: 8\nevent: escalation\ndata: {"kind":"circuit_breaker","target":"default-0",'
     b'"from_state":"closed","to_state":"open","failures":3,"reason":"ENGINE_ERROR: boom"}\n\n',
 ]
+_EFFECT_PROV = Provenance(tokens_in=0, tokens_out=0, cost_usd=0.0, policy_hash="b3:pol",
+                          price_table_version="v1", executor="http", input_hash="b3:in",
+                          wall_ms=15)
+_LLM_ERROR_PROV = msgspec.structs.replace(_PROV, finish_reason=None)
 _TERMINAL: list[TerminalPayload] = [
     EndData(provenance=_PROV, output={"text": "h\u00e9"}),
     EffectEndData(output={"rows": [1, 2]}, executor="http", duration_ms=12),
-    ErrorEnvelope(code="CANCELLED", message="step cancelled",  # type: ignore[arg-type]
-                  retriable=False),
-    ErrorEnvelope(code="BUDGET_EXCEEDED", message="budget",  # type: ignore[arg-type]
-                  retriable=False, retry_after_ms=100,
-                  data={"budget": "max_tokens_out", "limit": 2}),
+    ErrorData(code="CANCELLED", message="step cancelled",  # type: ignore[arg-type]
+              retriable=False),
+    ErrorData(code="BUDGET_EXCEEDED", message="budget",  # type: ignore[arg-type]
+              retriable=False, retry_after_ms=100,
+              data={"budget": "max_tokens_out", "limit": 2}),
+    EffectEndData(output={"rows": [1, 2]}, executor="http", duration_ms=12,
+                  provenance=_EFFECT_PROV),
+    ErrorData(code="DEADLINE_EXCEEDED", message="late",  # type: ignore[arg-type]
+              retriable=False, data={"budget": "max_wall_ms"}, provenance=_EFFECT_PROV),
+    ErrorData(code="CANCELLED", message="step cancelled",  # type: ignore[arg-type]
+              retriable=False, provenance=_LLM_ERROR_PROV),
 ]
 _TERMINAL_BYTES = [
     b'id: 0\nevent: end\ndata: {"provenance":{"seed":7,"prompt_hash":"b3:p",'
@@ -109,6 +120,21 @@ _TERMINAL_BYTES = [
     b'id: 0\nevent: error\ndata: {"code":"BUDGET_EXCEEDED","message":"budget",'
     b'"retriable":false,"retry_after_ms":100,"data":{"budget":"max_tokens_out",'
     b'"limit":2}}\n\n',
+    # every Step type's terminal frames carry provenance (NERVE-4020)
+    b'id: 0\nevent: end\ndata: {"output":{"rows":[1,2]},"executor":"http",'
+    b'"duration_ms":12,"provenance":{"tokens_in":0,"tokens_out":0,"cost_usd":0.0,'
+    b'"policy_hash":"b3:pol","price_table_version":"v1","executor":"http",'
+    b'"input_hash":"b3:in","wall_ms":15}}\n\n',
+    b'id: 0\nevent: error\ndata: {"code":"DEADLINE_EXCEEDED","message":"late",'
+    b'"retriable":false,"data":{"budget":"max_wall_ms"},"provenance":{"tokens_in":0,'
+    b'"tokens_out":0,"cost_usd":0.0,"policy_hash":"b3:pol","price_table_version":"v1",'
+    b'"executor":"http","input_hash":"b3:in","wall_ms":15}}\n\n',
+    b'id: 0\nevent: error\ndata: {"code":"CANCELLED","message":"step cancelled",'
+    b'"retriable":false,"provenance":{"seed":7,"prompt_hash":"b3:p","params_hash":"b3:q",'
+    b'"engine":"mock","engine_version":"1","engine_build":"mock-1","model_hash":"b3:m",'
+    b'"pool_id":"default","replica_id":"default-0","tokens_in":5,"tokens_out":2,'
+    b'"cost_usd":0.0,"decode_time_ms":3,"policy_hash":"b3:pol",'
+    b'"price_table_version":"v1"}}\n\n',
 ]
 _EPHEMERAL: list[EphemeralPayload] = [
     MetricsData(tokens_out=16, elapsed_ms=8, tokens_per_s=2000.0, tokens_in=5, cost_usd=0.25,
@@ -158,10 +184,12 @@ class TestTheLogDerivesTheType:
             "started", "started", "token", "token", "tool_suggest", "tool_suggest", "fact",
             "checkpoint", "escalation", "end"]
 
-    @pytest.mark.parametrize("index", range(4))
+    @pytest.mark.parametrize("index", range(len(_TERMINAL)))
     def test_terminal_frames_keep_the_recorded_bytes(self, log: EventLog,
                                                      index: int) -> None:
-        """``end`` (LLM and effect) and ``error`` payloads give the old bytes."""
+        """``end`` (LLM and effect) and ``error`` payloads give the old bytes; the
+        provenance of the other Step types and of failed Steps is appended after them
+        [NERVE-4020]."""
         log.finish("s", _TERMINAL[index], {"status": "failed"})
         assert log.read("s", -1) == ([_TERMINAL_BYTES[index]], True)
 
@@ -192,9 +220,11 @@ class TestDecoding:
             _event(frame), _data(frame))
 
     def test_the_two_end_payloads_are_told_apart(self) -> None:
-        """An LLM ``end`` decodes as EndData, a side effect's as EffectEndData."""
+        """An LLM ``end`` decodes as EndData, a side effect's as EffectEndData, also when
+        it carries provenance."""
         assert [decode_frame_data("end", _data(f)) for f in _TERMINAL_BYTES[:2]] == \
             _TERMINAL[:2]
+        assert decode_frame_data("end", _data(_TERMINAL_BYTES[4])) == _TERMINAL[4]
 
     def test_a_token_recorded_without_bytes_decodes(self) -> None:
         """A token frame from before ``b`` existed has ``b`` None and re-encodes as it was."""
@@ -209,7 +239,7 @@ class TestDecoding:
             FrameType.TOOL_SUGGEST: ["ToolSuggestData"], FrameType.FACT: ["Fact"],
             FrameType.CHECKPOINT: ["CheckpointData"],
             FrameType.ESCALATION: ["EscalationData"],
-            FrameType.END: ["EndData", "EffectEndData"], FrameType.ERROR: ["ErrorEnvelope"],
+            FrameType.END: ["EffectEndData", "EndData"], FrameType.ERROR: ["ErrorData"],
             FrameType.METRICS: ["MetricsData"], FrameType.NARRATION: ["NarrationData"]}
         assert set(FRAME_PAYLOADS) == set(FrameType)
 

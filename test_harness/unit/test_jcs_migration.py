@@ -11,6 +11,7 @@ from litestar.testing import TestClient
 
 from orchestrator_core import canonical, service, store
 from orchestrator_core.config import ServerConfig
+from orchestrator_core.steps import admission
 from orchestrator_core.store import SqliteStore
 from test_harness.bdd.conftest import run_to_end
 from test_harness.support import app_client, llm_step, parse_sse
@@ -37,6 +38,7 @@ def old_store(mock_cfg: ServerConfig,
     record Run of two LLM steps at float temperatures, and what the old server answered."""
     monkeypatch.setattr(canonical, "canonical_json", _legacy_canonical_json)
     monkeypatch.setattr(service, "canonical_json", _legacy_canonical_json)
+    monkeypatch.setattr(admission, "canonical_json", _legacy_canonical_json)
     monkeypatch.setattr(SqliteStore, "migrate_to", 7)
     monkeypatch.setattr(store, "FLOW_BY_ID", _NO_ALIAS)
     monkeypatch.setattr(store, "FLOW_BY_HASH", _NO_ALIAS)

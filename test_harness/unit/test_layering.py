@@ -117,6 +117,12 @@ class TestImportDirection:
             "orchestratord/demo.py:4 defines stop_server",
         ]
 
+    def test_no_step_module_imports_the_service(self) -> None:
+        """A Step type works against its narrow context, never the orchestrator: nothing
+        under orchestrator_core/steps imports orchestrator_core.service [PLACE-5010]."""
+        assert violations("orchestrator_core/steps", ("orchestrator_core.service",
+                                                       "orchestratord")) == []
+
     def test_the_check_reports_a_violation(self, tmp_path: pathlib.Path) -> None:
         """A module importing a concrete engine, even lazily or for typing, is listed."""
         pkg = tmp_path / "orchestrator_core"
@@ -133,6 +139,30 @@ class TestImportDirection:
             "orchestrator_core/bad.py:5 imports worker_adapters.mock",
             "orchestrator_core/bad.py:6 imports orchestrator_core.service",
         ]
+
+
+MAX_MODULE_LINES = 500
+def long_modules(root: pathlib.Path = ROOT, limit: int = MAX_MODULE_LINES) -> list[str]:
+    """``path: lines`` of every module of the four packages longer than ``limit`` lines."""
+    return [f"{path.relative_to(root)}: {n}"
+            for package in PROJECT for path in sorted((root / package).rglob("*.py"))
+            if (n := len(path.read_text().splitlines())) > limit]
+
+
+class TestModuleSize:
+    """Modules stay small, one job each (STYLE.md)."""
+
+    def test_no_package_module_is_over_500_lines(self) -> None:
+        """Every module of contracts, orchestrator_core, worker_adapters and orchestratord
+        has at most 500 lines (but the ones another branch is splitting)."""
+        assert long_modules() == []
+
+    def test_the_check_reports_a_long_module(self, tmp_path: pathlib.Path) -> None:
+        """A module over the bound is listed with its length."""
+        (tmp_path / "contracts").mkdir()
+        (tmp_path / "contracts" / "big.py").write_text("x = 1\n" * 501)
+        (tmp_path / "contracts" / "small.py").write_text("x = 1\n" * 500)
+        assert long_modules(tmp_path) == ["contracts/big.py: 501"]
 
 
 class TestInjectedDrivers:

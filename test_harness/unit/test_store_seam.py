@@ -203,7 +203,7 @@ class TestStoreProtocol:
                                             store=cast(Store, Delegating())) as orch:
                 flow, _ = orch.create_flow(FlowCreate(ast_ir={"demo": True}))
                 run = orch.create_run(flow.flow_id, RunCreate(seed=7))
-                step, _ = orch.submit_step(run.run_id,
+                step, _ = await orch.submit_step(run.run_id,
                                            msgspec.convert(llm_step("c-1"), StepSubmit))
                 sub = orch.log.subscribe(step.step_id)
                 with anyio.fail_after(10):

@@ -1,0 +1,259 @@
+"""Admission of a Step, whatever its type (NERVE-4003, NERVE-4021, NERVE-4023, POLICY-3003).
+
+Everything that can refuse a Step is checked before anything is stored, in this order:
+the Run (in the caller's tenant), the ``client_token`` (a repeated token with the same
+input returns its Step; with another input it is ``CONFLICT``), the Run's status, the
+server's cap on active Steps, the Run's policy (the type's own values), then, by mode:
+
+* a forked ``record`` Run serves the parent's Step the token names, if the parent had
+  finished it at the checkpoint (NERVE-4005);
+* ``replay``, and ``strict_replay`` of a type that is not run again, serve the recording
+  matched by token, type and input hash;
+* ``strict_replay`` of a type that runs again finds the recording (a failed one is
+  served), then admits like ``record`` with the recording at hand;
+* ``record``: the type's own ``admit``.
+
+A type's admission may await once (an LLM prompt's token count on the engine). From its
+return until the Step is stored and started nothing awaits, so the budget reservation,
+the queue check and the insert are one step of the event loop; the Run's status and the
+active-Step cap are checked again there, and a concurrent submit that claimed the same
+token in the meantime is answered as the repeated token it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgspec
+
+from contracts.errors import AdmissionReject, Conflict, NotFound
+from contracts.events import Provenance
+from contracts.runs import Policy, RunMode, RunStatus
+from contracts.steps import Step, StepStatus, StepSubmit
+from orchestrator_core import views
+from orchestrator_core.canonical import b3, b3_as_recorded, canonical_json, new_id
+from orchestrator_core.clock import iso_utc
+from orchestrator_core.lookup import get_run, get_step
+from orchestrator_core.policy import redact
+from orchestrator_core.replay import check_recorded_match
+from orchestrator_core.rows import RunRow, StepRow
+from orchestrator_core.steps.base import Admission, Plan, StepContext, StepRun
+from orchestrator_core.steps.registry import StepKinds
+from orchestrator_core.steps.runner import StepTasks
+
+__all__ = ["Admitter"]
+
+_enc = msgspec.json.Encoder()
+_FINAL_COLUMNS = ("status", "tokens_in", "tokens_out", "cost_usd", "wall_ms", "provenance",
+                  "error")
+
+
+class _PolicyOnly(msgspec.Struct):
+    policy: Policy
+
+
+def _redacted_input(run_row: RunRow, input_value: Any) -> Any:
+    """The Step input as stored: prompt and message contents redacted by the Run's policy
+    (the input hash stays that of the submitted input, for idempotency and replay)."""
+    policy = msgspec.json.decode(run_row.body, type=_PolicyOnly).policy
+    if not policy.redact or not isinstance(input_value, dict):
+        return input_value
+    out = dict(input_value)
+    if isinstance(out.get("prompt"), str):
+        (out["prompt"],), _n = redact(policy, [out["prompt"]])
+    if isinstance(out.get("messages"), list):
+        texts, _n = redact(policy, [m["content"] for m in out["messages"]])
+        out["messages"] = [{**m, "content": t} for m, t in zip(out["messages"], texts,
+                                                               strict=True)]
+    return out
+
+
+class Admitter:
+    """Admits Steps of every type and hands them to the runner.
+
+    Args:
+        ctx: the step context.
+        kinds: the Step type registry.
+        tasks: the runner.
+    """
+
+    def __init__(self, ctx: StepContext, kinds: StepKinds, tasks: StepTasks) -> None:
+        self.ctx = ctx
+        self.kinds = kinds
+        self.tasks = tasks
+
+    async def submit(self, run_id: str, body: StepSubmit, tenant: str) -> tuple[Step, bool]:
+        """Accept a Step, idempotently by ``client_token`` (NERVE-4003).
+
+        Returns:
+            ``(step, created)``; ``created`` is False for a repeated client_token.
+
+        Raises:
+            NotFound, Conflict (token reused with another input, or the run is
+            cancelled), AdmissionReject, PolicyDenied, Nondeterminism, and whatever the
+            type's admission raises.
+        """
+        store = self.ctx.store
+        run_row = store.get_run(run_id)
+        if run_row is None or run_row.tenant != tenant:
+            raise NotFound(f"no run {run_id}", data={"run_id": run_id})
+        step_type, kind = self.kinds.of(body)
+        input_value = msgspec.to_builtins(body.input)
+        input_hash = b3({"type": step_type, "input": input_value})
+        existing = store.get_step_by_token(run_id, body.client_token)
+        if existing is not None:
+            return self._repeated(existing, body, step_type, input_value, input_hash), False
+        self._check_active(run_row)
+        stored_input = _redacted_input(run_row, input_value)
+        self._check_room()
+        run = get_run(store, run_id, tenant)
+        mode = RunMode(run_row.mode)
+        kind.check_policy(run, body)
+        adm = Admission(step_id=new_id("stp"), run=run, body=body, mode=mode,
+                        step_type=step_type, input_value=input_value, input_hash=input_hash)
+        if mode is RunMode.RECORD:
+            inherited = self.ctx.checkpoints.inherited_step(run, body.client_token)
+            if inherited is not None:  # a fork serves the parent's history
+                check_recorded_match(client_token=body.client_token, recorded=inherited,
+                                     step_type=step_type, input_hash=input_hash,
+                                     input_value=input_value)
+                return self._serve(adm, stored_input, inherited, "inherited")
+        elif mode is RunMode.REPLAY or not kind.replay.reruns:
+            # Side effects never run again in any replay mode: their results are served.
+            return self._serve(adm, stored_input, self._recorded(adm))
+        else:
+            recorded = self._recorded(adm, check_input=not kind.replay.inputs_first)
+            if recorded.status != StepStatus.SUCCEEDED.value:  # served as it is
+                return self._serve(adm, stored_input, self._recorded(adm))
+            adm = dataclasses.replace(adm, recorded=recorded)
+        plan = await kind.admit(adm)
+        # No await from here until the Step is stored and started.
+        try:
+            latest = store.get_run(run_id)
+            assert latest is not None
+            self._check_active(latest)  # the Run may have been cancelled meanwhile
+            self._check_room()
+            return self._start(adm, plan, stored_input)
+        except BaseException:
+            self.ctx.budgets.release(run_id, adm.step_id)
+            raise
+
+    # -- shared checks -----------------------------------------------------------------
+
+    def _repeated(self, existing: StepRow, body: StepSubmit, step_type: str,
+                  input_value: Any, input_hash: str) -> Step:
+        """The answer to a token the Run already has: its Step, or ``CONFLICT`` when it
+        was used with another input."""
+        if existing.input_hash != b3_as_recorded({"type": step_type, "input": input_value},
+                                                    input_hash, existing.input_hash):
+            raise Conflict(
+                f"client_token {body.client_token!r} was used with another input",
+                data={"client_token": body.client_token, "step_id": existing.step_id,
+                      "recorded_hash": existing.input_hash,
+                      "submitted_hash": input_hash})
+        return views.step(existing)
+
+    @staticmethod
+    def _check_active(run_row: RunRow) -> None:
+        """The Run accepts Steps (it is not cancelled)."""
+        if run_row.status != RunStatus.ACTIVE.value:
+            raise Conflict(f"run {run_row.run_id} is {run_row.status}; it accepts "
+                           "no steps", data={"run_id": run_row.run_id,
+                                             "status": run_row.status})
+
+    def _check_room(self) -> None:
+        """The server has room for one more active Step (``max_active_steps``)."""
+        cap = self.ctx.config.max_active_steps
+        if self.ctx.log.active() >= cap:
+            raise AdmissionReject(f"the server already has {cap} active steps",
+                                  retry_after_ms=1000, data={"max_active_steps": cap})
+
+    def _recorded(self, adm: Admission, *, check_input: bool = True) -> StepRow:
+        """The recorded Step this one replays, finished (NERVE-4023)."""
+        run = adm.run
+        assert run.replay_of is not None
+        rec = self.ctx.store.get_step_by_token(run.replay_of, adm.body.client_token)
+        check_recorded_match(client_token=adm.body.client_token, recorded=rec,
+                             step_type=adm.step_type,
+                             input_hash=adm.input_hash if check_input or rec is None
+                             else rec.input_hash,
+                             input_value=adm.input_value)
+        assert rec is not None
+        if not StepStatus(rec.status).terminal:
+            raise Conflict("the recorded step has not finished yet",
+                           data={"recorded_step_id": rec.step_id})
+        return rec
+
+    # -- storing and starting ----------------------------------------------------------
+
+    def _insert(self, adm: Admission, stored_input: Any, *, seed: int | None,
+                provenance: Provenance | None) -> bool:
+        """Store the ``queued`` Step and open its log; False when a concurrent submit
+        claimed the token first."""
+        body = adm.body
+        placement = getattr(body, "placement", None)
+        created = self.ctx.store.insert_step(StepRow(
+            step_id=adm.step_id, run_id=adm.run.run_id, type=adm.step_type,
+            client_token=body.client_token,
+            input=canonical_json(stored_input).decode(), input_hash=adm.input_hash,
+            placement=_enc.encode(placement).decode() if placement else None,
+            status=StepStatus.QUEUED.value, seed=seed,
+            created_at=iso_utc(self.ctx.clock.now()), last_seq=-1,
+            replay_of_step=adm.recorded.step_id if adm.recorded else None,
+            # what the Step consumes is added when it ends, or by recovery (NERVE-4040)
+            provenance=_enc.encode(provenance).decode() if provenance else None,
+        ))
+        if created:
+            self.ctx.log.open(adm.step_id, adm.run.run_id)
+        return created
+
+    def _claimed(self, adm: Admission) -> tuple[Step, bool]:
+        """A concurrent submit stored this token while this one was admitted: answer as
+        for a repeated token."""
+        existing = self.ctx.store.get_step_by_token(adm.run.run_id, adm.body.client_token)
+        if existing is None:
+            raise Conflict("client_token was claimed concurrently; retry to read the step",
+                           data={"client_token": adm.body.client_token})
+        return self._repeated(existing, adm.body, adm.step_type, adm.input_value,
+                              adm.input_hash), False
+
+    def _start(self, adm: Admission, plan: Plan, stored_input: Any) -> tuple[Step, bool]:
+        """Apply the wall-clock budgets, store the Step and start its task (POLICY-3000)."""
+        ctx, run = self.ctx, adm.run
+        now, mono = ctx.clock.now(), ctx.clock.monotonic()
+        run_deadline = (plan.reservation.deadline_s if plan.reservation is not None
+                        else ctx.budgets.wall_deadline(run, now))
+        deadline = mono + (run_deadline - now)
+        if adm.body.budgets.max_wall_ms is not None:
+            deadline = min(deadline, mono + adm.body.budgets.max_wall_ms / 1000.0)
+        prov = plan.provenance or Provenance(
+            tokens_in=0, tokens_out=0, cost_usd=0.0, policy_hash=run.policy_hash,
+            price_table_version=ctx.config.prices.version, executor=plan.executor,
+            input_hash=adm.input_hash)
+        if not self._insert(adm, stored_input, seed=plan.seed, provenance=prov):
+            ctx.budgets.release(run.run_id, adm.step_id)
+            return self._claimed(adm)
+        self.tasks.start(StepRun(ctx.log, adm.step_id, run.run_id, adm.step_type,
+                                 adm.mode.value, plan, prov, mono, deadline))
+        return get_step(ctx.store, adm.step_id, None), True
+
+    def _serve(self, adm: Admission, stored_input: Any, rec: StepRow,
+               what: str = "recorded") -> tuple[Step, bool]:
+        """Store a Step that serves a finished recorded Step's frames (NERVE-4021)."""
+        if not StepStatus(rec.status).terminal:
+            raise Conflict(f"the {what} step has not finished yet",
+                           data={"recorded_step_id": rec.step_id})
+        ctx = self.ctx
+        rows = ctx.log.read_rows(rec.step_id)
+        adm = dataclasses.replace(adm, recorded=rec)
+        if not self._insert(adm, stored_input, seed=rec.seed, provenance=None):
+            return self._claimed(adm)
+        base = Provenance(tokens_in=0, tokens_out=0, cost_usd=0.0,
+                          policy_hash=adm.run.policy_hash,
+                          price_table_version=ctx.config.prices.version,
+                          input_hash=adm.input_hash)
+        self.tasks.serve(StepRun(ctx.log, adm.step_id, adm.run.run_id, adm.step_type,
+                                 adm.mode.value, None, base, ctx.clock.monotonic()),
+                         rows, {k: getattr(rec, k) for k in _FINAL_COLUMNS})
+        return get_step(ctx.store, adm.step_id, None), True
