@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import pathlib
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -189,6 +190,35 @@ class TestIndexedLookups:
         small, long = (_vm_ops(big, functools.partial(call, run_id)) for run_id in ("r", "big"))
         assert abs(long - small) <= 2, (small, long)
         assert big.integrity()["usage_mismatch"] == 0
+
+
+class TestStepIds:
+    """A Step id grows with time, so a Step's row and frames are appended next to the
+    latest ones, not at a random place in a big index (NERVE-4042)."""
+
+    @pytest.mark.anyio
+    async def test_step_ids_start_with_their_second_and_sort_in_submission_order(
+            self, tmp_path: pathlib.Path) -> None:
+        """[NERVE-4042] [NERVE-4000] Steps submitted at 1,700,000,000 s, one second and
+        4,096 seconds later have ids ``stp_`` + the hex of that second + 16 random hex
+        digits, in that order."""
+        clock = FakeClock()
+        cfg = mock_config(data_dir=str(tmp_path / "data"))
+        ids = []
+        with anyio.fail_after(REAL_TIME_LIMIT_S):
+            async with Orchestrator.running(cfg, drivers=default_drivers(),
+                                            tools=tool_registry, clock=clock) as orch:
+                flow, _ = orch.create_flow(FlowCreate(ast_ir={"ids": 1}))
+                run = orch.create_run(flow.flow_id, RunCreate(seed=7))
+                for token, later in (("a", 0.0), ("b", 1.0), ("c", 4095.0)):
+                    clock.advance(later)
+                    body = msgspec.convert(llm_step(token), StepSubmit)
+                    ids.append((await orch.submit_step(run.run_id, body))[0].step_id)
+                for step_id in ids:
+                    orch.cancel_step(step_id)
+        assert [(i[:12], re.fullmatch(r"[0-9a-f]{16}", i[12:]) is not None) for i in ids] == [
+            ("stp_6553f100", True), ("stp_6553f101", True), ("stp_65540100", True)]
+        assert sorted(ids) == ids
 
 
 async def _mixed(req: CompletionRequest) -> AsyncIterator[StreamItem]:
