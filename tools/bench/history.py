@@ -145,9 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=None, help="runs in the big store (20000)")
     p.add_argument("--events", type=int, default=None,
                    help="events in the big store (1000000)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds R (default 6)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds R (default 8)")
     p.add_argument("--per-round", type=int, default=None,
-                   help="requests per path per round K (default 40)")
+                   help="requests per path per round K (default 60)")
     p.add_argument("--max-tokens", type=int, default=8, help="tokens per step (default 8)")
     p.add_argument("--http-fill-max", type=int, default=100,
                    help="long runs of at most this many steps are filled over HTTP (100)")
@@ -160,8 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 ).split(",")]
     a.runs = a.runs if a.runs is not None else (2_000 if quick else 20_000)
     a.events = a.events if a.events is not None else (50_000 if quick else 1_000_000)
-    a.rounds = a.rounds if a.rounds is not None else (2 if quick else 6)
-    a.per_round = a.per_round if a.per_round is not None else (5 if quick else 40)
+    a.rounds = a.rounds if a.rounds is not None else (2 if quick else 8)
+    a.per_round = a.per_round if a.per_round is not None else (5 if quick else 60)
     if a.rounds < 1 or a.per_round < 1 or a.max_tokens < 1 or min(a.sizes) < 1:
         p.error("--rounds, --per-round, --max-tokens and --sizes must be at least 1")
     return a
