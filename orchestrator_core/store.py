@@ -9,6 +9,9 @@ one connection, in explicit transactions:
   mapping can never point at two Steps;
 * :meth:`SqliteStore.commit_events` appends frames and applies Step status changes in
   one transaction, so a terminal frame and the terminal status are never apart.
+* a Run's usage and Step counts are counters that triggers on ``steps`` (schema v9)
+  change in the statement that inserts or updates a Step, so they are never apart from
+  the Steps either, and :meth:`SqliteStore.run_usage` reads two keys (NERVE-4042).
 
 Rows are read as plain tuples from explicit column lists and built positionally into the
 Structs of :mod:`orchestrator_core.rows`; the event log's reads stay tuples (the hot path).
