@@ -8,23 +8,24 @@ import pathlib
 import msgspec
 import pytest
 
-from tools.bench.compare import (
-    Comparison,
-    Row,
-    Tree,
-    bench_commands,
-    build_rows,
-    is_worse,
-    oriented_ratio,
-    parse_args,
-    render_text,
-)
+from tools.bench.compare import bench_commands, parse_args
 from tools.bench.figures import Direction, Figure, bench_figures, streams_figures
 from tools.bench.latency import LatencyReport, ProbeConfig
 from tools.bench.replay import ModeTime, ReplayReport
 from tools.bench.report import BenchReport
 from tools.bench.stats import PathStats
 from tools.bench.streams import CpuReport, CpuRound, RssReport, StreamsReport
+from tools.bench.table import (
+    Comparison,
+    Failure,
+    Row,
+    Tree,
+    build_rows,
+    is_worse,
+    oriented_ratio,
+    regressions,
+    render_text,
+)
 
 LOWER, HIGHER = Direction.LOWER, Direction.HIGHER
 
@@ -107,14 +108,15 @@ class TestBuildRows:
                               head_rounds=[9.0])
 
 
-def _comparison(rows: list[Row]) -> Comparison:
+def _comparison(rows: list[Row], failures: list[Failure] | None = None) -> Comparison:
     base = Tree(side="base", rev="49c59d4", commit="49c59d4", path="/scratch/c/base",
                 imports={"orchestrator_core": "/scratch/c/base/orchestrator_core/__init__.py"})
     head = Tree(side="head", rev="working tree", commit="ca368dd+dirty", path="/w",
                 imports={"orchestrator_core": "/w/orchestrator_core/__init__.py"})
     return Comparison(base=base, head=head, rounds=3, threshold=0.05,
                       commands={"tools.bench": ["--mock", "--file", "/scratch/c/document.md"]},
-                      rows=rows, worse=[f"{r.module}: {r.name}" for r in rows if r.worse])
+                      rows=rows, worse=regressions(rows, failures or []),
+                      failures=failures or [])
 
 
 class TestRenderText:
@@ -156,8 +158,25 @@ class TestRenderText:
             "        n/a",
             "",
             "head/base is oriented so that > 1.00 is worse (base/head for higher-is-better "
-            "figures); 1 figure(s) worse by more than 5%: tools.bench: latency: orchestrator p50",
+            "figures); 1 regression(s) (worse by more than 5%, or a failed head run)",
+            "  tools.bench: latency: orchestrator p50",
         ])
+
+    def test_failed_runs_are_listed_and_a_failed_head_run_is_a_regression(self) -> None:
+        """A base failure is listed only; a head failure is listed and counted."""
+        rows = build_rows("tools.bench", [[_ms("p50", 80.0)]], [[_ms("p50", 80.0)]], 0.05)
+        failures = [Failure(round=1, module="tools.bench", side="base", message="exited 2"),
+                    Failure(round=2, module="tools.bench", side="head",
+                            message="exited 1 with no report (Input data was truncated)")]
+        assert render_text(_comparison(rows, failures)).split("\n")[-5:] == [
+            "",
+            "failed and run again: round 1, tools.bench on base: exited 2",
+            "failed and run again: round 2, tools.bench on head: exited 1 with no report "
+            "(Input data was truncated)",
+            "head/base is oriented so that > 1.00 is worse (base/head for higher-is-better "
+            "figures); 1 regression(s) (worse by more than 5%, or a failed head run)",
+            "  tools.bench: a failed head run in round 2",
+        ]
 
 
 def _stats(p50: float, p99: float) -> PathStats:

@@ -16,7 +16,12 @@ is held only if it held in every round). The ratio is head/base for lower-is-bet
 figures and base/head for higher-is-better ones, so > 1.00 is always worse; a figure
 worse by more than ``--threshold`` (5%) is marked, and the exit status is then 1.
 
-Exit status: 0 nothing worse; 1 some figure worse; 2 a bench or a checkout failed.
+A bench run that prints no report stops the comparison (exit 2), unless ``--retries N``
+lets it run again: every failure is then listed, and a failure on the head side counts
+as a regression (the base survived what the head did not).
+
+Exit status: 0 nothing worse; 1 some figure worse (or a head run failed and was run
+again); 2 a bench, a checkout or the import probe failed.
 """
 
 from __future__ import annotations
@@ -28,30 +33,26 @@ import os
 import pathlib
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import msgspec
 
-from .figures import CHECK, MODULES, Direction, Figure
+from .figures import MODULES, Figure
+from .table import (
+    Comparison,
+    Failure,
+    Tree,
+    build_rows,
+    regressions,
+    render_json,
+    render_text,
+)
 
-__all__ = [
-    "Comparison",
-    "Row",
-    "Tree",
-    "bench_commands",
-    "build_rows",
-    "is_worse",
-    "main",
-    "oriented_ratio",
-    "parse_args",
-    "render_json",
-    "render_text",
-]
+__all__ = ["DEFAULT_BASE", "BenchFailed", "bench_commands", "main", "parse_args"]
 
 DEFAULT_BASE = "49c59d4"
 _REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -59,213 +60,6 @@ _DOCUMENT = "specs/20_stream_and_replay.md"
 _PACKAGES = ("contracts", "orchestrator_core", "orchestratord", "worker_adapters", "tools.bench")
 _PROBE = ("import importlib, json, sys; print(json.dumps({n: importlib.import_module(n).__file__ "
           "for n in sys.argv[1:]}))")
-
-
-# -- the table (pure) ------------------------------------------------------------------
-
-
-def oriented_ratio(base: float, head: float, direction: Direction) -> float | None:
-    """The change of a figure as a ratio where > 1.0 is worse.
-
-    Args:
-        base: the base tree's value.
-        head: the head tree's value (same unit).
-        direction: which way the figure improves.
-
-    Returns:
-        ``head / base`` (lower is better) or ``base / head`` (higher is better); None
-        when either value is negative or the divisor is 0 (no ratio means anything).
-    """
-    num, den = (head, base) if direction is Direction.LOWER else (base, head)
-    if num < 0 or den <= 0:
-        return None
-    return num / den
-
-
-def is_worse(base: float, head: float, direction: Direction, threshold: float) -> bool:
-    """True when head is worse than base by more than ``threshold``.
-
-    A figure whose divisor is 0 is worse when the other side moved away from 0 the wrong
-    way (a check that held in base and broke in head; a cost that was 0 and is not).
-
-    Args:
-        base: the base tree's value.
-        head: the head tree's value.
-        direction: which way the figure improves.
-        threshold: the tolerated relative worsening, e.g. 0.05 for 5%.
-    """
-    num, den = (head, base) if direction is Direction.LOWER else (base, head)
-    if num < 0 or den < 0:
-        return False
-    if den == 0:
-        return num > 0
-    return num / den > 1.0 + threshold
-
-
-class Row(msgspec.Struct, frozen=True):
-    """One figure of the comparison.
-
-    Attributes:
-        module: the bench module that printed it.
-        name: the figure (see :class:`tools.bench.figures.Figure`).
-        unit: its unit.
-        direction: which way it improves.
-        base: median over the base tree's rounds (None if its runs lacked the figure).
-        head: median over the head tree's rounds (None likewise).
-        ratio: :func:`oriented_ratio` of the medians, rounded to 0.0001 (None: n/a).
-        worse: :func:`is_worse` of the medians.
-        base_rounds: the base tree's value in each round, in order.
-        head_rounds: the head tree's value in each round, in order.
-    """
-
-    module: str
-    name: str
-    unit: str
-    direction: Direction
-    base: float | None
-    head: float | None
-    ratio: float | None
-    worse: bool
-    base_rounds: list[float]
-    head_rounds: list[float]
-
-
-def _aggregate(values: Sequence[float], unit: str) -> float | None:
-    if not values:
-        return None
-    return min(values) if unit == CHECK else float(statistics.median(values))
-
-
-def build_rows(module: str, base_runs: Sequence[Sequence[Figure]],
-               head_runs: Sequence[Sequence[Figure]], threshold: float) -> list[Row]:
-    """Pair the figures of one module's rounds, side by side.
-
-    Args:
-        module: the bench module.
-        base_runs: the base tree's figures, one list per round.
-        head_runs: the head tree's figures, one list per round.
-        threshold: the tolerated relative worsening (0.05 = 5%).
-
-    Returns:
-        One row per figure name, in the order first seen (base first); a figure only one
-        side printed gets None on the other side, no ratio, and is not marked worse.
-    """
-    kinds: dict[str, Figure] = {}
-    values: dict[str, tuple[list[float], list[float]]] = {}
-    for side, runs in enumerate((base_runs, head_runs)):
-        for run in runs:
-            for f in run:
-                kinds.setdefault(f.name, f)
-                values.setdefault(f.name, ([], []))[side].append(f.value)
-    rows = []
-    for name, kind in kinds.items():
-        b_vals, h_vals = values[name]
-        base, head = _aggregate(b_vals, kind.unit), _aggregate(h_vals, kind.unit)
-        ratio: float | None = None
-        worse = False
-        if base is not None and head is not None:
-            ratio = oriented_ratio(base, head, kind.direction)
-            worse = is_worse(base, head, kind.direction, threshold)
-        rows.append(Row(module=module, name=name, unit=kind.unit, direction=kind.direction,
-                        base=base, head=head,
-                        ratio=round(ratio, 4) if ratio is not None else None,
-                        worse=worse, base_rounds=b_vals, head_rounds=h_vals))
-    return rows
-
-
-class Tree(msgspec.Struct, frozen=True):
-    """One side of the comparison.
-
-    Attributes:
-        side: ``base`` or ``head``.
-        rev: what was asked for (``working tree`` for the checkout itself).
-        commit: the commit checked out (``+dirty`` when the working tree has changes).
-        path: the tree the benches ran in.
-        imports: package -> the file it was imported from, with ``PYTHONPATH=path``.
-    """
-
-    side: str
-    rev: str
-    commit: str
-    path: str
-    imports: dict[str, str] = {}
-
-
-class Comparison(msgspec.Struct, frozen=True):
-    """Everything one comparison measured (``--json`` prints it).
-
-    Attributes:
-        base: the base tree.
-        head: the head tree.
-        rounds: rounds per side and module.
-        threshold: the tolerated relative worsening (0.05 = 5%).
-        commands: module -> the arguments each run got (after ``--json``).
-        rows: every figure, module by module.
-        worse: the names of the figures marked worse (``module: name``).
-    """
-
-    base: Tree
-    head: Tree
-    rounds: int
-    threshold: float
-    commands: dict[str, list[str]]
-    rows: list[Row]
-    worse: list[str]
-
-
-def _num(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    if unit == CHECK:
-        return "yes" if value >= 1.0 else "NO"
-    if abs(value) >= 1000:
-        return f"{value:,.1f}"
-    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
-
-
-def render_text(comparison: Comparison) -> str:
-    """The table: figure, unit, base, head, head/base (> 1.00 is worse), mark.
-
-    Args:
-        comparison: the result.
-
-    Returns:
-        The header naming both trees and where each imported its core from, then one
-        line per figure; a figure worse by more than the threshold ends in ``WORSE``.
-    """
-    c = comparison
-    pct = f"{c.threshold * 100:g}%"
-    lines = [f"orchestratord bench comparison: median of {c.rounds} interleaved round(s) "
-             "per side (base, head, base, head, ...)"]
-    for t in (c.base, c.head):
-        core = t.imports.get("orchestrator_core", "?")
-        lines.append(f"  {t.side:<5} {t.rev} = {t.commit}: {t.path}")
-        lines.append(f"        orchestrator_core from {core}")
-    for module, args in c.commands.items():
-        lines.append(f"  python -m {module} --json {shlex.join(args)}".rstrip())
-    lines += ["", f"{'figure':<46}{'unit':>9}{'base':>12}{'head':>12}{'head/base':>11}  mark"]
-    module = ""
-    for r in c.rows:
-        if r.module != module:
-            module = r.module
-            lines.append(f"[{module}]")
-        ratio = "n/a" if r.ratio is None else f"{r.ratio:.3f}"
-        mark = f"WORSE (> {pct})" if r.worse else ""
-        lines.append(f"  {r.name:<44}{r.unit:>9}{_num(r.base, r.unit):>12}"
-                     f"{_num(r.head, r.unit):>12}{ratio:>11}  {mark}".rstrip())
-    lines.append("")
-    lines.append(f"head/base is oriented so that > 1.00 is worse (base/head for "
-                 f"higher-is-better figures); {len(c.worse)} figure(s) worse by more than "
-                 f"{pct}" + (": " + "; ".join(c.worse) if c.worse else ""))
-    return "\n".join(lines)
-
-
-def render_json(comparison: Comparison) -> str:
-    """Pretty-printed JSON of the whole comparison."""
-    return msgspec.json.format(msgspec.json.encode(comparison), indent=2).decode()
-
-
-# -- the trees and the runs ------------------------------------------------------------
 
 
 def _git(*args: str) -> str:
@@ -322,27 +116,45 @@ def _trees(base_rev: str, head_rev: str | None, tmp: pathlib.Path) -> Iterator[l
                 _git("worktree", "prune")
 
 
+class BenchFailed(RuntimeError):
+    """A bench run printed no report.
+
+    Attributes:
+        log: the file holding the run's stderr.
+    """
+
+    def __init__(self, message: str, log: pathlib.Path) -> None:
+        super().__init__(message)
+        self.log = log
+
+    def tail(self, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of the run's stderr."""
+        return self.log.read_text(errors="replace").splitlines()[-lines:]
+
+
 def _run(tree: Tree, module: str, args: list[str], timeout_s: float,
          log: pathlib.Path) -> list[Figure]:
     """One ``python -m <module> --json`` in ``tree``; its figures.
 
     Raises:
-        RuntimeError: the run timed out, or printed no report (its stderr goes to ``log``).
+        BenchFailed: the run timed out, or printed no report (its stderr is in ``log``).
     """
     root = pathlib.Path(tree.path)
     argv = [sys.executable, "-m", module, "--json", *args]
-    with log.open("ab") as err:
+    with log.open("wb") as err:
         try:
             out = subprocess.run(argv, cwd=root, env=_env(root), stdout=subprocess.PIPE,
                                  stderr=err, stdin=subprocess.DEVNULL, timeout=timeout_s,
                                  check=False)
         except subprocess.TimeoutExpired as exc:
-            raise RuntimeError(f"{tree.side}: {module} ran over {timeout_s:g} s") from exc
+            raise BenchFailed(f"ran over {timeout_s:g} s", log) from exc
     try:
         return MODULES[module].figures(out.stdout)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise RuntimeError(f"{tree.side}: {module} exited {out.returncode} with no report "
-                           f"({exc})") from exc
+        why = f"no report ({exc})" if out.stdout.strip() else "no report"
+        last = next(iter(BenchFailed("", log).tail(1)), "")
+        raise BenchFailed(f"exited {out.returncode} with {why}; last stderr line: {last}",
+                          log) from exc
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -362,17 +174,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--args", action="append", default=[], metavar="MODULE=ARGS",
                    help="extra arguments for one module, e.g. 'tools.bench=--no-engines'")
     p.add_argument("--quick", action="store_true",
-                   help="smoke settings: mock engine, small loads, one round")
+                   help="smoke settings: mock engine, small loads, one round (its figures "
+                        "are too small to judge by: CPU is read in 10 ms ticks)")
     p.add_argument("--threshold", type=float, default=0.05,
                    help="tolerated relative worsening (default 0.05 = 5%%)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="run a failed bench run again up to N times (default 0); each "
+                        "failure is listed, and one on the head counts as worse")
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="seconds one bench run may take (default 1800)")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
-    if args.rounds < 1 or args.threshold < 0:
-        p.error("--rounds must be at least 1 and --threshold at least 0")
+    if args.rounds < 1 or args.threshold < 0 or args.retries < 0:
+        p.error("--rounds must be at least 1, --threshold and --retries at least 0")
     extra: dict[str, list[str]] = {}
     for item in args.args:
         module, sep, rest = item.partition("=")
@@ -404,6 +220,31 @@ def bench_commands(args: argparse.Namespace, document: pathlib.Path) -> dict[str
     return commands
 
 
+def _run_with_retries(tree: Tree, module: str, cmd: list[str], args: argparse.Namespace,
+                      tmp: pathlib.Path, round_: int, failures: list[Failure]) -> list[Figure]:
+    """:func:`_run`, again up to ``args.retries`` times; each failure is added to ``failures``.
+
+    Raises:
+        BenchFailed: the last attempt failed too.
+    """
+    for attempt in range(args.retries + 1):
+        t0 = time.monotonic()
+        log = tmp / f"{module}-{tree.side}-{round_}-{attempt}.stderr"
+        label = f"round {round_}/{args.rounds}: {module} on {tree.side}"
+        try:
+            figures = _run(tree, module, cmd, args.timeout, log)
+        except BenchFailed as exc:
+            failures.append(Failure(round=round_, module=module, side=tree.side,
+                                    message=str(exc)))
+            print(f"{label} FAILED: {exc}", file=sys.stderr, flush=True)
+            if attempt == args.retries:
+                raise BenchFailed(f"{label}: {exc}", exc.log) from exc
+            continue
+        print(f"{label} ({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
+        return figures
+    raise AssertionError("unreachable")
+
+
 def _compare(args: argparse.Namespace, tmp: pathlib.Path) -> Comparison:
     document = tmp / "document.md"
     shutil.copyfile(_REPO / _DOCUMENT, document)  # both trees summarise the same text
@@ -413,20 +254,18 @@ def _compare(args: argparse.Namespace, tmp: pathlib.Path) -> Comparison:
             print(f"{t.side}: {t.rev} = {t.commit} in {t.path}; orchestrator_core from "
                   f"{t.imports['orchestrator_core']}", file=sys.stderr, flush=True)
         runs: dict[tuple[str, str], list[list[Figure]]] = {}
+        failures: list[Failure] = []
         for r in range(args.rounds):
             for module, cmd in commands.items():
                 for t in (base, head):
-                    t0 = time.monotonic()
-                    figures = _run(t, module, cmd, args.timeout, tmp / f"{t.side}.stderr")
-                    runs.setdefault((module, t.side), []).append(figures)
-                    print(f"round {r + 1}/{args.rounds}: {module} on {t.side} "
-                          f"({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
+                    runs.setdefault((module, t.side), []).append(
+                        _run_with_retries(t, module, cmd, args, tmp, r + 1, failures))
     rows = [row for module in commands
             for row in build_rows(module, runs[module, "base"], runs[module, "head"],
                                   args.threshold)]
     return Comparison(base=base, head=head, rounds=args.rounds, threshold=args.threshold,
-                      commands=commands, rows=rows,
-                      worse=[f"{r.module}: {r.name}" for r in rows if r.worse])
+                      commands=commands, rows=rows, worse=regressions(rows, failures),
+                      failures=failures)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -440,12 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="orchestratord-compare-") as tmp:
         try:
             comparison = _compare(args, pathlib.Path(tmp))
+        except BenchFailed as exc:
+            print(f"compare failed: {exc}", f"--- last lines of its stderr ({exc.log.name}):",
+                  *exc.tail(), sep="\n", file=sys.stderr)
+            return 2
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", None) or ""
             print(f"compare failed: {exc} {detail}".rstrip(), file=sys.stderr)
-            for log in sorted(pathlib.Path(tmp).glob("*.stderr")):
-                tail = log.read_text(errors="replace").splitlines()[-20:]
-                print(f"--- last lines of {log.name}:", *tail, sep="\n", file=sys.stderr)
             return 2
     print(render_json(comparison) if args.json else render_text(comparison))
     return 1 if comparison.worse else 0
