@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from tools.bench.compare import bench_commands, parse_args
+from tools.bench.engines import EnginePath, EnginesReport
 from tools.bench.figures import Direction, Figure, bench_figures, streams_figures
 from tools.bench.latency import LatencyReport, ProbeConfig
 from tools.bench.replay import ModeTime, ReplayReport
@@ -99,6 +100,13 @@ class TestBuildRows:
                 head=0.0, ratio=None, worse=True, base_rounds=[1.0, 1.0, 1.0],
                 head_rounds=[1.0, 0.0, 1.0]),
         ]
+
+    def test_two_figures_of_one_name_in_a_run_are_refused(self) -> None:
+        """Rounds pair by name, so one run naming a figure twice is an error, not a merge."""
+        run = [Figure(name="decode", unit="ms/token", direction=LOWER, value=6.75),
+               Figure(name="decode", unit="tok/s", direction=HIGHER, value=148.2)]
+        with pytest.raises(ValueError, match="a figure name appears twice in one run"):
+            build_rows("tools.bench", [run], [run], 0.05)
 
     def test_a_figure_one_side_lacks_is_listed_but_not_judged(self) -> None:
         """A figure only the head printed gets no base value, no ratio and no mark."""
@@ -208,6 +216,51 @@ class TestFigures:
                    value=0.325),
             _check("replay: replay byte-identical", 1.0),
             _check("replay: strict_replay byte-identical", 0.0),
+        ]
+
+    def test_engine_paths_and_direct_latency_of_a_real_engine_report(self) -> None:
+        """With a replica: direct latency and ratios, and per engine path ms, ms/token, tok/s."""
+        modes = [ModeTime(mode=m, steps=8, tokens=191, wall_ms=w, engine_requests=3)
+                 for m, w in (("record", 5900.0), ("replay", 38.0), ("strict_replay", 5700.0))]
+        path = EnginePath(name="worker", short_p50_ms=119.4, long_p50_ms=497.4, short_tokens=8,
+                          long_tokens=64, ms_per_token=6.75, tokens_per_s=148.2,
+                          overhead_ms_per_token=-0.13, step_overhead_ms=0.642)
+        report = BenchReport(
+            server_url="http://127.0.0.1:1", server_started=True, engine="llama.cpp",
+            latency=LatencyReport(model="m", replica_url="http://127.0.0.1:2", run_id="run_1",
+                                  config=ProbeConfig(), text="x", tokens=8, same_output=True,
+                                  orchestrator=_stats(83.0, 95.0), direct=_stats(76.0, 90.0),
+                                  direct_done=_stats(76.5, 90.5), added_p50_ms=7.0,
+                                  added_p99_ms=5.0, ratio_p50=1.0921, ratio_p99=1.0556),
+            replay=ReplayReport(document="d.md", modes=modes, replay_over_record=0.0064,
+                                strict_replay_over_record=0.9661, replay_byte_identical=True,
+                                strict_replay_byte_identical=True),
+            engines=EnginesReport(short=8, long=64, requests=15, paths=[path],
+                                  worker_equals_engine=True, old_server_text_equal=False))
+        figures = bench_figures(msgspec.json.encode(report))
+        assert [(f.name, f.unit, f.direction.value, f.value) for f in figures] == [
+            ("latency: orchestrator p50", "ms", "lower-is-better", 83.0),
+            ("latency: orchestrator p99", "ms", "lower-is-better", 95.0),
+            ("latency: direct finish line p50", "ms", "lower-is-better", 76.0),
+            ("latency: direct finish line p99", "ms", "lower-is-better", 90.0),
+            ("latency: direct end of body p50", "ms", "lower-is-better", 76.5),
+            ("latency: direct end of body p99", "ms", "lower-is-better", 90.5),
+            ("latency: orchestrator/direct p50", "x", "lower-is-better", 1.0921),
+            ("latency: orchestrator/direct p99", "x", "lower-is-better", 1.0556),
+            ("latency: same output on every request", "check", "higher-is-better", 1.0),
+            ("replay: record wall", "ms", "lower-is-better", 5900.0),
+            ("replay: replay wall", "ms", "lower-is-better", 38.0),
+            ("replay: strict_replay wall", "ms", "lower-is-better", 5700.0),
+            ("replay: replay/record", "x", "lower-is-better", 0.0064),
+            ("replay: strict_replay/record", "x", "lower-is-better", 0.9661),
+            ("replay: replay byte-identical", "check", "higher-is-better", 1.0),
+            ("replay: strict_replay byte-identical", "check", "higher-is-better", 1.0),
+            ("engines: worker p50 8 tok", "ms", "lower-is-better", 119.4),
+            ("engines: worker p50 64 tok", "ms", "lower-is-better", 497.4),
+            ("engines: worker decode cost", "ms/token", "lower-is-better", 6.75),
+            ("engines: worker decode rate", "tok/s", "higher-is-better", 148.2),
+            ("engines: worker ids = in-process ids", "check", "higher-is-better", 1.0),
+            ("engines: old server text = worker bytes", "check", "higher-is-better", 0.0),
         ]
 
     def test_streams_report(self) -> None:

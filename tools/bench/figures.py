@@ -51,7 +51,8 @@ class Figure(msgspec.Struct, frozen=True):
     """One number a bench printed.
 
     Attributes:
-        name: stable label, unique within its module, e.g. ``latency: orchestrator p50``.
+        name: stable label, unique within its module's report, e.g. ``latency:
+            orchestrator p50`` (:func:`tools.bench.table.build_rows` pairs rounds by it).
         unit: ``ms``, ``KiB``, ``µs/token``, ``tok/s``, ``x`` (a ratio), ``check``, ...
         direction: which way is better.
         value: the number, in ``unit``.
@@ -107,8 +108,8 @@ def bench_figures(raw: bytes) -> list[Figure]:
         for p in eng.paths:
             out += [_lower(f"engines: {p.name} p50 {eng.short} tok", "ms", p.short_p50_ms),
                     _lower(f"engines: {p.name} p50 {eng.long} tok", "ms", p.long_p50_ms),
-                    _lower(f"engines: {p.name} decode", "ms/token", p.ms_per_token),
-                    Figure(name=f"engines: {p.name} decode", unit="tok/s",
+                    _lower(f"engines: {p.name} decode cost", "ms/token", p.ms_per_token),
+                    Figure(name=f"engines: {p.name} decode rate", unit="tok/s",
                            direction=Direction.HIGHER, value=p.tokens_per_s)]
         out += [_check("engines: worker ids = in-process ids", eng.worker_equals_engine),
                 _check("engines: old server text = worker bytes", eng.old_server_text_equal)]

@@ -114,11 +114,17 @@ def build_rows(module: str, base_runs: Sequence[Sequence[Figure]],
     Returns:
         One row per figure name, in the order first seen (base first); a figure only one
         side printed gets None on the other side, no ratio, and is not marked worse.
+
+    Raises:
+        ValueError: one run holds two figures of the same name.
     """
     kinds: dict[str, Figure] = {}
     values: dict[str, tuple[list[float], list[float]]] = {}
     for side, runs in enumerate((base_runs, head_runs)):
         for run in runs:
+            names = [f.name for f in run]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{module}: a figure name appears twice in one run: {names}")
             for f in run:
                 kinds.setdefault(f.name, f)
                 values.setdefault(f.name, ([], []))[side].append(f.value)
