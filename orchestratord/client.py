@@ -268,6 +268,8 @@ class OrchestratorClient:
                 await source.response.aread()
                 raise error_from_envelope(_env_decoder.decode(source.response.content))
             async for sse in source.aiter_sse():
+                if not sse.data and sse.event == "message":
+                    continue  # a ": keep-alive" comment after a frame that set an id
                 # SSE carries the last id over to frames without one: ephemeral ones
                 seq = int(sse.id) if sse.id and sse.event not in _EPHEMERAL else None
                 yield Frame.decode(seq, sse.event, sse.data)

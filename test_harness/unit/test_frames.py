@@ -272,6 +272,23 @@ class TestClientFrames:
         assert (frames[2].seq, frames[2].json()) == (
             2, {"i": 0, "t": "h\u00e9", "id": 71, "b": "aMOp"})
 
+    @pytest.mark.anyio
+    async def test_keep_alive_comments_after_a_frame_with_an_id_yield_nothing(self) -> None:
+        """A ``: keep-alive`` comment is no frame, also after a frame that set the last
+        event id (an SSE parser may report it as an empty ``message`` event)."""
+        body = b"".join([_DURABLE_BYTES[0], b": keep-alive\n\n", b": keep-alive\n\n",
+                         _DURABLE_BYTES[2], b": keep-alive\n\n",
+                         b"id: 4" + _TERMINAL_BYTES[0][5:]])
+
+        def serve(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, content=body,
+                                  headers={"content-type": "text/event-stream"})
+
+        async with OrchestratorClient("http://o", transport=httpx.MockTransport(serve)) as oc:
+            frames = [f async for f in oc.stream("stp_1")]
+        assert [(f.id, f.event) for f in frames] == [(0, "started"), (2, "token"),
+                                                     (4, "end")]
+
     def test_a_step_result_reads_text_bytes_ids_and_output_from_the_payloads(self) -> None:
         """``text``, ``data``, ``token_ids`` and ``output`` come from the typed payloads; a
         token recorded without ``b`` contributes the UTF-8 of its ``t``."""
