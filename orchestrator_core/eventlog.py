@@ -10,7 +10,10 @@
   cache so that many subscribers cost one list, not one query each; they are SSE-framed
   once, by the first read that needs them (a Step nobody reads is never framed). A
   finished Step's cache is evicted after a short linger and readers go back to disk.
-  Nothing is shown to a reader before it is committed.
+  Nothing is shown to a reader before it is committed. The bookkeeping is O(1) per
+  append and per lookup, whatever the cache holds: the count of active Steps is kept,
+  not counted, and finished Steps wait for eviction in the order they finished
+  (NERVE-4042).
 * ``metrics`` and ``narration`` are ephemeral: each subscriber has a small bounded buffer
   that drops its oldest entry when full, and every drop is counted (STREAM-2003). An
   ephemeral frame of a Step that has durable frames waiting for their group commit rides
@@ -28,6 +31,7 @@ window is real time (see :mod:`orchestrator_core.clock`).
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 import anyio
@@ -222,6 +226,9 @@ class EventLog:
         self.linger_s = linger_s
         self.ephemeral_capacity = ephemeral_capacity
         self._live: dict[str, _Live] = {}
+        self._active = 0  # entries of ``_live`` not done
+        # finished Steps in the order they finished, i.e. of ``evict_at`` (one linger)
+        self._finished: deque[tuple[str, _Live]] = deque()
         self._pending: list[EventRow] = []
         self._pending_updates: dict[str, dict[str, Any]] = {}
         self._dirty = anyio.Event()
@@ -230,11 +237,13 @@ class EventLog:
 
     def open(self, step_id: str, run_id: str) -> None:
         """Start the live cache of a new Step (its log is empty)."""
+        old = self._live.get(step_id)
+        self._active += old is None or old.done
         self._live[step_id] = _Live(run_id, 0)
 
     def active(self) -> int:
-        """Steps that can still receive frames (queued or running)."""
-        return sum(1 for lv in self._live.values() if not lv.done)
+        """Steps that can still receive frames (queued or running); O(1), a kept count."""
+        return self._active
 
     def run_of(self, step_id: str) -> str | None:
         """Run of a Step still in the live cache, else None."""
@@ -323,8 +332,11 @@ class EventLog:
         seq = live.next_seq
         live.next_seq += 1
         self._pending.append((step_id, seq, live.run_id, frame_type, data))
-        live.done = True
-        live.evict_at = self.clock.monotonic() + self.linger_s
+        if not live.done:
+            live.done = True
+            self._active -= 1
+            live.evict_at = self.clock.monotonic() + self.linger_s
+            self._finished.append((step_id, live))
         self.flush(extra={step_id: update})
         return seq
 
@@ -383,9 +395,22 @@ class EventLog:
             now = self.clock.monotonic()
             if now >= next_sweep:
                 next_sweep = now + 1.0
-                for step_id in [s for s, lv in self._live.items()
-                                if lv.done and lv.evict_at <= now and not lv.subs]:
-                    del self._live[step_id]
+                self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        """Drop the finished Steps whose linger has passed from the cache, oldest first,
+        visiting no other: one still read is looked at again at the next sweep."""
+        finished, lives = self._finished, self._live
+        read: list[tuple[str, _Live]] = []
+        while finished and finished[0][1].evict_at <= now:
+            step_id, live = finished.popleft()
+            if lives.get(step_id) is not live:
+                continue  # evicted already, or opened again since
+            if live.subs:
+                read.append((step_id, live))
+            else:
+                del lives[step_id]
+        finished.extendleft(reversed(read))
 
     # -- ephemeral ---------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ applies every migration above it, in order, each in its own ``BEGIN IMMEDIATE``
 transaction together with its version bump, so a crash leaves the database at the last
 version that completed and the next open carries on from there. A migration never
 rewrites a recorded frame or a content address in place: rows are copied, renumbered or
-aliased (schema v5, v6, v8).
+aliased (schema v5, v6, v8), and derived data (v9's counters) is backfilled from the rows
+it is derived from.
 
 ==  ================================================================================
 v1  flows, runs, steps (with the idempotency key ``UNIQUE(run_id, client_token)``), events
@@ -16,6 +17,7 @@ v5  the event log keyed by ``(step_id, seq)`` itself (``WITHOUT ROWID``)
 v6  ``steps.ordinal``: a Step's position in its Run (NERVE-4008)
 v7  engine builds: each build fingerprint with the settings it hashes (NERVE-4022)
 v8  Flows re-addressed under RFC 8785, their old addresses kept as aliases (NERVE-4048)
+v9  Run usage counters kept by triggers; indexes of lineage and Step type (NERVE-4042)
 ==  ================================================================================
 """
 
@@ -239,6 +241,89 @@ def _v8(conn: sqlite3.Connection) -> None:
                          + ([(new_id, tenant, flow_id)] if new_id != flow_id else []))
 
 
+_V9_TRIGGERS = (
+    # an inserted Step adds its usage (usually zero) and one to the count of its status
+    """CREATE TRIGGER steps_usage_insert AFTER INSERT ON steps BEGIN
+        INSERT INTO run_usage (run_id, tokens_in, tokens_out, cost_usd, wall_ms)
+        VALUES (NEW.run_id, IFNULL(NEW.tokens_in, 0), IFNULL(NEW.tokens_out, 0),
+                IFNULL(NEW.cost_usd, 0.0), IFNULL(NEW.wall_ms, 0))
+        ON CONFLICT (run_id) DO UPDATE SET
+            tokens_in = tokens_in + excluded.tokens_in,
+            tokens_out = tokens_out + excluded.tokens_out,
+            cost_usd = cost_usd + excluded.cost_usd,
+            wall_ms = wall_ms + excluded.wall_ms;
+        INSERT INTO run_step_counts (run_id, status, n) VALUES (NEW.run_id, NEW.status, 1)
+        ON CONFLICT (run_id, status) DO UPDATE SET n = n + 1;
+    END""",
+    # a changed usage column adds the difference (the insert made the Run's row)
+    """CREATE TRIGGER steps_usage_update
+    AFTER UPDATE OF tokens_in, tokens_out, cost_usd, wall_ms ON steps
+    WHEN OLD.tokens_in IS NOT NEW.tokens_in OR OLD.tokens_out IS NOT NEW.tokens_out
+        OR OLD.cost_usd IS NOT NEW.cost_usd OR OLD.wall_ms IS NOT NEW.wall_ms BEGIN
+        UPDATE run_usage SET
+            tokens_in = tokens_in + IFNULL(NEW.tokens_in, 0) - IFNULL(OLD.tokens_in, 0),
+            tokens_out = tokens_out + IFNULL(NEW.tokens_out, 0) - IFNULL(OLD.tokens_out, 0),
+            cost_usd = cost_usd + IFNULL(NEW.cost_usd, 0.0) - IFNULL(OLD.cost_usd, 0.0),
+            wall_ms = wall_ms + IFNULL(NEW.wall_ms, 0) - IFNULL(OLD.wall_ms, 0)
+        WHERE run_id = NEW.run_id;
+    END""",
+    # a changed status moves the Step from one count to the other
+    """CREATE TRIGGER steps_status_update AFTER UPDATE OF status ON steps
+    WHEN OLD.status IS NOT NEW.status BEGIN
+        UPDATE run_step_counts SET n = n - 1
+        WHERE run_id = OLD.run_id AND status = OLD.status;
+        INSERT INTO run_step_counts (run_id, status, n) VALUES (NEW.run_id, NEW.status, 1)
+        ON CONFLICT (run_id, status) DO UPDATE SET n = n + 1;
+    END""",
+)
+"""The triggers of schema v9 on ``steps`` that keep the usage counters; a NULL usage
+column counts as zero, as in ``SUM``."""
+
+
+def _v9(conn: sqlite3.Connection) -> None:
+    """Run usage kept incrementally, and an index for lineage (NERVE-4042).
+
+    Before v9 a Run's usage and Step counts were sums over all of its Steps, computed
+    on every read (and a Run is read several times per Step), and a Run's forked
+    children were found by scanning every Run. Now ``run_usage`` holds each Run's sums
+    (tokens, USD, wall ms) and ``run_step_counts`` its Steps by status; three triggers
+    on ``steps`` apply each insert and each change of a usage column or of the status
+    to them, in the statement that makes it and so in its transaction: after any crash
+    the counters equal a recomputation (``SqliteStore.integrity``). Steps are never
+    deleted, nor moved to another Run. The counters are backfilled from the Steps the
+    store holds.
+
+    Two indexes: ``runs_parent`` finds a Run's forks, and ``steps_run_type`` a Run's
+    latest Step of a type (an ``fs_op`` reads its Run's file-system usage from the
+    last one that succeeded) without visiting its Steps of other types.
+    """
+    conn.execute(
+        "CREATE TABLE run_usage ("
+        " run_id TEXT PRIMARY KEY,"
+        " tokens_in INTEGER NOT NULL DEFAULT 0,"
+        " tokens_out INTEGER NOT NULL DEFAULT 0,"
+        " cost_usd REAL NOT NULL DEFAULT 0.0,"
+        " wall_ms INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID")
+    conn.execute(
+        "CREATE TABLE run_step_counts ("
+        " run_id TEXT NOT NULL,"
+        " status TEXT NOT NULL,"
+        " n INTEGER NOT NULL,"
+        " PRIMARY KEY (run_id, status)) WITHOUT ROWID")
+    conn.execute(
+        "INSERT INTO run_usage (run_id, tokens_in, tokens_out, cost_usd, wall_ms)"
+        " SELECT run_id, IFNULL(SUM(tokens_in), 0), IFNULL(SUM(tokens_out), 0),"
+        " IFNULL(SUM(cost_usd), 0.0), IFNULL(SUM(wall_ms), 0) FROM steps GROUP BY run_id")
+    conn.execute(
+        "INSERT INTO run_step_counts (run_id, status, n)"
+        " SELECT run_id, status, COUNT(*) FROM steps GROUP BY run_id, status")
+    for trigger in _V9_TRIGGERS:
+        conn.execute(trigger)
+    conn.execute("CREATE INDEX runs_parent ON runs(parent_run_id)"
+                 " WHERE parent_run_id IS NOT NULL")
+    conn.execute("CREATE INDEX steps_run_type ON steps(run_id, type, ordinal)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows, runs, steps (with the idempotency key), events", _v1),
     Migration(2, "tenant on flows and runs; a flow hash is unique per tenant", _v2),
@@ -248,11 +333,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "steps.ordinal, the step's position in its run", _v6),
     Migration(7, "engine builds and their settings", _v7),
     Migration(8, "flows re-addressed under RFC 8785, old addresses as aliases", _v8),
+    Migration(9, "run usage counters kept by triggers; lineage, step type indexes",
+              _v9),
 )
 """Every migration, in order; entry ``i`` leaves the database at version ``i + 1``."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-"""The version :func:`migrate` brings a database to by default (8)."""
+"""The version :func:`migrate` brings a database to by default (9)."""
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

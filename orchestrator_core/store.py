@@ -9,6 +9,9 @@ one connection, in explicit transactions:
   mapping can never point at two Steps;
 * :meth:`SqliteStore.commit_events` appends frames and applies Step status changes in
   one transaction, so a terminal frame and the terminal status are never apart.
+* a Run's usage and Step counts are counters that triggers on ``steps`` (schema v9)
+  change in the statement that inserts or updates a Step, so they are never apart from
+  the Steps either, and :meth:`SqliteStore.run_usage` reads two keys (NERVE-4042).
 
 Rows are read as plain tuples from explicit column lists and built positionally into the
 Structs of :mod:`orchestrator_core.rows`; the event log's reads stay tuples (the hot path).
@@ -133,6 +136,9 @@ class SqliteStore:
         self._insert_step = _insert("INSERT OR IGNORE", "steps", step, next_ordinal=(
             "(SELECT COALESCE(MAX(ordinal), -1) + 1 FROM steps WHERE run_id = ?)"
             if self._numbered else None))
+        # the usage counters (schema v9); an older schema sums the Steps on each read
+        self._counted = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                                     " AND name = 'run_usage'").fetchone() is not None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -187,17 +193,34 @@ class SqliteStore:
         self._conn.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
 
     def run_usage(self, run_id: str) -> RunUsage:
-        """Sums over the Run's Steps: tokens, cost, wall ms and counts by status."""
+        """The Run's usage and Step counts by status: two key lookups in the counters
+        the v9 triggers keep (NERVE-4042); a store opened at an older schema sums its
+        Steps instead."""
+        if not self._counted:
+            return self.recount_usage(run_id)
+        row = self._conn.execute(
+            "SELECT tokens_in, tokens_out, cost_usd, wall_ms FROM run_usage"
+            " WHERE run_id = ?", (run_id,)).fetchone()
+        counts = dict(self._conn.execute(
+            "SELECT status, n FROM run_step_counts WHERE run_id = ? AND n > 0"
+            " ORDER BY status", (run_id,)))
+        tokens_in, tokens_out, cost, wall = row or (0, 0, 0.0, 0)
+        return RunUsage(tokens_in, tokens_out, cost, wall, counts)
+
+    def recount_usage(self, run_id: str) -> RunUsage:
+        """:meth:`run_usage` summed over the Run's Steps (O(its Steps); what the
+        counters must equal, checked by :meth:`integrity`)."""
         tokens_in, tokens_out, cost, wall = self._conn.execute(
             "SELECT COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0),"
             " COALESCE(SUM(cost_usd),0.0), COALESCE(SUM(wall_ms),0)"
             " FROM steps WHERE run_id = ?", (run_id,)).fetchone()
         counts = dict(self._conn.execute(
-            "SELECT status, COUNT(*) FROM steps WHERE run_id = ? GROUP BY status", (run_id,)))
+            "SELECT status, COUNT(*) FROM steps WHERE run_id = ? GROUP BY status"
+            " ORDER BY status", (run_id,)))
         return RunUsage(tokens_in, tokens_out, cost, wall, counts)
 
     def child_runs(self, run_id: str) -> list[str]:
-        """Runs forked from this Run's checkpoints."""
+        """Runs forked from this Run's checkpoints (index ``runs_parent``, schema v9)."""
         return [r[0] for r in self._conn.execute(
             "SELECT run_id FROM runs WHERE parent_run_id = ? ORDER BY rowid", (run_id,))]
 
@@ -244,6 +267,13 @@ class SqliteStore:
         return [r[0] for r in self._conn.execute(
             "SELECT ordinal FROM steps WHERE run_id = ? AND status IN ('queued', 'running')"
             " ORDER BY ordinal", (run_id,))]
+
+    def last_step(self, run_id: str, step_type: str, status: str) -> StepRow | None:
+        """The Run's latest Step of this type and status (index ``steps_run_type``,
+        schema v9: the Run's Steps of other types are never visited), or None."""
+        return self._one(StepRow, self._steps + " WHERE run_id = ? AND type = ?"
+                         " AND status = ? ORDER BY ordinal DESC LIMIT 1",
+                         (run_id, step_type, status))
 
     def get_step(self, step_id: str) -> StepRow | None:
         """The Step row, or None."""
@@ -370,7 +400,9 @@ class SqliteStore:
 
     def integrity(self) -> dict[str, int]:
         """Counts used by crash tests: gaps in per-Step seqs, Steps whose last_seq
-        disagrees with their log, terminal frames per Step above one."""
+        disagrees with their log, terminal frames per Step above one, and Runs whose
+        usage counters differ from a recomputation over their Steps (NERVE-4042; USD
+        within 1e-9 relative, for the order of the additions)."""
         gaps = self._conn.execute(
             "SELECT COUNT(*) FROM (SELECT step_id, COUNT(*) n, MAX(seq) m FROM events"
             " GROUP BY step_id HAVING n != m + 1)").fetchone()[0]
@@ -380,7 +412,24 @@ class SqliteStore:
         multi_terminal = self._conn.execute(
             "SELECT COUNT(*) FROM (SELECT step_id FROM events WHERE type IN ('end','error')"
             " GROUP BY step_id HAVING COUNT(*) > 1)").fetchone()[0]
-        return {"seq_gaps": gaps, "stale_last_seq": stale, "multi_terminal": multi_terminal}
+        return {"seq_gaps": gaps, "stale_last_seq": stale, "multi_terminal": multi_terminal,
+                "usage_mismatch": self._usage_mismatches()}
+
+    def _usage_mismatches(self) -> int:
+        """Runs whose counters differ from the sums over their Steps (0 before v9)."""
+        if not self._counted:
+            return 0
+        conn = self._conn
+        bad = {r[0] for r in conn.execute("SELECT run_id FROM run_step_counts WHERE n < 0")}
+        for (run_id,) in conn.execute("SELECT run_id FROM runs UNION SELECT run_id"
+                                      " FROM run_usage").fetchall():
+            kept, summed = self.run_usage(run_id), self.recount_usage(run_id)
+            same_cost = abs(kept.cost_usd - summed.cost_usd) <= 1e-9 * max(
+                1.0, abs(summed.cost_usd))
+            if not same_cost or msgspec.structs.replace(kept, cost_usd=0.0) != \
+                    msgspec.structs.replace(summed, cost_usd=0.0):
+                bad.add(run_id)
+        return len(bad)
 
     # -- misc --------------------------------------------------------------------------
 

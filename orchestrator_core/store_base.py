@@ -80,11 +80,17 @@ class Store(Protocol):
 
     def run_usage(self, run_id: str) -> RunUsage:
         """Sums over the Run's Steps: tokens, USD, wall ms, and Step counts by status
-        (all zero, ``{}`` counts, for a Run with no Steps)."""
+        (all zero, ``{}`` counts, for a Run with no Steps; statuses in name order).
+
+        In O(1) of the Run's length and of the store (NERVE-4042): the backend keeps the
+        sums as counters, changed in the transaction of each Step insert or update that
+        changes them, so that after any crash they equal a recomputation.
+        """
         ...
 
     def child_runs(self, run_id: str) -> list[str]:
-        """The run_ids of the Runs forked from this Run's checkpoints, oldest first."""
+        """The run_ids of the Runs forked from this Run's checkpoints, oldest first (an
+        index lookup, NERVE-4042)."""
         ...
 
     def set_lineage(self, run_id: str, parent_run_id: str, checkpoint_id: str) -> None:
@@ -111,6 +117,11 @@ class Store(Protocol):
             False when the key is already taken (nothing is written; the caller reads
             the existing Step with :meth:`get_step_by_token`).
         """
+        ...
+
+    def last_step(self, run_id: str, step_type: str, status: str) -> StepRow | None:
+        """The Run's latest Step (highest ordinal) of this type and status, or None; an
+        index lookup that does not visit the Run's Steps of other types (NERVE-4042)."""
         ...
 
     def get_step(self, step_id: str) -> StepRow | None:

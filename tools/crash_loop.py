@@ -3,7 +3,7 @@
 Every cycle starts ``orchestratord serve`` on ONE data directory shared by all cycles,
 submits ``--streams`` concurrent ``llm_call`` steps, reads their SSE streams in threads,
 sends SIGKILL to the server at a random moment and then checks, after the next start,
-that the crash cost nothing. The report gives four figures that must all be 0:
+that the crash cost nothing. The report gives five figures that must all be 0:
 
 * **lost events**: a durable frame a reader received is missing from (or differs in)
   the step's log after restart; a terminal step without a terminal frame; non-zero
@@ -15,7 +15,10 @@ that the crash cost nothing. The report gives four figures that must all be 0:
   5 s after the server was killed, or after the final clean stop;
 * **broken idempotency**: a re-POST of a step's original body with its ``client_token``
   that does not return 200 with the same ``step_id``, a ``(run_id, client_token)`` that
-  maps to more than one step row, or a step that is not terminal after restart recovery.
+  maps to more than one step row, or a step that is not terminal after restart recovery;
+* **counter mismatches**: Runs whose usage counters (tokens, cost, wall time, Steps by
+  status, kept by the store in the transaction of each Step write, NERVE-4042) differ
+  from a recount over their Steps, ``usage_mismatch`` of :meth:`SqliteStore.integrity`.
 
 Each cycle also runs ``--fs-appends`` concurrent ``fs_op`` appends per Run from a Run and
 its fork (from a checkpoint) on one shared sandbox root (:mod:`tools.crash_fs`), which
@@ -65,7 +68,7 @@ from tools.servers import start_server, stop_server
 __all__ = ["Options", "Tally", "main", "parse_args", "run_crash_loop"]
 
 FIGURES = ("lost_events", "duplicated_tokens", "orphan_processes", "broken_idempotency",
-           "lost_appends", "leftover_temp_files")
+           "counter_mismatches", "lost_appends", "leftover_temp_files")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 TERMINAL_EVENTS = frozenset({"end", "error"})
 DB_NAME = "orchestrator.db"
@@ -157,7 +160,7 @@ class Tally:
             self.examples.append(f"{key}: {example}")
 
     def figures(self) -> dict[str, int]:
-        """The four headline figures."""
+        """The headline figures (all must be 0)."""
         return {f: sum(v for k, v in self.counts.items() if k.startswith(f + "."))
                 for f in FIGURES}
 
@@ -326,13 +329,15 @@ def check_temp_files(loop: Loop, where: str) -> None:
 
 def check_integrity(loop: Loop, where: str) -> None:
     """Count non-zero integrity figures: gaps/stale cursors as lost, two terminals as
-    duplicated."""
+    duplicated, usage counters off their recount as counter mismatches."""
     result = integrity(loop.data_dir / DB_NAME)
     ex = f"{where}: {result}"
     loop.tally.add("lost_events", "integrity_seq_gaps", result["seq_gaps"], ex)
     loop.tally.add("lost_events", "integrity_stale_last_seq", result["stale_last_seq"], ex)
     loop.tally.add("duplicated_tokens", "integrity_multi_terminal",
                    result["multi_terminal"], ex)
+    loop.tally.add("counter_mismatches", "integrity_usage_mismatch",
+                   result["usage_mismatch"], ex)
 
 
 # -- submitting and reading ------------------------------------------------------------
@@ -679,7 +684,7 @@ def run_crash_loop(opts: Options, data_dir: pathlib.Path) -> dict[str, Any]:
 
 def build_report(loop: Loop, wall_s: float, error: str | None,
                  exit_code: int | None) -> dict[str, Any]:
-    """The report: counts, the four figures, their details and per-cycle notes."""
+    """The report: counts, the figures, their details and per-cycle notes."""
     statuses = collections.Counter(r.final_status or "unverified" for r in loop.steps)
     return {
         "engine": "mock" if loop.opts.mock else "llama.cpp",
@@ -729,6 +734,7 @@ def render(report: dict[str, Any]) -> str:
     labels = {"lost_events": "lost events", "duplicated_tokens": "duplicated tokens",
               "orphan_processes": "orphan engine processes",
               "broken_idempotency": "broken idempotency",
+              "counter_mismatches": "counter mismatches",
               "lost_appends": "lost acknowledged appends",
               "leftover_temp_files": "leftover temp files"}
     lines += [f"  {labels[k]:<26}{v}" for k, v in report["figures"].items()]

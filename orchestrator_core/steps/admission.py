@@ -32,7 +32,7 @@ from contracts.events import Provenance
 from contracts.runs import Policy, RunMode, RunStatus
 from contracts.steps import Step, StepStatus, StepSubmit
 from orchestrator_core import views
-from orchestrator_core.canonical import b3, b3_as_recorded, canonical_json, new_id
+from orchestrator_core.canonical import b3, b3_as_recorded, canonical_json, new_ordered_id
 from orchestrator_core.clock import iso_utc
 from orchestrator_core.lookup import get_run, get_step
 from orchestrator_core.policy import redact
@@ -110,8 +110,10 @@ class Admitter:
         run = get_run(store, run_id, tenant)
         mode = RunMode(run_row.mode)
         kind.check_policy(run, body)
-        adm = Admission(step_id=new_id("stp"), run=run, body=body, mode=mode,
-                        step_type=step_type, input_value=input_value, input_hash=input_hash)
+        # a Step id grows with time, so its row and frames go where the last ones went
+        adm = Admission(step_id=new_ordered_id("stp", self.ctx.clock.now()), run=run,
+                        body=body, mode=mode, step_type=step_type, input_value=input_value,
+                        input_hash=input_hash)
         if mode is RunMode.RECORD:
             inherited = self.ctx.checkpoints.inherited_step(run, body.client_token)
             if inherited is not None:  # a fork serves the parent's history

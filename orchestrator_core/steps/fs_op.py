@@ -58,15 +58,16 @@ class FsOp:
         check_allowed(run.policy, step_type="fs_op", fs_op=body.input.op)
 
     def _usage(self, run_id: str) -> FsUsage:
-        """Cumulative usage recorded by the Run's last successful fs_op."""
+        """Cumulative usage recorded by the Run's last successful fs_op (its ``end``
+        frame; an index lookup and one frame, whatever the Run's length, NERVE-4042)."""
         store = self.ctx.store
-        for row in reversed(store.list_steps(run_id)):
-            if row.type != "fs_op" or row.status != "succeeded":
-                continue
-            for _seq, ftype, data in store.read_events(row.step_id, -1):
-                if ftype == "end":
-                    usage = msgspec.json.decode(data)["output"].get("fs_usage", {})
-                    return msgspec.convert(usage, FsUsage)
+        row = store.last_step(run_id, "fs_op", "succeeded")
+        if row is None:
+            return FsUsage()
+        for _seq, ftype, data in store.read_events(row.step_id, row.last_seq - 1):
+            if ftype == "end":
+                usage = msgspec.json.decode(data)["output"].get("fs_usage", {})
+                return msgspec.convert(usage, FsUsage)
         return FsUsage()
 
     async def admit(self, adm: Admission) -> Plan:

@@ -122,12 +122,23 @@ def resubmit(ctx: dict[str, Any]) -> None:
         ctx["step"]["step_id"], "interrupted")
 
 
-@then("the store's integrity check finds no gap, stale cursor or second terminal frame")
+@then("the run's usage is its one interrupted step's usage")
+def run_usage(ctx: dict[str, Any]) -> None:
+    """[NERVE-4042] The Run's usage counters took in what recovery recorded on the Step,
+    in the recovery's own transaction."""
+    step = ctx["http"].get(f"/v1/steps/{ctx['step']['step_id']}").json()
+    run = ctx["http"].get(f"/v1/runs/{ctx['run_id']}").json()
+    assert (run["usage"], run["steps"]) == (step["usage"], {"interrupted": 1})
+
+
+@then("the store's integrity check finds no gap, stale cursor, second terminal frame or "
+      "usage counter off its recount")
 def integrity(ctx: dict[str, Any]) -> None:
-    """Checked on the SQLite file itself."""
+    """Checked on the SQLite file itself (NERVE-4042 for the counters)."""
     store = SqliteStore(ctx["dir"] / "orchestrator.db")
     try:
-        assert store.integrity() == {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0}
+        assert store.integrity() == {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0,
+                                     "usage_mismatch": 0}
     finally:
         store.close()
 
