@@ -2,7 +2,8 @@
 
 * Frames are appended as their payload Structs (:mod:`contracts.events`); the log encodes
   each one and derives its frame type from the payload's class, so a type and its data
-  are never paired by hand. A replay copies recorded ``(type, data)`` rows verbatim.
+  are never paired by hand. A ``replay`` Step appends nothing: it is stored finished, by
+  reference to its recording, whose frames its readers get (NERVE-4025).
 * Durable frames get a per-Step sequence number and are committed to SQLite in groups
   (every ``commit_interval_ms`` or ``commit_max_frames``); a terminal frame commits at once,
   together with the Step's terminal status (STREAM-2000).
@@ -286,8 +287,8 @@ class EventLog:
 
     def append_recorded(self, step_id: str, frame_type: str, data: bytes,
                         update: dict[str, Any] | None = None) -> int:
-        """Buffer a non-terminal frame copied verbatim from a recording (``replay``):
-        its stored type name and data bytes are kept as they are (STREAM-2001).
+        """Buffer a non-terminal frame given as its stored type name and data bytes, kept
+        as they are (STREAM-2001).
 
         Returns:
             The frame's sequence number.
@@ -313,7 +314,7 @@ class EventLog:
 
     def finish_recorded(self, step_id: str, frame_type: str, data: bytes,
                         update: dict[str, Any]) -> int:
-        """:meth:`finish` with a terminal frame copied verbatim (``replay``).
+        """:meth:`finish` with a terminal frame given as its stored type name and bytes.
 
         Returns:
             The terminal frame's sequence number.
@@ -449,3 +450,38 @@ class EventLog:
         """Every committed frame of a Step as ``(seq, type, data)`` (replay source)."""
         self.flush()
         return self.store.read_events(step_id, -1)
+
+    # -- served by reference (NERVE-4025) ----------------------------------------------
+
+    def finished_frames(self, step_id: str) -> list[bytes] | None:
+        """The whole log of a finished Step, SSE-framed, or None when it does not end with
+        a terminal frame.
+
+        While the Step is in the read-through cache its list is returned itself (not a
+        copy: a finished Step's list never changes again); otherwise its rows are read
+        from the store and framed.
+        """
+        live = self._live.get(step_id)
+        if live is not None and live.done:
+            return live.framed()
+        rows = self.store.read_events(step_id, -1)
+        if not rows or rows[-1][1] not in _TERMINAL_NAMES:
+            return None
+        return [sse_frame(seq, ftype, data) for seq, ftype, data in rows]
+
+    def open_served(self, step_id: str, run_id: str, frames: list[bytes]) -> None:
+        """Cache the frames of a Step stored already finished, served by reference to a
+        recording (NERVE-4025): its readers get ``frames`` (shared, not copied) without a
+        query until the linger passes, as the readers of a Step that just finished do;
+        then they read the recording's rows from the store.
+
+        Args:
+            step_id: the Step served by reference (stored, finished).
+            run_id: its Run.
+            frames: the recording's whole log, SSE-framed (:meth:`finished_frames`).
+        """
+        live = _Live(run_id, len(frames))
+        live.frames = frames
+        live.done = True
+        live.evict_at = self.clock.monotonic() + self.linger_s
+        self._live[step_id] = live

@@ -16,6 +16,8 @@ v5  the event log keyed by ``(step_id, seq)`` itself (``WITHOUT ROWID``)
 v6  ``steps.ordinal``: a Step's position in its Run (NERVE-4008)
 v7  engine builds: each build fingerprint with the settings it hashes (NERVE-4022)
 v8  Flows re-addressed under RFC 8785, their old addresses kept as aliases (NERVE-4048)
+v9  reserved: the Run usage counters of another branch (nothing on this one)
+v10 Steps served by reference: ``steps.frames_of`` and ``steps.frames_hash`` (NERVE-4025)
 ==  ================================================================================
 """
 
@@ -239,6 +241,28 @@ def _v8(conn: sqlite3.Connection) -> None:
                          + ([(new_id, tenant, flow_id)] if new_id != flow_id else []))
 
 
+def _v9_reserved(conn: sqlite3.Connection) -> None:
+    """Reserved for the Run usage counters (branch p11-history), merged separately; this
+    branch changes nothing at v9, so its v10 keeps its number after that merge."""
+
+
+def _v10(conn: sqlite3.Connection) -> None:
+    """Steps served by reference to a recording (NERVE-4025).
+
+    ``frames_of`` names the Step whose event rows hold a Step's frames when they are not
+    its own (a ``replay`` Step, or a fork's inherited Step); it is NULL for a Step with
+    its own log. ``frames_hash`` is the content hash of those frames (the blake3 of their
+    SSE bytes): on a Step served by reference, the hash of the frames it names; on a
+    Step with its own log, set the first time a Step references it, NULL before. A
+    column a store already has is left as it is, so the migration survives renumbering.
+    """
+    have = {r[1] for r in conn.execute("PRAGMA table_info(steps)")}
+    if "frames_of" not in have:
+        conn.execute("ALTER TABLE steps ADD COLUMN frames_of TEXT REFERENCES steps(step_id)")
+    if "frames_hash" not in have:
+        conn.execute("ALTER TABLE steps ADD COLUMN frames_hash TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows, runs, steps (with the idempotency key), events", _v1),
     Migration(2, "tenant on flows and runs; a flow hash is unique per tenant", _v2),
@@ -248,11 +272,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "steps.ordinal, the step's position in its run", _v6),
     Migration(7, "engine builds and their settings", _v7),
     Migration(8, "flows re-addressed under RFC 8785, old addresses as aliases", _v8),
+    Migration(9, "reserved for the run usage counters (another branch)", _v9_reserved),
+    Migration(10, "steps served by reference: frames_of, frames_hash", _v10),
 )
 """Every migration, in order; entry ``i`` leaves the database at version ``i + 1``."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-"""The version :func:`migrate` brings a database to by default (8)."""
+"""The version :func:`migrate` brings a database to by default (10)."""
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -127,7 +127,8 @@ def integrity(ctx: dict[str, Any]) -> None:
     """Checked on the SQLite file itself."""
     store = SqliteStore(ctx["dir"] / "orchestrator.db")
     try:
-        assert store.integrity() == {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0}
+        assert store.integrity() == {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0,
+                                     "broken_references": 0}
     finally:
         store.close()
 

@@ -17,11 +17,12 @@ import pytest
 from litestar.testing import TestClient
 
 from contracts.steps import StepSubmit
-from orchestrator_core.canonical import b3, canonical_json
+from orchestrator_core.canonical import b3, b3_bytes, canonical_json
 from orchestrator_core.config import ServerConfig
+from orchestrator_core.replay import frames_hash
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store import SqliteStore
-from test_harness.support import app_client, llm_step
+from test_harness.support import app_client, llm_step, table_counts
 
 PROV_OK = (b'{"seed":11,"prompt_hash":"b3:p","params_hash":"b3:q","engine":"mock",'
            b'"engine_version":"mock 1","model_hash":"sha256:m","pool_id":"mock-0",'
@@ -74,7 +75,7 @@ def seed_recording(db: pathlib.Path, run_id: str) -> None:
                 placement=None, status="queued", seed=11, created_at="2026-01-01T00:00:00Z"))
             store.commit_events(
                 [(step_id, seq, run_id, t, d) for seq, (t, d) in enumerate(frames)],
-                [(step_id, {"status": status, "tokens_in": 4,
+                [(step_id, {"status": status, "last_seq": len(frames) - 1, "tokens_in": 4,
                             "tokens_out": msgspec.json.decode(prov)["tokens_out"],
                             "cost_usd": 0.0, "wall_ms": 9, "provenance": prov.decode(),
                             "error": ERR_CUT.decode() if status == "cancelled" else None})])
@@ -148,8 +149,8 @@ AFTER_1_CUT = (
     b'"engine":"mock","engine_version":"mock 1","model_hash":"sha256:m","pool_id":"mock-0",'
     b'"replica_id":"mock-0-r0","tokens_in":4,"tokens_out":1,"cost_usd":0.0,'
     b'"decode_time_ms":3,"policy_hash":"b3:pol","price_table_version":"v1"}}\n\n')
-PARAMS = {"max_tokens": 256, "min_p": 0.05, "repeat_penalty": 1, "seed": None, "stop": [],
-          "temperature": 0, "top_k": 40, "top_p": 0.95}
+PARAMS: dict[str, Any] = {"max_tokens": 256, "min_p": 0.05, "repeat_penalty": 1, "seed": None,
+                          "stop": [], "temperature": 0, "top_k": 40, "top_p": 0.95}
 PROVENANCE = {"seed": 11, "prompt_hash": "b3:p", "params_hash": "b3:q", "engine": "mock",
               "engine_version": "mock 1", "model_hash": "sha256:m", "pool_id": "mock-0",
               "replica_id": "mock-0-r0", "tokens_in": 4, "tokens_out": 2, "cost_usd": 0.0,
@@ -205,3 +206,143 @@ class TestReplayStreamBytes:
         assert {"usage": run["usage"], "steps": run["steps"]} == {
             "usage": {"tokens_in": 8, "tokens_out": 3, "wall_ms": 18, "cost_usd": 0.0},
             "steps": {"cancelled": 1, "succeeded": 1}}
+
+
+def _orch_store(client: TestClient[Any]) -> SqliteStore:
+    store: SqliteStore = client.app.state.orch.store
+    return store
+
+
+def _row(client: TestClient[Any], step_id: str) -> StepRow:
+    row = _orch_store(client).get_step(step_id)
+    assert row is not None
+    return row
+
+
+BODY_OK = STARTED_OK + TOKEN_0_OK + AFTER_1_OK
+BODY_CUT = STARTED_CUT + TOKEN_0_CUT + AFTER_1_CUT
+
+
+class TestServedByReference:
+    """A Step that serves a recording is stored finished, by reference to the recording's
+    content-hashed log, and appends nothing (NERVE-4025)."""
+
+    def test_a_replay_step_is_answered_finished_and_adds_no_event_row(
+            self, recorded: tuple[TestClient[Any], str], mock_cfg: ServerConfig) -> None:
+        """[NERVE-4025] The submission answers with the recording's status and last_seq,
+        a cancel then changes nothing, and the event log has the recording's 9 rows
+        before and after."""
+        client, run_id = recorded
+        db = pathlib.Path(mock_cfg.data_dir) / "orchestrator.db"
+        before = table_counts(db)["events"]
+        flow_id = client.get(f"/v1/runs/{run_id}").json()["flow_id"]
+        rep = client.post(f"/v1/flows/{flow_id}/runs",
+                          json={"mode": "replay", "replay_of": run_id, "seed": 7}).json()
+        answers = []
+        for token in RECORDED:
+            step = client.post(f"/v1/runs/{rep['run_id']}/steps",
+                               json=llm_step(token, PROMPTS[token])).json()
+            cancelled = client.post(f"/v1/steps/{step['step_id']}/cancel").json()
+            body = client.get(f"/v1/steps/{step['step_id']}/stream").content
+            answers.append((step["status"], step["last_seq"], cancelled["status"], body))
+        assert (before, answers, table_counts(db)["events"]) == (
+            9, [("succeeded", 5, "succeeded", BODY_OK), ("cancelled", 2, "cancelled", BODY_CUT)],
+            9)
+
+    def test_the_reference_names_the_recording_and_the_blake3_of_its_stream(
+            self, recorded: tuple[TestClient[Any], str]) -> None:
+        """[NERVE-4025] Each replay Step's row names the recorded Step and the blake3 of
+        the body a reader received, which the recorded Step keeps too and which
+        ``frames_hash`` computes from its rows."""
+        client, run_id = recorded
+        _rep, got = replay(client, run_id)
+        for token, r in got.items():
+            rec_id = RECORDED[token][0]
+            row, rec = _row(client, r.step["step_id"]), _row(client, rec_id)
+            rows = _orch_store(client).read_events(rec_id, -1)
+            assert (row.frames_of, row.replay_of_step, row.frames_hash, rec.frames_hash) == (
+                rec_id, rec_id, b3_bytes(r.body), frames_hash(rows))
+            assert r.body == (BODY_OK if token == "c-ok" else BODY_CUT)
+
+    def test_a_recording_whose_frames_changed_after_its_hash_was_kept_is_refused(
+            self, recorded: tuple[TestClient[Any], str]) -> None:
+        """[NERVE-4025] Once referenced, a recording whose bytes change is refused with 409
+        CONFLICT naming the kept and the actual hash, and nothing is stored."""
+        client, run_id = recorded
+        replay(client, run_id)
+        tampered = TOKEN_0_OK.replace(b'"Hel"', b'"Hex"')
+        _orch_store(client)._conn.execute(
+            "UPDATE events SET data = ? WHERE step_id = 'stp_rec_ok' AND seq = 1",
+            (tampered.split(b"data: ")[1][:-2],))
+        flow_id = client.get(f"/v1/runs/{run_id}").json()["flow_id"]
+        rep = client.post(f"/v1/flows/{flow_id}/runs",
+                          json={"mode": "replay", "replay_of": run_id, "seed": 7}).json()
+        resp = client.post(f"/v1/runs/{rep['run_id']}/steps", json=llm_step("c-ok", "say hello"))
+        assert (resp.status_code, resp.json()) == (409, {
+            "code": "CONFLICT",
+            "message": "the recorded step's frames no longer match their content hash",
+            "retriable": False,
+            "data": {"recorded_step_id": "stp_rec_ok", "frames_hash": b3_bytes(BODY_OK),
+                     "actual": b3_bytes(STARTED_OK + tampered + AFTER_1_OK)}})
+        assert client.get(f"/v1/runs/{rep['run_id']}").json()["steps"] == {}
+
+    def test_a_fork_of_a_fork_references_the_log_that_holds_the_frames(
+            self, recorded: tuple[TestClient[Any], str]) -> None:
+        """[NERVE-4025] A Step inherited through two forks names the recorded Step whose
+        rows hold the frames, never the reference between them, and streams its bytes."""
+        client, run_id = recorded
+        flow_id = client.get(f"/v1/runs/{run_id}").json()["flow_id"]
+        parent, served = run_id, []
+        for _fork in range(2):
+            ckp = client.post(f"/v1/runs/{parent}/checkpoint",
+                              json={"snapshot": {"at": parent}}).json()["checkpoint_id"]
+            parent = client.post(f"/v1/flows/{flow_id}/runs",
+                                 json={"from_checkpoint": ckp}).json()["run_id"]
+            served.append(client.post(f"/v1/runs/{parent}/steps",
+                                      json=llm_step("c-ok", "say hello")).json())
+        rows = [_row(client, s["step_id"]) for s in served]
+        assert [(r.replay_of_step, r.frames_of, r.status) for r in rows] == [
+            ("stp_rec_ok", "stp_rec_ok", "succeeded"),
+            (served[0]["step_id"], "stp_rec_ok", "succeeded")]
+        assert client.get(f"/v1/steps/{served[1]['step_id']}/stream").content == BODY_OK
+
+    def test_the_store_counts_a_broken_reference(
+            self, recorded: tuple[TestClient[Any], str]) -> None:
+        """[NERVE-4025] After a replay the integrity check is clean; a reference whose
+        hash no longer matches the recording's is counted as broken."""
+        client, run_id = recorded
+        _rep, got = replay(client, run_id)
+        store = _orch_store(client)
+        clean = store.integrity()
+        store._conn.execute("UPDATE steps SET frames_hash = 'b3:00' WHERE step_id = ?",
+                            (got["c-cut"].step["step_id"],))
+        assert (clean, store.integrity()) == (
+            {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0, "broken_references": 0},
+            {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0, "broken_references": 1})
+
+
+class TestReferencesInTheStore:
+    """The store reads a Step served by reference through the Step it names (NERVE-4025)."""
+
+    def test_a_reference_reads_the_rows_of_the_step_it_names(self, store: SqliteStore) -> None:
+        """[NERVE-4025] ``read_events`` and ``max_seq`` of a reference are those of the
+        recorded Step; the reference itself owns no row."""
+        frames = [("s", 0, "r", "started", b"{}"), ("s", 1, "r", "token", b'{"i":0}'),
+                  ("s", 2, "r", "end", b"{}")]
+        store.commit_events(frames, [("s", {"status": "succeeded", "last_seq": 2})])
+        assert store.insert_step(StepRow(
+            step_id="ref", run_id="r", type="llm_call", client_token="c2", input="{}",
+            input_hash="i", placement=None, status="succeeded", seed=None, created_at="t",
+            last_seq=2, replay_of_step="s", frames_of="s", frames_hash="b3:h"))
+        assert (store.read_events("ref", 0), store.max_seq("ref"), store.max_seq("s")) == (
+            [(1, "token", b'{"i":0}'), (2, "end", b"{}")], 2, 2)
+        assert store._conn.execute(
+            "SELECT COUNT(*) FROM events WHERE step_id = 'ref'").fetchone() == (0,)
+
+    def test_the_first_hash_kept_for_a_log_stays(self, store: SqliteStore) -> None:
+        """[NERVE-4025] ``seal_frames`` keeps the first hash given and returns the one kept."""
+        assert [store.seal_frames("s", "b3:a"), store.seal_frames("s", "b3:b")] == [
+            "b3:a", "b3:a"]
+        row = store.get_step("s")
+        assert row is not None
+        assert row.frames_hash == "b3:a"
