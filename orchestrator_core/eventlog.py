@@ -2,7 +2,8 @@
 
 * Frames are appended as their payload Structs (:mod:`contracts.events`); the log encodes
   each one and derives its frame type from the payload's class, so a type and its data
-  are never paired by hand. A replay copies recorded ``(type, data)`` rows verbatim.
+  are never paired by hand. A ``replay`` Step appends nothing: it is stored finished, by
+  reference to its recording, whose frames its readers get (NERVE-4025).
 * Durable frames get a per-Step sequence number and are committed to SQLite in groups
   (every ``commit_interval_ms`` or ``commit_max_frames``); a terminal frame commits at once,
   together with the Step's terminal status (STREAM-2000).
@@ -30,7 +31,6 @@ window is real time (see :mod:`orchestrator_core.clock`).
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from typing import Any
 
@@ -45,10 +45,11 @@ from contracts.events import (
     TerminalPayload,
     sse_frame,
 )
-from orchestrator_core.clock import Clock, Timer
+from orchestrator_core.clock import Clock
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.rows import EventRead, EventRow, StepUpdate
 from orchestrator_core.store_base import Store
+from orchestrator_core.subscriptions import Subscription
 
 __all__ = ["EventLog", "Subscription"]
 
@@ -56,129 +57,6 @@ _enc = msgspec.json.Encoder()
 # payload class -> stored frame type name: one dict lookup per appended frame
 _TYPE_NAME: dict[type, str] = {cls: ftype.value for cls, ftype in FRAME_TYPE_OF.items()}
 _TERMINAL_NAMES = frozenset(t.value for t in TERMINAL_FRAMES)
-
-class Subscription:
-    """One reader of one Step: a wake-up flag, a heartbeat timer and a bounded ephemeral
-    buffer (STREAM-2000, STREAM-2003).
-
-    :meth:`wait` returns True when new frames may be ready and False when the reader
-    wrote nothing for ``heartbeat_s`` of the injected clock (time for a ``: keep-alive``,
-    NERVE-4060). The heartbeat is one timer per subscriber that is re-armed only when it
-    fires, not one per wait.
-
-    Args:
-        step_id: the Step read.
-        capacity: ephemeral frames kept; the oldest is dropped first.
-        metrics: where drops are counted.
-        clock: injected time of the heartbeat.
-        heartbeat_s: idle time before :meth:`wait` returns False (s); None: never.
-    """
-
-    __slots__ = ("_clock", "_loop", "_metrics", "_timer", "_waiter", "_woken", "capacity",
-                 "dropped", "ephemeral", "gone", "heartbeat_s", "last_write", "step_id")
-
-    def __init__(self, step_id: str, capacity: int, metrics: Metrics, clock: Clock,
-                 heartbeat_s: float | None = None) -> None:
-        self.step_id = step_id
-        self.capacity = capacity
-        self.ephemeral: list[bytes] = []
-        self.dropped = 0
-        self.heartbeat_s = heartbeat_s
-        self.last_write = 0.0
-        self.gone = False
-        self._clock = clock
-        self._metrics = metrics
-        self._woken = False
-        self._waiter: asyncio.Future[bool] | None = None
-        self._timer: Timer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def notify(self) -> None:
-        """Wake the reader (new durable frames were committed)."""
-        self._woken = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(True)
-
-    def hang_up(self) -> None:
-        """The reader's connection is gone: set :attr:`gone` and wake the reader."""
-        self.gone = True
-        self.notify()
-
-    def push_ephemeral(self, frame_type: str, frame: bytes, wake: bool = True) -> None:
-        """Queue an ephemeral frame, dropping the oldest when the buffer is full.
-
-        Args:
-            frame_type: counted under this label when a frame is dropped.
-            frame: the SSE-framed ephemeral event.
-            wake: wake the reader now; False when a commit will wake it soon anyway.
-        """
-        buf = self.ephemeral
-        buf.append(frame)
-        if len(buf) > self.capacity:
-            del buf[0]
-            self.dropped += 1
-            self._metrics.sse_dropped.labels(frame_type=frame_type).inc()
-        if wake:
-            self.notify()
-
-    def drain_ephemeral(self) -> list[bytes]:
-        """Take every buffered ephemeral frame."""
-        out = self.ephemeral
-        if out:
-            self.ephemeral = []
-        return out
-
-    def wrote(self) -> None:
-        """Record that the reader just wrote to its client (restarts the idle clock)."""
-        if self._loop is not None:
-            self.last_write = self._clock.monotonic()
-
-    async def wait(self) -> bool:
-        """Sleep until :meth:`notify` (or was called since the last wait), or until the
-        reader has been idle for ``heartbeat_s``.
-
-        Returns:
-            True when woken (frames may be ready, or :attr:`gone`), False when a
-            heartbeat is due.
-        """
-        if self._woken:
-            self._woken = False
-            return True
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-            self.last_write = self._clock.monotonic()
-            if self.heartbeat_s is not None:
-                self._timer = self._clock.call_at(self.last_write + self.heartbeat_s,
-                                                  self._beat)
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiter = waiter
-        try:
-            return await waiter
-        finally:
-            self._waiter = None
-            self._woken = False
-
-    def _beat(self) -> None:
-        """Timer callback: end an idle wait with False, then re-arm for the next beat."""
-        hb = self.heartbeat_s
-        assert hb is not None
-        now = self._clock.monotonic()
-        due = self.last_write + hb
-        if now >= due:
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(False)
-            due = now + hb
-        self._timer = self._clock.call_at(due, self._beat)
-
-    def close(self) -> None:
-        """Stop the heartbeat timer (the reader is done)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
 
 class _Live:
     __slots__ = ("done", "evict_at", "frames", "next_seq", "pending", "run_id", "subs",
@@ -295,8 +173,8 @@ class EventLog:
 
     def append_recorded(self, step_id: str, frame_type: str, data: bytes,
                         update: dict[str, Any] | None = None) -> int:
-        """Buffer a non-terminal frame copied verbatim from a recording (``replay``):
-        its stored type name and data bytes are kept as they are (STREAM-2001).
+        """Buffer a non-terminal frame given as its stored type name and data bytes, kept
+        as they are (STREAM-2001).
 
         Returns:
             The frame's sequence number.
@@ -322,7 +200,7 @@ class EventLog:
 
     def finish_recorded(self, step_id: str, frame_type: str, data: bytes,
                         update: dict[str, Any]) -> int:
-        """:meth:`finish` with a terminal frame copied verbatim (``replay``).
+        """:meth:`finish` with a terminal frame given as its stored type name and bytes.
 
         Returns:
             The terminal frame's sequence number.
@@ -474,3 +352,39 @@ class EventLog:
         """Every committed frame of a Step as ``(seq, type, data)`` (replay source)."""
         self.flush()
         return self.store.read_events(step_id, -1)
+
+    # -- served by reference (NERVE-4025) ----------------------------------------------
+
+    def finished_frames(self, step_id: str) -> list[bytes] | None:
+        """The whole log of a finished Step, SSE-framed, or None when it does not end with
+        a terminal frame.
+
+        While the Step is in the read-through cache its list is returned itself (not a
+        copy: a finished Step's list never changes again); otherwise its rows are read
+        from the store and framed.
+        """
+        live = self._live.get(step_id)
+        if live is not None and live.done:
+            return live.framed()
+        rows = self.store.read_events(step_id, -1)
+        if not rows or rows[-1][1] not in _TERMINAL_NAMES:
+            return None
+        return [sse_frame(seq, ftype, data) for seq, ftype, data in rows]
+
+    def open_served(self, step_id: str, run_id: str, frames: list[bytes]) -> None:
+        """Cache the frames of a Step stored already finished, served by reference to a
+        recording (NERVE-4025): its readers get ``frames`` (shared, not copied) without a
+        query until the linger passes, as the readers of a Step that just finished do;
+        then they read the recording's rows from the store.
+
+        Args:
+            step_id: the Step served by reference (stored, finished).
+            run_id: its Run.
+            frames: the recording's whole log, SSE-framed (:meth:`finished_frames`).
+        """
+        live = _Live(run_id, len(frames))
+        live.frames = frames
+        live.done = True
+        live.evict_at = self.clock.monotonic() + self.linger_s
+        self._live[step_id] = live
+        self._finished.append((step_id, live))

@@ -18,6 +18,7 @@ v6  ``steps.ordinal``: a Step's position in its Run (NERVE-4008)
 v7  engine builds: each build fingerprint with the settings it hashes (NERVE-4022)
 v8  Flows re-addressed under RFC 8785, their old addresses kept as aliases (NERVE-4048)
 v9  Run usage counters kept by triggers; indexes of lineage and Step type (NERVE-4042)
+v10 Steps served by reference: ``steps.frames_of`` and ``steps.frames_hash`` (NERVE-4025)
 ==  ================================================================================
 """
 
@@ -324,6 +325,23 @@ def _v9(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX steps_run_type ON steps(run_id, type, ordinal)")
 
 
+def _v10(conn: sqlite3.Connection) -> None:
+    """Steps served by reference to a recording (NERVE-4025).
+
+    ``frames_of`` names the Step whose event rows hold a Step's frames when they are not
+    its own (a ``replay`` Step, or a fork's inherited Step); it is NULL for a Step with
+    its own log. ``frames_hash`` is the content hash of those frames (the blake3 of their
+    SSE bytes): on a Step served by reference, the hash of the frames it names; on a
+    Step with its own log, set the first time a Step references it, NULL before. A
+    column a store already has is left as it is, so the migration survives renumbering.
+    """
+    have = {r[1] for r in conn.execute("PRAGMA table_info(steps)")}
+    if "frames_of" not in have:
+        conn.execute("ALTER TABLE steps ADD COLUMN frames_of TEXT REFERENCES steps(step_id)")
+    if "frames_hash" not in have:
+        conn.execute("ALTER TABLE steps ADD COLUMN frames_hash TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows, runs, steps (with the idempotency key), events", _v1),
     Migration(2, "tenant on flows and runs; a flow hash is unique per tenant", _v2),
@@ -335,11 +353,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "flows re-addressed under RFC 8785, old addresses as aliases", _v8),
     Migration(9, "run usage counters kept by triggers; lineage, step type indexes",
               _v9),
+    Migration(10, "steps served by reference: frames_of, frames_hash", _v10),
 )
 """Every migration, in order; entry ``i`` leaves the database at version ``i + 1``."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-"""The version :func:`migrate` brings a database to by default (9)."""
+"""The version :func:`migrate` brings a database to by default (10)."""
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -8,22 +8,25 @@
 * During ``strict_replay`` every token is compared with the recording: the token's exact
   bytes, its id and its index. The first difference is ``REPLAY_DIVERGED`` naming the
   index (NERVE-4021, STREAM-2006).
+* A recording served by reference is named by the content hash of its frames, the
+  blake3 of the stream body they make (NERVE-4025).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import blake3
 import msgspec
 
 from contracts.errors import DeterminismInputsDiffer, Nondeterminism, ReplayDiverged
-from contracts.events import Provenance, TokenData
+from contracts.events import Provenance, TokenData, sse_frame
 from contracts.steps import SamplingParams
 from orchestrator_core.canonical import b3_as_recorded
-from orchestrator_core.rows import StepRow
+from orchestrator_core.rows import EventRead, StepRow
 
 __all__ = [
     "DETERMINISM_FIELDS",
@@ -32,6 +35,7 @@ __all__ = [
     "check_recorded_match",
     "first_difference",
     "flat_diff",
+    "frames_hash",
     "recorded_params",
     "same_build",
     "token_bytes",
@@ -206,6 +210,25 @@ def check_determinism_inputs(recorded: Provenance, current: Mapping[str, Any], *
         raise DeterminismInputsDiffer(
             "strict_replay refused: determinism inputs differ: " + ", ".join(sorted(named)),
             fields=diff)
+
+
+def frames_hash(rows: Iterable[EventRead]) -> str:
+    """The content hash of a Step's durable frames (NERVE-4025).
+
+    It is ``b3:`` + hex(blake3) of the SSE bytes the frames make, in sequence order:
+    exactly the body of a full read of the Step's stream (STREAM-2004), so a reader can
+    check what it received against it.
+
+    Args:
+        rows: every frame of the Step as ``(seq, type, data)``, ascending.
+
+    Returns:
+        ``b3:<64 hex>``.
+    """
+    hasher = blake3.blake3()
+    for seq, frame_type, data in rows:
+        hasher.update(sse_frame(seq, frame_type, data))
+    return "b3:" + hasher.hexdigest()
 
 
 def token_bytes(token: TokenData) -> bytes:

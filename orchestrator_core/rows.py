@@ -131,6 +131,12 @@ class StepRow(msgspec.Struct, frozen=True, gc=False):
         replay_of_step: the recorded Step a replay serves, else None.
         ordinal: position in its Run, 0, 1, ... in creation order (schema v6); assigned
             by the store on insert, -1 on a row not yet stored.
+        frames_of: the Step whose event rows are this Step's frames when it is served by
+            reference (schema v10, NERVE-4025): always one with its own log; None for a
+            Step with its own log.
+        frames_hash: ``b3:<hex>`` of the frames' SSE bytes (schema v10): on a Step served
+            by reference, of the frames it names; on a Step with its own log, set once it
+            was first referenced, else None.
     """
 
     step_id: str
@@ -152,6 +158,8 @@ class StepRow(msgspec.Struct, frozen=True, gc=False):
     last_seq: int = -1
     replay_of_step: str | None = None
     ordinal: int = -1
+    frames_of: str | None = None
+    frames_hash: str | None = None
 
 
 class FactRow(msgspec.Struct, frozen=True, gc=False):

@@ -77,11 +77,11 @@ def _select(table: str, cols: list[str]) -> str:
 
 
 def _insert(verb: str, table: str, cols: list[str], *, next_ordinal: str | None = None) -> str:
-    """``<verb> INTO table (cols) VALUES (?, ...)``; with ``next_ordinal``, the last column
-    (``ordinal``) takes that expression instead of a parameter."""
+    """``<verb> INTO table (cols) VALUES (?, ...)``; with ``next_ordinal``, the column
+    ``ordinal`` takes that expression instead of a parameter."""
     marks = ["?"] * len(cols)
     if next_ordinal is not None:
-        marks[-1] = next_ordinal
+        marks[cols.index("ordinal")] = next_ordinal
     return f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join(marks)})"
 
 
@@ -130,15 +130,20 @@ class SqliteStore:
         self._insert_run = _insert("INSERT", "runs", run)
         self._insert_fact = _insert("INSERT", "facts", fact)
         self._insert_checkpoint = _insert("INSERT OR IGNORE", "checkpoints", ckp)
-        # the Step's ordinal (schema v6) is the next of its Run, in the same statement
-        self._numbered = step[-1] == "ordinal"
-        self._step_n = len(step) - self._numbered
+        # the Step's ordinal (schema v6) is the next of its Run, in the same statement:
+        # its parameter is the run_id of that subquery
+        self._ordinal_at = step.index("ordinal") if "ordinal" in step else None
+        self._step_n = len(step)
         self._insert_step = _insert("INSERT OR IGNORE", "steps", step, next_ordinal=(
             "(SELECT COALESCE(MAX(ordinal), -1) + 1 FROM steps WHERE run_id = ?)"
-            if self._numbered else None))
+            if self._ordinal_at is not None else None))
         # the usage counters (schema v9); an older schema sums the Steps on each read
         self._counted = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
                                      " AND name = 'run_usage'").fetchone() is not None
+        # a Step served by reference reads the frames of the Step it names (schema v10)
+        self._refs = "frames_of" in step
+        self._frames_of = ("COALESCE((SELECT frames_of FROM steps WHERE step_id = :id), :id)"
+                           if self._refs else ":id")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -252,8 +257,9 @@ class SqliteStore:
             False when the key is already taken (the caller re-reads the existing Step).
         """
         values = msgspec.structs.astuple(row)[:self._step_n]
-        if self._numbered:
-            values += (row.run_id,)
+        at = self._ordinal_at
+        if at is not None:
+            values = (*values[:at], row.run_id, *values[at + 1:])
         return self._conn.execute(self._insert_step, values).rowcount == 1
 
     def steps_high_water(self, run_id: str) -> int:
@@ -386,34 +392,65 @@ class SqliteStore:
     def read_events(self, step_id: str, after_seq: int,
                     limit: int = 100_000) -> list[EventRead]:
         """Durable frames of a Step with ``seq > after_seq``, in order: ``(seq, type, data)``
-        (``data`` is a BLOB, so it reads back as the bytes written)."""
+        (``data`` is a BLOB, so it reads back as the bytes written). A Step served by
+        reference reads the rows of the Step it names (NERVE-4025), in the same query."""
         rows: list[EventRead] = self._conn.execute(
-            "SELECT seq, type, data FROM events WHERE step_id = ? AND seq > ?"
-            " ORDER BY seq LIMIT ?", (step_id, after_seq, limit)).fetchall()
+            f"SELECT seq, type, data FROM events WHERE step_id = {self._frames_of}"  # noqa: S608
+            " AND seq > :after ORDER BY seq LIMIT :limit",
+            {"id": step_id, "after": after_seq, "limit": limit}).fetchall()
         return rows
 
     def max_seq(self, step_id: str) -> int:
-        """Highest committed seq of a Step, -1 when it has none."""
-        row = self._conn.execute("SELECT MAX(seq) FROM events WHERE step_id = ?",
-                                 (step_id,)).fetchone()
+        """Highest committed seq of a Step (of the Step it names, when it is served by
+        reference), -1 when it has none."""
+        row = self._conn.execute(
+            f"SELECT MAX(seq) FROM events WHERE step_id = {self._frames_of}",  # noqa: S608
+            {"id": step_id}).fetchone()
         return -1 if row[0] is None else int(row[0])
+
+    def seal_frames(self, step_id: str, frames_hash: str) -> str:
+        """Keep the content hash of a finished Step's own frames, unless it has one
+        (NERVE-4025); autocommit.
+
+        Returns:
+            The hash the Step holds now (the one given, or the one it already had).
+        """
+        self._conn.execute("UPDATE steps SET frames_hash = ? WHERE step_id = ?"
+                           " AND frames_hash IS NULL AND frames_of IS NULL",
+                           (frames_hash, step_id))
+        row = self._conn.execute("SELECT frames_hash FROM steps WHERE step_id = ?",
+                                 (step_id,)).fetchone()
+        return frames_hash if row is None or row[0] is None else str(row[0])
 
     def integrity(self) -> dict[str, int]:
         """Counts used by crash tests: gaps in per-Step seqs, Steps whose last_seq
-        disagrees with their log, terminal frames per Step above one, and Runs whose
-        usage counters differ from a recomputation over their Steps (NERVE-4042; USD
-        within 1e-9 relative, for the order of the additions)."""
-        gaps = self._conn.execute(
+        disagrees with their log (the log they reference, for Steps served by reference),
+        terminal frames per Step above one, Steps served by reference whose
+        reference is broken: it names a Step that is missing, unfinished, itself a
+        reference, or sealed with another hash, or the referencing Step has its own rows
+        (NERVE-4025), and Runs whose usage counters differ from a recomputation over
+        their Steps (NERVE-4042; USD within 1e-9 relative, for the order of the
+        additions)."""
+        conn = self._conn
+        gaps = conn.execute(
             "SELECT COUNT(*) FROM (SELECT step_id, COUNT(*) n, MAX(seq) m FROM events"
             " GROUP BY step_id HAVING n != m + 1)").fetchone()[0]
-        stale = self._conn.execute(
-            "SELECT COUNT(*) FROM steps s WHERE s.last_seq != COALESCE("
-            "(SELECT MAX(seq) FROM events e WHERE e.step_id = s.step_id), -1)").fetchone()[0]
-        multi_terminal = self._conn.execute(
+        referenced = "COALESCE(s.frames_of, s.step_id)" if self._refs else "s.step_id"
+        stale = conn.execute(
+            "SELECT COUNT(*) FROM steps s WHERE s.last_seq != COALESCE("  # noqa: S608
+            f"(SELECT MAX(seq) FROM events e WHERE e.step_id = {referenced}), -1)"
+        ).fetchone()[0]
+        multi_terminal = conn.execute(
             "SELECT COUNT(*) FROM (SELECT step_id FROM events WHERE type IN ('end','error')"
             " GROUP BY step_id HAVING COUNT(*) > 1)").fetchone()[0]
+        broken = 0 if not self._refs else conn.execute(
+            "SELECT COUNT(*) FROM steps s LEFT JOIN steps o ON o.step_id = s.frames_of"
+            " WHERE s.frames_of IS NOT NULL AND (o.step_id IS NULL"
+            " OR o.status IN ('queued', 'running') OR o.frames_of IS NOT NULL"
+            " OR s.frames_hash IS NULL OR o.frames_hash IS NOT s.frames_hash"
+            " OR EXISTS (SELECT 1 FROM events e WHERE e.step_id = s.step_id))").fetchone()[0]
         return {"seq_gaps": gaps, "stale_last_seq": stale, "multi_terminal": multi_terminal,
-                "usage_mismatch": self._usage_mismatches()}
+                "broken_references": broken, "usage_mismatch": self._usage_mismatches()}
 
     def _usage_mismatches(self) -> int:
         """Runs whose counters differ from the sums over their Steps (0 before v9)."""

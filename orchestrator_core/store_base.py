@@ -170,11 +170,23 @@ class Store(Protocol):
     def read_events(self, step_id: str, after_seq: int,
                     limit: int = 100_000) -> list[EventRead]:
         """The Step's committed frames with ``seq > after_seq``, ascending, at most
-        ``limit``: ``(seq, type, data)`` with ``data`` the stored bytes exactly."""
+        ``limit``: ``(seq, type, data)`` with ``data`` the stored bytes exactly. For a
+        Step served by reference (its row's ``frames_of``), the frames of the Step it
+        names (NERVE-4025)."""
         ...
 
     def max_seq(self, step_id: str) -> int:
-        """The Step's highest committed seq, -1 when it has none."""
+        """The Step's highest committed seq (of the Step it names, for one served by
+        reference), -1 when it has none."""
+        ...
+
+    def seal_frames(self, step_id: str, frames_hash: str) -> str:
+        """Keep ``frames_hash`` as the content hash of a finished Step's own frames,
+        unless it already holds one (first writer wins; NERVE-4025). Durable on return.
+
+        Returns:
+            The hash the Step holds now: ``frames_hash``, or the one it already had.
+        """
         ...
 
     # -- facts (NERVE-4004, NERVE-4006) --------------------------------------------------

@@ -20,6 +20,10 @@ that the crash cost nothing. The report gives five figures that must all be 0:
   status, kept by the store in the transaction of each Step write, NERVE-4042) differ
   from a recount over their Steps, ``usage_mismatch`` of :meth:`SqliteStore.integrity`.
 
+Each cycle also replays the previous cycle's record Runs (their Steps served by reference
+to the recording, NERVE-4025), one Step every 50 ms while the kill may land; each Step
+answered is verified like the others, and a broken reference counts as a lost event.
+
 Each cycle also runs ``--fs-appends`` concurrent ``fs_op`` appends per Run from a Run and
 its fork (from a checkpoint) on one shared sandbox root (:mod:`tools.crash_fs`), which
 adds two more figures that must be 0: **lost acknowledged appends** (an append whose
@@ -119,6 +123,8 @@ class StepRecord:
         step_id: the id the server gave it.
         received: durable frames the live reader received, in order.
         reader_error: why the live reader stopped early (``None`` when it saw a terminal).
+        replay: a Step of a ``replay`` Run, served by reference to a recorded Step of the
+            previous cycle (NERVE-4025).
         final_status: status seen at the latest verification.
         log_frames: frames in its log at the latest verification.
     """
@@ -132,6 +138,7 @@ class StepRecord:
     reader_error: str | None = None
     final_status: str = ""
     log_frames: int = 0
+    replay: bool = False
 
 
 @dataclass
@@ -328,12 +335,16 @@ def check_temp_files(loop: Loop, where: str) -> None:
 
 
 def check_integrity(loop: Loop, where: str) -> None:
-    """Count non-zero integrity figures: gaps/stale cursors as lost, two terminals as
-    duplicated, usage counters off their recount as counter mismatches."""
+    """Count non-zero integrity figures: gaps/stale cursors and broken references (a Step
+    served by reference whose recording is missing, unfinished or hashed otherwise,
+    NERVE-4025) as lost, two terminals as duplicated, usage counters off their recount as
+    counter mismatches."""
     result = integrity(loop.data_dir / DB_NAME)
     ex = f"{where}: {result}"
     loop.tally.add("lost_events", "integrity_seq_gaps", result["seq_gaps"], ex)
     loop.tally.add("lost_events", "integrity_stale_last_seq", result["stale_last_seq"], ex)
+    loop.tally.add("lost_events", "integrity_broken_references",
+                   result.get("broken_references", 0), ex)
     loop.tally.add("duplicated_tokens", "integrity_multi_terminal",
                    result["multi_terminal"], ex)
     loop.tally.add("counter_mismatches", "integrity_usage_mismatch",
@@ -422,6 +433,37 @@ def submit_steps(loop: Loop, http: httpx.Client, cycle: int) -> list[StepRecord]
             raise RuntimeError(f"submit {token}: HTTP {resp.status_code} {resp.text[:300]}")
         recs.append(StepRecord(cycle, run_id, token, body, str(resp.json()["step_id"])))
     return recs
+
+
+def replayer(url: str, recorded: list[StepRecord], cycle: int, out: list[StepRecord],
+             deadline: float) -> None:
+    """Thread body: replay each record Run of ``recorded`` (the previous cycle's Steps,
+    all finished after recovery), one Step every 50 ms so that kills land among the
+    submissions, reading each replayed stream; every Step the server answered for is
+    added to ``out`` and verified after each restart like the others (NERVE-4025)."""
+    runs: dict[str, list[StepRecord]] = {}
+    for rec in recorded:
+        runs.setdefault(rec.run_id, []).append(rec)
+    try:
+        with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT) as http:
+            for run_id, recs in runs.items():
+                flow_id = http.get(f"/v1/runs/{run_id}").json()["flow_id"]
+                resp = http.post(f"/v1/flows/{flow_id}/runs",
+                                 json={"mode": "replay", "replay_of": run_id})
+                if resp.status_code != 201:
+                    return
+                rep = str(resp.json()["run_id"])
+                for rec in recs:
+                    resp = http.post(f"/v1/runs/{rep}/steps", json=rec.body)
+                    if resp.status_code not in (200, 201):
+                        return
+                    new = StepRecord(cycle, rep, rec.client_token, rec.body,
+                                     str(resp.json()["step_id"]), replay=True)
+                    out.append(new)
+                    new.reader_error = read_frames(http, new.step_id, new.received, deadline)
+                    time.sleep(0.05)
+    except (httpx.HTTPError, ValueError):
+        return  # the server was killed
 
 
 def kill_delay(rng: random.Random, max_delay_s: float) -> float:
@@ -578,12 +620,16 @@ def stream_and_kill(loop: Loop, server: Server, cycle: int) -> dict[str, Any]:
     with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT) as http:
         appenders = crash_fs.prepare_appends(loop.fs, http, cycle, loop.opts.fs_appends,
                                              loop.opts.seed, time.monotonic() + 120.0)
+        previous = [r for r in loop.steps if r.cycle == cycle - 1 and not r.replay]
         recs = submit_steps(loop, http, cycle)
         loop.steps.extend(recs)
         t0 = time.monotonic()
+        replays: list[StepRecord] = []
         threads = [threading.Thread(target=reader, daemon=True,
                                     args=(server.url, rec, t0 + 120.0))
-                   for rec in recs] + appenders
+                   for rec in recs] + appenders + [threading.Thread(
+                       target=replayer, daemon=True,
+                       args=(server.url, previous, cycle, replays, t0 + 120.0))]
         for t in threads:
             t.start()
         delay = kill_delay(loop.rng, loop.opts.max_delay_s)
@@ -593,6 +639,7 @@ def stream_and_kill(loop: Loop, server: Server, cycle: int) -> dict[str, Any]:
     kill_server(server)
     for t in threads:
         t.join(READER_JOIN_S)
+    loop.steps.extend(replays)
     survivors = count_survivors(pids | children)
     loop.tally.add("orphan_processes", "alive_after_sigkill", len(survivors),
                    f"cycle {cycle}: pids {survivors} survived the server's SIGKILL")
@@ -604,6 +651,7 @@ def stream_and_kill(loop: Loop, server: Server, cycle: int) -> dict[str, Any]:
             "temp_files_at_kill": temp_at_kill,
             "replica_pids": sorted(pids), "child_pids": sorted(children),
             "survivors": survivors,
+            "replays_answered": len(replays),
             "frames_received": [len(r.received) for r in recs],
             "tokens_received": [sum(f.event == "token" for f in r.received) for r in recs]}
 

@@ -1,4 +1,5 @@
-"""Admission of a Step, whatever its type (NERVE-4003, NERVE-4021, NERVE-4023, POLICY-3003).
+"""Admission of a Step, whatever its type (NERVE-4003, NERVE-4021, NERVE-4023, NERVE-4025,
+POLICY-3003).
 
 Everything that can refuse a Step is checked before anything is stored, in this order:
 the Run (in the caller's tenant), the ``client_token`` (a repeated token with the same
@@ -12,6 +13,10 @@ server's cap on active Steps, the Run's policy (the type's own values), then, by
 * ``strict_replay`` of a type that runs again finds the recording (a failed one is
   served), then admits like ``record`` with the recording at hand;
 * ``record``: the type's own ``admit``.
+
+A Step that serves a finished Step (the first two cases, and a failed recording in the
+third) is stored already finished, in one insert, by reference to the log that holds the
+frames and to their content hash; it has no task and copies no frame (NERVE-4025).
 
 A type's admission may await once (an LLM prompt's token count on the engine). From its
 return until the Step is stored and started nothing awaits, so the budget reservation,
@@ -32,7 +37,13 @@ from contracts.events import Provenance
 from contracts.runs import Policy, RunMode, RunStatus
 from contracts.steps import Step, StepStatus, StepSubmit
 from orchestrator_core import views
-from orchestrator_core.canonical import b3, b3_as_recorded, canonical_json, new_ordered_id
+from orchestrator_core.canonical import (
+    b3,
+    b3_as_recorded,
+    b3_bytes,
+    canonical_json,
+    new_ordered_id,
+)
 from orchestrator_core.clock import iso_utc
 from orchestrator_core.lookup import get_run, get_step
 from orchestrator_core.policy import redact
@@ -45,8 +56,6 @@ from orchestrator_core.steps.runner import StepTasks
 __all__ = ["Admitter"]
 
 _enc = msgspec.json.Encoder()
-_FINAL_COLUMNS = ("status", "tokens_in", "tokens_out", "cost_usd", "wall_ms", "provenance",
-                  "error")
 
 
 class _PolicyOnly(msgspec.Struct):
@@ -242,20 +251,61 @@ class Admitter:
 
     def _serve(self, adm: Admission, stored_input: Any, rec: StepRow,
                what: str = "recorded") -> tuple[Step, bool]:
-        """Store a Step that serves a finished recorded Step's frames (NERVE-4021)."""
+        """Store a Step that serves a finished Step's frames by reference (NERVE-4021,
+        NERVE-4025): one insert, already terminal, with the recording's status, usage,
+        provenance, error and ``last_seq``, naming the Step whose rows hold the frames
+        and their content hash. No frame is copied and no task runs; the frames are
+        cached for the Step's readers as a just-finished Step's are.
+
+        Raises:
+            Conflict: the ``what`` Step has not finished, its log does not end with its
+                terminal frame at its ``last_seq``, or its frames no longer match the
+                content hash kept for them (nothing is stored).
+        """
         if not StepStatus(rec.status).terminal:
             raise Conflict(f"the {what} step has not finished yet",
                            data={"recorded_step_id": rec.step_id})
         ctx = self.ctx
-        rows = ctx.log.read_rows(rec.step_id)
-        adm = dataclasses.replace(adm, recorded=rec)
-        if not self._insert(adm, stored_input, seed=rec.seed, provenance=None):
+        frames_of, digest, frames = self._sealed(rec, what)
+        body = adm.body
+        placement = getattr(body, "placement", None)
+        row = StepRow(
+            step_id=adm.step_id, run_id=adm.run.run_id, type=adm.step_type,
+            client_token=body.client_token, input=canonical_json(stored_input).decode(),
+            input_hash=adm.input_hash,
+            placement=_enc.encode(placement).decode() if placement else None,
+            status=rec.status, seed=rec.seed, created_at=iso_utc(ctx.clock.now()),
+            tokens_in=rec.tokens_in, tokens_out=rec.tokens_out, cost_usd=rec.cost_usd,
+            wall_ms=rec.wall_ms, provenance=rec.provenance, error=rec.error,
+            last_seq=rec.last_seq, replay_of_step=rec.step_id, frames_of=frames_of,
+            frames_hash=digest)
+        if not ctx.store.insert_step(row):
             return self._claimed(adm)
-        base = Provenance(tokens_in=0, tokens_out=0, cost_usd=0.0,
-                          policy_hash=adm.run.policy_hash,
-                          price_table_version=ctx.config.prices.version,
-                          input_hash=adm.input_hash)
-        self.tasks.serve(StepRun(ctx.log, adm.step_id, adm.run.run_id, adm.step_type,
-                                 adm.mode.value, None, base, ctx.clock.monotonic()),
-                         rows, {k: getattr(rec, k) for k in _FINAL_COLUMNS})
-        return get_step(ctx.store, adm.step_id, None), True
+        ctx.log.open_served(adm.step_id, adm.run.run_id, frames)
+        return views.step(row), True
+
+    def _sealed(self, rec: StepRow, what: str) -> tuple[str, str, list[bytes]]:
+        """The Step whose rows hold ``rec``'s frames (``rec`` itself, or the Step it is
+        served from), the frames' content hash and the frames, SSE-framed.
+
+        The hash is computed and kept on the Step that holds the rows the first time it
+        is referenced; after that, each reference checks the frames against it
+        (NERVE-4025).
+
+        Raises:
+            Conflict: the log does not end with a terminal frame at ``rec.last_seq``, or
+                it no longer matches its content hash.
+        """
+        frames_of = rec.frames_of or rec.step_id
+        frames = self.ctx.log.finished_frames(frames_of)
+        data = {"recorded_step_id": rec.step_id}
+        if frames is None or len(frames) != rec.last_seq + 1:
+            raise Conflict(f"the {what} step's log has no terminal frame at its last_seq "
+                           f"{rec.last_seq}", data=data)
+        digest = b3_bytes(b"".join(frames))
+        if rec.frames_hash is None:
+            return frames_of, self.ctx.store.seal_frames(frames_of, digest), frames
+        if digest != rec.frames_hash:
+            raise Conflict(f"the {what} step's frames no longer match their content hash",
+                           data={**data, "frames_hash": rec.frames_hash, "actual": digest})
+        return frames_of, digest, frames

@@ -18,9 +18,10 @@ wrapper applies, once:
 * the provenance block, on ``end`` and on ``error`` alike, with the fields of its type
   (specs/20_stream_and_replay.md §4).
 
-A ``replay`` Step is served here too: the recorded frames are copied verbatim. Recovery
-after a crash closes every unfinished Step with an ``INTERRUPTED`` frame that records
-what the Step had consumed (NERVE-4040).
+A Step that serves a recording (``replay``) runs no task here: admission stores it
+finished, by reference to the recording's frames (NERVE-4025). Recovery after a crash
+closes every unfinished Step with an ``INTERRUPTED`` frame that records what the Step
+had consumed (NERVE-4040).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from contracts.errors import (
     OutputTooLarge,
 )
 from contracts.events import (
-    TERMINAL_FRAMES,
     EffectEndData,
     EndData,
     ErrorData,
@@ -63,7 +63,6 @@ log = logging.getLogger("orchestrator.steps")
 
 _enc = msgspec.json.Encoder()
 _prov_decoder = msgspec.json.Decoder(Provenance)
-_TERMINAL = frozenset(t.value for t in TERMINAL_FRAMES)
 _STATUS_OF = {"CANCELLED": StepStatus.CANCELLED, "INTERRUPTED": StepStatus.INTERRUPTED}
 
 
@@ -94,12 +93,6 @@ class StepTasks:
             RuntimeError: the orchestrator is not running.
         """
         self._spawn(self._execute, sr)
-
-    def serve(self, sr: StepRun, rows: list[tuple[int, str, bytes]],
-              final: dict[str, Any]) -> None:
-        """Serve recorded frames ``rows`` as the Step's log, ending with the recorded
-        terminal frame and the recorded columns ``final`` (NERVE-4021)."""
-        self._spawn(self._serve, sr, rows, final)
 
     def _spawn(self, fn: Any, *args: Any) -> None:
         if self.tg is None:
@@ -168,30 +161,6 @@ class StepTasks:
             self.cancel_requested.pop(sr.step_id, None)
             ctx.metrics.step_latency.labels(type=sr.step_type, mode=sr.mode).observe(
                 ctx.clock.monotonic() - sr.submitted_at)
-
-    async def _serve(self, sr: StepRun, rows: list[tuple[int, str, bytes]],
-                     final: dict[str, Any]) -> None:
-        log_ = self.ctx.log
-        scope = self._scope(sr.step_id)
-        try:
-            with scope:
-                for _seq, ftype, data in rows:
-                    await anyio.lowlevel.checkpoint()
-                    if ftype in _TERMINAL:
-                        log_.finish_recorded(sr.step_id, ftype, data, final)
-                        return
-                    log_.append_recorded(sr.step_id, ftype, data)
-                self._fail(sr, Interrupted("the recording has no terminal frame"))
-            if scope.cancel_called and log_.is_live(sr.step_id):
-                self._fail(sr, Cancelled(self.cancel_requested.get(sr.step_id,
-                                                                   "step cancelled")))
-        except anyio.get_cancelled_exc_class():
-            if log_.is_live(sr.step_id):
-                self._fail(sr, Interrupted("server shutting down"))
-            raise
-        finally:
-            self.scopes.pop(sr.step_id, None)
-            self.cancel_requested.pop(sr.step_id, None)
 
     # -- terminal frames ---------------------------------------------------------------
 

@@ -138,7 +138,7 @@ def integrity(ctx: dict[str, Any]) -> None:
     store = SqliteStore(ctx["dir"] / "orchestrator.db")
     try:
         assert store.integrity() == {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0,
-                                     "usage_mismatch": 0}
+                                     "broken_references": 0, "usage_mismatch": 0}
     finally:
         store.close()
 

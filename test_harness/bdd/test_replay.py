@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -14,7 +15,7 @@ from pytest_bdd import given, parsers, scenarios, then, when
 
 from orchestrator_core.config import PoolConfig, ServerConfig
 from test_harness.bdd.conftest import new_run, run_to_end
-from test_harness.support import app_client, llm_step, parse_sse
+from test_harness.support import app_client, llm_step, parse_sse, table_counts
 from worker_adapters.base import CompletionRequest, Delta, EngineAdapter, Finish, StreamItem
 from worker_adapters.mock import MockEngine, default_handler
 
@@ -57,6 +58,11 @@ class Env:
         self.stack = ExitStack()
         self.start(cfg)
 
+    @property
+    def db(self) -> pathlib.Path:
+        """The server's SQLite file."""
+        return pathlib.Path(self.cfg.data_dir) / "orchestrator.db"
+
     def requests(self) -> int:
         return sum(e.requests for e in self.engines)
 
@@ -79,8 +85,9 @@ def recorded(env: Env, ctx: dict[str, Any]) -> None:
     ctx["flow_run"] = new_run(env.client)
     ctx["bodies"] = [llm_step(f"c-{i}", p, temperature=0.8 if i == 1 else 0.0)
                      for i, p in enumerate(PROMPTS)]
-    ctx["recorded"] = [_tokens(run_to_end(env.client, ctx["flow_run"], b)[1])
-                       for b in ctx["bodies"]]
+    ran = [run_to_end(env.client, ctx["flow_run"], b) for b in ctx["bodies"]]
+    ctx["recorded"] = [_tokens(raw) for _step, raw in ran]
+    ctx["recorded_ids"] = [step["step_id"] for step, _raw in ran]
     ctx["flow_id"] = env.client.get(f"/v1/runs/{ctx['flow_run']}").json()["flow_id"]
     ctx["answers"] = []
 
@@ -99,10 +106,13 @@ def replay(env: Env, ctx: dict[str, Any], mode: str) -> None:
     """Create the replay run and run every recorded step again."""
     assert _create(env, ctx, mode).status_code == 201
     before = env.requests()
+    ctx["events_before"] = table_counts(env.db)["events"]
     ctx["replayed"] = []
     ctx["replayed_raw"] = []
+    ctx["replayed_steps"] = []
     for body in ctx["bodies"]:
-        _step, raw = run_to_end(env.client, ctx["replay_run"], body)
+        step, raw = run_to_end(env.client, ctx["replay_run"], body)
+        ctx["replayed_steps"].append(step)
         ctx["replayed_raw"].append(raw)
         ctx["replayed"].append(_tokens(raw))
     ctx["requests"] = env.requests() - before
@@ -113,6 +123,31 @@ def identical(ctx: dict[str, Any]) -> None:
     """Token frames (index, text bytes, id) are identical."""
     assert ctx["replayed"] == ctx["recorded"]
     assert all(ctx["recorded"])
+
+
+@then("each replayed step was answered finished, with its recorded status")
+def answered_finished(env: Env, ctx: dict[str, Any]) -> None:
+    """The submission's answer already has the recording's status, usage and last_seq."""
+    recorded = [env.client.get(f"/v1/steps/{i}").json() for i in ctx["recorded_ids"]]
+    keys = ("status", "usage", "last_seq", "provenance")
+    assert [{k: s[k] for k in keys} for s in ctx["replayed_steps"]] == [
+        {k: r[k] for k in keys} for r in recorded]
+    assert [s["replay_of_step"] for s in ctx["replayed_steps"]] == ctx["recorded_ids"]
+    assert {s["status"] for s in ctx["replayed_steps"]} == {"succeeded"}
+
+
+@then("every replayed stream equals a read-back of its recorded step byte for byte")
+def equals_readback(env: Env, ctx: dict[str, Any]) -> None:
+    """Ids, types and data bytes of every durable frame, terminal frame included."""
+    read = [env.client.get(f"/v1/steps/{i}/stream").content for i in ctx["recorded_ids"]]
+    assert ctx["replayed_raw"] == read
+    assert all(b"event: end\n" in raw for raw in read)
+
+
+@then("the replay added no row to the event log")
+def no_rows(env: Env, ctx: dict[str, Any]) -> None:
+    """Counted in the SQLite file: the replay Steps own no event row."""
+    assert table_counts(env.db)["events"] == ctx["events_before"]
 
 
 @then(parsers.parse("the engines received {n:d} requests during the replay"))

@@ -1,4 +1,4 @@
-@NERVE-4021 @NERVE-4022 @NERVE-4023 @NERVE-4012
+@NERVE-4021 @NERVE-4022 @NERVE-4023 @NERVE-4012 @NERVE-4025
 Feature: Record, replay and strict_replay
   A recorded run is served again by replay without compute, and re-executed by
   strict_replay, which must match the recording byte for byte.
@@ -10,6 +10,12 @@ Feature: Record, replay and strict_replay
     When I replay the run in mode replay
     Then every token stream equals the recording byte for byte
     And the engines received 0 requests during the replay
+
+  Scenario: replay serves the recording by reference, appending no frame
+    When I replay the run in mode replay
+    Then each replayed step was answered finished, with its recorded status
+    And every replayed stream equals a read-back of its recorded step byte for byte
+    And the replay added no row to the event log
 
   Scenario: strict_replay re-executes and matches byte for byte
     When I replay the run in mode strict_replay

@@ -141,7 +141,7 @@ class TestUsageCounters:
         triggers' back) is one mismatched Run; a negative count is one too."""
         store.insert_run(msgspec.structs.replace(RUN, run_id="r2"))
         assert store.integrity() == {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0,
-                                     "usage_mismatch": 0}
+                                     "broken_references": 0, "usage_mismatch": 0}
         store._conn.execute("UPDATE run_usage SET tokens_out = 1 WHERE run_id = 'r'")
         store._conn.execute("INSERT INTO run_step_counts VALUES ('r2', 'queued', -1)")
         assert store.integrity()["usage_mismatch"] == 2
@@ -383,3 +383,18 @@ class TestEventLogBookkeeping:
                 tg.cancel_scope.cancel()
         assert seen == [["a", "read", "b"], [None, "read", "b"], [None, "read", "b"],
                         [None, "read", None], [None, None, None]]
+
+    def test_a_step_served_by_reference_leaves_the_cache_after_its_linger(
+            self, store: SqliteStore) -> None:
+        """[NERVE-4042] [NERVE-4025] A Step cached already finished (served by reference)
+        is evicted after the linger like a Step that finished here, and is never active."""
+        clock = FakeClock()
+        log = EventLog(store, clock, Metrics(CollectorRegistry()), linger_s=30.0)
+        log.open_served("served", "r", [b"id: 0\n\n"])
+        kept = (log.active(), log.run_of("served"))
+        clock.advance(29.0)
+        log._evict(clock.monotonic())
+        at_29 = log.run_of("served")
+        clock.advance(1.0)
+        log._evict(clock.monotonic())
+        assert (kept, at_29, log.run_of("served")) == ((0, "r"), "r", None)

@@ -1,20 +1,46 @@
-"""Replay time / record time of the demo flow (three ``llm_call`` Steps).
+"""Replay against record, and replay against reading the recording back.
 
-Delegates to :func:`tools.demo.run_flow_modes`, which records the flow, replays
-it and strict-replays it, timing each mode from its first Step submission to its last
-``end`` frame.
+Two measurements:
+
+* :func:`measure_replay` (part of ``python -m tools.bench``): the demo flow (three
+  ``llm_call`` Steps) through :func:`tools.demo.run_flow_modes`, which records the flow,
+  replays it and strict-replays it, timing each mode from its first Step submission to
+  its last ``end`` frame.
+* ``python -m tools.bench.replay [--steps 20] [--tokens 200] [--rounds 3] [--json]``
+  (:func:`measure_readback`): on a ``orchestratord`` Granian process of its own whose
+  mock engine answers exactly ``max_tokens`` tokens as fast as it can, each round records
+  a Run of S Steps of T tokens, replays it, and reads the recorded Steps' streams back,
+  one Step after the other as an interpreter does; replay and read-back alternate which
+  goes first. It prints, side by side: record, replay and read-back wall times; replay /
+  record (target <= 0.2); replay tokens/s against plain read-back tokens/s (target >=
+  80%); the server's CPU per token in each phase (every thread's ``schedstat``); and
+  whether every replayed stream body is byte-identical to the recording's (NERVE-4025).
+  A record or replay Step is ``POST /v1/runs/{id}/steps`` sent with ``Accept:
+  text/event-stream``: when the server answers with the stream, that is the Step's one
+  request; otherwise ``GET /v1/steps/{id}/stream`` follows (the report says which).
+  Read-back is the ``GET`` alone. Bodies are read raw (no SSE parsing), so the figures
+  are the server's and HTTP's, not a client parser's. Medians over rounds are reported.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
 import pathlib
+import statistics
+import sys
+import tempfile
+import time
 
+import httpx
 import msgspec
 
 from orchestratord.client import OrchestratorClient
 from tools.demo import run_flow_modes
 
-__all__ = ["ModeTime", "ReplayReport", "default_document", "measure_replay"]
+__all__ = ["ModeTime", "ReadbackReport", "ReadbackRound", "ReplayReport", "default_document",
+           "main", "measure_readback", "measure_replay", "parse_args", "render_readback"]
 
 _DOCUMENT_CHARS = 1500  # as ``python -m tools.demo`` does
 
@@ -91,3 +117,318 @@ async def measure_replay(client: OrchestratorClient, document: pathlib.Path,
         replay_byte_identical=bool(raw["replay_byte_identical"]),
         strict_replay_byte_identical=bool(raw["strict_replay_byte_identical"]),
     )
+
+
+# -- replay against read-back (python -m tools.bench.replay) ---------------------------
+
+_TARGET_REPLAY_OVER_RECORD = 0.2
+_TARGET_RATE_SHARE = 0.8
+_SSE = "text/event-stream"
+
+
+class ReadbackRound(msgspec.Struct, frozen=True):
+    """One round: a Run recorded, replayed and read back.
+
+    Attributes:
+        record_ms: the S Steps recorded, one after the other (ms).
+        replay_ms: the S Steps of a replay Run, one after the other (ms).
+        readback_ms: the S recorded Steps' streams read again (ms).
+        record_cpu_ms: server CPU time while recording (ms, every thread).
+        replay_cpu_ms: server CPU time while replaying (ms).
+        readback_cpu_ms: server CPU time while reading back (ms).
+        replay_first: replay ran before the read-back in this round.
+        byte_identical: every replayed body equals the recorded Step's read-back body,
+            and each holds T token frames.
+    """
+
+    record_ms: float
+    replay_ms: float
+    readback_ms: float
+    record_cpu_ms: float
+    replay_cpu_ms: float
+    readback_cpu_ms: float
+    replay_first: bool
+    byte_identical: bool
+
+
+class ReadbackReport(msgspec.Struct, frozen=True):
+    """Replay against record and against plain read-back (medians over rounds).
+
+    Attributes:
+        cpus: CPUs online (the server and this client share them).
+        steps: S, Steps per Run.
+        tokens_per_step: T, token frames per Step.
+        round_trips_per_step: HTTP requests a record or replay Step took: 1 when the
+            server answered the ``POST`` (sent with ``Accept: text/event-stream``) with
+            the stream itself, else 2 (``POST`` then ``GET .../stream``).
+        record_ms: median record wall time of S Steps (ms).
+        replay_ms: median replay wall time of S Steps (ms).
+        readback_ms: median read-back wall time of S Steps (ms).
+        replay_over_record: ``replay_ms / record_ms``.
+        replay_tokens_per_s: ``S * T / replay_ms`` (tokens/s).
+        readback_tokens_per_s: ``S * T / readback_ms`` (tokens/s).
+        replay_share_of_readback: ``replay_tokens_per_s / readback_tokens_per_s``.
+        record_server_us_per_token: median server CPU per token while recording (µs).
+        replay_server_us_per_token: median server CPU per token while replaying (µs).
+        readback_server_us_per_token: median server CPU per token while reading back (µs).
+        replay_over_record_server_cpu: ``replay_cpu / record_cpu`` (medians).
+        byte_identical: every round's replayed bodies equal the recording's.
+        rounds: every round, in the order run.
+        target_replay_over_record: the goal, at most.
+        target_replay_share_of_readback: the goal, at least.
+    """
+
+    cpus: int
+    steps: int
+    tokens_per_step: int
+    round_trips_per_step: int
+    record_ms: float
+    replay_ms: float
+    readback_ms: float
+    replay_over_record: float
+    replay_tokens_per_s: float
+    readback_tokens_per_s: float
+    replay_share_of_readback: float
+    record_server_us_per_token: float
+    replay_server_us_per_token: float
+    readback_server_us_per_token: float
+    replay_over_record_server_cpu: float
+    byte_identical: bool
+    rounds: list[ReadbackRound]
+    target_replay_over_record: float = _TARGET_REPLAY_OVER_RECORD
+    target_replay_share_of_readback: float = _TARGET_RATE_SHARE
+
+
+def _server_cpu_ms(pid: int) -> float:
+    """CPU time used so far by every thread of ``pid`` (ms), from each thread's
+    ``schedstat`` (ns): the clock-tick ``utime + stime`` is too coarse for phases of a few
+    tens of ms."""
+    total = 0
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that just ended
+    return total / 1e6
+
+
+def _step_body(i: int, tokens: int) -> dict[str, object]:
+    return {"type": "llm_call", "client_token": f"s-{i}",
+            "input": {"model": "mock:echo-1", "prompt": f"step {i} of a long story",
+                      "params": {"max_tokens": tokens}}}
+
+
+async def _body(http: httpx.AsyncClient, method: str, path: str,
+                body: object | None = None) -> tuple[str, bytes]:
+    """One request read to the end of its body: ``(content type, raw body)``."""
+    headers = {"accept": _SSE} if body is not None else {}
+    async with http.stream(method, path, json=body, headers=headers) as resp:
+        if resp.status_code not in (200, 201):
+            await resp.aread()
+            raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:200]}")
+        raw = b"".join([chunk async for chunk in resp.aiter_raw()])
+        return resp.headers.get("content-type", ""), raw
+
+
+async def _run_steps(http: httpx.AsyncClient, run_id: str, steps: int,
+                     tokens: int) -> tuple[list[bytes], int]:
+    """Submit S Steps one after the other, each read to its terminal frame: the stream
+    the ``POST`` answered with, else ``GET .../stream``.
+
+    Returns:
+        The stream bodies and the HTTP requests each Step took (1 or 2).
+    """
+    bodies: list[bytes] = []
+    trips = 1
+    for i in range(steps):
+        kind, raw = await _body(http, "POST", f"/v1/runs/{run_id}/steps", _step_body(i, tokens))
+        if not kind.startswith(_SSE):
+            trips = 2
+            _kind, raw = await _body(http, "GET", f"/v1/steps/{msgspec.json.decode(raw)['step_id']}"
+                                                  "/stream")
+        bodies.append(raw)
+    return bodies, trips
+
+
+async def _step_ids(http: httpx.AsyncClient, run_id: str, steps: int, tokens: int) -> list[str]:
+    """The Run's Steps, by resubmitting their bodies (idempotent, NERVE-4003)."""
+    out = []
+    for i in range(steps):
+        resp = await http.post(f"/v1/runs/{run_id}/steps", json=_step_body(i, tokens))
+        out.append(str(resp.json()["step_id"]))
+    return out
+
+
+async def _round(pid: int, http: httpx.AsyncClient, flow_id: str, steps: int,
+                 tokens: int, replay_first: bool, seed: int) -> tuple[ReadbackRound, int]:
+    rec = (await http.post(f"/v1/flows/{flow_id}/runs", json={"seed": seed})).json()
+    c0, t0 = _server_cpu_ms(pid), time.perf_counter()
+    _bodies, trips = await _run_steps(http, rec["run_id"], steps, tokens)
+    record = (time.perf_counter() - t0, _server_cpu_ms(pid) - c0)
+    rec_ids = await _step_ids(http, rec["run_id"], steps, tokens)
+    figures: dict[str, tuple[float, float]] = {}
+    replayed: list[bytes] = []
+    read: list[bytes] = []
+    for phase in (("replay", "readback") if replay_first else ("readback", "replay")):
+        if phase == "replay":
+            run = (await http.post(f"/v1/flows/{flow_id}/runs", json={
+                "mode": "replay", "replay_of": rec["run_id"], "seed": seed})).json()
+            c0, t0 = _server_cpu_ms(pid), time.perf_counter()
+            replayed, _trips = await _run_steps(http, run["run_id"], steps, tokens)
+        else:
+            c0, t0 = _server_cpu_ms(pid), time.perf_counter()
+            read = [(await _body(http, "GET", f"/v1/steps/{step_id}/stream"))[1]
+                    for step_id in rec_ids]
+        figures[phase] = (time.perf_counter() - t0, _server_cpu_ms(pid) - c0)
+    same = replayed == read and all(b.count(b"event: token\n") == tokens for b in read)
+    return ReadbackRound(
+        record_ms=round(record[0] * 1000, 2), replay_ms=round(figures["replay"][0] * 1000, 2),
+        readback_ms=round(figures["readback"][0] * 1000, 2),
+        record_cpu_ms=round(record[1], 2), replay_cpu_ms=round(figures["replay"][1], 2),
+        readback_cpu_ms=round(figures["readback"][1], 2), replay_first=replay_first,
+        byte_identical=same), trips
+
+
+async def _measure_readback(pid: int, url: str, steps: int, tokens: int,
+                            rounds: int) -> ReadbackReport:
+    async with httpx.AsyncClient(base_url=url, timeout=120.0) as http:
+        flow = (await http.post("/v1/flows", json={"ast_ir": {"bench": "replay"}})).json()
+        await _round(pid, http, flow["flow_id"], 2, tokens, True, 1)  # warm-up
+        done: list[ReadbackRound] = []
+        for r in range(rounds):
+            rnd, trips = await _round(pid, http, flow["flow_id"], steps, tokens, r % 2 == 0,
+                                      2 + r)
+            done.append(rnd)
+    med = {k: statistics.median(getattr(r, k) for r in done)
+           for k in ("record_ms", "replay_ms", "readback_ms", "record_cpu_ms",
+                     "replay_cpu_ms", "readback_cpu_ms")}
+    total = steps * tokens
+    replay_rate = total / (med["replay_ms"] / 1000)
+    readback_rate = total / (med["readback_ms"] / 1000)
+    return ReadbackReport(
+        cpus=os.cpu_count() or 1, steps=steps, tokens_per_step=tokens,
+        round_trips_per_step=trips,
+        record_ms=round(med["record_ms"], 2), replay_ms=round(med["replay_ms"], 2),
+        readback_ms=round(med["readback_ms"], 2),
+        replay_over_record=round(med["replay_ms"] / med["record_ms"], 4),
+        replay_tokens_per_s=round(replay_rate, 1), readback_tokens_per_s=round(readback_rate, 1),
+        replay_share_of_readback=round(replay_rate / readback_rate, 4),
+        record_server_us_per_token=round(med["record_cpu_ms"] / total * 1e3, 3),
+        replay_server_us_per_token=round(med["replay_cpu_ms"] / total * 1e3, 3),
+        readback_server_us_per_token=round(med["readback_cpu_ms"] / total * 1e3, 3),
+        replay_over_record_server_cpu=round(med["replay_cpu_ms"] / med["record_cpu_ms"], 4),
+        byte_identical=all(r.byte_identical for r in done), rounds=done)
+
+
+def measure_readback(data_dir: pathlib.Path, steps: int = 20, tokens: int = 200,
+                     rounds: int = 5) -> ReadbackReport:
+    """Record, replay and read back S Steps of T tokens, R rounds, on a fresh server
+    process whose mock engine answers exactly ``max_tokens`` tokens as fast as it can.
+
+    Args:
+        data_dir: where the server keeps its store, config and log.
+        steps: S, Steps per Run.
+        tokens: T, tokens per Step.
+        rounds: rounds after one short warm-up (replay first in even rounds).
+
+    Returns:
+        The medians, ratios and every round.
+
+    Raises:
+        RuntimeError: the server did not start, or a request failed.
+    """
+    from tools.bench.streams import ServerProcess
+
+    server = ServerProcess(data_dir, tokens_per_s=0, slots=4)
+    server.start()
+    try:
+        return asyncio.run(_measure_readback(server.pid, server.url, steps, tokens, rounds))
+    finally:
+        server.stop()
+
+
+def _verdict(ok: bool) -> str:
+    return "meets target" if ok else "MISSES target"
+
+
+def render_readback(report: ReadbackReport) -> str:
+    """Human-readable report (ms, tokens/s, µs)."""
+    r = report
+    how = ("POST answered with the stream" if r.round_trips_per_step == 1
+           else "POST, then GET .../stream")
+    lines = [
+        f"replay against record and against read-back: {r.steps} steps x "
+        f"{r.tokens_per_step} tokens, mock engine as fast as possible, one step at a time",
+        f"(Granian server process, {r.cpus} CPUs shared with this client; medians of "
+        f"{len(r.rounds)} rounds; server CPU from every thread's schedstat)",
+        f"record and replay steps: {how} ({r.round_trips_per_step} HTTP request(s) per step)",
+        "",
+        f"   {'phase':<26}{'wall ms':>10}{'tokens/s':>12}{'server CPU µs/token':>21}",
+        f"   {'record':<26}{r.record_ms:>10.1f}"
+        f"{r.steps * r.tokens_per_step / r.record_ms * 1000:>12,.0f}"
+        f"{r.record_server_us_per_token:>21.2f}",
+        f"   {'replay':<26}{r.replay_ms:>10.1f}"
+        f"{r.replay_tokens_per_s:>12,.0f}{r.replay_server_us_per_token:>21.2f}",
+        f"   {'read-back (GET stream)':<26}{r.readback_ms:>10.1f}"
+        f"{r.readback_tokens_per_s:>12,.0f}{r.readback_server_us_per_token:>21.2f}",
+        "",
+        f"   replay / record (wall)          {r.replay_over_record:>8.4f}   target <= "
+        f"{r.target_replay_over_record:g}: "
+        f"{_verdict(r.replay_over_record <= r.target_replay_over_record)}",
+        f"   replay / record (server CPU)    {r.replay_over_record_server_cpu:>8.4f}",
+        f"   replay tokens/s / read-back      {r.replay_share_of_readback:>8.2%}   target >= "
+        f"{r.target_replay_share_of_readback:.0%}: "
+        f"{_verdict(r.replay_share_of_readback >= r.target_replay_share_of_readback)}",
+        f"   replayed bodies byte-identical to the recording: "
+        f"{'yes' if r.byte_identical else 'NO'}",
+        "",
+        f"   {'round':<7}{'first':>9}{'record ms':>11}{'replay ms':>11}{'read-back ms':>14}"
+        f"{'cpu ms rec/rep/read':>22}{'identical':>11}",
+    ]
+    for i, rd in enumerate(r.rounds):
+        cpu = f"{rd.record_cpu_ms:.1f}/{rd.replay_cpu_ms:.1f}/{rd.readback_cpu_ms:.1f}"
+        lines.append(f"   {i + 1:<7}{'replay' if rd.replay_first else 'read':>9}"
+                     f"{rd.record_ms:>11.1f}{rd.replay_ms:>11.1f}{rd.readback_ms:>14.1f}"
+                     f"{cpu:>22}{'yes' if rd.byte_identical else 'NO':>11}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line of ``python -m tools.bench.replay``."""
+    p = argparse.ArgumentParser(
+        prog="python -m tools.bench.replay",
+        description="Replay time / record time, and replay tokens/s against a plain "
+                    "read-back of the same recording, on a Granian server process with "
+                    "the mock engine.")
+    p.add_argument("--steps", type=int, default=20, help="steps per run (default 20)")
+    p.add_argument("--tokens", type=int, default=200, help="tokens per step (default 200)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    if min(args.steps, args.tokens, args.rounds) < 1:
+        p.error("--steps, --tokens and --rounds must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print.
+
+    Returns:
+        0 when every replayed body was byte-identical to the recording, else 1 (the
+        timing figures are reported whether or not they meet their targets).
+    """
+    args = parse_args(argv)
+    if not args.json:
+        print(f"recording, replaying and reading back {args.steps} x {args.tokens} tokens, "
+              f"{args.rounds} rounds...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="orchestratord-replay-") as tmp:
+        report = measure_readback(pathlib.Path(tmp), args.steps, args.tokens, args.rounds)
+    if args.json:
+        print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
+    else:
+        print(render_readback(report))
+    return 0 if report.byte_identical else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
