@@ -20,14 +20,14 @@ from openai import AsyncOpenAI, OpenAI
 from tools.servers import start_server, stop_server
 
 MODEL = "mock:echo-1"
-WEATHER = {"type": "function", "function": {
+WEATHER: Any = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
     "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
                    "properties": {"city": {"type": "string"}}}}}
-ANSWER = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+ANSWER: Any = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
     "type": "object", "additionalProperties": False, "required": ["city", "days"],
     "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}
-ASK = [{"role": "system", "content": "You are terse."},
+ASK: Any = [{"role": "system", "content": "You are terse."},
        {"role": "user", "content": "What is the weather in Paris?"}]
 
 
@@ -81,10 +81,10 @@ def agent(client: OpenAI) -> list[bytes]:
     call = raw.parse().choices[0].message.tool_calls
     assert call is not None and raw.parse().choices[0].finish_reason == "tool_calls"
     out.append(raw.content)
-    follow = [*ASK, {"role": "assistant", "tool_calls": [c.model_dump() for c in call]},
+    follow: Any = [*ASK, {"role": "assistant", "tool_calls": [c.model_dump() for c in call]},
               {"role": "tool", "tool_call_id": call[0].id, "content": "sunny, 21 C"}]
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=follow, response_format=ANSWER)  # type: ignore[arg-type]
+        model=MODEL, messages=follow, response_format=ANSWER)
     out.append(raw.content)
     with client.chat.completions.with_streaming_response.create(
             model=MODEL, messages=ASK, stream=True, max_tokens=12,
@@ -121,7 +121,7 @@ class TestRecordReplay:
         OpenAI(base_url=server.base(rec), api_key="k").chat.completions.create(
             model=MODEL, messages=ASK, max_tokens=4)
         replay = server.run("replay", rec)
-        changed = [ASK[0], {"role": "user", "content": "What is the weather in Rome?"}]
+        changed: Any = [ASK[0], {"role": "user", "content": "What is the weather in Rome?"}]
         with pytest.raises(openai.ConflictError) as caught:
             OpenAI(base_url=server.base(replay), api_key="k",
                    max_retries=0).chat.completions.create(model=MODEL, messages=changed,
@@ -134,6 +134,10 @@ class TestRecordReplay:
         assert "the nearest recorded call is step stp_" in err["message"]
 
 
+def _user(text: str) -> Any:
+    return [{"role": "user", "content": text}]
+
+
 async def _parallel(client: AsyncOpenAI) -> tuple[list[str], list[str]]:
     """4 parallel calls, two of them identical: their answers and Step ids, in call
     order."""
@@ -143,7 +147,7 @@ async def _parallel(client: AsyncOpenAI) -> tuple[list[str], list[str]]:
 
     async def one(i: int) -> None:
         raw = await client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": prompts[i]}],
+            model=MODEL, messages=_user(prompts[i]),
             temperature=0.9, max_tokens=6)
         answers[i] = raw.parse().choices[0].message.content or ""
         steps[i] = raw.headers["x-step-id"]
