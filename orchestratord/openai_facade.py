@@ -103,15 +103,16 @@ Tenant = NamedDependency[str]
 # -- errors ----------------------------------------------------------------------------
 
 
-def _param_of(message: str) -> str | None:
-    """The request field a msgspec validation message names (``... - at `$.x[0].y```),
-    plus the unknown field's name when it is one."""
-    _, at, rest = message.rpartition(" - at `$")
-    base = rest.rstrip("`").removeprefix(".") if at else ""
+def _param_of(problem: dict[str, Any]) -> str | None:
+    """The request field a Litestar validation problem names (its ``key``), with the
+    unknown field's name appended when it is one."""
+    key = str(problem.get("key") or "")
+    key = "" if key == "data" else key  # Litestar's name of the whole body
+    message = str(problem.get("message", ""))
     if "unknown field `" in message:
         name = message.split("unknown field `", 1)[1].split("`", 1)[0]
-        return f"{base}.{name}" if base else name
-    return base or None
+        return f"{key}.{name}" if key else name
+    return key or None
 
 
 def _as_error(exc: Exception) -> OrchestratorError:
@@ -119,10 +120,10 @@ def _as_error(exc: Exception) -> OrchestratorError:
         return exc
     if isinstance(exc, ValidationException):
         extra = exc.extra if isinstance(exc.extra, list) else []
-        message = str(extra[0].get("message", exc.detail)) if extra and isinstance(
-            extra[0], dict) else str(exc.detail)
+        problem = extra[0] if extra and isinstance(extra[0], dict) else {}
+        message = str(problem.get("message", exc.detail))
         return InvalidParams(f"invalid request: {message}",
-                             data={"field": _param_of(message)})
+                             data={"field": _param_of(problem)})
     if isinstance(exc, NotFoundException):
         return NotFound(exc.detail or "not found")
     if isinstance(exc, HTTPException) and exc.status_code < 500:
