@@ -362,10 +362,10 @@ async def _completion_stream(orch: Orchestrator, req: CompletionRequest,
 
 # -- routes ----------------------------------------------------------------------------
 
-_CHAT_DOC = {200: ResponseSpec(data_container=ChatCompletion,
+_CHAT_DOC = {200: ResponseSpec(data_container=ChatCompletion, generate_examples=False,
                                description="A chat completion, or (with ``stream``) "
                                            "``text/event-stream`` of chat.completion.chunk")}
-_COMPLETION_DOC = {200: ResponseSpec(data_container=Completion,
+_COMPLETION_DOC = {200: ResponseSpec(data_container=Completion, generate_examples=False,
                                      description="A text completion, or (with ``stream``) "
                                                  "``text/event-stream`` of its chunks")}
 
