@@ -208,8 +208,12 @@ def _explain(orch: Orchestrator, tenant: str, run_id: str,
 async def _submit(orch: Orchestrator, tenant: str, run_id: str,
                   req: ChatCompletionRequest | CompletionRequest, inp: LlmCallInput) -> Step:
     # The occurrence is claimed before the first await: concurrent identical calls get
-    # distinct occurrences in one step of the event loop (OAI-6004).
+    # distinct occurrences in one step of the event loop (OAI-6004). Only the Run's own
+    # tenant may claim one: another tenant's calls must not shift the count.
     store = orch.store
+    row = store.get_run(run_id)
+    if row is None or row.tenant != tenant:
+        raise NotFound(f"no run {run_id}", data={"run_id": run_id})
     token = _claims(orch).claim(run_id, call_key(req),
                                 lambda t: store.get_step_by_token(run_id, t) is not None)
     try:

@@ -265,6 +265,20 @@ class TestErrors:
                                           "type": "invalid_request_error",
                                           "code": "NOT_FOUND", "param": None}
 
+    def test_another_tenants_calls_do_not_shift_the_occurrences(
+            self, server: TestClient[Any]) -> None:
+        """[OAI-6004] Tenant B's refused call on tenant A's Run claims no occurrence: A's
+        next identical call is still occurrence 0."""
+        run_id = new_run(server, "ka")
+        with pytest.raises(openai.NotFoundError):
+            sdk(server, run_id, key="kb").chat.completions.create(model=MOCK_MODEL,
+                                                                  messages=HELLO)
+        raw = sdk(server, run_id).chat.completions.with_raw_response.create(
+            model=MOCK_MODEL, messages=HELLO)
+        step = server.get(f"/v1/steps/{raw.headers['x-step-id']}",
+                          headers={"Authorization": "Bearer ka"}).json()
+        assert step["client_token"].endswith(":0")
+
     def test_an_unknown_model_names_the_model(self, server: TestClient[Any]) -> None:
         """[OAI-6005] An unknown model is BadRequestError with param ``model``."""
         with pytest.raises(openai.BadRequestError) as caught:
