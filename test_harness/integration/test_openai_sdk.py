@@ -7,6 +7,7 @@ own Prometheus counter ``orchestrator_engine_requests_total``.
 
 from __future__ import annotations
 
+import pathlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
+from test_harness.support import REAL_MODEL
 from tools.servers import start_server, stop_server
 
 MODEL = "mock:echo-1"
@@ -72,27 +74,45 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         assert stop_server(proc) == 0
 
 
-def agent(client: OpenAI) -> list[bytes]:
+def agent(client: OpenAI, model: str = MODEL) -> list[bytes]:
     """A small agent: a tool call, a structured answer, a streamed answer, a completion;
     the raw bytes of every answer."""
     out = []
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required")
+        model=model, messages=ASK, tools=[WEATHER], tool_choice="required")
     call = raw.parse().choices[0].message.tool_calls
     assert call is not None and raw.parse().choices[0].finish_reason == "tool_calls"
     out.append(raw.content)
     follow: Any = [*ASK, {"role": "assistant", "tool_calls": [c.model_dump() for c in call]},
               {"role": "tool", "tool_call_id": call[0].id, "content": "sunny, 21 C"}]
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=follow, response_format=ANSWER)
+        model=model, messages=follow, response_format=ANSWER)
     out.append(raw.content)
     with client.chat.completions.with_streaming_response.create(
-            model=MODEL, messages=ASK, stream=True, max_tokens=12,
+            model=model, messages=ASK, stream=True, max_tokens=12,
             stream_options={"include_usage": True}) as resp:
         out.append(b"".join(resp.iter_bytes()))
     out.append(client.completions.with_raw_response.create(
-        model=MODEL, prompt="Once upon a time", max_tokens=6).content)
+        model=model, prompt="Once upon a time", max_tokens=6).content)
     return out
+
+
+def record_replay_strict(server: Server, model: str) -> None:
+    """The agent recorded (4 engine requests), replayed (the recorded bytes, 0 engine
+    requests) and strict-replayed (the recorded bytes, 4 engine requests)."""
+    rec = server.run()
+    before = server.engine_requests()
+    recorded = agent(OpenAI(base_url=server.base(rec), api_key="k"), model)
+    assert server.engine_requests() - before == 4
+    replay = server.run("replay", rec)
+    before = server.engine_requests()
+    assert agent(OpenAI(base_url=server.base(replay), api_key="k"), model) == recorded
+    assert server.engine_requests() - before == 0
+    strict = server.run("strict_replay", rec)
+    before = server.engine_requests()
+    assert agent(OpenAI(base_url=server.base(strict), api_key="k", timeout=300.0),
+                 model) == recorded
+    assert server.engine_requests() - before == 4
 
 
 class TestRecordReplay:
@@ -101,18 +121,19 @@ class TestRecordReplay:
     def test_replay_serves_the_recording_with_no_engine_request(self, server: Server) -> None:
         """[OAI-6007] A replay answers the recorded bytes with 0 engine requests; a
         strict_replay runs every call again and answers the same bytes."""
-        rec = server.run()
-        before = server.engine_requests()
-        recorded = agent(OpenAI(base_url=server.base(rec), api_key="k"))
-        assert server.engine_requests() - before == 4
-        replay = server.run("replay", rec)
-        before = server.engine_requests()
-        assert agent(OpenAI(base_url=server.base(replay), api_key="k")) == recorded
-        assert server.engine_requests() - before == 0
-        strict = server.run("strict_replay", rec)
-        before = server.engine_requests()
-        assert agent(OpenAI(base_url=server.base(strict), api_key="k")) == recorded
-        assert server.engine_requests() - before == 4
+        record_replay_strict(server, MODEL)
+
+    @pytest.mark.engine
+    def test_the_same_on_the_real_engine(self, tmp_path: pathlib.Path) -> None:
+        """[OAI-6007] The same agent on llama.cpp with SmolLM2: tools and response_format
+        grammar-constrained, replay free, strict_replay byte-identical."""
+        proc, url = start_server(data_dir=str(tmp_path))
+        srv = Server(url)
+        try:
+            record_replay_strict(srv, REAL_MODEL)
+        finally:
+            srv.http.close()
+            assert stop_server(proc) == 0
 
     def test_a_changed_prompt_in_replay_names_the_field(self, server: Server) -> None:
         """[OAI-6004] A replayed call with another user message raises ConflictError
