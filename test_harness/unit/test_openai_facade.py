@@ -25,7 +25,7 @@ from orchestrator_core.openai_map import (
     nearest_call,
     openai_field,
 )
-from test_harness.support import MOCK_MODEL, app_client, parse_sse
+from test_harness.support import MOCK_MODEL, app_client, parse_sse, scripted_engine
 
 WEATHER: Any = {"type": "function", "function": {
     "name": "get_weather", "parameters": {
@@ -319,6 +319,29 @@ class TestErrors:
         err = msgspec.json.decode(resp.content)["error"]
         assert (err["type"], err["code"], err["param"]) == \
             ("invalid_request_error", "INVALID_PARAMS", param)
+
+    def test_a_failed_step_is_422_or_an_error_chunk(self) -> None:
+        """[OAI-6005] Output that misses the response_format is UnprocessableEntityError
+        (422 CONTRACT_VIOLATION); in a stream, an error chunk the SDK raises."""
+        fmt: Any = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}}}
+        with app_client(mock_config(), engine_factory=lambda pc, i: scripted_engine(
+                "not json")) as c:
+            flow = c.post("/v1/flows", json={"ast_ir": {"t": 2}}).json()
+            run_id = c.post(f"/v1/flows/{flow['flow_id']}/runs", json={"seed": 1}).json()[
+                "run_id"]
+            client = sdk(c, run_id)
+            with pytest.raises(openai.UnprocessableEntityError) as caught:
+                client.chat.completions.create(model=MOCK_MODEL, messages=HELLO,
+                                               response_format=fmt)
+            assert isinstance(caught.value.body, dict)
+            assert (caught.value.body["code"], caught.value.body["type"]) == \
+                ("CONTRACT_VIOLATION", "invalid_request_error")
+            with pytest.raises(openai.APIError) as streamed:
+                list(client.chat.completions.create(model=MOCK_MODEL, messages=HELLO,
+                                                    response_format=fmt, stream=True))
+            assert streamed.value.message == \
+                "the model's output is not a complete JSON document"
 
     def test_native_routes_keep_the_flat_envelope(self, server: TestClient[Any]) -> None:
         """[OAI-6005] A native route's error is still ``{code, message, retriable}``."""
