@@ -373,6 +373,23 @@ class Orchestrator:
             NotFound: no such Step (before the stream starts).
         """
         self.get_step(step_id, tenant)
+        return self.stream_of(step_id, last_event_id, heartbeat_s)
+
+    def stream_of(self, step_id: str, last_event_id: int | None = None,
+                  heartbeat_s: float | None = None) -> StepStream:
+        """The SSE stream of a Step the caller already holds, with no lookup: the Step
+        :meth:`submit_step` just returned to the same tenant (STREAM-2010). Anything else
+        goes through :meth:`open_stream`, which checks the Step and its tenant.
+
+        Args:
+            step_id: a Step that exists (its tenant already checked by the caller).
+            last_event_id: resume after this sequence number; None: from the start.
+            heartbeat_s: idle time before a ``: keep-alive`` comment (s); default
+                ``heartbeat_ms`` of the config.
+
+        Returns:
+            The stream, not started: the HTTP layer drives :meth:`StepStream.pump`.
+        """
         hb = heartbeat_s if heartbeat_s is not None else self.config.heartbeat_ms / 1000.0
         return StepStream(self.log, step_id, -1 if last_event_id is None else last_event_id,
                           hb, self._reader_left)
