@@ -340,15 +340,24 @@ class SqliteStore:
             ValueError: an update names a column outside ``STEP_UPDATABLE``.
             sqlite3.IntegrityError: a frame's ``(step_id, seq)`` is already stored.
         """
+        cursors: list[tuple[int, str]] = []  # (last_seq, step_id): the group's usual update
+        others: list[tuple[str, dict[str, Any]]] = []
+        for step_id, changes in updates:
+            if len(changes) == 1 and "last_seq" in changes:
+                cursors.append((changes["last_seq"], step_id))
+                continue
+            bad = set(changes) - STEP_UPDATABLE
+            if bad:
+                raise ValueError(f"not updatable: {sorted(bad)}")
+            others.append((step_id, changes))
         with self._transaction() as conn:
             if rows:
                 conn.executemany(
                     "INSERT INTO events (step_id, seq, run_id, type, data)"
                     " VALUES (?, ?, ?, ?, ?)", rows)
-            for step_id, changes in updates:
-                bad = set(changes) - STEP_UPDATABLE
-                if bad:
-                    raise ValueError(f"not updatable: {sorted(bad)}")
+            if cursors:  # one prepared statement for every Step of a token group
+                conn.executemany("UPDATE steps SET last_seq = ? WHERE step_id = ?", cursors)
+            for step_id, changes in others:
                 sets = ", ".join(f"{k} = :{k}" for k in changes)
                 conn.execute(f"UPDATE steps SET {sets} WHERE step_id = :_id",  # noqa: S608
                              {**changes, "_id": step_id})
