@@ -7,9 +7,14 @@ the mock server (``http-0``, dialect ``llama-server``, no model file), and, if i
 installed in its own venv (:mod:`tools.bench.peers`), LiteLLM's proxy in front of the same
 mock server. Every path asks for the same raw prompt, ``max_tokens`` and seed, and is timed
 from just before its request to the receipt of its last frame (orchestratord: the ``end``
-frame; OpenAI-compatible: ``data: [DONE]``, or the whole body when not streamed). The
-paths are alternated request by request, so drift hits all alike; all use the same
-client (httpx) and read streams the same way (line by line).
+frame; OpenAI-compatible: ``data: [DONE]``, or the whole body when not streamed; with the
+default ``--client raw``, to the end of each answer). The paths are alternated request by
+request, so drift hits all alike, in two blocks: orchestratord's paths with their
+baselines, then LiteLLM's with theirs (what the proxy does after answering, its logging
+tasks, would otherwise land on the next path's request). All use the same client:
+by default a minimal keep-alive HTTP/1.1 client (:mod:`tools.bench.rawhttp`), since httpx
+alone spends about 1.2 ms of CPU per streamed request here; ``--client httpx`` measures
+with httpx.
 
 Paths and what is subtracted from them (the "added" figures):
 
@@ -46,6 +51,7 @@ from worker_adapters.mock import default_handler
 
 from .mock_openai import MODEL as HTTP_MODEL
 from .peers import LITELLM_SPEC, LiteLLMProxy, ensure_litellm
+from .rawhttp import RawHttp
 from .stats import PathStats, summarise
 
 __all__ = ["OverheadReport", "PathResult", "main", "measure", "render_text"]
@@ -80,6 +86,7 @@ class OverheadReport(msgspec.Struct, frozen=True):
         max_tokens: tokens per request.
         paths: every path, baselines included.
         peer: the LiteLLM version measured, or why it was skipped.
+        client: the benchmark's HTTP client, ``raw`` or ``httpx``.
         target_p50_ms / target_p99_ms: the goal for orchestratord's one round trip (ms).
     """
 
@@ -88,6 +95,7 @@ class OverheadReport(msgspec.Struct, frozen=True):
     max_tokens: int
     paths: list[PathResult]
     peer: str
+    client: str = "raw"
     target_p50_ms: float = 1.5
     target_p99_ms: float = 5.0
 
@@ -197,6 +205,63 @@ class _Probes:
         return await self._openai(self.peer[0], "/v1/chat/completions", False, self.peer[1])
 
 
+class _RawProbes(_Probes):
+    """The same probes over :class:`~tools.bench.rawhttp.RawHttp` (one keep-alive
+    connection per server), timed to the end of each answer's body."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conns: dict[str, RawHttp] = {}
+
+    def _conn(self, base: str) -> RawHttp:
+        if base not in self.conns:
+            self.conns[base] = RawHttp(base)
+        return self.conns[base]
+
+    async def one_trip(self, model: str = MOCK_MODEL) -> float:
+        body = msgspec.json.encode(self._step(model))
+        t0 = time.perf_counter_ns()
+        resp = await self._conn(self.orch).request(
+            "POST", f"/v1/runs/{self.runs[model]}/steps", body,
+            {"Accept": "text/event-stream"})
+        ms = _ms(t0)
+        if resp.status != 201 or b"event: end\n" not in resp.body:
+            raise RuntimeError(f"submit answered {resp.status}: {resp.body[-200:]!r}")
+        return ms
+
+    async def two_trips(self) -> float:
+        body = msgspec.json.encode(self._step(MOCK_MODEL))
+        conn = self._conn(self.orch)
+        t0 = time.perf_counter_ns()
+        resp = await conn.request("POST", f"/v1/runs/{self.runs[MOCK_MODEL]}/steps", body)
+        step_id = msgspec.json.decode(resp.body)["step_id"]
+        stream = await conn.request("GET", f"/v1/steps/{step_id}/stream")
+        ms = _ms(t0)
+        if b"event: end\n" not in stream.body:
+            raise RuntimeError(f"stream of {step_id} has no end frame")
+        return ms
+
+    async def _openai(self, base: str, path: str, stream: bool, key: str = "") -> float:
+        body: dict[str, Any] = {"model": HTTP_MODEL, "max_tokens": self.max_tokens,
+                                "temperature": 0.0, "seed": 1234, "stream": stream}
+        if path.endswith("chat/completions"):
+            body["messages"] = [{"role": "user", "content": PROMPT}]
+        else:
+            body["prompt"] = PROMPT
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        raw = msgspec.json.encode(body)
+        t0 = time.perf_counter_ns()
+        resp = await self._conn(base).request("POST", path, raw, headers)
+        ms = _ms(t0)
+        if resp.status != 200 or (stream and b"data: [DONE]" not in resp.body):
+            raise RuntimeError(f"{base}{path} answered {resp.status}: {resp.body[-200:]!r}")
+        return ms
+
+    async def aclose(self) -> None:
+        for conn in self.conns.values():
+            await conn.aclose()
+
+
 _PATHS: list[tuple[str, str, str]] = [
     # (name, probe, baseline name)
     ("mock engine, in-process", "in_process", ""),
@@ -215,8 +280,14 @@ _PATHS: list[tuple[str, str, str]] = [
 ]
 
 
+_PEER_GROUP = frozenset({"mock server direct, chat stream", "mock server direct, chat whole",
+                         "LiteLLM proxy -> mock server, chat stream",
+                         "LiteLLM proxy -> mock server, chat whole"})
+"""The paths of the second block."""
+
+
 async def _run(orch: str, upstream: str, peer: tuple[str, str] | None, rounds: int,
-               per_round: int, max_tokens: int) -> list[PathResult]:
+               per_round: int, max_tokens: int, client: str) -> list[PathResult]:
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0),
                                  limits=limits) as http:
@@ -231,19 +302,25 @@ async def _run(orch: str, upstream: str, peer: tuple[str, str] | None, rounds: i
                 out[model] = run.json()["run_id"]
             return out
 
-        probes = _Probes(http, orch, upstream, peer, await new_runs(), max_tokens)
+        kind = _RawProbes if client == "raw" else _Probes
+        probes = kind(http, orch, upstream, peer, await new_runs(), max_tokens)
         active = [(n, getattr(probes, p), b) for n, p, b in _PATHS
                   if peer is not None or not p.startswith("litellm")]
         for _name, probe, _b in active:  # one warm-up each, not counted
             await probe()
         samples: dict[str, list[list[float]]] = {n: [] for n, _p, _b in active}
-        for _r in range(rounds):
-            for series in samples.values():
-                series.append([])
-            for _i in range(per_round):
-                for name, probe, _b in active:
-                    samples[name][-1].append(await probe())
-            probes.runs = await new_runs()  # Runs stay small (50 Steps or so)
+        groups = [[a for a in active if a[0] not in _PEER_GROUP],
+                  [a for a in active if a[0] in _PEER_GROUP]]
+        for group in groups:  # the peer's block after orchestratord's
+            for _r in range(rounds):
+                for name, _p, _b in group:
+                    samples[name].append([])
+                for _i in range(per_round):
+                    for name, probe, _b in group:
+                        samples[name][-1].append(await probe())
+                probes.runs = await new_runs()  # Runs stay small (50 Steps or so)
+        if isinstance(probes, _RawProbes):
+            await probes.aclose()
     stats = {n: summarise(s) for n, s in samples.items()}
     out = []
     for name, _p, base in active:
@@ -266,7 +343,7 @@ def _orch_config(data_dir: str, upstream: str) -> ServerConfig:
 
 
 def measure(work_dir: pathlib.Path, *, rounds: int = 5, per_round: int = 20,
-            max_tokens: int = 8, peer: bool = True) -> OverheadReport:
+            max_tokens: int = 8, peer: bool = True, client: str = "raw") -> OverheadReport:
     """Start the mock server, orchestratord and (if it installs) LiteLLM; measure.
 
     Args:
@@ -274,6 +351,8 @@ def measure(work_dir: pathlib.Path, *, rounds: int = 5, per_round: int = 20,
         rounds / per_round: R rounds of K requests per path, alternated.
         max_tokens: tokens per request.
         peer: measure LiteLLM too.
+        client: ``raw`` (:class:`~tools.bench.rawhttp.RawHttp`, timed to the end of each
+            answer) or ``httpx`` (timed to the last frame).
     """
     port = free_port()
     mock = subprocess.Popen([sys.executable, "-m", "tools.bench.mock_openai", str(port)],
@@ -300,13 +379,14 @@ def measure(work_dir: pathlib.Path, *, rounds: int = 5, per_round: int = 20,
         venv, version = ensure_litellm() if peer else (None, "not asked for (--no-peer)")
         if venv is None:
             print(version, file=sys.stderr, flush=True)
-            paths = asyncio.run(_run(orch, upstream, None, rounds, per_round, max_tokens))
-            return OverheadReport(rounds, per_round, max_tokens, paths, version)
+            paths = asyncio.run(_run(orch, upstream, None, rounds, per_round, max_tokens,
+                                     client))
+            return OverheadReport(rounds, per_round, max_tokens, paths, version, client)
         with LiteLLMProxy(venv, upstream, HTTP_MODEL, work_dir / "litellm") as proxy:
             paths = asyncio.run(_run(orch, upstream, (proxy.url, proxy.key), rounds,
-                                     per_round, max_tokens))
+                                     per_round, max_tokens, client))
         return OverheadReport(rounds, per_round, max_tokens, paths,
-                              f"litellm {version} ({LITELLM_SPEC})")
+                              f"litellm {version} ({LITELLM_SPEC})", client)
     finally:
         if orch_proc is not None:
             stop_server(orch_proc)
@@ -319,7 +399,7 @@ def render_text(report: OverheadReport) -> str:
     lines = [
         f"added latency per llm_call: {report.rounds} rounds x {report.per_round} requests "
         f"per path, alternating, {report.max_tokens} tokens, prompt {PROMPT!r}",
-        f"peer: {report.peer}",
+        f"peer: {report.peer}; client: {report.client}",
         "",
         f"   {'path':<50}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>10}{'+p99 ms':>10}",
     ]
@@ -351,13 +431,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="requests per path per round K (default 20)")
     p.add_argument("--max-tokens", type=int, default=8, help="tokens per request (default 8)")
     p.add_argument("--no-peer", action="store_true", help="skip LiteLLM")
+    p.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                   help="the bench's HTTP client (default raw: a minimal keep-alive "
+                        "HTTP/1.1 client, so that the client's own cost stays small)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     if min(args.rounds, args.per_round, args.max_tokens) < 1:
         p.error("--rounds, --per-round and --max-tokens must be at least 1")
     with tempfile.TemporaryDirectory(prefix="orchestratord-overhead-") as tmp:
         report = measure(pathlib.Path(tmp), rounds=args.rounds, per_round=args.per_round,
-                         max_tokens=args.max_tokens, peer=not args.no_peer)
+                         max_tokens=args.max_tokens, peer=not args.no_peer,
+                         client=args.client)
     print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode() if args.json
           else render_text(report))
     return 0
