@@ -26,7 +26,7 @@ import msgspec
 from contracts.errors import DeterminismInputsDiffer, InvalidParams, NotFound
 from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, ModelCapability, PoolInfo
-from contracts.runs import Run, RunCreate, RunMode, RunStatus
+from contracts.runs import Budgets, Run, RunCreate, RunMode, RunStatus
 from contracts.steps import Step, StepSubmit
 from orchestrator_core import lookup, views
 from orchestrator_core.budgets import BudgetBook
@@ -63,6 +63,16 @@ SERVER_VERSION = "orchestratord 0.1.0"
 DEFAULT_TENANT = "default"
 """The tenant of every request when the server has no bearer tokens configured."""
 _enc = msgspec.json.Encoder()
+
+
+class _RunBudgets(msgspec.Struct):
+    """The budgets in a stored Run's body (the rest is not decoded)."""
+
+    budgets: Budgets = Budgets()
+
+
+_budgets_of = msgspec.json.Decoder(_RunBudgets)
+_NO_BUDGETS = Budgets()
 
 
 class Orchestrator:
@@ -338,8 +348,9 @@ class Orchestrator:
             with only the capped budgets present, each at least 0; ``{}`` for no Run.
             The HTTP layer turns these into ``X-Budget-*-Remaining`` headers.
         """
-        if self.store.get_run(run_id) is None:
-            return {}
+        row = self.store.get_run(run_id)
+        if row is None or _budgets_of.decode(row.body).budgets == _NO_BUDGETS:
+            return {}  # no cap, nothing to report: the Run's usage is not read
         left = self.budgets.remaining(self.get_run(run_id, None))
         out = {k: max(0.0, float(left[k])) for k in ("tokens_in", "tokens_out", "cost_usd")
                if math.isfinite(left[k])}

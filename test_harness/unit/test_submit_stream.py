@@ -56,6 +56,19 @@ class TestSubmitStream:
             "started", "token", "token", "token", "token", "end"]
         assert raw == reread
 
+    def test_the_stream_answer_carries_the_runs_budget_headers(
+            self, client: TestClient[Any]) -> None:
+        """A Run with an output budget gets ``X-Budget-Tokens-Out-Remaining`` on the stream
+        answer (what is left once this Step's reservation is held); a Run without budgets
+        gets no ``X-Budget-*`` header [POLICY-3000]."""
+        flow = client.post("/v1/flows", json={"ast_ir": {"b": 1}}).json()["flow_id"]
+        capped = client.post(f"/v1/flows/{flow}/runs", json={
+            "mode": "record", "seed": 5, "budgets": {"max_tokens_out": 100}}).json()["run_id"]
+        _status, headers, _raw = _submit(client, capped, llm_step("b", max_tokens=4), SSE)
+        _status, plain, _raw = _submit(client, _run(client), llm_step("p", max_tokens=4), SSE)
+        assert headers["x-budget-tokens-out-remaining"] == "96"
+        assert [h for h in plain if h.startswith("x-budget-")] == []
+
     def test_a_repeated_token_answers_200_with_the_same_stream_and_runs_nothing(
             self, client: TestClient[Any], mock_cfg: ServerConfig) -> None:
         """Resubmitting the same body is 200 with the same Step's stream, byte for byte,
