@@ -10,6 +10,9 @@ one connection, in explicit transactions:
 * :meth:`SqliteStore.commit_events` appends frames and applies Step status changes in
   one transaction, so a terminal frame and the terminal status are never apart.
 
+WAL checkpoints run in a background thread (:mod:`orchestrator_core.wal_checkpoints`), so
+that no ``COMMIT`` on the event loop carries one.
+
 Rows are read as plain tuples from explicit column lists and built positionally into the
 Structs of :mod:`orchestrator_core.rows`; the event log's reads stay tuples (the hot path).
 The column lists are those of the schema as opened: a store opened at an older schema
@@ -41,6 +44,7 @@ from orchestrator_core.rows import (
     StepUpdate,
 )
 from orchestrator_core.store_base import Store
+from orchestrator_core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
 
@@ -110,6 +114,9 @@ class SqliteStore:
         self._conn.execute("PRAGMA busy_timeout=5000")
         migrate(self._conn, self.migrate_to if migrate_to is None else migrate_to)
         self._prepare()
+        # checkpoints run in a thread of their own, not inside a COMMIT of the loop
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+        self._checkpointer = WalCheckpointer(self.path)
 
     def _prepare(self) -> None:
         """Build the column lists and statements of the schema as opened."""
@@ -394,7 +401,8 @@ class SqliteStore:
     # -- misc --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Checkpoint the WAL and close the connection."""
+        """Stop the background checkpoints, checkpoint the WAL and close the connection."""
+        self._checkpointer.close()
         try:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:

@@ -1,14 +1,18 @@
-"""The per-token hot path: the group commit's Step updates, the mock engine's yield
-(STREAM-2000)."""
+"""The commit path: the group commit's Step updates, WAL checkpoints off the event loop,
+the mock engine's yield (STREAM-2000)."""
 
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import sqlite3
+import time
 
 import pytest
 
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store import SqliteStore
+from orchestrator_core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 from worker_adapters.base import CompletionRequest, Delta
 from worker_adapters.mock import MockEngine, default_handler
 
@@ -49,6 +53,38 @@ class TestGroupCommitUpdates:
                               [("s", {"last_seq": 0}), ("s2", {"run_id": "x"})])
         assert (two.read_events("s", -1), _steps(two)) == (
             [], {"s": (-1, "queued"), "s2": (-1, "queued")})
+
+
+class TestWalCheckpoints:
+    """Checkpoints run in a background thread, not inside a COMMIT of the event loop."""
+
+    def test_the_writer_checkpoints_only_as_a_backstop(self, store: SqliteStore) -> None:
+        """The store's connection checkpoints itself only past 10,000 pages of log, and
+        its background checkpointer runs until the store is closed."""
+        backstop = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        running = store._checkpointer.running
+        store.close()
+        assert (backstop, BACKSTOP_PAGES, running, store._checkpointer.running) == (
+            10_000, 10_000, True, False)
+
+    def test_committed_pages_are_copied_back_by_the_thread(
+            self, tmp_path: pathlib.Path) -> None:
+        """Pages a writer committed to the log reach the database file through the
+        background thread alone (the writer never checkpoints here)."""
+        db = tmp_path / "w.db"
+        writer = sqlite3.connect(db, isolation_level=None)
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute("CREATE TABLE t (x BLOB)")
+        writer.executemany("INSERT INTO t VALUES (?)", [(b"x" * 1000,)] * 200)
+        before = db.stat().st_size
+        checkpointer = WalCheckpointer(db, interval_s=0.01)
+        deadline = time.monotonic() + 10
+        while checkpointer.checkpoints < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        checkpointer.close()
+        writer.close()
+        assert (before, db.stat().st_size >= 200 * 1000) == (4096, True)  # header only
 
 
 class TestMockYield:
