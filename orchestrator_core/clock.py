@@ -29,7 +29,7 @@ from typing import Protocol
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Clock", "FakeClock", "SystemClock", "Timer", "iso_utc"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "Timer", "iso_utc", "window_time"]
 
 
 class Timer(Protocol):
@@ -231,6 +231,17 @@ class FakeClock:
         if entry in self._timers:
             self._timers.remove(entry)
             heapq.heapify(self._timers)
+
+
+def window_time() -> float:
+    """Real monotonic time (s), for the event log's group-commit window only: when the
+    last group commit was, so that a frame of a quiet log need not wait a window out
+    (STREAM-2000). Like the window itself, it is not a timer of the domain.
+
+    Returns:
+        ``time.monotonic()``.
+    """
+    return time.monotonic()
 
 
 def iso_utc(ts: float) -> str:

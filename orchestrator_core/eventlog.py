@@ -6,7 +6,10 @@
   reference to its recording, whose frames its readers get (NERVE-4025).
 * Durable frames get a per-Step sequence number and are committed to SQLite in groups
   (every ``commit_interval_ms`` or ``commit_max_frames``); a terminal frame commits at once,
-  together with the Step's terminal status (STREAM-2000).
+  together with the Step's terminal status (STREAM-2000). The window only batches: a frame
+  that becomes pending when the log has not committed for ``commit_interval_ms`` (the first
+  frame of a quiet log, a slow engine's next token) is committed on the next pass of the
+  event loop, with whatever else that pass appended, instead of waiting a window out.
 * Readers are cursors. Committed frames of live Steps are also kept in a read-through
   cache so that many subscribers cost one list, not one query each; they are SSE-framed
   once, by the first read that needs them (a Step nobody reads is never framed). A
@@ -45,7 +48,7 @@ from contracts.events import (
     TerminalPayload,
     sse_frame,
 )
-from orchestrator_core.clock import Clock
+from orchestrator_core.clock import Clock, window_time
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.rows import EventRead, EventRow, StepUpdate
 from orchestrator_core.store_base import Store
@@ -110,6 +113,7 @@ class EventLog:
         self._pending: list[EventRow] = []
         self._pending_updates: dict[str, dict[str, Any]] = {}
         self._dirty = anyio.Event()
+        self._last_commit = -float("inf")  # window_time() of the last group commit
 
     # -- writing -----------------------------------------------------------------------
 
@@ -244,6 +248,7 @@ class EventLog:
             for step_id, changes in queued.items():
                 self._pending_updates.setdefault(step_id, {}).update(changes)
             raise
+        self._last_commit = window_time()
         self.metrics.group_commits.inc()
         self.metrics.events_committed.inc(len(rows))
         lives = self._live
@@ -259,16 +264,20 @@ class EventLog:
                     sub.notify()
 
     async def run_flusher(self) -> None:
-        """Background task: commit pending frames every ``commit_interval_s`` (real time:
-        a batching window, not a timer of the domain); evict finished Steps from the cache
-        after their linger, swept every second of the injected clock (NERVE-4060)."""
+        """Background task: commit pending frames at most ``commit_interval_s`` after the
+        previous group commit (real time: a batching window, not a timer of the domain),
+        and at once, on the loop pass after the first frame became pending, when the log
+        has been quiet for a whole window (STREAM-2000); evict finished Steps from the
+        cache after their linger, swept every second of the injected clock (NERVE-4060)."""
         next_sweep = self.clock.monotonic() + 1.0
         while True:
             with self.clock.move_on_after(max(0.0, next_sweep - self.clock.monotonic())):
                 await self._dirty.wait()
             self._dirty = anyio.Event()
             if self._pending:
-                await anyio.sleep(self.commit_interval_s)
+                wait = self._last_commit + self.commit_interval_s - window_time()
+                if wait > 0:
+                    await anyio.sleep(wait)
                 self.flush()
             now = self.clock.monotonic()
             if now >= next_sweep:

@@ -26,7 +26,7 @@ import msgspec
 from contracts.errors import DeterminismInputsDiffer, InvalidParams, NotFound
 from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, ModelCapability, PoolInfo
-from contracts.runs import Run, RunCreate, RunMode, RunStatus
+from contracts.runs import Budgets, Run, RunCreate, RunMode, RunStatus
 from contracts.steps import Step, StepSubmit
 from orchestrator_core import lookup, views
 from orchestrator_core.budgets import BudgetBook
@@ -63,6 +63,16 @@ SERVER_VERSION = "orchestratord 0.1.0"
 DEFAULT_TENANT = "default"
 """The tenant of every request when the server has no bearer tokens configured."""
 _enc = msgspec.json.Encoder()
+
+
+class _RunBudgets(msgspec.Struct):
+    """The budgets in a stored Run's body (the rest is not decoded)."""
+
+    budgets: Budgets = Budgets()
+
+
+_budgets_of = msgspec.json.Decoder(_RunBudgets)
+_NO_BUDGETS = Budgets()
 
 
 class Orchestrator:
@@ -338,8 +348,9 @@ class Orchestrator:
             with only the capped budgets present, each at least 0; ``{}`` for no Run.
             The HTTP layer turns these into ``X-Budget-*-Remaining`` headers.
         """
-        if self.store.get_run(run_id) is None:
-            return {}
+        row = self.store.get_run(run_id)
+        if row is None or _budgets_of.decode(row.body).budgets == _NO_BUDGETS:
+            return {}  # no cap, nothing to report: the Run's usage is not read
         left = self.budgets.remaining(self.get_run(run_id, None))
         out = {k: max(0.0, float(left[k])) for k in ("tokens_in", "tokens_out", "cost_usd")
                if math.isfinite(left[k])}
@@ -373,6 +384,23 @@ class Orchestrator:
             NotFound: no such Step (before the stream starts).
         """
         self.get_step(step_id, tenant)
+        return self.stream_of(step_id, last_event_id, heartbeat_s)
+
+    def stream_of(self, step_id: str, last_event_id: int | None = None,
+                  heartbeat_s: float | None = None) -> StepStream:
+        """The SSE stream of a Step the caller already holds, with no lookup: the Step
+        :meth:`submit_step` just returned to the same tenant (STREAM-2010). Anything else
+        goes through :meth:`open_stream`, which checks the Step and its tenant.
+
+        Args:
+            step_id: a Step that exists (its tenant already checked by the caller).
+            last_event_id: resume after this sequence number; None: from the start.
+            heartbeat_s: idle time before a ``: keep-alive`` comment (s); default
+                ``heartbeat_ms`` of the config.
+
+        Returns:
+            The stream, not started: the HTTP layer drives :meth:`StepStream.pump`.
+        """
         hb = heartbeat_s if heartbeat_s is not None else self.config.heartbeat_ms / 1000.0
         return StepStream(self.log, step_id, -1 if last_event_id is None else last_event_id,
                           hb, self._reader_left)

@@ -13,6 +13,9 @@ one connection, in explicit transactions:
   change in the statement that inserts or updates a Step, so they are never apart from
   the Steps either, and :meth:`SqliteStore.run_usage` reads two keys (NERVE-4042).
 
+WAL checkpoints run in a background thread (:mod:`orchestrator_core.wal_checkpoints`), so
+that no ``COMMIT`` on the event loop carries one.
+
 Rows are read as plain tuples from explicit column lists and built positionally into the
 Structs of :mod:`orchestrator_core.rows`; the event log's reads stay tuples (the hot path).
 The column lists are those of the schema as opened: a store opened at an older schema
@@ -44,6 +47,7 @@ from orchestrator_core.rows import (
     StepUpdate,
 )
 from orchestrator_core.store_base import Store
+from orchestrator_core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
 
@@ -113,6 +117,9 @@ class SqliteStore:
         self._conn.execute("PRAGMA busy_timeout=5000")
         migrate(self._conn, self.migrate_to if migrate_to is None else migrate_to)
         self._prepare()
+        # checkpoints run in a thread of their own, not inside a COMMIT of the loop
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+        self._checkpointer = WalCheckpointer(self.path)
 
     def _prepare(self) -> None:
         """Build the column lists and statements of the schema as opened."""
@@ -376,15 +383,24 @@ class SqliteStore:
             ValueError: an update names a column outside ``STEP_UPDATABLE``.
             sqlite3.IntegrityError: a frame's ``(step_id, seq)`` is already stored.
         """
+        cursors: list[tuple[int, str]] = []  # (last_seq, step_id): the group's usual update
+        others: list[tuple[str, dict[str, Any]]] = []
+        for step_id, changes in updates:
+            if len(changes) == 1 and "last_seq" in changes:
+                cursors.append((changes["last_seq"], step_id))
+                continue
+            bad = set(changes) - STEP_UPDATABLE
+            if bad:
+                raise ValueError(f"not updatable: {sorted(bad)}")
+            others.append((step_id, changes))
         with self._transaction() as conn:
             if rows:
                 conn.executemany(
                     "INSERT INTO events (step_id, seq, run_id, type, data)"
                     " VALUES (?, ?, ?, ?, ?)", rows)
-            for step_id, changes in updates:
-                bad = set(changes) - STEP_UPDATABLE
-                if bad:
-                    raise ValueError(f"not updatable: {sorted(bad)}")
+            if cursors:  # one prepared statement for every Step of a token group
+                conn.executemany("UPDATE steps SET last_seq = ? WHERE step_id = ?", cursors)
+            for step_id, changes in others:
                 sets = ", ".join(f"{k} = :{k}" for k in changes)
                 conn.execute(f"UPDATE steps SET {sets} WHERE step_id = :_id",  # noqa: S608
                              {**changes, "_id": step_id})
@@ -471,7 +487,8 @@ class SqliteStore:
     # -- misc --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Checkpoint the WAL and close the connection."""
+        """Stop the background checkpoints, checkpoint the WAL and close the connection."""
+        self._checkpointer.close()
         try:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:

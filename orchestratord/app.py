@@ -56,7 +56,7 @@ from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
-from orchestratord.sse import SSE_HEADERS, SseStream
+from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
 from worker_adapters.base import Drivers, ToolsFactory
 from worker_adapters.registry import default_drivers
 from worker_adapters.tools import tool_registry
@@ -209,11 +209,25 @@ async def cancel_run(run_id: FromPath[str], orch: Orch, tenant: Tenant) -> Run:
 
 @post("/v1/runs/{run_id:str}/steps", status_code=201)
 async def submit_step(run_id: FromPath[str], data: JSONBody[StepSubmit],
-                      orch: Orch, tenant: Tenant) -> Response[Step]:
-    """Submit a Step: 201 when new, 200 when the client_token already names it."""
+                      request: Request[Any, Any, Any], orch: Orch,
+                      tenant: Tenant) -> Response[Any]:
+    """Submit a Step: 201 when new, 200 when the client_token already names it.
+
+    With ``Accept: text/event-stream`` the answer is the Step's SSE stream itself, with
+    the same status, ``X-Step-Id`` and ``Location`` (STREAM-2010); ``Last-Event-ID``
+    then resumes it, and is checked before anything is admitted.
+    """
+    streamed = accepts_event_stream(request.scope["headers"])
+    last = _last_event_id(request) if streamed else None
     step, created = await orch.submit_step(run_id, data, tenant)
-    return Response(step, status_code=201 if created else 200,
-                    headers=budget_headers(orch, run_id))
+    status = 201 if created else 200
+    headers = budget_headers(orch, run_id)
+    if streamed:
+        headers["X-Step-Id"] = step.step_id
+        headers["Location"] = f"/v1/steps/{quote(step.step_id)}"
+        return SseStream(orch.stream_of(step.step_id, last), status_code=status,
+                         headers=headers)
+    return Response(step, status_code=status, headers=headers)
 
 
 @get("/v1/steps/{step_id:str}")

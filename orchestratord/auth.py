@@ -50,9 +50,12 @@ def _match(tokens: dict[str, str], presented: str) -> str | None:
     return found
 
 
-def require_token(connection: ASGIConnection[Any, Any, Any, Any],
-                  handler: BaseRouteHandler) -> None:
+async def require_token(connection: ASGIConnection[Any, Any, Any, Any],
+                        handler: BaseRouteHandler) -> None:
     """Guard: resolve the tenant from ``Authorization: Bearer <token>``.
+
+    It is ``async`` on purpose, though it never awaits: Litestar runs a plain function
+    guard in a worker thread, a thread hop on every request (about 0.1 ms of latency).
 
     Raises:
         Unauthorized: tokens are configured and the request has none, or a wrong one.

@@ -9,6 +9,7 @@ The transport is injectable, like httpx's own (``transport=httpx.ASGITransport(a
 from __future__ import annotations
 
 import base64
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,7 +35,7 @@ from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run
 from contracts.steps import Step
 
-__all__ = ["Frame", "OrchestratorClient", "StepResult", "UntypedData"]
+__all__ = ["Frame", "OrchestratorClient", "StepResult", "SubmittedStream", "UntypedData"]
 
 _env_decoder = msgspec.json.Decoder(ErrorEnvelope)
 _EPHEMERAL = frozenset(t.value for t in FrameType if t not in DURABLE_FRAMES)
@@ -145,6 +146,38 @@ class StepResult(msgspec.Struct):
     def token_ids(self) -> list[int]:
         """The engine token id of each token frame."""
         return [tok.id for tok in self.token_data]
+
+
+class SubmittedStream:
+    """A Step submitted with ``Accept: text/event-stream``: its id, whether the request
+    created it, and its frames as they arrive (STREAM-2010).
+
+    Attributes:
+        step_id: the Step's id (``X-Step-Id``).
+        created: True for a 201 (a new Step), False for a 200 (the ``client_token``
+            already named it).
+    """
+
+    def __init__(self, step_id: str, created: bool, frames: AsyncIterator[Frame]) -> None:
+        self.step_id = step_id
+        self.created = created
+        self._frames = frames
+
+    def frames(self) -> AsyncIterator[Frame]:
+        """The Step's frames until its terminal frame (iterate once)."""
+        return self._frames
+
+
+async def _frames_of(source: Any) -> AsyncIterator[Frame]:
+    """The frames of an open ``httpx_sse`` event source, until a terminal frame."""
+    async for sse in source.aiter_sse():
+        if not sse.data and sse.event == "message":
+            continue  # a ": keep-alive" comment after a frame that set an id
+        # SSE carries the last id over to frames without one: ephemeral ones
+        seq = int(sse.id) if sse.id and sse.event not in _EPHEMERAL else None
+        yield Frame.decode(seq, sse.event, sse.data)
+        if sse.event in ("end", "error"):
+            return
 
 
 class OrchestratorClient:
@@ -267,17 +300,47 @@ class OrchestratorClient:
             if source.response.status_code >= 400:
                 await source.response.aread()
                 raise error_from_envelope(_env_decoder.decode(source.response.content))
-            async for sse in source.aiter_sse():
-                if not sse.data and sse.event == "message":
-                    continue  # a ": keep-alive" comment after a frame that set an id
-                # SSE carries the last id over to frames without one: ephemeral ones
-                seq = int(sse.id) if sse.id and sse.event not in _EPHEMERAL else None
-                yield Frame.decode(seq, sse.event, sse.data)
-                if sse.event in ("end", "error"):
-                    return
+            async for frame in _frames_of(source):
+                yield frame
+
+    @contextlib.asynccontextmanager
+    async def submit_stream(self, run_id: str, body: dict[str, Any], *,
+                            last_event_id: int | None = None) -> \
+            AsyncIterator[SubmittedStream]:
+        """Submit a Step and read its stream in the same request: ``POST
+        /v1/runs/{id}/steps`` with ``Accept: text/event-stream`` (one round trip,
+        STREAM-2010). A ``client_token`` is generated when missing; resubmitting the same
+        body with ``last_event_id`` resumes the stream after that frame.
+
+        A server that answers the submission with JSON (one older than the stream
+        answer) is read as before: the Step from the body, then its ``GET`` stream.
+
+        Raises:
+            OrchestratorError: the submission was refused (its typed subclass).
+        """
+        body = {"client_token": str(uuid.uuid4()), **body}
+        headers = {"content-type": "application/json"}  # aconnect_sse adds the Accept
+        if last_event_id is not None:
+            headers["last-event-id"] = str(last_event_id)
+        async with aconnect_sse(self._http, "POST", f"/v1/runs/{run_id}/steps",
+                                content=msgspec.json.encode(body), headers=headers,
+                                timeout=None) as source:
+            resp = source.response
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise error_from_envelope(_env_decoder.decode(resp.content))
+            if resp.headers.get("content-type", "").startswith("application/json"):
+                await resp.aread()
+                step = msgspec.json.decode(resp.content, type=Step)
+                yield SubmittedStream(step.step_id, resp.status_code == 201,
+                                      self.stream(step.step_id, last_event_id=last_event_id))
+                return
+            yield SubmittedStream(resp.headers["x-step-id"], resp.status_code == 201,
+                                  _frames_of(source))
 
     async def run_step(self, run_id: str, body: dict[str, Any]) -> StepResult:
-        """Submit a Step and read its stream to the end."""
-        step = await self.submit_step(run_id, body)
-        frames = [f async for f in self.stream(step.step_id)]
-        return StepResult(step=await self.get_step(step.step_id), frames=frames)
+        """Submit a Step, read its stream to the end in the same request
+        (:meth:`submit_stream`), then read the finished Step."""
+        async with self.submit_stream(run_id, body) as submitted:
+            frames = [f async for f in submitted.frames()]
+        return StepResult(step=await self.get_step(submitted.step_id), frames=frames)

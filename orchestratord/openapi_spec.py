@@ -8,7 +8,8 @@ it can answer and the codes behind it (:data:`ROUTE_ERRORS`), and adds what Lite
 cannot know (NERVE-4033): the SSE frame union (``SseFrame``) for the stream
 routes, the bearer security scheme (``/health`` and ``/ready`` are public), the
 ``X-Correlation-Id`` request and response header, ``Last-Event-ID`` on the streams,
-``Retry-After`` and ``X-Backoff-Ms`` on 429, and the 200 of the idempotent creations.
+``Retry-After`` and ``X-Backoff-Ms`` on 429, the 200 of the idempotent creations, and
+the Step submission's stream answer (STREAM-2010).
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ _CREATED_OR_EXISTING = frozenset({"POST /v1/flows", "POST /v1/runs/{run_id}/step
 
 _STREAMS = {"GET /v1/steps/{step_id}/stream": "SseFrame",
             "GET /v1/runs/{run_id}/facts/stream": "FactFrame"}
+
+_SUBMIT = "POST /v1/runs/{run_id}/steps"
+"""The submission, which answers JSON or, asked for, the Step's stream (STREAM-2010)."""
 
 SECURITY_COMPONENTS = Components(security_schemes={"bearerAuth": SecurityScheme(
     type="http", scheme="bearer",
@@ -258,6 +262,32 @@ _LAST_EVENT_ID = {
     "description": "Resume after this sequence number (an integer in [0, 2**63)); "
                    "anything else is 400 `INVALID_PARAMS`.",
     "schema": {"type": "string"}}
+_SUBMIT_LAST_EVENT_ID = {
+    **_LAST_EVENT_ID,
+    "description": "Only with `Accept: text/event-stream`: resume the Step's stream after "
+                   "this sequence number (an integer in [0, 2**63)); anything else is 400 "
+                   "`INVALID_PARAMS`, before anything is admitted."}
+
+
+def _submitted(status: int) -> dict[str, Any]:
+    """A 201/200 of the submission: the Step as JSON, or its SSE stream (STREAM-2010)."""
+    what = ("The Step was created" if status == 201
+            else "The `client_token` already names this Step (nothing new runs)")
+    return {
+        "description": f"{what}. With `Accept: text/event-stream` (an explicit media range, "
+                       "q > 0) the body is the Step's SSE stream of `SseFrame` events "
+                       "from its first frame (or after `Last-Event-ID`), as `GET "
+                       "/v1/steps/{step_id}/stream` would send it, and `X-Step-Id` and "
+                       "`Location` name the Step; otherwise it is the Step as JSON.",
+        "headers": {
+            "X-Correlation-Id": _CORRELATION_OUT,
+            "X-Step-Id": {"description": "The Step's id (stream answers only).",
+                          "schema": {"type": "string"}},
+            "Location": {"description": "`/v1/steps/{step_id}` (stream answers only).",
+                         "schema": {"type": "string"}}},
+        "content": {
+            "application/json": {"schema": {"$ref": _REF.format(name="Step")}},
+            "text/event-stream": {"schema": {"$ref": _REF.format(name="SseFrame")}}}}
 
 
 def _errors_of(key: str) -> dict[int, tuple[ErrorCode, ...]]:
@@ -284,7 +314,10 @@ def _complete(key: str, op: Operation) -> None:
                            "that sequence number; a finished stream is replayed whole.",
             "headers": {"X-Correlation-Id": _CORRELATION_OUT},
             "content": {"text/event-stream": {"schema": {"$ref": _REF.format(name=frame)}}}})
-    if key in _CREATED_OR_EXISTING and "201" in responses:
+    if key == _SUBMIT:
+        responses["201"] = _RawResponse(_submitted(201))
+        responses["200"] = _RawResponse(_submitted(200))
+    elif key in _CREATED_OR_EXISTING and "201" in responses:
         created = responses["201"]
         assert isinstance(created, OpenAPIResponse)
         responses["200"] = OpenAPIResponse(
@@ -298,6 +331,8 @@ def _complete(key: str, op: Operation) -> None:
     params.append(_RawParameter(_CORRELATION_IN))
     if key in _STREAMS:
         params.append(_RawParameter(_LAST_EVENT_ID))
+    elif key == _SUBMIT:
+        params.append(_RawParameter(_SUBMIT_LAST_EVENT_ID))
     op.parameters = params
     if key in PUBLIC_ROUTES:
         op.security = []

@@ -32,12 +32,42 @@ if TYPE_CHECKING:
     from litestar.enums import MediaType
     from litestar.types import HTTPResponseBodyEvent, Receive, Send, TypeEncodersMap
 
-__all__ = ["SSE_HEADERS", "SseStream"]
+__all__ = ["SSE_HEADERS", "SseStream", "accepts_event_stream"]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 """Headers of every SSE response (specs/20_stream_and_replay.md §1)."""
 
 _MEDIA_TYPE = "text/event-stream"
+_ACCEPT_SCAN_BYTES = 4096
+"""How much of an ``Accept`` header is looked at; a longer one is judged by its start."""
+
+
+def accepts_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's ``Accept`` header names ``text/event-stream`` (STREAM-2010).
+
+    Only an explicit ``text/event-stream`` media range with a quality above 0 counts:
+    ``*/*``, ``text/*`` or no header at all keep the JSON answer. The header is read from
+    the raw ASGI pairs (lower-case names), at most its first 4 KiB, with plain string
+    operations (linear in its length).
+
+    Args:
+        headers: the ASGI scope's ``headers``.
+
+    Returns:
+        True when the client asks for the stream.
+    """
+    for name, value in headers:
+        if name != b"accept":
+            continue
+        for media_range in value[:_ACCEPT_SCAN_BYTES].decode("latin-1").split(","):
+            kind, *params = media_range.split(";")
+            if kind.strip().lower() != _MEDIA_TYPE:
+                continue
+            quality = next((p.split("=", 1)[1].strip() for p in params
+                            if p.strip().lower().startswith("q=")), "1")
+            if quality.strip("0.") != "":  # "0", "0.0", "0.000": refused
+                return True
+    return False
 
 
 class _DisconnectWatch:
@@ -112,17 +142,23 @@ class _SseBody(ASGIResponse):
 
 
 class SseStream(Stream):
-    """The response of ``GET /v1/steps/{id}/stream``: documented and started like a
-    :class:`~litestar.response.Stream`, bodied by a :class:`StepStream` (STREAM-2000).
+    """The response of ``GET /v1/steps/{id}/stream``, and of ``POST /v1/runs/{id}/steps``
+    with ``Accept: text/event-stream``: documented and started like a
+    :class:`~litestar.response.Stream`, bodied by a :class:`StepStream` (STREAM-2000,
+    STREAM-2010).
 
     Args:
         stream: the validated stream of the Step.
+        status_code: the HTTP status (200; 201 for a Step the request created).
+        headers: headers besides :data:`SSE_HEADERS` (e.g. ``Location``, ``X-Step-Id``).
     """
 
     __slots__ = ("stream",)
 
-    def __init__(self, stream: StepStream) -> None:
-        super().__init__((), media_type=_MEDIA_TYPE, headers=SSE_HEADERS)
+    def __init__(self, stream: StepStream, *, status_code: int = 200,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__((), media_type=_MEDIA_TYPE, status_code=status_code,
+                         headers={**SSE_HEADERS, **headers} if headers else SSE_HEADERS)
         self.stream = stream
 
     def to_asgi_response(

@@ -1,7 +1,8 @@
 """Crash loop: kill -9 the server at random moments while steps stream, restart, verify.
 
 Every cycle starts ``orchestratord serve`` on ONE data directory shared by all cycles,
-submits ``--streams`` concurrent ``llm_call`` steps, reads their SSE streams in threads,
+submits ``--streams`` concurrent ``llm_call`` steps, reads their SSE streams in threads
+(every other one through the stream answer of re-POSTing its body, STREAM-2010),
 sends SIGKILL to the server at a random moment and then checks, after the next start,
 that the crash cost nothing. The report gives five figures that must all be 0:
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import math
 import os
@@ -361,7 +363,7 @@ def durable_frames(raw: bytes) -> list[Frame]:
 
 
 def read_frames(http: httpx.Client, step_id: str, sink: list[Frame],
-                deadline: float) -> str | None:
+                deadline: float, resubmit: StepRecord | None = None) -> str | None:
     """Read a step's SSE stream from the start, appending each complete durable frame.
 
     Args:
@@ -369,15 +371,24 @@ def read_frames(http: httpx.Client, step_id: str, sink: list[Frame],
         step_id: the step.
         sink: receives frames as soon as their block is complete.
         deadline: ``time.monotonic()`` value after which reading stops.
+        resubmit: read the stream answer of re-POSTing this step's body with
+            ``Accept: text/event-stream`` (200, STREAM-2010) instead of ``GET .../stream``.
 
     Returns:
         ``None`` when a terminal frame was read, else why reading stopped.
     """
     buf = b""
+    request = (http.build_request("POST", f"/v1/runs/{resubmit.run_id}/steps",
+                                  json=resubmit.body,
+                                  headers={"Accept": "text/event-stream"})
+               if resubmit is not None
+               else http.build_request("GET", f"/v1/steps/{step_id}/stream"))
     try:
-        with http.stream("GET", f"/v1/steps/{step_id}/stream") as resp:
+        with contextlib.closing(http.send(request, stream=True)) as resp:
             if resp.status_code != 200:
                 return f"HTTP {resp.status_code}"
+            if resp.headers.get("x-step-id", step_id) != step_id:
+                return f"X-Step-Id {resp.headers['x-step-id']} is not {step_id}"
             for chunk in resp.iter_bytes():
                 buf += chunk
                 head, sep, buf = buf.rpartition(b"\n\n")
@@ -392,10 +403,12 @@ def read_frames(http: httpx.Client, step_id: str, sink: list[Frame],
     return "stream ended without a terminal frame"
 
 
-def reader(url: str, rec: StepRecord, deadline: float) -> None:
-    """Thread body: read ``rec``'s live stream into ``rec.received`` until it breaks."""
+def reader(url: str, rec: StepRecord, deadline: float, resubmit: bool = False) -> None:
+    """Thread body: read ``rec``'s live stream into ``rec.received`` until it breaks;
+    with ``resubmit``, through the stream answer of re-POSTing its body (STREAM-2010)."""
     with httpx.Client(base_url=url, timeout=READER_TIMEOUT) as http:
-        rec.reader_error = read_frames(http, rec.step_id, rec.received, deadline)
+        rec.reader_error = read_frames(http, rec.step_id, rec.received, deadline,
+                                       rec if resubmit else None)
 
 
 def step_body(rng: random.Random, token: str, model: str) -> dict[str, Any]:
@@ -626,8 +639,8 @@ def stream_and_kill(loop: Loop, server: Server, cycle: int) -> dict[str, Any]:
         t0 = time.monotonic()
         replays: list[StepRecord] = []
         threads = [threading.Thread(target=reader, daemon=True,
-                                    args=(server.url, rec, t0 + 120.0))
-                   for rec in recs] + appenders + [threading.Thread(
+                                    args=(server.url, rec, t0 + 120.0, i % 2 == 1))
+                   for i, rec in enumerate(recs)] + appenders + [threading.Thread(
                        target=replayer, daemon=True,
                        args=(server.url, previous, cycle, replays, t0 + 120.0))]
         for t in threads:

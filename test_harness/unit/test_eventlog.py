@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -10,6 +11,7 @@ from orchestrator_core.clock import FakeClock
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.store import SqliteStore
+from test_harness.support import settle, until
 
 
 @pytest.fixture
@@ -104,3 +106,44 @@ class TestEphemeralBackpressure:
         log.flush()
         await sub.wait()  # returns at once: the commit already set the flag
         assert log.read("s", -1)[0] == [b"id: 0\nevent: started\ndata: {}\n\n"]
+
+
+class TestCommitWindow:
+    """The group-commit window batches frames; it never holds back the frame of a quiet
+    log (STREAM-2000)."""
+
+    @pytest.mark.anyio
+    async def test_a_frame_of_a_quiet_log_commits_on_the_next_loop_pass(
+            self, store: SqliteStore, metrics: Metrics) -> None:
+        """With a 30 s window, the first frame is still committed within a few loop
+        passes: nothing was committed within the window, so there is nothing to batch
+        it with."""
+        log = EventLog(store, FakeClock(), metrics, commit_interval_s=30.0)
+        log.open("s", "r")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(log.run_flusher)
+            log.append_recorded("s", "started", b"{}")
+            with anyio.fail_after(5):
+                await until(lambda: store.read_events("s", -1) != [])
+            tg.cancel_scope.cancel()
+        assert store.read_events("s", -1) == [(0, "started", b"{}")]
+
+    @pytest.mark.anyio
+    async def test_a_frame_right_after_a_commit_waits_for_the_window(
+            self, store: SqliteStore, metrics: Metrics) -> None:
+        """A frame appended within the window of the previous commit waits for that window
+        to end, so the frames of a busy log still share a commit."""
+        log = EventLog(store, FakeClock(), metrics, commit_interval_s=30.0)
+        log.open("s", "r")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(log.run_flusher)
+            log.append_recorded("s", "started", b"{}")
+            with anyio.fail_after(5):
+                await until(lambda: store.read_events("s", -1) != [])
+            log.append_recorded("s", "token", b'{"i":0}')
+            log.append_recorded("s", "token", b'{"i":1}')
+            await settle()
+            held = [seq for seq, _t, _d in store.read_events("s", -1)]
+            tg.cancel_scope.cancel()
+        assert (held, log.read("s", -1)[0]) == (
+            [0], [b"id: 0\nevent: started\ndata: {}\n\n"])

@@ -172,11 +172,13 @@ class TestStoreProtocol:
         assert {n: s for n, s in signatures.items() if s[0] != s[1]} == {}
 
     def test_only_the_store_and_its_migrations_touch_sqlite(self) -> None:
-        """[PLACE-5008] No module of the core but the store, its migrations and the
-        composition root imports sqlite3, sqlite_utils or the SQLite store module."""
+        """[PLACE-5008] No module of the core but the store, its migrations, its WAL
+        checkpointer and the composition root imports sqlite3, sqlite_utils or the SQLite
+        store module."""
         assert violations("orchestrator_core",
                           ("sqlite3", "sqlite_utils", "orchestrator_core.store"),
                           exempt=("orchestrator_core.store", "orchestrator_core.migrations",
+                                  "orchestrator_core.wal_checkpoints",
                                   "orchestrator_core.service")) == []
 
     def test_the_orchestrator_runs_on_an_injected_store(self, tmp_path: pathlib.Path) -> None:

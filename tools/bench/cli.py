@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Added latency of an llm_call step vs the engine called directly, "
                     "and replay time / record time of the demo flow.")
     p.add_argument("--mock", action="store_true",
-                   help="start the server with the mock engine (no direct comparison)")
+                   help="start the server with the mock engine (direct: the mock handler in "
+                        "the bench process)")
     p.add_argument("--url", help="use this running server instead of starting one")
     p.add_argument("--rounds", type=int, default=5, help="rounds R (default 5)")
     p.add_argument("--per-round", type=int, default=10,

@@ -132,14 +132,19 @@ def streams_figures(raw: bytes) -> list[Figure]:
     """
     report = msgspec.json.decode(raw, type=StreamsReport)
     rss, cpu = report.rss, report.cpu
-    out = [_lower("rss: server, 0 subscribers", "KiB", rss.rss_0_kib),
-           _lower(f"rss: server, {rss.subscribers} subscribers", "KiB", rss.rss_n_kib),
-           _lower("rss: server, after they left", "KiB", rss.rss_after_kib),
-           _lower("rss: per subscriber", "KiB", rss.kib_per_subscriber),
-           _lower("rss: per idle connection", "KiB", rss.kib_per_idle_connection),
-           _lower(f"rss: {rss.subscribers} subscribers attached in", "s", rss.attach_s),
-           _lower("cpu: one reader per step", "µs/token", cpu.with_readers_us_per_token),
-           _lower("cpu: no reader", "µs/token", cpu.without_readers_us_per_token)]
+    out: list[Figure] = []
+    if rss is not None:  # absent from a ``--only cpu`` report
+        out += [_lower("rss: server, 0 subscribers", "KiB", rss.rss_0_kib),
+                _lower(f"rss: server, {rss.subscribers} subscribers", "KiB", rss.rss_n_kib),
+                _lower("rss: server, after they left", "KiB", rss.rss_after_kib),
+                _lower("rss: per subscriber", "KiB", rss.kib_per_subscriber),
+                _lower("rss: per idle connection", "KiB", rss.kib_per_idle_connection),
+                _lower(f"rss: {rss.subscribers} subscribers attached in", "s",
+                       rss.attach_s)]
+    if cpu is None:  # absent from a ``--only rss`` report
+        return out
+    out += [_lower("cpu: one reader per step", "µs/token", cpu.with_readers_us_per_token),
+            _lower("cpu: no reader", "µs/token", cpu.without_readers_us_per_token)]
     for readers, label in ((True, "one reader per step"), (False, "no reader")):
         rates = [c.tokens / c.wall_s for c in cpu.rounds if c.readers is readers and c.wall_s > 0]
         if rates:

@@ -1,8 +1,12 @@
 """Added latency of an ``llm_call`` Step over a direct request to the engine replica.
 
 The orchestrator path is timed from just before ``POST /v1/runs/{id}/steps`` to the
-receipt of the Step's ``end`` SSE frame (the stream is opened right after the POST
-answers, as an interpreter would). The direct path is timed from just before
+receipt of the Step's ``end`` SSE frame, in one round trip: the submission asks for the
+stream itself (``Accept: text/event-stream``, STREAM-2010), as the Python client's
+``run_step`` does. The two-round-trip path (the stream opened with ``GET`` right after
+the POST answers) is timed too. On the mock engine, which has no HTTP endpoint, the
+direct path is the same seeded mock handler iterated in the bench process. Otherwise
+the direct path is timed from just before
 ``POST {replica_url}/v1/generate`` to the worker's finish line (the point where the
 orchestrator's adapter considers the completion done); the time to the end of the body
 is recorded as well. Both paths send the same raw prompt, every sampling parameter and
@@ -20,8 +24,9 @@ import msgspec
 
 from contracts.pools import ReplicaHealth
 from orchestratord.client import OrchestratorClient
-from worker_adapters.base import CompletionRequest
+from worker_adapters.base import CompletionRequest, Delta
 from worker_adapters.llamacpp_engine import WorkerLine, generate_body
+from worker_adapters.mock import default_handler
 
 from .stats import PathStats, summarise
 
@@ -86,6 +91,9 @@ class LatencyReport(msgspec.Struct, frozen=True):
         orchestrator: orchestrator path statistics (ms).
         direct: direct path statistics, to the finish line (ms).
         direct_done: direct path statistics, to the end of the body (ms).
+        orchestrator_two_trips: the orchestrator path in two round trips, ``POST`` then
+            ``GET`` the stream (ms).
+        direct_kind: ``engine`` (the replica over HTTP) or ``in-process mock``.
         added_p50_ms: ``orchestrator.p50_ms - direct.p50_ms`` (ms).
         added_p99_ms: ``orchestrator.p99_ms - direct.p99_ms`` (ms).
         ratio_p50: ``orchestrator.p50_ms / direct.p50_ms``.
@@ -100,6 +108,8 @@ class LatencyReport(msgspec.Struct, frozen=True):
     tokens: int
     same_output: bool
     orchestrator: PathStats
+    orchestrator_two_trips: PathStats | None = None
+    direct_kind: str = "engine"
     direct: PathStats | None = None
     direct_done: PathStats | None = None
     added_p50_ms: float | None = None
@@ -142,6 +152,24 @@ async def find_replica_url(client: OrchestratorClient, model: str) -> str | None
 
 async def _orchestrator_once(client: OrchestratorClient, run_id: str,
                              body: dict[str, object]) -> Sample:
+    """One round trip: the submission answers with the stream (STREAM-2010)."""
+    t0 = time.perf_counter_ns()
+    pieces: list[str] = []
+    async with client.submit_stream(run_id, body) as submitted:
+        async for frame in submitted.frames():
+            if frame.event == "token":
+                pieces.append(frame.json()["t"])
+            elif frame.event == "end":
+                ms = _ms_since(t0)
+                return Sample(ms=ms, done_ms=ms, text="".join(pieces), tokens=len(pieces))
+            elif frame.event == "error":
+                raise RuntimeError(f"step {submitted.step_id} failed: {frame.raw}")
+    raise RuntimeError(f"step {submitted.step_id}: stream ended without a terminal frame")
+
+
+async def _orchestrator_two_trips(client: OrchestratorClient, run_id: str,
+                                  body: dict[str, object]) -> Sample:
+    """Two round trips: ``POST`` the Step, then ``GET`` its stream."""
     t0 = time.perf_counter_ns()
     step = await client.submit_step(run_id, body)
     pieces: list[str] = []
@@ -154,6 +182,18 @@ async def _orchestrator_once(client: OrchestratorClient, run_id: str,
         elif frame.event == "error":
             raise RuntimeError(f"step {step.step_id} failed: {frame.raw}")
     raise RuntimeError(f"step {step.step_id}: stream ended without a terminal frame")
+
+
+async def _mock_once(cfg: ProbeConfig) -> Sample:
+    """The seeded mock handler the server's mock pool runs, iterated in this process
+    (the mock engine has no HTTP endpoint)."""
+    req = CompletionRequest(prompt=cfg.prompt, seed=cfg.seed, temperature=0.0, top_k=40,
+                            top_p=0.95, min_p=0.05, repeat_penalty=1.0,
+                            max_tokens=cfg.max_tokens)
+    t0 = time.perf_counter_ns()
+    pieces = [item.text async for item in default_handler()(req) if isinstance(item, Delta)]
+    ms = _ms_since(t0)
+    return Sample(ms=ms, done_ms=ms, text="".join(pieces), tokens=len(pieces))
 
 
 async def _direct_once(http: httpx.AsyncClient, body: dict[str, object]) -> Sample:
@@ -180,10 +220,10 @@ async def _direct_once(http: httpx.AsyncClient, body: dict[str, object]) -> Samp
 
 
 async def measure_latency(client: OrchestratorClient, cfg: ProbeConfig) -> LatencyReport:
-    """Alternate orchestrator and direct requests; summarise both paths.
+    """Alternate orchestrator (one and two round trips) and direct requests; summarise.
 
     One warm-up request per path is made first and not counted. Without a replica URL
-    (mock engine) only the orchestrator path is measured.
+    (mock engine) the direct path is the mock handler in this process.
 
     Args:
         client: connected to the server under test.
@@ -198,36 +238,40 @@ async def measure_latency(client: OrchestratorClient, cfg: ProbeConfig) -> Laten
     run = await client.create_run(flow.flow_id, mode="record", seed=cfg.seed)
     direct_body = engine_body(cfg)
     orch: list[list[float]] = []
+    two: list[list[float]] = []
     direct: list[list[float]] = []
     direct_done: list[list[float]] = []
     async with httpx.AsyncClient(base_url=url or "http://unused.invalid",
                                  timeout=httpx.Timeout(120.0, connect=5.0)) as http:
+
+        async def direct_once() -> Sample:
+            return await (_direct_once(http, direct_body) if url is not None
+                          else _mock_once(cfg))
+
         warm = await _orchestrator_once(client, run.run_id,
                                         _step_body(cfg, model, "bench-warmup"))
-        same = True
-        if url is not None:
-            same = (await _direct_once(http, direct_body)).text == warm.text
+        await _orchestrator_two_trips(client, run.run_id,
+                                      _step_body(cfg, model, "bench-warmup-2"))
+        same = (await direct_once()).text == warm.text
         for r in range(cfg.rounds):
-            orch.append([])
-            direct.append([])
-            direct_done.append([])
+            for series in (orch, two, direct, direct_done):
+                series.append([])
             for i in range(cfg.per_round):
                 o = await _orchestrator_once(client, run.run_id,
                                              _step_body(cfg, model, f"bench-r{r}-i{i}"))
                 orch[-1].append(o.ms)
-                same = same and o.text == warm.text
-                if url is None:
-                    continue
-                d = await _direct_once(http, direct_body)
+                t = await _orchestrator_two_trips(client, run.run_id,
+                                                  _step_body(cfg, model, f"bench-r{r}-i{i}-2"))
+                two[-1].append(t.ms)
+                d = await direct_once()
                 direct[-1].append(d.ms)
                 direct_done[-1].append(d.done_ms)
-                same = same and d.text == warm.text
+                same = same and o.text == t.text == d.text == warm.text
     o_stats = summarise(orch)
     report = LatencyReport(model=model, replica_url=url, run_id=run.run_id, config=cfg,
                            text=warm.text, tokens=warm.tokens, same_output=same,
-                           orchestrator=o_stats)
-    if url is None:
-        return report
+                           orchestrator=o_stats, orchestrator_two_trips=summarise(two),
+                           direct_kind="engine" if url is not None else "in-process mock")
     d_stats = summarise(direct)
     return msgspec.structs.replace(
         report, direct=d_stats, direct_done=summarise(direct_done),

@@ -10,7 +10,7 @@ from .replay import ReplayReport
 
 __all__ = ["BenchReport", "render_json", "render_text"]
 
-_NA = "n/a (mock engine has no HTTP endpoint)"
+_NA = "n/a"
 
 
 class BenchReport(msgspec.Struct, frozen=True):
@@ -58,10 +58,22 @@ def _latency_lines(lat: LatencyReport) -> list[str]:
         f"   {'path':<56}{'p50 ms':>10}{'p99 ms':>10}",
         f"   {'orchestrator: POST /v1/runs/{id}/steps -> end SSE frame':<56}"
         f"{_ms(lat.orchestrator.p50_ms)}{_ms(lat.orchestrator.p99_ms)}",
+        f"   {'  (one round trip: Accept: text/event-stream)':<56}",
     ]
+    if lat.orchestrator_two_trips is not None:
+        two = lat.orchestrator_two_trips
+        lines.append(f"   {'orchestrator, two round trips: POST, then GET stream':<56}"
+                     f"{_ms(two.p50_ms)}{_ms(two.p99_ms)}")
     if lat.direct is None or lat.direct_done is None:
         lines += [f"   {'direct engine':<56}{_NA}",
                   f"   {'added (orchestrator - direct)':<56}{_NA}"]
+    elif lat.direct_kind != "engine":
+        lines += [
+            f"   {'direct: the mock handler iterated in the bench process':<56}"
+            f"{_ms(lat.direct.p50_ms)}{_ms(lat.direct.p99_ms)}",
+            f"   {'added (orchestrator - direct), ms':<56}"
+            f"{_ms(lat.added_p50_ms)}{_ms(lat.added_p99_ms)}",
+        ]
     else:
         lines += [
             f"   {'direct: POST ' + str(lat.replica_url) + '/v1/generate':<56}",
