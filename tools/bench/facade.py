@@ -5,12 +5,15 @@ mock-engine ``orchestratord serve`` process and times, alternating request by re
 that drift hits every path alike, each with the same raw prompt and parameters:
 
 * ``native``: ``POST /v1/runs/{id}/steps`` then its SSE stream to the ``end`` frame;
+* ``native_one_trip``: the same POST with ``Accept: text/event-stream``, answered with
+  the stream itself (STREAM-2010), to the last body byte;
 * ``facade``: ``POST .../openai/v1/completions`` (not streamed) to the last body byte;
 * ``facade_stream``: the same with ``stream: true``, to ``data: [DONE]``.
 
 Every request is new (a fresh client_token, or a fresh ``user`` field for the facade,
 which is part of the call's identity), so each is a real ``llm_call`` Step. It prints
-one JSON document: p50 and p99 per path (ms) and the facade's added p50 over native.
+one JSON document: p50 and p99 per path (ms) and the facade's added p50 over the
+native paths (negative: the facade is faster, being one round trip).
 """
 
 from __future__ import annotations
@@ -41,10 +44,12 @@ class FacadeReport(msgspec.Struct, frozen=True):
     """Per-path latency (ms) and the facade's added p50 over the native route (ms)."""
 
     native: PathStats
+    native_one_trip: PathStats
     facade: PathStats
     facade_stream: PathStats
     added_p50_ms: float
     added_stream_p50_ms: float
+    added_over_one_trip_p50_ms: float
 
 
 def _ms(t0: int) -> float:
@@ -61,6 +66,20 @@ async def _native(client: OrchestratorClient, run_id: str, max_tokens: int) -> f
         if frame.event in ("end", "error"):
             return _ms(t0)
     raise RuntimeError("stream ended without a terminal frame")
+
+
+async def _native_one_trip(http: httpx.AsyncClient, run_id: str, max_tokens: int) -> float:
+    body = {"type": "llm_call", "client_token": f"bench-{next(_fresh)}",
+            "input": {"model": _MODEL, "prompt": _PROMPT,
+                      "params": {"max_tokens": max_tokens, "seed": 1}}}
+    t0 = time.perf_counter_ns()
+    async with http.stream("POST", f"/v1/runs/{run_id}/steps", json=body,
+                           headers={"Accept": "text/event-stream"}) as resp:
+        if resp.status_code not in (200, 201):
+            raise RuntimeError(f"steps answered {resp.status_code}: {await resp.aread()!r}")
+        async for _chunk in resp.aiter_bytes():
+            pass
+    return _ms(t0)
 
 
 async def _facade(http: httpx.AsyncClient, run_id: str, max_tokens: int,
@@ -88,22 +107,26 @@ async def measure_facade(url: str, rounds: int, per_round: int,
         for _ in range(5):  # warm-up
             await _native(client, run_id, max_tokens)
             await _facade(http, run_id, max_tokens, False)
-        samples: dict[str, list[list[float]]] = {"native": [], "facade": [],
-                                                 "facade_stream": []}
+        samples: dict[str, list[list[float]]] = {"native": [], "native_one_trip": [],
+                                                 "facade": [], "facade_stream": []}
         for _ in range(rounds):
             row: dict[str, list[float]] = {k: [] for k in samples}
             for _ in range(per_round):
                 row["native"].append(await _native(client, run_id, max_tokens))
+                row["native_one_trip"].append(await _native_one_trip(http, run_id, max_tokens))
                 row["facade"].append(await _facade(http, run_id, max_tokens, False))
                 row["facade_stream"].append(await _facade(http, run_id, max_tokens, True))
             for key, values in row.items():
                 samples[key].append(values)
     stats = {k: summarise(v) for k, v in samples.items()}
-    return FacadeReport(native=stats["native"], facade=stats["facade"],
-                        facade_stream=stats["facade_stream"],
+    return FacadeReport(native=stats["native"], native_one_trip=stats["native_one_trip"],
+                        facade=stats["facade"], facade_stream=stats["facade_stream"],
                         added_p50_ms=round(stats["facade"].p50_ms - stats["native"].p50_ms, 3),
                         added_stream_p50_ms=round(stats["facade_stream"].p50_ms
-                                                  - stats["native"].p50_ms, 3))
+                                                  - stats["native"].p50_ms, 3),
+                        added_over_one_trip_p50_ms=round(
+                            stats["facade_stream"].p50_ms - stats["native_one_trip"].p50_ms,
+                            3))
 
 
 def main(argv: list[str] | None = None) -> int:
