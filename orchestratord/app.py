@@ -54,6 +54,7 @@ from orchestrator_core.service import SERVER_VERSION, Orchestrator
 from orchestratord.auth import require_token, tenant_of
 from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
+from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
 from worker_adapters.base import Drivers, ToolsFactory
@@ -400,7 +401,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             submit_step, get_step, cancel_step, stream_step, list_pools, get_pool,
             append_fact, list_run_facts, stream_run_facts, list_flow_facts,
             create_checkpoint, list_checkpoints,
-            capabilities, health, ready, metrics, docs_assets_router(),
+            capabilities, health, ready, metrics, docs_assets_router(), openai_router(),
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),
                       "tenant": Provide(tenant_of, sync_to_thread=False)},

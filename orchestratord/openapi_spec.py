@@ -41,6 +41,7 @@ from contracts.events import (
     ToolSuggestData,
 )
 from contracts.facts import Fact
+from contracts.openai import OaiErrorBody
 from orchestrator_core.breaker import Transition
 
 __all__ = ["PUBLIC_ROUTES", "ROUTE_ERRORS", "SECURITY", "SECURITY_COMPONENTS",
@@ -53,6 +54,18 @@ _ORIGIN = (E.ORIGIN_NOT_ALLOWED,)
 """403 of every route on a server without tokens: a non-loopback ``Host`` (SEC-6000)."""
 _BODY = {400: (E.INVALID_PARAMS,), 415: (E.UNSUPPORTED_MEDIA_TYPE,)}
 """Every route with a JSON body: a malformed or unknown-field body, a wrong media type."""
+
+_FACADE = "/v1/runs/{run_id}/openai/v1"
+"""The OpenAI-compatible facade (OAI-6000); its errors have OpenAI's shape (OAI-6005)."""
+_FACADE_CALL: dict[int, tuple[ErrorCode, ...]] = {
+    **_BODY, 400: (E.INVALID_PARAMS, E.INVALID_MODEL, E.CONTEXT_BUDGET),
+    403: (E.POLICY_DENIED,), 404: (E.NOT_FOUND,),
+    409: (E.CONFLICT, E.NONDETERMINISM, E.DETERMINISM_INPUTS_DIFFER, E.REPLAY_DIVERGED,
+          E.CANCELLED),
+    422: (E.CONTRACT_VIOLATION,), 429: (E.ADMISSION_REJECT, E.QUEUE_FULL, E.BUDGET_EXCEEDED),
+    502: (E.ENGINE_ERROR,), 503: (E.POOL_UNREADY, E.POOL_UNAVAILABLE, E.CIRCUIT_OPEN,
+                                  E.INTERRUPTED),
+    504: (E.DEADLINE_EXCEEDED,)}
 
 ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "POST /v1/flows": {**_BODY},
@@ -88,6 +101,8 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "GET /health": {},
     "GET /ready": {503: (E.POOL_UNREADY,)},
     "GET /metrics": {},
+    **{f"POST {_FACADE}/{name}": _FACADE_CALL for name in ("chat/completions", "completions")},
+    f"GET {_FACADE}/models": {404: (E.NOT_FOUND,)},
 }
 """Per operation (``METHOD path``), each error status it can answer and the codes behind
 it, besides the 401 of every non-public route and the 403 of every route (NERVE-4033)."""
@@ -117,8 +132,10 @@ SECURITY: list[SecurityRequirement] = [{"bearerAuth": []}]
 _STATUS_TEXT = {400: "Bad request", 401: "Missing or wrong bearer token",
                 402: "Budget exceeded", 403: "Refused by policy or origin", 404: "Not found",
                 409: "Conflict with stored state", 415: "Body is not application/json",
+                422: "The output missed the response_format",
                 429: "Not admitted now; retry later", 502: "Engine failure",
-                503: "No ready pool or replica, or a circuit is open"}
+                503: "No ready pool or replica, or a circuit is open",
+                504: "The Step's deadline passed"}
 
 _FRAMES: dict[str, tuple[str, bool]] = {
     "started": ("StartedData", True), "token": ("TokenData", True),
@@ -168,7 +185,7 @@ def _frame_schemas() -> dict[str, dict[str, Any]]:
     """The data Structs of every frame, each frame, and the ``SseFrame`` union."""
     _, defs = msgspec.json.schema_components(
         [StartedData, TokenData, ToolSuggestData, Fact, EndData, EffectEndData,
-         ErrorEnvelope, ErrorData, Transition, MetricsData, NarrationData],
+         ErrorEnvelope, ErrorData, Transition, MetricsData, NarrationData, OaiErrorBody],
         ref_template=_REF)
     ref = _REF.format
     defs["CheckpointFrameData"] = {
@@ -217,6 +234,16 @@ def _error_response(key: str, status: int, codes: tuple[ErrorCode, ...]) -> dict
     if status == 401:
         headers["WWW-Authenticate"] = {"schema": {"type": "string"},
                                        "description": 'Bearer realm="orchestratord"'}
+    if key.split(" ", 1)[1].startswith(_FACADE):
+        if status == 429:
+            headers = {**headers, "retry-after-ms": headers.pop("X-Backoff-Ms")}
+        headers["x-should-retry"] = {"description": "Whether the SDK should retry.",
+                                     "schema": {"enum": ["true", "false"]}}
+        return {"description": f"{_STATUS_TEXT[status]}: {listed}", "headers": headers,
+                "content": {"application/json": {"schema": {"allOf": [
+                    {"$ref": _REF.format(name="OaiErrorBody")},
+                    {"properties": {"error": {"properties": {
+                        "code": {"enum": [c.value for c in codes]}}}}}]}}}}
     return {"description": f"{_STATUS_TEXT[status]}: {listed}", "headers": headers,
             "content": {"application/json": {"schema": {"allOf": [
                 {"$ref": _REF.format(name="ErrorEnvelope")},

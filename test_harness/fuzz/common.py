@@ -18,9 +18,10 @@ import msgspec
 from hypothesis import HealthCheck, Phase, settings
 
 from contracts.errors import ErrorEnvelope
+from contracts.openai import OaiErrorBody
 
 __all__ = ["FUZZ_CASES", "FUZZ_SETTINGS", "TRACEBACK", "envelope_problem", "exception_line",
-           "log_since", "settled_size", "shown", "stray_tracebacks"]
+           "log_since", "openai_error_problem", "settled_size", "shown", "stray_tracebacks"]
 
 FUZZ_CASES = int(os.environ.get("FUZZ_CASES", "200"))
 """Total cases of each fuzz test (env ``FUZZ_CASES``)."""
@@ -80,6 +81,20 @@ def envelope_problem(status: int, content_type: str, body: bytes) -> str | None:
         return f"not an error envelope: {exc}"
     if env.retry_after_ms is not None and env.retry_after_ms < 0:
         return "retry_after_ms is negative"
+    return None
+
+
+def openai_error_problem(status: int, content_type: str, body: bytes) -> str | None:
+    """Why a non-2xx answer of the OpenAI facade is not OpenAI's error body
+    ``{"error": {message, type, code, param}}`` (OAI-6005), or None when it is."""
+    if status < 400:
+        return f"status {status} is not an error status"
+    if not content_type.startswith("application/json"):
+        return f"content-type {content_type!r} is not application/json"
+    try:
+        msgspec.json.decode(body, type=OaiErrorBody, strict=True)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return f"not an OpenAI error body: {exc}"
     return None
 
 

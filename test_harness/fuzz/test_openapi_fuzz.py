@@ -66,6 +66,7 @@ from test_harness.fuzz.common import (
     envelope_problem,
     exception_line,
     log_since,
+    openai_error_problem,
     settled_size,
     shown,
     stray_tracebacks,
@@ -285,7 +286,8 @@ def _exercise(case: Case[Any], label: str, server: Server, session: requests.Ses
         report.attributed.append((offset, end))
         report.fail("500", label, exception_line(log_text), f"{sent}\nserver log:\n{log_text}")
     content_type = (resp.headers.get("content-type") or [""])[0]
-    problem = envelope_problem(resp.status_code, content_type, resp.content)
+    check = openai_error_problem if "/openai/v1/" in label else envelope_problem
+    problem = check(resp.status_code, content_type, resp.content)
     if problem is not None:
         report.fail("NOT AN ENVELOPE", label, problem, sent)
 

@@ -65,6 +65,9 @@ class TestDocsPageOffline:
             "/v1/flows:by-hash/{flow_hash}", "/v1/pools", "/v1/pools/{pool_id}",
             "/v1/runs/{run_id}", "/v1/runs/{run_id}/cancel", "/v1/runs/{run_id}/checkpoint",
             "/v1/runs/{run_id}/checkpoints", "/v1/runs/{run_id}/facts",
-            "/v1/runs/{run_id}/facts/stream", "/v1/runs/{run_id}/steps",
+            "/v1/runs/{run_id}/facts/stream",
+            "/v1/runs/{run_id}/openai/v1/chat/completions",
+            "/v1/runs/{run_id}/openai/v1/completions", "/v1/runs/{run_id}/openai/v1/models",
+            "/v1/runs/{run_id}/steps",
             "/v1/steps/{step_id}", "/v1/steps/{step_id}/cancel", "/v1/steps/{step_id}/stream",
         ]

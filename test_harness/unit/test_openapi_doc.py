@@ -26,11 +26,29 @@ class TestOpenApiDocument:
             "503"]
 
     def test_errors_are_the_envelope(self) -> None:
-        """[NERVE-4033] Every error response of every operation is the flat envelope."""
-        shapes = {json.dumps(resp["content"]["application/json"]["schema"]["allOf"][0])
-                  for item in DOC["paths"].values() for op in item.values()
-                  for status, resp in op["responses"].items() if status[0] in "45"}
-        assert shapes == {json.dumps(ENVELOPE)}
+        """[NERVE-4033] [OAI-6005] Every error response of every operation is the flat
+        envelope, except the OpenAI facade's, which are OpenAI's error body."""
+        def shapes(facade: bool) -> set[str]:
+            return {json.dumps(resp["content"]["application/json"]["schema"]["allOf"][0])
+                    for path, item in DOC["paths"].items() for op in item.values()
+                    for status, resp in op["responses"].items()
+                    if status[0] in "45" and ("/openai/v1/" in path) == facade}
+        assert shapes(False) == {json.dumps(ENVELOPE)}
+        assert shapes(True) == {json.dumps({"$ref": "#/components/schemas/OaiErrorBody"})}
+
+    def test_the_facade_documents_its_routes_and_statuses(self) -> None:
+        """[OAI-6000] [OAI-6005] The facade's three routes are documented; a chat call
+        answers a ChatCompletion and every status the SDK maps."""
+        assert sorted(p for p in DOC["paths"] if "/openai/" in p) == [
+            "/v1/runs/{run_id}/openai/v1/chat/completions",
+            "/v1/runs/{run_id}/openai/v1/completions", "/v1/runs/{run_id}/openai/v1/models"]
+        op = _op("post", "/v1/runs/{run_id}/openai/v1/chat/completions")
+        assert sorted(op["responses"]) == ["200", "400", "401", "403", "404", "409", "415",
+                                           "422", "429", "502", "503", "504"]
+        assert op["responses"]["200"]["content"]["application/json"]["schema"] == \
+            {"$ref": "#/components/schemas/ChatCompletion"}
+        assert op["requestBody"]["content"]["application/json"]["schema"] == \
+            {"$ref": "#/components/schemas/ChatCompletionRequest"}
 
     def test_429_carries_backoff_headers(self) -> None:
         """[NERVE-4033] A 429 documents Retry-After and X-Backoff-Ms."""
