@@ -24,6 +24,7 @@ import msgspec
 
 from contracts.pools import ReplicaHealth
 from orchestratord.client import OrchestratorClient
+from tools.listeners import listening_addresses
 from worker_adapters.base import CompletionRequest, Delta
 from worker_adapters.llamacpp_engine import WorkerLine, generate_body
 from worker_adapters.mock import default_handler
@@ -141,12 +142,20 @@ def _step_body(cfg: ProbeConfig, model: str, client_token: str) -> dict[str, obj
 
 
 async def find_replica_url(client: OrchestratorClient, model: str) -> str | None:
-    """Loopback URL of the first ready replica serving ``model`` (None if it has none)."""
+    """Loopback URL of the first ready replica serving ``model`` (None if it has none).
+
+    ``GET /v1/pools`` names no engine URL (PLACE-5009); the port is the loopback socket
+    the replica's process (its ``pid``) listens on, so this works only on the server's
+    own machine, as the engine-direct measure must.
+    """
     for pool in await client.pools():
         if any(m.id == model for m in pool.models):
             for replica in pool.replicas:
-                if replica.url and replica.health == ReplicaHealth.READY:
-                    return replica.url
+                if replica.pid is None or replica.health != ReplicaHealth.READY:
+                    continue
+                for host, port in listening_addresses(replica.pid):
+                    if host == "127.0.0.1":
+                        return f"http://127.0.0.1:{port}"
     return None
 
 
