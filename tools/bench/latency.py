@@ -35,6 +35,7 @@ __all__ = [
     "LatencyReport",
     "ProbeConfig",
     "Sample",
+    "direct_sample",
     "engine_body",
     "find_replica_url",
     "measure_latency",
@@ -226,6 +227,25 @@ async def _direct_once(http: httpx.AsyncClient, body: dict[str, object]) -> Samp
         raise RuntimeError("engine stream ended without a finish line")
     text = b"".join(data).decode("utf-8", "replace")
     return Sample(ms=final_ms, done_ms=done_ms, text=text, tokens=len(data))
+
+
+async def direct_sample(http: httpx.AsyncClient | None, cfg: ProbeConfig) -> Sample:
+    """One request to the engine called directly, bypassing the orchestrator.
+
+    Args:
+        http: a client whose ``base_url`` is the replica (:func:`find_replica_url`), or
+            None for the mock engine, whose seeded handler is then run in this process.
+        cfg: the probe (prompt, max_tokens, seed).
+
+    Returns:
+        The timed sample (``ms`` to the finish line, ``done_ms`` to the body's end).
+
+    Raises:
+        RuntimeError: the engine answered a non-200 status or no finish line.
+    """
+    if http is None:
+        return await _mock_once(cfg)
+    return await _direct_once(http, engine_body(cfg))
 
 
 async def measure_latency(client: OrchestratorClient, cfg: ProbeConfig) -> LatencyReport:
