@@ -99,9 +99,10 @@ async def _run_agent(base: str) -> tuple[str, list[str], list[bytes]]:
     """The agent's answer, the kinds of its message parts and every response body."""
     recorder = Recorder()
     async with httpx.AsyncClient(transport=recorder, timeout=300.0) as http:
-        oai = AsyncOpenAI(base_url=base, api_key="k", http_client=http, max_retries=0)
+        oai = AsyncOpenAI(base_url=base, api_key="k", http_client=http,  # type: ignore[arg-type]
+                          max_retries=0)
         result = await _agent(oai).run("What is the weather in Paris?")
-    kinds = [p.part_kind for m in result.all_messages() for p in m.parts]
+    kinds: list[str] = [p.part_kind for m in result.all_messages() for p in m.parts]
     return result.output, kinds, recorder.bodies
 
 
