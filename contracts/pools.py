@@ -58,7 +58,9 @@ class ReplicaInfo(msgspec.Struct):
 
     ``requests`` and ``tokens_generated`` count what the adapter sent and received since
     the replica (re)started. ``breaker`` is its circuit breaker state (closed, open,
-    half_open) and ``breaker_failures`` its consecutive engine failures.
+    half_open) and ``breaker_failures`` its consecutive engine failures. The replica's
+    own engine URL is never part of this view (PLACE-5009): its port is loopback only and
+    would bypass recording, budgets and metrics.
     """
 
     replica_id: str
@@ -72,7 +74,6 @@ class ReplicaInfo(msgspec.Struct):
     breaker: str = "closed"
     breaker_failures: int = 0
     pid: int | None = None
-    url: str | None = None
 
 
 class PoolInfo(msgspec.Struct):

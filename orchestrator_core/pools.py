@@ -92,15 +92,14 @@ class Replica:
         self._sem.release()
 
     def info(self) -> ReplicaInfo:
-        """Wire view of the replica."""
+        """Wire view of the replica: its engine URL is kept out of it (PLACE-5009)."""
         pid = self.process.pid if self.process is not None else None
-        url = self.process.url if self.process is not None else None
         return ReplicaInfo(replica_id=self.replica_id, health=self.health, slots=self.slots,
                            busy=self.busy, queued=self.waiting, restarts=self.restarts,
                            requests=self.adapter.requests if self.adapter else 0,
                            tokens_generated=self.adapter.tokens_generated if self.adapter
                            else 0, breaker=self.breaker.state.value,
-                           breaker_failures=self.breaker.failures, pid=pid, url=url)
+                           breaker_failures=self.breaker.failures, pid=pid)
 
 
 class Pool:

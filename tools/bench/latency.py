@@ -24,6 +24,7 @@ import msgspec
 
 from contracts.pools import ReplicaHealth
 from orchestratord.client import OrchestratorClient
+from tools.listeners import listening_addresses
 from worker_adapters.base import CompletionRequest, Delta
 from worker_adapters.llamacpp_engine import WorkerLine, generate_body
 from worker_adapters.mock import default_handler
@@ -34,6 +35,7 @@ __all__ = [
     "LatencyReport",
     "ProbeConfig",
     "Sample",
+    "direct_sample",
     "engine_body",
     "find_replica_url",
     "measure_latency",
@@ -141,12 +143,20 @@ def _step_body(cfg: ProbeConfig, model: str, client_token: str) -> dict[str, obj
 
 
 async def find_replica_url(client: OrchestratorClient, model: str) -> str | None:
-    """Loopback URL of the first ready replica serving ``model`` (None if it has none)."""
+    """Loopback URL of the first ready replica serving ``model`` (None if it has none).
+
+    ``GET /v1/pools`` names no engine URL (PLACE-5009); the port is the loopback socket
+    the replica's process (its ``pid``) listens on, so this works only on the server's
+    own machine, as the engine-direct measure must.
+    """
     for pool in await client.pools():
         if any(m.id == model for m in pool.models):
             for replica in pool.replicas:
-                if replica.url and replica.health == ReplicaHealth.READY:
-                    return replica.url
+                if replica.pid is None or replica.health != ReplicaHealth.READY:
+                    continue
+                for host, port in listening_addresses(replica.pid):
+                    if host == "127.0.0.1":
+                        return f"http://127.0.0.1:{port}"
     return None
 
 
@@ -217,6 +227,25 @@ async def _direct_once(http: httpx.AsyncClient, body: dict[str, object]) -> Samp
         raise RuntimeError("engine stream ended without a finish line")
     text = b"".join(data).decode("utf-8", "replace")
     return Sample(ms=final_ms, done_ms=done_ms, text=text, tokens=len(data))
+
+
+async def direct_sample(http: httpx.AsyncClient | None, cfg: ProbeConfig) -> Sample:
+    """One request to the engine called directly, bypassing the orchestrator.
+
+    Args:
+        http: a client whose ``base_url`` is the replica (:func:`find_replica_url`), or
+            None for the mock engine, whose seeded handler is then run in this process.
+        cfg: the probe (prompt, max_tokens, seed).
+
+    Returns:
+        The timed sample (``ms`` to the finish line, ``done_ms`` to the body's end).
+
+    Raises:
+        RuntimeError: the engine answered a non-200 status or no finish line.
+    """
+    if http is None:
+        return await _mock_once(cfg)
+    return await _direct_once(http, engine_body(cfg))
 
 
 async def measure_latency(client: OrchestratorClient, cfg: ProbeConfig) -> LatencyReport:
