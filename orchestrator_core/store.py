@@ -438,6 +438,20 @@ class SqliteStore:
                                  (step_id,)).fetchone()
         return frames_hash if row is None or row[0] is None else str(row[0])
 
+    def insert_served(self, row: StepRow, holder: str) -> tuple[bool, str]:
+        """:meth:`seal_frames` of ``holder`` with ``row.frames_hash`` and, when that is
+        the hash it keeps, :meth:`insert_step` of ``row``, in one transaction (one
+        commit; NERVE-4025).
+
+        Returns:
+            ``(created, kept)``: nothing is inserted (``created`` False) when ``holder``
+            keeps another hash, or when the row's token is already taken.
+        """
+        assert row.frames_hash is not None
+        with self._transaction():
+            kept = self.seal_frames(holder, row.frames_hash)
+            return kept == row.frames_hash and self.insert_step(row), kept
+
     def integrity(self) -> dict[str, int]:
         """Counts used by crash tests: gaps in per-Step seqs, Steps whose last_seq
         disagrees with their log (the log they reference, for Steps served by reference),

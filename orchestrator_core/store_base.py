@@ -189,6 +189,19 @@ class Store(Protocol):
         """
         ...
 
+    def insert_served(self, row: StepRow, holder: str) -> tuple[bool, str]:
+        """Insert a Step served by reference (``row.frames_of``, ``row.frames_hash``) and,
+        atomically with it, keep ``row.frames_hash`` on ``holder`` (the Step whose rows
+        hold the frames) unless it keeps one already (first writer wins; NERVE-4025).
+        Durable on return.
+
+        Returns:
+            ``(created, kept)``, ``kept`` the hash ``holder`` keeps now. When ``kept`` is
+            not ``row.frames_hash`` nothing is inserted and ``created`` is False;
+            ``created`` is also False when the ``(run_id, client_token)`` key is taken.
+        """
+        ...
+
     # -- facts (NERVE-4004, NERVE-4006) --------------------------------------------------
 
     def append_fact(self, row: FactRow) -> int:
