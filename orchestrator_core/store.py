@@ -424,32 +424,21 @@ class SqliteStore:
             {"id": step_id}).fetchone()
         return -1 if row[0] is None else int(row[0])
 
-    def seal_frames(self, step_id: str, frames_hash: str) -> str:
-        """Keep the content hash of a finished Step's own frames, unless it has one
-        (NERVE-4025); autocommit.
-
-        Returns:
-            The hash the Step holds now (the one given, or the one it already had).
-        """
-        self._conn.execute("UPDATE steps SET frames_hash = ? WHERE step_id = ?"
-                           " AND frames_hash IS NULL AND frames_of IS NULL",
-                           (frames_hash, step_id))
-        row = self._conn.execute("SELECT frames_hash FROM steps WHERE step_id = ?",
-                                 (step_id,)).fetchone()
-        return frames_hash if row is None or row[0] is None else str(row[0])
-
     def insert_served(self, row: StepRow, holder: str) -> tuple[bool, str]:
-        """:meth:`seal_frames` of ``holder`` with ``row.frames_hash`` and, when that is
-        the hash it keeps, :meth:`insert_step` of ``row``, in one transaction (one
-        commit; NERVE-4025).
+        """Insert a Step served by reference and, in the same transaction, keep its
+        ``frames_hash`` on ``holder`` (the Step whose rows hold the frames) unless that
+        one keeps a hash already (NERVE-4025; first writer wins).
 
         Returns:
-            ``(created, kept)``: nothing is inserted (``created`` False) when ``holder``
-            keeps another hash, or when the row's token is already taken.
+            ``(created, kept)``, ``kept`` the hash ``holder`` keeps; nothing is inserted
+            when that is another, or when the row's token is already taken.
         """
-        assert row.frames_hash is not None
-        with self._transaction():
-            kept = self.seal_frames(holder, row.frames_hash)
+        with self._transaction() as conn:
+            conn.execute("UPDATE steps SET frames_hash = ? WHERE step_id = ? AND"
+                         " frames_hash IS NULL AND frames_of IS NULL", (row.frames_hash, holder))
+            held = conn.execute("SELECT frames_hash FROM steps WHERE step_id = ?",
+                                (holder,)).fetchone()
+            kept = str(row.frames_hash if held is None or held[0] is None else held[0])
             return kept == row.frames_hash and self.insert_step(row), kept
 
     def integrity(self) -> dict[str, int]:

@@ -363,14 +363,6 @@ class TestReferencesInTheStore:
         assert store._conn.execute(
             "SELECT COUNT(*) FROM events WHERE step_id = 'ref'").fetchone() == (0,)
 
-    def test_the_first_hash_kept_for_a_log_stays(self, store: SqliteStore) -> None:
-        """[NERVE-4025] ``seal_frames`` keeps the first hash given and returns the one kept."""
-        assert [store.seal_frames("s", "b3:a"), store.seal_frames("s", "b3:b")] == [
-            "b3:a", "b3:a"]
-        row = store.get_step("s")
-        assert row is not None
-        assert row.frames_hash == "b3:a"
-
     def test_a_reference_is_stored_only_with_the_hash_its_log_keeps(
             self, store: SqliteStore) -> None:
         """[NERVE-4025] ``insert_served`` keeps the reference's hash on the Step holding
