@@ -424,19 +424,22 @@ class SqliteStore:
             {"id": step_id}).fetchone()
         return -1 if row[0] is None else int(row[0])
 
-    def seal_frames(self, step_id: str, frames_hash: str) -> str:
-        """Keep the content hash of a finished Step's own frames, unless it has one
-        (NERVE-4025); autocommit.
+    def insert_served(self, row: StepRow, holder: str) -> tuple[bool, str]:
+        """Insert a Step served by reference and, in the same transaction, keep its
+        ``frames_hash`` on ``holder`` (the Step whose rows hold the frames) unless that
+        one keeps a hash already (NERVE-4025; first writer wins).
 
         Returns:
-            The hash the Step holds now (the one given, or the one it already had).
+            ``(created, kept)``, ``kept`` the hash ``holder`` keeps; nothing is inserted
+            when that is another, or when the row's token is already taken.
         """
-        self._conn.execute("UPDATE steps SET frames_hash = ? WHERE step_id = ?"
-                           " AND frames_hash IS NULL AND frames_of IS NULL",
-                           (frames_hash, step_id))
-        row = self._conn.execute("SELECT frames_hash FROM steps WHERE step_id = ?",
-                                 (step_id,)).fetchone()
-        return frames_hash if row is None or row[0] is None else str(row[0])
+        with self._transaction() as conn:
+            conn.execute("UPDATE steps SET frames_hash = ? WHERE step_id = ? AND"
+                         " frames_hash IS NULL AND frames_of IS NULL", (row.frames_hash, holder))
+            held = conn.execute("SELECT frames_hash FROM steps WHERE step_id = ?",
+                                (holder,)).fetchone()
+            kept = str(row.frames_hash if held is None or held[0] is None else held[0])
+            return kept == row.frames_hash and self.insert_step(row), kept
 
     def integrity(self) -> dict[str, int]:
         """Counts used by crash tests: gaps in per-Step seqs, Steps whose last_seq

@@ -180,12 +180,16 @@ class Store(Protocol):
         reference), -1 when it has none."""
         ...
 
-    def seal_frames(self, step_id: str, frames_hash: str) -> str:
-        """Keep ``frames_hash`` as the content hash of a finished Step's own frames,
-        unless it already holds one (first writer wins; NERVE-4025). Durable on return.
+    def insert_served(self, row: StepRow, holder: str) -> tuple[bool, str]:
+        """Insert a Step served by reference (``row.frames_of``, ``row.frames_hash``) and,
+        atomically with it, keep ``row.frames_hash`` on ``holder`` (the Step whose rows
+        hold the frames) unless it keeps one already (first writer wins; NERVE-4025).
+        Durable on return.
 
         Returns:
-            The hash the Step holds now: ``frames_hash``, or the one it already had.
+            ``(created, kept)``, ``kept`` the hash ``holder`` keeps now. When ``kept`` is
+            not ``row.frames_hash`` nothing is inserted and ``created`` is False;
+            ``created`` is also False when the ``(run_id, client_token)`` key is taken.
         """
         ...
 

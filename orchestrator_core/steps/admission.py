@@ -38,14 +38,13 @@ from contracts.runs import Policy, RunMode, RunStatus
 from contracts.steps import Step, StepStatus, StepSubmit
 from orchestrator_core import views
 from orchestrator_core.canonical import (
-    b3,
     b3_as_recorded,
     b3_bytes,
     canonical_json,
     new_ordered_id,
 )
 from orchestrator_core.clock import iso_utc
-from orchestrator_core.lookup import get_run, get_step
+from orchestrator_core.lookup import get_step
 from orchestrator_core.policy import redact
 from orchestrator_core.replay import check_recorded_match
 from orchestrator_core.rows import RunRow, StepRow
@@ -56,6 +55,13 @@ from orchestrator_core.steps.runner import StepTasks
 __all__ = ["Admitter"]
 
 _enc = msgspec.json.Encoder()
+
+
+def _typed_hash(step_type: str, input_json: bytes) -> str:
+    """``b3({"type": step_type, "input": input})`` from the input's canonical JSON, which
+    is then encoded once: JCS orders ``input`` before ``type``."""
+    return b3_bytes(b'{"input":' + input_json + b',"type":' + canonical_json(step_type)
+                    + b"}")
 
 
 class _PolicyOnly(msgspec.Struct):
@@ -109,14 +115,17 @@ class Admitter:
             raise NotFound(f"no run {run_id}", data={"run_id": run_id})
         step_type, kind = self.kinds.of(body)
         input_value = msgspec.to_builtins(body.input)
-        input_hash = b3({"type": step_type, "input": input_value})
+        input_json = canonical_json(input_value)
+        input_hash = _typed_hash(step_type, input_json)
         existing = store.get_step_by_token(run_id, body.client_token)
         if existing is not None:
             return self._repeated(existing, body, step_type, input_value, input_hash), False
         self._check_active(run_row)
-        stored_input = _redacted_input(run_row, input_value)
+        redacted = _redacted_input(run_row, input_value)
+        stored_input = (input_json if redacted is input_value
+                        else canonical_json(redacted)).decode()
         self._check_room()
-        run = get_run(store, run_id, tenant)
+        run = views.run(run_row, store.run_usage(run_id), store.child_runs(run_id))
         mode = RunMode(run_row.mode)
         kind.check_policy(run, body)
         # a Step id grows with time, so its row and frames go where the last ones went
@@ -198,7 +207,7 @@ class Admitter:
 
     # -- storing and starting ----------------------------------------------------------
 
-    def _insert(self, adm: Admission, stored_input: Any, *, seed: int | None,
+    def _insert(self, adm: Admission, stored_input: str, *, seed: int | None,
                 provenance: Provenance | None) -> bool:
         """Store the ``queued`` Step and open its log; False when a concurrent submit
         claimed the token first."""
@@ -207,7 +216,7 @@ class Admitter:
         created = self.ctx.store.insert_step(StepRow(
             step_id=adm.step_id, run_id=adm.run.run_id, type=adm.step_type,
             client_token=body.client_token,
-            input=canonical_json(stored_input).decode(), input_hash=adm.input_hash,
+            input=stored_input, input_hash=adm.input_hash,
             placement=_enc.encode(placement).decode() if placement else None,
             status=StepStatus.QUEUED.value, seed=seed,
             created_at=iso_utc(self.ctx.clock.now()), last_seq=-1,
@@ -229,7 +238,7 @@ class Admitter:
         return self._repeated(existing, adm.body, adm.step_type, adm.input_value,
                               adm.input_hash), False
 
-    def _start(self, adm: Admission, plan: Plan, stored_input: Any) -> tuple[Step, bool]:
+    def _start(self, adm: Admission, plan: Plan, stored_input: str) -> tuple[Step, bool]:
         """Apply the wall-clock budgets, store the Step and start its task (POLICY-3000)."""
         ctx, run = self.ctx, adm.run
         now, mono = ctx.clock.now(), ctx.clock.monotonic()
@@ -249,7 +258,7 @@ class Admitter:
                                  adm.mode.value, plan, prov, mono, deadline))
         return get_step(ctx.store, adm.step_id, None), True
 
-    def _serve(self, adm: Admission, stored_input: Any, rec: StepRow,
+    def _serve(self, adm: Admission, stored_input: str, rec: StepRow,
                what: str = "recorded") -> tuple[Step, bool]:
         """Store a Step that serves a finished Step's frames by reference (NERVE-4021,
         NERVE-4025): one insert, already terminal, with the recording's status, usage,
@@ -271,15 +280,20 @@ class Admitter:
         placement = getattr(body, "placement", None)
         row = StepRow(
             step_id=adm.step_id, run_id=adm.run.run_id, type=adm.step_type,
-            client_token=body.client_token, input=canonical_json(stored_input).decode(),
-            input_hash=adm.input_hash,
+            client_token=body.client_token, input=stored_input, input_hash=adm.input_hash,
             placement=_enc.encode(placement).decode() if placement else None,
             status=rec.status, seed=rec.seed, created_at=iso_utc(ctx.clock.now()),
             tokens_in=rec.tokens_in, tokens_out=rec.tokens_out, cost_usd=rec.cost_usd,
             wall_ms=rec.wall_ms, provenance=rec.provenance, error=rec.error,
             last_seq=rec.last_seq, replay_of_step=rec.step_id, frames_of=frames_of,
             frames_hash=digest)
-        if not ctx.store.insert_step(row):
+        if rec.frames_hash is not None:  # _sealed checked the frames against it
+            created = ctx.store.insert_step(row)
+        else:  # the first reference keeps the hash, in the insert's transaction
+            created, kept = ctx.store.insert_served(row, frames_of)
+            if kept != digest:
+                raise self._changed(rec, what, kept, digest)
+        if not created:
             return self._claimed(adm)
         ctx.log.open_served(adm.step_id, adm.run.run_id, frames)
         return views.step(row), True
@@ -288,9 +302,9 @@ class Admitter:
         """The Step whose rows hold ``rec``'s frames (``rec`` itself, or the Step it is
         served from), the frames' content hash and the frames, SSE-framed.
 
-        The hash is computed and kept on the Step that holds the rows the first time it
-        is referenced; after that, each reference checks the frames against it
-        (NERVE-4025).
+        The hash is computed on every reference; the first reference keeps it on the
+        Step that holds the rows, in the transaction that inserts the referencing Step
+        (:meth:`_serve`); every later one checks the frames against it (NERVE-4025).
 
         Raises:
             Conflict: the log does not end with a terminal frame at ``rec.last_seq``, or
@@ -303,9 +317,13 @@ class Admitter:
             raise Conflict(f"the {what} step's log has no terminal frame at its last_seq "
                            f"{rec.last_seq}", data=data)
         digest = b3_bytes(b"".join(frames))
-        if rec.frames_hash is None:
-            return frames_of, self.ctx.store.seal_frames(frames_of, digest), frames
-        if digest != rec.frames_hash:
-            raise Conflict(f"the {what} step's frames no longer match their content hash",
-                           data={**data, "frames_hash": rec.frames_hash, "actual": digest})
+        if rec.frames_hash is not None and digest != rec.frames_hash:
+            raise self._changed(rec, what, rec.frames_hash, digest)
         return frames_of, digest, frames
+
+    @staticmethod
+    def _changed(rec: StepRow, what: str, kept: str, actual: str) -> Conflict:
+        """The refusal of a log whose frames no longer match the hash kept for them."""
+        return Conflict(f"the {what} step's frames no longer match their content hash",
+                        data={"recorded_step_id": rec.step_id, "frames_hash": kept,
+                              "actual": actual})

@@ -8,6 +8,7 @@ change now that it reads them from the recording.
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 from collections.abc import Iterator
 from typing import Any
@@ -306,6 +307,27 @@ class TestServedByReference:
             (served[0]["step_id"], "stp_rec_ok", "succeeded")]
         assert client.get(f"/v1/steps/{served[1]['step_id']}/stream").content == BODY_OK
 
+    def test_the_first_reference_keeps_the_hash_in_the_commit_that_stores_it(
+            self, recorded: tuple[TestClient[Any], str]) -> None:
+        """[NERVE-4025] The first replay of a recording writes the hash kept on each
+        recorded Step and the replay Step's row in one transaction, so a crash keeps both
+        or neither; a second replay only inserts its rows."""
+        client, run_id = recorded
+        conn = _orch_store(client)._conn
+        seen: list[str] = []
+        conn.set_trace_callback(seen.append)
+        try:
+            replay(client, run_id)
+            replay(client, run_id)
+        finally:
+            conn.set_trace_callback(None)
+        names = {"BEGIN IMMEDIATE": "begin", "COMMIT": "commit",
+                 "UPDATE steps SET frames_hash": "seal", "INSERT OR IGNORE INTO steps": "insert"}
+        # the trace repeats a statement's text once more for each trigger it fires
+        writes = [name for sql, _same in itertools.groupby(seen)
+                  for start, name in names.items() if sql.startswith(start)]
+        assert writes == ["begin", "seal", "insert", "commit"] * 2 + ["insert"] * 2
+
     def test_the_store_counts_a_broken_reference(
             self, recorded: tuple[TestClient[Any], str]) -> None:
         """[NERVE-4025] After a replay the integrity check is clean; a reference whose
@@ -341,10 +363,20 @@ class TestReferencesInTheStore:
         assert store._conn.execute(
             "SELECT COUNT(*) FROM events WHERE step_id = 'ref'").fetchone() == (0,)
 
-    def test_the_first_hash_kept_for_a_log_stays(self, store: SqliteStore) -> None:
-        """[NERVE-4025] ``seal_frames`` keeps the first hash given and returns the one kept."""
-        assert [store.seal_frames("s", "b3:a"), store.seal_frames("s", "b3:b")] == [
-            "b3:a", "b3:a"]
-        row = store.get_step("s")
-        assert row is not None
-        assert row.frames_hash == "b3:a"
+    def test_a_reference_is_stored_only_with_the_hash_its_log_keeps(
+            self, store: SqliteStore) -> None:
+        """[NERVE-4025] ``insert_served`` keeps the reference's hash on the Step holding
+        the frames and inserts the reference; when that Step keeps another hash it inserts
+        nothing and returns the one kept."""
+        def ref(token: str, digest: str) -> StepRow:
+            return StepRow(step_id=f"ref-{token}", run_id="r", type="llm_call",
+                           client_token=token, input="{}", input_hash="i", placement=None,
+                           status="succeeded", seed=None, created_at="t", last_seq=-1,
+                           replay_of_step="s", frames_of="s", frames_hash=digest)
+
+        assert [store.insert_served(ref("c1", "b3:a"), "s"),
+                store.insert_served(ref("c2", "b3:b"), "s"),
+                store.insert_served(ref("c1", "b3:a"), "s")] == [
+            (True, "b3:a"), (False, "b3:a"), (False, "b3:a")]
+        assert [(r.step_id, r.frames_hash) for r in store.list_steps("r")] == [
+            ("s", "b3:a"), ("ref-c1", "b3:a")]

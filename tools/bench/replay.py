@@ -6,9 +6,11 @@ Two measurements:
   ``llm_call`` Steps) through :func:`tools.demo.run_flow_modes`, which records the flow,
   replays it and strict-replays it, timing each mode from its first Step submission to
   its last ``end`` frame.
-* ``python -m tools.bench.replay [--steps 20] [--tokens 200] [--rounds 3] [--json]``
-  (:func:`measure_readback`): on a ``orchestratord`` Granian process of its own whose
-  mock engine answers exactly ``max_tokens`` tokens as fast as it can, each round records
+* ``python -m tools.bench.replay [--steps 20] [--tokens 200] [--rounds 3]
+  [--engine-tokens-per-s 0] [--json]`` (:func:`measure_readback`): on a ``orchestratord``
+  Granian process of its own whose mock engine answers exactly ``max_tokens`` tokens, as
+  fast as it can or paced at ``--engine-tokens-per-s`` per Step (e.g. 2000, a
+  CPU engine's speed, for the replay / record a user sees), each round records
   a Run of S Steps of T tokens, replays it, and reads the recorded Steps' streams back,
   one Step after the other as an interpreter does; replay and read-back alternate which
   goes first. It prints, side by side: record, replay and read-back wall times; replay /
@@ -176,6 +178,7 @@ class ReadbackReport(msgspec.Struct, frozen=True):
         rounds: every round, in the order run.
         target_replay_over_record: the goal, at most.
         target_replay_share_of_readback: the goal, at least.
+        engine_tokens_per_s: the mock engine's pace per Step (tokens/s; 0: unpaced).
     """
 
     cpus: int
@@ -197,6 +200,7 @@ class ReadbackReport(msgspec.Struct, frozen=True):
     rounds: list[ReadbackRound]
     target_replay_over_record: float = _TARGET_REPLAY_OVER_RECORD
     target_replay_share_of_readback: float = _TARGET_RATE_SHARE
+    engine_tokens_per_s: float = 0.0
 
 
 def _server_cpu_ms(pid: int) -> float:
@@ -321,15 +325,18 @@ async def _measure_readback(pid: int, url: str, steps: int, tokens: int,
 
 
 def measure_readback(data_dir: pathlib.Path, steps: int = 20, tokens: int = 200,
-                     rounds: int = 5) -> ReadbackReport:
+                     rounds: int = 5, engine_tokens_per_s: float = 0.0) -> ReadbackReport:
     """Record, replay and read back S Steps of T tokens, R rounds, on a fresh server
-    process whose mock engine answers exactly ``max_tokens`` tokens as fast as it can.
+    process whose mock engine answers exactly ``max_tokens`` tokens, as fast as it can
+    or at ``engine_tokens_per_s``.
 
     Args:
         data_dir: where the server keeps its store, config and log.
         steps: S, Steps per Run.
         tokens: T, tokens per Step.
         rounds: rounds after one short warm-up (replay first in even rounds).
+        engine_tokens_per_s: the mock engine's decode speed per Step (tokens/s; 0 = as
+            fast as possible).
 
     Returns:
         The medians, ratios and every round.
@@ -339,10 +346,11 @@ def measure_readback(data_dir: pathlib.Path, steps: int = 20, tokens: int = 200,
     """
     from tools.bench.streams import ServerProcess
 
-    server = ServerProcess(data_dir, tokens_per_s=0, slots=4)
+    server = ServerProcess(data_dir, tokens_per_s=engine_tokens_per_s, slots=4)
     server.start()
     try:
-        return asyncio.run(_measure_readback(server.pid, server.url, steps, tokens, rounds))
+        report = asyncio.run(_measure_readback(server.pid, server.url, steps, tokens, rounds))
+        return msgspec.structs.replace(report, engine_tokens_per_s=engine_tokens_per_s)
     finally:
         server.stop()
 
@@ -358,7 +366,9 @@ def render_readback(report: ReadbackReport) -> str:
            else "POST, then GET .../stream")
     lines = [
         f"replay against record and against read-back: {r.steps} steps x "
-        f"{r.tokens_per_step} tokens, mock engine as fast as possible, one step at a time",
+        f"{r.tokens_per_step} tokens, mock engine "
+        + (f"at {r.engine_tokens_per_s:g} tokens/s" if r.engine_tokens_per_s
+           else "as fast as possible") + ", one step at a time",
         f"(Granian server process, {r.cpus} CPUs shared with this client; medians of "
         f"{len(r.rounds)} rounds; server CPU from every thread's schedstat)",
         f"record and replay steps: {how} ({r.round_trips_per_step} HTTP request(s) per step)",
@@ -403,10 +413,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="steps per run (default 20)")
     p.add_argument("--tokens", type=int, default=200, help="tokens per step (default 200)")
     p.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    p.add_argument("--engine-tokens-per-s", type=float, default=0.0,
+                   help="mock engine decode speed per step, tokens/s (default 0: as fast "
+                        "as possible; 2000 is a CPU engine's pace)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     if min(args.steps, args.tokens, args.rounds) < 1:
         p.error("--steps, --tokens and --rounds must be at least 1")
+    if args.engine_tokens_per_s < 0:
+        p.error("--engine-tokens-per-s must be at least 0")
     return args
 
 
@@ -422,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recording, replaying and reading back {args.steps} x {args.tokens} tokens, "
               f"{args.rounds} rounds...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="orchestratord-replay-") as tmp:
-        report = measure_readback(pathlib.Path(tmp), args.steps, args.tokens, args.rounds)
+        report = measure_readback(pathlib.Path(tmp), args.steps, args.tokens, args.rounds,
+                                  args.engine_tokens_per_s)
     if args.json:
         print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
     else:
