@@ -19,6 +19,7 @@ v7  engine builds: each build fingerprint with the settings it hashes (NERVE-402
 v8  Flows re-addressed under RFC 8785, their old addresses kept as aliases (NERVE-4048)
 v9  Run usage counters kept by triggers; indexes of lineage and Step type (NERVE-4042)
 v10 Steps served by reference: ``steps.frames_of`` and ``steps.frames_hash`` (NERVE-4025)
+v11 Packed event rows: ``events.last_seq``, a row per Step per commit (STREAM-2011)
 ==  ================================================================================
 """
 
@@ -342,6 +343,19 @@ def _v10(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE steps ADD COLUMN frames_hash TEXT")
 
 
+def _v11(conn: sqlite3.Connection) -> None:
+    """Packed event rows: one row per Step per group commit (STREAM-2011).
+
+    ``events.last_seq`` is the seq of the last frame a row holds; NULL for a row of one
+    frame, as every row written before v11 is, so those keep reading as they are. A row
+    whose ``last_seq`` is set holds the frames ``seq..last_seq`` of its Step
+    (:mod:`orchestrator_core.frame_rows`). A column a store already has is left as it is.
+    """
+    have = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    if "last_seq" not in have:
+        conn.execute("ALTER TABLE events ADD COLUMN last_seq INTEGER")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows, runs, steps (with the idempotency key), events", _v1),
     Migration(2, "tenant on flows and runs; a flow hash is unique per tenant", _v2),
@@ -354,11 +368,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "run usage counters kept by triggers; lineage, step type indexes",
               _v9),
     Migration(10, "steps served by reference: frames_of, frames_hash", _v10),
+    Migration(11, "packed event rows: one row per step per group commit", _v11),
 )
 """Every migration, in order; entry ``i`` leaves the database at version ``i + 1``."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-"""The version :func:`migrate` brings a database to by default (10)."""
+"""The version :func:`migrate` brings a database to by default (11)."""
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

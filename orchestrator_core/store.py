@@ -33,6 +33,7 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
+from orchestrator_core.frame_rows import expand, pack, packed_count
 from orchestrator_core.migrations import SCHEMA_VERSION, migrate
 from orchestrator_core.rows import (
     STEP_UPDATABLE,
@@ -151,6 +152,9 @@ class SqliteStore:
         self._refs = "frames_of" in step
         self._frames_of = ("COALESCE((SELECT frames_of FROM steps WHERE step_id = :id), :id)"
                            if self._refs else ":id")
+        # one row per Step per group commit (schema v11, STREAM-2011)
+        self._packed = "last_seq" in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+        self._last = "last_seq" if self._packed else "NULL"
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -394,7 +398,11 @@ class SqliteStore:
                 raise ValueError(f"not updatable: {sorted(bad)}")
             others.append((step_id, changes))
         with self._transaction() as conn:
-            if rows:
+            if rows and self._packed:  # the commit's frames of a Step as one row
+                conn.executemany(
+                    "INSERT INTO events (step_id, seq, run_id, type, data, last_seq)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", pack(rows))
+            elif rows:
                 conn.executemany(
                     "INSERT INTO events (step_id, seq, run_id, type, data)"
                     " VALUES (?, ?, ?, ?, ?)", rows)
@@ -409,20 +417,32 @@ class SqliteStore:
                     limit: int = 100_000) -> list[EventRead]:
         """Durable frames of a Step with ``seq > after_seq``, in order: ``(seq, type, data)``
         (``data`` is a BLOB, so it reads back as the bytes written). A Step served by
-        reference reads the rows of the Step it names (NERVE-4025), in the same query."""
-        rows: list[EventRead] = self._conn.execute(
-            f"SELECT seq, type, data FROM events WHERE step_id = {self._frames_of}"  # noqa: S608
-            " AND seq > :after ORDER BY seq LIMIT :limit",
-            {"id": step_id, "after": after_seq, "limit": limit}).fetchall()
-        return rows
+        reference reads the rows of the Step it names (NERVE-4025), in the same query.
+        Packed rows are expanded into their frames; a cursor inside one starts in it
+        (STREAM-2011)."""
+        if not self._packed:
+            rows: list[EventRead] = self._conn.execute(
+                f"SELECT seq, type, data FROM events WHERE step_id = {self._frames_of}"  # noqa: S608
+                " AND seq > :after ORDER BY seq LIMIT :limit",
+                {"id": step_id, "after": after_seq, "limit": limit}).fetchall()
+            return rows
+        # from the row holding the frame after the cursor: the last one starting at or
+        # before the cursor (at most one row more than needed)
+        return expand(self._conn.execute(
+            "SELECT seq, type, data, last_seq FROM events"  # noqa: S608
+            f" WHERE step_id = {self._frames_of} AND seq >= IFNULL((SELECT MAX(seq)"
+            f" FROM events WHERE step_id = {self._frames_of} AND seq <= :after), -1)"
+            " ORDER BY seq LIMIT :limit + 1",
+            {"id": step_id, "after": after_seq, "limit": limit}), after_seq, limit)
 
     def max_seq(self, step_id: str) -> int:
         """Highest committed seq of a Step (of the Step it names, when it is served by
         reference), -1 when it has none."""
         row = self._conn.execute(
-            f"SELECT MAX(seq) FROM events WHERE step_id = {self._frames_of}",  # noqa: S608
+            f"SELECT IFNULL({self._last}, seq) FROM events"  # noqa: S608
+            f" WHERE step_id = {self._frames_of} ORDER BY seq DESC LIMIT 1",
             {"id": step_id}).fetchone()
-        return -1 if row[0] is None else int(row[0])
+        return -1 if row is None else int(row[0])
 
     def seal_frames(self, step_id: str, frames_hash: str) -> str:
         """Keep the content hash of a finished Step's own frames, unless it has one
@@ -439,7 +459,8 @@ class SqliteStore:
         return frames_hash if row is None or row[0] is None else str(row[0])
 
     def integrity(self) -> dict[str, int]:
-        """Counts used by crash tests: gaps in per-Step seqs, Steps whose last_seq
+        """Counts used by crash tests: gaps in per-Step seqs (and packed rows
+        whose frame count disagrees with their seqs), Steps whose last_seq
         disagrees with their log (the log they reference, for Steps served by reference),
         terminal frames per Step above one, Steps served by reference whose
         reference is broken: it names a Step that is missing, unfinished, itself a
@@ -447,14 +468,17 @@ class SqliteStore:
         (NERVE-4025), and Runs whose usage counters differ from a recomputation over
         their Steps (NERVE-4042; USD within 1e-9 relative, for the order of the
         additions)."""
-        conn = self._conn
+        conn, last = self._conn, f"IFNULL({self._last}, seq)"
         gaps = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT step_id, COUNT(*) n, MAX(seq) m FROM events"
-            " GROUP BY step_id HAVING n != m + 1)").fetchone()[0]
+            f"SELECT COUNT(*) FROM (SELECT step_id, SUM({last} - seq + 1) n,"  # noqa: S608
+            f" MAX({last}) m FROM events GROUP BY step_id HAVING n != m + 1)").fetchone()[0]
+        if self._packed:  # a packed row holding other than last_seq - seq + 1 frames
+            gaps += sum(packed_count(d) != n for n, d in conn.execute(
+                "SELECT last_seq - seq + 1, data FROM events WHERE last_seq IS NOT NULL"))
         referenced = "COALESCE(s.frames_of, s.step_id)" if self._refs else "s.step_id"
         stale = conn.execute(
             "SELECT COUNT(*) FROM steps s WHERE s.last_seq != COALESCE("  # noqa: S608
-            f"(SELECT MAX(seq) FROM events e WHERE e.step_id = {referenced}), -1)"
+            f"(SELECT MAX({last}) FROM events e WHERE e.step_id = {referenced}), -1)"
         ).fetchone()[0]
         multi_terminal = conn.execute(
             "SELECT COUNT(*) FROM (SELECT step_id FROM events WHERE type IN ('end','error')"
