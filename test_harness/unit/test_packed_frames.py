@@ -80,7 +80,7 @@ class TestPackedRows:
 
     def test_a_committed_packed_row_survives_a_crash(self, tmp_path: pathlib.Path) -> None:
         """Frames committed in one packed row read back whole from a store reopened after
-        its process stopped without closing it [NERVE-4041]."""
+        its process stopped without closing it [STREAM-2011]."""
         first = seeded(SqliteStore(tmp_path / "c.db"))
         first.commit_events(FRAMES, [("s", {"last_seq": 5})])
         # no close(): the WAL holds the commit, as after a kill
@@ -93,7 +93,7 @@ class TestPackedRows:
     def test_single_frame_rows_of_an_older_server_still_read(
             self, tmp_path: pathlib.Path) -> None:
         """Rows written one frame per row by schema v10 read the same after the upgrade,
-        and frames appended after it continue them [NERVE-4041]."""
+        and frames appended after it continue them [STREAM-2011]."""
         old = seeded(SqliteStore(tmp_path / "u.db", migrate_to=10))
         old.commit_events(FRAMES[:3], [("s", {"last_seq": 2})])
         old.close()
