@@ -349,11 +349,34 @@ def _v11(conn: sqlite3.Connection) -> None:
     ``events.last_seq`` is the seq of the last frame a row holds; NULL for a row of one
     frame, as every row written before v11 is, so those keep reading as they are. A row
     whose ``last_seq`` is set holds the frames ``seq..last_seq`` of its Step
-    (:mod:`orchestrator_core.frame_rows`). A column a store already has is left as it is.
+    (:mod:`orchestrator_core.frame_rows`).
+
+    The table gets a rowid again (``gseq``, in commit order) and ``(step_id, seq)``
+    becomes a unique index: a packed row is several hundred bytes, and inserted in
+    ``(step_id, seq)`` order among the rows of the other live Steps it made SQLite
+    rebalance leaf pages on most commits (about 51 pages written per commit of 16 Steps
+    against 27 this way, and half the CPU per frame); now the rows append at the end of
+    the table and only the small index entries go in the middle. The rows are copied
+    in ``(step_id, seq)`` order. A table that has ``last_seq`` is left as it is.
     """
     have = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
-    if "last_seq" not in have:
-        conn.execute("ALTER TABLE events ADD COLUMN last_seq INTEGER")
+    if "last_seq" in have:
+        return
+    conn.execute(
+        "CREATE TABLE events_v11 ("
+        " gseq INTEGER PRIMARY KEY,"
+        " step_id TEXT NOT NULL REFERENCES steps(step_id),"
+        " seq INTEGER NOT NULL,"
+        " run_id TEXT NOT NULL,"
+        " type TEXT NOT NULL,"
+        " data BLOB NOT NULL,"
+        " last_seq INTEGER)")
+    conn.execute(
+        "INSERT INTO events_v11 (step_id, seq, run_id, type, data)"
+        " SELECT step_id, seq, run_id, type, data FROM events ORDER BY step_id, seq")
+    conn.execute("DROP TABLE events")
+    conn.execute("ALTER TABLE events_v11 RENAME TO events")
+    conn.execute("CREATE UNIQUE INDEX events_step_seq ON events(step_id, seq)")
 
 
 MIGRATIONS: tuple[Migration, ...] = (
