@@ -11,18 +11,31 @@ per frame (the per-token INSERT was about a third of the server's CPU per token)
 
 A row is one SQLite write, so a packed row is committed whole or not at all: crash
 recovery keeps every frame of every commit that returned, as it did with one row each.
+
+The store runs the statements :func:`event_sql` builds for the schema it opened (this
+module touches no database itself).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import msgspec
 
 from contracts.events import TERMINAL_FRAMES
 from orchestrator_core.rows import EventRead, EventRow
 
-__all__ = ["PACKED", "PackedRow", "expand", "pack", "packed_count"]
+__all__ = [
+    "MISCOUNT_ROWS",
+    "PACKED",
+    "EventSql",
+    "PackedRow",
+    "event_sql",
+    "expand",
+    "miscounted",
+    "pack",
+]
 
 PACKED = "packed"
 """The ``type`` of a row that holds several frames (no frame type has this name)."""
@@ -104,10 +117,50 @@ def expand(rows: Iterable[tuple[int, str, bytes, int | None]], after_seq: int,
     return out if len(out) <= limit else out[:limit]
 
 
-def packed_count(data: bytes) -> int:
-    """How many frames a :data:`PACKED` row's data holds.
+class EventSql(NamedTuple):
+    """The event log's statements for the schema a store opened (see :func:`event_sql`)."""
 
-    Raises:
-        msgspec.DecodeError: the data is not a packed row's.
+    packed: bool
+    """True from schema v11: commits write :func:`pack`'s rows."""
+    last: str
+    """SQL for the seq of a row's last frame (``IFNULL(last_seq, seq)``)."""
+    insert: str
+    """INSERT of one row, ``(step_id, seq, run_id, type, data[, last_seq])``."""
+    read: str
+    """Rows of a Step (``:id``) from the one holding frame ``:after + 1``, at most
+    ``:limit + 1``, as ``(seq, type, data, last_seq)`` for :func:`expand`."""
+    max_seq: str
+    """The seq of a Step's (``:id``) last frame; no row when it has none."""
+
+
+def event_sql(packed: bool, frames_of: str) -> EventSql:
+    """The statements of the event log.
+
+    Args:
+        packed: the ``events`` table has ``last_seq`` (schema v11).
+        frames_of: SQL naming the Step whose rows hold ``:id``'s frames (NERVE-4025).
     """
-    return len(_dec.decode(data))
+    last = "IFNULL(last_seq, seq)" if packed else "seq"
+    columns = "step_id, seq, run_id, type, data" + (", last_seq" if packed else "")
+    marks = ", ".join("?" * (6 if packed else 5))
+    held = "last_seq" if packed else "NULL"
+    return EventSql(
+        packed=packed, last=last,
+        insert=f"INSERT INTO events ({columns}) VALUES ({marks})",  # noqa: S608
+        # from the row holding the frame after the cursor: the last one starting at or
+        # before the cursor (at most one row more than needed)
+        read=(f"SELECT seq, type, data, {held} FROM events"  # noqa: S608
+              f" WHERE step_id = {frames_of} AND seq >= IFNULL((SELECT MAX(seq)"
+              f" FROM events WHERE step_id = {frames_of} AND seq <= :after), -1)"
+              " ORDER BY seq LIMIT :limit + 1"),
+        max_seq=(f"SELECT {last} FROM events WHERE step_id = {frames_of}"  # noqa: S608
+                 " ORDER BY seq DESC LIMIT 1"))
+
+
+MISCOUNT_ROWS = "SELECT last_seq - seq + 1, data FROM events WHERE last_seq IS NOT NULL"
+"""The ``(frames it should hold, data)`` of every packed row, for :func:`miscounted`."""
+
+
+def miscounted(rows: Iterable[tuple[int, bytes]]) -> int:
+    """How many packed rows ``(frames they should hold, data)`` hold another count."""
+    return sum(len(_dec.decode(d)) != n for n, d in rows)

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
-from orchestrator_core.frame_rows import expand, pack, packed_count
+from orchestrator_core.frame_rows import MISCOUNT_ROWS, event_sql, expand, miscounted, pack
 from orchestrator_core.migrations import SCHEMA_VERSION, migrate
 from orchestrator_core.rows import (
     STEP_UPDATABLE,
@@ -153,8 +153,8 @@ class SqliteStore:
         self._frames_of = ("COALESCE((SELECT frames_of FROM steps WHERE step_id = :id), :id)"
                            if self._refs else ":id")
         # one row per Step per group commit (schema v11, STREAM-2011)
-        self._packed = "last_seq" in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
-        self._last = "last_seq" if self._packed else "NULL"
+        self._ev = event_sql("last_seq" in {r[1] for r in conn.execute(
+            "PRAGMA table_info(events)")}, self._frames_of)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -398,14 +398,8 @@ class SqliteStore:
                 raise ValueError(f"not updatable: {sorted(bad)}")
             others.append((step_id, changes))
         with self._transaction() as conn:
-            if rows and self._packed:  # the commit's frames of a Step as one row
-                conn.executemany(
-                    "INSERT INTO events (step_id, seq, run_id, type, data, last_seq)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", pack(rows))
-            elif rows:
-                conn.executemany(
-                    "INSERT INTO events (step_id, seq, run_id, type, data)"
-                    " VALUES (?, ?, ?, ?, ?)", rows)
+            if rows:  # from v11 the commit's frames of a Step as one row (STREAM-2011)
+                conn.executemany(self._ev.insert, pack(rows) if self._ev.packed else rows)
             if cursors:  # one prepared statement for every Step of a token group
                 conn.executemany("UPDATE steps SET last_seq = ? WHERE step_id = ?", cursors)
             for step_id, changes in others:
@@ -420,28 +414,13 @@ class SqliteStore:
         reference reads the rows of the Step it names (NERVE-4025), in the same query.
         Packed rows are expanded into their frames; a cursor inside one starts in it
         (STREAM-2011)."""
-        if not self._packed:
-            rows: list[EventRead] = self._conn.execute(
-                f"SELECT seq, type, data FROM events WHERE step_id = {self._frames_of}"  # noqa: S608
-                " AND seq > :after ORDER BY seq LIMIT :limit",
-                {"id": step_id, "after": after_seq, "limit": limit}).fetchall()
-            return rows
-        # from the row holding the frame after the cursor: the last one starting at or
-        # before the cursor (at most one row more than needed)
-        return expand(self._conn.execute(
-            "SELECT seq, type, data, last_seq FROM events"  # noqa: S608
-            f" WHERE step_id = {self._frames_of} AND seq >= IFNULL((SELECT MAX(seq)"
-            f" FROM events WHERE step_id = {self._frames_of} AND seq <= :after), -1)"
-            " ORDER BY seq LIMIT :limit + 1",
-            {"id": step_id, "after": after_seq, "limit": limit}), after_seq, limit)
+        return expand(self._conn.execute(self._ev.read, {
+            "id": step_id, "after": after_seq, "limit": limit}), after_seq, limit)
 
     def max_seq(self, step_id: str) -> int:
         """Highest committed seq of a Step (of the Step it names, when it is served by
         reference), -1 when it has none."""
-        row = self._conn.execute(
-            f"SELECT IFNULL({self._last}, seq) FROM events"  # noqa: S608
-            f" WHERE step_id = {self._frames_of} ORDER BY seq DESC LIMIT 1",
-            {"id": step_id}).fetchone()
+        row = self._conn.execute(self._ev.max_seq, {"id": step_id}).fetchone()
         return -1 if row is None else int(row[0])
 
     def seal_frames(self, step_id: str, frames_hash: str) -> str:
@@ -468,13 +447,11 @@ class SqliteStore:
         (NERVE-4025), and Runs whose usage counters differ from a recomputation over
         their Steps (NERVE-4042; USD within 1e-9 relative, for the order of the
         additions)."""
-        conn, last = self._conn, f"IFNULL({self._last}, seq)"
+        conn, last = self._conn, self._ev.last
         gaps = conn.execute(
             f"SELECT COUNT(*) FROM (SELECT step_id, SUM({last} - seq + 1) n,"  # noqa: S608
             f" MAX({last}) m FROM events GROUP BY step_id HAVING n != m + 1)").fetchone()[0]
-        if self._packed:  # a packed row holding other than last_seq - seq + 1 frames
-            gaps += sum(packed_count(d) != n for n, d in conn.execute(
-                "SELECT last_seq - seq + 1, data FROM events WHERE last_seq IS NOT NULL"))
+        gaps += miscounted(conn.execute(MISCOUNT_ROWS)) if self._ev.packed else 0
         referenced = "COALESCE(s.frames_of, s.step_id)" if self._refs else "s.step_id"
         stale = conn.execute(
             "SELECT COUNT(*) FROM steps s WHERE s.last_seq != COALESCE("  # noqa: S608
