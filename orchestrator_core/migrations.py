@@ -19,6 +19,7 @@ v7  engine builds: each build fingerprint with the settings it hashes (NERVE-402
 v8  Flows re-addressed under RFC 8785, their old addresses kept as aliases (NERVE-4048)
 v9  Run usage counters kept by triggers; indexes of lineage and Step type (NERVE-4042)
 v10 Steps served by reference: ``steps.frames_of`` and ``steps.frames_hash`` (NERVE-4025)
+v11 Packed event rows: ``events.last_seq``, a row per Step per commit (STREAM-2011)
 ==  ================================================================================
 """
 
@@ -342,6 +343,42 @@ def _v10(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE steps ADD COLUMN frames_hash TEXT")
 
 
+def _v11(conn: sqlite3.Connection) -> None:
+    """Packed event rows: one row per Step per group commit (STREAM-2011).
+
+    ``events.last_seq`` is the seq of the last frame a row holds; NULL for a row of one
+    frame, as every row written before v11 is, so those keep reading as they are. A row
+    whose ``last_seq`` is set holds the frames ``seq..last_seq`` of its Step
+    (:mod:`orchestrator_core.frame_rows`).
+
+    The table gets a rowid again (``gseq``, in commit order) and ``(step_id, seq)``
+    becomes a unique index: a packed row is several hundred bytes, and inserted in
+    ``(step_id, seq)`` order among the rows of the other live Steps it made SQLite
+    rebalance leaf pages on most commits (about 51 pages written per commit of 16 Steps
+    against 27 this way, and half the CPU per frame); now the rows append at the end of
+    the table and only the small index entries go in the middle. The rows are copied
+    in ``(step_id, seq)`` order. A table that has ``last_seq`` is left as it is.
+    """
+    have = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    if "last_seq" in have:
+        return
+    conn.execute(
+        "CREATE TABLE events_v11 ("
+        " gseq INTEGER PRIMARY KEY,"
+        " step_id TEXT NOT NULL REFERENCES steps(step_id),"
+        " seq INTEGER NOT NULL,"
+        " run_id TEXT NOT NULL,"
+        " type TEXT NOT NULL,"
+        " data BLOB NOT NULL,"
+        " last_seq INTEGER)")
+    conn.execute(
+        "INSERT INTO events_v11 (step_id, seq, run_id, type, data)"
+        " SELECT step_id, seq, run_id, type, data FROM events ORDER BY step_id, seq")
+    conn.execute("DROP TABLE events")
+    conn.execute("ALTER TABLE events_v11 RENAME TO events")
+    conn.execute("CREATE UNIQUE INDEX events_step_seq ON events(step_id, seq)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows, runs, steps (with the idempotency key), events", _v1),
     Migration(2, "tenant on flows and runs; a flow hash is unique per tenant", _v2),
@@ -354,11 +391,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "run usage counters kept by triggers; lineage, step type indexes",
               _v9),
     Migration(10, "steps served by reference: frames_of, frames_hash", _v10),
+    Migration(11, "packed event rows: one row per step per group commit", _v11),
 )
 """Every migration, in order; entry ``i`` leaves the database at version ``i + 1``."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-"""The version :func:`migrate` brings a database to by default (10)."""
+"""The version :func:`migrate` brings a database to by default (11)."""
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

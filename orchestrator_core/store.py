@@ -33,6 +33,7 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
+from orchestrator_core.frame_rows import MISCOUNT_ROWS, event_sql, expand, miscounted, pack
 from orchestrator_core.migrations import SCHEMA_VERSION, migrate
 from orchestrator_core.rows import (
     STEP_UPDATABLE,
@@ -151,6 +152,9 @@ class SqliteStore:
         self._refs = "frames_of" in step
         self._frames_of = ("COALESCE((SELECT frames_of FROM steps WHERE step_id = :id), :id)"
                            if self._refs else ":id")
+        # one row per Step per group commit (schema v11, STREAM-2011)
+        self._ev = event_sql("last_seq" in {r[1] for r in conn.execute(
+            "PRAGMA table_info(events)")}, self._frames_of)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -394,10 +398,8 @@ class SqliteStore:
                 raise ValueError(f"not updatable: {sorted(bad)}")
             others.append((step_id, changes))
         with self._transaction() as conn:
-            if rows:
-                conn.executemany(
-                    "INSERT INTO events (step_id, seq, run_id, type, data)"
-                    " VALUES (?, ?, ?, ?, ?)", rows)
+            if rows:  # from v11 the commit's frames of a Step as one row (STREAM-2011)
+                conn.executemany(self._ev.insert, pack(rows) if self._ev.packed else rows)
             if cursors:  # one prepared statement for every Step of a token group
                 conn.executemany("UPDATE steps SET last_seq = ? WHERE step_id = ?", cursors)
             for step_id, changes in others:
@@ -409,20 +411,17 @@ class SqliteStore:
                     limit: int = 100_000) -> list[EventRead]:
         """Durable frames of a Step with ``seq > after_seq``, in order: ``(seq, type, data)``
         (``data`` is a BLOB, so it reads back as the bytes written). A Step served by
-        reference reads the rows of the Step it names (NERVE-4025), in the same query."""
-        rows: list[EventRead] = self._conn.execute(
-            f"SELECT seq, type, data FROM events WHERE step_id = {self._frames_of}"  # noqa: S608
-            " AND seq > :after ORDER BY seq LIMIT :limit",
-            {"id": step_id, "after": after_seq, "limit": limit}).fetchall()
-        return rows
+        reference reads the rows of the Step it names (NERVE-4025), in the same query.
+        Packed rows are expanded into their frames; a cursor inside one starts in it
+        (STREAM-2011)."""
+        return expand(self._conn.execute(self._ev.read, {
+            "id": step_id, "after": after_seq, "limit": limit}), after_seq, limit)
 
     def max_seq(self, step_id: str) -> int:
         """Highest committed seq of a Step (of the Step it names, when it is served by
         reference), -1 when it has none."""
-        row = self._conn.execute(
-            f"SELECT MAX(seq) FROM events WHERE step_id = {self._frames_of}",  # noqa: S608
-            {"id": step_id}).fetchone()
-        return -1 if row[0] is None else int(row[0])
+        row = self._conn.execute(self._ev.max_seq, {"id": step_id}).fetchone()
+        return -1 if row is None else int(row[0])
 
     def insert_served(self, row: StepRow, holder: str) -> tuple[bool, str]:
         """Insert a Step served by reference and, in the same transaction, keep its
@@ -442,7 +441,8 @@ class SqliteStore:
             return kept == row.frames_hash and self.insert_step(row), kept
 
     def integrity(self) -> dict[str, int]:
-        """Counts used by crash tests: gaps in per-Step seqs, Steps whose last_seq
+        """Counts used by crash tests: gaps in per-Step seqs (and packed rows
+        whose frame count disagrees with their seqs), Steps whose last_seq
         disagrees with their log (the log they reference, for Steps served by reference),
         terminal frames per Step above one, Steps served by reference whose
         reference is broken: it names a Step that is missing, unfinished, itself a
@@ -450,14 +450,15 @@ class SqliteStore:
         (NERVE-4025), and Runs whose usage counters differ from a recomputation over
         their Steps (NERVE-4042; USD within 1e-9 relative, for the order of the
         additions)."""
-        conn = self._conn
+        conn, last = self._conn, self._ev.last
         gaps = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT step_id, COUNT(*) n, MAX(seq) m FROM events"
-            " GROUP BY step_id HAVING n != m + 1)").fetchone()[0]
+            f"SELECT COUNT(*) FROM (SELECT step_id, SUM({last} - seq + 1) n,"  # noqa: S608
+            f" MAX({last}) m FROM events GROUP BY step_id HAVING n != m + 1)").fetchone()[0]
+        gaps += miscounted(conn.execute(MISCOUNT_ROWS)) if self._ev.packed else 0
         referenced = "COALESCE(s.frames_of, s.step_id)" if self._refs else "s.step_id"
         stale = conn.execute(
             "SELECT COUNT(*) FROM steps s WHERE s.last_seq != COALESCE("  # noqa: S608
-            f"(SELECT MAX(seq) FROM events e WHERE e.step_id = {referenced}), -1)"
+            f"(SELECT MAX({last}) FROM events e WHERE e.step_id = {referenced}), -1)"
         ).fetchone()[0]
         multi_terminal = conn.execute(
             "SELECT COUNT(*) FROM (SELECT step_id FROM events WHERE type IN ('end','error')"

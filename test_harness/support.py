@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 
 from orchestrator_core.clock import Clock
 from orchestrator_core.config import ServerConfig
+from orchestrator_core.frame_rows import expand
 from orchestrator_core.metrics import Metrics
 from orchestratord.app import create_app
 from tools.servers import start_server, stop_server
@@ -98,13 +99,32 @@ def llm_step(token: str, prompt: str = "hello world", model: str = MOCK_MODEL,
 
 
 def table_counts(db: pathlib.Path) -> dict[str, int]:
-    """Row counts of the four tables, read through a separate connection."""
+    """Row counts of the first three tables and, under ``events``, the frames the event
+    log holds (a packed row holds several, STREAM-2011), read through a separate
+    connection."""
     con = sqlite3.connect(db)
     try:
-        return {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608
-                for t in ("flows", "runs", "steps", "events")}
+        counts = {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608
+                  for t in ("flows", "runs", "steps")}
+        counts["events"] = con.execute(
+            "SELECT IFNULL(SUM(IFNULL(last_seq, seq) - seq + 1), 0) FROM events").fetchone()[0]
+        return counts
     finally:
         con.close()
+
+
+def rewrite_frames(db: sqlite3.Connection, step_id: str,
+                   change: Callable[[int, str, bytes], bytes]) -> None:
+    """Rewrite a Step's stored frames as an older server (or an attacker) would leave
+    them: one row per frame, each frame's data replaced by ``change(seq, type, data)``;
+    the caller commits. Packed rows (STREAM-2011) are unpacked."""
+    rows = db.execute("SELECT seq, type, data, last_seq, run_id FROM events"
+                      " WHERE step_id = ? ORDER BY seq", (step_id,)).fetchall()
+    frames = expand([r[:4] for r in rows], -1, len(rows) * 100_000)
+    db.execute("DELETE FROM events WHERE step_id = ?", (step_id,))
+    db.executemany("INSERT INTO events (step_id, seq, run_id, type, data)"
+                   " VALUES (?, ?, ?, ?, ?)",
+                   [(step_id, seq, rows[0][4], t, change(seq, t, d)) for seq, t, d in frames])
 
 
 def http_run_step(http: Any, run_id: str, body: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:

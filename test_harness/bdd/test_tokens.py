@@ -15,7 +15,7 @@ from pytest_bdd import given, scenarios, then, when
 
 from orchestrator_core.config import mock_config
 from test_harness.bdd.conftest import new_run, run_to_end
-from test_harness.support import app_client, llm_step, parse_sse
+from test_harness.support import app_client, llm_step, parse_sse, rewrite_frames
 
 scenarios("tokens.feature")
 
@@ -147,14 +147,15 @@ def test_a_recording_made_before_token_bytes_existed_replays_byte_for_byte(
         step, _raw = run_to_end(client, run_id, body)
         flow_id = client.get(f"/v1/runs/{run_id}").json()["flow_id"]
     db = sqlite3.connect(tmp_path / "data" / "orchestrator.db")
-    rows = db.execute("SELECT seq, data FROM events WHERE step_id = ? AND type = 'token'",
-                      (step["step_id"],)).fetchall()
-    for seq, data in rows:  # rewrite as today's main wrote them
+
+    def legacy(_seq: int, ftype: str, data: bytes) -> bytes:  # as today's main wrote them
+        if ftype != "token":
+            return data
         tok = json.loads(data)
-        legacy = json.dumps({"i": tok["i"], "t": tok["t"], "id": -1},
-                            ensure_ascii=False, separators=(",", ":")).encode()
-        db.execute("UPDATE events SET data = ? WHERE step_id = ? AND seq = ?",
-                   (legacy, step["step_id"], seq))
+        return json.dumps({"i": tok["i"], "t": tok["t"], "id": -1},
+                          ensure_ascii=False, separators=(",", ":")).encode()
+
+    rewrite_frames(db, step["step_id"], legacy)
     db.commit()
     db.close()
     with app_client(cfg) as client:

@@ -23,7 +23,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.replay import frames_hash
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store import SqliteStore
-from test_harness.support import app_client, llm_step, table_counts
+from test_harness.support import app_client, llm_step, rewrite_frames, table_counts
 
 PROV_OK = (b'{"seed":11,"prompt_hash":"b3:p","params_hash":"b3:q","engine":"mock",'
            b'"engine_version":"mock 1","model_hash":"sha256:m","pool_id":"mock-0",'
@@ -272,9 +272,8 @@ class TestServedByReference:
         client, run_id = recorded
         replay(client, run_id)
         tampered = TOKEN_0_OK.replace(b'"Hel"', b'"Hex"')
-        _orch_store(client)._conn.execute(
-            "UPDATE events SET data = ? WHERE step_id = 'stp_rec_ok' AND seq = 1",
-            (tampered.split(b"data: ")[1][:-2],))
+        rewrite_frames(_orch_store(client)._conn, "stp_rec_ok", lambda seq, _t, d: (
+            tampered.split(b"data: ")[1][:-2] if seq == 1 else d))
         flow_id = client.get(f"/v1/runs/{run_id}").json()["flow_id"]
         rep = client.post(f"/v1/flows/{flow_id}/runs",
                           json={"mode": "replay", "replay_of": run_id, "seed": 7}).json()
