@@ -101,11 +101,15 @@ class _Filler:
 
 
 def _count(db: pathlib.Path) -> dict[str, int]:
-    """Rows of runs, steps and events, read through a connection of its own."""
+    """Rows of runs and steps and the frames of events (a packed row holds several,
+    STREAM-2011), read through a connection of its own."""
     con = sqlite3.connect(db)
     try:
-        return {t: int(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])  # noqa: S608
-                for t in ("runs", "steps", "events")}
+        counts = {t: int(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])  # noqa: S608
+                  for t in ("runs", "steps")}
+        counts["events"] = int(con.execute(
+            "SELECT IFNULL(SUM(IFNULL(last_seq, seq) - seq + 1), 0) FROM events").fetchone()[0])
+        return counts
     finally:
         con.close()
 
