@@ -20,12 +20,6 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import (
-    HTTPException,
-    MethodNotAllowedException,
-    NotFoundException,
-    ValidationException,
-)
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -35,10 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.checkpoints import Checkpoint, CheckpointCreate
 from contracts.errors import (
-    Internal,
     InvalidParams,
-    NotFound,
-    OrchestratorError,
     PoolUnready,
     Unauthorized,
 )
@@ -54,6 +45,7 @@ from orchestrator_core.service import SERVER_VERSION, Orchestrator
 from orchestratord.auth import require_token, tenant_of
 from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
+from orchestratord.failures import as_orchestrator_error
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
@@ -74,32 +66,7 @@ Tenant = NamedDependency[str]
 """The caller's tenant, resolved by the auth guard."""
 
 
-class MethodNotAllowed(InvalidParams):
-    """The route exists but not for this HTTP method (405)."""
-
-    http_status = 405
-
-
 # -- the one error handler -------------------------------------------------------------
-
-
-def _to_orchestrator_error(exc: Exception) -> OrchestratorError:
-    if isinstance(exc, OrchestratorError):
-        return exc
-    if isinstance(exc, ValidationException):
-        detail = exc.extra if isinstance(exc.extra, list | dict) else None
-        return InvalidParams(f"invalid request: {exc.detail}",
-                             data={"errors": detail} if detail else None)
-    if isinstance(exc, NotFoundException):
-        return NotFound(exc.detail or "not found")
-    if isinstance(exc, MethodNotAllowedException):
-        return MethodNotAllowed(exc.detail or "method not allowed")
-    if isinstance(exc, HTTPException) and exc.status_code < 500:
-        err = InvalidParams(f"{exc.detail}")
-        err.http_status = exc.status_code if exc.status_code != 413 else 400  # type: ignore[misc]
-        return err
-    log.exception("unhandled error", exc_info=exc)
-    return Internal("internal error; see the server log with this X-Correlation-Id")
 
 
 def error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -108,7 +75,7 @@ def error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[b
     ``Retry-After`` (whole seconds, rounded up) and ``X-Backoff-Ms`` are added when the
     error carries ``retry_after_ms``.
     """
-    err = _to_orchestrator_error(exc)
+    err = as_orchestrator_error(exc)
     headers: dict[str, str] = {}
     if isinstance(err, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="orchestratord"'

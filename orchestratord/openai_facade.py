@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
@@ -74,6 +74,7 @@ from orchestrator_core.openai_map import (
     tool_calls_of,
 )
 from orchestrator_core.service import Orchestrator
+from orchestratord.failures import as_orchestrator_error
 from orchestratord.sse import SSE_HEADERS
 
 __all__ = ["BASE_PATH", "openai_error_handler", "openai_router"]
@@ -115,23 +116,16 @@ def _param_of(problem: dict[str, Any]) -> str | None:
     return key or None
 
 
+def _invalid_request(exc: ValidationException) -> OrchestratorError:
+    """A body that failed validation: 400 naming the parameter (OAI-6005)."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    problem = extra[0] if extra and isinstance(extra[0], dict) else {}
+    message = str(problem.get("message", exc.detail))
+    return InvalidParams(f"invalid request: {message}", data={"field": _param_of(problem)})
+
+
 def _as_error(exc: Exception) -> OrchestratorError:
-    if isinstance(exc, OrchestratorError):
-        return exc
-    if isinstance(exc, ValidationException):
-        extra = exc.extra if isinstance(exc.extra, list) else []
-        problem = extra[0] if extra and isinstance(extra[0], dict) else {}
-        message = str(problem.get("message", exc.detail))
-        return InvalidParams(f"invalid request: {message}",
-                             data={"field": _param_of(problem)})
-    if isinstance(exc, NotFoundException):
-        return NotFound(exc.detail or "not found")
-    if isinstance(exc, HTTPException) and exc.status_code < 500:
-        err = InvalidParams(f"{exc.detail}")
-        err.http_status = exc.status_code if exc.status_code != 413 else 400  # type: ignore[misc]
-        return err
-    log.exception("unhandled error", exc_info=exc)
-    return Internal("internal error; see the server log with this X-Correlation-Id")
+    return as_orchestrator_error(exc, invalid=_invalid_request)
 
 
 def _error_body(err: OrchestratorError) -> tuple[int, OaiErrorBody]:
