@@ -379,6 +379,37 @@ def _v11(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE UNIQUE INDEX events_step_seq ON events(step_id, seq)")
 
 
+def _v12(conn: sqlite3.Connection) -> None:
+    """Indexes for the navigation lists (NERVE-4061).
+
+    Each list is one index range read in creation order: ``flows_tenant_order`` pages a
+    tenant's Flows and ``runs_flow_*`` a Flow's Runs by rowid, one index per combination
+    of the ``mode`` and ``status`` filters. ``run_labels`` holds one row per label of a
+    Run, ``(flow_id, key, value, run_rowid)``, kept by an insert trigger on ``runs`` (a
+    Run's labels never change) and filled here for the Runs that exist, so a ``label``
+    filter reads only the matching Runs.
+    """
+    conn.execute("CREATE INDEX flows_tenant_order ON flows(tenant)")
+    conn.execute("CREATE INDEX runs_flow_order ON runs(flow_id)")
+    conn.execute("CREATE INDEX runs_flow_mode ON runs(flow_id, mode)")
+    conn.execute("CREATE INDEX runs_flow_status ON runs(flow_id, status)")
+    conn.execute("CREATE INDEX runs_flow_mode_status ON runs(flow_id, mode, status)")
+    conn.execute(
+        "CREATE TABLE run_labels ("
+        " flow_id TEXT NOT NULL,"
+        " key TEXT NOT NULL,"
+        " value TEXT NOT NULL,"
+        " run_rowid INTEGER NOT NULL,"
+        " PRIMARY KEY (flow_id, key, value, run_rowid)) WITHOUT ROWID")
+    labels_of = ("SELECT {r}.flow_id, j.key, j.value, {r}.rowid"
+                 " FROM json_each({r}.body, '$.labels') AS j WHERE j.type = 'text'")
+    conn.execute("INSERT INTO run_labels (flow_id, key, value, run_rowid) "
+                 + labels_of.format(r="runs").replace(" FROM ", " FROM runs, ", 1))
+    conn.execute("CREATE TRIGGER runs_labels_insert AFTER INSERT ON runs BEGIN"
+                 " INSERT OR IGNORE INTO run_labels (flow_id, key, value, run_rowid) "
+                 + labels_of.format(r="NEW") + "; END")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows, runs, steps (with the idempotency key), events", _v1),
     Migration(2, "tenant on flows and runs; a flow hash is unique per tenant", _v2),
@@ -392,11 +423,12 @@ MIGRATIONS: tuple[Migration, ...] = (
               _v9),
     Migration(10, "steps served by reference: frames_of, frames_hash", _v10),
     Migration(11, "packed event rows: one row per step per group commit", _v11),
+    Migration(12, "navigation list indexes; run labels kept by a trigger", _v12),
 )
 """Every migration, in order; entry ``i`` leaves the database at version ``i + 1``."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-"""The version :func:`migrate` brings a database to by default (11)."""
+"""The version :func:`migrate` brings a database to by default (12)."""
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -248,6 +248,37 @@ class Store(Protocol):
         (0: from the first; else a :meth:`checkpoint_position`)."""
         ...
 
+    # -- navigation lists (NERVE-4061) ---------------------------------------------------
+
+    def flow_position(self, tenant: str, flow_id: str) -> int | None:
+        """An opaque number that increases with creation order, for a Flow of this
+        tenant; None when the tenant has no such Flow."""
+        ...
+
+    def list_flows(self, tenant: str, after: int = 0, limit: int = 100) -> list[FlowRow]:
+        """A page of the tenant's Flows, oldest first, after position ``after`` (0: from
+        the first; else a :meth:`flow_position`); one index range read."""
+        ...
+
+    def run_position(self, flow_id: str, run_id: str) -> int | None:
+        """An opaque number that increases with creation order, for a Run of this Flow;
+        None when the Flow has no such Run."""
+        ...
+
+    def list_runs(self, flow_id: str, *, mode: str | None = None, status: str | None = None,
+                  label: tuple[str, str] | None = None, after: int = 0,
+                  limit: int = 100) -> list[RunRow]:
+        """A page of the Flow's Runs equal to every filter given (``label``: a
+        ``(key, value)`` pair of the Run's labels), oldest first, after position
+        ``after`` (0: from the first; else a :meth:`run_position`); one index range
+        read."""
+        ...
+
+    def list_steps_page(self, run_id: str, after: int = -1, limit: int = 100) -> list[StepRow]:
+        """A page of the Run's Steps in submission order: ordinals above ``after`` (-1:
+        from the first), ascending; one index range read."""
+        ...
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:

@@ -46,6 +46,7 @@ from orchestratord.auth import require_token, tenant_of
 from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
 from orchestratord.failures import as_orchestrator_error
+from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
@@ -369,6 +370,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             append_fact, list_run_facts, stream_run_facts, list_flow_facts,
             create_checkpoint, list_checkpoints,
             capabilities, health, ready, metrics, docs_assets_router(), openai_router(),
+            *NAV_ROUTES,
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),
                       "tenant": Provide(tenant_of, sync_to_thread=False)},

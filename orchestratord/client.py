@@ -291,6 +291,61 @@ class OrchestratorClient:
                                                                        else ""))
         return msgspec.json.decode(resp.content, type=list[Fact])
 
+    async def _page(self, path: str, params: dict[str, Any]) -> tuple[httpx.Response, str | None]:
+        """GET one page of a list; the ``after`` of its ``Link: rel="next"``, or None."""
+        query = str(httpx.QueryParams({k: v for k, v in params.items() if v is not None}))
+        resp = await self._call("GET", path + (f"?{query}" if query else ""))
+        nxt = resp.links.get("next", {}).get("url")
+        return resp, (httpx.URL(nxt).params.get("after") if nxt else None)
+
+    async def list_flows(self, *, limit: int = 100,
+                         after: str | None = None) -> tuple[list[Flow], str | None]:
+        """``GET /v1/flows``: one page of the caller's Flows, oldest first (NERVE-4061).
+
+        Returns:
+            ``(flows, next_after)``: pass ``next_after`` as ``after`` for the next page;
+            None on the last page.
+
+        Raises:
+            InvalidParams: ``limit`` outside 1..1000 or an unknown ``after``.
+        """
+        resp, nxt = await self._page("/v1/flows", {"limit": limit, "after": after})
+        return msgspec.json.decode(resp.content, type=list[Flow]), nxt
+
+    async def list_runs(self, flow_id: str, *, mode: str | None = None,
+                        status: str | None = None, label: str | None = None,
+                        limit: int = 100,
+                        after: str | None = None) -> tuple[list[Run], str | None]:
+        """``GET /v1/flows/{id}/runs``: one page of a Flow's Runs, oldest first, filtered
+        by ``mode``, ``status`` and ``label`` (``key:value``) (NERVE-4061).
+
+        Returns:
+            ``(runs, next_after)``, as :meth:`list_flows`.
+
+        Raises:
+            NotFound: no such Flow (or another tenant's).
+            InvalidParams: a bad filter, ``limit`` or ``after`` (``data.field``).
+        """
+        resp, nxt = await self._page(f"/v1/flows/{flow_id}/runs", {
+            "mode": mode, "status": status, "label": label, "limit": limit, "after": after})
+        return msgspec.json.decode(resp.content, type=list[Run]), nxt
+
+    async def list_steps(self, run_id: str, *, limit: int = 100,
+                         after: str | None = None) -> tuple[list[Step], str | None]:
+        """``GET /v1/runs/{id}/steps``: one page of a Run's Steps in submission order
+        (NERVE-4061), e.g. for an interpreter rebuilding its position after a crash.
+
+        Returns:
+            ``(steps, next_after)``, as :meth:`list_flows`.
+
+        Raises:
+            NotFound: no such Run (or another tenant's).
+            InvalidParams: ``limit`` outside 1..1000 or an unknown ``after``.
+        """
+        resp, nxt = await self._page(f"/v1/runs/{run_id}/steps",
+                                     {"limit": limit, "after": after})
+        return msgspec.json.decode(resp.content, type=list[Step]), nxt
+
     async def stream(self, step_id: str, *, last_event_id: int | None = None) -> \
             AsyncIterator[Frame]:
         """Yield the Step's SSE frames until its terminal frame."""

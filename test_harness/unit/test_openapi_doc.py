@@ -25,6 +25,19 @@ class TestOpenApiDocument:
             "200", "201", "400", "401", "402", "403", "404", "409", "415", "429", "502",
             "503"]
 
+    def test_the_navigation_lists_document_their_parameters_and_statuses(self) -> None:
+        """[NERVE-4033] [NERVE-4061] The three lists name their query parameters, a 400
+        for a bad page request, and a 404 where they take a Flow or a Run."""
+        found = {path: (sorted(_op("get", path)["responses"]),
+                        [p["name"] for p in _op("get", path)["parameters"] if p["in"] == "query"])
+                 for path in ("/v1/flows", "/v1/flows/{flow_id}/runs", "/v1/runs/{run_id}/steps")}
+        assert found == {
+            "/v1/flows": (["200", "400", "401", "403"], ["limit", "after"]),
+            "/v1/flows/{flow_id}/runs": (["200", "400", "401", "403", "404"],
+                                         ["mode", "status", "label", "limit", "after"]),
+            "/v1/runs/{run_id}/steps": (["200", "400", "401", "403", "404"],
+                                        ["limit", "after"])}
+
     def test_errors_are_the_envelope(self) -> None:
         """[NERVE-4033] [OAI-6005] Every error response of every operation is the flat
         envelope, except the OpenAI facade's, which are OpenAI's error body."""
