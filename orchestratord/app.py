@@ -229,9 +229,16 @@ def _last_event_id(request: Request[Any, Any, Any]) -> int | None:
 
 @get("/v1/steps/{step_id:str}/stream", media_type="text/event-stream")
 async def stream_step(step_id: FromPath[str], request: Request[Any, Any, Any],
-                      orch: Orch, tenant: Tenant) -> Stream:
-    """SSE stream of a Step's frames; ``Last-Event-ID`` resumes after that frame."""
-    return SseStream(orch.open_stream(step_id, _last_event_id(request), tenant=tenant))
+                      orch: Orch, tenant: Tenant) -> Stream | Response[None]:
+    """SSE stream of a Step's frames; ``Last-Event-ID`` resumes after that frame.
+
+    A ``Last-Event-ID`` at or after the terminal frame answers 204 No Content, which
+    makes a browser's ``EventSource`` stop reconnecting (STREAM-2012).
+    """
+    stream = orch.open_stream(step_id, _last_event_id(request), tenant=tenant)
+    if stream.ended_before():
+        return Response(None, status_code=204, headers=SSE_HEADERS)
+    return SseStream(stream)
 
 
 @post("/v1/runs/{run_id:str}/facts", status_code=201)
