@@ -43,6 +43,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.service import SERVER_VERSION, Orchestrator
 from orchestratord.auth import require_token, tenant_of
+from orchestratord.cors import CorsMiddleware
 from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
 from orchestratord.failures import as_orchestrator_error
@@ -383,7 +384,8 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
         exception_handlers={Exception: error_handler},
         before_send=[add_correlation_id],
         lifespan=[lifespan],
-        middleware=[DefineMiddleware(EdgeGuard, no_auth=not config.auth_tokens,
+        middleware=[DefineMiddleware(CorsMiddleware, allowed_origins=config.allowed_origins),
+                    DefineMiddleware(EdgeGuard, no_auth=not config.auth_tokens,
                                      allowed_hosts=config.allowed_hosts,
                                      allowed_origins=config.allowed_origins)],
         request_class=JsonRequest,

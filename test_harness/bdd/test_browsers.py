@@ -1,14 +1,20 @@
-"""Browsers reading Step streams with ``EventSource`` (STREAM-2012)."""
+"""Browsers reading Step streams with ``EventSource`` (STREAM-2012, NERVE-4053)."""
 
 from __future__ import annotations
 
+import pathlib
+from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
+import msgspec
+import pytest
 from litestar.testing import TestClient
-from pytest_bdd import scenarios, then, when
+from pytest_bdd import given, parsers, scenarios, then, when
 
-from test_harness.bdd.conftest import run_to_end
-from test_harness.support import llm_step, parse_sse
+from orchestrator_core.config import ServerConfig
+from test_harness.bdd.conftest import new_run, run_to_end
+from test_harness.support import app_client, llm_step, parse_sse
 
 scenarios("browsers.feature")
 
@@ -36,3 +42,45 @@ def reconnect_before_end(client: TestClient[Any], ctx: dict[str, Any]) -> None:
     resp = client.get(f"/v1/steps/{ctx['step_id']}/stream",
                       headers={"Last-Event-ID": str(ctx["last"]["id"] - 1)})
     assert (resp.status_code, [f["event"] for f in parse_sse(resp.content)]) == (200, ["end"])
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    """Closes the servers a scenario starts."""
+    with ExitStack() as s:
+        yield s
+
+
+@given(parsers.parse('the server allows the origin "{origin}"'))
+def allowing_server(stack: ExitStack, mock_cfg: ServerConfig, tmp_path: pathlib.Path,
+                    ctx: dict[str, Any], origin: str) -> None:
+    """A server of its own whose ``allowed_origins`` is that one origin, with a finished
+    Step."""
+    cfg = msgspec.structs.replace(mock_cfg, data_dir=str(tmp_path / "cors"),
+                                  allowed_origins=[origin])
+    c = ctx["cors_client"] = stack.enter_context(app_client(cfg))
+    step, _raw = run_to_end(c, new_run(c), llm_step("cors-1", "hello"))
+    ctx["cors_step"] = step["step_id"]
+
+
+@when(parsers.parse('a page on "{origin}" reads a Step\'s stream'))
+def page_reads(ctx: dict[str, Any], origin: str) -> None:
+    """A cross-origin GET of the finished Step's stream, as EventSource sends it."""
+    ctx["answer"] = ctx["cors_client"].get(f"/v1/steps/{ctx['cors_step']}/stream",
+                                           headers={"Origin": origin})
+
+
+@then(parsers.parse('the answer carries Access-Control-Allow-Origin "{origin}"'))
+def allowed(ctx: dict[str, Any], origin: str) -> None:
+    """The stream is readable by the page: the exact origin, varied on Origin."""
+    resp = ctx["answer"]
+    assert (resp.status_code, resp.headers.get("access-control-allow-origin"),
+            resp.headers.get("vary")) == (200, origin, "Origin")
+
+
+@then("the answer carries no CORS header")
+def not_allowed(ctx: dict[str, Any]) -> None:
+    """The same stream answers another origin with no CORS header at all."""
+    resp = ctx["answer"]
+    assert (resp.status_code, [k for k in resp.headers if k.startswith("access-control-")]) == (
+        200, [])

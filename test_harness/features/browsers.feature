@@ -1,4 +1,4 @@
-@STREAM-2012
+@STREAM-2012 @NERVE-4053
 Feature: Browsers read Step streams with EventSource
 
   Background:
@@ -8,3 +8,10 @@ Feature: Browsers read Step streams with EventSource
     When a browser reads a Step's stream to its end frame
     Then reconnecting with Last-Event-ID at the end frame answers 204 with no body
     And reconnecting with Last-Event-ID before the end frame streams the end frame again
+
+  Scenario: A page on an allowed origin may read the answers, another origin may not
+    Given the server allows the origin "http://app.example:5173"
+    When a page on "http://app.example:5173" reads a Step's stream
+    Then the answer carries Access-Control-Allow-Origin "http://app.example:5173"
+    When a page on "http://evil.example" reads a Step's stream
+    Then the answer carries no CORS header
