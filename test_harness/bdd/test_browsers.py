@@ -1,4 +1,5 @@
-"""Browsers reading Step streams with ``EventSource`` (STREAM-2012, NERVE-4053)."""
+"""Browsers reading Step streams with ``EventSource`` (STREAM-2012, NERVE-4053,
+NERVE-4054)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from litestar.testing import TestClient
 from pytest_bdd import given, parsers, scenarios, then, when
 
+from orchestrator_core.clock import FakeClock
 from orchestrator_core.config import ServerConfig
 from test_harness.bdd.conftest import new_run, run_to_end
 from test_harness.support import app_client, llm_step, parse_sse
@@ -84,3 +86,47 @@ def not_allowed(ctx: dict[str, Any]) -> None:
     resp = ctx["answer"]
     assert (resp.status_code, [k for k in resp.headers if k.startswith("access-control-")]) == (
         200, [])
+
+
+@given(parsers.parse('a server with the token "{token}" and a finished Step of its tenant'))
+def ticket_server(stack: ExitStack, mock_cfg: ServerConfig, tmp_path: pathlib.Path,
+                  ctx: dict[str, Any], token: str) -> None:
+    """A bearer-token server of its own on a fake clock, with one finished Step."""
+    cfg = msgspec.structs.replace(mock_cfg, data_dir=str(tmp_path / "ticket"),
+                                  auth_tokens={token: "alpha"})
+    ctx["clock"] = clock = FakeClock()
+    c = ctx["t_client"] = stack.enter_context(app_client(cfg, clock=clock))
+    auth = ctx["auth"] = {"Authorization": f"Bearer {token}"}
+    flow = c.post("/v1/flows", json={"ast_ir": {"ticket": 1}}, headers=auth).json()
+    run = c.post(f"/v1/flows/{flow['flow_id']}/runs", json={"mode": "record", "seed": 1},
+                 headers=auth).json()
+    step = c.post(f"/v1/runs/{run['run_id']}/steps", json=llm_step("t-1", max_tokens=3),
+                  headers=auth).json()
+    ctx["t_step"] = step["step_id"]
+    ctx["t_whole"] = c.get(f"/v1/steps/{step['step_id']}/stream", headers=auth).content
+
+
+@when("the client asks a stream ticket for that Step")
+def ask_ticket(ctx: dict[str, Any]) -> None:
+    """``POST /v1/steps/{id}/stream-ticket`` with the bearer token."""
+    resp = ctx["t_client"].post(f"/v1/steps/{ctx['t_step']}/stream-ticket",
+                                headers=ctx["auth"])
+    assert (resp.status_code, resp.json()["expires_in_ms"]) == (200, 60_000)
+    ctx["ticket"] = resp.json()["ticket"]
+
+
+@then("the Step's stream opens with the ticket and no Authorization header")
+def open_with_ticket(ctx: dict[str, Any]) -> None:
+    """The stream read through the ticket is the same bytes as with the token."""
+    resp = ctx["t_client"].get(f"/v1/steps/{ctx['t_step']}/stream",
+                               params={"ticket": ctx["ticket"]})
+    assert (resp.status_code, resp.content) == (200, ctx["t_whole"])
+
+
+@then("the ticket answers 401 once the server's clock is 60 s later")
+def expired(ctx: dict[str, Any]) -> None:
+    """An expired ticket is refused like a missing token."""
+    c = ctx["t_client"]
+    c.blocking_portal.call(ctx["clock"].advance, 60.0)
+    resp = c.get(f"/v1/steps/{ctx['t_step']}/stream", params={"ticket": ctx["ticket"]})
+    assert (resp.status_code, resp.json()["code"]) == (401, "UNAUTHORIZED")

@@ -1,4 +1,4 @@
-@STREAM-2012 @NERVE-4053
+@STREAM-2012 @NERVE-4053 @NERVE-4054
 Feature: Browsers read Step streams with EventSource
 
   Background:
@@ -15,3 +15,9 @@ Feature: Browsers read Step streams with EventSource
     Then the answer carries Access-Control-Allow-Origin "http://app.example:5173"
     When a page on "http://evil.example" reads a Step's stream
     Then the answer carries no CORS header
+
+  Scenario: A stream ticket opens one Step's stream without the bearer token
+    Given a server with the token "tok-a" and a finished Step of its tenant
+    When the client asks a stream ticket for that Step
+    Then the Step's stream opens with the ticket and no Authorization header
+    And the ticket answers 401 once the server's clock is 60 s later
