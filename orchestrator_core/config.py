@@ -80,7 +80,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         allowed_hosts: ``Host`` names a server without ``auth_tokens`` answers besides
             loopback ones (NERVE-4052); default none.
         allowed_origins: origins (``scheme://host[:port]``) that may send state-changing
-            requests to a server without ``auth_tokens`` besides its own (NERVE-4052).
+            requests to a server without ``auth_tokens`` besides its own (NERVE-4052),
+            and the only origins granted CORS (NERVE-4053); default none.
         max_recorded_value_bytes: the largest value a Step may record, in bytes of compact
             JSON: a tool's output, an ``fs_op`` result, a gate's value, a checkpoint
             snapshot. A larger one is refused, never truncated (POLICY-3030).

@@ -60,6 +60,22 @@ class StepStream:
         if self._sub is not None:
             self._sub.hang_up()
 
+    def ended_before(self) -> bool:
+        """Whether the reader already has the terminal frame: the cursor is at or after it.
+
+        A stream resumed with ``Last-Event-ID`` >= the terminal frame's sequence number
+        has nothing left to send; the HTTP layer answers it 204 No Content, so that a
+        browser's ``EventSource`` stops reconnecting (STREAM-2012). A stream read from the
+        start (cursor -1) never counts, and neither does a live Step.
+
+        Returns:
+            True when :meth:`pump` would write nothing and return at once.
+        """
+        if self.cursor < 0:
+            return False
+        frames, done = self._log.read(self.step_id, self.cursor)
+        return done and not frames
+
     async def pump(self, write: Write) -> bool:
         """Write the stream until its terminal frame, or until :meth:`hang_up`.
 

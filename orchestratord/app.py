@@ -13,7 +13,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import msgspec
@@ -22,7 +22,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import Stream
 from litestar.types import Message, Scope
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -38,11 +38,13 @@ from contracts.flows import Flow, FlowCreate, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run, RunCreate
 from contracts.steps import Step, StepSubmit
+from contracts.tickets import StreamTicket
 from orchestrator_core.clock import Clock
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.service import SERVER_VERSION, Orchestrator
 from orchestratord.auth import require_token, tenant_of
+from orchestratord.cors import CorsMiddleware
 from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
 from orchestratord.failures import as_orchestrator_error
@@ -50,6 +52,7 @@ from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
+from orchestratord.tickets import MAX_TICKET_CHARS, TICKET_TTL_MS, StreamTickets
 from worker_adapters.base import Drivers, ToolsFactory
 from worker_adapters.registry import default_drivers
 from worker_adapters.tools import tool_registry
@@ -228,11 +231,35 @@ def _last_event_id(request: Request[Any, Any, Any]) -> int | None:
     return last
 
 
-@get("/v1/steps/{step_id:str}/stream", media_type="text/event-stream")
+@post("/v1/steps/{step_id:str}/stream-ticket", status_code=200)
+async def stream_ticket(step_id: FromPath[str], request: Request[Any, Any, Any], orch: Orch,
+                        tenant: Tenant) -> StreamTicket:
+    """A 60 s ticket that opens this Step's stream without a bearer token (NERVE-4054)."""
+    orch.get_step(step_id, tenant)
+    tickets: StreamTickets = request.app.state.stream_tickets
+    return StreamTicket(ticket=tickets.issue(step_id, tenant, orch.clock.monotonic()),
+                        step_id=step_id, expires_in_ms=TICKET_TTL_MS)
+
+
+@get("/v1/steps/{step_id:str}/stream", media_type="text/event-stream", opt={"ticket": True})
 async def stream_step(step_id: FromPath[str], request: Request[Any, Any, Any],
-                      orch: Orch, tenant: Tenant) -> Stream:
-    """SSE stream of a Step's frames; ``Last-Event-ID`` resumes after that frame."""
-    return SseStream(orch.open_stream(step_id, _last_event_id(request), tenant=tenant))
+                      orch: Orch, tenant: Tenant,
+                      ticket: Annotated[str | None, Parameter(
+                          max_length=MAX_TICKET_CHARS,
+                          description="A ticket from `POST /v1/steps/{step_id}/stream-ticket`"
+                                      " for this Step, instead of the bearer token "
+                                      "(NERVE-4054).")] = None) -> Stream | Response[None]:
+    """SSE stream of a Step's frames; ``Last-Event-ID`` resumes after that frame.
+
+    A ``Last-Event-ID`` at or after the terminal frame answers 204 No Content, which
+    makes a browser's ``EventSource`` stop reconnecting (STREAM-2012). ``ticket`` (from
+    ``POST /v1/steps/{step_id}/stream-ticket``) stands in for the bearer token
+    (NERVE-4054); the auth guard checks it.
+    """
+    stream = orch.open_stream(step_id, _last_event_id(request), tenant=tenant)
+    if stream.ended_before():
+        return Response(None, status_code=204, headers=SSE_HEADERS)
+    return SseStream(stream)
 
 
 @post("/v1/runs/{run_id:str}/facts", status_code=201)
@@ -366,7 +393,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
     app = Litestar(
         route_handlers=[
             create_flow, get_flow, get_flow_by_hash, create_run, get_run, cancel_run,
-            submit_step, get_step, cancel_step, stream_step, list_pools, get_pool,
+            submit_step, get_step, cancel_step, stream_step, stream_ticket, list_pools, get_pool,
             append_fact, list_run_facts, stream_run_facts, list_flow_facts,
             create_checkpoint, list_checkpoints,
             capabilities, health, ready, metrics, docs_assets_router(), openai_router(),
@@ -378,11 +405,13 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
         exception_handlers={Exception: error_handler},
         before_send=[add_correlation_id],
         lifespan=[lifespan],
-        middleware=[DefineMiddleware(EdgeGuard, no_auth=not config.auth_tokens,
+        middleware=[DefineMiddleware(CorsMiddleware, allowed_origins=config.allowed_origins),
+                    DefineMiddleware(EdgeGuard, no_auth=not config.auth_tokens,
                                      allowed_hosts=config.allowed_hosts,
                                      allowed_origins=config.allowed_origins)],
         request_class=JsonRequest,
-        state=State({"max_json_depth": config.max_json_depth}),
+        state=State({"max_json_depth": config.max_json_depth,
+                     "stream_tickets": StreamTickets()}),
         request_max_body_size=config.max_body_bytes,
         openapi_config=OpenAPIConfig(title="orchestratord", version="0.1.0",
                                      path="/schema", security=SECURITY,

@@ -18,6 +18,7 @@ from litestar.handlers.base import BaseRouteHandler
 from contracts.errors import Unauthorized
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.service import DEFAULT_TENANT
+from orchestratord.tickets import StreamTickets
 
 __all__ = ["check_bind", "require_token", "tenant_of"]
 
@@ -57,16 +58,27 @@ async def require_token(connection: ASGIConnection[Any, Any, Any, Any],
     It is ``async`` on purpose, though it never awaits: Litestar runs a plain function
     guard in a worker thread, a thread hop on every request (about 0.1 ms of latency).
 
+    A route with ``opt={"ticket": True}`` (the Step stream) also accepts, when there is
+    no valid bearer token, a ``ticket`` query parameter issued for its ``step_id``
+    (NERVE-4054).
+
     Raises:
-        Unauthorized: tokens are configured and the request has none, or a wrong one.
+        Unauthorized: tokens are configured and the request has none, or a wrong one
+            (a missing, expired or other-step ticket alike).
     """
-    config: ServerConfig = connection.app.state.orch.config
+    orch = connection.app.state.orch
+    config: ServerConfig = orch.config
     if not config.auth_tokens or handler.opt.get("public"):
         connection.state.tenant = DEFAULT_TENANT
         return
     scheme, _, presented = connection.headers.get("authorization", "").partition(" ")
     tenant = _match(config.auth_tokens, presented.strip()) if scheme.lower() == "bearer" \
         else None
+    ticket = connection.query_params.get("ticket") if handler.opt.get("ticket") else None
+    if tenant is None and ticket is not None:
+        tickets: StreamTickets = connection.app.state.stream_tickets
+        tenant = tickets.tenant_of(ticket, str(connection.path_params.get("step_id", "")),
+                                   config.auth_tokens.values(), orch.clock.monotonic())
     if tenant is None:
         raise Unauthorized("a valid bearer token is required")
     connection.state.tenant = tenant

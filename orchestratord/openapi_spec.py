@@ -89,6 +89,7 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "GET /v1/steps/{step_id}": {404: (E.NOT_FOUND,)},
     "POST /v1/steps/{step_id}/cancel": {404: (E.NOT_FOUND,)},
     "GET /v1/steps/{step_id}/stream": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
+    "POST /v1/steps/{step_id}/stream-ticket": {404: (E.NOT_FOUND,)},
     "POST /v1/runs/{run_id}/facts": {**_BODY, 404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},
     "GET /v1/runs/{run_id}/facts": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
     "GET /v1/runs/{run_id}/facts/stream": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
@@ -117,7 +118,9 @@ _CREATED_OR_EXISTING = frozenset({"POST /v1/flows", "POST /v1/runs/{run_id}/step
                                   "POST /v1/runs/{run_id}/checkpoint"})
 """Idempotent creations: 201 when new, 200 with the same body when it already existed."""
 
-_STREAMS = {"GET /v1/steps/{step_id}/stream": "SseFrame",
+_STEP_STREAM = "GET /v1/steps/{step_id}/stream"
+"""The Step stream, which answers 204 to a re-read after its terminal frame (STREAM-2012)."""
+_STREAMS = {_STEP_STREAM: "SseFrame",
             "GET /v1/runs/{run_id}/facts/stream": "FactFrame"}
 
 _SUBMIT = "POST /v1/runs/{run_id}/steps"
@@ -317,6 +320,12 @@ def _complete(key: str, op: Operation) -> None:
                            "that sequence number; a finished stream is replayed whole.",
             "headers": {"X-Correlation-Id": _CORRELATION_OUT},
             "content": {"text/event-stream": {"schema": {"$ref": _REF.format(name=frame)}}}})
+    if key == _STEP_STREAM:
+        responses["204"] = _RawResponse({
+            "description": "`Last-Event-ID` is at or after the Step's terminal frame: "
+                           "nothing is left to send, and the status makes a browser's "
+                           "`EventSource` stop reconnecting (STREAM-2012).",
+            "headers": {"X-Correlation-Id": _CORRELATION_OUT}})
     if key == _SUBMIT:
         responses["201"] = _RawResponse(_submitted(201))
         responses["200"] = _RawResponse(_submitted(200))

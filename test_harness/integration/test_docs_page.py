@@ -70,4 +70,5 @@ class TestDocsPageOffline:
             "/v1/runs/{run_id}/openai/v1/completions", "/v1/runs/{run_id}/openai/v1/models",
             "/v1/runs/{run_id}/steps",
             "/v1/steps/{step_id}", "/v1/steps/{step_id}/cancel", "/v1/steps/{step_id}/stream",
+            "/v1/steps/{step_id}/stream-ticket",
         ]

@@ -79,6 +79,26 @@ class TestOpenApiDocument:
         assert [p["name"] for p in op["parameters"] if p["in"] == "header"] == [
             "X-Correlation-Id", "Last-Event-ID"]
 
+    def test_the_stream_ticket_route_and_parameter_are_documented(self) -> None:
+        """[NERVE-4054] The ticket route answers a StreamTicket (401, 403, 404 besides)
+        and the Step stream takes an optional ``ticket`` query parameter."""
+        op = _op("post", "/v1/steps/{step_id}/stream-ticket")
+        assert sorted(op["responses"]) == ["200", "401", "403", "404"]
+        assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/StreamTicket"}
+        assert sorted(DOC["components"]["schemas"]["StreamTicket"]["properties"]) == [
+            "expires_in_ms", "step_id", "ticket"]
+        assert [(p["name"], p["required"]) for p in
+                _op("get", "/v1/steps/{step_id}/stream")["parameters"]
+                if p["in"] == "query"] == [("ticket", False)]
+
+    def test_step_stream_documents_204_after_the_terminal_frame(self) -> None:
+        """[STREAM-2012] The Step stream documents 204 for a re-read at or after its
+        terminal frame; the Run's fact stream does not."""
+        assert sorted(_op("get", "/v1/steps/{step_id}/stream")["responses"]) == [
+            "200", "204", "400", "401", "403", "404"]
+        assert "204" not in _op("get", "/v1/runs/{run_id}/facts/stream")["responses"]
+
     def test_bearer_scheme_with_public_probes(self) -> None:
         """[NERVE-4033] Bearer auth is global; /health and /ready declare no security."""
         assert DOC["security"] == [{"bearerAuth": []}]
