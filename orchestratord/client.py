@@ -398,8 +398,11 @@ class OrchestratorClient:
             AsyncIterator[SubmittedStream]:
         """Submit a Step and read its stream in the same request: ``POST
         /v1/runs/{id}/steps`` with ``Accept: text/event-stream`` (one round trip,
-        STREAM-2010). A missing ``client_token`` is derived (NERVE-4071); resubmitting the same
-        body with ``last_event_id`` resumes the stream after that frame.
+        STREAM-2010). A missing ``client_token`` is derived (NERVE-4071), and each equal
+        body counts as a new occurrence, so a new Step: to resume after
+        :class:`StreamDisconnected`, read :meth:`stream` of its ``step_id`` from its
+        ``last_event_id``, or resubmit the body with the Step's own ``client_token`` and
+        ``last_event_id``.
 
         A server that answers the submission with JSON (one older than the stream
         answer) is read as before: the Step from the body, then its ``GET`` stream.
