@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,8 +33,18 @@ from contracts.flows import Flow, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run
 from contracts.steps import Step
+from orchestratord.client_errors import (
+    ERR_CONTEXT_BUDGET,
+    ERR_INVALID_MODEL,
+    ERR_SERVER,
+    ERR_STREAM_DISCONNECTED,
+    StreamDisconnected,
+)
+from orchestratord.client_tokens import StepTokens
 
-__all__ = ["Frame", "OrchestratorClient", "StepResult", "SubmittedStream", "UntypedData"]
+__all__ = ["ERR_CONTEXT_BUDGET", "ERR_INVALID_MODEL", "ERR_SERVER", "ERR_STREAM_DISCONNECTED",
+           "Frame", "OrchestratorClient", "StepResult", "StreamDisconnected", "SubmittedStream",
+           "UntypedData"]
 
 _env_decoder = msgspec.json.Decoder(ErrorEnvelope)
 _EPHEMERAL = frozenset(t.value for t in FrameType if t not in DURABLE_FRAMES)
@@ -168,16 +177,27 @@ class SubmittedStream:
         return self._frames
 
 
-async def _frames_of(source: Any) -> AsyncIterator[Frame]:
-    """The frames of an open ``httpx_sse`` event source, until a terminal frame."""
-    async for sse in source.aiter_sse():
-        if not sse.data and sse.event == "message":
-            continue  # a ": keep-alive" comment after a frame that set an id
-        # SSE carries the last id over to frames without one: ephemeral ones
-        seq = int(sse.id) if sse.id and sse.event not in _EPHEMERAL else None
-        yield Frame.decode(seq, sse.event, sse.data)
-        if sse.event in ("end", "error"):
-            return
+async def _frames_of(source: Any, step_id: str) -> AsyncIterator[Frame]:
+    """The frames of an open ``httpx_sse`` event source, until a terminal frame.
+
+    Raises:
+        StreamDisconnected: the stream ended, or its connection broke, before a terminal
+            frame (NERVE-4072).
+    """
+    last: int | None = None
+    try:
+        async for sse in source.aiter_sse():
+            if not sse.data and sse.event == "message":
+                continue  # a ": keep-alive" comment after a frame that set an id
+            # SSE carries the last id over to frames without one: ephemeral ones
+            seq = int(sse.id) if sse.id and sse.event not in _EPHEMERAL else None
+            last = seq if seq is not None else last
+            yield Frame.decode(seq, sse.event, sse.data)
+            if sse.event in ("end", "error"):
+                return
+    except httpx.TransportError as exc:
+        raise StreamDisconnected(step_id, last, f"{type(exc).__name__}: {exc}") from exc
+    raise StreamDisconnected(step_id, last, "the server closed the stream")
 
 
 class OrchestratorClient:
@@ -196,6 +216,14 @@ class OrchestratorClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=base_url, transport=transport,
                                        headers=headers, timeout=timeout_s)
+        self._tokens = StepTokens()
+
+    def _with_token(self, run_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with a ``client_token``: its own, or one derived from the body and its
+        occurrence in the Run (NERVE-4071), never a random one."""
+        if "client_token" in body:
+            return body
+        return {"client_token": self._tokens.claim(run_id, body), **body}
 
     async def __aenter__(self) -> OrchestratorClient:
         return self
@@ -264,8 +292,9 @@ class OrchestratorClient:
                                    type=Run)
 
     async def submit_step(self, run_id: str, body: dict[str, Any]) -> Step:
-        """``POST /v1/runs/{id}/steps``; a ``client_token`` is generated when missing."""
-        body = {"client_token": str(uuid.uuid4()), **body}
+        """``POST /v1/runs/{id}/steps``; a missing ``client_token`` is derived from the body
+        and its occurrence in the Run (NERVE-4071)."""
+        body = self._with_token(run_id, body)
         resp = await self._call("POST", f"/v1/runs/{run_id}/steps", body)
         return msgspec.json.decode(resp.content, type=Step)
 
@@ -348,14 +377,19 @@ class OrchestratorClient:
 
     async def stream(self, step_id: str, *, last_event_id: int | None = None) -> \
             AsyncIterator[Frame]:
-        """Yield the Step's SSE frames until its terminal frame."""
+        """Yield the Step's SSE frames until its terminal frame.
+
+        Raises:
+            OrchestratorError: the stream was refused (its typed subclass).
+            StreamDisconnected: it ended before its terminal frame (NERVE-4072).
+        """
         headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
         async with aconnect_sse(self._http, "GET", f"/v1/steps/{step_id}/stream",
                                 headers=headers, timeout=None) as source:
             if source.response.status_code >= 400:
                 await source.response.aread()
                 raise error_from_envelope(_env_decoder.decode(source.response.content))
-            async for frame in _frames_of(source):
+            async for frame in _frames_of(source, step_id):
                 yield frame
 
     @contextlib.asynccontextmanager
@@ -364,8 +398,11 @@ class OrchestratorClient:
             AsyncIterator[SubmittedStream]:
         """Submit a Step and read its stream in the same request: ``POST
         /v1/runs/{id}/steps`` with ``Accept: text/event-stream`` (one round trip,
-        STREAM-2010). A ``client_token`` is generated when missing; resubmitting the same
-        body with ``last_event_id`` resumes the stream after that frame.
+        STREAM-2010). A missing ``client_token`` is derived (NERVE-4071), and each equal
+        body counts as a new occurrence, so a new Step: to resume after
+        :class:`StreamDisconnected`, read :meth:`stream` of its ``step_id`` from its
+        ``last_event_id``, or resubmit the body with the Step's own ``client_token`` and
+        ``last_event_id``.
 
         A server that answers the submission with JSON (one older than the stream
         answer) is read as before: the Step from the body, then its ``GET`` stream.
@@ -373,7 +410,7 @@ class OrchestratorClient:
         Raises:
             OrchestratorError: the submission was refused (its typed subclass).
         """
-        body = {"client_token": str(uuid.uuid4()), **body}
+        body = self._with_token(run_id, body)
         headers = {"content-type": "application/json"}  # aconnect_sse adds the Accept
         if last_event_id is not None:
             headers["last-event-id"] = str(last_event_id)
@@ -390,8 +427,8 @@ class OrchestratorClient:
                 yield SubmittedStream(step.step_id, resp.status_code == 201,
                                       self.stream(step.step_id, last_event_id=last_event_id))
                 return
-            yield SubmittedStream(resp.headers["x-step-id"], resp.status_code == 201,
-                                  _frames_of(source))
+            step_id = resp.headers["x-step-id"]
+            yield SubmittedStream(step_id, resp.status_code == 201, _frames_of(source, step_id))
 
     async def run_step(self, run_id: str, body: dict[str, Any]) -> StepResult:
         """Submit a Step, read its stream to the end in the same request
