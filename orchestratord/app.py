@@ -37,7 +37,7 @@ from contracts.facts import Fact, FactCreate
 from contracts.flows import Flow, FlowCreate, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run, RunCreate
-from contracts.steps import Step, StepSubmit
+from contracts.steps import CancelAccepted, Step, StepSubmit
 from contracts.tickets import StreamTicket
 from orchestrator_core.clock import Clock
 from orchestrator_core.config import ServerConfig
@@ -208,10 +208,15 @@ async def get_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Respon
     return Response(step, headers=budget_headers(orch, step.run_id))
 
 
-@post("/v1/steps/{step_id:str}/cancel", status_code=200)
-async def cancel_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Step:
-    """Cancel a Step. Idempotent; a finished Step is returned unchanged."""
-    return orch.cancel_step(step_id, tenant)
+@post("/v1/steps/{step_id:str}/cancel", status_code=202)
+async def cancel_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Response[Any]:
+    """Cancel a Step. Idempotent: 202 ``{status: "cancelling"}`` while it is live, 200
+    with the Step unchanged once it has finished (NERVE-4070)."""
+    live = not orch.get_step(step_id, tenant).status.terminal
+    step = orch.cancel_step(step_id, tenant)
+    if live:
+        return Response(CancelAccepted(), status_code=202)
+    return Response(step, status_code=200)
 
 
 def _last_event_id(request: Request[Any, Any, Any]) -> int | None:

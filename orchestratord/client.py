@@ -33,7 +33,7 @@ from contracts.facts import Fact
 from contracts.flows import Flow, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run
-from contracts.steps import Step
+from contracts.steps import CancelAccepted, Step
 
 __all__ = ["Frame", "OrchestratorClient", "StepResult", "SubmittedStream", "UntypedData"]
 
@@ -274,9 +274,12 @@ class OrchestratorClient:
         return msgspec.json.decode((await self._call("GET", f"/v1/steps/{step_id}")).content,
                                    type=Step)
 
-    async def cancel_step(self, step_id: str) -> Step:
-        """``POST /v1/steps/{id}/cancel``."""
+    async def cancel_step(self, step_id: str) -> Step | CancelAccepted:
+        """``POST /v1/steps/{id}/cancel``: ``CancelAccepted`` (202) while the Step is live,
+        the finished Step (200) otherwise (NERVE-4070)."""
         resp = await self._call("POST", f"/v1/steps/{step_id}/cancel")
+        if resp.status_code == 202:
+            return msgspec.json.decode(resp.content, type=CancelAccepted)
         return msgspec.json.decode(resp.content, type=Step)
 
     async def append_fact(self, run_id: str, fact: dict[str, Any]) -> Fact:
