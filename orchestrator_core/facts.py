@@ -130,6 +130,18 @@ class Facts:
             run_id=run_id, fact_type=fact_type, step_id=step_id, since_seq=since_seq,
             limit=limit)]
 
+    def get(self, fact_id: str, tenant: str) -> Fact:
+        """One Fact of the tenant, by id (NERVE-4071).
+
+        Raises:
+            NotFound: no such Fact, or another tenant's (answered alike, NERVE-4051).
+        """
+        rows = self.store.list_facts(fact_ids=[fact_id], limit=1)
+        run = self.store.get_run(rows[0].run_id) if rows else None
+        if run is None or run.tenant != tenant:
+            raise NotFound(f"no fact {fact_id}", data={"fact_id": fact_id})
+        return fact_of(rows[0])
+
     def list_flow(self, flow_id: str, tenant: str, *, fact_type: str | None = None,
                   limit: int = 1000) -> list[Fact]:
         """Facts of every Run of a Flow, by Run then ``seq``."""

@@ -18,6 +18,7 @@ import httpx
 import msgspec
 from httpx_sse import aconnect_sse
 
+from contracts.checkpoints import Checkpoint
 from contracts.errors import ErrorEnvelope, error_from_envelope
 from contracts.events import (
     DURABLE_FRAMES,
@@ -402,3 +403,13 @@ class OrchestratorClient:
         async with self.submit_stream(run_id, body) as submitted:
             frames = [f async for f in submitted.frames()]
         return StepResult(step=await self.get_step(submitted.step_id), frames=frames)
+
+    async def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
+        """``GET /v1/checkpoints/{id}`` (NERVE-4071). Raises NotFound."""
+        resp = await self._call("GET", f"/v1/checkpoints/{checkpoint_id}")
+        return msgspec.json.decode(resp.content, type=Checkpoint)
+
+    async def get_fact(self, fact_id: str) -> Fact:
+        """``GET /v1/facts/{id}`` (NERVE-4071). Raises NotFound."""
+        resp = await self._call("GET", f"/v1/facts/{fact_id}")
+        return msgspec.json.decode(resp.content, type=Fact)
