@@ -299,11 +299,19 @@ async def stream_run_facts(run_id: FromPath[str], request: Request[Any, Any, Any
 @get("/v1/flows/{flow_id:str}/facts")
 async def list_flow_facts(flow_id: FromPath[str], orch: Orch, tenant: Tenant,
                           type: FromQuery[str | None] = None,
-                          limit: FromQuery[int] = 1000) -> list[Fact]:
-    """Facts of every Run of a Flow."""
-    if not 1 <= limit <= 10_000:
-        raise InvalidParams("limit must be 1..10000")
-    return orch.facts.list_flow(flow_id, tenant, fact_type=type, limit=limit)
+                          limit: FromQuery[int] = 1000,
+                          after: FromQuery[str | None] = None) -> Response[list[Fact]]:
+    """A page of the Facts of every Run of a Flow, in append order: ``limit`` (1..10000,
+    default 1000) after the fact_id ``after``; ``Link: <...>; rel="next"`` names the next
+    page (NERVE-4072)."""
+    page, next_after = orch.facts.list_flow(flow_id, tenant, fact_type=type, after=after,
+                                            limit=limit)
+    headers = {}
+    if next_after is not None:
+        query = urlencode({k: v for k, v in (("type", type), ("limit", limit),
+                                             ("after", next_after)) if v is not None})
+        headers["Link"] = f'</v1/flows/{quote(flow_id)}/facts?{query}>; rel="next"'
+    return Response(page, headers=headers)
 
 
 @post("/v1/runs/{run_id:str}/checkpoint", status_code=201)

@@ -1,7 +1,9 @@
-"""Checkpoints and Facts by id, tenant-isolated (NERVE-4071, NERVE-4051)."""
+"""Checkpoints and Facts by id, tenant-isolated, and a Flow's Facts a page at a time
+(NERVE-4071, NERVE-4072, NERVE-4051)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -47,7 +49,7 @@ def run_with_both(ctx: dict[str, Any], tenant: str) -> None:
     c, auth = ctx["client"], _as(ctx, tenant)
     flow = c.post("/v1/flows", json={"ast_ir": {"by_id": True}}, headers=auth).json()
     run = c.post(f"/v1/flows/{flow['flow_id']}/runs", json={}, headers=auth).json()
-    ctx["run_id"] = run["run_id"]
+    ctx["run_id"], ctx["flow_id"] = run["run_id"], flow["flow_id"]
     fact = c.post(f"/v1/runs/{run['run_id']}/facts", headers=auth,
                   json={"type": "seen", "schema_uri": BUILTIN_FACT_SCHEMA, "data": {"n": 1}})
     ckp = c.post(f"/v1/runs/{run['run_id']}/checkpoint", headers=auth,
@@ -103,3 +105,83 @@ def alike(ctx: dict[str, Any], field: str) -> None:
         never.json()
     assert {k: v for k, v in foreign.headers.items() if k != "x-correlation-id"} == \
         {k: v for k, v in never.headers.items() if k != "x-correlation-id"}
+
+
+@when(parsers.parse('tenant "{tenant}" appends {n:d} facts alternating between two runs of '
+                    'one flow'))
+def append_alternating(ctx: dict[str, Any], tenant: str, n: int) -> None:
+    """Fact i goes to the first Run when i is even, else to a second Run; its type is
+    ``even`` or ``odd`` and its data ``{"i": i}``."""
+    c, auth = ctx["client"], _as(ctx, tenant)
+    second = c.post(f"/v1/flows/{ctx['flow_id']}/runs", json={}, headers=auth).json()
+    runs = [ctx["run_id"], second["run_id"]]
+    ctx["new_facts"] = []
+    for i in range(n):
+        resp = c.post(f"/v1/runs/{runs[i % 2]}/facts", headers=auth, json={
+            "type": "odd" if i % 2 else "even", "schema_uri": BUILTIN_FACT_SCHEMA,
+            "data": {"i": i}})
+        assert resp.status_code == 201, resp.text
+        ctx["new_facts"].append(resp.json()["fact_id"])
+
+
+def _walk(ctx: dict[str, Any], tenant: str, url: str | None) -> None:
+    """Follow ``rel="next"`` from ``url``; keep each page's fact ids and Link header."""
+    ctx["pages"], ctx["links"] = [], []
+    while url is not None and len(ctx["pages"]) < 20:
+        resp = ctx["client"].get(url, headers=_as(ctx, tenant))
+        assert resp.status_code == 200, resp.text
+        ctx["pages"].append([fact["fact_id"] for fact in resp.json()])
+        link = resp.headers.get("link")
+        ctx["links"].append(link)
+        found = re.fullmatch(r'<([^>]+)>; rel="next"', link) if link else None
+        url = found.group(1) if found else None
+
+
+@when(parsers.parse('tenant "{tenant}" follows the flow\'s facts with limit {limit:d} through '
+                    'its Link headers'))
+def follow_facts(ctx: dict[str, Any], tenant: str, limit: int) -> None:
+    """A client that only follows ``rel="next"``."""
+    _walk(ctx, tenant, f"/v1/flows/{ctx['flow_id']}/facts?limit={limit}")
+
+
+@when(parsers.parse('tenant "{tenant}" follows the flow\'s facts of type "{kind}" with limit '
+                    '{limit:d} through its Link headers'))
+def follow_typed_facts(ctx: dict[str, Any], tenant: str, kind: str, limit: int) -> None:
+    """The filter is only in the first URL; the links must carry it on."""
+    _walk(ctx, tenant, f"/v1/flows/{ctx['flow_id']}/facts?type={kind}&limit={limit}")
+
+
+@then(parsers.parse("the pages hold 2, 2 and 2 facts, the run's first fact and the 5 new ones "
+                    "in append order"))
+def pages_in_order(ctx: dict[str, Any]) -> None:
+    """Six Facts across two Runs, in the order they were appended."""
+    every = [ctx["ids"]["fact"], *ctx["new_facts"]]
+    assert ctx["pages"] == [every[0:2], every[2:4], every[4:6]]
+
+
+@then("the last page has no Link header")
+def last_without_link(ctx: dict[str, Any]) -> None:
+    """The walk ends on the server's word."""
+    assert ctx["links"][-1] is None
+    assert all(link is not None for link in ctx["links"][:-1])
+
+
+@then("the facts listed are the new facts 1 and 3, one a page")
+def typed_pages(ctx: dict[str, Any]) -> None:
+    """Only the ``odd`` Facts, each on its own page."""
+    assert ctx["pages"] == [[ctx["new_facts"][1]], [ctx["new_facts"][3]]]
+
+
+@when(parsers.parse('tenant "{tenant}" lists alpha\'s flow facts with "{query}"'))
+def list_bad(ctx: dict[str, Any], tenant: str, query: str) -> None:
+    """One request."""
+    ctx["answer"] = ctx["client"].get(f"/v1/flows/{ctx['flow_id']}/facts?{query}",
+                                      headers=_as(ctx, tenant))
+
+
+@then(parsers.parse('the answer is {status:d} {code} with data.field "{field}"'))
+def refused(ctx: dict[str, Any], status: int, code: str, field: str) -> None:
+    """The typed refusal; a 404 names the Flow, not a parameter (``none``)."""
+    body = ctx["answer"].json()
+    assert (ctx["answer"].status_code, body["code"]) == (status, code)
+    assert body["data"].get("field", "none") == field
