@@ -33,7 +33,10 @@ from orchestrator_core.rows import FactRow
 from orchestrator_core.schema_guard import check_schema, violations
 from orchestrator_core.store_base import Store
 
-__all__ = ["Facts", "check_fact_schemas", "fact_of"]
+__all__ = ["MAX_FLOW_FACTS_LIMIT", "Facts", "check_fact_schemas", "fact_of"]
+
+MAX_FLOW_FACTS_LIMIT = 10_000
+"""The largest page of a Flow's Facts (NERVE-4072)."""
 
 _BUILTIN = {BUILTIN_FACT_SCHEMA: {"type": "object"}}
 _enc = msgspec.json.Encoder()
@@ -164,9 +167,9 @@ class Facts:
                 Flow (``data.field`` names the parameter).
         """
         get_flow(self.store, flow_id, tenant)
-        if not 1 <= limit <= 10_000:
-            raise InvalidParams("limit must be 1..10000", data={"field": "limit",
-                                                                "limit": limit})
+        if not 1 <= limit <= MAX_FLOW_FACTS_LIMIT:
+            raise InvalidParams(f"limit must be 1..{MAX_FLOW_FACTS_LIMIT}",
+                                data={"field": "limit", "limit": limit})
         position = 0
         if after is not None:
             found = self.store.fact_position(flow_id, after)
