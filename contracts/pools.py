@@ -109,7 +109,7 @@ class PriceInfo(msgspec.Struct, frozen=True):
 
 
 class ToolExecutorInfo(msgspec.Struct, frozen=True):
-    """One operator tool executor a Flow's tool may name (NERVE-4073).
+    """One operator tool executor a Flow's tool may name (NERVE-4076).
 
     ``args_schema`` is the JSON Schema of the arguments object the executor takes: the
     built-in tools' exact input, an ``argv`` template's ``{name}`` placeholders as
@@ -130,7 +130,7 @@ class Capabilities(msgspec.Struct):
     ``step_types`` and ``frame_types`` name every Step type a submission may take and
     every SSE event name; ``tool_executors`` the operator's executors; ``prices`` each
     listed model's price (of price table ``price_version``); ``limits`` every size and
-    count bound a request meets (NERVE-4073).
+    count bound a request meets (NERVE-4076).
 
     ``sandbox_parents`` are the caller's own sandbox directories, one per operator allowed
     parent: a Run's ``fs_policy.roots`` must lie strictly inside one of them, and a

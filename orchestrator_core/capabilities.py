@@ -1,5 +1,5 @@
 """What ``GET /v1/capabilities`` advertises: models, types, tools, prices and every limit
-(NERVE-4073)."""
+(NERVE-4076)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SERVER_LIMITS = {"max_labels": 64, "max_label_key_chars": 128, "max_label_value_
                  "max_list_page": MAX_LIMIT, "max_flow_facts_page": MAX_FLOW_FACTS_LIMIT,
                  "max_run_facts_page": 10_000}
 """Bounds fixed by the wire types and the list routes (``contracts.limits``, NERVE-4061,
-NERVE-4072)."""
+NERVE-4075)."""
 
 
 def limits_of(config: ServerConfig) -> dict[str, int]:

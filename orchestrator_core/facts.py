@@ -36,7 +36,7 @@ from orchestrator_core.store_base import Store
 __all__ = ["MAX_FLOW_FACTS_LIMIT", "Facts", "check_fact_schemas", "fact_of"]
 
 MAX_FLOW_FACTS_LIMIT = 10_000
-"""The largest page of a Flow's Facts (NERVE-4072)."""
+"""The largest page of a Flow's Facts (NERVE-4075)."""
 
 _BUILTIN = {BUILTIN_FACT_SCHEMA: {"type": "object"}}
 _enc = msgspec.json.Encoder()
@@ -134,7 +134,7 @@ class Facts:
             limit=limit)]
 
     def get(self, fact_id: str, tenant: str) -> Fact:
-        """One Fact of the tenant, by id (NERVE-4071).
+        """One Fact of the tenant, by id (NERVE-4074).
 
         Raises:
             NotFound: no such Fact, or another tenant's (answered alike, NERVE-4051).
@@ -148,7 +148,7 @@ class Facts:
     def list_flow(self, flow_id: str, tenant: str, *, fact_type: str | None = None,
                   after: str | None = None,
                   limit: int = 1000) -> tuple[list[Fact], str | None]:
-        """One page of the Facts of every Run of a Flow, in append order (NERVE-4072).
+        """One page of the Facts of every Run of a Flow, in append order (NERVE-4075).
 
         Args:
             flow_id: the Flow.

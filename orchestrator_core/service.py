@@ -443,7 +443,7 @@ class Orchestrator:
 
     def capabilities(self, tenant: str = DEFAULT_TENANT) -> Capabilities:
         """Opaque model ids, context sizes and features; every Step and frame type; the
-        tool executors; prices per model; every limit (NERVE-4073). ``sandbox_parents``
+        tool executors; prices per model; every limit (NERVE-4076). ``sandbox_parents``
         are the caller's own sandbox directories only (POLICY-3010)."""
         return build_capabilities(self.config, self.pools, self.tools, SERVER_VERSION,
                                   self.sandboxes.sandbox_dirs(tenant))

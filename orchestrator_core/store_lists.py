@@ -82,7 +82,7 @@ class ListQueries:
 
     def fact_position(self, flow_id: str, fact_id: str) -> int | None:
         """Where a Fact of this Flow sits in append order, or None when the Flow has no
-        Fact with this fact_id (NERVE-4072)."""
+        Fact with this fact_id (NERVE-4075)."""
         row = self._conn.execute("SELECT rowid FROM facts WHERE fact_id = ? AND flow_id = ?",
                                  (fact_id, flow_id)).fetchone()
         return None if row is None else int(row[0])
@@ -90,7 +90,7 @@ class ListQueries:
     def list_flow_facts(self, flow_id: str, *, fact_type: str | None = None, after: int = 0,
                         limit: int = 1000) -> list[FactRow]:
         """A page of the Flow's Facts (of ``fact_type`` when given) in append order, after
-        position ``after`` (NERVE-4072)."""
+        position ``after`` (NERVE-4075)."""
         where, args = "flow_id = ?", [flow_id]
         if fact_type is not None:
             where, args = "flow_id = ? AND type = ?", [flow_id, fact_type]

@@ -303,7 +303,7 @@ async def list_flow_facts(flow_id: FromPath[str], orch: Orch, tenant: Tenant,
                           after: FromQuery[str | None] = None) -> Response[list[Fact]]:
     """A page of the Facts of every Run of a Flow, in append order: ``limit`` (1..10000,
     default 1000) after the fact_id ``after``; ``Link: <...>; rel="next"`` names the next
-    page (NERVE-4072)."""
+    page (NERVE-4075)."""
     page, next_after = orch.facts.list_flow(flow_id, tenant, fact_type=type, after=after,
                                             limit=limit)
     headers = {}

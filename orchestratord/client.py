@@ -405,11 +405,11 @@ class OrchestratorClient:
         return StepResult(step=await self.get_step(submitted.step_id), frames=frames)
 
     async def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
-        """``GET /v1/checkpoints/{id}`` (NERVE-4071). Raises NotFound."""
+        """``GET /v1/checkpoints/{id}`` (NERVE-4074). Raises NotFound."""
         resp = await self._call("GET", f"/v1/checkpoints/{checkpoint_id}")
         return msgspec.json.decode(resp.content, type=Checkpoint)
 
     async def get_fact(self, fact_id: str) -> Fact:
-        """``GET /v1/facts/{id}`` (NERVE-4071). Raises NotFound."""
+        """``GET /v1/facts/{id}`` (NERVE-4074). Raises NotFound."""
         resp = await self._call("GET", f"/v1/facts/{fact_id}")
         return msgspec.json.decode(resp.content, type=Fact)

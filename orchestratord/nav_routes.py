@@ -1,5 +1,5 @@
 """The navigation routes: the lists of a tenant's Flows, a Flow's Runs, a Run's Steps
-(NERVE-4061), and a Checkpoint or a Fact by id (NERVE-4071).
+(NERVE-4061), and a Checkpoint or a Fact by id (NERVE-4074).
 
 Each answers a JSON array, one page in creation order (Steps: submission order), with
 ``Link: <...>; rel="next"`` when another page follows, like the checkpoint list: ``limit``

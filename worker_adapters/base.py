@@ -436,7 +436,7 @@ class ToolExecutors(Protocol):
 
     def catalogue(self) -> list[ToolExecutorInfo]:
         """Every executor, sorted by name, with its argument schema and limits
-        (``GET /v1/capabilities``, NERVE-4073)."""
+        (``GET /v1/capabilities``, NERVE-4076)."""
         ...
 
     async def aclose(self) -> None:

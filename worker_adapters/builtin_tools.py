@@ -215,7 +215,7 @@ ARG_SCHEMAS: Mapping[str, dict[str, Any]] = {
     "wc": _TEXT,
 }
 """The JSON Schema of each built-in tool's input, as the module docstring describes it
-(advertised by ``GET /v1/capabilities``, NERVE-4073)."""
+(advertised by ``GET /v1/capabilities``, NERVE-4076)."""
 
 
 def run(tool: str, data: bytes) -> bytes:

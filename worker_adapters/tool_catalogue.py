@@ -1,4 +1,4 @@
-"""What ``GET /v1/capabilities`` says about the operator's tool executors (NERVE-4073)."""
+"""What ``GET /v1/capabilities`` says about the operator's tool executors (NERVE-4076)."""
 
 from __future__ import annotations
 

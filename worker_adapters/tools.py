@@ -417,7 +417,7 @@ class ToolRegistry(Catalogued):
         configs: executor configurations by name (names as for a Flow's ``executor``:
             1 to 128 characters of ``[A-Za-z0-9_.:-]``).
         http_transport: optional httpx transport for every ``http`` executor (tests).
-        schemas: the built-in tools' argument schemas by name (NERVE-4073).
+        schemas: the built-in tools' argument schemas by name (NERVE-4076).
 
     Raises:
         InvalidParams: a name is invalid; ``data["tool"]`` holds it.

@@ -1,4 +1,4 @@
-"""Capabilities: step and frame types, tool executors, prices and every limit (NERVE-4073)."""
+"""Capabilities: step and frame types, tool executors, prices and every limit (NERVE-4076)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Checkpoints and Facts by id, tenant-isolated, and a Flow's Facts a page at a time
-(NERVE-4071, NERVE-4072, NERVE-4051)."""
+(NERVE-4074, NERVE-4075, NERVE-4051)."""
 
 from __future__ import annotations
 

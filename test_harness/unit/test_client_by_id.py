@@ -1,4 +1,4 @@
-"""The Python client reads a Checkpoint and a Fact by id (NERVE-4071)."""
+"""The Python client reads a Checkpoint and a Fact by id (NERVE-4074)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from test_harness.support import app_client
 
 @pytest.mark.anyio
 async def test_the_client_gets_a_checkpoint_and_a_fact_by_id(mock_cfg: ServerConfig) -> None:
-    """[NERVE-4071] ``get_checkpoint`` and ``get_fact`` decode the stored objects, and an
+    """[NERVE-4074] ``get_checkpoint`` and ``get_fact`` decode the stored objects, and an
     unknown id raises NotFound naming it."""
     with app_client(mock_cfg) as c:
         flow = c.post("/v1/flows", json={"ast_ir": {}}).json()["flow_id"]
