@@ -13,8 +13,10 @@ __all__ = [
     "ModelCapability",
     "ModelInfo",
     "PoolInfo",
+    "PriceInfo",
     "ReplicaHealth",
     "ReplicaInfo",
+    "ToolExecutorInfo",
 ]
 
 
@@ -99,8 +101,36 @@ class ModelCapability(msgspec.Struct):
     pools: list[str]
 
 
+class PriceInfo(msgspec.Struct, frozen=True):
+    """A model's price in USD per million tokens; 0.0 when the operator set none."""
+
+    usd_per_mtok_in: float
+    usd_per_mtok_out: float
+
+
+class ToolExecutorInfo(msgspec.Struct, frozen=True):
+    """One operator tool executor a Flow's tool may name (NERVE-4076).
+
+    ``args_schema`` is the JSON Schema of the arguments object the executor takes: the
+    built-in tools' exact input, an ``argv`` template's ``{name}`` placeholders as
+    required scalars, or any object for ``http``. ``timeout_ms`` and
+    ``max_output_bytes`` are its per-call limits.
+    """
+
+    name: str
+    kind: str
+    args_schema: dict[str, Any]
+    timeout_ms: int
+    max_output_bytes: int
+
+
 class Capabilities(msgspec.Struct):
     """``GET /v1/capabilities``: opaque model ids, limits and the server version.
+
+    ``step_types`` and ``frame_types`` name every Step type a submission may take and
+    every SSE event name; ``tool_executors`` the operator's executors; ``prices`` each
+    listed model's price (of price table ``price_version``); ``limits`` every size and
+    count bound a request meets (NERVE-4076).
 
     ``sandbox_parents`` are the caller's own sandbox directories, one per operator allowed
     parent: a Run's ``fs_policy.roots`` must lie strictly inside one of them, and a
@@ -112,3 +142,8 @@ class Capabilities(msgspec.Struct):
     server_version: str
     limits: dict[str, int]
     sandbox_parents: list[str] = msgspec.field(default_factory=list)
+    step_types: list[str] = msgspec.field(default_factory=list)
+    frame_types: list[str] = msgspec.field(default_factory=list)
+    tool_executors: list[ToolExecutorInfo] = msgspec.field(default_factory=list)
+    price_version: str = ""
+    prices: dict[str, PriceInfo] = msgspec.field(default_factory=dict)

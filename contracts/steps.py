@@ -13,6 +13,7 @@ from contracts.limits import Id, Name, Seed, Token
 from contracts.runs import Budgets, BudgetUsage, Placement
 
 __all__ = [
+    "CancelAccepted",
     "ChatMessage",
     "CheckpointInput",
     "CheckpointSubmit",
@@ -265,3 +266,13 @@ class Step(msgspec.Struct):
     provenance: Provenance | None = None
     error: ErrorEnvelope | None = None
     replay_of_step: str | None = None
+
+
+class CancelAccepted(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The 202 answer of ``POST /v1/steps/{step_id}/cancel`` to a live Step (NERVE-4070).
+
+    The cancel is requested, not done: the Step ends with a ``CANCELLED`` frame (or
+    finishes first); ``GET /v1/steps/{step_id}`` shows its final status.
+    """
+
+    status: Literal["cancelling"] = "cancelling"

@@ -33,7 +33,10 @@ from orchestrator_core.rows import FactRow
 from orchestrator_core.schema_guard import check_schema, violations
 from orchestrator_core.store_base import Store
 
-__all__ = ["Facts", "check_fact_schemas", "fact_of"]
+__all__ = ["MAX_FLOW_FACTS_LIMIT", "Facts", "check_fact_schemas", "fact_of"]
+
+MAX_FLOW_FACTS_LIMIT = 10_000
+"""The largest page of a Flow's Facts (NERVE-4075)."""
 
 _BUILTIN = {BUILTIN_FACT_SCHEMA: {"type": "object"}}
 _enc = msgspec.json.Encoder()
@@ -130,12 +133,54 @@ class Facts:
             run_id=run_id, fact_type=fact_type, step_id=step_id, since_seq=since_seq,
             limit=limit)]
 
+    def get(self, fact_id: str, tenant: str) -> Fact:
+        """One Fact of the tenant, by id (NERVE-4074).
+
+        Raises:
+            NotFound: no such Fact, or another tenant's (answered alike, NERVE-4051).
+        """
+        rows = self.store.list_facts(fact_ids=[fact_id], limit=1)
+        run = self.store.get_run(rows[0].run_id) if rows else None
+        if run is None or run.tenant != tenant:
+            raise NotFound(f"no fact {fact_id}", data={"fact_id": fact_id})
+        return fact_of(rows[0])
+
     def list_flow(self, flow_id: str, tenant: str, *, fact_type: str | None = None,
-                  limit: int = 1000) -> list[Fact]:
-        """Facts of every Run of a Flow, by Run then ``seq``."""
+                  after: str | None = None,
+                  limit: int = 1000) -> tuple[list[Fact], str | None]:
+        """One page of the Facts of every Run of a Flow, in append order (NERVE-4075).
+
+        Args:
+            flow_id: the Flow.
+            tenant: the caller's tenant.
+            fact_type: only Facts of this ``type`` when given.
+            after: a fact_id of this Flow; the page starts right after it.
+            limit: page size, 1..10000.
+
+        Returns:
+            ``(page, next_after)``: ``next_after`` is the last fact_id of the page when
+            more follow, else None.
+
+        Raises:
+            NotFound: no such Flow (or another tenant's).
+            InvalidParams: ``limit`` out of range, or ``after`` names no Fact of this
+                Flow (``data.field`` names the parameter).
+        """
         get_flow(self.store, flow_id, tenant)
-        return [fact_of(r) for r in self.store.list_facts(
-            flow_id=flow_id, fact_type=fact_type, limit=limit)]
+        if not 1 <= limit <= MAX_FLOW_FACTS_LIMIT:
+            raise InvalidParams(f"limit must be 1..{MAX_FLOW_FACTS_LIMIT}",
+                                data={"field": "limit", "limit": limit})
+        position = 0
+        if after is not None:
+            found = self.store.fact_position(flow_id, after)
+            if found is None:
+                raise InvalidParams("after must name a fact of this flow",
+                                    data={"field": "after"})
+            position = found
+        rows = self.store.list_flow_facts(flow_id, fact_type=fact_type, after=position,
+                                          limit=limit + 1)
+        page = [fact_of(r) for r in rows[:limit]]
+        return page, page[-1].fact_id if len(rows) > limit else None
 
     # -- change notification and the Run-level stream ----------------------------------
 

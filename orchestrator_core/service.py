@@ -25,7 +25,7 @@ import msgspec
 
 from contracts.errors import DeterminismInputsDiffer, InvalidParams, NotFound
 from contracts.flows import Flow, FlowCreate
-from contracts.pools import Capabilities, ModelCapability, PoolInfo
+from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Budgets, Run, RunCreate, RunMode, RunStatus
 from contracts.steps import Step, StepSubmit
 from orchestrator_core import lookup, views
@@ -37,6 +37,7 @@ from orchestrator_core.canonical import (
     flow_address,
     new_id,
 )
+from orchestrator_core.capabilities import build_capabilities
 from orchestrator_core.checkpoints import Checkpoints
 from orchestrator_core.clock import Clock, SystemClock, iso_utc
 from orchestrator_core.config import ServerConfig
@@ -441,23 +442,8 @@ class Orchestrator:
         return pool.info()
 
     def capabilities(self, tenant: str = DEFAULT_TENANT) -> Capabilities:
-        """Opaque model ids, context sizes, features and limits; ``sandbox_parents`` are
-        the caller's own sandbox directories only (POLICY-3010)."""
-        models: dict[str, ModelCapability] = {}
-        for pool in self.pools.pools.values():
-            for m in pool.config.models:
-                cap = models.setdefault(m.id, ModelCapability(
-                    id=m.id, family=m.family, context_tokens=m.context_tokens,
-                    features=["completion", "chat", "stream", "seed", "strict_replay"],
-                    pools=[]))
-                cap.pools.append(pool.pool_id)
-                if pool.constrained_decoding() and "json_schema" not in cap.features:
-                    cap.features += ["json_schema", "llm_plan"]
-        return Capabilities(models=list(models.values()), server_version=SERVER_VERSION,
-                            sandbox_parents=self.sandboxes.sandbox_dirs(tenant),
-                            limits={"max_body_bytes": self.config.max_body_bytes,
-                                    "max_recorded_value_bytes":
-                                        self.config.max_recorded_value_bytes,
-                                    "max_queue_per_pool": max(
-                                        (p.queue_capacity for p in self.config.pools),
-                                        default=0)})
+        """Opaque model ids, context sizes and features; every Step and frame type; the
+        tool executors; prices per model; every limit (NERVE-4076). ``sandbox_parents``
+        are the caller's own sandbox directories only (POLICY-3010)."""
+        return build_capabilities(self.config, self.pools, self.tools, SERVER_VERSION,
+                                  self.sandboxes.sandbox_dirs(tenant))

@@ -279,6 +279,17 @@ class Store(Protocol):
         from the first), ascending; one index range read."""
         ...
 
+    def fact_position(self, flow_id: str, fact_id: str) -> int | None:
+        """An opaque number that increases with append order, for a Fact of this Flow;
+        None when the Flow has no such Fact."""
+        ...
+
+    def list_flow_facts(self, flow_id: str, *, fact_type: str | None = None, after: int = 0,
+                        limit: int = 1000) -> list[FactRow]:
+        """A page of the Flow's Facts (of ``fact_type`` when given) in append order, after
+        position ``after`` (0: from the first; else a :meth:`fact_position`)."""
+        ...
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from orchestrator_core.rows import FlowRow, RunRow, StepRow
+from orchestrator_core.rows import FactRow, FlowRow, RunRow, StepRow
 
 __all__ = ["ListQueries"]
 
@@ -24,6 +24,7 @@ class ListQueries:
     _flows: str
     _runs: str
     _steps: str
+    _facts: str
 
     def flow_position(self, tenant: str, flow_id: str) -> int | None:
         """Where the tenant's Flow sits in creation order (an opaque, increasing
@@ -78,3 +79,21 @@ class ListQueries:
         return [StepRow(*v) for v in self._conn.execute(
             self._steps + " WHERE run_id = ? AND ordinal > ? ORDER BY ordinal LIMIT ?",
             (run_id, after, limit))]
+
+    def fact_position(self, flow_id: str, fact_id: str) -> int | None:
+        """Where a Fact of this Flow sits in append order, or None when the Flow has no
+        Fact with this fact_id (NERVE-4075)."""
+        row = self._conn.execute("SELECT rowid FROM facts WHERE fact_id = ? AND flow_id = ?",
+                                 (fact_id, flow_id)).fetchone()
+        return None if row is None else int(row[0])
+
+    def list_flow_facts(self, flow_id: str, *, fact_type: str | None = None, after: int = 0,
+                        limit: int = 1000) -> list[FactRow]:
+        """A page of the Flow's Facts (of ``fact_type`` when given) in append order, after
+        position ``after`` (NERVE-4075)."""
+        where, args = "flow_id = ?", [flow_id]
+        if fact_type is not None:
+            where, args = "flow_id = ? AND type = ?", [flow_id, fact_type]
+        return [FactRow(*v) for v in self._conn.execute(
+            f"{self._facts} WHERE {where} AND rowid > ? ORDER BY rowid LIMIT ?",
+            (*args, after, limit))]

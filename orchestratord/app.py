@@ -37,7 +37,7 @@ from contracts.facts import Fact, FactCreate
 from contracts.flows import Flow, FlowCreate, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run, RunCreate
-from contracts.steps import Step, StepSubmit
+from contracts.steps import CancelAccepted, Step, StepSubmit
 from contracts.tickets import StreamTicket
 from orchestrator_core.clock import Clock
 from orchestrator_core.config import ServerConfig
@@ -208,10 +208,15 @@ async def get_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Respon
     return Response(step, headers=budget_headers(orch, step.run_id))
 
 
-@post("/v1/steps/{step_id:str}/cancel", status_code=200)
-async def cancel_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Step:
-    """Cancel a Step. Idempotent; a finished Step is returned unchanged."""
-    return orch.cancel_step(step_id, tenant)
+@post("/v1/steps/{step_id:str}/cancel", status_code=202)
+async def cancel_step(step_id: FromPath[str], orch: Orch, tenant: Tenant) -> Response[Any]:
+    """Cancel a Step. Idempotent: 202 ``{status: "cancelling"}`` while it is live, 200
+    with the Step unchanged once it has finished (NERVE-4070)."""
+    live = not orch.get_step(step_id, tenant).status.terminal
+    step = orch.cancel_step(step_id, tenant)
+    if live:
+        return Response(CancelAccepted(), status_code=202)
+    return Response(step, status_code=200)
 
 
 def _last_event_id(request: Request[Any, Any, Any]) -> int | None:
@@ -294,11 +299,19 @@ async def stream_run_facts(run_id: FromPath[str], request: Request[Any, Any, Any
 @get("/v1/flows/{flow_id:str}/facts")
 async def list_flow_facts(flow_id: FromPath[str], orch: Orch, tenant: Tenant,
                           type: FromQuery[str | None] = None,
-                          limit: FromQuery[int] = 1000) -> list[Fact]:
-    """Facts of every Run of a Flow."""
-    if not 1 <= limit <= 10_000:
-        raise InvalidParams("limit must be 1..10000")
-    return orch.facts.list_flow(flow_id, tenant, fact_type=type, limit=limit)
+                          limit: FromQuery[int] = 1000,
+                          after: FromQuery[str | None] = None) -> Response[list[Fact]]:
+    """A page of the Facts of every Run of a Flow, in append order: ``limit`` (1..10000,
+    default 1000) after the fact_id ``after``; ``Link: <...>; rel="next"`` names the next
+    page (NERVE-4075)."""
+    page, next_after = orch.facts.list_flow(flow_id, tenant, fact_type=type, after=after,
+                                            limit=limit)
+    headers = {}
+    if next_after is not None:
+        query = urlencode({k: v for k, v in (("type", type), ("limit", limit),
+                                             ("after", next_after)) if v is not None})
+        headers["Link"] = f'</v1/flows/{quote(flow_id)}/facts?{query}>; rel="next"'
+    return Response(page, headers=headers)
 
 
 @post("/v1/runs/{run_id:str}/checkpoint", status_code=201)

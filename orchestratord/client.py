@@ -17,6 +17,7 @@ import httpx
 import msgspec
 from httpx_sse import aconnect_sse
 
+from contracts.checkpoints import Checkpoint
 from contracts.errors import ErrorEnvelope, error_from_envelope
 from contracts.events import (
     DURABLE_FRAMES,
@@ -32,7 +33,7 @@ from contracts.facts import Fact
 from contracts.flows import Flow, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run
-from contracts.steps import Step
+from contracts.steps import CancelAccepted, Step
 from orchestratord.client_errors import (
     ERR_CONTEXT_BUDGET,
     ERR_INVALID_MODEL,
@@ -303,9 +304,12 @@ class OrchestratorClient:
         return msgspec.json.decode((await self._call("GET", f"/v1/steps/{step_id}")).content,
                                    type=Step)
 
-    async def cancel_step(self, step_id: str) -> Step:
-        """``POST /v1/steps/{id}/cancel``."""
+    async def cancel_step(self, step_id: str) -> Step | CancelAccepted:
+        """``POST /v1/steps/{id}/cancel``: ``CancelAccepted`` (202) while the Step is live,
+        the finished Step (200) otherwise (NERVE-4070)."""
         resp = await self._call("POST", f"/v1/steps/{step_id}/cancel")
+        if resp.status_code == 202:
+            return msgspec.json.decode(resp.content, type=CancelAccepted)
         return msgspec.json.decode(resp.content, type=Step)
 
     async def append_fact(self, run_id: str, fact: dict[str, Any]) -> Fact:
@@ -436,3 +440,13 @@ class OrchestratorClient:
         async with self.submit_stream(run_id, body) as submitted:
             frames = [f async for f in submitted.frames()]
         return StepResult(step=await self.get_step(submitted.step_id), frames=frames)
+
+    async def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
+        """``GET /v1/checkpoints/{id}`` (NERVE-4074). Raises NotFound."""
+        resp = await self._call("GET", f"/v1/checkpoints/{checkpoint_id}")
+        return msgspec.json.decode(resp.content, type=Checkpoint)
+
+    async def get_fact(self, fact_id: str) -> Fact:
+        """``GET /v1/facts/{id}`` (NERVE-4074). Raises NotFound."""
+        resp = await self._call("GET", f"/v1/facts/{fact_id}")
+        return msgspec.json.decode(resp.content, type=Fact)

@@ -1,5 +1,5 @@
-"""The navigation list routes: a tenant's Flows, a Flow's Runs, a Run's Steps
-(NERVE-4061).
+"""The navigation routes: the lists of a tenant's Flows, a Flow's Runs, a Run's Steps
+(NERVE-4061), and a Checkpoint or a Fact by id (NERVE-4074).
 
 Each answers a JSON array, one page in creation order (Steps: submission order), with
 ``Link: <...>; rel="next"`` when another page follows, like the checkpoint list: ``limit``
@@ -14,13 +14,16 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
+from contracts.checkpoints import Checkpoint
+from contracts.facts import Fact
 from contracts.flows import Flow
 from contracts.runs import Run
 from contracts.steps import Step
 from orchestrator_core import navigation
 from orchestrator_core.service import Orchestrator
 
-__all__ = ["NAV_ROUTES", "list_flow_runs", "list_flows", "list_run_steps"]
+__all__ = ["NAV_ROUTES", "get_checkpoint", "get_fact", "list_flow_runs", "list_flows",
+           "list_run_steps"]
 
 Orch = NamedDependency[Orchestrator]
 Tenant = NamedDependency[str]
@@ -75,5 +78,17 @@ async def list_run_steps(run_id: FromPath[str], orch: Orch, tenant: Tenant,
                                              next_after, limit))
 
 
-NAV_ROUTES = [list_flows, list_flow_runs, list_run_steps]
+@get("/v1/checkpoints/{checkpoint_id:str}")
+async def get_checkpoint(checkpoint_id: FromPath[str], orch: Orch, tenant: Tenant) -> Checkpoint:
+    """A Checkpoint of the caller's tenant; another tenant's is 404 like an unknown id."""
+    return orch.checkpoints.get(checkpoint_id, tenant)
+
+
+@get("/v1/facts/{fact_id:str}")
+async def get_fact(fact_id: FromPath[str], orch: Orch, tenant: Tenant) -> Fact:
+    """A Fact of the caller's tenant; another tenant's is 404 like an unknown id."""
+    return orch.facts.get(fact_id, tenant)
+
+
+NAV_ROUTES = [list_flows, list_flow_runs, list_run_steps, get_checkpoint, get_fact]
 """The route handlers the app registers."""

@@ -99,6 +99,8 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "GET /v1/flows": {400: (E.INVALID_PARAMS,)},
     "GET /v1/flows/{flow_id}/runs": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
     "GET /v1/runs/{run_id}/steps": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
+    "GET /v1/checkpoints/{checkpoint_id}": {404: (E.NOT_FOUND,)},
+    "GET /v1/facts/{fact_id}": {404: (E.NOT_FOUND,)},
     "GET /v1/pools": {},
     "GET /v1/pools/{pool_id}": {404: (E.NOT_FOUND,)},
     "GET /v1/capabilities": {},
@@ -122,6 +124,9 @@ _STEP_STREAM = "GET /v1/steps/{step_id}/stream"
 """The Step stream, which answers 204 to a re-read after its terminal frame (STREAM-2012)."""
 _STREAMS = {_STEP_STREAM: "SseFrame",
             "GET /v1/runs/{run_id}/facts/stream": "FactFrame"}
+
+_STEP_CANCEL = "POST /v1/steps/{step_id}/cancel"
+"""The Step cancel: 202 ``{status: "cancelling"}`` while live, 200 the finished Step."""
 
 _SUBMIT = "POST /v1/runs/{run_id}/steps"
 """The submission, which answers JSON or, asked for, the Step's stream (STREAM-2010)."""
@@ -275,6 +280,15 @@ _SUBMIT_LAST_EVENT_ID = {
                    "`INVALID_PARAMS`, before anything is admitted."}
 
 
+_CANCELLING: dict[str, Any] = {
+    "description": "The Step was live: its cancel is requested, and it ends with a "
+                   "`CANCELLED` frame unless it finishes first (NERVE-4070).",
+    "headers": {"X-Correlation-Id": _CORRELATION_OUT},
+    "content": {"application/json": {"schema": {
+        "type": "object", "required": ["status"], "additionalProperties": False,
+        "properties": {"status": {"type": "string", "enum": ["cancelling"]}}}}}}
+
+
 def _submitted(status: int) -> dict[str, Any]:
     """A 201/200 of the submission: the Step as JSON, or its SSE stream (STREAM-2010)."""
     what = ("The Step was created" if status == 201
@@ -326,6 +340,12 @@ def _complete(key: str, op: Operation) -> None:
                            "nothing is left to send, and the status makes a browser's "
                            "`EventSource` stop reconnecting (STREAM-2012).",
             "headers": {"X-Correlation-Id": _CORRELATION_OUT}})
+    if key == _STEP_CANCEL:
+        responses["202"] = _RawResponse(_CANCELLING)
+        responses["200"] = _RawResponse({
+            "description": "The Step had already finished: it is returned unchanged.",
+            "headers": {"X-Correlation-Id": _CORRELATION_OUT},
+            "content": {"application/json": {"schema": {"$ref": _REF.format(name="Step")}}}})
     if key == _SUBMIT:
         responses["201"] = _RawResponse(_submitted(201))
         responses["200"] = _RawResponse(_submitted(200))

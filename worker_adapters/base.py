@@ -25,6 +25,7 @@ import httpx
 import msgspec
 
 from contracts.errors import InvalidParams
+from contracts.pools import ToolExecutorInfo
 
 __all__ = [
     "CompletionRequest",
@@ -431,6 +432,11 @@ class ToolExecutors(Protocol):
         Raises:
             InvalidParams: no executor has that name; ``data["tool"]`` holds it.
         """
+        ...
+
+    def catalogue(self) -> list[ToolExecutorInfo]:
+        """Every executor, sorted by name, with its argument schema and limits
+        (``GET /v1/capabilities``, NERVE-4076)."""
         ...
 
     async def aclose(self) -> None:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import msgspec
 
 __all__ = [
+    "ARG_SCHEMAS",
     "TOOLS",
     "BadInput",
     "json_query",
@@ -203,6 +204,18 @@ TOOLS: Mapping[str, Callable[[bytes], dict[str, Any]]] = {
     "wc": wc,
 }
 """Every built-in tool by name: raw JSON input in, the result object out."""
+
+_TEXT = {"type": "object", "required": ["text"], "additionalProperties": False,
+         "properties": {"text": {"type": "string"}}}
+ARG_SCHEMAS: Mapping[str, dict[str, Any]] = {
+    "json_query": {"type": "object", "required": ["document", "path"],
+                   "additionalProperties": False,
+                   "properties": {"document": {}, "path": {"type": "string"}}},
+    "sha256": _TEXT,
+    "wc": _TEXT,
+}
+"""The JSON Schema of each built-in tool's input, as the module docstring describes it
+(advertised by ``GET /v1/capabilities``, NERVE-4076)."""
 
 
 def run(tool: str, data: bytes) -> bytes:

@@ -37,7 +37,8 @@ import msgspec
 from contracts.errors import EngineError, InvalidParams, InvalidToolArgs
 from contracts.limits import Name
 from worker_adapters.base import _PLACEHOLDER, ToolExecutorConfig
-from worker_adapters.builtin_tools import TOOLS
+from worker_adapters.builtin_tools import ARG_SCHEMAS, TOOLS
+from worker_adapters.tool_catalogue import Catalogued, describe_executors
 
 __all__ = [
     "ArgvToolExecutor",
@@ -409,13 +410,14 @@ def build_executor(
             return ArgvToolExecutor(name, config)
 
 
-class ToolRegistry:
+class ToolRegistry(Catalogued):
     """The operator's tool executors, looked up by the name a Flow's tool references.
 
     Args:
         configs: executor configurations by name (names as for a Flow's ``executor``:
             1 to 128 characters of ``[A-Za-z0-9_.:-]``).
         http_transport: optional httpx transport for every ``http`` executor (tests).
+        schemas: the built-in tools' argument schemas by name (NERVE-4076).
 
     Raises:
         InvalidParams: a name is invalid; ``data["tool"]`` holds it.
@@ -426,7 +428,9 @@ class ToolRegistry:
         configs: Mapping[str, ToolExecutorConfig],
         *,
         http_transport: httpx.AsyncBaseTransport | None = None,
+        schemas: Mapping[str, dict[str, Any]] | None = None,
     ) -> None:
+        self._catalogue = describe_executors(configs, schemas or {})
         for name in configs:
             try:
                 msgspec.convert(name, Name)
@@ -489,4 +493,5 @@ def tool_registry(configs: Mapping[str, ToolExecutorConfig] | None) -> ToolRegis
     Raises:
         InvalidParams: an executor name is invalid; ``data["tool"]`` holds it.
     """
-    return ToolRegistry(default_tool_executors() if configs is None else configs)
+    return (ToolRegistry(default_tool_executors(), schemas=ARG_SCHEMAS) if configs is None
+            else ToolRegistry(configs))

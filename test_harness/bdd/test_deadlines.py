@@ -22,6 +22,7 @@ from pytest_bdd import given, parsers, scenarios, then, when
 
 from contracts.errors import OrchestratorError
 from contracts.flows import FlowCreate
+from contracts.pools import ToolExecutorInfo
 from contracts.runs import RunCreate
 from contracts.steps import Step, StepSubmit
 from orchestrator_core.clock import FakeClock
@@ -54,6 +55,9 @@ class _Tools:
 
     def get(self, name: str) -> ToolRunner:
         return _NeverAnswers() if name == "slow" else self.builtin.get(name)
+
+    def catalogue(self) -> list[ToolExecutorInfo]:
+        return self.builtin.catalogue()
 
     async def aclose(self) -> None:
         await self.builtin.aclose()

@@ -7,10 +7,12 @@ Feature: Interrupted engine streams and cancellation end steps with typed errors
     Then the stream ends with error INTERRUPTED after 5 token frames
     And the step status is interrupted
 
+  @NERVE-4070
   Scenario: Cancelling a running step ends its stream with CANCELLED and no token after it
     Given a slow mock engine at 200 tokens per second
     When I start an llm_call and cancel it after 5 token frames
-    Then the stream ends with error CANCELLED
+    Then the cancel of the live step answered 202 {"status": "cancelling"}
+    And the stream ends with error CANCELLED
     And no token frame follows the cancel
     And cancelling again changes nothing
 

@@ -62,7 +62,7 @@ class TestCancelTrials:
                     if not cancelled and raw.count(b"event: token") >= n:
                         cancelled = True
                         assert http.post(f"/v1/steps/{step['step_id']}/cancel").status_code \
-                            == 200
+                            == 202
             frames = [f for f in parse_sse(raw) if f["id"] is not None]
             tokens = [f for f in frames if f["event"] == "token"]
             assert (trial, frames[-1]["event"]) == (trial, "error")

@@ -60,7 +60,8 @@ class TestDocsPageOffline:
         assert title == "orchestratord"
         assert "/schema-assets/swagger-ui/swagger-ui-bundle.js" in loaded
         assert paths == [
-            "/health", "/metrics", "/ready", "/v1/capabilities", "/v1/flows",
+            "/health", "/metrics", "/ready", "/v1/capabilities", "/v1/checkpoints/{checkpoint_id}",
+            "/v1/facts/{fact_id}", "/v1/flows",
             "/v1/flows/{flow_id}", "/v1/flows/{flow_id}/facts", "/v1/flows/{flow_id}/runs",
             "/v1/flows:by-hash/{flow_hash}", "/v1/pools", "/v1/pools/{pool_id}",
             "/v1/runs/{run_id}", "/v1/runs/{run_id}/cancel", "/v1/runs/{run_id}/checkpoint",

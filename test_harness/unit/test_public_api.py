@@ -31,7 +31,7 @@ EXPECTED = {
     "error_from_envelope", "sse_comment", "sse_frame",
     "BreakerState", "CheckpointData", "DurablePayload", "EphemeralPayload", "EscalationData",
     "FRAME_PAYLOADS", "FRAME_TYPE_OF", "FramePayload", "TerminalPayload",
-    "decode_frame_data", "frame_type_of",
+    "decode_frame_data", "frame_type_of", "CancelAccepted", "PriceInfo", "ToolExecutorInfo",
 }
 
 
