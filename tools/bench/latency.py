@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
 
 from contracts.pools import ReplicaHealth
-from orchestratord.client import OrchestratorClient
+from orchestratord.client import Frame, OrchestratorClient
 from tools.listeners import listening_addresses
 from worker_adapters.base import CompletionRequest, Delta
 from worker_adapters.llamacpp_engine import WorkerLine, generate_body
@@ -164,17 +165,8 @@ async def _orchestrator_once(client: OrchestratorClient, run_id: str,
                              body: dict[str, object]) -> Sample:
     """One round trip: the submission answers with the stream (STREAM-2010)."""
     t0 = time.perf_counter_ns()
-    pieces: list[str] = []
     async with client.submit_stream(run_id, body) as submitted:
-        async for frame in submitted.frames():
-            if frame.event == "token":
-                pieces.append(frame.json()["t"])
-            elif frame.event == "end":
-                ms = _ms_since(t0)
-                return Sample(ms=ms, done_ms=ms, text="".join(pieces), tokens=len(pieces))
-            elif frame.event == "error":
-                raise RuntimeError(f"step {submitted.step_id} failed: {frame.raw}")
-    raise RuntimeError(f"step {submitted.step_id}: stream ended without a terminal frame")
+        return await _sample_of(submitted.frames(), submitted.step_id, t0)
 
 
 async def _orchestrator_two_trips(client: OrchestratorClient, run_id: str,
@@ -182,16 +174,21 @@ async def _orchestrator_two_trips(client: OrchestratorClient, run_id: str,
     """Two round trips: ``POST`` the Step, then ``GET`` its stream."""
     t0 = time.perf_counter_ns()
     step = await client.submit_step(run_id, body)
+    return await _sample_of(client.stream(step.step_id), step.step_id, t0)
+
+
+async def _sample_of(frames: AsyncIterator[Frame], step_id: str, t0: int) -> Sample:
+    """Read a Step's frames to its ``end``: the text and the time from ``t0`` (ns)."""
     pieces: list[str] = []
-    async for frame in client.stream(step.step_id):
+    async for frame in frames:
         if frame.event == "token":
             pieces.append(frame.json()["t"])
         elif frame.event == "end":
             ms = _ms_since(t0)
             return Sample(ms=ms, done_ms=ms, text="".join(pieces), tokens=len(pieces))
         elif frame.event == "error":
-            raise RuntimeError(f"step {step.step_id} failed: {frame.raw}")
-    raise RuntimeError(f"step {step.step_id}: stream ended without a terminal frame")
+            raise RuntimeError(f"step {step_id} failed: {frame.raw}")
+    raise RuntimeError(f"step {step_id}: stream ended without a terminal frame")
 
 
 async def _mock_once(cfg: ProbeConfig) -> Sample:
