@@ -179,6 +179,8 @@ class TestStoreProtocol:
                           ("sqlite3", "sqlite_utils", "orchestrator_core.store"),
                           exempt=("orchestrator_core.store", "orchestrator_core.store_lists",
                                   "orchestrator_core.migrations",
+                                  "orchestrator_core.migrations_early",
+                                  "orchestrator_core.migrations_late",
                                   "orchestrator_core.wal_checkpoints",
                                   "orchestrator_core.service")) == []
 
