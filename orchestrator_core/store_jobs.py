@@ -48,8 +48,8 @@ class LlmJobRow(msgspec.Struct, frozen=True):
 
 _COLUMNS = ("step_id", "tenant", "run_id", "model", "enqueued_at", "job_hash", "metadata",
             "attachments")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM llm_jobs WHERE step_id = ?"  # noqa: S608
-_INSERT = (f"INSERT OR IGNORE INTO llm_jobs ({', '.join(_COLUMNS)})"  # noqa: S608
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM llm_jobs WHERE step_id = ?"  # noqa: S608 - constant column names, no input
+_INSERT = (f"INSERT OR IGNORE INTO llm_jobs ({', '.join(_COLUMNS)})"  # noqa: S608 - constant column names, no input
            f" VALUES ({', '.join('?' for _ in _COLUMNS)})")
 
 
