@@ -53,8 +53,8 @@ from contracts.runs import RunStatus
 from contracts.steps import LlmCallInput, Step
 from orchestrator_core.bounds import ValueTooDeep, json_size
 from orchestrator_core.canonical import b3, canonical_json
+from orchestrator_core.rows import LlmJobRow
 from orchestrator_core.store_base import Store
-from orchestrator_core.store_jobs import LlmJobRow
 from orchestrator_core.streams import StepStream, Write
 
 __all__ = [

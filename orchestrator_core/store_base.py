@@ -28,12 +28,12 @@ from orchestrator_core.rows import (
     EventRow,
     FactRow,
     FlowRow,
+    LlmJobRow,
     RunRow,
     RunUsage,
     StepRow,
     StepUpdate,
 )
-from orchestrator_core.store_jobs import LlmJobRow
 
 __all__ = ["Store"]
 
