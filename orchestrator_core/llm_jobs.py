@@ -180,14 +180,17 @@ def call_input(body: LlmEnqueue) -> LlmCallInput:
 
 def job_key(body: LlmEnqueue) -> str:
     """``b3:<hex>``: blake3 of the RFC 8785 JSON of the body as sent (absent fields
-    absent), without ``client_token`` (NERVE-4082). The derived client_token is
-    ``job:<hex>:<n>``, ``n`` counting earlier equal bodies in the same Run.
+    absent), without ``client_token`` and ``run_id`` (NERVE-4082). The derived
+    client_token is ``job:<hex>:<n>``, ``n`` counting earlier equal bodies in the same
+    Run; the Run is left out so that the same job sent to a replay Run of its recording
+    names the recorded Step.
 
     Raises:
         InvalidParams: the body holds a number with no canonical form.
     """
     value = msgspec.to_builtins(body)
     value.pop("client_token", None)
+    value.pop("run_id", None)
     return b3(value)
 
 
