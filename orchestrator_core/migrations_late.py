@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["v9", "v10", "v11", "v12"]
+__all__ = ["v9", "v10", "v11", "v12", "v13"]
 
 
 _V9_TRIGGERS = (
@@ -173,3 +173,35 @@ def v12(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TRIGGER runs_labels_insert AFTER INSERT ON runs BEGIN"
                  " INSERT OR IGNORE INTO run_labels (flow_id, key, value, run_rowid) "
                  + labels_of.format(r="NEW") + "; END")
+
+
+def v13(conn: sqlite3.Connection) -> None:
+    """LLM job records (NERVE-4083, NERVE-4086).
+
+    ``llm_attachments`` stores each tenant's attachment bytes once, content-addressed by
+    ``(tenant, sha256)``; ``llm_jobs`` one row per job: its Step, tenant, Run, model,
+    enqueue time, identity hash, metadata and attachment references (JSON);
+    ``llm_tenant_runs`` the Run the server keeps for each tenant's jobs.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS llm_attachments ("
+        " tenant TEXT NOT NULL,"
+        " sha256 TEXT NOT NULL,"
+        " size INTEGER NOT NULL,"
+        " data BLOB NOT NULL,"
+        " created_at TEXT NOT NULL,"
+        " PRIMARY KEY (tenant, sha256))")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS llm_jobs ("
+        " step_id TEXT PRIMARY KEY REFERENCES steps(step_id),"
+        " tenant TEXT NOT NULL,"
+        " run_id TEXT NOT NULL REFERENCES runs(run_id),"
+        " model TEXT NOT NULL,"
+        " enqueued_at TEXT NOT NULL,"
+        " job_hash TEXT NOT NULL,"
+        " metadata TEXT,"
+        " attachments TEXT NOT NULL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS llm_tenant_runs ("
+        " tenant TEXT PRIMARY KEY,"
+        " run_id TEXT NOT NULL REFERENCES runs(run_id))")

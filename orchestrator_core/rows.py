@@ -25,6 +25,7 @@ __all__ = [
     "EventRow",
     "FactRow",
     "FlowRow",
+    "LlmJobRow",
     "RunRow",
     "RunUsage",
     "StepRow",
@@ -226,3 +227,28 @@ class RunUsage(msgspec.Struct, frozen=True):
     cost_usd: float
     wall_ms: int
     counts: dict[str, int]
+
+
+class LlmJobRow(msgspec.Struct, frozen=True):
+    """One job record.
+
+    Attributes:
+        step_id: the job's ``llm_call`` Step (its id is the job id).
+        tenant: the tenant that enqueued it.
+        run_id: the Step's Run.
+        model: the model id as enqueued.
+        enqueued_at: RFC 3339 UTC with ``Z`` (the Step's ``created_at``).
+        job_hash: ``b3:`` hash of what identifies the job beyond the Step's input
+            (metadata, attachment names and hashes).
+        metadata: the metadata as compact JSON, or None.
+        attachments: ``[{"name", "sha256", "size"}]`` as compact JSON, by name.
+    """
+
+    step_id: str
+    tenant: str
+    run_id: str
+    model: str
+    enqueued_at: str
+    job_hash: str
+    metadata: str | None
+    attachments: str

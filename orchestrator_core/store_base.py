@@ -28,6 +28,7 @@ from orchestrator_core.rows import (
     EventRow,
     FactRow,
     FlowRow,
+    LlmJobRow,
     RunRow,
     RunUsage,
     StepRow,
@@ -288,6 +289,31 @@ class Store(Protocol):
                         limit: int = 1000) -> list[FactRow]:
         """A page of the Flow's Facts (of ``fact_type`` when given) in append order, after
         position ``after`` (0: from the first; else a :meth:`fact_position`)."""
+        ...
+
+    # -- LLM jobs (NERVE-4083, NERVE-4086) ----------------------------------------------
+
+    def insert_llm_job(self, row: LlmJobRow,
+                       blobs: Sequence[tuple[str, bytes]] = ()) -> bool:
+        """Store a job record and, in the same transaction, each ``(sha256 hex, bytes)``
+        attachment once per tenant. Returns False (and changes nothing) when the Step
+        already has a job record."""
+        ...
+
+    def get_llm_job(self, step_id: str) -> LlmJobRow | None:
+        """The job record of a Step, of any tenant (the caller checks it), or None."""
+        ...
+
+    def get_attachment(self, tenant: str, sha256: str) -> bytes | None:
+        """The tenant's attachment bytes with this hex sha256, or None."""
+        ...
+
+    def tenant_job_run(self, tenant: str) -> str | None:
+        """The run_id of the Run kept for the tenant's jobs, or None."""
+        ...
+
+    def set_tenant_job_run(self, tenant: str, run_id: str) -> None:
+        """Name the Run kept for the tenant's jobs (replacing the one named before)."""
         ...
 
     # -- lifecycle -----------------------------------------------------------------------

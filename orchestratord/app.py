@@ -48,6 +48,7 @@ from orchestratord.cors import CorsMiddleware
 from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
 from orchestratord.failures import as_orchestrator_error
+from orchestratord.llm_routes import LLM_ROUTES
 from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
@@ -410,7 +411,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             append_fact, list_run_facts, stream_run_facts, list_flow_facts,
             create_checkpoint, list_checkpoints,
             capabilities, health, ready, metrics, docs_assets_router(), openai_router(),
-            *NAV_ROUTES,
+            *NAV_ROUTES, *LLM_ROUTES,
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),
                       "tenant": Provide(tenant_of, sync_to_thread=False)},

@@ -41,6 +41,7 @@ from orchestratord.client_errors import (
     ERR_STREAM_DISCONNECTED,
     StreamDisconnected,
 )
+from orchestratord.client_llm import AsyncLlm
 from orchestratord.client_tokens import StepTokens
 
 __all__ = ["ERR_CONTEXT_BUDGET", "ERR_INVALID_MODEL", "ERR_SERVER", "ERR_STREAM_DISCONNECTED",
@@ -225,6 +226,11 @@ class OrchestratorClient:
         if "client_token" in body:
             return body
         return {"client_token": self._tokens.claim(run_id, body), **body}
+
+    @property
+    def llm(self) -> AsyncLlm:
+        """The client contract's LLM lifecycle: capabilities, enqueue, stream, cancel."""
+        return AsyncLlm(self)
 
     async def __aenter__(self) -> OrchestratorClient:
         return self

@@ -109,6 +109,16 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "GET /metrics": {},
     **{f"POST {_FACADE}/{name}": _FACADE_CALL for name in ("chat/completions", "completions")},
     f"GET {_FACADE}/models": {404: (E.NOT_FOUND,)},
+    "GET /v1/llm/capabilities": {},
+    "POST /v1/llm/jobs": {
+        **_BODY, 400: (E.INVALID_PARAMS, E.INVALID_MODEL, E.CONTEXT_BUDGET),
+        402: (E.BUDGET_EXCEEDED,), 403: (E.POLICY_DENIED,), 404: (E.NOT_FOUND,),
+        409: (E.CONFLICT, E.NONDETERMINISM, E.DETERMINISM_INPUTS_DIFFER),
+        429: (E.ADMISSION_REJECT, E.QUEUE_FULL), 502: (E.ENGINE_ERROR,),
+        503: (E.POOL_UNREADY, E.POOL_UNAVAILABLE, E.CIRCUIT_OPEN)},
+    "GET /v1/llm/jobs/{job_id}": {404: (E.NOT_FOUND,)},
+    "GET /v1/llm/jobs/{step_id}/events": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
+    "POST /v1/llm/jobs/{job_id}/cancel": {404: (E.NOT_FOUND,)},
 }
 """Per operation (``METHOD path``), each error status it can answer and the codes behind
 it, besides the 401 of every non-public route and the 403 of every route (NERVE-4033)."""
@@ -117,13 +127,16 @@ PUBLIC_ROUTES = frozenset({"GET /health", "GET /ready"})
 """Operations the bearer guard lets through without a token (``opt={"public": True}``)."""
 
 _CREATED_OR_EXISTING = frozenset({"POST /v1/flows", "POST /v1/runs/{run_id}/steps",
-                                  "POST /v1/runs/{run_id}/checkpoint"})
+                                  "POST /v1/runs/{run_id}/checkpoint", "POST /v1/llm/jobs"})
 """Idempotent creations: 201 when new, 200 with the same body when it already existed."""
 
 _STEP_STREAM = "GET /v1/steps/{step_id}/stream"
 """The Step stream, which answers 204 to a re-read after its terminal frame (STREAM-2012)."""
 _STREAMS = {_STEP_STREAM: "SseFrame",
             "GET /v1/runs/{run_id}/facts/stream": "FactFrame"}
+
+_JOB_EVENTS = "GET /v1/llm/jobs/{step_id}/events"
+"""A job's stream (NERVE-4085): its route documents its events; ``Last-Event-ID`` here."""
 
 _STEP_CANCEL = "POST /v1/steps/{step_id}/cancel"
 """The Step cancel: 202 ``{status: "cancelling"}`` while live, 200 the finished Step."""
@@ -361,7 +374,7 @@ def _complete(key: str, op: Operation) -> None:
     params: list[Any] = [p for p in op.parameters or []
                          if getattr(p, "name", None) not in ("X-Correlation-Id", "Last-Event-ID")]
     params.append(_RawParameter(_CORRELATION_IN))
-    if key in _STREAMS:
+    if key in _STREAMS or key == _JOB_EVENTS:
         params.append(_RawParameter(_LAST_EVENT_ID))
     elif key == _SUBMIT:
         params.append(_RawParameter(_SUBMIT_LAST_EVENT_ID))
