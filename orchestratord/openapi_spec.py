@@ -74,7 +74,9 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "POST /v1/flows/{flow_id}/runs": {
         **_BODY, 404: (E.NOT_FOUND,), 409: (E.DETERMINISM_INPUTS_DIFFER, E.CONFLICT)},
     "GET /v1/runs/{run_id}": {404: (E.NOT_FOUND,)},
-    "POST /v1/runs/{run_id}/cancel": {404: (E.NOT_FOUND,)},
+    "POST /v1/runs/{run_id}/cancel": {404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},
+    "POST /v1/runs/{run_id}/close": {**_BODY, 404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},
+    "GET /v1/runs/{run_id}/stream": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
     "POST /v1/runs/{run_id}/steps": {
         **_BODY,
         400: (E.INVALID_PARAMS, E.INVALID_TOOL_ARGS, E.INVALID_MODEL, E.CONTEXT_BUDGET),
