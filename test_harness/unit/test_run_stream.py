@@ -111,10 +111,14 @@ class TestClient:
             return httpx.Response(200, headers={"content-type": "text/event-stream"},
                                   content=body)
 
+        got: list[int] = []
+
+        async def read(oc: OrchestratorClient) -> None:
+            async for event in oc.stream_run("run_x"):
+                got.append(event.position)
+
         async with OrchestratorClient("http://o", transport=httpx.MockTransport(serve)) as oc:
-            got = []
             with pytest.raises(StreamDisconnected) as cut:
-                async for event in oc.stream_run("run_x"):
-                    got.append(event.position)
+                await read(oc)
         assert (got, cut.value.step_id, cut.value.last_event_id, cut.value.name) == (
             [0], "run_x", 0, "ERR_STREAM_DISCONNECTED")
