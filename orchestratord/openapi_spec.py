@@ -43,6 +43,7 @@ from contracts.events import (
 from contracts.facts import Fact
 from contracts.openai import OaiErrorBody
 from orchestrator_core.breaker import Transition
+from orchestratord.run_routes import RUN_STREAM_EVENT, run_stream_schemas
 
 __all__ = ["PUBLIC_ROUTES", "ROUTE_ERRORS", "SECURITY", "SECURITY_COMPONENTS",
            "complete_document"]
@@ -125,7 +126,8 @@ _CREATED_OR_EXISTING = frozenset({"POST /v1/flows", "POST /v1/runs/{run_id}/step
 _STEP_STREAM = "GET /v1/steps/{step_id}/stream"
 """The Step stream, which answers 204 to a re-read after its terminal frame (STREAM-2012)."""
 _STREAMS = {_STEP_STREAM: "SseFrame",
-            "GET /v1/runs/{run_id}/facts/stream": "FactFrame"}
+            "GET /v1/runs/{run_id}/facts/stream": "FactFrame",
+            "GET /v1/runs/{run_id}/stream": RUN_STREAM_EVENT}
 
 _STEP_CANCEL = "POST /v1/steps/{step_id}/cancel"
 """The Step cancel: 202 ``{status: "cancelling"}`` while live, 200 the finished Step."""
@@ -209,6 +211,7 @@ def _frame_schemas() -> dict[str, dict[str, Any]]:
         "description": "`end`: an LLM Step's provenance and output, or another Step "
                        "type's recorded result and provenance.",
         "anyOf": [{"$ref": ref(name="EndData")}, {"$ref": ref(name="EffectEndData")}]}
+    defs.update(run_stream_schemas(_REF))
     members = {}
     for event, (data, durable) in _FRAMES.items():
         name = "".join(part.title() for part in event.split("_")) + "Frame"
@@ -341,6 +344,11 @@ def _complete(key: str, op: Operation) -> None:
             "description": "`Last-Event-ID` is at or after the Step's terminal frame: "
                            "nothing is left to send, and the status makes a browser's "
                            "`EventSource` stop reconnecting (STREAM-2012).",
+            "headers": {"X-Correlation-Id": _CORRELATION_OUT}})
+    if key == "GET /v1/runs/{run_id}/stream":
+        responses["204"] = _RawResponse({
+            "description": "`Last-Event-ID` is at or after the `run_end` event: nothing is "
+                           "left to send, so a browser's `EventSource` stops (NERVE-4101).",
             "headers": {"X-Correlation-Id": _CORRELATION_OUT}})
     if key == _STEP_CANCEL:
         responses["202"] = _RawResponse(_CANCELLING)

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from contracts.errors import InvalidParams
-from contracts.run_life import RunClose
+from contracts.run_life import RUN_END_EVENT, RunClose, RunEndData, RunFrame
 from contracts.runs import Run
 from orchestrator_core.service import Orchestrator
 from orchestratord.sse import SSE_HEADERS, SseStream
 
-__all__ = ["RUN_ROUTES", "close_run", "stream_run"]
+__all__ = ["RUN_ROUTES", "RUN_STREAM_EVENT", "close_run", "run_stream_schemas", "stream_run"]
 
 Orch = NamedDependency[Orchestrator]
 Tenant = NamedDependency[str]
@@ -74,3 +75,33 @@ async def stream_run(run_id: FromPath[str], request: Request[Any, Any, Any], orc
 
 RUN_ROUTES = [close_run, stream_run]
 """The route handlers the app registers."""
+
+
+RUN_STREAM_EVENT = "RunStreamEvent"
+"""The OpenAPI component of one run stream event (NERVE-4033, NERVE-4100)."""
+
+
+def run_stream_schemas(ref_template: str) -> dict[str, dict[str, Any]]:
+    """The OpenAPI components of the run stream: ``RunFrame``, ``RunEndData`` and
+    :data:`RUN_STREAM_EVENT` (one SSE event, its fields as strings).
+
+    Args:
+        ref_template: e.g. ``"#/components/schemas/{name}"``.
+    """
+    _, defs = msgspec.json.schema_components([RunFrame, RunEndData],
+                                             ref_template=ref_template)
+    ref = ref_template.format
+    defs[RUN_STREAM_EVENT] = {
+        "type": "object", "required": ["id", "event", "data"],
+        "description": "One SSE event of a run stream: `id:` the frame's run position, "
+                       "`event:` the frame type and `data:` a `RunFrame` (the Step, its "
+                       f"`seq` and the frame's data); the last event is `{RUN_END_EVENT}`, "
+                       "`id:` the Run's frame count, `data:` a `RunEndData` (NERVE-4100, "
+                       "NERVE-4101). `: keep-alive` comments may come between.",
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+            "event": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": {"anyOf": [{"$ref": ref(name="RunFrame")},
+                                                 {"$ref": ref(name="RunEndData")}]}}}}
+    return defs
