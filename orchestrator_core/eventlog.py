@@ -24,6 +24,11 @@
   along with that commit's wake-up (at most ``commit_interval_ms`` later) instead of
   waking its readers a second time.
 
+* A run stream (NERVE-4100) subscribes to a whole Run: it is woken by every commit of
+  frames of the Run's Steps (one dict lookup per committed Run, none when no run stream
+  is open), by a Step of the Run stored finished by reference, and when the Run closes.
+  It reads the frames from the store, never from the cache.
+
 All methods run on the event-loop thread; none of them awaits while holding state.
 Subscriptions wait on plain asyncio futures (the server runs on asyncio, under Granian):
 one future per wait and one timer per subscriber on the injected clock
