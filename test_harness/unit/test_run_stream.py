@@ -122,3 +122,29 @@ class TestClient:
                 await read(oc)
         assert (got, cut.value.step_id, cut.value.last_event_id, cut.value.name) == (
             [0], "run_x", 0, "ERR_STREAM_DISCONNECTED")
+
+
+class TestSummary:
+    """The summary's ``steps_hash`` (NERVE-4104)."""
+
+    def test_a_replay_run_has_its_recordings_steps_hash(self, mock_cfg: ServerConfig) -> None:
+        """[NERVE-4104] A replay of a recording with one attempt per token, closed the same
+        way, has the recording's ``steps_hash``; a record Run of other prompts has
+        another."""
+        with app_client(mock_cfg) as c:
+            rec = _closed_run(c)
+            flow = c.get(f"/v1/runs/{rec}").json()["flow_id"]
+            rep = c.post(f"/v1/flows/{flow}/runs",
+                         json={"mode": "replay", "replay_of": rec}).json()["run_id"]
+            for i in range(2):
+                assert c.post(f"/v1/runs/{rep}/steps",
+                              json=llm_step(f"k{i}")).status_code == 201
+            c.post(f"/v1/runs/{rep}/close", json={"status": "completed"})
+            other = c.post(f"/v1/flows/{flow}/runs", json={"seed": 3}).json()["run_id"]
+            step = c.post(f"/v1/runs/{other}/steps", json=llm_step("k0", "other")).json()
+            with c.stream("GET", f"/v1/steps/{step['step_id']}/stream") as s:
+                b"".join(s.iter_bytes())
+            c.post(f"/v1/runs/{other}/close", json={"status": "completed"})
+            hashes = [c.get(f"/v1/runs/{r}").json()["summary"]["steps_hash"]
+                      for r in (rec, rep, other)]
+        assert (hashes[0] == hashes[1], hashes[0] == hashes[2]) == (True, False)
