@@ -10,7 +10,8 @@ the same methods with the same guarantees:
   (committed), so callers never await the store;
 * :meth:`Store.commit_events` writes frames and Step changes atomically, and
   :meth:`Store.append_fact` assigns Fact numbers atomically, with no gap;
-* the idempotency key ``(run_id, client_token)`` maps to at most one Step, ever.
+* the idempotency key ``(run_id, client_token, attempt)`` maps to at most one Step, ever
+  (NERVE-4105).
 
 Ids are opaque strings; units are tokens, USD and milliseconds. A method that finds
 nothing returns None (or an empty list); the constraint errors listed are the backend's
@@ -34,6 +35,7 @@ from orchestrator_core.rows import (
     StepRow,
     StepUpdate,
 )
+from orchestrator_core.store_runs import RunLogEntry, SummaryRow
 
 __all__ = ["Store"]
 
@@ -130,7 +132,7 @@ class Store(Protocol):
         ...
 
     def get_step_by_token(self, run_id: str, client_token: str) -> StepRow | None:
-        """The Step a Run's client_token maps to, or None."""
+        """The latest attempt of a Run's client_token (NERVE-4105), or None."""
         ...
 
     def list_steps(self, run_id: str) -> list[StepRow]:
@@ -317,6 +319,33 @@ class Store(Protocol):
         ...
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    # -- run lifecycle (NERVE-4100, NERVE-4103, NERVE-4104) ------------------------------
+
+    def run_log_page(self, run_id: str, after: int, limit: int) -> list[RunLogEntry]:
+        """The run log entries holding run positions above ``after``, in position order,
+        from the one holding ``after + 1``; at most ``limit`` (one index range read)."""
+        ...
+
+    def run_log_end(self, run_id: str) -> int:
+        """One past the Run's last frame position (0 when its log is empty)."""
+        ...
+
+    def close_run(self, run_id: str, status: str, closed_at: str) -> bool:
+        """Close an ``active`` Run; False (and no change) when it was not active."""
+        ...
+
+    def live_steps(self, run_id: str) -> list[str]:
+        """The Run's ``queued`` or ``running`` Steps' ids, in submission order."""
+        ...
+
+    def set_run_summary(self, run_id: str, summary_json: str) -> None:
+        """Keep a closed Run's summary JSON unless it has one."""
+        ...
+
+    def summary_rows(self, run_id: str) -> list[SummaryRow]:
+        """Every Step of the Run in submission order, as its summary reads them."""
+        ...
 
     def close(self) -> None:
         """Make everything durable and release the backend's resources."""

@@ -42,6 +42,7 @@ from orchestratord.client_errors import (
     StreamDisconnected,
 )
 from orchestratord.client_llm import AsyncLlm
+from orchestratord.client_runs import RunLifeMethods
 from orchestratord.client_tokens import StepTokens
 
 __all__ = ["ERR_CONTEXT_BUDGET", "ERR_INVALID_MODEL", "ERR_SERVER", "ERR_STREAM_DISCONNECTED",
@@ -202,8 +203,9 @@ async def _frames_of(source: Any, step_id: str) -> AsyncIterator[Frame]:
     raise StreamDisconnected(step_id, last, "the server closed the stream")
 
 
-class OrchestratorClient:
-    """Talks to one orchestratord.
+class OrchestratorClient(RunLifeMethods):
+    """Talks to one orchestratord (the Run lifecycle methods are
+    :class:`~orchestratord.client_runs.RunLifeMethods`, NERVE-4107).
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8787``.

@@ -43,6 +43,7 @@ from contracts.events import (
 from contracts.facts import Fact
 from contracts.openai import OaiErrorBody
 from orchestrator_core.breaker import Transition
+from orchestratord.run_routes import RUN_STREAM_EVENT, run_stream_schemas
 
 __all__ = ["PUBLIC_ROUTES", "ROUTE_ERRORS", "SECURITY", "SECURITY_COMPONENTS",
            "complete_document"]
@@ -74,7 +75,9 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "POST /v1/flows/{flow_id}/runs": {
         **_BODY, 404: (E.NOT_FOUND,), 409: (E.DETERMINISM_INPUTS_DIFFER, E.CONFLICT)},
     "GET /v1/runs/{run_id}": {404: (E.NOT_FOUND,)},
-    "POST /v1/runs/{run_id}/cancel": {404: (E.NOT_FOUND,)},
+    "POST /v1/runs/{run_id}/cancel": {404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},
+    "POST /v1/runs/{run_id}/close": {**_BODY, 404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},
+    "GET /v1/runs/{run_id}/stream": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
     "POST /v1/runs/{run_id}/steps": {
         **_BODY,
         400: (E.INVALID_PARAMS, E.INVALID_TOOL_ARGS, E.INVALID_MODEL, E.CONTEXT_BUDGET),
@@ -133,7 +136,8 @@ _CREATED_OR_EXISTING = frozenset({"POST /v1/flows", "POST /v1/runs/{run_id}/step
 _STEP_STREAM = "GET /v1/steps/{step_id}/stream"
 """The Step stream, which answers 204 to a re-read after its terminal frame (STREAM-2012)."""
 _STREAMS = {_STEP_STREAM: "SseFrame",
-            "GET /v1/runs/{run_id}/facts/stream": "FactFrame"}
+            "GET /v1/runs/{run_id}/facts/stream": "FactFrame",
+            "GET /v1/runs/{run_id}/stream": RUN_STREAM_EVENT}
 
 _JOB_EVENTS = "GET /v1/llm/jobs/{step_id}/events"
 """A job's stream (NERVE-4085): its route documents its events; ``Last-Event-ID`` here."""
@@ -220,6 +224,7 @@ def _frame_schemas() -> dict[str, dict[str, Any]]:
         "description": "`end`: an LLM Step's provenance and output, or another Step "
                        "type's recorded result and provenance.",
         "anyOf": [{"$ref": ref(name="EndData")}, {"$ref": ref(name="EffectEndData")}]}
+    defs.update(run_stream_schemas(_REF))
     members = {}
     for event, (data, durable) in _FRAMES.items():
         name = "".join(part.title() for part in event.split("_")) + "Frame"
@@ -352,6 +357,11 @@ def _complete(key: str, op: Operation) -> None:
             "description": "`Last-Event-ID` is at or after the Step's terminal frame: "
                            "nothing is left to send, and the status makes a browser's "
                            "`EventSource` stop reconnecting (STREAM-2012).",
+            "headers": {"X-Correlation-Id": _CORRELATION_OUT}})
+    if key == "GET /v1/runs/{run_id}/stream":
+        responses["204"] = _RawResponse({
+            "description": "`Last-Event-ID` is at or after the `run_end` event: nothing is "
+                           "left to send, so a browser's `EventSource` stops (NERVE-4101).",
             "headers": {"X-Correlation-Id": _CORRELATION_OUT}})
     if key == _STEP_CANCEL:
         responses["202"] = _RawResponse(_CANCELLING)
