@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["v9", "v10", "v11", "v12"]
+__all__ = ["v9", "v10", "v11", "v12", "v13"]
 
 
 _V9_TRIGGERS = (
@@ -173,3 +173,15 @@ def v12(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TRIGGER runs_labels_insert AFTER INSERT ON runs BEGIN"
                  " INSERT OR IGNORE INTO run_labels (flow_id, key, value, run_rowid) "
                  + labels_of.format(r="NEW") + "; END")
+
+
+def v13(conn: sqlite3.Connection) -> None:
+    """Rendered prompts: the exact text an engine was sent, content-addressed (NERVE-4091).
+
+    ``prompt_texts`` holds each distinct text once, under ``b3:`` + hex blake3 of its
+    UTF-8 bytes (the ``rendered_hash`` of the provenance of the Steps that sent it). A
+    table a store already has is left as it is, so the migration survives renumbering.
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS prompt_texts ("
+                 " hash TEXT PRIMARY KEY,"
+                 " text TEXT NOT NULL) WITHOUT ROWID")
