@@ -18,6 +18,7 @@ from contracts.errors import InvalidParams
 from orchestrator_core.config import PoolConfig, mock_config
 from test_harness.bdd.conftest import run_to_end
 from test_harness.support import MOCK_MODEL, app_client, parse_sse
+from test_harness.templated import SMOL_SYSTEM, SmolMock, TemplatedTokenizer
 from worker_adapters.base import CompletionRequest, EngineAdapter, PreparedPrompt
 from worker_adapters.llamacpp_engine import LlamaCppEngine
 from worker_adapters.mock import MockEngine, mock_identity
@@ -26,44 +27,9 @@ from worker_adapters.openai_http import OpenAIHttpEngine
 RAW = "  <|im_start|>system\nno template\r\n\té 日本\u2028<|im_end|> trailing  "
 """A prompt a chat template would rewrite: special-token text, CR LF, tabs, non-ASCII."""
 
-SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-
 
 def _b3(text: str) -> str:
     return "b3:" + blake3.blake3(text.encode("utf-8")).hexdigest()
-
-
-class TemplatedTokenizer:
-    """A chat template that adds a system turn when there is none, as SmolLM2's does."""
-
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
-        turns = list(messages)
-        if not turns or turns[0]["role"] != "system":
-            turns = [{"role": "system", "content": SMOL_SYSTEM}, *turns]
-        return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in turns) \
-            + "<|im_start|>assistant\n"
-
-    def count(self, text: str) -> int:
-        return len(text.split())
-
-    def token_id(self, piece: str) -> int:
-        return -1
-
-    def piece(self, token_id: int) -> bytes:
-        return b""
-
-
-class SmolMock(MockEngine):
-    """The mock engine rendering ``messages`` with :class:`TemplatedTokenizer`."""
-
-    template = TemplatedTokenizer()
-
-    def prepare(self, *, prompt: str | None,
-                messages: Sequence[dict[str, str]] | None) -> PreparedPrompt:
-        if prompt is not None:
-            return super().prepare(prompt=prompt, messages=None)
-        text = self.template.render(messages or [])
-        return PreparedPrompt(text=text, tokens_in=self.template.count(text), template="mock")
 
 
 def _factory(engines: list[MockEngine], cls: type[MockEngine] = SmolMock) -> Any:
