@@ -192,6 +192,41 @@ class TestRenderedMessages:
         assert shown["rendered"] == sent and shown["template"] is None
         assert _end(raw)["provenance"]["rendered_hash"] == shown["hash"] == _b3(sent)
 
+    def test_a_redacted_prompt_shows_the_redacted_text(self, tmp_path: pathlib.Path) -> None:
+        """[NERVE-4091] [NERVE-4092] A prompt the Run's policy redacts is not what the
+        engine saw: the redacted text is kept and hashed, and GET /prompt shows it."""
+        engines: list[MockEngine] = []
+        with app_client(mock_config(data_dir=str(tmp_path)),
+                        engine_factory=_factory(engines)) as client:
+            run = _run(client, policy={"redact": ["sk-[a-z0-9]+"]})
+            step, raw = run_to_end(client, run, {
+                "type": "llm_call", "client_token": "r",
+                "input": {"model": MOCK_MODEL, "prompt": "key sk-abc123 here"}})
+            shown = client.get(f"/v1/steps/{step['step_id']}/prompt").json()
+        sent = "key [REDACTED] here"
+        assert _sent(engines).prompt == sent
+        assert _end(raw)["provenance"]["rendered_hash"] == _b3(sent)
+        assert shown == {"step_id": step["step_id"], "rendered": sent, "hash": _b3(sent),
+                         "template": None}
+
+    def test_a_replayed_step_shows_the_recorded_text(self, tmp_path: pathlib.Path) -> None:
+        """[NERVE-4092] A replay step, served from the recording with no engine request,
+        shows the text its recording's engine was sent."""
+        engines: list[MockEngine] = []
+        body = {"type": "llm_call", "client_token": "chat",
+                "input": {"model": MOCK_MODEL, "messages": [{"role": "user", "content": "Hi"}]}}
+        with app_client(mock_config(data_dir=str(tmp_path)),
+                        engine_factory=_factory(engines)) as client:
+            recorded = _run(client)
+            first, _raw = run_to_end(client, recorded, body)
+            replay = _run(client, mode="replay", replay_of=recorded)
+            again, _raw = run_to_end(client, replay, body)
+            was = client.get(f"/v1/steps/{first['step_id']}/prompt").json()
+            shown = client.get(f"/v1/steps/{again['step_id']}/prompt").json()
+        assert sum(e.requests for e in engines) == 1
+        assert shown == {**was, "step_id": again["step_id"]}
+        assert shown["rendered"].startswith("<|im_start|>system\n" + SMOL_SYSTEM)
+
     def test_the_prompt_of_another_tenants_step_answers_like_an_unknown_one(
             self, tmp_path: pathlib.Path) -> None:
         """[NERVE-4092] Another tenant's step id gets the 404 an unknown id gets, but for
