@@ -188,7 +188,7 @@ def _next_tokens(i: int, pieces: list[str] | None, rng: random.Random,
 class MockEngine(EngineAdapter):
     """An in-process engine driven by a handler (see :func:`default_handler`)."""
 
-    constrained_decoding = "mock"
+    constrained_decoding: str | None = "mock"
 
     def __init__(self, handler: MockHandler | None = None,
                  identity: EngineIdentity | None = None) -> None:

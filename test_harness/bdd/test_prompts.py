@@ -83,7 +83,7 @@ def _run_llm(ctx: dict[str, Any], inp: dict[str, Any]) -> None:
 def _sent(ctx: dict[str, Any]) -> str:
     sent = [e.last_request.prompt for e in ctx["engines"] if e.last_request is not None]
     assert len(sent) == 1
-    return sent[0]
+    return str(sent[0])
 
 
 @when("I run an llm_call with a raw prompt holding chat markup, CR LF and non-ASCII text")

@@ -288,7 +288,9 @@ class TestStrictReplayOfTheTemplate:
             _step, again = run_to_end(client, same, body)
             assert _end(again)["provenance"]["rendered_hash"] == was
             requests = engines[0].requests
-            engines[0].template = _OtherTemplate()
+            smol = engines[0]
+            assert isinstance(smol, SmolMock)
+            smol.template = _OtherTemplate()
             changed = _run(client, mode="strict_replay", replay_of=recorded)
             refused = client.post(f"/v1/runs/{changed}/steps", json=body)
         assert refused.status_code == 409, refused.text
