@@ -163,9 +163,12 @@ class Llm:
                 messages = [{"role": "system", "content": menu}, *messages]
             else:
                 prompt = f"{menu}\n\n{prompt}"
+        params = {k: v for k, v in msgspec.to_builtins(prm).items() if k != "seed"}
         fallback: str | None = None
         if json_schema is not None:
-            json_schema, fallback = _constrain(engine, shape, json_schema, body)
+            json_schema, fallback = _constrain(
+                engine, shape, json_schema, body, params=params,
+                recorded_params_hash=rec_prov.params_hash if rec_prov is not None else None)
         prepared = await engine.aprepare(prompt=prompt, messages=messages)
         # From here until the runner starts the Step nothing awaits: the queue check, the
         # budget reservation and the insert are one step of the event loop (POLICY-3000).
@@ -180,7 +183,6 @@ class Llm:
                                               limit_bytes=ctx.config.max_recorded_value_bytes)
         hashed_prompt = {"messages": messages} if messages is not None else {"prompt": prompt}
         prompt_hash = b3(hashed_prompt)
-        params = {k: v for k, v in msgspec.to_builtins(prm).items() if k != "seed"}
         if json_schema is not None:  # constrained decoding is a determinism input
             params["json_schema"] = json_schema
         params_hash = b3(params)
@@ -249,14 +251,18 @@ class Llm:
 
 
 def _constrain(engine: EngineAdapter, shape: OutputShape, schema: dict[str, Any],
-               body: LlmCallSubmit | LlmPlanSubmit) -> tuple[dict[str, Any], str | None]:
+               body: LlmCallSubmit | LlmPlanSubmit, *, params: dict[str, Any],
+               recorded_params_hash: str | None) -> tuple[dict[str, Any], str | None]:
     """The schema decoding is constrained to, and the plan's fallback if any (NERVE-4094).
 
     A response contract the engine cannot express is refused. A plan whose strict intents
     schema the engine cannot constrain to (a tool schema its grammar cannot express, or
     no constrained decoding at all) is refused unless its input says ``fallback:
-    "allow"``; then it runs under the envelope only (``envelope``; every suggestion's
-    arguments are still validated, NERVE-4011) or unconstrained (``unconstrained``).
+    "allow"``, or it strict-replays a recording made under that fallback (its
+    ``params_hash`` is that of ``params`` with the looser schema: a recording made before
+    the fallback was refused); then it runs under the envelope only (``envelope``; every
+    suggestion's arguments are still validated, NERVE-4011) or unconstrained
+    (``unconstrained``).
 
     Raises:
         InvalidParams: the schema cannot be constrained to and no fallback is allowed;
@@ -266,25 +272,32 @@ def _constrain(engine: EngineAdapter, shape: OutputShape, schema: dict[str, Any]
     if not isinstance(shape, PlanShape) or not isinstance(body, LlmPlanSubmit):
         engine.check_constraint(schema)
         return schema, None
-    allowed = body.input.fallback == "allow"
+    def allowed(under: dict[str, Any]) -> bool:
+        if body.input.fallback == "allow":
+            return True
+        if recorded_params_hash is None:
+            return False
+        hashed = {**params, "json_schema": under}
+        return b3_as_recorded(hashed, b3(hashed), recorded_params_hash) == recorded_params_hash
+
     if engine.constrained_decoding is None:
-        if not allowed:
+        if not allowed(schema):
             raise InvalidParams(
                 "the engine of this model cannot constrain decoding to the intents schema; "
                 'set input.fallback to "allow" to run the plan unconstrained',
                 data={"field": "input.model", "fallback": "unconstrained"})
         return schema, "unconstrained"
+    loose = intents_schema(shape.tools, shape.max_intents, strict=False)
     try:
         engine.check_constraint(schema)
         return schema, None
     except InvalidParams as exc:
-        if not allowed:
+        if not allowed(loose):
             raise InvalidParams(
                 "the engine cannot constrain decoding to the schema of a menu tool; "
                 'set input.fallback to "allow" to constrain the intents envelope only',
                 data={"field": "input.tools", "fallback": "envelope",
                       "reason": exc.message}) from exc
-    loose = intents_schema(shape.tools, shape.max_intents, strict=False)
     engine.check_constraint(loose)
     return loose, "envelope"
 

@@ -385,6 +385,43 @@ class TestPlanFallback:
         assert "fallback" not in _end(raw)["provenance"]
         assert "fallback" not in msgspec.json.decode(msgspec.json.encode(resp.json()["input"]))
 
+    def test_a_recording_made_under_a_silent_fallback_still_strict_replays(
+            self, tmp_path: pathlib.Path) -> None:
+        """[NERVE-4094] A plan recorded before the fallback was refused (no ``fallback``
+        in its input, the loose envelope in its params_hash) strict-replays unchanged:
+        the recording allows the fallback it was made under, and the replay reports it."""
+        engines: list[MockEngine] = []
+        with app_client(mock_config(data_dir=str(tmp_path), replicas=1),
+                        engine_factory=_factory(engines, _GbnfMock)) as client:
+            flow = client.post("/v1/flows", json={"ast_ir": {"t": 1}, "tools": [GREP]}).json()
+            run = client.post(f"/v1/flows/{flow['flow_id']}/runs", json={}).json()
+            inp = {"model": MOCK_MODEL, "prompt": "find words", "params": {"max_tokens": 200}}
+            step, _raw = run_to_end(client, run["run_id"], {
+                "type": "llm_plan", "client_token": "p", "input": {**inp, "fallback": "allow"}})
+            _as_if_recorded_without_fallback(tmp_path / "orchestrator.db", step["step_id"])
+            replay = client.post(f"/v1/flows/{flow['flow_id']}/runs", json={
+                "mode": "strict_replay", "replay_of": run["run_id"]}).json()
+            _step, raw = run_to_end(client, replay["run_id"], {
+                "type": "llm_plan", "client_token": "p", "input": inp})
+        assert _end(raw)["provenance"]["fallback"] == "envelope"
+
+
+def _as_if_recorded_without_fallback(db: pathlib.Path, step_id: str) -> None:
+    """Rewrite a recorded plan's stored input and input hash without ``fallback``, as a
+    server before NERVE-4094 stored it."""
+    import sqlite3
+
+    from orchestrator_core.canonical import b3, canonical_json
+
+    con = sqlite3.connect(db)
+    (stored,) = con.execute("SELECT input FROM steps WHERE step_id = ?", (step_id,)).fetchone()
+    inp = json.loads(stored)
+    del inp["fallback"]
+    con.execute("UPDATE steps SET input = ?, input_hash = ? WHERE step_id = ?",
+                (canonical_json(inp).decode(), b3({"type": "llm_plan", "input": inp}), step_id))
+    con.commit()
+    con.close()
+
 
 @pytest.mark.engine
 def test_the_llamacpp_worker_evaluates_exactly_the_prompts_tokens() -> None:
