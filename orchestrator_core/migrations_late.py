@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["v9", "v10", "v11", "v12", "v13", "v14"]
+__all__ = ["v9", "v10", "v11", "v12", "v13", "v14", "v15"]
 
 
 _V9_TRIGGERS = (
@@ -260,3 +260,15 @@ def v14(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS idx_steps_run_id_client_token")
     conn.execute("CREATE UNIQUE INDEX steps_run_token_attempt"
                  " ON steps(run_id, client_token, attempt)")
+
+
+def v15(conn: sqlite3.Connection) -> None:
+    """Rendered prompts: the exact text an engine was sent, content-addressed (NERVE-4091).
+
+    ``prompt_texts`` holds each distinct text once, under ``b3:`` + hex blake3 of its
+    UTF-8 bytes (the ``rendered_hash`` of the provenance of the Steps that sent it). A
+    table a store already has is left as it is, so the migration survives renumbering.
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS prompt_texts ("
+                 " hash TEXT PRIMARY KEY,"
+                 " text TEXT NOT NULL) WITHOUT ROWID")

@@ -110,6 +110,17 @@ class Store(Protocol):
         """The settings JSON recorded for a build fingerprint, or None."""
         ...
 
+    # -- rendered prompts (NERVE-4091) ---------------------------------------------------
+
+    def record_prompt_text(self, text_hash: str, text: str) -> None:
+        """Keep the exact text an engine was sent under ``text_hash`` (``b3:<hex>`` of
+        its UTF-8 bytes); first writer wins. Durable on return."""
+        ...
+
+    def prompt_text(self, text_hash: str) -> str | None:
+        """The text kept under ``text_hash``, or None."""
+        ...
+
     # -- steps (NERVE-4003, NERVE-4008, NERVE-4040) --------------------------------------
 
     def insert_step(self, row: StepRow) -> bool:

@@ -52,6 +52,7 @@ from orchestratord.llm_routes import LLM_ROUTES
 from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
+from orchestratord.prompt_routes import PROMPT_ROUTES
 from orchestratord.run_routes import RUN_ROUTES
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
 from orchestratord.tickets import MAX_TICKET_CHARS, TICKET_TTL_MS, StreamTickets
@@ -412,7 +413,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             append_fact, list_run_facts, stream_run_facts, list_flow_facts,
             create_checkpoint, list_checkpoints,
             capabilities, health, ready, metrics, docs_assets_router(), openai_router(),
-            *NAV_ROUTES, *LLM_ROUTES, *RUN_ROUTES,
+            *NAV_ROUTES, *LLM_ROUTES, *RUN_ROUTES, *PROMPT_ROUTES,
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),
                       "tenant": Provide(tenant_of, sync_to_thread=False)},
