@@ -21,6 +21,7 @@ v9  Run usage counters kept by triggers; indexes of lineage and Step type (NERVE
 v10 Steps served by reference: ``steps.frames_of`` and ``steps.frames_hash`` (NERVE-4025)
 v11 Packed event rows: ``events.last_seq``, a row per Step per commit (STREAM-2011)
 v12 Navigation list indexes; Run labels kept by a trigger (NERVE-4061)
+v13 The tenant-wide Run list's indexes; Run labels by tenant (REC-7051)
 ==  ================================================================================
 """
 
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from orchestrator_core.migrations_early import v1, v2, v3, v4, v5, v6, v7, v8
-from orchestrator_core.migrations_late import v9, v10, v11, v12
+from orchestrator_core.migrations_late import v9, v10, v11, v12, v13
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate", "schema_version"]
 
@@ -77,11 +78,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "steps served by reference: frames_of, frames_hash", v10),
     Migration(11, "packed event rows: one row per step per group commit", v11),
     Migration(12, "navigation list indexes; run labels kept by a trigger", v12),
+    Migration(13, "tenant-wide run list indexes; run labels by tenant", v13),
 )
 """Every migration, in order; entry ``i`` leaves the database at version ``i + 1``."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-"""The version :func:`migrate` brings a database to by default (12)."""
+"""The version :func:`migrate` brings a database to by default (13)."""
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -34,6 +34,7 @@ from contracts.flows import Flow, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run
 from contracts.steps import CancelAccepted, Step
+from orchestratord.client_browse import BrowseMethods
 from orchestratord.client_errors import (
     ERR_CONTEXT_BUDGET,
     ERR_INVALID_MODEL,
@@ -201,8 +202,8 @@ async def _frames_of(source: Any, step_id: str) -> AsyncIterator[Frame]:
     raise StreamDisconnected(step_id, last, "the server closed the stream")
 
 
-class OrchestratorClient:
-    """Talks to one orchestratord.
+class OrchestratorClient(BrowseMethods):
+    """Talks to one orchestratord (its browsing methods from :class:`BrowseMethods`).
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8787``.
