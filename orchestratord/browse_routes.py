@@ -15,7 +15,7 @@ import importlib.resources
 
 from litestar import Response, get
 from litestar.di import NamedDependency
-from litestar.params import FromQuery
+from litestar.params import FromPath, FromQuery
 
 from contracts.errors import NotFound
 from contracts.runs import Run
@@ -73,7 +73,7 @@ async def ui_page() -> Response[bytes]:
 
 
 @get("/ui/{name:str}", opt={"public": True}, include_in_schema=False)
-async def ui_asset(name: str) -> Response[bytes]:
+async def ui_asset(name: FromPath[str]) -> Response[bytes]:
     """The page's script or style sheet (REC-7060).
 
     Raises:

@@ -170,8 +170,8 @@ async def _runs_tail(client: OrchestratorClient, args: argparse.Namespace,
     total = params.get("max_tokens", 256) if step.type in ("llm_call", "llm_plan") else None
     err = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed} tokens"), console=err,
-                  transient=True) as bar:
+                  TextColumn("{task.completed} tokens"), console=err, transient=True,
+                  disable=not err.is_terminal) as bar:
         task = bar.add_task(step.step_id, total=total)
         async for frame in client.stream(step.step_id):
             if args.json:
