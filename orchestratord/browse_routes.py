@@ -36,7 +36,8 @@ inline script or style, no framing."""
 
 UI_FILES = {"index.html": "text/html", "inspector.js": "text/javascript",
             "inspector.css": "text/css"}
-"""The page's files in ``orchestratord/ui``, with their media types (Litestar adds ``charset=utf-8``)."""
+"""The page's files in ``orchestratord/ui``, with their media types (Litestar adds
+``charset=utf-8``)."""
 
 _UI_HEADERS = {"Content-Security-Policy": UI_CSP, "X-Content-Type-Options": "nosniff",
                "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}

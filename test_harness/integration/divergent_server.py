@@ -16,13 +16,15 @@ import pathlib
 import sys
 from collections.abc import AsyncIterator
 
+import anyio
+
 from orchestrator_core.config import PoolConfig, load_config
 from orchestratord.cli import serve
 from worker_adapters.base import CompletionRequest, Delta, EngineAdapter, Finish, StreamItem
 from worker_adapters.mock import MockEngine, default_handler
 from worker_adapters.registry import MockFactory, default_drivers
 
-__all__ = ["DIVERGE_AT", "DIVERGENT", "main"]
+__all__ = ["DIVERGENT", "DIVERGE_AT", "main"]
 
 DIVERGE_AT = 3
 """The index of the first token that differs once the engine diverges."""
@@ -35,7 +37,7 @@ def _factory(flag: pathlib.Path) -> MockFactory:
         base = default_handler()
 
         async def handler(req: CompletionRequest) -> AsyncIterator[StreamItem]:
-            diverge = flag.exists()
+            diverge = await anyio.Path(flag).exists()
             i = 0
             async for item in base(req):
                 if diverge and isinstance(item, Delta) and i == DIVERGE_AT:

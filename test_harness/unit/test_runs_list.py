@@ -84,7 +84,8 @@ class TestTenantRunPages:
         for kwargs in ({"mode": "live"}, {"status": "done"}, {"label": "nocolon"},
                        {"limit": 0}, {"limit": 1001}):
             with pytest.raises(InvalidParams) as refused:
-                list_tenant_runs(store, "a", **kwargs)  # type: ignore[arg-type]
+                list_tenant_runs(store, "a", **kwargs)
+            assert refused.value.data is not None
             fields.append(refused.value.data["field"])
         assert fields == ["mode", "status", "label", "limit", "limit"]
 
