@@ -64,7 +64,7 @@ class TestDocsPageOffline:
             "/v1/facts/{fact_id}", "/v1/flows",
             "/v1/flows/{flow_id}", "/v1/flows/{flow_id}/facts", "/v1/flows/{flow_id}/runs",
             "/v1/flows:by-hash/{flow_hash}", "/v1/pools", "/v1/pools/{pool_id}",
-            "/v1/runs/{run_id}", "/v1/runs/{run_id}/cancel", "/v1/runs/{run_id}/checkpoint",
+            "/v1/runs", "/v1/runs/{run_id}", "/v1/runs/{run_id}/cancel", "/v1/runs/{run_id}/checkpoint",
             "/v1/runs/{run_id}/checkpoints", "/v1/runs/{run_id}/facts",
             "/v1/runs/{run_id}/facts/stream",
             "/v1/runs/{run_id}/openai/v1/chat/completions",
