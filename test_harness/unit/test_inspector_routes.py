@@ -6,10 +6,14 @@ check what the server answers and what the shipped files may contain.
 
 from __future__ import annotations
 
+import ast
 import importlib.resources
+import pathlib
 
 import msgspec
+import re2
 
+import orchestratord
 from orchestrator_core.config import ServerConfig
 from orchestratord.browse_routes import UI_CSP, UI_FILES
 from test_harness.support import app_client
@@ -95,3 +99,25 @@ class TestShippedFiles:
         assert "sessionStorage.setItem(TOKEN_KEY" in js
         assert "Authorization = `Bearer ${token()}`" in js
         assert "/stream-ticket" in js
+
+
+class TestApiOnly:
+    """The commands and the page are clients of the HTTP API only."""
+
+    def test_the_commands_import_no_store_and_the_page_calls_only_the_api(self) -> None:
+        """[REC-7050] ``cli_browse`` imports neither SQLite nor the store nor the domain
+        service, only the client and wire types; the script's requests all go to
+        ``/v1/`` paths of its own origin."""
+        source = (pathlib.Path(orchestratord.__file__).parent / "cli_browse.py").read_text()
+        imported = sorted({
+            name for node in ast.walk(ast.parse(source))
+            for name in ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom)
+                         else [])})
+        assert [m for m in imported if m.split(".")[0] in (
+            "contracts", "orchestrator_core", "orchestratord", "sqlite3", "sqlite_utils")] == [
+            "contracts.errors", "contracts.events", "contracts.runs", "contracts.steps",
+            "orchestratord.client"]
+        js = _text("inspector.js")
+        assert sorted(set(re2.findall(r"(?:api|fetch|EventSource)\(\s*`(/[a-z0-9]+/)", js))) == [
+            "/v1/"]
