@@ -33,7 +33,6 @@ __all__ = ["DEFAULT_URL", "register", "step_row"]
 DEFAULT_URL = "http://127.0.0.1:8787"
 """The server a command talks to when neither ``--url`` nor ``$ORCHESTRATORD_URL`` is set."""
 
-Subcommands = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Command = Callable[[OrchestratorClient, argparse.Namespace, Console], Awaitable[None]]
 
 
