@@ -148,6 +148,9 @@ function provenanceOf(step) {
 
 async function openRun(runId) {
   $("error").textContent = "";
+  if (state.stream) state.stream.close();
+  $("frames-panel").hidden = true;
+  $("compare-panel").hidden = true;
   const run = await (await api(`/v1/runs/${encodeURIComponent(runId)}`)).json();
   const steps = await allSteps(runId);
   for (const tr of $("runs").tBodies[0].rows) tr.classList.toggle("selected", tr.dataset.runId === runId);

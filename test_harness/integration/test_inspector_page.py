@@ -174,3 +174,26 @@ class TestInspectorPage:
         assert summary.endswith('replay " divergent" (id 7) — the replay ended with '
                                 "REPLAY_DIVERGED")
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_without_tokens_the_page_asks_nothing(self, tmp_path: pathlib.Path) -> None:
+        """[REC-7062] On a loopback server with no tokens configured the page lists the
+        Runs straight away: no token prompt, nothing kept in sessionStorage."""
+        from playwright.sync_api import sync_playwright
+
+        with divergent_server(mock_config(), tmp_path) as url, sync_playwright() as pw:
+            with httpx.Client(base_url=url, timeout=30) as http:
+                flow = http.post("/v1/flows", json={"ast_ir": {"open": 1}}).json()["flow_id"]
+                run_id = http.post(f"/v1/flows/{flow}/runs", json={}).json()["run_id"]
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                         args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(f"{url}/ui")
+                page.wait_for_selector("#runs tbody tr[data-run-id]")
+                listed = page.eval_on_selector_all(
+                    "#runs tbody tr", "rows => rows.map(r => r.dataset.runId)")
+                login_hidden = page.is_hidden("#login")
+                stored = page.evaluate("() => sessionStorage.length")
+            finally:
+                browser.close()
+        assert (listed, login_hidden, stored) == ([run_id], True, 0)
