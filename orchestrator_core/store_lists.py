@@ -13,7 +13,7 @@ import sqlite3
 from typing import Any
 
 from orchestrator_core.rows import FactRow, FlowRow, RunRow, StepRow
-from orchestrator_core.store_runs import TenantRunQueries
+from orchestrator_core.store_run_lists import TenantRunQueries
 
 __all__ = ["ListQueries"]
 

@@ -182,7 +182,7 @@ class TestStoreProtocol:
                                   "orchestrator_core.migrations_early",
                                   "orchestrator_core.migrations_late",
                                   "orchestrator_core.wal_checkpoints",
-                                  "orchestrator_core.store_runs",
+                                  "orchestrator_core.store_run_lists",
                                   "orchestrator_core.service")) == []
 
     def test_the_orchestrator_runs_on_an_injected_store(self, tmp_path: pathlib.Path) -> None:
