@@ -288,6 +288,19 @@ class Store(Protocol):
         read."""
         ...
 
+    def tenant_run_position(self, tenant: str, run_id: str) -> int | None:
+        """An opaque number that increases with creation order, for a Run of this
+        tenant; None when the tenant has no such Run (REC-7051)."""
+        ...
+
+    def list_tenant_runs(self, tenant: str, *, mode: str | None = None,
+                         status: str | None = None, label: tuple[str, str] | None = None,
+                         after: int = 0, limit: int = 100) -> list[RunRow]:
+        """A page of the tenant's Runs of every Flow equal to every filter given, oldest
+        first, after position ``after`` (0: from the first; else a
+        :meth:`tenant_run_position`); one index range read (REC-7051)."""
+        ...
+
     def list_steps_page(self, run_id: str, after: int = -1, limit: int = 100) -> list[StepRow]:
         """A page of the Run's Steps in submission order: ordinals above ``after`` (-1:
         from the first), ascending; one index range read."""

@@ -34,6 +34,7 @@ from contracts.flows import Flow, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run
 from contracts.steps import CancelAccepted, Step
+from orchestratord.client_browse import BrowseMethods
 from orchestratord.client_errors import (
     ERR_CONTEXT_BUDGET,
     ERR_INVALID_MODEL,
@@ -203,9 +204,10 @@ async def _frames_of(source: Any, step_id: str) -> AsyncIterator[Frame]:
     raise StreamDisconnected(step_id, last, "the server closed the stream")
 
 
-class OrchestratorClient(RunLifeMethods):
+class OrchestratorClient(RunLifeMethods, BrowseMethods):
     """Talks to one orchestratord (the Run lifecycle methods are
-    :class:`~orchestratord.client_runs.RunLifeMethods`, NERVE-4107).
+    :class:`~orchestratord.client_runs.RunLifeMethods`, NERVE-4107; the browsing ones
+    :class:`~orchestratord.client_browse.BrowseMethods`).
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8787``.

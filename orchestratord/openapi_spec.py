@@ -105,6 +105,7 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "GET /v1/runs/{run_id}/steps": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
     "GET /v1/checkpoints/{checkpoint_id}": {404: (E.NOT_FOUND,)},
     "GET /v1/facts/{fact_id}": {404: (E.NOT_FOUND,)},
+    "GET /v1/runs": {400: (E.INVALID_PARAMS,)},
     "GET /v1/pools": {},
     "GET /v1/pools/{pool_id}": {404: (E.NOT_FOUND,)},
     "GET /v1/capabilities": {},
