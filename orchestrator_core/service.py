@@ -74,6 +74,8 @@ class _RunBudgets(msgspec.Struct):
 
 _budgets_of = msgspec.json.Decoder(_RunBudgets)
 _NO_BUDGETS = Budgets()
+_UNCAPPED_KEPT = 4096
+"""Run ids remembered as having no budget caps (a Run's budgets never change)."""
 
 
 class Orchestrator:
@@ -112,6 +114,7 @@ class Orchestrator:
         self.tasks = StepTasks(self.steps)
         self.admitter = Admitter(self.steps, self.kinds, self.tasks)
         self._departures: dict[str, object] = {}  # step id -> its last reader's departure
+        self._uncapped: dict[str, None] = {}  # Runs with no budgets, oldest first
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -349,8 +352,15 @@ class Orchestrator:
             with only the capped budgets present, each at least 0; ``{}`` for no Run.
             The HTTP layer turns these into ``X-Budget-*-Remaining`` headers.
         """
+        if run_id in self._uncapped:
+            return {}  # known to have no cap (a Run's budgets are fixed at its creation)
         row = self.store.get_run(run_id)
-        if row is None or _budgets_of.decode(row.body).budgets == _NO_BUDGETS:
+        if row is None:
+            return {}
+        if _budgets_of.decode(row.body).budgets == _NO_BUDGETS:
+            if len(self._uncapped) >= _UNCAPPED_KEPT:
+                del self._uncapped[next(iter(self._uncapped))]
+            self._uncapped[run_id] = None
             return {}  # no cap, nothing to report: the Run's usage is not read
         left = self.budgets.remaining(self.get_run(run_id, None))
         out = {k: max(0.0, float(left[k])) for k in ("tokens_in", "tokens_out", "cost_usd")
