@@ -128,10 +128,14 @@ class Admitter:
         stored_input = (input_json if redacted is input_value
                         else canonical_json(redacted)).decode()
         self._check_room()
-        # The policy, lineage and mode come from the row; its usage and forks are read
-        # only for a Step that runs (below): a served Step needs neither (NERVE-4025).
-        run = views.run(run_row, _UNREAD_USAGE)
         mode = RunMode(run_row.mode)
+        # A Step that can only be served from its recording needs the Run's policy and
+        # lineage, not its usage or forks, which are read for a Step that may run (its
+        # budgets): STREAM-2014.
+        served_only = mode is RunMode.REPLAY or (mode is not RunMode.RECORD
+                                                 and not kind.replay.reruns)
+        run = views.run(run_row, _UNREAD_USAGE) if served_only else views.run(
+            run_row, store.run_usage(run_id), store.child_runs(run_id))
         kind.check_policy(run, body)
         # a Step id grows with time, so its row and frames go where the last ones went
         adm = Admission(step_id=new_ordered_id("stp", self.ctx.clock.now()), run=run,
@@ -152,8 +156,6 @@ class Admitter:
             if recorded.status != StepStatus.SUCCEEDED.value:  # served as it is
                 return self._serve(adm, stored_input, self._recorded(adm))
             adm = dataclasses.replace(adm, recorded=recorded)
-        adm = dataclasses.replace(adm, run=views.run(run_row, store.run_usage(run_id),
-                                                     store.child_runs(run_id)))
         plan = await kind.admit(adm)
         # No await from here until the Step is stored and started.
         try:
