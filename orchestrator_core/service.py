@@ -350,7 +350,9 @@ class Orchestrator:
         Returns:
             ``{"tokens_in": tokens, "tokens_out": tokens, "cost_usd": USD, "wall_ms": ms}``
             with only the capped budgets present, each at least 0; ``{}`` for no Run.
-            The HTTP layer turns these into ``X-Budget-*-Remaining`` headers.
+            The HTTP layer turns these into ``X-Budget-*-Remaining`` headers. A Run
+            without budgets is remembered (the last 4,096), so its later answers read
+            nothing (STREAM-2015).
         """
         if run_id in self._uncapped:
             return {}  # known to have no cap (a Run's budgets are fixed at its creation)
