@@ -52,6 +52,7 @@ from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
+from orchestratord.telemetry import observability_plugins
 from orchestratord.tickets import MAX_TICKET_CHARS, TICKET_TTL_MS, StreamTickets
 from worker_adapters.base import Drivers, ToolsFactory
 from worker_adapters.registry import default_drivers
@@ -423,6 +424,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
                                      allowed_hosts=config.allowed_hosts,
                                      allowed_origins=config.allowed_origins)],
         request_class=JsonRequest,
+        plugins=observability_plugins(),
         state=State({"max_json_depth": config.max_json_depth,
                      "stream_tickets": StreamTickets()}),
         request_max_body_size=config.max_body_bytes,

@@ -15,6 +15,7 @@ import sys
 import msgspec
 
 from orchestrator_core.config import ServerConfig, load_config, mock_config
+from orchestratord.logs import LOG_FORMATS, configure_logging
 from worker_adapters.base import Drivers
 
 __all__ = ["main", "serve"]
@@ -49,6 +50,7 @@ def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
 
     from orchestratord.app import create_app
     from orchestratord.auth import check_bind
+    from orchestratord.telemetry import configure_tracing
 
     refusal = check_bind(config)
     if refusal is not None:
@@ -63,7 +65,12 @@ def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
             loop.add_signal_handler(sig, server.stop)
         await server.serve()
 
-    asyncio.run(run())
+    provider = configure_tracing()  # from the OTEL_* variables only (OBS-8000)
+    try:
+        asyncio.run(run())
+    finally:
+        if provider is not None:
+            provider.shutdown()  # exports what the batch still holds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,15 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host")
     p_serve.add_argument("--port", type=int)
     p_serve.add_argument("--data-dir")
+    p_serve.add_argument("--log-format", choices=LOG_FORMATS, default="logfmt",
+                         help="one JSON object or one logfmt line per log event (OBS-8020)")
 
     sub.add_parser("openapi", help="print the OpenAPI document")
 
     args = parser.parse_args(argv)
+    if args.cmd == "serve":
+        config = _config(args)
+        configure_logging(args.log_format, secrets=config.auth_tokens)
+        serve(config)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if args.cmd == "serve":
-        serve(_config(args))
-        return 0
     if args.cmd == "openapi":
         from orchestratord.openapi import openapi_json
 
