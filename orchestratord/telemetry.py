@@ -214,12 +214,13 @@ class ObservedRequests(OpenTelemetryInstrumentationMiddleware):
                     else:
                         await self.inner(scope, receive, observed_send)
                 finally:
+                    fields: dict[str, Any] = {"method": scope.get("method")}
                     route = scope.get("path_template")
-                    log.info("request", extra={
-                        "method": scope.get("method"),
-                        "route": route if route else None,
-                        "status": status or 500,
-                        "duration_ms": round((time.perf_counter() - t0) * 1000, 3)})
+                    if route:
+                        fields["route"] = route
+                    fields["status"] = status or 500
+                    fields["duration_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+                    log.info("request", extra=fields)
         finally:
             request_state.reset(token)
 

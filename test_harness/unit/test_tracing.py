@@ -8,7 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
@@ -152,7 +152,7 @@ class TestFailedSteps:
         """[OBS-8011] ``error.type`` is the error code; the status is ERROR."""
         import sys
 
-        from orchestrator_core.config import ToolExecutorConfig
+        from worker_adapters.base import ToolExecutorConfig
 
         cfg = msgspec.structs.replace(mock_cfg, tools={"fails": ToolExecutorConfig(
             kind="argv", argv=[sys.executable, "-c", "import sys; sys.exit(3)"])})
@@ -181,9 +181,9 @@ class _FakeLlamaServer(BaseHTTPRequestHandler):
     ``/v1/models``, ``/props``, ``/tokenize`` and a streamed ``/v1/completions``. Every
     request's ``traceparent`` is kept."""
 
-    seen: list[tuple[str, str | None]] = []
+    seen: ClassVar[list[tuple[str, str | None]]] = []
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet."""
 
     def _json(self, value: Any) -> None:
