@@ -195,12 +195,13 @@ class ObservedRequests(OpenTelemetryInstrumentationMiddleware):
         t0 = time.perf_counter()
         cid = self._correlation_id(scope)
         status = 0
+        trace_id = None
 
         async def observed_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, trace_id
             if message["type"] == "http.response.start":
                 status = message["status"]
-                self._name_span(scope)
+                trace_id = self._name_span(scope)
             await send(message)
 
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
@@ -220,6 +221,8 @@ class ObservedRequests(OpenTelemetryInstrumentationMiddleware):
                         fields["route"] = route
                     fields["status"] = status or 500
                     fields["duration_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+                    if trace_id is not None:
+                        fields["trace_id"] = trace_id
                     log.info("request", extra=fields)
         finally:
             request_state.reset(token)
@@ -242,13 +245,16 @@ class ObservedRequests(OpenTelemetryInstrumentationMiddleware):
         return cid
 
     @staticmethod
-    def _name_span(scope: Scope) -> None:
+    def _name_span(scope: Scope) -> str | None:
+        """Name the routed request's span; its trace id (hex) for the access line."""
         span: Span | None = scope.get(_SPAN_KEY)  # type: ignore[assignment]
+        if span is None or not span.is_recording():
+            return None
         route = scope.get("path_template")
-        if span is not None and route and span.is_recording():
-            method = scope.get("method", "HTTP")
-            span.update_name(f"{method} {route}")
+        if route:
+            span.update_name(f"{scope.get('method', 'HTTP')} {route}")
             span.set_attribute("http.route", route)
+        return format(span.get_span_context().trace_id, "032x")
 
 
 class _KeepStructuredLogs(InitPlugin):
