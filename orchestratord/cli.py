@@ -88,13 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--data-dir")
     p_serve.add_argument("--log-format", choices=LOG_FORMATS, default="logfmt",
                          help="one JSON object or one logfmt line per log event (OBS-8020)")
+    p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                         default="info", help="the least severe level written (OBS-8020)")
 
     sub.add_parser("openapi", help="print the OpenAPI document")
 
     args = parser.parse_args(argv)
     if args.cmd == "serve":
         config = _config(args)
-        configure_logging(args.log_format, secrets=config.auth_tokens)
+        configure_logging(args.log_format, secrets=config.auth_tokens,
+                          level=logging.getLevelName(args.log_level.upper()))
         serve(config)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
