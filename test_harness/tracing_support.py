@@ -1,26 +1,33 @@
-"""An in-memory OpenTelemetry SDK for the tests and the observability bench.
+"""What the observability tests read: spans in memory and the log in a buffer.
 
 The global tracer provider can be installed once per process (the API refuses a second
 one), so it is installed once, with a gate: spans reach the in-memory exporter only
 while a test holds :func:`recorded_spans`, and are dropped otherwise.
+:func:`captured_logs` configures the process's logging for a block and restores it.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
+import structlog
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from orchestratord.logs import LogFormat, configure_logging
 from orchestratord.telemetry import instrument_http_clients
 
-__all__ = ["SpanTree", "recorded_spans"]
+__all__ = ["LogCapture", "SpanTree", "captured_logs", "recorded_spans"]
 
 _lock = threading.Lock()
 _gate: _Gate | None = None
@@ -101,3 +108,49 @@ def recorded_spans(*, http_clients: bool = False) -> Iterator[SpanTree]:
         gate.open = False
         if http_clients:
             instrument_http_clients(None)
+
+
+class LogCapture:
+    """The lines written while a block runs."""
+
+    def __init__(self) -> None:
+        self.buf = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        """Everything written so far."""
+        return self.buf.getvalue()
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every JSON line, decoded."""
+        return [json.loads(line) for line in self.text.splitlines() if line.startswith("{")]
+
+    def where(self, **fields: Any) -> list[dict[str, Any]]:
+        """The records whose fields include ``fields``."""
+        return [r for r in self.records() if all(r.get(k) == v for k, v in fields.items())]
+
+
+@contextmanager
+def captured_logs(fmt: LogFormat, secrets: Sequence[str] = ()) -> Iterator[LogCapture]:
+    """Configure the process's logging into a buffer for the block, then restore it.
+
+    Create the app inside the block: its plugin keeps the structured handler only when
+    it is installed first.
+    """
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    litestar = logging.getLogger("litestar")
+    saved_ls = (list(litestar.handlers), litestar.propagate)
+    cap = LogCapture()
+    configure_logging(fmt, secrets=secrets, stream=cap.buf)
+    try:
+        yield cap
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        litestar.handlers[:] = saved_ls[0]
+        litestar.propagate = saved_ls[1]
+        structlog.reset_defaults()

@@ -3,19 +3,16 @@ correlation id the error message points at, and no secret (OBS-8020..OBS-8025)."
 
 from __future__ import annotations
 
-import io
-import json
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import msgspec
 import pytest
-import structlog
 
 from orchestrator_core.config import ServerConfig
-from orchestratord.logs import LogFormat, configure_logging
 from test_harness.support import app_client, llm_step, parse_sse
+from test_harness.tracing_support import captured_logs
 from worker_adapters.base import ToolExecutorConfig
 from worker_adapters.mock import MockEngine
 from worker_adapters.tools import default_tool_executors
@@ -25,50 +22,12 @@ WRONG = "tok-wrong-77aa01"
 CARD = "4111-1111-1111-1111"
 
 
-class _Capture:
-    """The lines written while a test runs."""
-
-    def __init__(self) -> None:
-        self.buf = io.StringIO()
-
-    @property
-    def text(self) -> str:
-        return self.buf.getvalue()
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every line, decoded (JSON format)."""
-        return [json.loads(line) for line in self.text.splitlines() if line.startswith("{")]
-
-    def where(self, **fields: Any) -> list[dict[str, Any]]:
-        """The records whose fields include ``fields``."""
-        return [r for r in self.records() if all(r.get(k) == v for k, v in fields.items())]
-
-
 @pytest.fixture
 def log_to() -> Iterator[Any]:
     """Configure the process's logging for a test (a format and the secrets), restore
     it afterwards."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    litestar = logging.getLogger("litestar")
-    saved_ls = (list(litestar.handlers), litestar.propagate)
-
-    def configure(fmt: LogFormat, secrets: Sequence[str] = ()) -> _Capture:
-        cap = _Capture()
-        configure_logging(fmt, secrets=secrets, stream=cap.buf)
-        return cap
-
-    try:
-        yield configure
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in saved[0]:
-            root.addHandler(h)
-        root.setLevel(saved[1])
-        litestar.handlers[:] = saved_ls[0]
-        litestar.propagate = saved_ls[1]
-        structlog.reset_defaults()
+    with ExitStack() as stack:
+        yield lambda fmt, secrets=(): stack.enter_context(captured_logs(fmt, secrets))
 
 
 def _tokens(cfg: ServerConfig, **changes: Any) -> ServerConfig:
