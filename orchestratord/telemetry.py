@@ -96,7 +96,8 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvide
 
     Raises:
         SystemExit: ``OTEL_TRACES_EXPORTER`` names an exporter other than ``otlp``,
-            ``console`` or ``none`` (one line naming the variable and the values).
+            ``console`` or ``none``, or OTLP is asked for over another protocol than
+            ``http/protobuf`` (one line naming the variable and the fix).
     """
     global _provider
     env = os.environ if environ is None else environ
@@ -109,6 +110,12 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvide
         raise SystemExit(f"orchestratord: OTEL_TRACES_EXPORTER={','.join(names)}: "
                          f"unknown exporter {unknown[0]!r}; use one of "
                          f"{', '.join(EXPORTERS)}")
+    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
+    if "otlp" in names and protocol != "http/protobuf":
+        raise SystemExit(f"orchestratord: OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: this "
+                         "server exports OTLP over http/protobuf only; unset it or set "
+                         "it to http/protobuf")
     exporters = _exporters([n for n in names if n != "none"])
     if not exporters:
         return None

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import json
 import pathlib
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
 
 from tools.servers import start_server, stop_server
 
@@ -95,3 +101,63 @@ class TestNothingExported:
             "event": "request", "method": "GET", "route": "/health", "status": 200}
         assert "trace_id" not in access
         assert '"span_id"' not in log.read_text() and '"context"' not in log.read_text()
+
+
+class _Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector: keeps each ``POST /v1/traces`` body and content type."""
+
+    posts: ClassVar[list[tuple[str, str, bytes]]] = []
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def do_POST(self) -> None:
+        """Store the export request; answer 200 with an empty protobuf response."""
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.posts.append((self.path, self.headers.get("Content-Type", ""), body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def collector() -> Iterator[str]:
+    """A fake OTLP/HTTP collector on a free loopback port."""
+    _Collector.posts = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class TestOtlpExporter:
+    """``OTEL_TRACES_EXPORTER=otlp`` posts the spans to ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
+
+    def test_the_request_span_reaches_the_collector(
+            self, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+            served: list[object], collector: str) -> None:
+        """[OBS-8000] A protobuf export to ``<endpoint>/v1/traces`` holding the
+        ``GET /health`` server span of service ``orchestratord``."""
+        url, _log, proc = _serve(tmp_path, monkeypatch, {
+            "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": collector,
+            "OTEL_BSP_SCHEDULE_DELAY": "50"})
+        served.append(proc)
+        _health(url)
+        deadline = time.monotonic() + 20
+        names: set[tuple[str, str]] = set()
+        while ("orchestratord", "GET /health") not in names:
+            assert time.monotonic() < deadline, names
+            time.sleep(0.1)
+            for path, ctype, body in list(_Collector.posts):
+                assert (path, ctype) == ("/v1/traces", "application/x-protobuf")
+                req = ExportTraceServiceRequest.FromString(body)
+                for rs in req.resource_spans:
+                    service = next(a.value.string_value for a in rs.resource.attributes
+                                   if a.key == "service.name")
+                    names |= {(service, s.name) for ss in rs.scope_spans for s in ss.spans}

@@ -1,6 +1,6 @@
 """Traces: the request span, the Step span admitted in it, the engine call and the effect
-below it, with the GenAI attributes; ``traceparent`` in and out (OBS-8002, OBS-8003,
-OBS-8010..OBS-8014)."""
+below it, with the GenAI attributes; ``traceparent`` in and out; the configuration
+(OBS-8000..OBS-8003, OBS-8010..OBS-8014)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from orchestrator_core.config import ModelConfig, PoolConfig, ServerConfig
+from orchestratord.telemetry import configure_tracing
 from test_harness.support import MOCK_MODEL, app_client, llm_step, parse_sse
 from test_harness.tracing_support import SpanTree, recorded_spans
 from worker_adapters.tools import default_tool_executors
@@ -268,3 +269,64 @@ class TestTraceparentToTheEngine:
         sent = [tp for what, tp in _FakeLlamaServer.seen if what == "POST /v1/completions"]
         assert sent == [f"00-{TRACE_ID}-{_hex(clients[0])[1]}-01"]
         assert (engine.attributes or {})["gen_ai.provider.name"] == "openai_http:llama-server"
+
+
+class TestConfiguration:
+    """Only the standard variables turn tracing on (the exporting paths run in
+    ``test_harness/integration/test_trace_export.py``: a provider is set once per
+    process)."""
+
+    @pytest.mark.parametrize("env", [{}, {"OTEL_TRACES_EXPORTER": "none"},
+                                     {"OTEL_TRACES_EXPORTER": " "},
+                                     {"OTEL_TRACES_EXPORTER": "console",
+                                      "OTEL_SDK_DISABLED": "true"}])
+    def test_nothing_is_installed_without_an_exporter(self, env: dict[str, str]) -> None:
+        """[OBS-8001] Unset, empty, ``none`` or a disabled SDK: no provider."""
+        assert configure_tracing(env) is None
+
+    @pytest.mark.parametrize(("env", "line"), [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"},
+         "orchestratord: OTEL_TRACES_EXPORTER=zipkin: unknown exporter 'zipkin'; use one "
+         "of otlp, console, none"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+         "orchestratord: OTEL_EXPORTER_OTLP_PROTOCOL=grpc: this server exports OTLP over "
+         "http/protobuf only; unset it or set it to http/protobuf")])
+    def test_an_exporter_it_cannot_serve_refuses_to_start(self, env: dict[str, str],
+                                                          line: str) -> None:
+        """[OBS-8000] One line naming the variable and the fix."""
+        with pytest.raises(SystemExit) as info:
+            configure_tracing(env)
+        assert str(info.value) == line
+
+
+class TestHostileTraceparent:
+    """A malformed ``traceparent`` is ignored, never an error."""
+
+    @pytest.mark.parametrize("value", ["00-zz-yy-01", "garbage", "00-" + "0" * 32 + "-"
+                                       + "0" * 16 + "-01", "x" * 4000])
+    def test_the_request_starts_a_new_trace(self, mock_cfg: ServerConfig,
+                                            value: str) -> None:
+        """[OBS-8002] The answer is the usual one; the server span has no parent."""
+        with recorded_spans() as tree, app_client(mock_cfg) as client:
+            resp = client.get("/v1/capabilities", headers={"traceparent": value})
+            tree.wait_for(lambda t: len(t.named("GET /v1/capabilities")) == 1)
+        (span,) = tree.named("GET /v1/capabilities")
+        assert (resp.status_code, span.parent) == (200, None)
+
+
+class TestNoCredentialInSpans:
+    """Headers are not recorded and a stream ticket is redacted."""
+
+    def test_a_ticket_and_a_bearer_token_never_reach_the_request_span(
+            self, mock_cfg: ServerConfig) -> None:
+        """[OBS-8003] ``ticket=`` is ``[REDACTED]`` in ``http.url``; the token is nowhere."""
+        cfg = msgspec.structs.replace(mock_cfg, auth_tokens={"tok-span-secret": "acme"})
+        with recorded_spans() as tree, app_client(cfg) as client:
+            resp = client.get("/v1/steps/stp_x/stream?ticket=tkt-span-secret&x=1",
+                              headers={"Authorization": "Bearer tok-span-secret"})
+            tree.wait_for(lambda t: len(t.named("GET /v1/steps/{step_id}/stream")) == 1)
+        (span,) = tree.named("GET /v1/steps/{step_id}/stream")
+        attrs = dict(span.attributes or {})
+        assert (resp.status_code, attrs["http.url"]) == (
+            404, "http://127.0.0.1/v1/steps/stp_x/stream?ticket=[REDACTED]&x=1")
+        assert "secret" not in json.dumps(attrs)
