@@ -65,7 +65,6 @@ EXPORTERS = ("otlp", "console", "none")
 _CORRELATION_RE = re2.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 """The ``X-Correlation-Id`` values echoed (as the app's ``before_send`` hook does)."""
 _SPAN_KEY = "orchestratord.server_span"
-_provider: TracerProvider | None = None
 
 
 def _exporters(names: list[str]) -> list[SpanExporter]:
@@ -88,7 +87,8 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvide
     """Install the global tracer provider the ``OTEL_*`` variables ask for (OBS-8000).
 
     Args:
-        environ: the environment (default: ``os.environ``).
+        environ: the variables that choose the exporters (default: ``os.environ``);
+            the SDK and the OTLP exporter read their own settings from ``os.environ``.
 
     Returns:
         The provider (call ``shutdown()`` on it at exit: it flushes the batch), or None
@@ -99,7 +99,6 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvide
             ``console`` or ``none``, or OTLP is asked for over another protocol than
             ``http/protobuf`` (one line naming the variable and the fix).
     """
-    global _provider
     env = os.environ if environ is None else environ
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
@@ -119,13 +118,13 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvide
     exporters = _exporters([n for n in names if n != "none"])
     if not exporters:
         return None
-    resource = Resource.create({} if env.get("OTEL_SERVICE_NAME") else
-                               {SERVICE_NAME: "orchestratord"})
+    named = env.get("OTEL_SERVICE_NAME") or \
+        "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    resource = Resource.create({} if named else {SERVICE_NAME: "orchestratord"})
     provider = TracerProvider(resource=resource)
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    _provider = provider
     instrument_http_clients(provider)
     return provider
 
