@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -198,7 +197,9 @@ class ObservedRequests(OpenTelemetryInstrumentationMiddleware):
         if scope["type"] != ScopeType.HTTP:
             await self.inner(scope, receive, send)
             return
-        t0 = time.perf_counter()
+        orch = getattr(getattr(scope.get("app"), "state", None), "orch", None)
+        clock = orch.clock if orch is not None else None  # time is injected (NERVE-4060)
+        t0 = clock.monotonic() if clock is not None else 0.0
         cid = self._correlation_id(scope)
         status = 0
         trace_id = None
@@ -226,7 +227,8 @@ class ObservedRequests(OpenTelemetryInstrumentationMiddleware):
                     if route:
                         fields["route"] = route
                     fields["status"] = status or 500
-                    fields["duration_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+                    if clock is not None:
+                        fields["duration_ms"] = round((clock.monotonic() - t0) * 1000, 3)
                     if trace_id is not None:
                         fields["trace_id"] = trace_id
                     log.info("request", extra=fields)
