@@ -38,6 +38,6 @@ class TestObservabilityBench:
             VariantResult(name="off", stats=stats[0], added_p50_ms=0.0, added_p99_ms=0.0),
             VariantResult(name="logs", stats=stats[1], added_p50_ms=0.5, added_p99_ms=0.5)])
         assert render_text(report).splitlines()[2:] == [
-            "   server           p50 ms   p99 ms   +p50 ms   +p99 ms",
-            "   off               2.000    3.000     0.000     0.000",
-            "   logs              2.500    3.500     0.500     0.500"]
+            "   server                     p50 ms   p99 ms   +p50 ms   +p99 ms",
+            "   off                         2.000    3.000     0.000     0.000",
+            "   logs                        2.500    3.500     0.500     0.500"]

@@ -11,6 +11,10 @@ starts three ``orchestratord serve --mock`` processes that differ only in observ
 * ``logs+traces``: the same, and ``OTEL_TRACES_EXPORTER=console`` (the SDK, its batch
   span processor, every span serialised as JSON into the server's log file).
 
+With ``--base REV``, a fourth server runs the tree of that git revision (``git archive``
+into a temporary directory, started from there): the code before the instrumentation,
+so ``off`` against it is the cost of the disabled path (OBS-8001).
+
 Each sample is one ``POST /v1/runs/{id}/steps`` with ``Accept: text/event-stream`` (the
 submit and the Step's stream in one round trip, STREAM-2010), timed from just before
 the request to the receipt of the ``end`` frame, over a minimal keep-alive client
@@ -25,12 +29,13 @@ import argparse
 import asyncio
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import msgspec
@@ -47,11 +52,13 @@ MODEL = "mock:echo-1"
 
 
 class Variant(msgspec.Struct, frozen=True):
-    """One server configuration: its ``serve`` flags and environment."""
+    """One server configuration: its ``serve`` flags and environment, and the source tree
+    it runs from (None: this one)."""
 
     name: str
     flags: tuple[str, ...]
     env: dict[str, str]
+    tree: str | None = None
 
 
 VARIANTS = (
@@ -86,21 +93,35 @@ class ObservabilityReport(msgspec.Struct, frozen=True):
 
 @contextmanager
 def _server(variant: Variant, root: pathlib.Path) -> Iterator[tuple[str, pathlib.Path]]:
-    """One ``serve --mock`` process with the variant's flags and environment only."""
-    data = root / variant.name.replace("+", "-")
+    """One ``serve --mock`` process with the variant's flags and environment only (and,
+    for another tree, started from that tree with it first on ``PYTHONPATH``)."""
+    data = root / ("data-" + variant.name.replace("+", "-").replace(" ", "-"))
     data.mkdir()
-    saved = {k: os.environ.pop(k) for k in _OTEL if k in os.environ}
+    saved = {k: os.environ.pop(k) for k in (*_OTEL, "PYTHONPATH") if k in os.environ}
     os.environ.update(variant.env)
+    cwd = os.getcwd()
+    if variant.tree is not None:
+        os.environ["PYTHONPATH"] = variant.tree
+        os.chdir(variant.tree)  # ``python -m`` puts the working directory first
     try:
         proc, url = start_server(mock=True, data_dir=str(data), extra=list(variant.flags))
     finally:
-        for key in variant.env:
+        os.chdir(cwd)
+        for key in (*variant.env, "PYTHONPATH"):
             os.environ.pop(key, None)
         os.environ.update(saved)
     try:
         yield url, data / "server.log"
     finally:
         stop_server(proc)
+
+
+def _checkout(rev: str, into: pathlib.Path) -> str:
+    """The tree of ``rev`` (``git archive``) in ``into``; its path."""
+    into.mkdir()
+    archive = subprocess.run(["git", "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return str(into)
 
 
 class _Client:
@@ -154,38 +175,43 @@ async def _measure(urls: list[str], rounds: int, per_round: int, warmup: int,
 
 
 def measure(rounds: int = 5, per_round: int = 40, warmup: int = 20,
-            max_tokens: int = 16) -> ObservabilityReport:
-    """Start the three servers, alternate requests between them, summarise.
+            max_tokens: int = 16, base: str | None = None) -> ObservabilityReport:
+    """Start the servers, alternate requests between them, summarise.
 
     Args:
         rounds: rounds of ``per_round`` requests per server.
         per_round: requests per server per round.
         warmup: unmeasured requests per server first.
         max_tokens: tokens per Step (the mock engine streams exactly that many).
+        base: a git revision whose tree is measured too, with its default flags.
 
     Returns:
         Each variant's latency (ms) and its difference from ``off``.
 
     Raises:
         RuntimeError: a server did not start, or a Step did not end with ``end``.
+        subprocess.CalledProcessError: ``base`` is not a revision of this repository.
     """
-    with tempfile.TemporaryDirectory(prefix="bench-obs-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-obs-") as tmp, ExitStack() as stack:
         root = pathlib.Path(tmp)
-        with _server(VARIANTS[0], root) as (u0, _), _server(VARIANTS[1], root) as (u1, _), \
-                _server(VARIANTS[2], root) as (u2, log2):
-            samples = asyncio.run(_measure([u0, u1, u2], rounds, per_round, warmup,
-                                           max_tokens))
-        # stopped: the batch is flushed at shutdown
-        if '"name": "step llm_call"' not in log2.read_text(errors="replace"):
+        variants = list(VARIANTS)
+        if base is not None:
+            variants.append(Variant(f"before ({base[:12]})", (), {},
+                                    _checkout(base, root / "base")))
+        servers = [stack.enter_context(_server(v, root)) for v in variants]
+        samples = asyncio.run(_measure([u for u, _ in servers], rounds, per_round, warmup,
+                                       max_tokens))
+        stack.close()  # stopped: the batch is flushed at shutdown
+        if '"name": "step llm_call"' not in servers[2][1].read_text(errors="replace"):
             raise RuntimeError("the traced server printed no Step span")
     stats = [summarise(s) for s in samples]
-    base = stats[0]
+    off = stats[0]
     return ObservabilityReport(rounds=rounds, per_round=per_round, max_tokens=max_tokens,
                                variants=[VariantResult(
                                    name=v.name, stats=st,
-                                   added_p50_ms=round(st.p50_ms - base.p50_ms, 3),
-                                   added_p99_ms=round(st.p99_ms - base.p99_ms, 3))
-                                   for v, st in zip(VARIANTS, stats, strict=True)])
+                                   added_p50_ms=round(st.p50_ms - off.p50_ms, 3),
+                                   added_p99_ms=round(st.p99_ms - off.p99_ms, 3))
+                                   for v, st in zip(variants, stats, strict=True)])
 
 
 def render_text(report: ObservabilityReport) -> str:
@@ -193,9 +219,9 @@ def render_text(report: ObservabilityReport) -> str:
     lines = [f"latency per llm_call (submit to end frame, one round trip, mock engine, "
              f"{report.max_tokens} tokens): {report.rounds} rounds x {report.per_round} "
              f"requests per server, alternating", "",
-             f"   {'server':<14}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>10}{'+p99 ms':>10}"]
+             f"   {'server':<24}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>10}{'+p99 ms':>10}"]
     for v in report.variants:
-        lines.append(f"   {v.name:<14}{v.stats.p50_ms:>9.3f}{v.stats.p99_ms:>9.3f}"
+        lines.append(f"   {v.name:<24}{v.stats.p50_ms:>9.3f}{v.stats.p99_ms:>9.3f}"
                      f"{v.added_p50_ms:>10.3f}{v.added_p99_ms:>10.3f}")
     return "\n".join(lines)
 
@@ -208,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-round", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--base", help="also measure this git revision's tree (e.g. the "
+                        "commit before the instrumentation)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    report = measure(args.rounds, args.per_round, args.warmup, args.max_tokens)
+    report = measure(args.rounds, args.per_round, args.warmup, args.max_tokens, args.base)
     out: Any = msgspec.json.encode(report).decode() if args.json else render_text(report)
     sys.stdout.write(out + "\n")
     return 0
