@@ -140,13 +140,15 @@ def step_finished(span: Span | None, step_id: str, run_id: str, step_type: str,
 
 
 class EngineCall:
-    """The live engine-call span; :meth:`usage` records what the engine consumed."""
+    """The live engine-call span; :meth:`usage` records what the engine consumed
+    (OBS-8012)."""
 
     def __init__(self, span: Span) -> None:
         self.span = span
 
     def usage(self, tokens_in: int, tokens_out: int, finish_reason: str | None) -> None:
-        """Set ``gen_ai.usage.*`` (tokens) and ``gen_ai.response.finish_reasons``."""
+        """Set ``gen_ai.usage.input_tokens`` / ``output_tokens`` (tokens) and
+        ``gen_ai.response.finish_reasons`` (a one-element list; none when None) (OBS-8012)."""
         if not self.span.is_recording():
             return
         self.span.set_attribute("gen_ai.usage.input_tokens", tokens_in)

@@ -128,7 +128,8 @@ def _processors() -> list[Any]:
 
 
 def structured_logging_configured() -> bool:
-    """Whether :func:`configure_logging` installed its handler on the root logger."""
+    """Whether :func:`configure_logging` installed its handler on the root logger
+    (OBS-8020)."""
     return any(h.get_name() == _HANDLER_NAME for h in logging.getLogger().handlers)
 
 

@@ -193,7 +193,8 @@ class ObservedRequests(OpenTelemetryInstrumentationMiddleware):
         self.inner = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one connection (HTTP requests observed; anything else passed on)."""
+        """Serve one connection: an HTTP request is observed (OBS-8002, OBS-8021, OBS-8022);
+        anything else (lifespan, websocket) is passed on untouched."""
         if scope["type"] != ScopeType.HTTP:
             await self.inner(scope, receive, send)
             return
@@ -270,7 +271,8 @@ class _KeepStructuredLogs(InitPlugin):
     set it up: Litestar's default logging config would replace the root handler."""
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        """Drop Litestar's logging config when the structured handler is installed."""
+        """Drop Litestar's logging config when the structured handler is installed
+        (OBS-8020)."""
         if structured_logging_configured():
             app_config.logging_config = None
         return app_config

@@ -165,3 +165,21 @@ class TestStepTransitions:
              **ids, "step_id": steps[1], "step_type": "tool_call", "transition": "terminal",
              "status": "failed", "error_code": "ENGINE_ERROR"}]
         assert CARD not in cap.text and TOKEN not in cap.text
+
+
+class TestScrubbing:
+    """Secrets are replaced in every field, the exception text included."""
+
+    def test_a_bearer_credential_in_an_exception_is_redacted(self, log_to: Any) -> None:
+        """[OBS-8024] Whatever follows ``Bearer`` and every configured token, anywhere."""
+        import logging
+
+        cap = log_to("json", secrets=[TOKEN])
+        try:
+            raise ValueError(f"upstream refused Authorization: Bearer opaque.cred-9 ({TOKEN})")
+        except ValueError:
+            logging.getLogger("orchestratord").exception("call failed: bearer xyz-1")
+        (line,) = cap.records()
+        assert line["event"] == "call failed: bearer [REDACTED]"
+        assert line["exception"].endswith(
+            "ValueError: upstream refused Authorization: Bearer [REDACTED] ([REDACTED])")
