@@ -330,3 +330,27 @@ class TestNoCredentialInSpans:
         assert (resp.status_code, attrs["http.url"]) == (
             404, "http://127.0.0.1/v1/steps/stp_x/stream?ticket=[REDACTED]&x=1")
         assert "secret" not in json.dumps(attrs)
+
+
+class TestFsOpSpans:
+    """A file-system operation is an effect span under its Step."""
+
+    def test_a_write_is_an_fs_op_span_under_its_step(self, mock_cfg: ServerConfig) -> None:
+        """[OBS-8013] ``fs_op fs`` with its executor, a child of ``step fs_op``."""
+        import pathlib
+
+        root = (pathlib.Path(mock_cfg.data_dir) / "sandboxes" / "default" / "r1").resolve()
+        (root / "out").mkdir(parents=True)
+        with recorded_spans() as tree, app_client(mock_cfg) as client:
+            flow = client.post("/v1/flows", json={"ast_ir": {"fs": 1}}).json()
+            run_id = client.post(f"/v1/flows/{flow['flow_id']}/runs", json={
+                "fs_policy": {"roots": [str(root)], "allow": {"write": ["out/*.txt"]}}}
+                                 ).json()["run_id"]
+            _run_to_end(client, run_id, {"type": "fs_op", "client_token": "w1", "input": {
+                "op": "write", "path": "out/a.txt", "content": "hi"}})
+            tree.wait_for(lambda t: len(t.named("step fs_op")) == 1)
+        (step,) = tree.named("step fs_op")
+        (effect,) = tree.named("fs_op fs")
+        assert (_parent(effect), dict(effect.attributes or {})) == (
+            _hex(step)[1], {"orchestrator.effect.executor": "fs"})
+        assert (root / "out" / "a.txt").read_text() == "hi"
