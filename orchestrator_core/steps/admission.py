@@ -38,7 +38,7 @@ from contracts.errors import AdmissionReject, Conflict, NotFound
 from contracts.events import Provenance
 from contracts.runs import Policy, RunMode, RunStatus
 from contracts.steps import Step, StepStatus, StepSubmit
-from orchestrator_core import views
+from orchestrator_core import tracing, views
 from orchestrator_core.canonical import (
     b3_as_recorded,
     b3_bytes,
@@ -313,6 +313,8 @@ class Admitter:
         if not created:
             return self._claimed(adm)
         ctx.log.open_served(adm.step_id, adm.run.run_id, frames, digest)
+        tracing.step_served(adm.step_id, adm.run.run_id, adm.step_type, adm.mode.value,
+                            rec.status)
         return views.step(row), True
 
     def _sealed(self, rec: StepRow, what: str) -> tuple[str, str, list[bytes]]:
