@@ -51,6 +51,7 @@ from orchestratord.failures import as_orchestrator_error
 from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
+from orchestratord.recording_routes import RECORDING_ROUTES
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
 from orchestratord.tickets import MAX_TICKET_CHARS, TICKET_TTL_MS, StreamTickets
 from worker_adapters.base import Drivers, ToolsFactory
@@ -411,6 +412,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             create_checkpoint, list_checkpoints,
             capabilities, health, ready, metrics, docs_assets_router(), openai_router(),
             *NAV_ROUTES,
+            *RECORDING_ROUTES,
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),
                       "tenant": Provide(tenant_of, sync_to_thread=False)},

@@ -109,6 +109,8 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "GET /metrics": {},
     **{f"POST {_FACADE}/{name}": _FACADE_CALL for name in ("chat/completions", "completions")},
     f"GET {_FACADE}/models": {404: (E.NOT_FOUND,)},
+    "GET /v1/runs/{run_id}/recording": {404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},  # REC-7010
+    "POST /v1/recordings": {**_BODY},  # REC-7011
 }
 """Per operation (``METHOD path``), each error status it can answer and the codes behind
 it, besides the 401 of every non-public route and the 403 of every route (NERVE-4033)."""
