@@ -20,6 +20,7 @@ import blake3
 import msgspec
 
 from contracts.errors import Conflict, InvalidParams
+from contracts.recordings import RecordingImported
 from contracts.runs import RunMode
 from contracts.steps import StepStatus
 from orchestrator_core.canonical import canonical_json, flow_address, new_id, new_ordered_id
@@ -42,7 +43,7 @@ from orchestrator_core.replay import frames_hash
 from orchestrator_core.rows import CheckpointRow, EventRow, FactRow, FlowRow, RunRow, StepRow
 from orchestrator_core.store_base import Store
 
-__all__ = ["ImportedRun", "export_run", "import_recording"]
+__all__ = ["export_run", "import_recording"]
 
 _enc = msgspec.json.Encoder()
 _PROVENANCE_ENGINE = ("engine", "engine_version", "engine_build", "model_hash")
@@ -163,30 +164,12 @@ def _lines(store: Store, run: RunRow, steps: list[StepRow],
                                   checkpoints=n_ckps, root_hash="b3:" + root.hexdigest()))
 
 
-class ImportedRun(msgspec.Struct, frozen=True):
-    """What an import made (REC-7011).
-
-    Attributes:
-        run_id: the new ``record`` Run.
-        flow_id: its Flow in the importing tenant.
-        steps: how many Steps it holds.
-        root_hash: the recording's root hash.
-        recorded_run_id: the Run's id on the server that exported it.
-    """
-
-    run_id: str
-    flow_id: str
-    steps: int
-    root_hash: str
-    recorded_run_id: str
-
-
 def _text(value: Any) -> str | None:
     return None if value is None else _enc.encode(value).decode()
 
 
 def import_recording(store: Store, rec: Recording, tenant: str, default_tenant: str,
-                     clock: Clock) -> ImportedRun:
+                     clock: Clock) -> RecordingImported:
     """Store a checked recording as a new ``record`` Run of ``tenant`` [REC-7011].
 
     The Run, each Step and each Fact get new ids (a Step id is time-ordered, like a
@@ -260,5 +243,5 @@ def import_recording(store: Store, rec: Recording, tenant: str, default_tenant: 
     builds = [(k, canonical_json(v).decode()) for k, v in rec.header.engine_builds.items()]
     store.import_run(flow=flow_row, run=run_row, steps=steps, events=events, facts=facts,
                      checkpoints=checkpoints, engine_builds=builds)
-    return ImportedRun(run_id=run_id, flow_id=flow_id, steps=len(steps),
+    return RecordingImported(run_id=run_id, flow_id=flow_id, steps=len(steps),
                        root_hash=rec.trailer.root_hash, recorded_run_id=run_in.run_id)

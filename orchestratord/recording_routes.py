@@ -20,7 +20,8 @@ from litestar.params import FromPath
 from litestar.response import Stream
 
 from contracts.errors import UnsupportedMediaType
-from orchestrator_core.recording_io import ImportedRun, export_run, import_recording
+from contracts.recordings import RecordingImported
+from orchestrator_core.recording_io import export_run, import_recording
 from orchestrator_core.recordings import MAX_LINE_BYTES, MAX_RECORDING_BYTES, RecordingReader
 from orchestrator_core.service import DEFAULT_TENANT, SERVER_VERSION, Orchestrator
 
@@ -72,7 +73,7 @@ async def _read_lines(request: Request[Any, Any, Any], reader: RecordingReader) 
 
 @post("/v1/recordings", status_code=201, request_max_body_size=MAX_RECORDING_BYTES)
 async def import_recording_route(request: Request[Any, Any, Any], orch: Orch,
-                                 tenant: Tenant) -> ImportedRun:
+                                 tenant: Tenant) -> RecordingImported:
     """Import a recording as a new ``record`` Run of the caller's tenant [REC-7011].
 
     Answers 201 ``{run_id, flow_id, steps, root_hash, recorded_run_id}``. A tampered,
