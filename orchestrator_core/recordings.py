@@ -50,6 +50,7 @@ __all__ = [
     "StepRecord",
     "TrailerLine",
     "encode_line",
+    "encode_recording",
     "read_recording",
 ]
 
@@ -371,3 +372,19 @@ def read_recording(data: bytes) -> Recording:
     for raw in lines:
         reader.feed(raw)
     return reader.finish()
+
+
+def encode_recording(rec: Recording) -> bytes:
+    """A recording's bytes from its lines [REC-7005]: each line re-encoded with its hash,
+    and the trailer's counts and root hash computed from them (a tool that edits a
+    recording, e.g. to force a divergence in a test, writes it back with this).
+
+    Args:
+        rec: the lines; the trailer's values are ignored.
+    """
+    body = b"".join(encode_line(line) for line in (rec.header, rec.flow, *rec.steps,
+                                                    *rec.facts, *rec.checkpoints))
+    return body + encode_line(TrailerLine(
+        steps=len(rec.steps), frames=sum(len(s.frames) for s in rec.steps),
+        facts=len(rec.facts), checkpoints=len(rec.checkpoints),
+        root_hash="b3:" + blake3.blake3(body).hexdigest()))

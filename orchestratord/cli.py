@@ -1,4 +1,8 @@
-"""``orchestratord`` command line: ``serve`` and ``openapi``.
+"""``orchestratord`` command line: ``serve``, ``openapi``, and the ``runs`` group.
+
+``runs`` is a group other modules attach subcommands to: each gets the group's
+``argparse`` subparsers and sets ``handler`` (``args -> exit status``) on its commands
+(:func:`orchestratord.cli_recordings.add_recording_commands`).
 
 The demo is a client of the server and lives outside this package: ``bash tools/demo.sh``
 (``python -m tools.demo``).
@@ -15,6 +19,7 @@ import sys
 import msgspec
 
 from orchestrator_core.config import ServerConfig, load_config, mock_config
+from orchestratord.cli_recordings import add_recording_commands
 from worker_adapters.base import Drivers
 
 __all__ = ["main", "serve"]
@@ -82,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("openapi", help="print the OpenAPI document")
 
+    runs = sub.add_parser("runs", help="runs and their recordings").add_subparsers(
+        dest="runs_cmd", required=True)
+    add_recording_commands(runs)
+
     args = parser.parse_args(argv)
+    if hasattr(args, "handler"):  # a subcommand of a group (``runs ...``)
+        return int(args.handler(args))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.cmd == "serve":
