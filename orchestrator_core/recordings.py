@@ -382,8 +382,8 @@ def encode_recording(rec: Recording) -> bytes:
     Args:
         rec: the lines; the trailer's values are ignored.
     """
-    body = b"".join(encode_line(line) for line in (rec.header, rec.flow, *rec.steps,
-                                                    *rec.facts, *rec.checkpoints))
+    lines: list[AnyLine] = [rec.header, rec.flow, *rec.steps, *rec.facts, *rec.checkpoints]
+    body = b"".join(encode_line(line) for line in lines)
     return body + encode_line(TrailerLine(
         steps=len(rec.steps), frames=sum(len(s.frames) for s in rec.steps),
         facts=len(rec.facts), checkpoints=len(rec.checkpoints),
