@@ -13,7 +13,7 @@ its recorded status, usage and provenance, and checkpoints keep their content ad
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import blake3
@@ -21,11 +21,12 @@ import msgspec
 
 from contracts.errors import Conflict, InvalidParams
 from contracts.recordings import RecordingImported
-from contracts.runs import RunMode
+from contracts.runs import FsPolicy, RunMode
 from contracts.steps import StepStatus
 from orchestrator_core.canonical import canonical_json, flow_address, new_id, new_ordered_id
 from orchestrator_core.clock import Clock
 from orchestrator_core.lookup import get_run
+from orchestrator_core.recording_checks import check_recording
 from orchestrator_core.recordings import (
     FORMAT,
     CheckpointLine,
@@ -169,7 +170,8 @@ def _text(value: Any) -> str | None:
 
 
 def import_recording(store: Store, rec: Recording, tenant: str, default_tenant: str,
-                     clock: Clock) -> RecordingImported:
+                     clock: Clock,
+                     check_fs_policy: Callable[[FsPolicy], None]) -> RecordingImported:
     """Store a checked recording as a new ``record`` Run of ``tenant`` [REC-7011].
 
     The Run, each Step and each Fact get new ids (a Step id is time-ordered, like a
@@ -186,16 +188,19 @@ def import_recording(store: Store, rec: Recording, tenant: str, default_tenant: 
         tenant: the importing tenant.
         default_tenant: the server's default tenant (for the flow_id).
         clock: for the new ids and the Flow's creation time.
+        check_fs_policy: the importing tenant's check of the Run's ``fs_policy``.
 
     Raises:
         InvalidParams: the recording is of a Run that is not ``record`` mode (``data``
-            ``{"line": 1, "field": "run.mode"}``).
+            ``{"line": 1, "field": "run.mode"}``), or a value the routes would have
+            refused (:func:`~orchestrator_core.recording_checks.check_recording`).
     """
     run_in = rec.header.run
     if run_in.mode != RunMode.RECORD.value:
         raise InvalidParams("only a record run's recording can be imported; this one is "
                             f"a {run_in.mode} run", data={"line": 1, "field": "run.mode",
                                                           "mode": run_in.mode})
+    check_recording(rec, check_fs_policy)
     content = rec.flow.content
     flow_hash, flow_id = flow_address(content, tenant, default_tenant)
     existing = store.get_flow_by_hash(tenant, flow_hash)

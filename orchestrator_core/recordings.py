@@ -25,7 +25,7 @@ HTTP (export and import are :mod:`orchestrator_core.recording_io`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import blake3
 import msgspec
@@ -61,7 +61,13 @@ MAX_LINE_BYTES = 16 << 20
 MAX_RECORDING_BYTES = 256 << 20
 """The largest recording ``POST /v1/recordings`` accepts (256 MiB; REC-7008)."""
 
-Frame = tuple[int, str, str]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""A count, seq, seed or usage: what SQLite stores as a signed 64-bit integer."""
+MAX_DEPTH = 80
+"""The deepest nesting of arrays and objects a line may have (REC-7008): a request
+body's limit (``max_json_depth``, 64 by default) and the line's own levels."""
+
+Frame = tuple[Count, str, str]
 """``(seq, type, data)``: a durable frame, ``data`` the stored JSON text exactly."""
 
 
@@ -81,7 +87,7 @@ class RunInputs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     run_id: str
     mode: str
-    seed: int
+    seed: Count
     replay_of: str | None
     policy_hash: str
     body: dict[str, Any]
@@ -124,19 +130,19 @@ class StepRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     columns as JSON values; ``step_id`` is its id on the exporting server."""
 
     step_id: str
-    ordinal: int
+    ordinal: Count
     type: str
     client_token: str
     input: Any
     input_hash: str
     placement: Any
     status: str
-    seed: int | None
+    seed: Count | None
     created_at: str
-    tokens_in: int
-    tokens_out: int
+    tokens_in: Count
+    tokens_out: Count
     cost_usd: float
-    wall_ms: int
+    wall_ms: Count
     provenance: Any
     error: Any
 
@@ -156,7 +162,7 @@ class FactLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="fac
     """One Fact (REC-7004): ``emitted_by_step`` is a recorded step_id."""
 
     fact_id: str
-    seq: int
+    seq: Count
     type: str
     schema_uri: str
     data: Any
@@ -183,10 +189,10 @@ class TrailerLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="
     """The last line (REC-7005): how many Steps, frames, Facts and checkpoints the file
     holds, and ``root_hash``, the blake3 of the bytes of every line before it."""
 
-    steps: int
-    frames: int
-    facts: int
-    checkpoints: int
+    steps: Count
+    frames: Count
+    facts: Count
+    checkpoints: Count
     root_hash: str
     hash: str = ""
 
@@ -267,6 +273,9 @@ class RecordingReader:
             parsed = _line_decoder.decode(raw)
         except (msgspec.DecodeError, RecursionError) as exc:
             raise _refuse(n, _field_of(str(exc)), "malformed", str(exc)) from None
+        if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(parsed) > MAX_DEPTH:
+            raise _refuse(n, "line", "too_deep", f"nested deeper than {MAX_DEPTH} levels",
+                          max_depth=MAX_DEPTH)
         value = msgspec.to_builtins(parsed)
         claimed = value.pop("hash", "")
         try:
@@ -348,6 +357,18 @@ class RecordingReader:
             raise _refuse(self.line + 1, "trailer", "truncated",
                           "the recording ends before its trailer")
         return Recording(**self._parts)
+
+
+def _depth(line: AnyLine) -> int:
+    """The deepest nesting of the line's JSON values (iterative: no recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(msgspec.to_builtins(line), 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
 
 
 def _field_of(message: str) -> str:

@@ -88,7 +88,9 @@ async def import_recording_route(request: Request[Any, Any, Any], orch: Orch,
     reader = RecordingReader()
     await _read_lines(request, reader)
     rec = reader.finish()
-    return import_recording(orch.store, rec, tenant, DEFAULT_TENANT, orch.clock)
+    return import_recording(
+        orch.store, rec, tenant, DEFAULT_TENANT, orch.clock,
+        lambda fs: orch.sandboxes.validate_fs_policy(fs, tenant) if fs.roots else None)
 
 
 RECORDING_ROUTES = [export_recording, import_recording_route]

@@ -1,5 +1,5 @@
-"""The recording format's checks, and the store's import path (REC-7001..REC-7008,
-REC-7010, REC-7011)."""
+"""The recording format's checks, the store's import path and hostile imports
+(REC-7001..REC-7011)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from orchestrator_core.recording_io import export_run
 from orchestrator_core.recordings import (
     FORMAT,
     MAX_LINE_BYTES,
+    FactLine,
     FlowLine,
     HeaderLine,
     RecordingReader,
     StepLine,
     encode_line,
+    encode_recording,
     read_recording,
 )
 from orchestrator_core.rows import FlowRow, RunRow, StepRow
@@ -193,3 +195,94 @@ class TestStoreImport:
                     store.get_step("stp_a")) == (None, None, None)
         finally:
             store.close()
+
+
+NDJSON = {"content-type": "application/x-ndjson"}
+
+
+def _import(client: Any, data: bytes, headers: dict[str, str] | None = None) -> Any:
+    return client.post("/v1/recordings", content=data, headers=headers or NDJSON)
+
+
+def _rewritten(data: bytes, change: Any) -> bytes:
+    """The recording with its lines changed by ``change(Recording)``, every hash valid."""
+    rec = read_recording(data)
+    change(rec)
+    return encode_recording(rec)
+
+
+class TestHostileImports:
+    """An import refuses what the routes that made a Run would have refused: a typed 4xx
+    naming the line, never a 500, and nothing stored."""
+
+    def _refused(self, client: Any, data: bytes) -> dict[str, Any]:
+        resp = _import(client, data)
+        assert resp.status_code == 400, resp.text
+        assert client.get("/v1/flows").json() == []
+        return dict(resp.json()["data"])
+
+    def test_an_unfinished_step_is_refused(self, client: Any,
+                                           recorded: dict[str, Any]) -> None:
+        """[REC-7009] A Step whose status is ``running`` (hashes recomputed) is refused at
+        its line, naming ``step.status``."""
+        def change(rec: Any) -> None:
+            rec.steps[1] = msgspec.structs.replace(rec.steps[1], step=msgspec.structs.replace(
+                rec.steps[1].step, status="running"))
+        data = self._refused(client, _rewritten(recorded["file"], change))
+        assert data == {"line": 4, "field": "step.status", "reason": "invalid"}
+
+    def test_a_policy_outside_the_tenants_sandboxes_is_refused(
+            self, client: Any, recorded: dict[str, Any]) -> None:
+        """[REC-7009] A Run body whose fs_policy roots at ``/etc`` is refused at line 1."""
+        def change(rec: Any) -> None:
+            run = rec.header.run
+            rec.header = msgspec.structs.replace(rec.header, run=msgspec.structs.replace(
+                run, body={**run.body, "fs_policy": {"roots": ["/etc"]}}))
+        data = self._refused(client, _rewritten(recorded["file"], change))
+        assert data == {"line": 1, "field": "run.body", "reason": "invalid"}
+
+    def test_a_step_input_no_route_accepts_is_refused(
+            self, client: Any, recorded: dict[str, Any]) -> None:
+        """[REC-7009] A Step whose input is not a valid submission of its type is refused
+        naming ``step.input``."""
+        def change(rec: Any) -> None:
+            rec.steps[0] = msgspec.structs.replace(rec.steps[0], step=msgspec.structs.replace(
+                rec.steps[0].step, input={"model": 7}))
+        data = self._refused(client, _rewritten(recorded["file"], change))
+        assert data == {"line": 3, "field": "step.input", "reason": "invalid"}
+
+    def test_an_integer_outside_int64_is_refused_at_its_line(
+            self, client: Any, recorded: dict[str, Any]) -> None:
+        """[REC-7008] A seed of 2**64 is a 400 naming ``run.seed``, not a 500."""
+        lines = recorded["file"].split(b"\n")
+        at = lines[0].index(b'"seed":') + len(b'"seed":')
+        end = lines[0].index(b",", at)
+        lines[0] = lines[0][:at] + str(2**64).encode() + lines[0][end:]
+        data = self._refused(client, b"\n".join(lines))
+        assert (data["line"], data["field"], data["reason"]) == (1, "run.seed", "malformed")
+
+    def test_a_line_nested_too_deep_is_refused(self, client: Any,
+                                               recorded: dict[str, Any]) -> None:
+        """[REC-7008] A Fact nested 100 levels deep is refused as ``too_deep``."""
+        deep: Any = 1
+        for _ in range(100):
+            deep = [deep]
+
+        def change(rec: Any) -> None:
+            rec.facts = [FactLine(fact_id="fct_1", seq=0, type="t", schema_uri="u", data=deep,
+                                  emitted_by_step=None, ts="t0")]
+        data = self._refused(client, _rewritten(recorded["file"], change))
+        assert data == {"line": 5, "field": "line", "reason": "too_deep", "max_depth": 80}
+
+    def test_a_line_over_the_bound_is_refused_as_it_streams(self, client: Any) -> None:
+        """[REC-7008] A body whose first line exceeds MAX_LINE_BYTES is refused at line 1
+        as ``too_long``."""
+        data = self._refused(client, b"x" * (MAX_LINE_BYTES + 10))
+        assert data == {"line": 1, "field": "line", "reason": "too_long",
+                        "max_line_bytes": MAX_LINE_BYTES}
+
+    def test_a_body_of_another_media_type_is_415(self, client: Any,
+                                                 recorded: dict[str, Any]) -> None:
+        """[REC-7011] A recording sent as application/json is 415."""
+        resp = _import(client, recorded["file"], {"content-type": "application/json"})
+        assert (resp.status_code, resp.json()["code"]) == (415, "UNSUPPORTED_MEDIA_TYPE")
