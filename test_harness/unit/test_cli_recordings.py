@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import pathlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,14 +18,17 @@ from orchestrator_core.recording_diff import first_divergence
 from orchestrator_core.recordings import encode_recording, read_recording
 from orchestrator_core.replay import frames_hash
 from orchestratord.cli import main
+from test_harness.conftest import with_options
 from test_harness.support import llm_step, server_process
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A mock-engine server with a record Run of 2 Steps and a replay Run of it."""
+    """A mock-engine server (3400 tokens when max_tokens allows) with a record Run of 2
+    Steps, a replay Run of it, and a record Run of 3 Steps of 3400 tokens."""
     data_dir = tmp_path_factory.mktemp("cli") / "server"
-    with server_process(mock_config(data_dir=str(data_dir)), data_dir) as (_proc, url):
+    cfg = with_options(mock_config(data_dir=str(data_dir)), length=3400)
+    with server_process(cfg, data_dir) as (_proc, url):
         http = httpx.Client(base_url=url, timeout=30)
         flow = http.post("/v1/flows", json={"ast_ir": {"cli": True}}).json()
         run = http.post(f"/v1/flows/{flow['flow_id']}/runs", json={"seed": 5}).json()
@@ -36,8 +40,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                                  json=llm_step(f"c-{i}", f"tell me {i}", max_tokens=12)).json()
                 with http.stream("GET", f"/v1/steps/{step['step_id']}/stream") as s:
                     s.read()
+        big = http.post(f"/v1/flows/{flow['flow_id']}/runs", json={"seed": 6}).json()
+        for i in range(3):
+            step = http.post(f"/v1/runs/{big['run_id']}/steps",
+                             json=llm_step(f"b-{i}", f"go {i}", max_tokens=3400)).json()
+            with http.stream("GET", f"/v1/steps/{step['step_id']}/stream") as s:
+                s.read()
         http.close()
-        yield {"url": url, "run_id": run["run_id"], "replay_id": replay["run_id"]}
+        yield {"url": url, "run_id": run["run_id"], "replay_id": replay["run_id"],
+               "big_id": big["run_id"]}
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -85,6 +96,22 @@ class TestExportImport:
         assert (status, path.read_bytes()) == (0, served)
         assert report == {"run_id": server["run_id"], "file": str(path), "bytes": len(served),
                           "lines": 5, "root_hash": read_recording(served).trailer.root_hash}
+
+    def test_a_10000_frame_export_shows_progress_and_takes_under_2_s(
+            self, server: dict[str, Any], capsys: pytest.CaptureFixture[str],
+            tmp_path: pathlib.Path) -> None:
+        """[REC-7030] Exporting a Run of 10,206 frames to a file draws a progress bar (on
+        stderr) and takes under 2 s, the command's whole run included."""
+        started = time.monotonic()
+        status = main(["runs", "export", server["big_id"], "-o", str(tmp_path / "big.jsonl"),
+                       "--url", server["url"]])
+        elapsed = time.monotonic() - started
+        captured = capsys.readouterr()
+        rec = read_recording((tmp_path / "big.jsonl").read_bytes())
+        assert (status, rec.trailer.frames) == (0, 10_206)
+        assert f"export {server['big_id']}" in captured.err
+        assert "━" in captured.err  # the bar
+        assert elapsed < 2.0
 
     def test_export_to_stdout_prints_the_lines(
             self, server: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
