@@ -19,7 +19,6 @@ import sys
 import msgspec
 
 from orchestrator_core.config import ServerConfig, load_config, mock_config
-from orchestratord.cli_recordings import add_recording_commands
 from worker_adapters.base import Drivers
 
 __all__ = ["main", "serve"]
@@ -86,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--data-dir")
 
     sub.add_parser("openapi", help="print the OpenAPI document")
+
+    from orchestratord.cli_recordings import add_recording_commands
 
     runs = sub.add_parser("runs", help="runs and their recordings").add_subparsers(
         dest="runs_cmd", required=True)
