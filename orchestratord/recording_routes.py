@@ -12,10 +12,12 @@ stored, in one transaction.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath
 from litestar.response import Stream
 
@@ -33,6 +35,19 @@ Tenant = NamedDependency[str]
 NDJSON = "application/x-ndjson"
 """The media type of a recording (JSON Lines)."""
 _ACCEPTED = frozenset({NDJSON, "application/jsonl", "application/x-jsonlines"})
+
+
+@dataclass
+class _RecordingBody(Operation):
+    """The import's operation, with its body documented: Litestar sees no typed body, the
+    route reads the stream itself."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description="A recording (`orchestratord.recording/1`, JSON Lines; "
+                        "specs/95_recordings.md), at most 256 MiB, each line at most 16 MiB.",
+            content={NDJSON: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))})
 
 
 async def _each(lines: Iterator[bytes]) -> AsyncIterator[bytes]:
@@ -71,7 +86,8 @@ async def _read_lines(request: Request[Any, Any, Any], reader: RecordingReader) 
         reader.feed(bytes(pending))
 
 
-@post("/v1/recordings", status_code=201, request_max_body_size=MAX_RECORDING_BYTES)
+@post("/v1/recordings", status_code=201, request_max_body_size=MAX_RECORDING_BYTES,
+      operation_class=_RecordingBody)
 async def import_recording_route(request: Request[Any, Any, Any], orch: Orch,
                                  tenant: Tenant) -> RecordingImported:
     """Import a recording as a new ``record`` Run of the caller's tenant [REC-7011].
