@@ -27,6 +27,7 @@ from orchestrator_core.recordings import (
 )
 from orchestrator_core.rows import FlowRow, RunRow, StepRow
 from orchestrator_core.store import SqliteStore
+from test_harness.recordings.weather_agent import RECORDING
 from test_harness.support import app_client, llm_step
 
 
@@ -89,6 +90,21 @@ class TestReader:
                 named.append((n, _refusal(bytes(bad))["line"]))
         assert named == [(n, n) for n, _ in named]
         assert len({n for n, _ in named}) == 5
+
+    def test_every_flipped_bit_of_a_committed_recording_is_refused_at_its_line(
+            self) -> None:
+        """[REC-7006] Flipping the low bit of each byte of ``weather_agent.jsonl``, one at
+        a time, newlines included, is refused every time, naming that byte's line."""
+        data = RECORDING.read_bytes()
+        starts = [0, *[i + 1 for i, b in enumerate(data) if b == 0x0A][:-1]]
+        wrong = []
+        for at in range(len(data)):
+            bad = bytearray(data)
+            bad[at] ^= 1
+            line = sum(1 for start in starts if start <= at)
+            if _refusal(bytes(bad))["line"] != line:
+                wrong.append(at)
+        assert (len(data) > 8000, wrong) == (True, [])
 
     def test_another_format_version_is_refused(self, recorded: dict[str, Any]) -> None:
         """[REC-7001] A header naming another format is refused at line 1."""
