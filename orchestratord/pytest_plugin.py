@@ -66,9 +66,12 @@ class ServerThread:
 
     Args:
         config: the server config (``pools=[]``: a server with no engine).
+        wait_path: what must answer 200 before the server counts as started:
+            ``/health``, or ``/ready`` for a server whose pools must be ready.
+        start_s: how long it may take (s).
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, wait_path: str = "/health", start_s: float = 30) -> None:
         from granian.constants import Interfaces
         from granian.server.embed import Server
 
@@ -83,15 +86,18 @@ class ServerThread:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="orchestratord", daemon=True)
         self._thread.start()
-        for _ in range(1500):  # 30 s: each miss waits 20 ms on the server's thread
+        for _ in range(int(start_s / 0.02)):  # each miss waits 20 ms on the server's thread
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{wait_path}", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
-                self._thread.join(0.02)
-                if not self._thread.is_alive():
-                    raise RuntimeError("the in-process orchestratord exited at start") from None
-        raise RuntimeError("the in-process orchestratord did not start within 30 s")
+                pass
+            self._thread.join(0.02)
+            if not self._thread.is_alive():
+                raise RuntimeError("the in-process orchestratord exited at start")
+        self.stop()
+        raise RuntimeError(f"the in-process orchestratord did not answer {wait_path} "
+                           f"within {start_s} s")
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -254,11 +260,12 @@ def recordings_server(pytestconfig: pytest.Config) -> Iterator[str]:
         yield record.rstrip("/")
         return
     with tempfile.TemporaryDirectory(prefix="orchestratord-replay-") as data_dir:
-        if record:
+        if record:  # the config's real pools, ready before the first test
             cfg = msgspec.structs.replace(load_config(record), data_dir=data_dir)
+            server = ServerThread(cfg, wait_path="/ready", start_s=600)
         else:
-            cfg = msgspec.structs.replace(mock_config(data_dir=data_dir), pools=[])
-        server = ServerThread(cfg)
+            server = ServerThread(msgspec.structs.replace(mock_config(data_dir=data_dir),
+                                                          pools=[]))
         try:
             yield server.url
         finally:

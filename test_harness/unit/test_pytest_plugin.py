@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 
 from orchestrator_core.config import mock_config
@@ -59,8 +60,6 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
 
 def _answer() -> str:
     """The recorded answer: the text of the recording's last Step's output."""
-    import msgspec
-
     last = read_recording(RECORDING.read_bytes()).steps[-1]
     return str(msgspec.json.decode(last.frames[-1][2])["output"]["text"])
 
@@ -162,6 +161,23 @@ class TestRecord:
         after = read_recording(path.read_bytes())
         assert after.header.run.run_id != before.header.run.run_id
         assert (after.header.run.mode, after.header.run.seed) == ("record", 42)
+        assert first_divergence(before, after) is None
+
+    def test_record_with_a_config_file_runs_its_pools_in_process(
+            self, suite: pytest.Pytester) -> None:
+        """[REC-7043] ``--record CONFIG`` starts that config's pools (here the mock
+        engine's) in the test process and rewrites the recording of the passing test."""
+        suite.makepyfile(test_agent=f"ANSWER = {_answer()!r}\n" + USER_TESTS.split(
+            "\ndef test_a_changed")[0])
+        config = suite.path / "server.json"
+        config.write_bytes(msgspec.json.encode(mock_config(data_dir=str(suite.path / "d"))))
+        path = suite.path / "recordings" / "weather_agent.jsonl"
+        before = read_recording(path.read_bytes())
+        result = suite.runpytest_subprocess(*_plugin(), "--recordings", "recordings",
+                                            "--record", str(config), "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1)
+        after = read_recording(path.read_bytes())
+        assert after.header.run.run_id != before.header.run.run_id
         assert first_divergence(before, after) is None
 
     def test_the_committed_recording_is_the_agents(self, tmp_path: pathlib.Path) -> None:
