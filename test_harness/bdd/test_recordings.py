@@ -225,7 +225,7 @@ def alike_404(ctx: dict[str, Any]) -> None:
     a, b = ctx["answers"]
     assert (a.status_code, b.status_code) == (404, 404)
     assert a.text.replace(ctx["run_id"], ctx["unknown"]) == b.text
-    assert b.json()["code"] == "NOT_FOUND"
+    assert (b.json()["code"], b.json()["data"]) == ("NOT_FOUND", {"run_id": ctx["unknown"]})
 
 
 def _tamper(data: bytes, changed: str) -> bytes:
