@@ -49,6 +49,7 @@ from orchestrator_core.rows import (
 )
 from orchestrator_core.store_base import Store
 from orchestrator_core.store_prompts import PromptTexts
+from orchestrator_core.store_import import ImportRows
 from orchestrator_core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
@@ -91,7 +92,7 @@ def _insert(verb: str, table: str, cols: list[str], *, next_ordinal: str | None 
     return f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join(marks)})"
 
 
-class SqliteStore(PromptTexts):
+class SqliteStore(PromptTexts, ImportRows):
     """The embedded store (WAL, one writer connection on the event-loop thread).
 
     Args:
@@ -488,8 +489,6 @@ class SqliteStore(PromptTexts):
                     msgspec.structs.replace(summed, cost_usd=0.0):
                 bad.add(run_id)
         return len(bad)
-
-    # -- misc --------------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop the background checkpoints, checkpoint the WAL and close the connection."""

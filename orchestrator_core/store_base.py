@@ -342,6 +342,23 @@ class Store(Protocol):
         """Name the Run kept for the tenant's jobs (replacing the one named before)."""
         ...
 
+    # -- imported recordings (REC-7011) --------------------------------------------------
+
+    def import_run(self, *, flow: FlowRow | None, run: RunRow, steps: Sequence[StepRow],
+                   events: Sequence[EventRow], facts: Sequence[FactRow],
+                   checkpoints: Sequence[CheckpointRow],
+                   engine_builds: Sequence[tuple[str, str]]) -> None:
+        """Store an imported Run with everything it holds in one atomic commit: the Flow
+        (when not None), the Run, its finished Steps in submission order (each taking the
+        next ordinal; their ``(run_id, client_token)`` keys unique), their frames, Facts
+        (with their seq), checkpoints (one whose id exists is skipped) and engine build
+        settings (first writer wins). Durable on return.
+
+        Raises:
+            the backend's integrity error: a row collides (nothing is written).
+        """
+        ...
+
     # -- lifecycle -----------------------------------------------------------------------
 
     # -- run lifecycle (NERVE-4100, NERVE-4103, NERVE-4104) ------------------------------

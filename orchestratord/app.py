@@ -55,6 +55,7 @@ from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
 from orchestratord.prompt_routes import PROMPT_ROUTES
 from orchestratord.run_routes import RUN_ROUTES
+from orchestratord.recording_routes import RECORDING_ROUTES
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
 from orchestratord.telemetry import observability_plugins
 from orchestratord.tickets import MAX_TICKET_CHARS, TICKET_TTL_MS, StreamTickets
@@ -416,6 +417,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             create_checkpoint, list_checkpoints,
             capabilities, health, ready, metrics, docs_assets_router(), openai_router(),
             *NAV_ROUTES, *LLM_ROUTES, *RUN_ROUTES, *PROMPT_ROUTES, *BROWSE_ROUTES,
+            *RECORDING_ROUTES,
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),
                       "tenant": Provide(tenant_of, sync_to_thread=False)},

@@ -29,6 +29,7 @@ __all__ = ["COMMAND_MODULES", "main", "serve"]
 
 COMMAND_MODULES = (
     "orchestratord.cli_browse",
+    "orchestratord.cli_recordings",
 )
 """The modules that add commands, one a line (see the module docstring)."""
 

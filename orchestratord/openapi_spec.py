@@ -124,6 +124,8 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "GET /v1/llm/jobs/{job_id}": {404: (E.NOT_FOUND,)},
     "GET /v1/llm/jobs/{step_id}/events": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
     "POST /v1/llm/jobs/{job_id}/cancel": {404: (E.NOT_FOUND,)},
+    "GET /v1/runs/{run_id}/recording": {404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},  # REC-7010
+    "POST /v1/recordings": {**_BODY},  # REC-7011
 }
 """Per operation (``METHOD path``), each error status it can answer and the codes behind
 it, besides the 401 of every non-public route and the 403 of every route (NERVE-4033)."""

@@ -73,6 +73,14 @@ from test_harness.fuzz.common import (
 )
 from test_harness.support import MOCK_MODEL, http_run_step, llm_step, server_process
 
+
+@schemathesis.serializer("application/x-ndjson")
+def _ndjson(ctx: Any, value: Any) -> bytes:
+    """A recording body (REC-7011): a generated string as it is, anything else as its
+    ``repr``; the server refuses what is not a recording with a 400 naming the line."""
+    return (value if isinstance(value, str) else repr(value)).encode("utf-8", "replace")
+
+
 SLOW_S = 1.0
 """No request may take longer than this to answer (its response head, for a stream)."""
 
