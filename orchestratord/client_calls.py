@@ -140,7 +140,7 @@ def error_of(resp: httpx.Response) -> OrchestratorError:
         env = ErrorEnvelope(code="INTERNAL",  # type: ignore[arg-type]
                             message=f"HTTP {resp.status_code}: "
                                     f"{resp.text[:MAX_ERROR_MESSAGE_CHARS]}",
-                            retriable=resp.status_code in (502, 503, 504))
+                            retriable=False)
     return error_from_envelope(env)
 
 
