@@ -15,6 +15,8 @@ from contracts.flows import *  # noqa: F403
 from contracts.flows import __all__ as _flows_all
 from contracts.pools import *  # noqa: F403
 from contracts.pools import __all__ as _pools_all
+from contracts.run_life import *  # noqa: F403
+from contracts.run_life import __all__ as _run_life_all
 from contracts.runs import *  # noqa: F403
 from contracts.runs import __all__ as _runs_all
 from contracts.steps import *  # noqa: F403
@@ -22,5 +24,5 @@ from contracts.steps import __all__ as _steps_all
 
 __all__ = [
     *_checkpoints_all, *_errors_all, *_events_all, *_facts_all, *_flows_all, *_pools_all,
-    *_runs_all, *_steps_all,
+    *_run_life_all, *_runs_all, *_steps_all,
 ]

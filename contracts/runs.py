@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import msgspec
 
 from contracts.limits import Id, Labels, Seed
+from contracts.run_life import RunSummary
 
 __all__ = [
     "BudgetUsage",
@@ -35,10 +36,13 @@ class RunMode(enum.StrEnum):
 
 
 class RunStatus(enum.StrEnum):
-    """Run lifecycle: ``active`` accepts Steps; ``cancelled`` refuses them."""
+    """Run lifecycle: ``active`` accepts Steps; the closed statuses ``completed``,
+    ``failed`` and ``cancelled`` refuse them (NERVE-4103)."""
 
     ACTIVE = "active"
     CANCELLED = "cancelled"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
 class Budgets(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -161,7 +165,8 @@ class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Run(msgspec.Struct):
-    """A stored Run, as ``GET /v1/runs/{id}`` shows it."""
+    """A stored Run, as ``GET /v1/runs/{id}`` shows it; a closed Run has ``closed_at``
+    and, once none of its Steps is live, its ``summary`` (NERVE-4103, NERVE-4104)."""
 
     run_id: str
     flow_id: str
@@ -181,3 +186,5 @@ class Run(msgspec.Struct):
     steps: dict[str, int]
     cancel_on_disconnect: bool | None = None
     lineage: dict[str, Any] = msgspec.field(default_factory=dict)
+    closed_at: str | None = None
+    summary: RunSummary | None = None

@@ -249,6 +249,8 @@ class Step(msgspec.Struct):
     """A stored Step, as ``GET /v1/steps/{id}`` shows it.
 
     ``last_seq`` is the sequence number of the last durable frame in its log.
+    ``attempt`` numbers the Steps of one ``client_token`` (0 first); a retry of an
+    interrupted Step names the first attempt's step_id in ``retry_of`` (NERVE-4105).
     """
 
     step_id: str
@@ -266,6 +268,8 @@ class Step(msgspec.Struct):
     provenance: Provenance | None = None
     error: ErrorEnvelope | None = None
     replay_of_step: str | None = None
+    attempt: int = 0
+    retry_of: str | None = None
 
 
 class CancelAccepted(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

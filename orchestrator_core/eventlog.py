@@ -24,6 +24,11 @@
   along with that commit's wake-up (at most ``commit_interval_ms`` later) instead of
   waking its readers a second time.
 
+* A run stream (NERVE-4100) subscribes to a whole Run: it is woken by every commit of
+  frames of the Run's Steps (one dict lookup per committed Run, none when no run stream
+  is open), by a Step of the Run stored finished by reference, and when the Run closes.
+  It reads the frames from the store, never from the cache.
+
 All methods run on the event-loop thread; none of them awaits while holding state.
 Subscriptions wait on plain asyncio futures (the server runs on asyncio, under Granian):
 one future per wait and one timer per subscriber on the injected clock
@@ -114,6 +119,7 @@ class EventLog:
         self._pending_updates: dict[str, dict[str, Any]] = {}
         self._dirty = anyio.Event()
         self._last_commit = -float("inf")  # window_time() of the last group commit
+        self._run_subs: dict[str, set[Subscription]] = {}  # run id -> its run streams
 
     # -- writing -----------------------------------------------------------------------
 
@@ -262,6 +268,9 @@ class EventLog:
                 live.pending = False
                 for sub in live.subs:
                     sub.notify()
+        if self._run_subs:  # run streams of the Runs committed to (NERVE-4100)
+            for run_id in {row[2] for row in rows}:
+                self.notify_run(run_id)
 
     async def run_flusher(self) -> None:
         """Background task: commit pending frames at most ``commit_interval_s`` after the
@@ -397,3 +406,36 @@ class EventLog:
         live.evict_at = self.clock.monotonic() + self.linger_s
         self._live[step_id] = live
         self._finished.append((step_id, live))
+        self.notify_run(run_id)
+
+    # -- run streams (NERVE-4100) ------------------------------------------------------
+
+    def subscribe_run(self, run_id: str, heartbeat_s: float | None = None) -> Subscription:
+        """Register a reader of a whole Run: it is woken by every commit of frames of a
+        Step of the Run, by a Step stored finished by reference in it, and by
+        :meth:`notify_run` (the Run was closed). It gets no ephemeral frame.
+
+        Args:
+            run_id: the Run.
+            heartbeat_s: idle time after which :meth:`Subscription.wait` returns False
+                (s); None: never.
+        """
+        sub = Subscription(run_id, 0, self.metrics, self.clock, heartbeat_s)
+        self._run_subs.setdefault(run_id, set()).add(sub)
+        self.metrics.sse_subscribers.inc()
+        return sub
+
+    def unsubscribe_run(self, sub: Subscription) -> None:
+        """Forget a run reader (and stop its heartbeat timer)."""
+        sub.close()
+        subs = self._run_subs.get(sub.step_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._run_subs[sub.step_id]
+        self.metrics.sse_subscribers.dec()
+
+    def notify_run(self, run_id: str) -> None:
+        """Wake every reader of the Run (new frames, or the Run was closed)."""
+        for sub in self._run_subs.get(run_id, ()):
+            sub.notify()

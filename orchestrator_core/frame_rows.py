@@ -67,14 +67,18 @@ def pack(rows: Sequence[EventRow]) -> list[PackedRow]:
             seq order (Steps may interleave).
 
     Returns:
-        One row per run of consecutive seqs of a Step, in no particular order, except
-        that each terminal frame (``end``, ``error``) is a row of its own and so is a run
-        of one frame; the others are :data:`PACKED` rows.
+        One row per run of consecutive seqs of a Step, each Step's rows in seq order
+        (the order the run log numbers them in, NERVE-4100); each terminal frame
+        (``end``, ``error``) is a row of its own and so is a run of one frame; the others
+        are :data:`PACKED` rows.
     """
     out: list[PackedRow] = []
     groups: dict[str, list[EventRow]] = {}
     for row in rows:
-        if row[3] in _TERMINAL:
+        if row[3] in _TERMINAL:  # after the Step's frames before it (run order, NERVE-4100)
+            before = groups.pop(row[0], None)
+            if before is not None:
+                _close(before, out)
             out.append((*row, None))
             continue
         group = groups.get(row[0])

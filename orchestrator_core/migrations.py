@@ -21,6 +21,8 @@ v9  Run usage counters kept by triggers; indexes of lineage and Step type (NERVE
 v10 Steps served by reference: ``steps.frames_of`` and ``steps.frames_hash`` (NERVE-4025)
 v11 Packed event rows: ``events.last_seq``, a row per Step per commit (STREAM-2011)
 v12 Navigation list indexes; Run labels kept by a trigger (NERVE-4061)
+v13 LLM job records: attachments by (tenant, sha256), jobs, each tenant's job Run (NERVE-4083)
+v14 The run log; closed Runs; retried Steps keyed by attempt (NERVE-4100, 4103, 4105)
 ==  ================================================================================
 """
 
@@ -32,7 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from orchestrator_core.migrations_early import v1, v2, v3, v4, v5, v6, v7, v8
-from orchestrator_core.migrations_late import v9, v10, v11, v12
+from orchestrator_core.migrations_late import v9, v10, v11, v12, v13, v14
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate", "schema_version"]
 
@@ -77,11 +79,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "steps served by reference: frames_of, frames_hash", v10),
     Migration(11, "packed event rows: one row per step per group commit", v11),
     Migration(12, "navigation list indexes; run labels kept by a trigger", v12),
+    Migration(13, "llm job records, attachments, each tenant's job run", v13),
+    Migration(14, "run log; closed runs; step attempts in the idempotency key", v14),
 )
 """Every migration, in order; entry ``i`` leaves the database at version ``i + 1``."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
-"""The version :func:`migrate` brings a database to by default (12)."""
+"""The version :func:`migrate` brings a database to by default (13)."""
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

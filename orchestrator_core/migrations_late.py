@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["v9", "v10", "v11", "v12"]
+__all__ = ["v9", "v10", "v11", "v12", "v13", "v14"]
 
 
 _V9_TRIGGERS = (
@@ -173,3 +173,90 @@ def v12(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TRIGGER runs_labels_insert AFTER INSERT ON runs BEGIN"
                  " INSERT OR IGNORE INTO run_labels (flow_id, key, value, run_rowid) "
                  + labels_of.format(r="NEW") + "; END")
+
+
+def v13(conn: sqlite3.Connection) -> None:
+    """LLM job records (NERVE-4083, NERVE-4086).
+
+    ``llm_attachments`` stores each tenant's attachment bytes once, content-addressed by
+    ``(tenant, sha256)``; ``llm_jobs`` one row per job: its Step, tenant, Run, model,
+    enqueue time, identity hash, metadata and attachment references (JSON);
+    ``llm_tenant_runs`` the Run the server keeps for each tenant's jobs.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS llm_attachments ("
+        " tenant TEXT NOT NULL,"
+        " sha256 TEXT NOT NULL,"
+        " size INTEGER NOT NULL,"
+        " data BLOB NOT NULL,"
+        " created_at TEXT NOT NULL,"
+        " PRIMARY KEY (tenant, sha256))")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS llm_jobs ("
+        " step_id TEXT PRIMARY KEY REFERENCES steps(step_id),"
+        " tenant TEXT NOT NULL,"
+        " run_id TEXT NOT NULL REFERENCES runs(run_id),"
+        " model TEXT NOT NULL,"
+        " enqueued_at TEXT NOT NULL,"
+        " job_hash TEXT NOT NULL,"
+        " metadata TEXT,"
+        " attachments TEXT NOT NULL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS llm_tenant_runs ("
+        " tenant TEXT PRIMARY KEY,"
+        " run_id TEXT NOT NULL REFERENCES runs(run_id))")
+
+
+def v14(conn: sqlite3.Connection) -> None:
+    """The run log, closed Runs and retried Steps (NERVE-4100, NERVE-4103, NERVE-4105).
+
+    ``run_log`` gives every durable frame of a Run a run position, 0, 1, ... in commit
+    order: a row ``(run_id, pos, step_id, seq, n)`` says that the frames ``seq ..
+    seq + n - 1`` of the Step are at the positions ``pos .. pos + n - 1``. A trigger
+    adds one row per ``events`` row in the statement that inserts it (a packed row is
+    one row here too), and one per Step inserted already finished by reference to
+    another Step's frames (``frames_of``, NERVE-4025), so the positions are durable with
+    the frames and cost one index step each. The rows of the Runs that exist are filled
+    Step by Step in submission order (their commit order is not known).
+
+    ``runs`` gets ``closed_at`` and ``summary``; ``steps`` gets ``attempt`` and
+    ``retry_of``, and the idempotency key becomes ``UNIQUE(run_id, client_token,
+    attempt)`` (every existing Step is attempt 0).
+    """
+    conn.execute(
+        "CREATE TABLE run_log ("
+        " run_id TEXT NOT NULL,"
+        " pos INTEGER NOT NULL,"
+        " step_id TEXT NOT NULL,"
+        " seq INTEGER NOT NULL,"
+        " n INTEGER NOT NULL,"
+        " PRIMARY KEY (run_id, pos)) WITHOUT ROWID")
+    conn.execute(
+        "INSERT INTO run_log (run_id, pos, step_id, seq, n)"
+        " SELECT run_id, SUM(n) OVER w - n, step_id, seq, n FROM ("
+        "  SELECT e.run_id, e.step_id, e.seq, IFNULL(e.last_seq, e.seq) - e.seq + 1 AS n,"
+        "   s.ordinal AS o FROM events e JOIN steps s ON s.step_id = e.step_id"
+        "  UNION ALL SELECT run_id, step_id, 0, last_seq + 1, ordinal FROM steps"
+        "   WHERE frames_of IS NOT NULL AND last_seq >= 0)"
+        " WINDOW w AS (PARTITION BY run_id ORDER BY o, seq ROWS UNBOUNDED PRECEDING)")
+    conn.execute(
+        "CREATE TRIGGER events_run_log AFTER INSERT ON events BEGIN"
+        " INSERT INTO run_log (run_id, pos, step_id, seq, n) VALUES (NEW.run_id,"
+        # the Run's next position: one step down the run_log key
+        " IFNULL((SELECT pos + n FROM run_log WHERE run_id = NEW.run_id"
+        " ORDER BY pos DESC LIMIT 1), 0),"
+        " NEW.step_id, NEW.seq, IFNULL(NEW.last_seq, NEW.seq) - NEW.seq + 1); END")
+    conn.execute(
+        "CREATE TRIGGER steps_served_run_log AFTER INSERT ON steps"
+        " WHEN NEW.frames_of IS NOT NULL AND NEW.last_seq >= 0 BEGIN"
+        " INSERT INTO run_log (run_id, pos, step_id, seq, n) VALUES (NEW.run_id,"
+        " IFNULL((SELECT pos + n FROM run_log WHERE run_id = NEW.run_id"
+        " ORDER BY pos DESC LIMIT 1), 0),"
+        " NEW.step_id, 0, NEW.last_seq + 1); END")
+    conn.execute("ALTER TABLE runs ADD COLUMN closed_at TEXT")
+    conn.execute("ALTER TABLE runs ADD COLUMN summary TEXT")
+    conn.execute("ALTER TABLE steps ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE steps ADD COLUMN retry_of TEXT")
+    conn.execute("DROP INDEX IF EXISTS idx_steps_run_id_client_token")
+    conn.execute("CREATE UNIQUE INDEX steps_run_token_attempt"
+                 " ON steps(run_id, client_token, attempt)")

@@ -122,10 +122,13 @@ class Occurrences:
 
     Args:
         capacity: keys remembered.
+        prefix: what every client_token starts with (``oai:``; ``job:`` for the LLM
+            jobs, NERVE-4082).
     """
 
-    def __init__(self, capacity: int = 65_536) -> None:
+    def __init__(self, capacity: int = 65_536, prefix: str = CALL_PREFIX) -> None:
         self.capacity = capacity
+        self.prefix = prefix
         self._next: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def claim(self, run_id: str, key: str, stored: Callable[[str], bool]) -> str:
@@ -137,10 +140,10 @@ class Occurrences:
             stored: whether a client_token already names a Step of the Run.
 
         Returns:
-            ``oai:<key hex>:<n>``, n from 0.
+            ``<prefix><key hex>:<n>`` (``oai:<key hex>:<n>``), n from 0.
         """
         slot = (run_id, key)
-        prefix = f"{CALL_PREFIX}{key.removeprefix('b3:')}:"
+        prefix = f"{self.prefix}{key.removeprefix('b3:')}:"
         n = self._next.pop(slot, None)
         if n is None:
             n = 0

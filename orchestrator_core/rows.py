@@ -25,6 +25,7 @@ __all__ = [
     "EventRow",
     "FactRow",
     "FlowRow",
+    "LlmJobRow",
     "RunRow",
     "RunUsage",
     "StepRow",
@@ -90,6 +91,9 @@ class RunRow(msgspec.Struct, frozen=True, gc=False):
         tenant: the owning tenant (schema v2).
         parent_run_id: the Run a fork was made from (schema v4), else None.
         from_checkpoint: the checkpoint a fork was made from (schema v4), else None.
+        closed_at: ISO 8601 UTC of the close (schema v13, NERVE-4103), else None.
+        summary: the ``RunSummary`` of a closed Run with no live Step, JSON text
+            (schema v13, NERVE-4104), else None.
     """
 
     run_id: str
@@ -105,10 +109,13 @@ class RunRow(msgspec.Struct, frozen=True, gc=False):
     tenant: str = "default"
     parent_run_id: str | None = None
     from_checkpoint: str | None = None
+    closed_at: str | None = None
+    summary: str | None = None
 
 
 class StepRow(msgspec.Struct, frozen=True, gc=False):
-    """A stored Step; ``(run_id, client_token)`` is its idempotency key (NERVE-4003).
+    """A stored Step; ``(run_id, client_token, attempt)`` is its idempotency key
+    (NERVE-4003, NERVE-4105).
 
     Attributes:
         step_id: ``stp_`` id.
@@ -137,6 +144,9 @@ class StepRow(msgspec.Struct, frozen=True, gc=False):
         frames_hash: ``b3:<hex>`` of the frames' SSE bytes (schema v10): on a Step served
             by reference, of the frames it names; on a Step with its own log, set once it
             was first referenced, else None.
+        attempt: 0 for the first Step of its ``client_token``, then 1, 2, ... for each
+            retry of an interrupted one (schema v13, NERVE-4105).
+        retry_of: the first attempt's step_id on a retry (schema v13), else None.
     """
 
     step_id: str
@@ -160,6 +170,8 @@ class StepRow(msgspec.Struct, frozen=True, gc=False):
     ordinal: int = -1
     frames_of: str | None = None
     frames_hash: str | None = None
+    attempt: int = 0
+    retry_of: str | None = None
 
 
 class FactRow(msgspec.Struct, frozen=True, gc=False):
@@ -226,3 +238,28 @@ class RunUsage(msgspec.Struct, frozen=True):
     cost_usd: float
     wall_ms: int
     counts: dict[str, int]
+
+
+class LlmJobRow(msgspec.Struct, frozen=True):
+    """One job record.
+
+    Attributes:
+        step_id: the job's ``llm_call`` Step (its id is the job id).
+        tenant: the tenant that enqueued it.
+        run_id: the Step's Run.
+        model: the model id as enqueued.
+        enqueued_at: RFC 3339 UTC with ``Z`` (the Step's ``created_at``).
+        job_hash: ``b3:`` hash of what identifies the job beyond the Step's input
+            (metadata, attachment names and hashes).
+        metadata: the metadata as compact JSON, or None.
+        attachments: ``[{"name", "sha256", "size"}]`` as compact JSON, by name.
+    """
+
+    step_id: str
+    tenant: str
+    run_id: str
+    model: str
+    enqueued_at: str
+    job_hash: str
+    metadata: str | None
+    attachments: str

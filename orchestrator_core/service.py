@@ -48,6 +48,7 @@ from orchestrator_core.metrics import Metrics
 from orchestrator_core.policy import validate_policy
 from orchestrator_core.pools import PoolManager
 from orchestrator_core.rows import FlowRow, RunRow
+from orchestrator_core.run_life import RunLife
 from orchestrator_core.steps.admission import Admitter
 from orchestrator_core.steps.base import StepContext
 from orchestrator_core.steps.registry import StepKinds
@@ -111,6 +112,7 @@ class Orchestrator:
         self.kinds = StepKinds(self.steps)
         self.tasks = StepTasks(self.steps)
         self.admitter = Admitter(self.steps, self.kinds, self.tasks)
+        self.runs = RunLife(store, self.log, self.tasks, clock)  # NERVE-4100..NERVE-4104
         self._departures: dict[str, object] = {}  # step id -> its last reader's departure
 
     @classmethod
@@ -305,17 +307,16 @@ class Orchestrator:
         return self.get_run(run_id, tenant)
 
     def get_run(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> Run:
-        """The Run with its usage and Step counts. Raises NotFound (also for another
-        tenant's run). ``tenant=None`` is the server's own, unscoped view."""
-        return lookup.get_run(self.store, run_id, tenant)
+        """The Run with its usage and Step counts, and its summary once it is closed with
+        no live Step (NERVE-4104). Raises NotFound (also for another tenant's run).
+        ``tenant=None`` is the server's own, unscoped view."""
+        return self.runs.finalize(run_id, tenant)
 
     def cancel_run(self, run_id: str, tenant: str = DEFAULT_TENANT) -> Run:
-        """Refuse new Steps and cancel the Run's in-flight ones; idempotent."""
-        self.get_run(run_id, tenant)
-        self.store.set_run_status(run_id, RunStatus.CANCELLED.value)
-        for row in self.store.list_steps(run_id):
-            self.tasks.cancel(row.step_id, reason="run cancelled")
-        return self.get_run(run_id, tenant)
+        """Close the Run ``cancelled``: refuse new Steps and cancel its live ones;
+        idempotent. A Run closed ``completed`` or ``failed`` is 409 ``CONFLICT``
+        (NERVE-4103)."""
+        return self.runs.close(run_id, RunStatus.CANCELLED.value, tenant)
 
     # -- steps -------------------------------------------------------------------------
 

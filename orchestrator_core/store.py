@@ -5,8 +5,8 @@ Opening a store opens the database and asks :mod:`orchestrator_core.migrations` 
 its schema up to date (NERVE-4041). All writes happen on the event-loop thread through
 one connection, in explicit transactions:
 
-* a Step row and its idempotency key ``UNIQUE(run_id, client_token)`` are one row, so the
-  mapping can never point at two Steps;
+* a Step row and its idempotency key ``UNIQUE(run_id, client_token, attempt)`` are one
+  row, so the mapping can never point at two Steps;
 * :meth:`SqliteStore.commit_events` appends frames and applies Step status changes in
   one transaction, so a terminal frame and the terminal status are never apart.
 * a Run's usage and Step counts are counters that triggers on ``steps`` (schema v9)
@@ -48,7 +48,7 @@ from orchestrator_core.rows import (
     StepUpdate,
 )
 from orchestrator_core.store_base import Store
-from orchestrator_core.store_lists import ListQueries
+from orchestrator_core.store_runs import RunQueries
 from orchestrator_core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
@@ -91,7 +91,7 @@ def _insert(verb: str, table: str, cols: list[str], *, next_ordinal: str | None 
     return f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join(marks)})"
 
 
-class SqliteStore(ListQueries):
+class SqliteStore(RunQueries):
     """The embedded store (WAL, one writer connection on the event-loop thread).
 
     Args:
@@ -298,9 +298,9 @@ class SqliteStore(ListQueries):
         return self._one(StepRow, self._steps + " WHERE step_id = ?", (step_id,))
 
     def get_step_by_token(self, run_id: str, client_token: str) -> StepRow | None:
-        """The Step a Run's client_token maps to, or None."""
-        return self._one(StepRow, self._steps + " WHERE run_id = ? AND client_token = ?",
-                         (run_id, client_token))
+        """The latest attempt of a Run's client_token (NERVE-4105), or None."""
+        return self._one(StepRow, self._steps + " WHERE run_id = ? AND client_token = ?"
+                         " ORDER BY rowid DESC LIMIT 1", (run_id, client_token))
 
     def list_steps(self, run_id: str) -> list[StepRow]:
         """The Run's Steps in creation order."""

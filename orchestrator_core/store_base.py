@@ -10,7 +10,8 @@ the same methods with the same guarantees:
   (committed), so callers never await the store;
 * :meth:`Store.commit_events` writes frames and Step changes atomically, and
   :meth:`Store.append_fact` assigns Fact numbers atomically, with no gap;
-* the idempotency key ``(run_id, client_token)`` maps to at most one Step, ever.
+* the idempotency key ``(run_id, client_token, attempt)`` maps to at most one Step, ever
+  (NERVE-4105).
 
 Ids are opaque strings; units are tokens, USD and milliseconds. A method that finds
 nothing returns None (or an empty list); the constraint errors listed are the backend's
@@ -28,11 +29,13 @@ from orchestrator_core.rows import (
     EventRow,
     FactRow,
     FlowRow,
+    LlmJobRow,
     RunRow,
     RunUsage,
     StepRow,
     StepUpdate,
 )
+from orchestrator_core.store_runs import RunLogEntry, SummaryRow
 
 __all__ = ["Store"]
 
@@ -129,7 +132,7 @@ class Store(Protocol):
         ...
 
     def get_step_by_token(self, run_id: str, client_token: str) -> StepRow | None:
-        """The Step a Run's client_token maps to, or None."""
+        """The latest attempt of a Run's client_token (NERVE-4105), or None."""
         ...
 
     def list_steps(self, run_id: str) -> list[StepRow]:
@@ -290,7 +293,59 @@ class Store(Protocol):
         position ``after`` (0: from the first; else a :meth:`fact_position`)."""
         ...
 
+    # -- LLM jobs (NERVE-4083, NERVE-4086) ----------------------------------------------
+
+    def insert_llm_job(self, row: LlmJobRow,
+                       blobs: Sequence[tuple[str, bytes]] = ()) -> bool:
+        """Store a job record and, in the same transaction, each ``(sha256 hex, bytes)``
+        attachment once per tenant. Returns False (and changes nothing) when the Step
+        already has a job record."""
+        ...
+
+    def get_llm_job(self, step_id: str) -> LlmJobRow | None:
+        """The job record of a Step, of any tenant (the caller checks it), or None."""
+        ...
+
+    def get_attachment(self, tenant: str, sha256: str) -> bytes | None:
+        """The tenant's attachment bytes with this hex sha256, or None."""
+        ...
+
+    def tenant_job_run(self, tenant: str) -> str | None:
+        """The run_id of the Run kept for the tenant's jobs, or None."""
+        ...
+
+    def set_tenant_job_run(self, tenant: str, run_id: str) -> None:
+        """Name the Run kept for the tenant's jobs (replacing the one named before)."""
+        ...
+
     # -- lifecycle -----------------------------------------------------------------------
+
+    # -- run lifecycle (NERVE-4100, NERVE-4103, NERVE-4104) ------------------------------
+
+    def run_log_page(self, run_id: str, after: int, limit: int) -> list[RunLogEntry]:
+        """The run log entries holding run positions above ``after``, in position order,
+        from the one holding ``after + 1``; at most ``limit`` (one index range read)."""
+        ...
+
+    def run_log_end(self, run_id: str) -> int:
+        """One past the Run's last frame position (0 when its log is empty)."""
+        ...
+
+    def close_run(self, run_id: str, status: str, closed_at: str) -> bool:
+        """Close an ``active`` Run; False (and no change) when it was not active."""
+        ...
+
+    def live_steps(self, run_id: str) -> list[str]:
+        """The Run's ``queued`` or ``running`` Steps' ids, in submission order."""
+        ...
+
+    def set_run_summary(self, run_id: str, summary_json: str) -> None:
+        """Keep a closed Run's summary JSON unless it has one."""
+        ...
+
+    def summary_rows(self, run_id: str) -> list[SummaryRow]:
+        """Every Step of the Run in submission order, as its summary reads them."""
+        ...
 
     def close(self) -> None:
         """Make everything durable and release the backend's resources."""

@@ -7,6 +7,7 @@ import msgspec
 from contracts.errors import ErrorEnvelope
 from contracts.events import Provenance
 from contracts.flows import Flow, ToolSchema
+from contracts.run_life import RunSummary
 from contracts.runs import (
     Budgets,
     BudgetUsage,
@@ -38,6 +39,7 @@ _tools = msgspec.json.Decoder(list[ToolSchema])
 _prov = msgspec.json.Decoder(Provenance)
 _err = msgspec.json.Decoder(ErrorEnvelope)
 _placement = msgspec.json.Decoder(Placement)
+_summary = msgspec.json.Decoder(RunSummary)
 _LIVE = frozenset({StepStatus.QUEUED.value, StepStatus.RUNNING.value})
 
 
@@ -63,7 +65,9 @@ def run(row: RunRow, usage: RunUsage, children: list[str] | None = None) -> Run:
                steps=usage.counts, cancel_on_disconnect=body.cancel_on_disconnect,
                lineage={"parent_run_id": row.parent_run_id,
                         "from_checkpoint": row.from_checkpoint,
-                        "children": children or []})
+                        "children": children or []},
+               closed_at=row.closed_at,
+               summary=_summary.decode(row.summary) if row.summary else None)
 
 
 def step(row: StepRow) -> Step:
@@ -81,5 +85,5 @@ def step(row: StepRow) -> Step:
         provenance=_prov.decode(row.provenance)
         if row.provenance and row.status not in _LIVE else None,
         error=_err.decode(row.error) if row.error else None,
-        replay_of_step=row.replay_of_step,
+        replay_of_step=row.replay_of_step, attempt=row.attempt, retry_of=row.retry_of,
     )

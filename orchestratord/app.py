@@ -48,9 +48,11 @@ from orchestratord.cors import CorsMiddleware
 from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
 from orchestratord.failures import as_orchestrator_error
+from orchestratord.llm_routes import LLM_ROUTES
 from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
+from orchestratord.run_routes import RUN_ROUTES
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
 from orchestratord.tickets import MAX_TICKET_CHARS, TICKET_TTL_MS, StreamTickets
 from worker_adapters.base import Drivers, ToolsFactory
@@ -410,7 +412,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             append_fact, list_run_facts, stream_run_facts, list_flow_facts,
             create_checkpoint, list_checkpoints,
             capabilities, health, ready, metrics, docs_assets_router(), openai_router(),
-            *NAV_ROUTES,
+            *NAV_ROUTES, *LLM_ROUTES, *RUN_ROUTES,
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),
                       "tenant": Provide(tenant_of, sync_to_thread=False)},

@@ -27,6 +27,7 @@ from contracts.runs import Run
 from contracts.steps import CancelAccepted, Step
 from contracts.tickets import StreamTicket
 from orchestratord import client_routes as routes
+from orchestratord import client_runs as run_routes
 from orchestratord.client_calls import (
     Call,
     FrameReader,
@@ -36,16 +37,18 @@ from orchestratord.client_calls import (
     with_token,
 )
 from orchestratord.client_frames import Frame, StepResult, SubmittedStream
+from orchestratord.client_llm import AsyncLlm
 from orchestratord.client_routes import Page
+from orchestratord.client_runs import RunEvent
 from orchestratord.client_tokens import StepTokens
 
 __all__ = ["AsyncClient"]
 
 T = TypeVar("T")
-_fact = msgspec.json.Decoder(Fact)
+E = TypeVar("E")
 
 
-async def _frames(resp: httpx.Response, reader: FrameReader) -> AsyncIterator[Frame]:
+async def _frames(resp: httpx.Response, reader: FrameReader[E]) -> AsyncIterator[E]:
     """The frames of an open stream answer until its terminal frame (NERVE-4111).
 
     Raises:
@@ -121,7 +124,7 @@ class AsyncClient:
             await anyio.sleep(delay)
 
     @contextlib.asynccontextmanager
-    async def open(self, call: StreamCall) -> AsyncIterator[httpx.Response]:
+    async def open(self, call: StreamCall[Any]) -> AsyncIterator[httpx.Response]:
         """An open stream answer with status < 400 (retrying its opening as :meth:`send`
         does; never once a frame has been read).
 
@@ -148,8 +151,8 @@ class AsyncClient:
         finally:
             await resp.aclose()
 
-    async def frames(self, call: StreamCall) -> AsyncIterator[Frame]:
-        """The typed frames of ``call`` until its terminal frame (NERVE-4111).
+    async def frames(self, call: StreamCall[E]) -> AsyncIterator[E]:
+        """The typed events of ``call`` until its terminal event (NERVE-4111).
 
         Raises:
             OrchestratorError: the stream was refused.
@@ -160,6 +163,12 @@ class AsyncClient:
                 return
             async for frame in _frames(resp, call.reader()):
                 yield frame
+
+    @property
+    def llm(self) -> AsyncLlm:
+        """The client contract's LLM lifecycle: capabilities, enqueue, stream, cancel
+        (NERVE-4089)."""
+        return AsyncLlm(self)
 
     # -- routes: one line each (see orchestratord.client_routes) ----------------------
 
@@ -231,6 +240,10 @@ class AsyncClient:
         """``POST /v1/runs/{id}/cancel``."""
         return await self.send(routes.cancel_run(run_id))
 
+    async def close_run(self, run_id: str, status: str) -> Run:
+        """``POST /v1/runs/{id}/close`` (NERVE-4107, NERVE-4103)."""
+        return await self.send(run_routes.close_run(run_id, status))
+
     async def list_steps(self, run_id: str, *, limit: int = 100,
                          after: str | None = None) -> Page[Step]:
         """``GET /v1/runs/{id}/steps``: ``(steps, next_after)`` (NERVE-4061)."""
@@ -290,16 +303,16 @@ class AsyncClient:
         """
         return self.frames(routes.stream(step_id, last_event_id=last_event_id))
 
-    async def stream_facts(self, run_id: str, *,
-                           last_event_id: int | None = None) -> AsyncIterator[Fact]:
-        """A Run's Facts as they are appended, until the server ends the stream.
+    def stream_facts(self, run_id: str, *,
+                     last_event_id: int | None = None) -> AsyncIterator[Fact]:
+        """A Run's Facts as they are appended, until the server ends the stream; a broken
+        connection is ``StreamDisconnected`` of ``kind`` ``"run"``."""
+        return self.frames(routes.stream_facts(run_id, last_event_id=last_event_id))
 
-        Raises:
-            StreamDisconnected: the connection broke (``kind`` ``"run"``).
-        """
-        async for frame in self.frames(routes.stream_facts(run_id,
-                                                           last_event_id=last_event_id)):
-            yield _fact.decode(frame.raw)
+    def stream_run(self, run_id: str, *,
+                   last_event_id: int | None = None) -> AsyncIterator[RunEvent]:
+        """The Run's stream until ``run_end`` (NERVE-4107, NERVE-4100)."""
+        return self.frames(run_routes.stream_run(run_id, last_event_id=last_event_id))
 
     @contextlib.asynccontextmanager
     async def submit_stream(self, run_id: str, body: dict[str, Any], *,

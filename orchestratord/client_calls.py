@@ -8,8 +8,9 @@ own two clients are over its models: nothing here sends a byte or sleeps.
   that turns its answer into a ``contracts/`` Struct; a :class:`StreamCall` describes
   one SSE request. :mod:`orchestratord.client_routes` builds one of them per route.
 * :class:`SseDecoder` turns SSE bytes, fed in chunks of any size, into events;
-  :class:`FrameReader` turns those into typed :class:`~orchestratord.client_frames.Frame`
-  values and knows when a stream has reached its terminal frame.
+  :class:`FrameReader` turns those into typed values (a Step's
+  :class:`~orchestratord.client_frames.Frame`, a job's event, a Run's Fact) and knows
+  when a stream has reached its terminal event.
 * :func:`error_of` decodes an error answer into the typed error of its code.
 * :class:`RetryPolicy` says whether, and after how long, a failed attempt is sent again.
 """
@@ -17,7 +18,7 @@ own two clients are over its models: nothing here sends a byte or sleeps.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -26,13 +27,13 @@ import msgspec
 from contracts.errors import ErrorEnvelope, OrchestratorError, error_from_envelope
 from contracts.events import DURABLE_FRAMES, FrameType
 from orchestratord.client_errors import StreamDisconnected
-from orchestratord.client_frames import Frame
 from orchestratord.client_tokens import StepTokens
 
 __all__ = ["Call", "FrameReader", "RetryPolicy", "Sse", "SseDecoder", "StreamCall",
            "error_of", "with_token"]
 
 T = TypeVar("T")
+E = TypeVar("E")
 
 _env_decoder = msgspec.json.Decoder(ErrorEnvelope)
 _EPHEMERAL = frozenset(t.value for t in FrameType if t not in DURABLE_FRAMES)
@@ -72,42 +73,47 @@ class Call(Generic[T]):
 
 
 @dataclass(frozen=True, slots=True)
-class StreamCall:
-    """One SSE request (NERVE-4111).
+class StreamCall(Generic[E]):
+    """One SSE request and the decoder of its events (NERVE-4111).
 
     Attributes:
         method: ``GET``, or ``POST`` for a submission answered with its stream.
         path: the path, already quoted.
-        subject: the id of the Step (or Run) streamed; a disconnect names it.
-        kind: ``"step"`` (the stream ends at ``end``/``error``) or ``"run"`` (it has no
-            terminal frame and ends when the server closes it).
+        subject: the id of the Step, Run or job streamed; a disconnect names it.
+        decode: ``(seq, event, data) -> E``: one event as its typed value, or None to
+            skip it (an event newer than the client). ``seq`` is the event's own ``id:``
+            (None for an ephemeral frame).
+        kind: what ``subject`` names (``step``, ``run``, ``job``), for
+            :class:`StreamDisconnected`.
+        terminals: the event names that end the stream; empty for a stream that ends
+            only when the server closes it.
         body: JSON body of a POST.
-        last_event_id: sent as ``Last-Event-ID``: the stream resumes after that frame.
+        last_event_id: sent as ``Last-Event-ID``: the stream resumes after that event.
         idempotent: as :attr:`Call.idempotent`.
     """
 
     method: str
     path: str
     subject: str
+    decode: Callable[[int | None, str, str], E | None]
     kind: str = "step"
+    terminals: frozenset[str] = STEP_TERMINALS
     body: Any = None
     last_event_id: int | None = None
     idempotent: bool = True
-    headers: Mapping[str, str] = field(default_factory=dict)
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         """The ``httpx.Request`` of this stream: ``Accept: text/event-stream``, no read
         timeout (a stream may wait for a token as long as the engine takes)."""
-        headers = {"accept": "text/event-stream", "cache-control": "no-store",
-                   **self.headers}
+        headers = {"accept": "text/event-stream", "cache-control": "no-store"}
         if self.last_event_id is not None:
             headers["last-event-id"] = str(self.last_event_id)
         return _build(http, self.method, self.path, None, self.body, headers, stream=True)
 
-    def reader(self) -> FrameReader:
+    def reader(self) -> FrameReader[E]:
         """A fresh :class:`FrameReader` for one answer of this stream."""
-        return FrameReader(self.subject, kind=self.kind,
-                           terminals=STEP_TERMINALS if self.kind == "step" else frozenset())
+        return FrameReader(self.subject, self.decode, kind=self.kind,
+                           terminals=self.terminals, last=self.last_event_id)
 
 
 def _build(http: httpx.Client | httpx.AsyncClient, method: str, path: str,
@@ -275,47 +281,53 @@ def _seq(value: str | None) -> int | None:
     return int(value)
 
 
-class FrameReader:
-    """Typed frames of one stream answer, fed its bytes (NERVE-4111).
+class FrameReader(Generic[E]):
+    """Typed events of one stream answer, fed its bytes (NERVE-4111).
 
-    A durable frame's ``id`` is its own ``id:`` line; an ephemeral frame (``metrics``,
-    ``narration``) has ``id`` None. After a terminal frame :attr:`done` is True and
-    later bytes are ignored.
+    An event's ``seq`` is its own ``id:`` line, None for an ephemeral frame
+    (``metrics``, ``narration``). After a terminal event :attr:`done` is True and later
+    bytes are ignored.
 
     Args:
-        subject: the Step (or Run) id the stream belongs to.
-        kind: ``"step"`` or ``"run"``, for :class:`StreamDisconnected`.
-        terminals: the frame types that end the stream (none for a Run-level stream).
+        subject: the Step, Run or job id the stream belongs to.
+        decode: as :attr:`StreamCall.decode`.
+        kind: what ``subject`` names, for :class:`StreamDisconnected`.
+        terminals: the event names that end the stream (none for a Fact stream).
+        last: the ``Last-Event-ID`` the stream was opened with.
 
     Attributes:
-        last: the ``id`` of the last durable frame read (None before the first).
-        done: True once a terminal frame was read.
+        last: the ``id`` of the last durable event read (``last`` before the first).
+        done: True once a terminal event was read.
     """
 
-    def __init__(self, subject: str, *, kind: str = "step",
-                 terminals: frozenset[str] = STEP_TERMINALS) -> None:
+    def __init__(self, subject: str, decode: Callable[[int | None, str, str], E | None], *,
+                 kind: str = "step", terminals: frozenset[str] = STEP_TERMINALS,
+                 last: int | None = None) -> None:
         self.subject = subject
+        self.decode = decode
         self.kind = kind
         self.terminals = terminals
         self.decoder = SseDecoder()
-        self.last: int | None = None
+        self.last = last
         self.done = False
 
-    def feed(self, chunk: bytes) -> list[Frame]:
-        """The frames completed by ``chunk``, up to and including a terminal frame.
+    def feed(self, chunk: bytes) -> list[E]:
+        """The events completed by ``chunk``, up to and including a terminal one.
 
         Raises:
-            msgspec.DecodeError: a frame's data is not JSON.
+            msgspec.DecodeError: an event's data is not JSON.
         """
-        frames: list[Frame] = []
+        out: list[E] = []
         for sse in self.decoder.feed(chunk):
             if self.done:
                 break
             seq = _seq(sse.id) if sse.event not in _EPHEMERAL else None
             self.last = seq if seq is not None else self.last
-            frames.append(Frame.decode(seq, sse.event, sse.data))
+            value = self.decode(seq, sse.event, sse.data)
+            if value is not None:
+                out.append(value)
             self.done = sse.event in self.terminals
-        return frames
+        return out
 
     def broken(self, exc: Exception) -> StreamDisconnected:
         """The error to raise when the connection broke with ``exc`` (NERVE-4072)."""
@@ -324,7 +336,7 @@ class FrameReader:
 
     def ended(self) -> StreamDisconnected | None:
         """The error to raise when the server closed the stream: None after a terminal
-        frame or for a stream that has none (NERVE-4072)."""
+        event or for a stream that has none (NERVE-4072)."""
         if self.done or not self.terminals:
             return None
         return StreamDisconnected(self.subject, self.last, "the server closed the stream",

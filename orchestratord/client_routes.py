@@ -25,6 +25,7 @@ from contracts.runs import Run
 from contracts.steps import CancelAccepted, Step
 from contracts.tickets import StreamTicket
 from orchestratord.client_calls import Call, StreamCall
+from orchestratord.client_frames import Frame
 
 __all__ = [
     "Page", "append_fact", "cancel_run", "cancel_step", "capabilities", "create_checkpoint",
@@ -168,11 +169,12 @@ def submit_step(run_id: str, body: dict[str, Any]) -> Call[Step]:
 
 
 def submit_stream(run_id: str, body: dict[str, Any], *,
-                  last_event_id: int | None = None) -> StreamCall:
+                  last_event_id: int | None = None) -> StreamCall[Frame]:
     """``POST /v1/runs/{id}/steps`` with ``Accept: text/event-stream``: the Step's stream
     in the same answer (STREAM-2010); read its Step id with :func:`submitted`."""
-    return StreamCall("POST", f"/v1/runs/{_q(run_id)}/steps", subject="", body=body,
-                      last_event_id=last_event_id, idempotent="client_token" in body)
+    return StreamCall("POST", f"/v1/runs/{_q(run_id)}/steps", subject="",
+                      decode=Frame.decode, body=body, last_event_id=last_event_id,
+                      idempotent="client_token" in body)
 
 
 def submitted(resp: httpx.Response) -> str | None:
@@ -210,11 +212,11 @@ def stream_ticket(step_id: str) -> Call[StreamTicket]:
                 idempotent=False)
 
 
-def stream(step_id: str, *, last_event_id: int | None = None) -> StreamCall:
+def stream(step_id: str, *, last_event_id: int | None = None) -> StreamCall[Frame]:
     """``GET /v1/steps/{id}/stream``, resuming after ``last_event_id``; a 204 answer
     (read from at or after the terminal frame, STREAM-2012) has no frames."""
     return StreamCall("GET", f"/v1/steps/{_q(step_id)}/stream", subject=step_id,
-                      last_event_id=last_event_id)
+                      decode=Frame.decode, last_event_id=last_event_id)
 
 
 def append_fact(run_id: str, fact: dict[str, Any]) -> Call[Fact]:
@@ -229,11 +231,19 @@ def facts(run_id: str, filters: dict[str, Any]) -> Call[list[Fact]]:
     return Call("GET", f"/v1/runs/{_q(run_id)}/facts", _as(list[Fact]), params=filters)
 
 
-def stream_facts(run_id: str, *, last_event_id: int | None = None) -> StreamCall:
+def stream_facts(run_id: str, *, last_event_id: int | None = None) -> StreamCall[Fact]:
     """``GET /v1/runs/{id}/facts/stream``: a Run's Facts as ``fact`` frames (``id:`` the
     Fact's seq), resuming after ``last_event_id``; it has no terminal frame."""
     return StreamCall("GET", f"/v1/runs/{_q(run_id)}/facts/stream", subject=run_id,
-                      kind="run", last_event_id=last_event_id)
+                      decode=_fact_event, kind="run", terminals=frozenset(),
+                      last_event_id=last_event_id)
+
+
+_fact = msgspec.json.Decoder(Fact)
+
+
+def _fact_event(_seq: int | None, event: str, data: str) -> Fact | None:
+    return _fact.decode(data) if event == "fact" else None
 
 
 def get_fact(fact_id: str) -> Call[Fact]:

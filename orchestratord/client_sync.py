@@ -29,6 +29,7 @@ from contracts.runs import Run
 from contracts.steps import CancelAccepted, Step
 from contracts.tickets import StreamTicket
 from orchestratord import client_routes as routes
+from orchestratord import client_runs as run_routes
 from orchestratord.client_calls import (
     Call,
     FrameReader,
@@ -38,16 +39,18 @@ from orchestratord.client_calls import (
     with_token,
 )
 from orchestratord.client_frames import Frame, StepResult, SyncSubmittedStream
+from orchestratord.client_llm import Llm
 from orchestratord.client_routes import Page
+from orchestratord.client_runs import RunEvent
 from orchestratord.client_tokens import StepTokens
 
 __all__ = ["Client"]
 
 T = TypeVar("T")
-_fact = msgspec.json.Decoder(Fact)
+E = TypeVar("E")
 
 
-def _frames(resp: httpx.Response, reader: FrameReader) -> Iterator[Frame]:
+def _frames(resp: httpx.Response, reader: FrameReader[E]) -> Iterator[E]:
     """The frames of an open stream answer until its terminal frame (NERVE-4111).
 
     Raises:
@@ -122,7 +125,7 @@ class Client:
             time.sleep(delay)
 
     @contextlib.contextmanager
-    def open(self, call: StreamCall) -> Iterator[httpx.Response]:
+    def open(self, call: StreamCall[Any]) -> Iterator[httpx.Response]:
         """An open stream answer with status < 400 (retrying its opening as :meth:`send`
         does; never once a frame has been read).
 
@@ -149,8 +152,8 @@ class Client:
         finally:
             resp.close()
 
-    def frames(self, call: StreamCall) -> Iterator[Frame]:
-        """The typed frames of ``call`` until its terminal frame (NERVE-4111).
+    def frames(self, call: StreamCall[E]) -> Iterator[E]:
+        """The typed events of ``call`` until its terminal event (NERVE-4111).
 
         Raises:
             OrchestratorError: the stream was refused.
@@ -160,6 +163,12 @@ class Client:
             if resp.status_code == 204:
                 return
             yield from _frames(resp, call.reader())
+
+    @property
+    def llm(self) -> Llm:
+        """The client contract's LLM lifecycle: capabilities, enqueue, stream, cancel
+        (NERVE-4089)."""
+        return Llm(self)
 
     # -- routes: one line each (see orchestratord.client_routes) ----------------------
 
@@ -231,6 +240,10 @@ class Client:
         """``POST /v1/runs/{id}/cancel``."""
         return self.send(routes.cancel_run(run_id))
 
+    def close_run(self, run_id: str, status: str) -> Run:
+        """``POST /v1/runs/{id}/close`` (NERVE-4107, NERVE-4103)."""
+        return self.send(run_routes.close_run(run_id, status))
+
     def list_steps(self, run_id: str, *, limit: int = 100,
                          after: str | None = None) -> Page[Step]:
         """``GET /v1/runs/{id}/steps``: ``(steps, next_after)`` (NERVE-4061)."""
@@ -291,15 +304,15 @@ class Client:
         return self.frames(routes.stream(step_id, last_event_id=last_event_id))
 
     def stream_facts(self, run_id: str, *,
-                           last_event_id: int | None = None) -> Iterator[Fact]:
-        """A Run's Facts as they are appended, until the server ends the stream.
+                     last_event_id: int | None = None) -> Iterator[Fact]:
+        """A Run's Facts as they are appended, until the server ends the stream; a broken
+        connection is ``StreamDisconnected`` of ``kind`` ``"run"``."""
+        return self.frames(routes.stream_facts(run_id, last_event_id=last_event_id))
 
-        Raises:
-            StreamDisconnected: the connection broke (``kind`` ``"run"``).
-        """
-        for frame in self.frames(routes.stream_facts(run_id,
-                                                           last_event_id=last_event_id)):
-            yield _fact.decode(frame.raw)
+    def stream_run(self, run_id: str, *,
+                   last_event_id: int | None = None) -> Iterator[RunEvent]:
+        """The Run's stream until ``run_end`` (NERVE-4107, NERVE-4100)."""
+        return self.frames(run_routes.stream_run(run_id, last_event_id=last_event_id))
 
     @contextlib.contextmanager
     def submit_stream(self, run_id: str, body: dict[str, Any], *,

@@ -43,6 +43,7 @@ from contracts.events import (
 from contracts.facts import Fact
 from contracts.openai import OaiErrorBody
 from orchestrator_core.breaker import Transition
+from orchestratord.run_routes import RUN_STREAM_EVENT, run_stream_schemas
 
 __all__ = ["PUBLIC_ROUTES", "ROUTE_ERRORS", "SECURITY", "SECURITY_COMPONENTS",
            "complete_document"]
@@ -74,7 +75,9 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "POST /v1/flows/{flow_id}/runs": {
         **_BODY, 404: (E.NOT_FOUND,), 409: (E.DETERMINISM_INPUTS_DIFFER, E.CONFLICT)},
     "GET /v1/runs/{run_id}": {404: (E.NOT_FOUND,)},
-    "POST /v1/runs/{run_id}/cancel": {404: (E.NOT_FOUND,)},
+    "POST /v1/runs/{run_id}/cancel": {404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},
+    "POST /v1/runs/{run_id}/close": {**_BODY, 404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},
+    "GET /v1/runs/{run_id}/stream": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
     "POST /v1/runs/{run_id}/steps": {
         **_BODY,
         400: (E.INVALID_PARAMS, E.INVALID_TOOL_ARGS, E.INVALID_MODEL, E.CONTEXT_BUDGET),
@@ -109,6 +112,16 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "GET /metrics": {},
     **{f"POST {_FACADE}/{name}": _FACADE_CALL for name in ("chat/completions", "completions")},
     f"GET {_FACADE}/models": {404: (E.NOT_FOUND,)},
+    "GET /v1/llm/capabilities": {},
+    "POST /v1/llm/jobs": {
+        **_BODY, 400: (E.INVALID_PARAMS, E.INVALID_MODEL, E.CONTEXT_BUDGET),
+        402: (E.BUDGET_EXCEEDED,), 403: (E.POLICY_DENIED,), 404: (E.NOT_FOUND,),
+        409: (E.CONFLICT, E.NONDETERMINISM, E.DETERMINISM_INPUTS_DIFFER),
+        429: (E.ADMISSION_REJECT, E.QUEUE_FULL), 502: (E.ENGINE_ERROR,),
+        503: (E.POOL_UNREADY, E.POOL_UNAVAILABLE, E.CIRCUIT_OPEN)},
+    "GET /v1/llm/jobs/{job_id}": {404: (E.NOT_FOUND,)},
+    "GET /v1/llm/jobs/{step_id}/events": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
+    "POST /v1/llm/jobs/{job_id}/cancel": {404: (E.NOT_FOUND,)},
 }
 """Per operation (``METHOD path``), each error status it can answer and the codes behind
 it, besides the 401 of every non-public route and the 403 of every route (NERVE-4033)."""
@@ -117,13 +130,17 @@ PUBLIC_ROUTES = frozenset({"GET /health", "GET /ready"})
 """Operations the bearer guard lets through without a token (``opt={"public": True}``)."""
 
 _CREATED_OR_EXISTING = frozenset({"POST /v1/flows", "POST /v1/runs/{run_id}/steps",
-                                  "POST /v1/runs/{run_id}/checkpoint"})
+                                  "POST /v1/runs/{run_id}/checkpoint", "POST /v1/llm/jobs"})
 """Idempotent creations: 201 when new, 200 with the same body when it already existed."""
 
 _STEP_STREAM = "GET /v1/steps/{step_id}/stream"
 """The Step stream, which answers 204 to a re-read after its terminal frame (STREAM-2012)."""
 _STREAMS = {_STEP_STREAM: "SseFrame",
-            "GET /v1/runs/{run_id}/facts/stream": "FactFrame"}
+            "GET /v1/runs/{run_id}/facts/stream": "FactFrame",
+            "GET /v1/runs/{run_id}/stream": RUN_STREAM_EVENT}
+
+_JOB_EVENTS = "GET /v1/llm/jobs/{step_id}/events"
+"""A job's stream (NERVE-4085): its route documents its events; ``Last-Event-ID`` here."""
 
 _STEP_CANCEL = "POST /v1/steps/{step_id}/cancel"
 """The Step cancel: 202 ``{status: "cancelling"}`` while live, 200 the finished Step."""
@@ -207,6 +224,7 @@ def _frame_schemas() -> dict[str, dict[str, Any]]:
         "description": "`end`: an LLM Step's provenance and output, or another Step "
                        "type's recorded result and provenance.",
         "anyOf": [{"$ref": ref(name="EndData")}, {"$ref": ref(name="EffectEndData")}]}
+    defs.update(run_stream_schemas(_REF))
     members = {}
     for event, (data, durable) in _FRAMES.items():
         name = "".join(part.title() for part in event.split("_")) + "Frame"
@@ -340,6 +358,11 @@ def _complete(key: str, op: Operation) -> None:
                            "nothing is left to send, and the status makes a browser's "
                            "`EventSource` stop reconnecting (STREAM-2012).",
             "headers": {"X-Correlation-Id": _CORRELATION_OUT}})
+    if key == "GET /v1/runs/{run_id}/stream":
+        responses["204"] = _RawResponse({
+            "description": "`Last-Event-ID` is at or after the `run_end` event: nothing is "
+                           "left to send, so a browser's `EventSource` stops (NERVE-4101).",
+            "headers": {"X-Correlation-Id": _CORRELATION_OUT}})
     if key == _STEP_CANCEL:
         responses["202"] = _RawResponse(_CANCELLING)
         responses["200"] = _RawResponse({
@@ -361,7 +384,7 @@ def _complete(key: str, op: Operation) -> None:
     params: list[Any] = [p for p in op.parameters or []
                          if getattr(p, "name", None) not in ("X-Correlation-Id", "Last-Event-ID")]
     params.append(_RawParameter(_CORRELATION_IN))
-    if key in _STREAMS:
+    if key in _STREAMS or key == _JOB_EVENTS:
         params.append(_RawParameter(_LAST_EVENT_ID))
     elif key == _SUBMIT:
         params.append(_RawParameter(_SUBMIT_LAST_EVENT_ID))

@@ -3,8 +3,10 @@ POLICY-3003).
 
 Everything that can refuse a Step is checked before anything is stored, in this order:
 the Run (in the caller's tenant), the ``client_token`` (a repeated token with the same
-input returns its Step; with another input it is ``CONFLICT``), the Run's status, the
-server's cap on active Steps, the Run's policy (the type's own values), then, by mode:
+input returns its Step, unless that Step was interrupted by a crash: then the submission
+is a new attempt of it, NERVE-4105; with another input it is ``CONFLICT``), the Run's
+status, the server's cap on active Steps, the Run's policy (the type's own values), then,
+by mode:
 
 * a forked ``record`` Run serves the parent's Step the token names, if the parent had
   finished it at the checkpoint (NERVE-4005);
@@ -119,7 +121,12 @@ class Admitter:
         input_hash = _typed_hash(step_type, input_json)
         existing = store.get_step_by_token(run_id, body.client_token)
         if existing is not None:
-            return self._repeated(existing, body, step_type, input_value, input_hash), False
+            repeated = self._repeated(existing, body, step_type, input_value, input_hash)
+            if existing.status != StepStatus.INTERRUPTED.value:
+                return repeated, False
+            # an interrupted Step is retried as a new attempt (NERVE-4105)
+        attempt, retry_of = ((0, None) if existing is None else
+                             (existing.attempt + 1, existing.retry_of or existing.step_id))
         self._check_active(run_row)
         redacted = _redacted_input(run_row, input_value)
         stored_input = (input_json if redacted is input_value
@@ -131,7 +138,7 @@ class Admitter:
         # a Step id grows with time, so its row and frames go where the last ones went
         adm = Admission(step_id=new_ordered_id("stp", self.ctx.clock.now()), run=run,
                         body=body, mode=mode, step_type=step_type, input_value=input_value,
-                        input_hash=input_hash)
+                        input_hash=input_hash, attempt=attempt, retry_of=retry_of)
         if mode is RunMode.RECORD:
             inherited = self.ctx.checkpoints.inherited_step(run, body.client_token)
             if inherited is not None:  # a fork serves the parent's history
@@ -176,10 +183,10 @@ class Admitter:
 
     @staticmethod
     def _check_active(run_row: RunRow) -> None:
-        """The Run accepts Steps (it is not cancelled)."""
+        """The Run accepts Steps (it is not closed, NERVE-4103)."""
         if run_row.status != RunStatus.ACTIVE.value:
             raise Conflict(f"run {run_row.run_id} is {run_row.status}; it accepts "
-                           "no steps", data={"run_id": run_row.run_id,
+                           "no steps", data={"field": "run_id", "run_id": run_row.run_id,
                                              "status": run_row.status})
 
     def _check_room(self) -> None:
@@ -221,6 +228,7 @@ class Admitter:
             status=StepStatus.QUEUED.value, seed=seed,
             created_at=iso_utc(self.ctx.clock.now()), last_seq=-1,
             replay_of_step=adm.recorded.step_id if adm.recorded else None,
+            attempt=adm.attempt, retry_of=adm.retry_of,
             # what the Step consumes is added when it ends, or by recovery (NERVE-4040)
             provenance=_enc.encode(provenance).decode() if provenance else None,
         ))
@@ -286,7 +294,7 @@ class Admitter:
             tokens_in=rec.tokens_in, tokens_out=rec.tokens_out, cost_usd=rec.cost_usd,
             wall_ms=rec.wall_ms, provenance=rec.provenance, error=rec.error,
             last_seq=rec.last_seq, replay_of_step=rec.step_id, frames_of=frames_of,
-            frames_hash=digest)
+            frames_hash=digest, attempt=adm.attempt, retry_of=adm.retry_of)
         if rec.frames_hash is not None:  # _sealed checked the frames against it
             created = ctx.store.insert_step(row)
         else:  # the first reference keeps the hash, in the insert's transaction

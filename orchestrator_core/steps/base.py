@@ -119,6 +119,9 @@ class Admission:
         input_hash: ``b3`` of ``{type, input}`` (NERVE-4003).
         recorded: in ``strict_replay`` of a type that ``reruns``, the recorded Step row
             (it succeeded); else None.
+        attempt: 0, or the attempt number of a retry of an interrupted Step
+            (NERVE-4105).
+        retry_of: the first attempt's step_id on a retry, else None.
     """
 
     step_id: str
@@ -129,6 +132,8 @@ class Admission:
     input_value: Any
     input_hash: str
     recorded: StepRow | None = None
+    attempt: int = 0
+    retry_of: str | None = None
 
 
 @dataclass(frozen=True)

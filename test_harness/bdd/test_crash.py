@@ -113,13 +113,24 @@ def consumed(ctx: dict[str, Any]) -> None:
             "finish_reason" in prov) == ("mock", step["seed"], "crash-prices", False)
 
 
-@then("re-submitting the same client_token returns that same terminal step")
+@then("re-submitting the same client_token retries the interrupted step as attempt 1, "
+      "answered as itself from then on")
 def resubmit(ctx: dict[str, Any]) -> None:
-    """Idempotency survives the crash."""
-    resp = ctx["http"].post(f"/v1/runs/{ctx['run_id']}/steps", json=ctx["body"])
-    assert resp.status_code == 200
-    assert (resp.json()["step_id"], resp.json()["status"]) == (
-        ctx["step"]["step_id"], "interrupted")
+    """[NERVE-4105] The interrupted Step is retried as a new attempt linked to the first;
+    the token then names the retry, and idempotency holds for it (it is cancelled and
+    read to its end so the store is quiet for the integrity check)."""
+    http, first = ctx["http"], ctx["step"]["step_id"]
+    retry = http.post(f"/v1/runs/{ctx['run_id']}/steps", json=ctx["body"])
+    assert retry.status_code == 201, retry.text
+    step = retry.json()
+    assert (step["step_id"] != first, step["attempt"], step["retry_of"],
+            step["client_token"]) == (True, 1, first, ctx["body"]["client_token"])
+    again = http.post(f"/v1/runs/{ctx['run_id']}/steps", json=ctx["body"])
+    assert (again.status_code, again.json()["step_id"]) == (200, step["step_id"])
+    http.post(f"/v1/steps/{step['step_id']}/cancel")
+    with http.stream("GET", f"/v1/steps/{step['step_id']}/stream") as s:
+        assert parse_sse(b"".join(s.iter_bytes()))[-1]["event"] == "error"
+    assert http.get(f"/v1/steps/{first}").json()["status"] == "interrupted"
 
 
 @then("the run's usage is its one interrupted step's usage")

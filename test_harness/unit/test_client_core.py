@@ -11,6 +11,7 @@ from contracts.events import NarrationData, TokenData
 from orchestratord import client_routes as routes
 from orchestratord.client_calls import FrameReader, RetryPolicy, Sse, SseDecoder, error_of
 from orchestratord.client_errors import StreamDisconnected
+from orchestratord.client_frames import Frame
 
 _STREAM = (b"id: 0\nevent: started\ndata: {\"type\":\"llm_call\",\"queue_position\":0,"
            b"\"predicted_start_ms\":0}\n\n: keep-alive\n\n"
@@ -55,7 +56,7 @@ class TestFrameReader:
     def test_frames_are_typed_and_stop_at_the_terminal_frame(self) -> None:
         """Payloads decode to their Structs, the ephemeral narration has no id, and the
         token after ``end`` is not read."""
-        reader = FrameReader("stp_1")
+        reader = FrameReader("stp_1", Frame.decode)
         frames = reader.feed(_STREAM)
         assert [(f.id, f.event) for f in frames] == [
             (0, "started"), (None, "narration"), (1, "token"), (2, "end")]
@@ -65,8 +66,8 @@ class TestFrameReader:
     def test_a_stream_without_its_terminal_frame_is_disconnected(self) -> None:
         """Closed after frame 1, a Step's stream is ``ERR_STREAM_DISCONNECTED`` naming
         that id; a Run-level stream has no terminal frame and just ends."""
-        step, run = FrameReader("stp_1"), FrameReader("run_1", kind="run",
-                                                      terminals=frozenset())
+        step = FrameReader("stp_1", Frame.decode)
+        run = FrameReader("run_1", Frame.decode, kind="run", terminals=frozenset())
         step.feed(_STREAM[:_STREAM.index(b"id: 2")])
         run.feed(_STREAM[:_STREAM.index(b"id: 2")])
         cut = step.ended()

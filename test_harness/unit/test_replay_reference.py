@@ -188,7 +188,7 @@ class TestReplayStreamBytes:
                 "placement": None, "status": "succeeded", "seed": 11,
                 "usage": {"tokens_in": 4, "tokens_out": 2, "wall_ms": 9, "cost_usd": 0.0},
                 "last_seq": 5, "provenance": PROVENANCE, "error": None,
-                "replay_of_step": "stp_rec_ok"},
+                "replay_of_step": "stp_rec_ok", "attempt": 0, "retry_of": None},
             "c-cut": {
                 "type": "llm_call", "client_token": "c-cut",
                 "input": {"model": "mock:echo-1", "params": PARAMS,
@@ -201,7 +201,7 @@ class TestReplayStreamBytes:
                 | {"tokens_out": 1},
                 "error": {"code": "CANCELLED", "message": "step cancelled",
                           "retriable": False},
-                "replay_of_step": "stp_rec_cut"},
+                "replay_of_step": "stp_rec_cut", "attempt": 0, "retry_of": None},
         }
         run = client.get(f"/v1/runs/{rep}").json()
         assert {"usage": run["usage"], "steps": run["steps"]} == {

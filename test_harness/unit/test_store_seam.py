@@ -54,12 +54,13 @@ class TestMigrations:
 
     def test_the_table_lists_every_version_once_in_order(self) -> None:
         """[NERVE-4041] Entry i of the table takes a database to version i + 1."""
-        assert [m.version for m in MIGRATIONS] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-        assert SCHEMA_VERSION == 12
+        assert [m.version for m in MIGRATIONS] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                                 13, 14]
+        assert SCHEMA_VERSION == 14
 
     def test_one_version_at_a_time_gives_the_schema_of_a_new_store(
             self, tmp_path: pathlib.Path) -> None:
-        """[NERVE-4041] A database opened at each version in turn, 1 to 12, ends with
+        """[NERVE-4041] A database opened at each version in turn, 1 to 14, ends with
         exactly the tables and indexes of a store created at once."""
         for version in range(1, SCHEMA_VERSION + 1):
             SqliteStore(tmp_path / "steps.db", migrate_to=version).close()
@@ -75,25 +76,25 @@ class TestMigrations:
             conn.execute("CREATE TABLE half (x)")
             raise sqlite3.OperationalError("disk on fire")
 
-        broken = (*MIGRATIONS[:-1], Migration(12, "fails", half_then_fail))
+        broken = (*MIGRATIONS[:-1], Migration(14, "fails", half_then_fail))
         with monkeypatch.context() as m:
             m.setattr(migrations, "MIGRATIONS", broken)
             with pytest.raises(sqlite3.OperationalError, match="disk on fire"):
                 SqliteStore(tmp_path / "o.db")
-        assert _version(tmp_path / "o.db") == 11
+        assert _version(tmp_path / "o.db") == 13
         assert "half" not in dict(_schema(tmp_path / "o.db"))
         SqliteStore(tmp_path / "o.db").close()
-        assert _version(tmp_path / "o.db") == 12
+        assert _version(tmp_path / "o.db") == 14
 
     def test_a_version_outside_the_table_is_refused(self, tmp_path: pathlib.Path) -> None:
         """[NERVE-4041] Migrating to a version the table does not have is a ValueError,
         before any change; each call applies only the versions due, in order."""
         con = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
-        with pytest.raises(ValueError, match=r"^schema version 13 is not in 0\.\.12$"):
-            migrate(con, 13)
+        with pytest.raises(ValueError, match=r"^schema version 15 is not in 0\.\.14$"):
+            migrate(con, 15)
         applied = [migrate(con, 2), migrate(con, 2), migrate(con), migrate(con, 5)]
         con.close()
-        assert applied == [[1, 2], [], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], []]
+        assert applied == [[1, 2], [], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14], []]
 
 
 class TestTypedRows:
@@ -172,12 +173,13 @@ class TestStoreProtocol:
         assert {n: s for n, s in signatures.items() if s[0] != s[1]} == {}
 
     def test_only_the_store_and_its_migrations_touch_sqlite(self) -> None:
-        """[PLACE-5008] No module of the core but the store (with its list queries), its
+        """[PLACE-5008] No module of the core but the store (with its list and job queries), its
         migrations, its WAL checkpointer and the composition root imports sqlite3,
         sqlite_utils or the SQLite store module."""
         assert violations("orchestrator_core",
                           ("sqlite3", "sqlite_utils", "orchestrator_core.store"),
                           exempt=("orchestrator_core.store", "orchestrator_core.store_lists",
+                                  "orchestrator_core.store_jobs",
                                   "orchestrator_core.migrations",
                                   "orchestrator_core.migrations_early",
                                   "orchestrator_core.migrations_late",
