@@ -166,6 +166,42 @@ class TestSyncClient:
         assert (isinstance(after, Step), isinstance(after, CancelAccepted)) == (True, False)
 
 
+class TestSyncLifecycles:
+    """The ``llm`` namespace and the Run lifecycle on the blocking client [NERVE-4110]."""
+
+    def test_discover_enqueue_stream_and_cancel_a_job(self, live: Handler) -> None:
+        """``llm.capabilities`` names the mock model; a job enqueued with a JSON-schema
+        contract streams a ``log``, tokens and ``done``; cancelling it once finished
+        answers the finished job."""
+        contract = {"type": "object", "properties": {"summary": {"type": "string"}},
+                    "required": ["summary"]}
+        with Client("http://o", transport=httpx.MockTransport(live)) as oc:
+            caps = oc.llm.capabilities()
+            job = oc.llm.enqueue(caps.models[0].id, "Summarize.", response_contract=contract,
+                                 metadata={"request_id": "req-42"})
+            events = list(oc.llm.stream(job.id))
+            after = list(oc.llm.stream(job.id, last_event_id=10_000))
+            info = oc.llm.cancel(job.id)
+            got = oc.llm.get(job.id)
+        kinds = [type(e).__name__ for e in events]
+        assert (caps.models[0].id, job.model, kinds[0], kinds[-1], set(kinds[1:-1])) == (
+            "mock:echo-1", "mock:echo-1", "LogEvent", "DoneEvent", {"TokenEvent"})
+        assert (after, info, got.metadata) == ([], got, {"request_id": "req-42"})
+
+    def test_close_a_run_and_read_its_stream(self, live: Handler) -> None:
+        """``close_run`` closes the Run ``completed``; ``stream_run`` reads its Step's
+        frames then ``run_end``, each with its run position."""
+        with Client("http://o", transport=httpx.MockTransport(live)) as oc:
+            run = oc.create_run(oc.create_flow({"r": 7}).flow_id)
+            done = oc.run_step(run.run_id, _body("close me"))
+            closed = oc.close_run(run.run_id, "completed")
+            events = list(oc.stream_run(run.run_id))
+        assert (closed.status, [(e.position, e.event) for e in events]) == (
+            "completed", [(0, "started"), (1, "token"), (2, "token"), (3, "token"),
+                          (4, "end"), (5, "run_end")])
+        assert len(done.frames) == 5
+
+
 class TestBothClientsAgree:
     """The same interpreter code gets the same answers from either client [NERVE-4110]."""
 
