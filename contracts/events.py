@@ -139,6 +139,20 @@ class Provenance(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     ``engine_build`` is the engine build fingerprint (library version, build flags, CPU
     features, server settings).
+
+    What the engine was shown (NERVE-4090, NERVE-4091), on LLM Steps only, appended
+    last so a block without them keeps its bytes:
+
+    * ``rendered_hash``: ``b3:`` + hex blake3 of the UTF-8 bytes of the exact text sent to
+      the engine, present whenever that text is not the Step's ``input.prompt`` byte for
+      byte (``messages`` through the chat template, a plan's menu, a redaction); the
+      text is kept under this hash and read with ``GET /v1/steps/{id}/prompt``. Absent,
+      the engine saw ``input.prompt`` exactly.
+    * ``template``: what rendered ``messages`` (``gguf``: the model file's own chat
+      template; ``server:<dialect>``: the engine server's; ``mock``); absent otherwise.
+    * ``fallback``: an ``llm_plan`` decoded under a looser constraint than its strict
+      intents schema, which the caller allowed (NERVE-4094): ``envelope`` (the envelope
+      only, arguments unconstrained) or ``unconstrained`` (no constraint at all).
     """
 
     seed: int | None = None
@@ -160,6 +174,9 @@ class Provenance(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     executor: str | None = None
     input_hash: str | None = None
     wall_ms: int | None = None
+    rendered_hash: str | None = None
+    template: str | None = None
+    fallback: str | None = None
 
 
 class EndData(msgspec.Struct, frozen=True):

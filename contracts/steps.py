@@ -26,6 +26,7 @@ __all__ = [
     "LlmCallSubmit",
     "LlmPlanInput",
     "LlmPlanSubmit",
+    "RenderedPrompt",
     "SamplingParams",
     "Step",
     "StepStatus",
@@ -140,11 +141,18 @@ class LlmPlanInput(_LlmInput, frozen=True, forbid_unknown_fields=True, omit_defa
     intents, constrained to that shape where the engine supports it; each intent becomes
     one ``tool_suggest`` frame, marked valid only when its arguments validate against
     the tool's JSON Schema.
+
+    ``fallback`` (NERVE-4094): when the engine cannot constrain decoding to the strict
+    intents schema (a tool schema its grammar cannot express, or no constrained decoding
+    at all), ``"refuse"`` (the default) refuses the Step with ``INVALID_PARAMS``;
+    ``"allow"`` runs it under the looser constraint, named in the terminal frame's
+    ``provenance.fallback``.
     """
 
     tools: Annotated[list[Name], msgspec.Meta(min_length=1, max_length=64)] | None = None
     max_intents: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
     menu: Literal["system", "none"] = "system"
+    fallback: Literal["refuse", "allow"] = "refuse"
 
 
 class LlmPlanSubmit(msgspec.Struct, tag="llm_plan", tag_field="type",
@@ -270,6 +278,27 @@ class Step(msgspec.Struct):
     replay_of_step: str | None = None
     attempt: int = 0
     retry_of: str | None = None
+
+
+class RenderedPrompt(msgspec.Struct, frozen=True):
+    """``GET /v1/steps/{step_id}/prompt``: the exact text an LLM Step's engine was sent
+    (NERVE-4092).
+
+    Attributes:
+        step_id: the Step.
+        rendered: the text, exactly as sent: ``input.prompt`` itself, or what the chat
+            template made of ``input.messages`` (with any system turn it adds), with the
+            plan's menu and the policy's redactions.
+        hash: ``b3:`` + hex blake3 of ``rendered``'s UTF-8 bytes; the terminal frame's
+            ``provenance.rendered_hash`` when that is present.
+        template: what rendered ``messages`` (``gguf``, ``server:<dialect>``, ``mock``);
+            None for a ``prompt``.
+    """
+
+    step_id: str
+    rendered: str
+    hash: str
+    template: str | None = None
 
 
 class CancelAccepted(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

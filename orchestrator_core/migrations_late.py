@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["v9", "v10", "v11", "v12", "v13", "v14"]
+__all__ = ["v9", "v10", "v11", "v12", "v13", "v14", "v15", "v16"]
 
 
 _V9_TRIGGERS = (
@@ -260,3 +260,45 @@ def v14(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS idx_steps_run_id_client_token")
     conn.execute("CREATE UNIQUE INDEX steps_run_token_attempt"
                  " ON steps(run_id, client_token, attempt)")
+
+
+def v15(conn: sqlite3.Connection) -> None:
+    """Rendered prompts: the exact text an engine was sent, content-addressed (NERVE-4091).
+
+    ``prompt_texts`` holds each distinct text once, under ``b3:`` + hex blake3 of its
+    UTF-8 bytes (the ``rendered_hash`` of the provenance of the Steps that sent it). A
+    table a store already has is left as it is, so the migration survives renumbering.
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS prompt_texts ("
+                 " hash TEXT PRIMARY KEY,"
+                 " text TEXT NOT NULL) WITHOUT ROWID")
+
+
+def v16(conn: sqlite3.Connection) -> None:
+    """Indexes for the tenant-wide list of Runs, ``GET /v1/runs`` (REC-7051).
+
+    Like v12's per-Flow lists, one index range read in creation order: ``runs_tenant_*``
+    page a tenant's Runs by rowid, one index per combination of the ``mode`` and
+    ``status`` filters. ``run_tenant_labels`` holds one row per label of a Run keyed by
+    its tenant, ``(tenant, key, value, run_rowid)``, kept by an insert trigger on
+    ``runs`` (a Run's labels and tenant never change) and filled here for the Runs that
+    exist, so a ``label`` filter reads only the tenant's matching Runs.
+    """
+    conn.execute("CREATE INDEX runs_tenant_order ON runs(tenant)")
+    conn.execute("CREATE INDEX runs_tenant_mode ON runs(tenant, mode)")
+    conn.execute("CREATE INDEX runs_tenant_status ON runs(tenant, status)")
+    conn.execute("CREATE INDEX runs_tenant_mode_status ON runs(tenant, mode, status)")
+    conn.execute(
+        "CREATE TABLE run_tenant_labels ("
+        " tenant TEXT NOT NULL,"
+        " key TEXT NOT NULL,"
+        " value TEXT NOT NULL,"
+        " run_rowid INTEGER NOT NULL,"
+        " PRIMARY KEY (tenant, key, value, run_rowid)) WITHOUT ROWID")
+    labels_of = ("SELECT {r}.tenant, j.key, j.value, {r}.rowid"
+                 " FROM json_each({r}.body, '$.labels') AS j WHERE j.type = 'text'")
+    conn.execute("INSERT INTO run_tenant_labels (tenant, key, value, run_rowid) "
+                 + labels_of.format(r="runs").replace(" FROM ", " FROM runs, ", 1))
+    conn.execute("CREATE TRIGGER runs_tenant_labels_insert AFTER INSERT ON runs BEGIN"
+                 " INSERT OR IGNORE INTO run_tenant_labels (tenant, key, value, run_rowid) "
+                 + labels_of.format(r="NEW") + "; END")

@@ -4,7 +4,8 @@
   the recording's type and input hash; a mismatch is ``NONDETERMINISM`` (NERVE-4023).
 * Before ``strict_replay`` starts, the determinism inputs are compared with the recorded
   provenance; any difference is ``DETERMINISM_INPUTS_DIFFER`` listing every differing
-  field (NERVE-4022).
+  field (NERVE-4022), the text the engine is shown (``rendered_hash``, so a changed chat
+  template) among them (NERVE-4093).
 * During ``strict_replay`` every token is compared with the recording: the token's exact
   bytes, its id and its index. The first difference is ``REPLAY_DIVERGED`` naming the
   index (NERVE-4021, STREAM-2006).
@@ -43,8 +44,12 @@ __all__ = [
 
 DETERMINISM_FIELDS = (
     "prompt_hash", "params_hash", "seed", "engine", "engine_version", "engine_build",
-    "model_hash", "replica_id", "policy_hash",
+    "model_hash", "replica_id", "policy_hash", "rendered_hash",
 )
+
+_RECORDED_SINCE = frozenset({"rendered_hash"})
+"""Inputs a recording may predate: compared only when the recording has them
+(``rendered_hash``, NERVE-4093)."""
 
 _token_decoder = msgspec.json.Decoder(TokenData)
 
@@ -196,7 +201,7 @@ def check_determinism_inputs(recorded: Provenance, current: Mapping[str, Any], *
     for name in DETERMINISM_FIELDS:
         rec = getattr(recorded, name)
         cur = current.get(name)
-        if rec == cur:
+        if rec == cur or (rec is None and name in _RECORDED_SINCE):
             continue
         diff[name] = {"recorded": rec, "current": cur}
         detail = (details or {}).get(name)

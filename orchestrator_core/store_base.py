@@ -110,6 +110,17 @@ class Store(Protocol):
         """The settings JSON recorded for a build fingerprint, or None."""
         ...
 
+    # -- rendered prompts (NERVE-4091) ---------------------------------------------------
+
+    def record_prompt_text(self, text_hash: str, text: str) -> None:
+        """Keep the exact text an engine was sent under ``text_hash`` (``b3:<hex>`` of
+        its UTF-8 bytes); first writer wins. Durable on return."""
+        ...
+
+    def prompt_text(self, text_hash: str) -> str | None:
+        """The text kept under ``text_hash``, or None."""
+        ...
+
     # -- steps (NERVE-4003, NERVE-4008, NERVE-4040) --------------------------------------
 
     def insert_step(self, row: StepRow) -> bool:
@@ -275,6 +286,19 @@ class Store(Protocol):
         ``(key, value)`` pair of the Run's labels), oldest first, after position
         ``after`` (0: from the first; else a :meth:`run_position`); one index range
         read."""
+        ...
+
+    def tenant_run_position(self, tenant: str, run_id: str) -> int | None:
+        """An opaque number that increases with creation order, for a Run of this
+        tenant; None when the tenant has no such Run (REC-7051)."""
+        ...
+
+    def list_tenant_runs(self, tenant: str, *, mode: str | None = None,
+                         status: str | None = None, label: tuple[str, str] | None = None,
+                         after: int = 0, limit: int = 100) -> list[RunRow]:
+        """A page of the tenant's Runs of every Flow equal to every filter given, oldest
+        first, after position ``after`` (0: from the first; else a
+        :meth:`tenant_run_position`); one index range read (REC-7051)."""
         ...
 
     def list_steps_page(self, run_id: str, after: int = -1, limit: int = 100) -> list[StepRow]:

@@ -13,12 +13,14 @@ import sqlite3
 from typing import Any
 
 from orchestrator_core.rows import FactRow, FlowRow, RunRow, StepRow
+from orchestrator_core.store_run_lists import TenantRunQueries
 
 __all__ = ["ListQueries"]
 
 
-class ListQueries:
-    """The ``Store`` list methods over the store's connection and column lists."""
+class ListQueries(TenantRunQueries):
+    """The ``Store`` list methods over the store's connection and column lists (the
+    tenant-wide Run list's from :class:`TenantRunQueries`)."""
 
     _conn: sqlite3.Connection
     _flows: str

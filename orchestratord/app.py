@@ -44,6 +44,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.service import SERVER_VERSION, Orchestrator
 from orchestratord.auth import require_token, tenant_of
+from orchestratord.browse_routes import BROWSE_ROUTES
 from orchestratord.cors import CorsMiddleware
 from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
@@ -52,6 +53,7 @@ from orchestratord.llm_routes import LLM_ROUTES
 from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
+from orchestratord.prompt_routes import PROMPT_ROUTES
 from orchestratord.run_routes import RUN_ROUTES
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
 from orchestratord.tickets import MAX_TICKET_CHARS, TICKET_TTL_MS, StreamTickets
@@ -412,7 +414,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             append_fact, list_run_facts, stream_run_facts, list_flow_facts,
             create_checkpoint, list_checkpoints,
             capabilities, health, ready, metrics, docs_assets_router(), openai_router(),
-            *NAV_ROUTES, *LLM_ROUTES, *RUN_ROUTES,
+            *NAV_ROUTES, *LLM_ROUTES, *RUN_ROUTES, *PROMPT_ROUTES, *BROWSE_ROUTES,
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),
                       "tenant": Provide(tenant_of, sync_to_thread=False)},

@@ -1,4 +1,10 @@
-"""``orchestratord`` command line: ``serve`` and ``openapi``.
+"""``orchestratord`` command line: ``serve`` and ``openapi``, and the commands of the
+modules in :data:`COMMAND_MODULES` (``runs ...``, ``flows ...``, ``pools``).
+
+A command module has ``register(sub, groups)``: ``sub`` is the top-level subparsers,
+``groups`` the shared command groups by name (``"runs"``: the subparsers of
+``orchestratord runs``), so several modules add commands to one group. Each command's
+parser sets ``handler`` (``args -> exit code``) with ``set_defaults``.
 
 The demo is a client of the server and lives outside this package: ``bash tools/demo.sh``
 (``python -m tools.demo``).
@@ -8,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -17,7 +24,12 @@ import msgspec
 from orchestrator_core.config import ServerConfig, load_config, mock_config
 from worker_adapters.base import Drivers
 
-__all__ = ["main", "serve"]
+__all__ = ["COMMAND_MODULES", "main", "serve"]
+
+COMMAND_MODULES = (
+    "orchestratord.cli_browse",
+)
+"""The modules that add commands, one a line (see the module docstring)."""
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
@@ -82,7 +94,15 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("openapi", help="print the OpenAPI document")
 
+    runs = sub.add_parser("runs", help="browse, follow and move Runs (over HTTP)")
+    groups = {"runs": runs.add_subparsers(dest="runs_cmd", required=True)}
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, groups)
+
     args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.cmd == "serve":

@@ -22,17 +22,45 @@ from contracts.facts import Fact
 from contracts.flows import Flow, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run
-from contracts.steps import CancelAccepted, Step
+from contracts.steps import CancelAccepted, RenderedPrompt, Step
 from contracts.tickets import StreamTicket
 from orchestratord.client_calls import Call, StreamCall
 from orchestratord.client_frames import Frame
 
 __all__ = [
-    "Page", "append_fact", "cancel_run", "cancel_step", "capabilities", "create_checkpoint",
-    "create_flow", "create_run", "facts", "get_checkpoint", "get_fact", "get_flow",
-    "get_flow_by_hash", "get_pool", "get_run", "get_step", "health", "list_checkpoints",
-    "list_flow_facts", "list_flows", "list_runs", "list_steps", "metrics", "pools", "ready",
-    "stream", "stream_facts", "stream_ticket", "submit_step", "submit_stream", "submitted",
+    "Page",
+    "append_fact",
+    "cancel_run",
+    "cancel_step",
+    "capabilities",
+    "create_checkpoint",
+    "create_flow",
+    "create_run",
+    "facts",
+    "get_checkpoint",
+    "get_fact",
+    "get_flow",
+    "get_flow_by_hash",
+    "get_pool",
+    "get_prompt",
+    "get_run",
+    "get_step",
+    "health",
+    "list_checkpoints",
+    "list_flow_facts",
+    "list_flows",
+    "list_runs",
+    "list_steps",
+    "metrics",
+    "page_of",
+    "pools",
+    "ready",
+    "stream",
+    "stream_facts",
+    "stream_ticket",
+    "submit_step",
+    "submit_stream",
+    "submitted",
 ]
 
 T = TypeVar("T")
@@ -49,7 +77,8 @@ def _as(kind: type[T]) -> Callable[[httpx.Response], T]:
     return lambda resp: decoder.decode(resp.content)
 
 
-def _page(kind: type[T]) -> Callable[[httpx.Response], Page[T]]:
+def page_of(kind: type[T]) -> Callable[[httpx.Response], Page[T]]:
+    """The parser of one page of a list of ``kind`` and its ``Link: rel="next"`` cursor."""
     decoder = msgspec.json.Decoder(list[kind])  # type: ignore[valid-type]
 
     def parse(resp: httpx.Response) -> Page[T]:
@@ -116,7 +145,7 @@ def get_flow_by_hash(flow_hash: str) -> Call[Flow]:
 def list_flows(*, limit: int = 100, after: str | None = None) -> Call[Page[Flow]]:
     """``GET /v1/flows``: one page of the caller's Flows, oldest first (NERVE-4061);
     ``InvalidParams`` for ``limit`` outside 1..1000 or an unknown ``after``."""
-    return Call("GET", "/v1/flows", _page(Flow), params={"limit": limit, "after": after})
+    return Call("GET", "/v1/flows", page_of(Flow), params={"limit": limit, "after": after})
 
 
 def list_runs(flow_id: str, *, mode: str | None = None, status: str | None = None,
@@ -124,7 +153,7 @@ def list_runs(flow_id: str, *, mode: str | None = None, status: str | None = Non
               after: str | None = None) -> Call[Page[Run]]:
     """``GET /v1/flows/{id}/runs``: one page of a Flow's Runs, oldest first, filtered by
     ``mode``, ``status`` and ``label`` (``key:value``) (NERVE-4061)."""
-    return Call("GET", f"/v1/flows/{_q(flow_id)}/runs", _page(Run), params={
+    return Call("GET", f"/v1/flows/{_q(flow_id)}/runs", page_of(Run), params={
         "mode": mode, "status": status, "label": label, "limit": limit, "after": after})
 
 
@@ -132,7 +161,7 @@ def list_flow_facts(flow_id: str, *, type: str | None = None, limit: int = 1000,
                     after: str | None = None) -> Call[Page[Fact]]:
     """``GET /v1/flows/{id}/facts``: one page of the Facts of every Run of a Flow, in
     append order (NERVE-4075)."""
-    return Call("GET", f"/v1/flows/{_q(flow_id)}/facts", _page(Fact),
+    return Call("GET", f"/v1/flows/{_q(flow_id)}/facts", page_of(Fact),
                 params={"type": type, "limit": limit, "after": after})
 
 
@@ -156,7 +185,7 @@ def cancel_run(run_id: str) -> Call[Run]:
 def list_steps(run_id: str, *, limit: int = 100, after: str | None = None) -> Call[Page[Step]]:
     """``GET /v1/runs/{id}/steps``: one page of a Run's Steps in submission order
     (NERVE-4061)."""
-    return Call("GET", f"/v1/runs/{_q(run_id)}/steps", _page(Step),
+    return Call("GET", f"/v1/runs/{_q(run_id)}/steps", page_of(Step),
                 params={"limit": limit, "after": after})
 
 
@@ -184,6 +213,12 @@ def submitted(resp: httpx.Response) -> str | None:
     if resp.headers.get("content-type", "").startswith("application/json"):
         return None
     return resp.headers["x-step-id"]
+
+
+def get_prompt(step_id: str) -> Call[RenderedPrompt]:
+    """``GET /v1/steps/{id}/prompt``: the exact text an LLM Step's engine was sent, with
+    its hash (NERVE-4092); ``NotFound`` for another type or an unrecorded text."""
+    return Call("GET", f"/v1/steps/{_q(step_id)}/prompt", _as(RenderedPrompt))
 
 
 def get_step(step_id: str) -> Call[Step]:
@@ -260,7 +295,7 @@ def create_checkpoint(run_id: str, body: dict[str, Any]) -> Call[Checkpoint]:
 def list_checkpoints(run_id: str, *, limit: int = 100,
                      after: str | None = None) -> Call[Page[Checkpoint]]:
     """``GET /v1/runs/{id}/checkpoints``: one page of a Run's checkpoints, oldest first."""
-    return Call("GET", f"/v1/runs/{_q(run_id)}/checkpoints", _page(Checkpoint),
+    return Call("GET", f"/v1/runs/{_q(run_id)}/checkpoints", page_of(Checkpoint),
                 params={"limit": limit, "after": after})
 
 

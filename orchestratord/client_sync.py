@@ -26,8 +26,9 @@ from contracts.facts import Fact
 from contracts.flows import Flow, FlowCreated
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Run
-from contracts.steps import CancelAccepted, Step
+from contracts.steps import CancelAccepted, RenderedPrompt, Step
 from contracts.tickets import StreamTicket
+from orchestratord import client_browse
 from orchestratord import client_routes as routes
 from orchestratord import client_runs as run_routes
 from orchestratord.client_calls import (
@@ -222,6 +223,13 @@ class Client:
         return self.send(routes.list_runs(flow_id, mode=mode, status=status,
                                                 label=label, limit=limit, after=after))
 
+    def list_all_runs(self, *, mode: str | None = None, status: str | None = None,
+                      label: str | None = None, limit: int = 100,
+                      after: str | None = None) -> Page[Run]:
+        """``GET /v1/runs``: ``(runs, next_after)`` across Flows (REC-7051)."""
+        return self.send(client_browse.list_all_runs(mode=mode, status=status, label=label,
+                                                     limit=limit, after=after))
+
     def list_flow_facts(self, flow_id: str, *, type: str | None = None,
                         limit: int = 1000, after: str | None = None) -> Page[Fact]:
         """``GET /v1/flows/{id}/facts``: ``(facts, next_after)`` (NERVE-4075)."""
@@ -257,6 +265,10 @@ class Client:
     def get_step(self, step_id: str) -> Step:
         """``GET /v1/steps/{id}``."""
         return self.send(routes.get_step(step_id))
+
+    def get_prompt(self, step_id: str) -> RenderedPrompt:
+        """``GET /v1/steps/{id}/prompt`` (NERVE-4092)."""
+        return self.send(routes.get_prompt(step_id))
 
     def cancel_step(self, step_id: str) -> Step | CancelAccepted:
         """``POST /v1/steps/{id}/cancel`` (NERVE-4070)."""

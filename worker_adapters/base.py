@@ -84,10 +84,16 @@ class EngineIdentity(msgspec.Struct, frozen=True):
 
 
 class PreparedPrompt(msgspec.Struct, frozen=True):
-    """The exact text sent to the engine and its length in the model's own tokens."""
+    """The exact text sent to the engine and its length in the model's own tokens.
+
+    ``template`` names what rendered chat ``messages`` into ``text`` (``gguf``: the model
+    file's own chat template; ``server:<dialect>``: the engine server's; ``mock``), and
+    is None for a ``prompt``, which is ``text`` itself, byte for byte (NERVE-4090).
+    """
 
     text: str
     tokens_in: int
+    template: str | None = None
 
 
 class CompletionRequest(msgspec.Struct, frozen=True):

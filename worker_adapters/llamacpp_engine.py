@@ -79,9 +79,12 @@ class LlamaCppEngine(EngineAdapter):
 
     def prepare(self, *, prompt: str | None, messages: Sequence[dict[str, str]] | None) -> \
             PreparedPrompt:
-        """Render with the chat template (or take ``prompt`` raw) and count its tokens."""
-        text = prompt if prompt is not None else self.tokenizer.render(messages or [])
-        return PreparedPrompt(text=text, tokens_in=self.tokenizer.count(text))
+        """Render with the GGUF's chat template (or take ``prompt`` raw, byte for byte) and
+        count its tokens (NERVE-4090)."""
+        if prompt is not None:
+            return PreparedPrompt(text=prompt, tokens_in=self.tokenizer.count(prompt))
+        text = self.tokenizer.render(messages or [])
+        return PreparedPrompt(text=text, tokens_in=self.tokenizer.count(text), template="gguf")
 
     def check_seed(self, seed: int) -> None:
         """llama.cpp keeps a seed's low 32 bits, and all ones there (``0xFFFFFFFF``) asks

@@ -188,7 +188,7 @@ def _next_tokens(i: int, pieces: list[str] | None, rng: random.Random,
 class MockEngine(EngineAdapter):
     """An in-process engine driven by a handler (see :func:`default_handler`)."""
 
-    constrained_decoding = "mock"
+    constrained_decoding: str | None = "mock"
 
     def __init__(self, handler: MockHandler | None = None,
                  identity: EngineIdentity | None = None) -> None:
@@ -199,10 +199,12 @@ class MockEngine(EngineAdapter):
 
     def prepare(self, *, prompt: str | None, messages: Sequence[dict[str, str]] | None) -> \
             PreparedPrompt:
-        """Render messages as ``role: content`` lines; one token per whitespace word."""
-        text = prompt if prompt is not None else "".join(
-            f"{m['role']}: {m['content']}\n" for m in (messages or []))
-        return PreparedPrompt(text=text, tokens_in=len(text.split()) + 1)
+        """Render messages as ``role: content`` lines (template ``mock``), or take
+        ``prompt`` raw; one token per whitespace word."""
+        if prompt is not None:
+            return PreparedPrompt(text=prompt, tokens_in=len(prompt.split()) + 1)
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in (messages or []))
+        return PreparedPrompt(text=text, tokens_in=len(text.split()) + 1, template="mock")
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
         """Yield the handler's items, counting requests and generated tokens."""

@@ -287,8 +287,10 @@ class OpenAIHttpEngine(EngineAdapter):
                 "this pool renders and counts prompts through its engine server: "
                 "admission must await aprepare, not call prepare",
                 data={"url": self.base_url, "dialect": self.dialect})
-        text = prompt if prompt is not None else self.tokenizer.render(messages or [])
-        return PreparedPrompt(text=text, tokens_in=self.tokenizer.count(text))
+        if prompt is not None:  # sent raw, byte for byte (NERVE-4090)
+            return PreparedPrompt(text=prompt, tokens_in=self.tokenizer.count(prompt))
+        text = self.tokenizer.render(messages or [])
+        return PreparedPrompt(text=text, tokens_in=self.tokenizer.count(text), template="gguf")
 
     async def aprepare(self, *, prompt: str | None,
                        messages: Sequence[dict[str, str]] | None) -> PreparedPrompt:
@@ -303,8 +305,11 @@ class OpenAIHttpEngine(EngineAdapter):
         """
         if self.remote is None:
             return self.prepare(prompt=prompt, messages=messages)
-        text = prompt if prompt is not None else await self.remote.render(messages or [])
-        return PreparedPrompt(text=text, tokens_in=await self.remote.count(text))
+        if prompt is not None:  # sent raw, byte for byte (NERVE-4090)
+            return PreparedPrompt(text=prompt, tokens_in=await self.remote.count(prompt))
+        text = await self.remote.render(messages or [])
+        return PreparedPrompt(text=text, tokens_in=await self.remote.count(text),
+                              template=f"server:{self.dialect}")
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
         """POST a streaming completion; yield its tokens as Deltas, then Finish.

@@ -55,6 +55,7 @@ from orchestrator_core.planning import (
 )
 from orchestrator_core.policy import check_allowed, redact
 from orchestrator_core.pools import Replica
+from orchestrator_core.prompts import rendered_of
 from orchestrator_core.replay import (
     TokenVerifier,
     check_determinism_inputs,
@@ -63,7 +64,7 @@ from orchestrator_core.replay import (
     same_build,
 )
 from orchestrator_core.steps.base import Admission, Done, Plan, ReplayRule, StepContext, StepRun
-from worker_adapters.base import CompletionRequest, Delta, Finish
+from worker_adapters.base import CompletionRequest, Delta, EngineAdapter, Finish
 from worker_adapters.token_bytes import TokenText
 
 __all__ = ["KINDS", "Llm"]
@@ -162,16 +163,12 @@ class Llm:
                 messages = [{"role": "system", "content": menu}, *messages]
             else:
                 prompt = f"{menu}\n\n{prompt}"
+        params = {k: v for k, v in msgspec.to_builtins(prm).items() if k != "seed"}
+        fallback: str | None = None
         if json_schema is not None:
-            try:
-                engine.check_constraint(json_schema)
-            except InvalidParams:
-                if not isinstance(shape, PlanShape):
-                    raise
-                # A tool schema the grammar cannot express: constrain the envelope only;
-                # every suggestion's arguments are still validated (NERVE-4011).
-                json_schema = intents_schema(shape.tools, shape.max_intents, strict=False)
-                engine.check_constraint(json_schema)
+            json_schema, fallback = _constrain(
+                engine, shape, json_schema, body, params=params,
+                recorded_params_hash=rec_prov.params_hash if rec_prov is not None else None)
         prepared = await engine.aprepare(prompt=prompt, messages=messages)
         # From here until the runner starts the Step nothing awaits: the queue check, the
         # budget reservation and the insert are one step of the event loop (POLICY-3000).
@@ -182,9 +179,10 @@ class Llm:
                 f"exceeds the context of {model_cfg.context_tokens} tokens",
                 data={"tokens_in": prepared.tokens_in, "max_tokens": prm.max_tokens,
                       "context_tokens": model_cfg.context_tokens})
+        rendered_hash, template = rendered_of(prepared, inp.prompt,
+                                              limit_bytes=ctx.config.max_recorded_value_bytes)
         hashed_prompt = {"messages": messages} if messages is not None else {"prompt": prompt}
         prompt_hash = b3(hashed_prompt)
-        params = {k: v for k, v in msgspec.to_builtins(prm).items() if k != "seed"}
         if json_schema is not None:  # constrained decoding is a determinism input
             params["json_schema"] = json_schema
         params_hash = b3(params)
@@ -205,6 +203,7 @@ class Llm:
                                            settings=ident.settings),
                 "model_hash": ident.model_hash,
                 "replica_id": replica.replica_id, "policy_hash": run.policy_hash,
+                "rendered_hash": rendered_hash,
             }, details={
                 "params_hash": {"key": "params", "current": params,
                                 "recorded": recorded_params(
@@ -238,14 +237,69 @@ class Llm:
                        repeat_penalty=prm.repeat_penalty,
                        max_tokens=min(prm.max_tokens, res.tokens_out), stop=tuple(prm.stop),
                        json_schema=json_schema))
+        if rendered_hash is not None:  # what the engine is shown is kept (NERVE-4091)
+            ctx.store.record_prompt_text(rendered_hash, prepared.text)
         prov = Provenance(
             seed=seed, prompt_hash=prompt_hash, params_hash=params_hash, engine=ident.name,
             engine_version=ident.version, engine_build=ident.build_fingerprint,
             model_hash=ident.model_hash, pool_id=pool.pool_id, replica_id=replica.replica_id,
             tokens_in=prepared.tokens_in, tokens_out=0, cost_usd=0.0,
-            policy_hash=run.policy_hash, price_table_version=ctx.config.prices.version)
+            policy_hash=run.policy_hash, price_table_version=ctx.config.prices.version,
+            rendered_hash=rendered_hash, template=template, fallback=fallback)
         return Plan(execute=job.run, provenance=prov, llm=True,
                     model=inp.model, seed=seed, reservation=res)
+
+
+def _constrain(engine: EngineAdapter, shape: OutputShape, schema: dict[str, Any],
+               body: LlmCallSubmit | LlmPlanSubmit, *, params: dict[str, Any],
+               recorded_params_hash: str | None) -> tuple[dict[str, Any], str | None]:
+    """The schema decoding is constrained to, and the plan's fallback if any (NERVE-4094).
+
+    A response contract the engine cannot express is refused. A plan whose strict intents
+    schema the engine cannot constrain to (a tool schema its grammar cannot express, or
+    no constrained decoding at all) is refused unless its input says ``fallback:
+    "allow"``, or it strict-replays a recording made under that fallback (its
+    ``params_hash`` is that of ``params`` with the looser schema: a recording made before
+    the fallback was refused); then it runs under the envelope only (``envelope``; every
+    suggestion's arguments are still validated, NERVE-4011) or unconstrained
+    (``unconstrained``).
+
+    Raises:
+        InvalidParams: the schema cannot be constrained to and no fallback is allowed;
+            ``data.field`` is ``input.tools`` or ``input.model``, ``data.fallback`` the
+            fallback refused.
+    """
+    if not isinstance(shape, PlanShape) or not isinstance(body, LlmPlanSubmit):
+        engine.check_constraint(schema)
+        return schema, None
+    def allowed(under: dict[str, Any]) -> bool:
+        if body.input.fallback == "allow":
+            return True
+        if recorded_params_hash is None:
+            return False
+        hashed = {**params, "json_schema": under}
+        return b3_as_recorded(hashed, b3(hashed), recorded_params_hash) == recorded_params_hash
+
+    if engine.constrained_decoding is None:
+        if not allowed(schema):
+            raise InvalidParams(
+                "the engine of this model cannot constrain decoding to the intents schema; "
+                'set input.fallback to "allow" to run the plan unconstrained',
+                data={"field": "input.model", "fallback": "unconstrained"})
+        return schema, "unconstrained"
+    loose = intents_schema(shape.tools, shape.max_intents, strict=False)
+    try:
+        engine.check_constraint(schema)
+        return schema, None
+    except InvalidParams as exc:
+        if not allowed(loose):
+            raise InvalidParams(
+                "the engine cannot constrain decoding to the schema of a menu tool; "
+                'set input.fallback to "allow" to constrain the intents envelope only',
+                data={"field": "input.tools", "fallback": "envelope",
+                      "reason": exc.message}) from exc
+    engine.check_constraint(loose)
+    return loose, "envelope"
 
 
 class _Job:

@@ -57,7 +57,8 @@ class TestSyncClient:
 
     def test_a_flow_a_run_and_a_step_with_its_typed_frames(self, live: Handler) -> None:
         """``run_step`` answers the finished Step and its frames decoded into the
-        ``contracts/`` Structs; ``stream`` re-reads them, resuming after an id."""
+        ``contracts/`` Structs; ``stream`` re-reads them, resuming after an id; the
+        Step's prompt and the tenant-wide Run list read back."""
         with Client("http://o", transport=httpx.MockTransport(live)) as oc:
             flow = oc.create_flow({"sync": 1})
             run = oc.create_run(flow.flow_id, seed=5)
@@ -66,6 +67,8 @@ class TestSyncClient:
             rest = list(oc.stream(done.step.step_id, last_event_id=2))
             got_flow, got_run = oc.get_flow(flow.flow_id), oc.get_run(run.run_id)
             by_hash = oc.get_flow_by_hash(flow.hash)
+            prompt = oc.get_prompt(done.step.step_id)
+            everywhere, _ = oc.list_all_runs()
         assert ([type(f.data).__name__ for f in done.frames],
                 [f.id for f in done.frames]) == (
             ["StartedData", "TokenData", "TokenData", "TokenData", "EndData"], [0, 1, 2, 3, 4])
@@ -75,6 +78,8 @@ class TestSyncClient:
             "succeeded", "policy reads is", {"text": "policy reads is"}, done.frames, [3, 4])
         assert (got_flow.flow_id, got_run.run_id, by_hash.flow_id) == (
             flow.flow_id, run.run_id, flow.flow_id)
+        assert (prompt.rendered, prompt.template, [r.run_id for r in everywhere]) == (
+            "hello", None, [run.run_id])
 
     def test_submit_stream_names_the_step_and_a_repeat_is_not_created(
             self, live: Handler) -> None:

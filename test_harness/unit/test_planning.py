@@ -191,9 +191,10 @@ class _GbnfMock(MockEngine):
 
 def test_a_plan_whose_tool_schema_has_no_grammar_falls_back_to_the_loose_envelope(
         tmp_path: pathlib.Path) -> None:
-    """[NERVE-4010] A tool schema the grammar cannot express (an unanchored pattern) does
-    not refuse the plan: decoding is constrained to the loose envelope, and the step's
-    suggestions are still validated against the tool's schema."""
+    """[NERVE-4010] [NERVE-4094] A tool schema the grammar cannot express (an unanchored
+    pattern), with ``fallback: "allow"``: decoding is constrained to the loose envelope,
+    the step's suggestions are still validated against the tool's schema, and the end
+    frame's provenance says ``fallback: "envelope"``."""
     engines: list[_GbnfMock] = []
 
     def factory(pc: PoolConfig, index: int) -> EngineAdapter:
@@ -208,9 +209,11 @@ def test_a_plan_whose_tool_schema_has_no_grammar_falls_back_to_the_loose_envelop
         run = client.post(f"/v1/flows/{flow['flow_id']}/runs", json={}).json()
         _step, raw = run_to_end(client, run["run_id"], {
             "type": "llm_plan", "client_token": "p", "input": {
-                "model": MOCK_MODEL, "prompt": "find words", "params": {"max_tokens": 200}}})
+                "model": MOCK_MODEL, "prompt": "find words", "params": {"max_tokens": 200},
+                "fallback": "allow"}})
     frames = [f for f in parse_sse(raw) if f["id"] is not None]
     assert frames[-1]["event"] == "end"
+    assert msgspec.json.decode(frames[-1]["data"])["provenance"]["fallback"] == "envelope"
     sent = engines[0].last_request
     assert sent is not None and sent.json_schema == intents_schema(
         [msgspec.convert(tool, ToolSchema)], 4, strict=False)
