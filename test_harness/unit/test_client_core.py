@@ -3,13 +3,28 @@ the retry policy [NERVE-4110] [NERVE-4111] [NERVE-4112]."""
 
 from __future__ import annotations
 
+import inspect
+import json
+import pathlib
+import re
+from urllib.parse import unquote
+
 import httpx
 import pytest
 
 from contracts.errors import InvalidParams, QueueFull
 from contracts.events import NarrationData, TokenData
+from orchestratord import client_browse, client_llm, client_runs
 from orchestratord import client_routes as routes
-from orchestratord.client_calls import FrameReader, RetryPolicy, Sse, SseDecoder, error_of
+from orchestratord.client_calls import (
+    Call,
+    FrameReader,
+    RetryPolicy,
+    Sse,
+    SseDecoder,
+    StreamCall,
+    error_of,
+)
 from orchestratord.client_errors import StreamDisconnected
 from orchestratord.client_frames import Frame
 
@@ -123,3 +138,37 @@ class TestCalls:
         assert (err.code, err.message, err.retriable) == (
             "INTERNAL", "HTTP 502: <html>bad gateway</html>", False)
         http.close()
+
+
+def _built_routes() -> set[tuple[str, str]]:
+    """(method, path template) of every Call and StreamCall the builders make, each path
+    parameter written ``{}``."""
+    found: set[tuple[str, str]] = set()
+    for module in (routes, client_llm, client_runs, client_browse):
+        for name in module.__all__:
+            fn = getattr(module, name)
+            if not inspect.isfunction(fn) or name in ("submitted", "page_of"):
+                continue
+            args = [{} if p.name in ("body", "fields", "fact", "filters", "ast_ir")
+                    else f"{{{p.name}}}"
+                    for p in inspect.signature(fn).parameters.values()
+                    if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
+            call = fn(*args)
+            assert isinstance(call, Call | StreamCall), name
+            found.add((call.method, re.sub(r"\{[a-z_]+\}", "{}", unquote(call.path))))
+    return found
+
+
+class TestEveryRoute:
+    """The clients cover every route of the native API [NERVE-4110]."""
+
+    def test_every_operation_of_the_openapi_document_has_a_call(self) -> None:
+        """Each operation of ``contracts/openapi.json`` but the OpenAI facade's (the
+        official SDK is its client) is built by one Call builder, and no builder names
+        an operation the document lacks."""
+        doc = json.loads((pathlib.Path(__file__).resolve().parents[2] / "contracts"
+                          / "openapi.json").read_text())
+        documented = {(method.upper(), re.sub(r"\{[a-z_]+\}", "{}", path))
+                      for path, ops in doc["paths"].items() for method in ops
+                      if method in ("get", "post") and "/openai/v1/" not in path}
+        assert _built_routes() == documented
