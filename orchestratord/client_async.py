@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -80,17 +80,21 @@ class AsyncClient:
         max_retries: attempts after the first for a retriable failure of an idempotent
             call; 0, the default, never retries (NERVE-4112).
         timeout_s: the former name of ``timeout``; it wins when given.
+        sleep: waits between retries (s); the caller's own clock, e.g. a fake in tests
+            (the client runs in the caller's process, so its default is real time).
     """
 
     def __init__(self, base_url: str, *, token: str | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  timeout: float | httpx.Timeout | None = 30.0, max_retries: int = 0,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = anyio.sleep) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(base_url=base_url, transport=transport,
                                        headers=headers,
                                        timeout=timeout if timeout_s is None else timeout_s)
         self._retry = RetryPolicy(max_retries=max_retries)
+        self._sleep = sleep
         self._tokens = StepTokens()
 
     async def __aenter__(self) -> AsyncClient:
@@ -122,7 +126,7 @@ class AsyncClient:
                 if delay is None:
                     raise
             attempt += 1
-            await anyio.sleep(delay)
+            await self._sleep(delay)
 
     @contextlib.asynccontextmanager
     async def open(self, call: StreamCall[Any]) -> AsyncIterator[httpx.Response]:
@@ -146,7 +150,7 @@ class AsyncClient:
                 if delay is None:
                     raise
             attempt += 1
-            await anyio.sleep(delay)
+            await self._sleep(delay)
         try:
             yield resp
         finally:

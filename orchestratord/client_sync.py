@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -81,17 +81,21 @@ class Client:
         max_retries: attempts after the first for a retriable failure of an idempotent
             call; 0, the default, never retries (NERVE-4112).
         timeout_s: the former name of ``timeout``; it wins when given.
+        sleep: waits between retries (s); the caller's own clock, e.g. a fake in tests
+            (the client runs in the caller's process, so its default is real time).
     """
 
     def __init__(self, base_url: str, *, token: str | None = None,
                  transport: httpx.BaseTransport | None = None,
                  timeout: float | httpx.Timeout | None = 30.0, max_retries: int = 0,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url, transport=transport,
                                        headers=headers,
                                        timeout=timeout if timeout_s is None else timeout_s)
         self._retry = RetryPolicy(max_retries=max_retries)
+        self._sleep = sleep
         self._tokens = StepTokens()
 
     def __enter__(self) -> Client:
@@ -123,7 +127,7 @@ class Client:
                 if delay is None:
                     raise
             attempt += 1
-            time.sleep(delay)
+            self._sleep(delay)
 
     @contextlib.contextmanager
     def open(self, call: StreamCall[Any]) -> Iterator[httpx.Response]:
@@ -147,7 +151,7 @@ class Client:
                 if delay is None:
                     raise
             attempt += 1
-            time.sleep(delay)
+            self._sleep(delay)
         try:
             yield resp
         finally:

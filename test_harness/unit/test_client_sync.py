@@ -258,10 +258,16 @@ class TestRetries:
 
     @pytest.mark.anyio
     async def test_configured_retries_resend_only_what_is_safe(self) -> None:
-        """With ``max_retries=2`` a GET is sent again after ``QUEUE_FULL`` and
-        succeeds; a Run creation (a non-idempotent POST without a client_token) is not."""
+        """With ``max_retries=2`` a GET is sent again after ``QUEUE_FULL``, once the
+        server's ``retry_after_ms`` has passed on the injected clock, and succeeds; a Run
+        creation (a non-idempotent POST without a client_token) is not."""
         sent: list[str] = []
-        async with AsyncClient("http://o", max_retries=2,
+        waits: list[float] = []
+
+        async def nap(seconds: float) -> None:
+            waits.append(seconds)
+
+        async with AsyncClient("http://o", max_retries=2, sleep=nap,
                                transport=httpx.MockTransport(self._flaky(sent, 1))) as oc:
             health = await oc.health()
         posted: list[str] = []
@@ -269,8 +275,8 @@ class TestRetries:
                     transport=httpx.MockTransport(self._flaky(posted, 1))) as sc, \
                 pytest.raises(QueueFull):
             sc.create_run("flw_1")
-        assert (health["status"], sent, posted) == (
-            "ok", ["GET /health ", "GET /health "], ["POST /v1/flows/flw_1/runs {}"])
+        assert (health["status"], sent, waits, posted) == (
+            "ok", ["GET /health ", "GET /health "], [0.001], ["POST /v1/flows/flw_1/runs {}"])
 
     def test_a_retried_submission_carries_the_same_derived_token(self) -> None:
         """A submission without a client_token is retried with the token derived once,
@@ -285,9 +291,11 @@ class TestRetries:
             return httpx.Response(201, content=_HEAD, headers={
                 "content-type": "text/event-stream", "x-step-id": "stp_1"})
 
-        with Client("http://o", max_retries=3, transport=httpx.MockTransport(serve)) as oc, \
+        waits: list[float] = []
+        with Client("http://o", max_retries=3, sleep=waits.append,
+                    transport=httpx.MockTransport(serve)) as oc, \
                 pytest.raises(ERR_STREAM_DISCONNECTED) as cut, \
                 oc.submit_stream("run_1", {"type": "llm_call"}) as sub:
             list(sub.frames())
         assert (len(sent), sent[0] == sent[1], b'"client_token":"cli:' in sent[0],
-                cut.value.last_event_id) == (2, True, True, 0)
+                cut.value.last_event_id, waits) == (2, True, True, 0, [0.001])
