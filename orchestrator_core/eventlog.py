@@ -53,6 +53,7 @@ from contracts.events import (
     TerminalPayload,
     sse_frame,
 )
+from orchestrator_core.canonical import b3_bytes
 from orchestrator_core.clock import Clock, window_time
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.rows import EventRead, EventRow, StepUpdate
@@ -67,8 +68,8 @@ _TYPE_NAME: dict[type, str] = {cls: ftype.value for cls, ftype in FRAME_TYPE_OF.
 _TERMINAL_NAMES = frozenset(t.value for t in TERMINAL_FRAMES)
 
 class _Live:
-    __slots__ = ("done", "evict_at", "frames", "next_seq", "pending", "run_id", "subs",
-                 "unframed")
+    __slots__ = ("digest", "done", "evict_at", "frames", "next_seq", "pending", "run_id",
+                 "subs", "unframed")
 
     def __init__(self, run_id: str, next_seq: int) -> None:
         self.run_id = run_id
@@ -79,6 +80,8 @@ class _Live:
         self.done = False
         self.evict_at = 0.0
         self.subs: set[Subscription] = set()
+        # (frames hashed, b3 of their SSE bytes): the finished log's content hash
+        self.digest: tuple[int, str] | None = None
 
     def framed(self) -> list[bytes]:
         """Every committed frame, SSE-framed (frames the rows committed since last time)."""
@@ -373,23 +376,37 @@ class EventLog:
 
     # -- served by reference (NERVE-4025) ----------------------------------------------
 
-    def finished_frames(self, step_id: str) -> list[bytes] | None:
-        """The whole log of a finished Step, SSE-framed, or None when it does not end with
-        a terminal frame.
+    def sealed_frames(self, step_id: str) -> tuple[list[bytes], str] | None:
+        """The whole log of a finished Step, SSE-framed, and its content hash: ``b3`` of
+        the frames' SSE bytes joined (NERVE-4025, STREAM-2013).
 
         While the Step is in the read-through cache its list is returned itself (not a
         copy: a finished Step's list never changes again); otherwise its rows are read
         from the store and framed.
+
+        The hash is computed once per cached log: a finished Step's cached list never
+        changes, so its bytes are hashed the first time they are asked for and the
+        result is kept with them (with the count of frames it covers) until the cache
+        evicts them. A log read from the store (not cached) is hashed on every call.
+
+        Returns:
+            ``(frames, "b3:<hex>")``, or None when the log does not end with a terminal
+            frame.
         """
         live = self._live.get(step_id)
         if live is not None and live.done:
-            return live.framed()
+            frames = live.framed()
+            if live.digest is None or live.digest[0] != len(frames):
+                live.digest = (len(frames), b3_bytes(b"".join(frames)))
+            return frames, live.digest[1]
         rows = self.store.read_events(step_id, -1)
         if not rows or rows[-1][1] not in _TERMINAL_NAMES:
             return None
-        return [sse_frame(seq, ftype, data) for seq, ftype, data in rows]
+        frames = [sse_frame(seq, ftype, data) for seq, ftype, data in rows]
+        return frames, b3_bytes(b"".join(frames))
 
-    def open_served(self, step_id: str, run_id: str, frames: list[bytes]) -> None:
+    def open_served(self, step_id: str, run_id: str, frames: list[bytes],
+                    digest: str | None = None) -> None:
         """Cache the frames of a Step stored already finished, served by reference to a
         recording (NERVE-4025): its readers get ``frames`` (shared, not copied) without a
         query until the linger passes, as the readers of a Step that just finished do;
@@ -398,10 +415,12 @@ class EventLog:
         Args:
             step_id: the Step served by reference (stored, finished).
             run_id: its Run.
-            frames: the recording's whole log, SSE-framed (:meth:`finished_frames`).
+            frames: the recording's whole log, SSE-framed (:meth:`sealed_frames`).
+            digest: their content hash (:meth:`sealed_frames`), kept with them.
         """
         live = _Live(run_id, len(frames))
         live.frames = frames
+        live.digest = None if digest is None else (len(frames), digest)
         live.done = True
         live.evict_at = self.clock.monotonic() + self.linger_s
         self._live[step_id] = live

@@ -75,6 +75,8 @@ class _RunBudgets(msgspec.Struct):
 
 _budgets_of = msgspec.json.Decoder(_RunBudgets)
 _NO_BUDGETS = Budgets()
+_UNCAPPED_KEPT = 4096
+"""Run ids remembered as having no budget caps (a Run's budgets never change)."""
 
 
 class Orchestrator:
@@ -114,6 +116,7 @@ class Orchestrator:
         self.admitter = Admitter(self.steps, self.kinds, self.tasks)
         self.runs = RunLife(store, self.log, self.tasks, clock)  # NERVE-4100..NERVE-4104
         self._departures: dict[str, object] = {}  # step id -> its last reader's departure
+        self._uncapped: dict[str, None] = {}  # Runs with no budgets, oldest first
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -348,10 +351,19 @@ class Orchestrator:
         Returns:
             ``{"tokens_in": tokens, "tokens_out": tokens, "cost_usd": USD, "wall_ms": ms}``
             with only the capped budgets present, each at least 0; ``{}`` for no Run.
-            The HTTP layer turns these into ``X-Budget-*-Remaining`` headers.
+            The HTTP layer turns these into ``X-Budget-*-Remaining`` headers. A Run
+            without budgets is remembered (the last 4,096), so its later answers read
+            nothing (STREAM-2015).
         """
+        if run_id in self._uncapped:
+            return {}  # known to have no cap (a Run's budgets are fixed at its creation)
         row = self.store.get_run(run_id)
-        if row is None or _budgets_of.decode(row.body).budgets == _NO_BUDGETS:
+        if row is None:
+            return {}
+        if _budgets_of.decode(row.body).budgets == _NO_BUDGETS:
+            if len(self._uncapped) >= _UNCAPPED_KEPT:
+                del self._uncapped[next(iter(self._uncapped))]
+            self._uncapped[run_id] = None
             return {}  # no cap, nothing to report: the Run's usage is not read
         left = self.budgets.remaining(self.get_run(run_id, None))
         out = {k: max(0.0, float(left[k])) for k in ("tokens_in", "tokens_out", "cost_usd")

@@ -56,6 +56,7 @@ from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_d
 from orchestratord.prompt_routes import PROMPT_ROUTES
 from orchestratord.run_routes import RUN_ROUTES
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
+from orchestratord.telemetry import observability_plugins
 from orchestratord.tickets import MAX_TICKET_CHARS, TICKET_TTL_MS, StreamTickets
 from worker_adapters.base import Drivers, ToolsFactory
 from worker_adapters.registry import default_drivers
@@ -427,6 +428,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
                                      allowed_hosts=config.allowed_hosts,
                                      allowed_origins=config.allowed_origins)],
         request_class=JsonRequest,
+        plugins=observability_plugins(),
         state=State({"max_json_depth": config.max_json_depth,
                      "stream_tickets": StreamTickets()}),
         request_max_body_size=config.max_body_bytes,

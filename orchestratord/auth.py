@@ -13,11 +13,12 @@ import ipaddress
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 
 from contracts.errors import Unauthorized
 from orchestrator_core.config import ServerConfig
-from orchestrator_core.service import DEFAULT_TENANT
+from orchestrator_core.service import DEFAULT_TENANT, Orchestrator
 from orchestratord.tickets import StreamTickets
 
 __all__ = ["check_bind", "require_token", "tenant_of"]
@@ -84,6 +85,21 @@ async def require_token(connection: ASGIConnection[Any, Any, Any, Any],
     connection.state.tenant = tenant
 
 
-def tenant_of(request: ASGIConnection[Any, Any, Any, Any]) -> str:
-    """Dependency: the tenant the guard resolved."""
+def tenant_of(request: ASGIConnection[Any, Any, Any, Any],
+              orch: NamedDependency[Orchestrator]) -> str:
+    """Dependency: the tenant the guard resolved.
+
+    It takes ``orch`` (and does not use it) so that Litestar resolves it after ``orch``,
+    inline: two dependencies of the same depth are resolved concurrently, in an anyio
+    task group whose two tasks cost a pass of the event loop and about 30 µs of CPU per
+    request (STREAM-2015).
+
+    Args:
+        request: the connection the guard (:func:`require_token`) has seen.
+        orch: the orchestrator dependency, only to order the resolution.
+
+    Returns:
+        The caller's tenant (``default`` when the server has no bearer tokens).
+    """
+    del orch
     return str(getattr(request.state, "tenant", DEFAULT_TENANT))

@@ -22,6 +22,7 @@ import sys
 import msgspec
 
 from orchestrator_core.config import ServerConfig, load_config, mock_config
+from orchestratord.logs import LOG_FORMATS, configure_logging
 from worker_adapters.base import Drivers
 
 __all__ = ["COMMAND_MODULES", "main", "serve"]
@@ -61,6 +62,7 @@ def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
 
     from orchestratord.app import create_app
     from orchestratord.auth import check_bind
+    from orchestratord.telemetry import configure_tracing
 
     refusal = check_bind(config)
     if refusal is not None:
@@ -75,7 +77,12 @@ def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
             loop.add_signal_handler(sig, server.stop)
         await server.serve()
 
-    asyncio.run(run())
+    provider = configure_tracing()  # from the OTEL_* variables only (OBS-8000)
+    try:
+        asyncio.run(run())
+    finally:
+        if provider is not None:
+            provider.shutdown()  # exports what the batch still holds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host")
     p_serve.add_argument("--port", type=int)
     p_serve.add_argument("--data-dir")
+    p_serve.add_argument("--log-format", choices=LOG_FORMATS, default="logfmt",
+                         help="one JSON object or one logfmt line per log event (OBS-8020)")
+    p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                         default="info", help="the least severe level written (OBS-8020)")
 
     sub.add_parser("openapi", help="print the OpenAPI document")
 
@@ -103,11 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     if handler is not None:
         return int(handler(args))
+    if args.cmd == "serve":
+        config = _config(args)
+        configure_logging(args.log_format, secrets=config.auth_tokens,
+                          level=logging.getLevelName(args.log_level.upper()))
+        serve(config)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if args.cmd == "serve":
-        serve(_config(args))
-        return 0
     if args.cmd == "openapi":
         from orchestratord.openapi import openapi_json
 

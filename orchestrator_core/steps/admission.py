@@ -38,7 +38,7 @@ from contracts.errors import AdmissionReject, Conflict, NotFound
 from contracts.events import Provenance
 from contracts.runs import Policy, RunMode, RunStatus
 from contracts.steps import Step, StepStatus, StepSubmit
-from orchestrator_core import views
+from orchestrator_core import tracing, views
 from orchestrator_core.canonical import (
     b3_as_recorded,
     b3_bytes,
@@ -49,7 +49,7 @@ from orchestrator_core.clock import iso_utc
 from orchestrator_core.lookup import get_step
 from orchestrator_core.policy import redact
 from orchestrator_core.replay import check_recorded_match
-from orchestrator_core.rows import RunRow, StepRow
+from orchestrator_core.rows import RunRow, RunUsage, StepRow
 from orchestrator_core.steps.base import Admission, Plan, StepContext, StepRun
 from orchestrator_core.steps.registry import StepKinds
 from orchestrator_core.steps.runner import StepTasks
@@ -57,6 +57,9 @@ from orchestrator_core.steps.runner import StepTasks
 __all__ = ["Admitter"]
 
 _enc = msgspec.json.Encoder()
+_UNREAD_USAGE = RunUsage(0, 0, 0.0, 0, {})
+"""Stands for a Run's usage in the view a served Step is admitted with: nothing of a
+served Step reads usage (policy checks read the policy; serving reads the recording)."""
 
 
 def _typed_hash(step_type: str, input_json: bytes) -> str:
@@ -132,8 +135,14 @@ class Admitter:
         stored_input = (input_json if redacted is input_value
                         else canonical_json(redacted)).decode()
         self._check_room()
-        run = views.run(run_row, store.run_usage(run_id), store.child_runs(run_id))
         mode = RunMode(run_row.mode)
+        # A Step that can only be served from its recording needs the Run's policy and
+        # lineage, not its usage or forks, which are read for a Step that may run (its
+        # budgets): STREAM-2014.
+        served_only = mode is RunMode.REPLAY or (mode is not RunMode.RECORD
+                                                 and not kind.replay.reruns)
+        run = views.run(run_row, _UNREAD_USAGE) if served_only else views.run(
+            run_row, store.run_usage(run_id), store.child_runs(run_id))
         kind.check_policy(run, body)
         # a Step id grows with time, so its row and frames go where the last ones went
         adm = Admission(step_id=new_ordered_id("stp", self.ctx.clock.now()), run=run,
@@ -303,7 +312,9 @@ class Admitter:
                 raise self._changed(rec, what, kept, digest)
         if not created:
             return self._claimed(adm)
-        ctx.log.open_served(adm.step_id, adm.run.run_id, frames)
+        ctx.log.open_served(adm.step_id, adm.run.run_id, frames, digest)
+        tracing.step_served(adm.step_id, adm.run.run_id, adm.step_type, adm.mode.value,
+                            rec.status)
         return views.step(row), True
 
     def _sealed(self, rec: StepRow, what: str) -> tuple[str, str, list[bytes]]:
@@ -319,12 +330,12 @@ class Admitter:
                 it no longer matches its content hash.
         """
         frames_of = rec.frames_of or rec.step_id
-        frames = self.ctx.log.finished_frames(frames_of)
+        sealed = self.ctx.log.sealed_frames(frames_of)
         data = {"recorded_step_id": rec.step_id}
-        if frames is None or len(frames) != rec.last_seq + 1:
+        if sealed is None or len(sealed[0]) != rec.last_seq + 1:
             raise Conflict(f"the {what} step's log has no terminal frame at its last_seq "
                            f"{rec.last_seq}", data=data)
-        digest = b3_bytes(b"".join(frames))
+        frames, digest = sealed
         if rec.frames_hash is not None and digest != rec.frames_hash:
             raise self._changed(rec, what, rec.frames_hash, digest)
         return frames_of, digest, frames

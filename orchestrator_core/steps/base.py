@@ -26,12 +26,14 @@ from typing import Any, ClassVar, Protocol
 
 import anyio
 import msgspec
+from opentelemetry.trace import Span
 
 from contracts.errors import CircuitOpen, EngineError, FsPolicyViolation
 from contracts.events import DurablePayload, Provenance, StartedData
 from contracts.flows import Flow
 from contracts.runs import Run, RunMode
 from contracts.steps import StepStatus
+from orchestrator_core import tracing
 from orchestrator_core.breaker import BreakerState, CircuitBreaker, Transition
 from orchestrator_core.budgets import BudgetBook, Reservation
 from orchestrator_core.checkpoints import Checkpoints
@@ -194,6 +196,7 @@ class StepRun:
         "plan",
         "provenance",
         "run_id",
+        "span",
         "step_id",
         "step_type",
         "submitted_at",
@@ -217,12 +220,14 @@ class StepRun:
         self.tokens_out = 0
         self.decode_started: float | None = None
         self.finish_reason: str | None = None
+        self.span: Span | None = None  # set when its task is started (OBS-8011)
 
     def started(self, payload: StartedData | None = None) -> None:
         """Append ``started`` (default: the Step's type, position 0) and mark it running."""
         self.log.append(self.step_id, payload or StartedData(
             type=self.step_type, queue_position=0, predicted_start_ms=0),
             update={"status": StepStatus.RUNNING.value})
+        tracing.step_running(self.step_id, self.run_id, self.step_type)
 
     def append(self, payload: DurablePayload) -> None:
         """Append one non-terminal durable frame."""
@@ -289,7 +294,8 @@ async def run_effect(sr: StepRun, clock: Clock, call: Callable[[], Awaitable[Any
     moved: Transition | None = None
     verdict = False
     try:
-        output = await call()
+        with tracing.effect_span(sr.step_type, executor):
+            output = await call()
         verdict = True
         if output_schema is not None:
             errors = violations(output_schema, output)

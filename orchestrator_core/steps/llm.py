@@ -41,6 +41,7 @@ from contracts.events import (
 )
 from contracts.runs import PlacementPin, Run
 from contracts.steps import LlmCallSubmit, LlmPlanSubmit
+from orchestrator_core import tracing
 from orchestrator_core.breaker import Transition
 from orchestrator_core.canonical import b3, b3_as_recorded, derive_seed
 from orchestrator_core.placement import place
@@ -336,7 +337,12 @@ class _Job:
         await rep.acquire()
         held_from = clock.monotonic()
         try:
-            return await self._generate(sr, queue_position, predicted_ms)
+            with tracing.engine_call(self.model, sr.provenance.engine, self.request,
+                                     rep.replica_id) as call:
+                try:
+                    return await self._generate(sr, queue_position, predicted_ms)
+                finally:
+                    call.usage(sr.tokens_in, sr.tokens_out, sr.finish_reason)
         finally:
             rep.release((clock.monotonic() - held_from) * 1000.0)
 

@@ -53,6 +53,7 @@ from contracts.events import (
     Provenance,
 )
 from contracts.steps import StepStatus
+from orchestrator_core import tracing
 from orchestrator_core.bounds import oversize
 from orchestrator_core.rows import StepRow
 from orchestrator_core.steps.base import Done, StepContext, StepRun
@@ -89,9 +90,15 @@ class StepTasks:
     def start(self, sr: StepRun) -> None:
         """Run an admitted Step's plan in its own task.
 
+        Its span starts here, in the admitting request's context, and is made current in
+        the task (OBS-8011).
+
         Raises:
             RuntimeError: the orchestrator is not running.
         """
+        if self.tg is None:
+            raise RuntimeError("the orchestrator is not running")
+        sr.span = tracing.step_admitted(sr.step_id, sr.run_id, sr.step_type, sr.mode)
         self._spawn(self._execute, sr)
 
     def _spawn(self, fn: Any, *args: Any) -> None:
@@ -125,7 +132,7 @@ class StepTasks:
         ctx = self.ctx
         scope = self._scope(sr.step_id)
         try:
-            with scope:
+            with tracing.step_bound(sr.span, sr.step_id, sr.run_id), scope:
                 try:
                     left = sr.deadline - ctx.clock.monotonic()
                     if left <= 0:
@@ -210,6 +217,8 @@ class StepTasks:
             else EffectEndData(output=done.output, executor=plan.executor,
                                duration_ms=done.duration_ms, provenance=prov))
         self.ctx.log.finish(sr.step_id, end, {"status": StepStatus.SUCCEEDED.value, **usage})
+        tracing.step_finished(sr.span, sr.step_id, sr.run_id, sr.step_type,
+                              StepStatus.SUCCEEDED.value, prov)
         self.ctx.metrics.steps_finished.labels(type=sr.step_type,
                                                status=StepStatus.SUCCEEDED.value).inc()
 
@@ -222,6 +231,8 @@ class StepTasks:
                           retry_after_ms=env.retry_after_ms, data=env.data, provenance=prov)
         self.ctx.log.finish(sr.step_id, frame, {"status": status.value,
                                                 "error": _enc.encode(env).decode(), **usage})
+        tracing.step_finished(sr.span, sr.step_id, sr.run_id, sr.step_type, status.value,
+                              prov, env.code.value)
         self.ctx.metrics.steps_finished.labels(type=sr.step_type, status=status.value).inc()
 
     # -- recovery ----------------------------------------------------------------------

@@ -17,11 +17,17 @@ Two measurements:
   record (target <= 0.2); replay tokens/s against plain read-back tokens/s (target >=
   80%); the server's CPU per token in each phase (every thread's ``schedstat``); and
   whether every replayed stream body is byte-identical to the recording's (NERVE-4025).
+  Every round runs twice, once with each client of :mod:`tools.bench.replay_clients`
+  (all three arms of a round use the same client): a raw keep-alive HTTP/1.1 client
+  (the headline: its cost per request is a few tens of µs) and httpx (the measure this
+  bench printed before, kept next to it: httpx spends 0.5 to 0.75 ms of CPU per
+  request on 2 shared cores, as much as the server's work for a replayed Step).
   A record or replay Step is ``POST /v1/runs/{id}/steps`` sent with ``Accept:
   text/event-stream``: when the server answers with the stream, that is the Step's one
   request; otherwise ``GET /v1/steps/{id}/stream`` follows (the report says which).
   Read-back is the ``GET`` alone. Bodies are read raw (no SSE parsing), so the figures
-  are the server's and HTTP's, not a client parser's. Medians over rounds are reported.
+  are the server's and HTTP's, not a client parser's. Medians over rounds are reported,
+  per client.
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
-import httpx
 import msgspec
 
 from orchestratord.client import OrchestratorClient
+from tools.bench.replay_clients import BenchClient, HttpxClient, RawClient
 from tools.demo import run_flow_modes
 
 __all__ = ["ModeTime", "ReadbackReport", "ReadbackRound", "ReplayReport", "default_document",
@@ -157,6 +164,8 @@ class ReadbackReport(msgspec.Struct, frozen=True):
     """Replay against record and against plain read-back (medians over rounds).
 
     Attributes:
+        client: the HTTP client every arm used: ``raw`` (a hand-written keep-alive
+            HTTP/1.1 client, the headline) or ``httpx`` (the earlier measure).
         cpus: CPUs online (the server and this client share them).
         steps: S, Steps per Run.
         tokens_per_step: T, token frames per Step.
@@ -181,6 +190,7 @@ class ReadbackReport(msgspec.Struct, frozen=True):
         engine_tokens_per_s: the mock engine's pace per Step (tokens/s; 0: unpaced).
     """
 
+    client: str
     cpus: int
     steps: int
     tokens_per_step: int
@@ -222,19 +232,13 @@ def _step_body(i: int, tokens: int) -> dict[str, object]:
                       "params": {"max_tokens": tokens}}}
 
 
-async def _body(http: httpx.AsyncClient, method: str, path: str,
-                body: object | None = None) -> tuple[str, bytes]:
-    """One request read to the end of its body: ``(content type, raw body)``."""
-    headers = {"accept": _SSE} if body is not None else {}
-    async with http.stream(method, path, json=body, headers=headers) as resp:
-        if resp.status_code not in (200, 201):
-            await resp.aread()
-            raise RuntimeError(f"{method} {path}: {resp.status_code} {resp.text[:200]}")
-        raw = b"".join([chunk async for chunk in resp.aiter_raw()])
-        return resp.headers.get("content-type", ""), raw
+async def _json(http: BenchClient, path: str, body: object) -> dict[str, Any]:
+    """A ``POST`` answered with JSON, decoded."""
+    _kind, raw = await http.body("POST", path, body)
+    return dict(msgspec.json.decode(raw))
 
 
-async def _run_steps(http: httpx.AsyncClient, run_id: str, steps: int,
+async def _run_steps(http: BenchClient, run_id: str, steps: int,
                      tokens: int) -> tuple[list[bytes], int]:
     """Submit S Steps one after the other, each read to its terminal frame: the stream
     the ``POST`` answered with, else ``GET .../stream``.
@@ -245,27 +249,25 @@ async def _run_steps(http: httpx.AsyncClient, run_id: str, steps: int,
     bodies: list[bytes] = []
     trips = 1
     for i in range(steps):
-        kind, raw = await _body(http, "POST", f"/v1/runs/{run_id}/steps", _step_body(i, tokens))
+        kind, raw = await http.body("POST", f"/v1/runs/{run_id}/steps", _step_body(i, tokens),
+                                    stream=True)
         if not kind.startswith(_SSE):
             trips = 2
-            _kind, raw = await _body(http, "GET", f"/v1/steps/{msgspec.json.decode(raw)['step_id']}"
-                                                  "/stream")
+            _kind, raw = await http.body(
+                "GET", f"/v1/steps/{msgspec.json.decode(raw)['step_id']}/stream")
         bodies.append(raw)
     return bodies, trips
 
 
-async def _step_ids(http: httpx.AsyncClient, run_id: str, steps: int, tokens: int) -> list[str]:
+async def _step_ids(http: BenchClient, run_id: str, steps: int, tokens: int) -> list[str]:
     """The Run's Steps, by resubmitting their bodies (idempotent, NERVE-4003)."""
-    out = []
-    for i in range(steps):
-        resp = await http.post(f"/v1/runs/{run_id}/steps", json=_step_body(i, tokens))
-        out.append(str(resp.json()["step_id"]))
-    return out
+    return [str((await _json(http, f"/v1/runs/{run_id}/steps", _step_body(i, tokens)))
+                ["step_id"]) for i in range(steps)]
 
 
-async def _round(pid: int, http: httpx.AsyncClient, flow_id: str, steps: int,
+async def _round(pid: int, http: BenchClient, flow_id: str, steps: int,
                  tokens: int, replay_first: bool, seed: int) -> tuple[ReadbackRound, int]:
-    rec = (await http.post(f"/v1/flows/{flow_id}/runs", json={"seed": seed})).json()
+    rec = await _json(http, f"/v1/flows/{flow_id}/runs", {"seed": seed})
     c0, t0 = _server_cpu_ms(pid), time.perf_counter()
     _bodies, trips = await _run_steps(http, rec["run_id"], steps, tokens)
     record = (time.perf_counter() - t0, _server_cpu_ms(pid) - c0)
@@ -275,13 +277,13 @@ async def _round(pid: int, http: httpx.AsyncClient, flow_id: str, steps: int,
     read: list[bytes] = []
     for phase in (("replay", "readback") if replay_first else ("readback", "replay")):
         if phase == "replay":
-            run = (await http.post(f"/v1/flows/{flow_id}/runs", json={
-                "mode": "replay", "replay_of": rec["run_id"], "seed": seed})).json()
+            run = await _json(http, f"/v1/flows/{flow_id}/runs", {
+                "mode": "replay", "replay_of": rec["run_id"], "seed": seed})
             c0, t0 = _server_cpu_ms(pid), time.perf_counter()
             replayed, _trips = await _run_steps(http, run["run_id"], steps, tokens)
         else:
             c0, t0 = _server_cpu_ms(pid), time.perf_counter()
-            read = [(await _body(http, "GET", f"/v1/steps/{step_id}/stream"))[1]
+            read = [(await http.body("GET", f"/v1/steps/{step_id}/stream"))[1]
                     for step_id in rec_ids]
         figures[phase] = (time.perf_counter() - t0, _server_cpu_ms(pid) - c0)
     same = replayed == read and all(b.count(b"event: token\n") == tokens for b in read)
@@ -293,16 +295,9 @@ async def _round(pid: int, http: httpx.AsyncClient, flow_id: str, steps: int,
         byte_identical=same), trips
 
 
-async def _measure_readback(pid: int, url: str, steps: int, tokens: int,
-                            rounds: int) -> ReadbackReport:
-    async with httpx.AsyncClient(base_url=url, timeout=120.0) as http:
-        flow = (await http.post("/v1/flows", json={"ast_ir": {"bench": "replay"}})).json()
-        await _round(pid, http, flow["flow_id"], 2, tokens, True, 1)  # warm-up
-        done: list[ReadbackRound] = []
-        for r in range(rounds):
-            rnd, trips = await _round(pid, http, flow["flow_id"], steps, tokens, r % 2 == 0,
-                                      2 + r)
-            done.append(rnd)
+def _report(client: str, steps: int, tokens: int, trips: int,
+            done: list[ReadbackRound]) -> ReadbackReport:
+    """The medians and ratios of one client's rounds."""
     med = {k: statistics.median(getattr(r, k) for r in done)
            for k in ("record_ms", "replay_ms", "readback_ms", "record_cpu_ms",
                      "replay_cpu_ms", "readback_cpu_ms")}
@@ -310,7 +305,7 @@ async def _measure_readback(pid: int, url: str, steps: int, tokens: int,
     replay_rate = total / (med["replay_ms"] / 1000)
     readback_rate = total / (med["readback_ms"] / 1000)
     return ReadbackReport(
-        cpus=os.cpu_count() or 1, steps=steps, tokens_per_step=tokens,
+        client=client, cpus=os.cpu_count() or 1, steps=steps, tokens_per_step=tokens,
         round_trips_per_step=trips,
         record_ms=round(med["record_ms"], 2), replay_ms=round(med["replay_ms"], 2),
         readback_ms=round(med["readback_ms"], 2),
@@ -324,22 +319,51 @@ async def _measure_readback(pid: int, url: str, steps: int, tokens: int,
         byte_identical=all(r.byte_identical for r in done), rounds=done)
 
 
+async def _measure_readback(pid: int, url: str, steps: int, tokens: int,
+                            rounds: int) -> list[ReadbackReport]:
+    clients: list[BenchClient] = [RawClient(url), HttpxClient(url)]
+    try:
+        flow = await _json(clients[0], "/v1/flows", {"ast_ir": {"bench": "replay"}})
+        for http in clients:
+            await _round(pid, http, flow["flow_id"], 2, tokens, True, 1)  # warm-up
+        done: dict[str, list[ReadbackRound]] = {http.name: [] for http in clients}
+        trips: dict[str, int] = {}
+        seed = 2
+        for r in range(rounds):  # the clients take turns, each round in the other order
+            for http in (clients if r % 2 == 0 else clients[::-1]):
+                rnd, trips[http.name] = await _round(pid, http, flow["flow_id"], steps,
+                                                     tokens, r % 2 == 0, seed)
+                done[http.name].append(rnd)
+                seed += 1
+    finally:
+        for http in clients:
+            await http.aclose()
+    return [_report(http.name, steps, tokens, trips[http.name], done[http.name])
+            for http in clients]
+
+
 def measure_readback(data_dir: pathlib.Path, steps: int = 20, tokens: int = 200,
-                     rounds: int = 5, engine_tokens_per_s: float = 0.0) -> ReadbackReport:
-    """Record, replay and read back S Steps of T tokens, R rounds, on a fresh server
-    process whose mock engine answers exactly ``max_tokens`` tokens, as fast as it can
-    or at ``engine_tokens_per_s``.
+                     rounds: int = 5, engine_tokens_per_s: float = 0.0) -> \
+        list[ReadbackReport]:
+    """Record, replay and read back S Steps of T tokens, R rounds per client, on a fresh
+    server process whose mock engine answers exactly ``max_tokens`` tokens, as fast as it
+    can or at ``engine_tokens_per_s``.
+
+    Each round is run once with the raw client and once with httpx (the two take turns,
+    in alternating order), every arm of a round with the same client
+    (:mod:`tools.bench.replay_clients`).
 
     Args:
         data_dir: where the server keeps its store, config and log.
         steps: S, Steps per Run.
         tokens: T, tokens per Step.
-        rounds: rounds after one short warm-up (replay first in even rounds).
+        rounds: rounds per client after one short warm-up each (replay first in even
+            rounds).
         engine_tokens_per_s: the mock engine's decode speed per Step (tokens/s; 0 = as
             fast as possible).
 
     Returns:
-        The medians, ratios and every round.
+        One report per client, ``raw`` first: the medians, ratios and every round.
 
     Raises:
         RuntimeError: the server did not start, or a request failed.
@@ -349,8 +373,9 @@ def measure_readback(data_dir: pathlib.Path, steps: int = 20, tokens: int = 200,
     server = ServerProcess(data_dir, tokens_per_s=engine_tokens_per_s, slots=4)
     server.start()
     try:
-        report = asyncio.run(_measure_readback(server.pid, server.url, steps, tokens, rounds))
-        return msgspec.structs.replace(report, engine_tokens_per_s=engine_tokens_per_s)
+        reports = asyncio.run(_measure_readback(server.pid, server.url, steps, tokens, rounds))
+        return [msgspec.structs.replace(r, engine_tokens_per_s=engine_tokens_per_s)
+                for r in reports]
     finally:
         server.stop()
 
@@ -359,12 +384,20 @@ def _verdict(ok: bool) -> str:
     return "meets target" if ok else "MISSES target"
 
 
+_CLIENT_TITLE = {
+    "raw": "client: raw keep-alive HTTP/1.1 (tools/bench/rawhttp.py), the same for every arm",
+    "httpx": "client: httpx, the same for every arm (the measure this bench printed before;"
+             " httpx's own CPU per request is in every arm)",
+}
+
+
 def render_readback(report: ReadbackReport) -> str:
-    """Human-readable report (ms, tokens/s, µs)."""
+    """Human-readable report of one client (ms, tokens/s, µs)."""
     r = report
     how = ("POST answered with the stream" if r.round_trips_per_step == 1
            else "POST, then GET .../stream")
     lines = [
+        _CLIENT_TITLE.get(r.client, f"client: {r.client}"),
         f"replay against record and against read-back: {r.steps} steps x "
         f"{r.tokens_per_step} tokens, mock engine "
         + (f"at {r.engine_tokens_per_s:g} tokens/s" if r.engine_tokens_per_s
@@ -412,7 +445,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "the mock engine.")
     p.add_argument("--steps", type=int, default=20, help="steps per run (default 20)")
     p.add_argument("--tokens", type=int, default=200, help="tokens per step (default 200)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds per client (default 5)")
     p.add_argument("--engine-tokens-per-s", type=float, default=0.0,
                    help="mock engine decode speed per step, tokens/s (default 0: as fast "
                         "as possible; 2000 is a CPU engine's pace)")
@@ -426,7 +460,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure and print.
+    """Measure and print, the raw client's report first, then httpx's.
 
     Returns:
         0 when every replayed body was byte-identical to the recording, else 1 (the
@@ -437,13 +471,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recording, replaying and reading back {args.steps} x {args.tokens} tokens, "
               f"{args.rounds} rounds...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="orchestratord-replay-") as tmp:
-        report = measure_readback(pathlib.Path(tmp), args.steps, args.tokens, args.rounds,
-                                  args.engine_tokens_per_s)
+        reports = measure_readback(pathlib.Path(tmp), args.steps, args.tokens, args.rounds,
+                                   args.engine_tokens_per_s)
     if args.json:
-        print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
+        print(msgspec.json.format(msgspec.json.encode(reports), indent=2).decode())
     else:
-        print(render_readback(report))
-    return 0 if report.byte_identical else 1
+        print("\n\n".join(render_readback(r) for r in reports))
+    return 0 if all(r.byte_identical for r in reports) else 1
 
 
 if __name__ == "__main__":
