@@ -48,8 +48,8 @@ from orchestrator_core.rows import (
     StepUpdate,
 )
 from orchestrator_core.store_base import Store
-from orchestrator_core.store_prompts import PromptTexts
 from orchestrator_core.store_import import ImportRows
+from orchestrator_core.store_prompts import PromptTexts
 from orchestrator_core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]

@@ -54,8 +54,8 @@ from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
 from orchestratord.prompt_routes import PROMPT_ROUTES
-from orchestratord.run_routes import RUN_ROUTES
 from orchestratord.recording_routes import RECORDING_ROUTES
+from orchestratord.run_routes import RUN_ROUTES
 from orchestratord.sse import SSE_HEADERS, SseStream, accepts_event_stream
 from orchestratord.telemetry import observability_plugins
 from orchestratord.tickets import MAX_TICKET_CHARS, TICKET_TTL_MS, StreamTickets

@@ -31,12 +31,15 @@ ERR_SERVER = OrchestratorError
 
 class StreamDisconnected(Exception):
     """A Step's stream ended, or its connection broke, before its ``end`` or ``error``
-    frame (NERVE-4072). The Step itself may still be running.
+    frame (NERVE-4072). The Step itself may still be running. A Run-level stream (a
+    Run's Facts, NERVE-4111) raises it too when its connection breaks, with ``kind``
+    ``"run"`` and the Run's id in ``step_id``.
 
     Attributes:
         name: ``"ERR_STREAM_DISCONNECTED"``, the contract's name.
         retriable: True: reading the stream again resumes it.
-        step_id: the Step whose stream broke.
+        step_id: the Step whose stream broke (the Run's id when ``kind`` is ``"run"``).
+        kind: ``"step"`` or ``"run"``, what ``step_id`` names.
         last_event_id: the ``id`` of the last durable frame received (None before the
             first); pass it as ``last_event_id`` to read the rest.
     """
@@ -44,10 +47,12 @@ class StreamDisconnected(Exception):
     name = "ERR_STREAM_DISCONNECTED"
     retriable = True
 
-    def __init__(self, step_id: str, last_event_id: int | None, reason: str) -> None:
-        super().__init__(f"the stream of step {step_id} ended without a terminal frame "
+    def __init__(self, step_id: str, last_event_id: int | None, reason: str, *,
+                 kind: str = "step") -> None:
+        super().__init__(f"the stream of {kind} {step_id} ended without a terminal frame "
                          f"after event id {last_event_id}: {reason}")
         self.step_id = step_id
+        self.kind = kind
         self.last_event_id = last_event_id
 
 

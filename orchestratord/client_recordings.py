@@ -1,25 +1,20 @@
-"""The client's recording methods (REC-7010, REC-7011): :class:`RecordingClient` is an
-:class:`~orchestratord.client.OrchestratorClient` that also exports and imports
-recordings."""
+"""The async client with a chunked recording export (REC-7010), for large recordings
+and the CLI's progress bar; the plain calls are in
+:mod:`orchestratord.client_recording_calls`."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import msgspec
-
-from contracts.errors import ErrorEnvelope, error_from_envelope
-from contracts.recordings import RecordingImported
 from orchestratord.client import OrchestratorClient
+from orchestratord.client_calls import error_of
+from orchestratord.client_recording_calls import export_recording
 
 __all__ = ["RecordingClient"]
 
-_env = msgspec.json.Decoder(ErrorEnvelope)
-
 
 class RecordingClient(OrchestratorClient):
-    """An :class:`OrchestratorClient` with ``GET /v1/runs/{id}/recording`` and
-    ``POST /v1/recordings``."""
+    """An :class:`OrchestratorClient` whose export also comes in chunks."""
 
     async def export_recording(self, run_id: str) -> AsyncIterator[bytes]:
         """Yield a Run's recording in chunks as the server streams it [REC-7010].
@@ -27,26 +22,14 @@ class RecordingClient(OrchestratorClient):
         Raises:
             OrchestratorError: the export was refused (NotFound, Conflict).
         """
-        async with self._http.stream("GET", f"/v1/runs/{run_id}/recording",
-                                     timeout=None) as resp:
+        call = export_recording(run_id)
+        async with self._http.stream("GET", call.path, timeout=None) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
-                raise error_from_envelope(_env.decode(resp.content))
+                raise error_of(resp)
             async for chunk in resp.aiter_bytes():
                 yield chunk
 
     async def recording_bytes(self, run_id: str) -> bytes:
-        """The whole recording of a Run (:meth:`export_recording`)."""
-        return b"".join([chunk async for chunk in self.export_recording(run_id)])
-
-    async def import_recording(self, data: bytes) -> RecordingImported:
-        """``POST /v1/recordings`` [REC-7011].
-
-        Raises:
-            InvalidParams: the file was refused; ``data["line"]`` names the line.
-        """
-        resp = await self._http.post("/v1/recordings", content=data, timeout=None,
-                                     headers={"content-type": "application/x-ndjson"})
-        if resp.status_code >= 400:
-            raise error_from_envelope(_env.decode(resp.content))
-        return msgspec.json.decode(resp.content, type=RecordingImported)
+        """The whole recording of a Run [REC-7010]."""
+        return await self.recording(run_id)

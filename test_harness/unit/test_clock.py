@@ -169,12 +169,16 @@ class TestNoTimerBypassesTheClock:
     """The core and the server ask the injected clock for every timer [NERVE-4060]."""
 
     def test_only_the_group_commit_window_runs_on_real_time(self) -> None:
-        """Outside ``clock.py``, the one real-time wait is the event log's group-commit
-        window (``commit_interval_ms``)."""
+        """Outside ``clock.py``, the one real-time wait of the server is the event log's
+        group-commit window (``commit_interval_ms``); the Python clients, which run in the
+        caller's process, take their retry wait as a ``sleep=`` argument whose default is
+        real time [NERVE-4112]."""
         found = [v for package in ("orchestrator_core", "orchestratord")
                  for v in direct_timers(package)]
         assert [re.sub(r":\d+ ", " ", v) for v in found] == [
-            "orchestrator_core/eventlog.py uses anyio.sleep"]
+            "orchestrator_core/eventlog.py uses anyio.sleep",
+            "orchestratord/client_async.py uses anyio.sleep",
+            "orchestratord/client_sync.py uses time.sleep"]
 
     def test_the_check_reports_each_kind_of_direct_timer(self, tmp_path: pathlib.Path) -> None:
         """Module timers, imported timer functions and a loop's own timers are listed."""
