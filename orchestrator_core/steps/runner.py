@@ -54,6 +54,7 @@ from contracts.events import (
 )
 from contracts.steps import StepStatus
 from orchestrator_core.bounds import oversize
+from orchestrator_core.metrics_pools import on_step_finished
 from orchestrator_core.rows import StepRow
 from orchestrator_core.steps.base import Done, StepContext, StepRun
 
@@ -210,6 +211,7 @@ class StepTasks:
             else EffectEndData(output=done.output, executor=plan.executor,
                                duration_ms=done.duration_ms, provenance=prov))
         self.ctx.log.finish(sr.step_id, end, {"status": StepStatus.SUCCEEDED.value, **usage})
+        on_step_finished(self.ctx.metrics, self.ctx.pools, sr, self.ctx.clock.monotonic())
         self.ctx.metrics.steps_finished.labels(type=sr.step_type,
                                                status=StepStatus.SUCCEEDED.value).inc()
 
@@ -222,6 +224,8 @@ class StepTasks:
                           retry_after_ms=env.retry_after_ms, data=env.data, provenance=prov)
         self.ctx.log.finish(sr.step_id, frame, {"status": status.value,
                                                 "error": _enc.encode(env).decode(), **usage})
+        on_step_finished(self.ctx.metrics, self.ctx.pools, sr, self.ctx.clock.monotonic(),
+                         err.code.value if status is StepStatus.CANCELLED else None)
         self.ctx.metrics.steps_finished.labels(type=sr.step_type, status=status.value).inc()
 
     # -- recovery ----------------------------------------------------------------------
