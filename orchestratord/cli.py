@@ -1,4 +1,4 @@
-"""``orchestratord`` command line: ``serve`` and ``openapi``.
+"""``orchestratord`` command line: ``serve``, ``openapi`` and ``config check``.
 
 The demo is a client of the server and lives outside this package: ``bash tools/demo.sh``
 (``python -m tools.demo``).
@@ -15,6 +15,13 @@ import sys
 import msgspec
 
 from orchestrator_core.config import ServerConfig, load_config, mock_config
+from orchestrator_core.config_check import read_config
+from orchestratord.cli_config import (
+    add_config_command,
+    checked_config,
+    run_config_command,
+    startup_banner,
+)
 from worker_adapters.base import Drivers
 
 __all__ = ["main", "serve"]
@@ -23,7 +30,7 @@ __all__ = ["main", "serve"]
 def _config(args: argparse.Namespace) -> ServerConfig:
     """The config of ``serve``: the file (or the default), with ``--mock`` replacing only
     its pools by the mock engine's, and ``--host``/``--port``/``--data-dir`` on top."""
-    cfg = load_config(args.config) if args.config else None
+    cfg = read_config(args.config) if args.config else None
     if getattr(args, "mock", False):
         mock_pools = mock_config().pools
         cfg = mock_config() if cfg is None else msgspec.structs.replace(cfg, pools=mock_pools)
@@ -55,7 +62,9 @@ def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
         raise SystemExit(f"orchestratord: {refusal}")
 
     async def run() -> None:
-        server = Server(create_app(config, drivers=drivers),
+        app = create_app(config, drivers=drivers)
+        app.on_startup.append(startup_banner(config))
+        server = Server(app,
                         address=config.host, port=config.port,
                         interface=Interfaces.ASGI, log_access=False, backlog=1024)
         loop = asyncio.get_running_loop()
@@ -81,13 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--data-dir")
 
     sub.add_parser("openapi", help="print the OpenAPI document")
+    add_config_command(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.cmd == "serve":
-        serve(_config(args))
+        serve(checked_config(lambda: _config(args), args.config or "<default>"))
         return 0
+    if args.cmd == "config":
+        return run_config_command(args)
     if args.cmd == "openapi":
         from orchestratord.openapi import openapi_json
 
