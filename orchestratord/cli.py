@@ -19,6 +19,7 @@ from orchestrator_core.config_check import read_config
 from orchestratord.cli_config import (
     add_config_command,
     checked_config,
+    quiet_embed_warning,
     run_config_command,
     startup_banner,
 )
@@ -42,7 +43,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
 
 def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
-    """Run the app on Granian's embedded server until SIGINT or SIGTERM.
+    """Run the app on Granian's embedded server until SIGINT or SIGTERM; print the
+    startup banner once the pools are up (OBS-8067).
 
     One process: the engine replicas are its children and die with it.
 
@@ -64,6 +66,7 @@ def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
     async def run() -> None:
         app = create_app(config, drivers=drivers)
         app.on_startup.append(startup_banner(config))
+        quiet_embed_warning()
         server = Server(app,
                         address=config.host, port=config.port,
                         interface=Interfaces.ASGI, log_access=False, backlog=1024)

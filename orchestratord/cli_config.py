@@ -12,6 +12,7 @@ dir, each pool with its engine, models and replica health, and the OpenAPI and d
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,8 +25,11 @@ if TYPE_CHECKING:
 
     from orchestrator_core.service import Orchestrator
 
-__all__ = ["add_config_command", "banner", "checked_config", "run_config_command",
-           "startup_banner"]
+__all__ = ["EMBED_WARNING", "add_config_command", "banner", "checked_config",
+           "quiet_embed_warning", "run_config_command", "startup_banner"]
+
+EMBED_WARNING = "Embedded server is experimental!"
+"""Granian's warning on its embedded server, which ``serve`` runs on purpose (OBS-8068)."""
 
 EXIT_CONFIG = 2
 """Exit status of a config mistake (argparse's status for a usage error)."""
@@ -102,3 +106,19 @@ def startup_banner(cfg: ServerConfig) -> Callable[[Litestar], None]:
         sys.stdout.flush()
 
     return hook
+
+
+def _not_embed_warning(record: logging.LogRecord) -> bool:
+    return record.getMessage() != EMBED_WARNING
+
+
+def quiet_embed_warning() -> None:
+    """Drop Granian's "Embedded server is experimental!" line, and only that line.
+
+    ``serve`` runs Granian's embedded server on purpose: measured against Granian's
+    supported multiprocess entry point it answers as fast, and it keeps the server one
+    process whose children (the engine replicas) die with it, where the multiprocess
+    entry leaves a worker serving after its parent is killed (the figures are in
+    specs/98_operations.md, OBS-8068).
+    """
+    logging.getLogger("_granian").addFilter(_not_embed_warning)
