@@ -1,4 +1,4 @@
-"""Semantic checks of an operator config, before anything is served (OBS-8060..8064).
+"""Semantic checks of an operator config, before anything is served (OBS-8060..8063).
 
 :func:`read_config` decodes a file and :func:`check_config` checks what decoding cannot:
 pool ids unique, pools and models present, sizes and limits positive, model files and argv
@@ -98,7 +98,7 @@ def read_config(path: str | pathlib.Path) -> ServerConfig:
 
 def check_config(cfg: ServerConfig, file: str = "<default>", *,
                  probe: Probe | None = None) -> None:
-    """Check what decoding cannot (OBS-8060, OBS-8062..8064).
+    """Check what decoding cannot (OBS-8060, OBS-8062, OBS-8063).
 
     Args:
         cfg: the decoded config.

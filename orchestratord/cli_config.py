@@ -1,5 +1,5 @@
 """``orchestratord config check FILE``, the checked config of ``serve`` and its startup
-banner (OBS-8060..8067).
+banner (OBS-8060..8068).
 
 A config mistake stops the command with one line per problem on stderr, naming the file,
 the key and the fix, and exit status 2, never a traceback (OBS-8061). ``config check``

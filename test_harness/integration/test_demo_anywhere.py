@@ -39,7 +39,7 @@ class TestDemoAnywhere:
     def test_same_report_from_the_repository_and_elsewhere(self, tmp_path: pathlib.Path) -> None:
         """The report from an unrelated directory equals the report from the repository,
         and stderr names the document read and shows every mode and Step."""
-        here, here_err = demo(ROOT)
+        here, _ = demo(ROOT)
         there, there_err = demo(tmp_path)
         assert there == here
         assert there["document"] == "specs/20_stream_and_replay.md"
