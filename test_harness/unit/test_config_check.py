@@ -3,9 +3,10 @@
 [OBS-8060] each semantic mistake is found before serving. [OBS-8061] it is reported as
 one line naming the file, the key and the fix, with exit status 2 and no traceback, by
 ``serve`` and by ``config check`` [OBS-8066]. [OBS-8062] a missing model file or argv
-executor program is one of them; [OBS-8063] so is a remote engine nothing answers for. [OBS-8065] the default data dir is per
-user (XDG), whatever the current directory. Each test runs the real command in a
-subprocess from a directory that is not the repository.
+executor program is one of them; [OBS-8063] so is a remote engine nothing answers for.
+[OBS-8065] the default data dir is per user (XDG), whatever the current directory.
+Each test runs the real command in a subprocess from a directory that is not the
+repository.
 """
 
 from __future__ import annotations
