@@ -10,8 +10,6 @@ app middleware only on matched routes, so a 404 for an unknown path is not obser
 
 from __future__ import annotations
 
-import time
-
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,8 +26,13 @@ class HttpMetrics(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send,
                      next_app: ASGIApp) -> None:
-        """Run the app, remember the status, observe the duration when it returns."""
-        start = time.perf_counter()
+        """Run the app, remember the status, observe the duration when it returns; the
+        time is the server's injected clock."""
+        orch = getattr(scope["app"].state, "orch", None)
+        if orch is None:
+            await next_app(scope, receive, send)
+            return
+        start = orch.clock.monotonic()
         status = 500
 
         async def send_wrapper(message: Message) -> None:
@@ -41,10 +44,8 @@ class HttpMetrics(ASGIMiddleware):
         try:
             await next_app(scope, receive, send_wrapper)
         finally:
-            state = scope["app"].state
-            orch = getattr(state, "orch", None)
             route = scope.get("path_template") or _UNMATCHED
-            if orch is not None and route != "/metrics":
+            if route != "/metrics":
                 orch.metrics.http_duration_ms.labels(
                     method=scope.get("method", ""), route=route, status=str(status)).observe(
-                        (time.perf_counter() - start) * 1000.0)
+                        (orch.clock.monotonic() - start) * 1000.0)
