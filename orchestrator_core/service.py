@@ -45,6 +45,7 @@ from orchestrator_core.eventlog import EventLog
 from orchestrator_core.facts import Facts, check_fact_schemas
 from orchestrator_core.fs_sandboxes import Sandboxes
 from orchestrator_core.metrics import Metrics
+from orchestrator_core.metrics_pools import PoolCollector
 from orchestrator_core.policy import validate_policy
 from orchestrator_core.pools import PoolManager
 from orchestrator_core.rows import FlowRow, RunRow
@@ -143,9 +144,11 @@ class Orchestrator:
         pools = PoolManager(config, data_dir, drivers, clock)
         executors = tools(config.tools)
         orch = cls(config, store, pools, clock, metrics or Metrics(), executors)
+        collector = PoolCollector(pools)
         try:
             orch.recover()
             await pools.start()
+            orch.metrics.registry.register(collector)
             for pool in pools.pools.values():
                 ident = pool.identity
                 store.record_engine_build(ident.build_fingerprint,
@@ -160,6 +163,8 @@ class Orchestrator:
                     tg.cancel_scope.cancel()
         finally:
             orch.tasks.tg = None
+            with contextlib.suppress(KeyError):  # not registered when the start failed
+                orch.metrics.registry.unregister(collector)
             await pools.stop()
             await executors.aclose()
             orch.log.flush()

@@ -49,6 +49,7 @@ from orchestratord.cors import CorsMiddleware
 from orchestratord.docs_ui import docs_assets_router, swagger_plugin
 from orchestratord.edge import EdgeGuard, JsonRequest
 from orchestratord.failures import as_orchestrator_error
+from orchestratord.http_metrics import HttpMetrics
 from orchestratord.llm_routes import LLM_ROUTES
 from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
@@ -425,7 +426,8 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
         exception_handlers={Exception: error_handler},
         before_send=[add_correlation_id],
         lifespan=[lifespan],
-        middleware=[DefineMiddleware(CorsMiddleware, allowed_origins=config.allowed_origins),
+        middleware=[HttpMetrics(),
+                    DefineMiddleware(CorsMiddleware, allowed_origins=config.allowed_origins),
                     DefineMiddleware(EdgeGuard, no_auth=not config.auth_tokens,
                                      allowed_hosts=config.allowed_hosts,
                                      allowed_origins=config.allowed_origins)],

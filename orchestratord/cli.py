@@ -1,4 +1,4 @@
-"""``orchestratord`` command line: ``serve`` and ``openapi``, and the commands of the
+"""``orchestratord`` command line: ``serve``, ``openapi``, ``config check``, and the commands of the
 modules in :data:`COMMAND_MODULES` (``runs ...``, ``flows ...``, ``pools``).
 
 A command module has ``register(sub, groups)``: ``sub`` is the top-level subparsers,
@@ -22,6 +22,14 @@ import sys
 import msgspec
 
 from orchestrator_core.config import ServerConfig, load_config, mock_config
+from orchestrator_core.config_check import read_config
+from orchestratord.cli_config import (
+    add_config_command,
+    checked_config,
+    quiet_embed_warning,
+    run_config_command,
+    startup_banner,
+)
 from orchestratord.logs import LOG_FORMATS, configure_logging
 from worker_adapters.base import Drivers
 
@@ -37,7 +45,7 @@ COMMAND_MODULES = (
 def _config(args: argparse.Namespace) -> ServerConfig:
     """The config of ``serve``: the file (or the default), with ``--mock`` replacing only
     its pools by the mock engine's, and ``--host``/``--port``/``--data-dir`` on top."""
-    cfg = load_config(args.config) if args.config else None
+    cfg = read_config(args.config) if args.config else None
     if getattr(args, "mock", False):
         mock_pools = mock_config().pools
         cfg = mock_config() if cfg is None else msgspec.structs.replace(cfg, pools=mock_pools)
@@ -49,7 +57,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
 
 
 def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
-    """Run the app on Granian's embedded server until SIGINT or SIGTERM.
+    """Run the app on Granian's embedded server until SIGINT or SIGTERM; print the
+    startup banner once the pools are up (OBS-8067).
 
     One process: the engine replicas are its children and die with it.
 
@@ -70,7 +79,10 @@ def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
         raise SystemExit(f"orchestratord: {refusal}")
 
     async def run() -> None:
-        server = Server(create_app(config, drivers=drivers),
+        app = create_app(config, drivers=drivers)
+        app.on_startup.append(startup_banner(config))
+        quiet_embed_warning()
+        server = Server(app,
                         address=config.host, port=config.port,
                         interface=Interfaces.ASGI, log_access=False, backlog=1024)
         loop = asyncio.get_running_loop()
@@ -105,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                          default="info", help="the least severe level written (OBS-8020)")
 
     sub.add_parser("openapi", help="print the OpenAPI document")
+    add_config_command(sub)
 
     runs = sub.add_parser("runs", help="browse, follow and move Runs (over HTTP)")
     groups = {"runs": runs.add_subparsers(dest="runs_cmd", required=True)}
@@ -116,13 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     if handler is not None:
         return int(handler(args))
     if args.cmd == "serve":
-        config = _config(args)
+        config = checked_config(lambda: _config(args), args.config or "<default>")
         configure_logging(args.log_format, secrets=config.auth_tokens,
                           level=logging.getLevelName(args.log_level.upper()))
         serve(config)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.cmd == "config":
+        return run_config_command(args)
     if args.cmd == "openapi":
         from orchestratord.openapi import openapi_json
 

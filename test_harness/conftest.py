@@ -30,6 +30,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{tag}: requirement tag from the feature files")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The default data dir is per user (OBS-8065): a test that does not name one gets a
+    temporary ``XDG_DATA_HOME``, never the real one."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Async tests run on asyncio, like Granian."""

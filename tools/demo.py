@@ -16,8 +16,12 @@ Flow, and runs it three times:
 The report says whether the token streams (index, text bytes, token id), the
 ``tool_suggest`` frames and every Step's output are identical across the three modes.
 
-Run it as ``python -m tools.demo [--url URL] [--json] [--file PATH] [--mock]`` from the
-repository root; ``bash tools/demo.sh`` sets everything up first and then does that.
+Run it as ``python -m tools.demo [--url URL] [--json] [--file PATH] [--mock]``;
+``bash tools/demo.sh`` sets everything up first and then does that. It prints its
+progress (each mode, each Step with its type, tokens and time) and the files it read on
+stderr, the report on stdout. Without ``--file`` it summarises the repository's
+``specs/20_stream_and_replay.md``, found from this file, so the report is the same from
+any directory (OBS-8071).
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 
 from contracts.errors import OrchestratorError
-from orchestratord.client import OrchestratorClient
+from orchestratord.client import OrchestratorClient, StepResult
 from tools.demo_flow import DEMO_FLOW, DEMO_TOOLS, FACT_SCHEMAS, interpret
 from tools.servers import start_server, stop_server
 
@@ -45,11 +51,32 @@ _COUNTERS = {"engine_requests": "orchestrator_engine_requests_total",
 _LLM_STEPS = ("summary", "plan", "title")
 
 
-def _default_file() -> pathlib.Path:
-    for candidate in (pathlib.Path("specs/20_stream_and_replay.md"), pathlib.Path("README.md")):
-        if candidate.is_file():
-            return candidate
-    return pathlib.Path(__file__)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+"""The repository root: the demo's inputs are found from here, never from the cwd."""
+
+DEFAULT_FILE = ROOT / "specs" / "20_stream_and_replay.md"
+"""The document the demo summarises unless ``--file`` names another."""
+
+
+def _shown(path: pathlib.Path) -> str:
+    """A path as the report names it: relative to the repository when inside it, so the
+    report does not depend on where the checkout or the shell is."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _progress(mode: str) -> Callable[[str, StepResult, float], None]:
+    """Print one line per Step of ``mode`` as it ends (OBS-8071)."""
+
+    def show(name: str, res: StepResult, ms: float) -> None:
+        _say(f"  [{mode}] {name:<11}{res.step.type.value:<11}{len(res.tokens):>5} tokens"
+             f"{ms:>9.0f} ms")
+
+    return show
 
 
 async def _counters(client: OrchestratorClient) -> dict[str, int]:
@@ -66,8 +93,9 @@ async def _run_mode(client: OrchestratorClient, flow_id: str, model: str, docume
                                   fs_policy={"roots": [fs_root],
                                              "allow": {"write": ["report.md"]}},
                                   **({"replay_of": replay_of} if replay_of else {}))
+    _say(f"{mode}: run {run.run_id}")
     before = await _counters(client)
-    done = await interpret(client, run.run_id, model, document)
+    done = await interpret(client, run.run_id, model, document, _progress(mode))
     after = await _counters(client)
     results = done["results"]
     return {
@@ -154,14 +182,15 @@ def run_demo(*, url: str | None, as_json: bool, file: pathlib.Path | None,
              mock: bool = False) -> int:
     """Run the demo; exit code 0 only when both replays are byte-identical, every output
     is identical, and ``replay`` made no engine, tool or file-system call."""
-    path = file or _default_file()
+    path = file or DEFAULT_FILE
     document = path.read_text(encoding="utf-8")[:1500]
+    _say(f"read {path.resolve()} (the first {len(document)} characters)")
     proc = None
     if url is None:
-        if not as_json:
-            print(f"starting orchestratord ({'mock engine' if mock else 'llama.cpp, SmolLM2'})…",
-                  flush=True)
-        proc, url = start_server(mock=mock)
+        _say(f"starting orchestratord ({'mock engine' if mock else 'llama.cpp, SmolLM2'})…")
+        data_dir = tempfile.mkdtemp(prefix="orchestratord-demo-")
+        proc, url = start_server(mock=mock, data_dir=data_dir)
+        _say(f"server {url}; its data and log in {data_dir}")
 
     async def go() -> dict[str, Any]:
         async with OrchestratorClient(url, timeout_s=120.0) as client:
@@ -175,7 +204,7 @@ def run_demo(*, url: str | None, as_json: bool, file: pathlib.Path | None,
     finally:
         if proc is not None:
             stop_server(proc)
-    report["document"] = str(path)
+    report["document"] = _shown(path)
     if as_json:
         print(json.dumps(report, indent=2))
     else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from orchestratord.client import OrchestratorClient, StepResult
@@ -88,9 +89,14 @@ def _ok(name: str, res: StepResult) -> StepResult:
     return res
 
 
+Progress = Callable[[str, StepResult, float], None]
+"""``(step name, its result, its wall time in ms)``, called as each Step ends."""
+
+
 async def interpret(client: OrchestratorClient, run_id: str, model: str,
-                    document: str) -> dict[str, Any]:
-    """Run the demo Flow's eight steps in one Run, as the interpreter.
+                    document: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the demo Flow's eight steps in one Run, as the interpreter; ``progress`` hears
+    of each Step as it ends (OBS-8071).
 
     Returns:
         ``{"results": {name: StepResult}, "gate": bool, "report": str, "wall_ms": float}``
@@ -105,9 +111,12 @@ async def interpret(client: OrchestratorClient, run_id: str, model: str,
     t0 = time.perf_counter()
 
     async def step(name: str, body: dict[str, Any]) -> StepResult:
+        started = time.perf_counter()
         res = _ok(name, await client.run_step(run_id, {"client_token": f"demo-{name}",
                                                        **body}))
         results[name] = res
+        if progress is not None:
+            progress(name, res, (time.perf_counter() - started) * 1000)
         return res
 
     summary = (await step("summary", {"type": "llm_call", "input": _chat(

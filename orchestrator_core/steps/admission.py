@@ -47,6 +47,7 @@ from orchestrator_core.canonical import (
 )
 from orchestrator_core.clock import iso_utc
 from orchestrator_core.lookup import get_step
+from orchestrator_core.metrics_pools import on_rejected
 from orchestrator_core.policy import redact
 from orchestrator_core.replay import check_recorded_match
 from orchestrator_core.rows import RunRow, RunUsage, StepRow
@@ -202,8 +203,10 @@ class Admitter:
         """The server has room for one more active Step (``max_active_steps``)."""
         cap = self.ctx.config.max_active_steps
         if self.ctx.log.active() >= cap:
-            raise AdmissionReject(f"the server already has {cap} active steps",
+            err = AdmissionReject(f"the server already has {cap} active steps",
                                   retry_after_ms=1000, data={"max_active_steps": cap})
+            on_rejected(self.ctx.metrics, "", err)  # server-wide: no engine (OBS-8051)
+            raise err
 
     def _recorded(self, adm: Admission, *, check_input: bool = True) -> StepRow:
         """The recorded Step this one replays, finished (NERVE-4023)."""

@@ -184,11 +184,15 @@ class StepRun:
     The runner owns it: it reads ``tokens_in``, ``tokens_out``, ``decode_started`` and
     ``finish_reason`` into the provenance block of whichever terminal frame ends the Step.
     ``plan`` is None for a Step that serves a recording.
-    Units: monotonic seconds (``submitted_at``, ``deadline``, ``decode_started``).
+    ``decode_ended`` is when the engine stream closed (the end of the engine's time,
+    OBS-8053).
+    Units: monotonic seconds (``submitted_at``, ``deadline``, ``decode_started``,
+    ``decode_ended``).
     """
 
     __slots__ = (
         "deadline",
+        "decode_ended",
         "decode_started",
         "finish_reason",
         "log",
@@ -219,6 +223,7 @@ class StepRun:
         self.tokens_in = 0
         self.tokens_out = 0
         self.decode_started: float | None = None
+        self.decode_ended: float | None = None
         self.finish_reason: str | None = None
         self.span: Span | None = None  # set when its task is started (OBS-8011)
 

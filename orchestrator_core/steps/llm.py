@@ -30,6 +30,7 @@ from contracts.errors import (
     EngineError,
     Interrupted,
     InvalidParams,
+    OrchestratorError,
     QueueFull,
 )
 from contracts.events import (
@@ -44,7 +45,14 @@ from contracts.steps import LlmCallSubmit, LlmPlanSubmit
 from orchestrator_core import tracing
 from orchestrator_core.breaker import Transition
 from orchestrator_core.canonical import b3, b3_as_recorded, derive_seed
-from orchestrator_core.placement import place
+from orchestrator_core.metrics import PRIORITY
+from orchestrator_core.metrics_pools import (
+    engine_of_model,
+    latency_labels,
+    on_rejected,
+    place_counted,
+    task_labels,
+)
 from orchestrator_core.planning import (
     ContractShape,
     OutputShape,
@@ -116,13 +124,22 @@ class Llm:
         return ContractShape(contract), contract, None
 
     async def admit(self, adm: Admission) -> Plan:
-        """Validate, place, redact, count, check and reserve (see the module docstring).
+        """Validate, place, redact, count, check and reserve (see the module docstring);
+        a refusal counts in ``tasks_rejected_total`` (OBS-8051).
 
         Raises:
             InvalidParams, InvalidModel, ContextBudget, PolicyDenied, Nondeterminism,
             DeterminismInputsDiffer, PoolUnavailable, PoolUnready, CircuitOpen,
             QueueFull, BudgetExceeded, EngineError.
         """
+        try:
+            return await self._admit(adm)
+        except OrchestratorError as err:
+            on_rejected(self.ctx.metrics, engine_of_model(self.ctx.pools, adm.body.input.model),
+                        err)
+            raise
+
+    async def _admit(self, adm: Admission) -> Plan:
         ctx, run, body, step_type = self.ctx, adm.run, adm.body, adm.step_type
         inp = body.input
         if (inp.messages is None) == (inp.prompt is None):
@@ -146,7 +163,7 @@ class Llm:
             found = ctx.pools.find_replica(rec_replica)
             placement = PlacementPin(pool_id=found[0].pool_id if found
                                      else rec_prov.pool_id or "", replica_id=rec_replica)
-        pool, replica, decision = place(ctx.pools, inp.model, placement)
+        pool, replica, decision = place_counted(ctx.metrics, ctx.pools, inp.model, placement)
         engine = replica.engine()
         engine.check_seed(seed)
         messages = ([msgspec.to_builtins(m) for m in inp.messages]
@@ -325,6 +342,7 @@ class _Job:
         self.capped = capped
         self.cap_budget = cap_budget
         self.request = request
+        self.labels = task_labels(ctx.pools, pool_id, replica.replica_id)
 
     async def run(self, sr: StepRun) -> Done:
         """Hold a slot on the replica for the completion (the runner's deadline covers
@@ -334,7 +352,10 @@ class _Job:
         ahead = rep.waiting + (1 if rep.busy >= rep.slots else 0)
         predicted_ms = int(math.ceil(ahead / rep.slots) * rep.avg_step_ms) if ahead else 0
         clock = self.ctx.clock
+        metrics = self.ctx.metrics
+        metrics.tasks_enqueued.labels(**self.labels, priority=PRIORITY).inc()
         await rep.acquire()
+        metrics.tasks_started.labels(**self.labels, priority=PRIORITY).inc()
         held_from = clock.monotonic()
         try:
             with tracing.engine_call(self.model, sr.provenance.engine, self.request,
@@ -395,6 +416,9 @@ class _Job:
                 text.append(tok.t)
                 n += 1
                 sr.tokens_out = n
+                if n == 1:
+                    ctx.metrics.first_token_ms.labels(**latency_labels(self.labels)).observe(
+                        (clock.monotonic() - sr.submitted_at) * 1000.0)
                 if n % METRICS_EVERY == 0:
                     self._publish_metrics(sr, n, t0)
             if finish is None:
@@ -409,6 +433,7 @@ class _Job:
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()  # type: ignore[attr-defined]
+            sr.decode_ended = clock.monotonic()
             if not verdict:
                 rep.breaker.release_probe()
             sr.escalate(moved)

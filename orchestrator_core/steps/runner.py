@@ -55,6 +55,7 @@ from contracts.events import (
 from contracts.steps import StepStatus
 from orchestrator_core import tracing
 from orchestrator_core.bounds import oversize
+from orchestrator_core.metrics_pools import on_step_finished
 from orchestrator_core.rows import StepRow
 from orchestrator_core.steps.base import Done, StepContext, StepRun
 
@@ -219,6 +220,7 @@ class StepTasks:
         self.ctx.log.finish(sr.step_id, end, {"status": StepStatus.SUCCEEDED.value, **usage})
         tracing.step_finished(sr.span, sr.step_id, sr.run_id, sr.step_type,
                               StepStatus.SUCCEEDED.value, prov)
+        on_step_finished(self.ctx.metrics, self.ctx.pools, sr, self.ctx.clock.monotonic())
         self.ctx.metrics.steps_finished.labels(type=sr.step_type,
                                                status=StepStatus.SUCCEEDED.value).inc()
 
@@ -233,6 +235,8 @@ class StepTasks:
                                                 "error": _enc.encode(env).decode(), **usage})
         tracing.step_finished(sr.span, sr.step_id, sr.run_id, sr.step_type, status.value,
                               prov, env.code.value)
+        on_step_finished(self.ctx.metrics, self.ctx.pools, sr, self.ctx.clock.monotonic(),
+                         err.code.value if status is StepStatus.CANCELLED else None)
         self.ctx.metrics.steps_finished.labels(type=sr.step_type, status=status.value).inc()
 
     # -- recovery ----------------------------------------------------------------------
