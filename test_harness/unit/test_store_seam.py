@@ -186,7 +186,8 @@ class TestStoreProtocol:
                                   "orchestrator_core.migrations_late",
                                   "orchestrator_core.wal_checkpoints",
                                   "orchestrator_core.store_run_lists",
-                                  "orchestrator_core.service")) == []
+                                  "orchestrator_core.service",
+                                  "orchestrator_core.store_open")) == []
 
     def test_the_orchestrator_runs_on_an_injected_store(self, tmp_path: pathlib.Path) -> None:
         """[PLACE-5008] A store given to ``Orchestrator.running`` (here one that only
