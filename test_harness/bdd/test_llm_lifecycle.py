@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import pathlib
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack
@@ -27,6 +25,7 @@ from contracts.llm import DoneEvent, ErrorEvent, LlmStreamEvent, TokenEvent
 from orchestrator_core.config import ServerConfig
 from orchestratord.client import ERR_STREAM_DISCONNECTED, OrchestratorClient
 from test_harness.conftest import with_options
+from test_harness.store_param import db_connection
 from test_harness.support import app_client, parse_sse
 
 scenarios("llm_lifecycle.feature")
@@ -94,8 +93,9 @@ def _events(ctx: dict[str, Any], job_id: str, tenant: str = "alpha",
     return parse_sse(raw)
 
 
-def _db(ctx: dict[str, Any]) -> sqlite3.Connection:
-    return sqlite3.connect(pathlib.Path(ctx["cfg"].data_dir) / "orchestrator.db")
+def _db(ctx: dict[str, Any]) -> Any:
+    """The server's store, on either backend (PG-9053)."""
+    return db_connection(ctx["cfg"].data_dir)
 
 
 @given(parsers.parse('a server with tokens "{ta}" for tenant "{a}" and "{tb}" for tenant '

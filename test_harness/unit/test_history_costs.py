@@ -247,6 +247,7 @@ class TestServiceUsage:
     ending (NERVE-4042)."""
 
     @pytest.mark.anyio
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     async def test_usage_equals_the_recount_after_outcomes_replay_and_recovery(
             self, tmp_path: pathlib.Path) -> None:
         """[NERVE-4042] [NERVE-4040] A record Run with a succeeded, an interrupted and a

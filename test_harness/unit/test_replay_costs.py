@@ -139,6 +139,7 @@ class TestServedAdmission:
     """A Step served by reference is admitted with a fixed set of store statements, and
     its row is committed before its answer (STREAM-2014)."""
 
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     def test_a_replayed_step_reads_the_run_two_tokens_and_inserts_once(
             self, served: tuple[TestClient[Any], str, str], mock_cfg: ServerConfig,
             monkeypatch: pytest.MonkeyPatch) -> None:

@@ -265,6 +265,7 @@ class TestServedByReference:
                 rec_id, rec_id, b3_bytes(r.body), frames_hash(rows))
             assert r.body == (BODY_OK if token == "c-ok" else BODY_CUT)
 
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     def test_a_recording_whose_frames_changed_after_its_hash_was_kept_is_refused(
             self, recorded: tuple[TestClient[Any], str]) -> None:
         """[NERVE-4025] Once referenced, a recording whose bytes change is refused with 409
@@ -306,6 +307,7 @@ class TestServedByReference:
             (served[0]["step_id"], "stp_rec_ok", "succeeded")]
         assert client.get(f"/v1/steps/{served[1]['step_id']}/stream").content == BODY_OK
 
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     def test_the_first_reference_keeps_the_hash_in_the_commit_that_stores_it(
             self, recorded: tuple[TestClient[Any], str]) -> None:
         """[NERVE-4025] The first replay of a recording writes the hash kept on each
@@ -327,6 +329,7 @@ class TestServedByReference:
                   for start, name in names.items() if sql.startswith(start)]
         assert writes == ["begin", "seal", "insert", "commit"] * 2 + ["insert"] * 2
 
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     def test_the_store_counts_a_broken_reference(
             self, recorded: tuple[TestClient[Any], str]) -> None:
         """[NERVE-4025] After a replay the integrity check is clean; a reference whose
