@@ -39,9 +39,10 @@ STORE_SCHEMES = ("postgresql://", "postgres://")
 
 
 def _identifier(name: str) -> bool:
-    """True for a plain SQL identifier: ASCII letters, digits and ``_``, 1 to 63 of
-    them, not starting with a digit (PostgreSQL's limit; no quoting ever needed)."""
-    ok = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+    """True for a plain SQL identifier: lowercase ASCII letters, digits and ``_``, 1 to
+    63 of them, not starting with a digit (PostgreSQL's limit; no quoting ever needed,
+    and PostgreSQL folds unquoted names to lowercase)."""
+    ok = "abcdefghijklmnopqrstuvwxyz0123456789_"
     return 0 < len(name) <= 63 and all(c in ok for c in name) and not name[0].isdigit()
 
 
@@ -83,7 +84,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             embedded SQLite file ``<data_dir>/orchestrator.db``, or a PostgreSQL DSN
             (``postgresql://...`` or ``postgres://...``).
         store_schema: the PostgreSQL schema the store's tables live in (PG-9052);
-            ignored on SQLite. Letters, digits and ``_``, not starting with a digit.
+            ignored on SQLite. Lowercase letters, digits and ``_``, not starting with a
+            digit.
         commit_interval_ms: longest a token frame waits before its group commit.
         commit_max_frames: a group commit happens at this many pending frames.
         heartbeat_ms: interval of ``: keep-alive`` comments on idle SSE streams; it bounds
@@ -159,8 +161,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise InvalidParams("config: store must be empty (SQLite under data_dir) or a "
                                 "postgresql:// DSN", data={"field": "store"})
         if not _identifier(self.store_schema):
-            raise InvalidParams("config: store_schema must be letters, digits and _, "
-                                "not starting with a digit, at most 63 characters",
+            raise InvalidParams("config: store_schema must be lowercase letters, digits "
+                                "and _, not starting with a digit, at most 63 characters",
                                 data={"field": "store_schema"})
 
 

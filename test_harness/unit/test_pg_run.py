@@ -145,7 +145,8 @@ class TestStoreChoice:
 
     @pytest.mark.parametrize(("key", "value"), [
         ("store", "mysql://db"), ("store", "/var/lib/orchestrator.db"),
-        ("store_schema", "1abc"), ("store_schema", "a;drop"), ("store_schema", "")])
+        ("store_schema", "1abc"), ("store_schema", "a;drop"), ("store_schema", "Abc"),
+        ("store_schema", "")])
     def test_a_store_the_server_cannot_use_is_refused_naming_its_key(
             self, tmp_path: pathlib.Path, key: str, value: str) -> None:
         """[PG-9052] A ``store`` that is not a PostgreSQL DSN, or a schema that is not a
