@@ -43,11 +43,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _store_backend() -> Iterator[None]:
-    """On the PostgreSQL pass, every server a test builds without a store of its own runs
-    on PostgreSQL in the schema of its data dir, dropped after the test (PG-9053). (Its
-    own MonkeyPatch: a test's ``monkeypatch.undo()`` must not undo it.)"""
+    """On the PostgreSQL pass, every server the suites build without a store of its own
+    runs on PostgreSQL in the schema of its data dir (PG-9053); for the whole session, so
+    module-scoped servers are on it too. (Its own MonkeyPatch: a test's
+    ``monkeypatch.undo()`` must not undo it.)"""
     if not on_postgres():
         yield
         return
@@ -58,7 +59,16 @@ def _store_backend() -> Iterator[None]:
         yield
     finally:
         mp.undo()
-        Schemas.drop_all()
+        Schemas.drop(set(Schemas.made))
+
+
+@pytest.fixture(autouse=True)
+def _test_schemas(_store_backend: None) -> Iterator[None]:
+    """On the PostgreSQL pass, the schemas a test made are dropped when it ends; those of
+    longer-lived fixtures made before it, when the session ends (PG-9053)."""
+    before = set(Schemas.made)
+    yield
+    Schemas.drop(Schemas.made - before)
 
 
 @pytest.fixture(autouse=True, scope="session")

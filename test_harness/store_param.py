@@ -23,10 +23,20 @@ from typing import Any, ClassVar
 import msgspec
 
 from orchestrator_core.config import ServerConfig
+from orchestrator_core.store_base import Store
 
-__all__ = ["TEST_STORE_ENV", "Schemas", "count_frames_sql", "counts",
-           "db_connection", "on_postgres", "schema_for",
-           "test_dsn", "with_test_store"]
+__all__ = [
+    "TEST_STORE_ENV",
+    "Schemas",
+    "count_frames_sql",
+    "counts",
+    "db_connection",
+    "on_postgres",
+    "open_test_store",
+    "schema_for",
+    "test_dsn",
+    "with_test_store",
+]
 
 TEST_STORE_ENV = "ORCHESTRATORD_TEST_STORE"
 """The environment variable naming the PostgreSQL DSN of the second pass."""
@@ -69,17 +79,22 @@ class Schemas:
         cls.made.add(schema)
 
     @classmethod
-    def drop_all(cls) -> None:
-        """Drop every remembered schema with what it holds."""
-        if not cls.made:
+    def drop(cls, schemas: set[str]) -> None:
+        """Drop these schemas with what they hold, and forget them."""
+        if not schemas:
             return
         import psycopg
 
         with psycopg.connect(test_dsn(), autocommit=True) as con:
             con.execute("SET lock_timeout = '10s'")  # a store left open fails, not stalls
-            for schema in sorted(cls.made):
+            for schema in sorted(schemas):
                 con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        cls.made.clear()
+        cls.made -= schemas
+
+    @classmethod
+    def drop_all(cls) -> None:
+        """Drop every remembered schema with what it holds."""
+        cls.drop(set(cls.made))
 
 
 def with_test_store(config: ServerConfig) -> ServerConfig:
@@ -105,6 +120,15 @@ def db_connection(data_dir: str | pathlib.Path) -> Any:
     con = psycopg.connect(test_dsn(), autocommit=True)
     con.execute(f"SET search_path TO {schema_for(data_dir)}")
     return con
+
+
+def open_test_store(data_dir: str | pathlib.Path) -> Store:
+    """The store of the (stopped) server whose data dir this is, as that server opens
+    it on this pass; the caller closes it."""
+    from orchestrator_core.config import mock_config
+    from orchestrator_core.store_open import open_store
+
+    return open_store(with_test_store(mock_config(data_dir=str(data_dir))))
 
 
 def counts(con: Any, tables: tuple[str, ...]) -> dict[str, int]:

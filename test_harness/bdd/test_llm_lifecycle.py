@@ -4,6 +4,7 @@ engine (NERVE-4080..NERVE-4089)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -366,8 +367,9 @@ def metadata_back(ctx: dict[str, Any], meta: str) -> None:
 @then("the store holds each attachment's bytes once under the tenant and its sha256")
 def stored_once(ctx: dict[str, Any]) -> None:
     """Content-addressed: the attachment two jobs brought is one row."""
-    rows = _db(ctx).execute("SELECT tenant, sha256, size, data FROM llm_attachments"
-                            " ORDER BY size").fetchall()
+    with contextlib.closing(_db(ctx)) as db:
+        rows = db.execute("SELECT tenant, sha256, size, data FROM llm_attachments"
+                          " ORDER BY size").fetchall()
     assert [(t, s, n, bytes(d)) for t, s, n, d in rows] == [
         ("alpha", "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824", 5,
          b"hello"),
@@ -568,9 +570,9 @@ def refused(ctx: dict[str, Any], field: str, reason: str) -> None:
 @then("nothing was stored for it")
 def nothing_stored(ctx: dict[str, Any]) -> None:
     """No Step, job or attachment row."""
-    db = _db(ctx)
-    assert [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
-            for t in ("steps", "llm_jobs", "llm_attachments")] == [0, 0, 0]
+    with contextlib.closing(_db(ctx)) as db:
+        assert [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
+                for t in ("steps", "llm_jobs", "llm_attachments")] == [0, 0, 0]
 
 
 @when(parsers.parse('I enqueue through the Python client a job for model "{model}" and a job '

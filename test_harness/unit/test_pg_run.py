@@ -211,7 +211,7 @@ class TestPostgresPass:
         exists = ("SELECT count(*) FROM information_schema.schemata"  # noqa: S608 - ours
                   f" WHERE schema_name = '{schema}'")
         made = _one(dsn, exists)
-        store_param.Schemas.drop_all()
+        store_param.Schemas.drop({schema})
         assert ((cfg.store, cfg.store_schema), made, _one(dsn, exists)) == (
             (dsn, schema), 1, 0)
 
@@ -238,7 +238,7 @@ class TestPostgresPass:
             assert table_counts(data / "orchestrator.db") == {
                 "flows": 0, "runs": 2, "steps": 0, "events": 5}
         finally:
-            store_param.Schemas.drop_all()
+            store_param.Schemas.drop({store_param.schema_for(data)})
 
 
 class TestCi:

@@ -23,6 +23,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.replay import frames_hash
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store import SqliteStore
+from test_harness.store_param import open_test_store
 from test_harness.support import app_client, llm_step, rewrite_frames, table_counts
 
 PROV_OK = (b'{"seed":11,"prompt_hash":"b3:p","params_hash":"b3:q","engine":"mock",'
@@ -65,7 +66,7 @@ def _input_hash(body: dict[str, Any]) -> str:
 def seed_recording(db: pathlib.Path, run_id: str) -> None:
     """Write the recorded Steps of :data:`RECORDED` (finished, with their logs) into the
     record Run ``run_id`` of a stopped server's store."""
-    store = SqliteStore(db)
+    store = open_test_store(db.parent)  # the SQLite file, or its schema (PG-9053)
     try:
         for token, (step_id, status, frames) in RECORDED.items():
             body = llm_step(token, PROMPTS[token])
