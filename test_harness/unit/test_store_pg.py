@@ -376,6 +376,20 @@ class TestBothBackends:
         assert (either.prompt_text("b3:p"), either.prompt_text("b3:q")) == (
             "a\x00b\u00e9", None)
 
+    def test_a_key_holding_nul_answers_as_an_unknown_key(self, either: Store) -> None:
+        """[PG-9008] Lookups by an id, token or hash holding U+0000 (which no stored row
+        can have on PostgreSQL) answer None or nothing, as for any unknown key."""
+        assert (either.get_run("r\x00"), either.get_step("s\x00"), either.get_flow("f\x00"),
+                either.get_flow_by_hash("default\x00", "h"),
+                either.get_step_by_token("r", "c\x00"), either.get_checkpoint("k\x00"),
+                either.prompt_text("b3:\x00"), either.get_llm_job("s\x00"),
+                either.tenant_run_position("default", "r\x00")) == (None,) * 9
+        assert (either.read_events("s\x00", -1), either.list_steps("r\x00"),
+                either.list_facts(fact_ids=["f\x00"]), either.list_runs("f\x00"),
+                either.live_steps("r\x00"), either.run_log_page("r\x00", -1, 10)) == ([],) * 6
+        assert (either.max_seq("s\x00"), either.run_log_end("r\x00"),
+                either.steps_high_water("r\x00")) == (-1, 0, -1)
+
     def test_served_steps_take_the_first_hash(self, either: Store) -> None:
         """[PG-9005] A Step served by reference keeps its hash on the holder (first
         writer wins); another hash is refused and inserts nothing."""
