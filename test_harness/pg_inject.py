@@ -40,7 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _state["dir"] = tempfile.mkdtemp(prefix="pgi-")
         dsn = pg_support.start_cluster(_state["dir"])
     _state["dsn"] = dsn
-    service.SqliteStore = _pg_store  # type: ignore[misc,assignment]
+    setattr(service, "SqliteStore", _pg_store)  # noqa: B010 - not exported, replaced on purpose
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

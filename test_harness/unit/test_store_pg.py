@@ -4,8 +4,8 @@ A throwaway cluster is started once for the session when the PostgreSQL binaries
 installed (:mod:`test_harness.pg_support`); each test gets a fresh schema. The store-level
 test classes of the SQLite store run here again, unchanged, on a PgStore (``...OnPg``),
 with their fixtures seeded the same way; the tests that read SQLite's own files, query
-plans or connection are replaced by PostgreSQL ones. :class:`TestBothBackends` runs on
-each backend.
+plans or connection are replaced by PostgreSQL ones [PG-9041]. :class:`TestBothBackends`
+runs on each backend.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from orchestrator_core.service import Orchestrator
 from orchestrator_core.store import SqliteStore
 from orchestrator_core.store_base import Store
 from orchestrator_core.store_pg import PgStore
-from test_harness import pg_support
+from test_harness import pg_inject, pg_support
 from test_harness.support import llm_step
 from test_harness.unit import test_commit_path as commit_path
 from test_harness.unit import test_eventlog as eventlog
@@ -59,7 +59,8 @@ _schemas = itertools.count()
 
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
-    """A throwaway cluster's DSN for the session; the tests skip without the binaries."""
+    """[PG-9040] A throwaway cluster's DSN for the session; the tests skip without the
+    binaries."""
     if pg_support.bin_dir() is None:
         pytest.skip("no PostgreSQL binaries (/usr/lib/postgresql/*/bin/initdb)")
     where = tempfile.mkdtemp(prefix="pgt-")
@@ -282,7 +283,8 @@ def either(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[S
 
 
 class TestBothBackends:
-    """Facts, checkpoints, usage, tenancy, idempotency and imports answer alike (PG-9000)."""
+    """Facts, checkpoints, usage, tenancy, idempotency and imports answer alike (PG-9000,
+    PG-9041)."""
 
     def test_usage_counters_follow_every_step_change(self, either: Store) -> None:
         """[PG-9006] Inserts, usage changes and status moves are counted in the same
@@ -585,3 +587,25 @@ class TestOrchestratorOnPg:
         assert not (tmp_path / "data" / "orchestrator.db").exists()
         assert store.integrity() == {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0,
                                      "broken_references": 0, "usage_mismatch": 0}
+
+
+class TestPgInject:
+    """The plugin that runs a suite on PgStore (PG-9043)."""
+
+    def test_one_data_dir_is_one_schema(self, pg_dsn: str, tmp_path: pathlib.Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        """[PG-9043] The store standing in for SQLite's is a PgStore whose schema is named
+        after the data directory: reopening one directory finds its rows, another
+        directory is another schema."""
+        monkeypatch.setitem(pg_inject._state, "dsn", pg_dsn)
+        first = pg_inject._pg_store(tmp_path / "a" / "orchestrator.db")
+        seeded(cast(SqliteStore, first))
+        first.close()
+        again = pg_inject._pg_store(tmp_path / "a" / "orchestrator.db", "FULL")
+        other = pg_inject._pg_store(tmp_path / "b" / "orchestrator.db")
+        try:
+            assert (again.schema == first.schema != other.schema, again.get_run("r") == RUN,
+                    other.get_run("r")) == (True, True, None)
+        finally:
+            again.close()
+            other.close()
