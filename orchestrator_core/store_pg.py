@@ -263,8 +263,8 @@ class PgStore(PgLists, PgJobs):
                 where.append(f"{column} = %s")
                 args.append(value)
         if fact_ids is not None:
-            where.append("fact_id = ANY(%s)")
-            args.append(list(fact_ids))
+            where.append("fact_id = ANY(%s)")  # an id holding U+0000 names no Fact
+            args.append([i for i in fact_ids if "\x00" not in i])
         return self._all(FactRow, f"{FACTS} WHERE {' AND '.join(where)}"
                          " ORDER BY run_id, seq LIMIT %s", (*args, limit))
 

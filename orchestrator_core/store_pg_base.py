@@ -20,7 +20,7 @@ import psycopg_pool
 
 from orchestrator_core.rows import CheckpointRow, FactRow, FlowRow, RunRow, StepRow
 
-__all__ = ["Conn", "PgBase", "label_rows"]
+__all__ = ["Conn", "PgBase", "label_rows", "unstorable"]
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 """A pooled connection (tuple rows)."""
@@ -77,6 +77,14 @@ INSERT_EVENT = ("INSERT INTO events (step_id, seq, run_id, type, data, last_seq)
                 " VALUES (%s, %s, %s, %s, %s, %s)")
 
 
+def unstorable(args: Sequence[Any] | dict[str, Any]) -> bool:
+    """Whether a parameter is text holding U+0000, which PostgreSQL text cannot hold: a
+    key with one names no stored row, so a lookup by it answers as for an unknown key
+    (PG-9008) instead of failing."""
+    values = args.values() if isinstance(args, dict) else args
+    return any(isinstance(v, str) and "\x00" in v for v in values)
+
+
 def label_rows(row: RunRow) -> list[tuple[str, str, bytes, bytes, str]]:
     """``(flow_id, tenant, key, value, run_id)`` for each text label in the Run's body,
     UTF-8 encoded (as SQLite's ``json_each(body, '$.labels')`` rows of type text).
@@ -131,11 +139,17 @@ class PgBase:
             return conn.execute(query, args).rowcount
 
     def _rows(self, query: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read; none when a text key holds U+0000 (:func:`unstorable`)."""
+        if unstorable(args):
+            return []
         with self._conn() as conn:
             return conn.execute(query, args).fetchall()
 
     def _first(self, query: str,
                args: Sequence[Any] | dict[str, Any] = ()) -> tuple[Any, ...] | None:
+        """The first row of one read, or None (also when a text key holds U+0000)."""
+        if unstorable(args):
+            return None
         with self._conn() as conn:
             return conn.execute(query, args).fetchone()
 
