@@ -21,8 +21,9 @@ from orchestrator_core.config import ServerConfig, load_config, mock_config
 from orchestrator_core.store import SqliteStore
 from orchestratord import cli
 from test_harness import store_param
-from test_harness.support import pid_alive, table_counts
+from test_harness.support import http_run_step, llm_step, pid_alive, table_counts
 from tools import pg_cluster
+from tools.servers import start_server, stop_server
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -176,6 +177,42 @@ class TestStoreChoice:
         assert (exit_.value.code, capsys.readouterr().err) == (
             2, "orchestratord: config: <command line>: store: store must be empty (SQLite "
                "under data_dir) or a postgresql:// DSN; fix --store\n")
+
+
+@needs_pg
+class TestServeOnPostgres:
+    """A real ``orchestratord serve`` process on PostgreSQL."""
+
+    def test_serve_with_store_keeps_the_event_log_in_the_schema_and_no_sqlite_file(
+            self, tmp_path: pathlib.Path, cluster: tuple[pathlib.Path, str]) -> None:
+        """[PG-9052] ``serve --mock --store DSN --store-schema S`` answers a Step whose
+        frames are rows of ``S.events``, and writes no ``orchestrator.db``."""
+        import httpx
+        import psycopg
+
+        _base, dsn = cluster
+        data = tmp_path / "srv"
+        data.mkdir()
+        proc, url = start_server(mock=True, data_dir=str(data),
+                                 extra=["--store", dsn, "--store-schema", "serve_e2e"])
+        try:
+            with httpx.Client(base_url=url, timeout=30.0) as http:
+                resp, frames = http_run_step(http, _new_run(http), llm_step("pg-1"))
+        finally:
+            stop_server(proc)
+        with psycopg.connect(dsn, autocommit=True) as con:
+            con.execute("SET search_path TO serve_e2e")
+            stored = store_param.counts(con, ("flows", "runs", "steps"))
+            con.execute("DROP SCHEMA serve_e2e CASCADE")
+        assert (resp.status_code, [f["event"] for f in frames][-1], stored,
+                (data / "orchestrator.db").exists()) == (
+            201, "end", {"flows": 1, "runs": 1, "steps": 1, "events": len(frames)}, False)
+
+
+def _new_run(http: Any) -> str:
+    flow = http.post("/v1/flows", json={"ast_ir": {"pg": True}}).json()
+    return str(http.post(f"/v1/flows/{flow['flow_id']}/runs", json={"seed": 7}).json()[
+        "run_id"])
 
 
 class TestPostgresPass:
