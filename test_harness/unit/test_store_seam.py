@@ -49,6 +49,7 @@ def _version(db: pathlib.Path) -> int:
         con.close()
 
 
+@pytest.mark.sqlite_only  # the SQLite store's migrations (PG-9053)
 class TestMigrations:
     """Older databases migrate in order, one transaction per version (NERVE-4041)."""
 
