@@ -121,6 +121,13 @@ class Store(Protocol):
         """The text kept under ``text_hash``, or None."""
         ...
 
+    # -- the exact-match cache (REC-7102) ------------------------------------------------
+
+    def cached_step(self, tenant: str, cache_key: str) -> StepRow | None:
+        """The earliest succeeded Step of ``tenant`` stored with ``cache_key``
+        (``StepRow.cache_key``), or None; an indexed lookup, never a scan."""
+        ...
+
     # -- steps (NERVE-4003, NERVE-4008, NERVE-4040) --------------------------------------
 
     def insert_step(self, row: StepRow) -> bool:
