@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import shutil
 import sys
@@ -93,7 +94,8 @@ def _more(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_recordings:
         if not args.json:
             print("measuring recordings...", file=sys.stderr, flush=True)
-        more["recordings"] = measure_recordings(3, 3400, args.rounds)
+        with contextlib.redirect_stdout(sys.stderr):  # Granian's embedded logs: not the report
+            more["recordings"] = measure_recordings(3, 3400, args.rounds)
     if not args.no_observability:
         if not args.json:
             print("measuring observability...", file=sys.stderr, flush=True)
