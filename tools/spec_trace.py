@@ -49,7 +49,8 @@ __all__ = [
     "reference_pattern",
 ]
 
-DEFAULT_PREFIXES: tuple[str, ...] = ("NERVE", "STREAM", "POLICY", "PLACE", "REC", "OBS")
+DEFAULT_PREFIXES: tuple[str, ...] = ("NERVE", "STREAM", "POLICY", "PLACE", "REC", "OBS",
+                                      "PG")
 """Id prefixes recognised in tests even before any spec defines one of them."""
 
 SPECS_DIR = "specs"
