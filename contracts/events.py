@@ -153,6 +153,11 @@ class Provenance(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     * ``fallback``: an ``llm_plan`` decoded under a looser constraint than its strict
       intents schema, which the caller allowed (NERVE-4094): ``envelope`` (the envelope
       only, arguments unconstrained) or ``unconstrained`` (no constraint at all).
+
+    ``cached_from``: on the Step resource of an LLM Step served by the exact-match
+    cache, the step_id of the earlier Step it was served from (REC-7103). Its frames are
+    that Step's, by reference, so its ``end`` frame carries the source's block, without
+    this field.
     """
 
     seed: int | None = None
@@ -177,6 +182,7 @@ class Provenance(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     rendered_hash: str | None = None
     template: str | None = None
     fallback: str | None = None
+    cached_from: str | None = None
 
 
 class EndData(msgspec.Struct, frozen=True):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -13,6 +13,7 @@ from contracts.run_life import RunSummary
 __all__ = [
     "BudgetUsage",
     "Budgets",
+    "CacheMode",
     "FsPolicy",
     "Placement",
     "PlacementAffinity",
@@ -33,6 +34,10 @@ class RunMode(enum.StrEnum):
     RECORD = "record"
     REPLAY = "replay"
     STRICT_REPLAY = "strict_replay"
+
+
+CacheMode = Literal["off", "exact"]
+"""A Run's exact-match cache (REC-7100): ``off`` (the default) or ``exact``."""
 
 
 class RunStatus(enum.StrEnum):
@@ -150,6 +155,9 @@ class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
     the same Flow: it shares that Run's history up to the checkpoint (its Facts are
     copied; its finished Steps are served from the parent's log when submitted again
     with the same client_token) and diverges after it. The parent is never changed.
+    ``cache: "exact"`` (a ``record`` Run only) serves an LLM Step from an earlier
+    succeeded Step of the same tenant with the same input and determinism inputs,
+    with no engine request (REC-7100); the default ``"off"`` always runs the engine.
     """
 
     mode: RunMode = RunMode.RECORD
@@ -162,6 +170,7 @@ class RunCreate(msgspec.Struct, forbid_unknown_fields=True):
     labels: Labels = msgspec.field(default_factory=dict)
     cancel_on_disconnect: bool | None = None
     from_checkpoint: Id | None = None
+    cache: CacheMode = "off"
 
 
 class Run(msgspec.Struct):
@@ -188,3 +197,4 @@ class Run(msgspec.Struct):
     lineage: dict[str, Any] = msgspec.field(default_factory=dict)
     closed_at: str | None = None
     summary: RunSummary | None = None
+    cache: CacheMode = "off"

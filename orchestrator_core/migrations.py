@@ -25,6 +25,7 @@ v13 LLM job records: attachments by (tenant, sha256), jobs, each tenant's job Ru
 v14 The run log; closed Runs; retried Steps keyed by attempt (NERVE-4100, 4103, 4105)
 v15 Rendered prompts, content-addressed: ``prompt_texts`` (NERVE-4091)
 v16 The tenant-wide Run list's indexes; Run labels by tenant (REC-7051)
+v17 The exact-match cache: ``steps.cache_key``, indexed while succeeded (REC-7102)
 ==  ================================================================================
 """
 
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from orchestrator_core.migrations_early import v1, v2, v3, v4, v5, v6, v7, v8
-from orchestrator_core.migrations_late import v9, v10, v11, v12, v13, v14, v15, v16
+from orchestrator_core.migrations_late import v9, v10, v11, v12, v13, v14, v15, v16, v17
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate", "schema_version"]
 
@@ -85,6 +86,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(14, "run log; closed runs; step attempts in the idempotency key", v14),
     Migration(15, "rendered prompts, content-addressed", v15),
     Migration(16, "tenant-wide run list indexes; run labels by tenant", v16),
+    Migration(17, "exact-match cache keys of record steps, indexed", v17),
 )
 """Every migration, in order; entry ``i`` leaves the database at version ``i + 1``."""
 

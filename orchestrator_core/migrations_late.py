@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["v9", "v10", "v11", "v12", "v13", "v14", "v15", "v16"]
+__all__ = ["v9", "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17"]
 
 
 _V9_TRIGGERS = (
@@ -302,3 +302,17 @@ def v16(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TRIGGER runs_tenant_labels_insert AFTER INSERT ON runs BEGIN"
                  " INSERT OR IGNORE INTO run_tenant_labels (tenant, key, value, run_rowid) "
                  + labels_of.format(r="NEW") + "; END")
+
+
+def v17(conn: sqlite3.Connection) -> None:
+    """The exact-match cache's index (REC-7102).
+
+    ``steps.cache_key`` holds the cache key of a ``record`` LLM Step that ran on an
+    engine: ``b3:`` of its tenant, input and determinism inputs. The partial index holds
+    only the succeeded Steps that have one, so a lookup is one index probe and a Step
+    enters it in the transaction that commits its ``end`` frame (its status changes
+    there); every other Step costs the index nothing.
+    """
+    conn.execute("ALTER TABLE steps ADD COLUMN cache_key TEXT")
+    conn.execute("CREATE INDEX steps_cache_key ON steps(cache_key)"
+                 " WHERE cache_key IS NOT NULL AND status = 'succeeded'")

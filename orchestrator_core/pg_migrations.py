@@ -200,12 +200,20 @@ _V5 = (
     f" run_id {T} NOT NULL REFERENCES runs (run_id))",
 )
 
+_V6 = (
+    # the exact-match cache (REC-7102): the partial index holds only succeeded Steps
+    f"ALTER TABLE steps ADD COLUMN cache_key {T}",
+    "CREATE INDEX steps_cache_key ON steps (cache_key)"
+    " WHERE cache_key IS NOT NULL AND status = 'succeeded'",
+)
+
 PG_MIGRATIONS: tuple[PgMigration, ...] = (
     PgMigration(1, "flows, runs, steps, events, facts, checkpoints, builds, prompts", _V1),
     PgMigration(2, "run usage counters kept by triggers", _V2),
     PgMigration(3, "run labels and the list indexes", _V3),
     PgMigration(4, "the run log, positions in commit order", _V4),
     PgMigration(5, "llm job records, attachments, each tenant's job run", _V5),
+    PgMigration(6, "the exact-match cache's key and partial index", _V6),
 )
 """Every migration, in order; entry ``i`` leaves the schema at version ``i + 1``."""
 

@@ -9,6 +9,9 @@ as a new ``record`` Run of the caller's tenant, in one transaction
 (:meth:`Store.import_run`): the Run, its Steps and its Facts get new ids, so the same file
 imported twice makes two Runs that never collide; every frame keeps its bytes, each Step
 its recorded status, usage and provenance, and checkpoints keep their content address.
+The rendered prompt texts the Steps' provenance names travel on their step lines and are
+kept again on import, so an imported LLM Step answers ``GET /v1/steps/{id}/prompt``
+(REC-7112).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from contracts.steps import StepStatus
 from orchestrator_core.canonical import canonical_json, flow_address, new_id, new_ordered_id
 from orchestrator_core.clock import Clock
 from orchestrator_core.lookup import get_run
+from orchestrator_core.prompts import text_hash
 from orchestrator_core.recording_checks import check_recording
 from orchestrator_core.recordings import (
     FORMAT,
@@ -123,6 +127,8 @@ def _lines(store: Store, run: RunRow, steps: list[StepRow],
     for ordinal, row in enumerate(steps):
         events = store.read_events(row.step_id, -1)
         n_frames += len(events)
+        prov = _json(row.provenance)
+        named = prov.get("rendered_hash") if isinstance(prov, dict) else None
         line = encode_line(StepLine(
             step=StepRecord(
                 step_id=row.step_id, ordinal=ordinal, type=row.type,
@@ -133,7 +139,8 @@ def _lines(store: Store, run: RunRow, steps: list[StepRow],
                 wall_ms=row.wall_ms, provenance=_json(row.provenance),
                 error=_json(row.error)),
             frames=[(seq, ftype, data.decode()) for seq, ftype, data in events],
-            frames_hash=frames_hash(events)))
+            frames_hash=frames_hash(events),
+            rendered=store.prompt_text(named) if isinstance(named, str) else None))
         root.update(line)
         yield line
     n_facts = n_ckps = 0
@@ -179,8 +186,9 @@ def import_recording(store: Store, rec: Recording, tenant: str, default_tenant: 
     provenance, seed and input hash, and the Run its seed, policy and body, so the Run is
     a valid ``replay_of`` target. The Flow is the tenant's Flow with the recorded content
     (created if it has none). A checkpoint keeps its id (its content address, named by the
-    Steps' frames); one the server already holds is not stored again. Nothing is stored
-    unless everything is (one transaction).
+    Steps' frames); one the server already holds is not stored again. The Steps'
+    ``rendered`` texts are kept under their hashes (REC-7112). Nothing is stored unless
+    everything is (one transaction).
 
     Args:
         store: the store.
@@ -246,7 +254,9 @@ def import_recording(store: Store, rec: Recording, tenant: str, default_tenant: 
                                  cursor=canonical_json(c.cursor).decode(), ts=c.ts)
                    for c in rec.checkpoints]
     builds = [(k, canonical_json(v).decode()) for k, v in rec.header.engine_builds.items()]
+    texts = sorted({(text_hash(line.rendered), line.rendered) for line in rec.steps
+                    if line.rendered is not None})
     store.import_run(flow=flow_row, run=run_row, steps=steps, events=events, facts=facts,
-                     checkpoints=checkpoints, engine_builds=builds)
+                     checkpoints=checkpoints, engine_builds=builds, prompt_texts=texts)
     return RecordingImported(run_id=run_id, flow_id=flow_id, steps=len(steps),
                        root_hash=rec.trailer.root_hash, recorded_run_id=run_in.run_id)

@@ -1,5 +1,5 @@
-"""The portable recording format ``orchestratord.recording/1``: its lines and their
-checks (REC-7000..REC-7009, specs/95_recordings.md).
+"""The portable recording format ``orchestratord.recording/1.1``: its lines and their
+checks (REC-7000..REC-7009, REC-7111, REC-7112, specs/95_recordings.md).
 
 A recording is JSON Lines. Every line is the RFC 8785 canonical JSON of one object with
 a ``kind`` and a ``hash``, ``b3:`` + hex(blake3) of the canonical JSON of the same object
@@ -14,7 +14,8 @@ is refused naming its line. The lines come in this order:
    ``[seq, type, data]`` with ``data`` the stored JSON text exactly, and ``frames_hash``
    (the blake3 of the SSE bytes the frames make, NERVE-4025); a Step served by reference
    carries the frames it names. Recorded effects (``tool_call`` and ``fs_op`` results)
-   are the ``end`` frames of their Steps;
+   are the ``end`` frames of their Steps. Since ``/1.1`` an LLM Step whose provenance
+   has a ``rendered_hash`` carries ``rendered``, the text kept under it (NERVE-4091);
 4. one ``fact`` per Fact in append order, one ``checkpoint`` per checkpoint;
 5. ``trailer``: the counts and ``root_hash``, the blake3 of every preceding line's
    bytes, newlines included.
@@ -37,6 +38,8 @@ from orchestrator_core.replay import frames_hash
 
 __all__ = [
     "FORMAT",
+    "FORMATS",
+    "FORMAT_1",
     "MAX_LINE_BYTES",
     "MAX_RECORDING_BYTES",
     "CheckpointLine",
@@ -54,8 +57,12 @@ __all__ = [
     "read_recording",
 ]
 
-FORMAT = "orchestratord.recording/1"
-"""The format version every header names; a reader refuses any other (REC-7001)."""
+FORMAT = "orchestratord.recording/1.1"
+"""The format version an export names (REC-7001, REC-7111)."""
+FORMAT_1 = "orchestratord.recording/1"
+"""The first version: no ``rendered`` texts; still read (REC-7111)."""
+FORMATS = (FORMAT_1, FORMAT)
+"""The versions a reader accepts; it refuses any other (REC-7001, REC-7111)."""
 MAX_LINE_BYTES = 16 << 20
 """The longest line a reader accepts, newline excluded (16 MiB; REC-7008)."""
 MAX_RECORDING_BYTES = 256 << 20
@@ -148,12 +155,16 @@ class StepRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class StepLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="step",
-               tag_field="kind"):
-    """One Step with its frames and their content hash (REC-7003)."""
+               tag_field="kind", omit_defaults=True):
+    """One Step with its frames and their content hash (REC-7003); ``rendered`` is the
+    exact text its engine was sent when its provenance names one by ``rendered_hash``
+    (``/1.1``, REC-7112), absent otherwise (so a ``/1`` line reads and hashes as it
+    did)."""
 
     step: StepRecord
     frames: list[Frame]
     frames_hash: str
+    rendered: str | None = None
     hash: str = ""
 
 
@@ -299,7 +310,7 @@ class RecordingReader:
     def _check(self, n: int, parsed: AnyLine) -> None:
         match parsed:
             case HeaderLine():
-                if parsed.format != FORMAT:
+                if parsed.format not in FORMATS:
                     raise _refuse(n, "format", "format", f"format {parsed.format[:64]!r} is "
                                   f"not {FORMAT}", supported=FORMAT)
                 self._parts["header"] = parsed
@@ -345,6 +356,22 @@ class RecordingReader:
             raise _refuse(n, "frames_hash", "frames_hash",
                           "the frames do not match their content hash",
                           frames_hash=parsed.frames_hash, actual=actual)
+        if parsed.rendered is not None:
+            self._check_rendered(n, parsed)
+
+    def _check_rendered(self, n: int, parsed: StepLine) -> None:
+        """A ``rendered`` text is a ``/1.1`` member and hashes to the ``rendered_hash``
+        of the Step's provenance (REC-7112)."""
+        if self._parts["header"].format == FORMAT_1:
+            raise _refuse(n, "rendered", "format", f"a {FORMAT_1} step line has no rendered "
+                          "text", supported=FORMAT)
+        prov = parsed.step.provenance
+        named = prov.get("rendered_hash") if isinstance(prov, dict) else None
+        assert parsed.rendered is not None
+        actual = b3_bytes(parsed.rendered.encode("utf-8"))
+        if named != actual:
+            raise _refuse(n, "rendered", "rendered_hash", "the rendered text does not match "
+                          "the rendered_hash of the step's provenance", actual=actual)
 
     def finish(self) -> Recording:
         """The recording, once the trailer was read.

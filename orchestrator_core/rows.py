@@ -147,6 +147,9 @@ class StepRow(msgspec.Struct, frozen=True, gc=False):
         attempt: 0 for the first Step of its ``client_token``, then 1, 2, ... for each
             retry of an interrupted one (schema v13, NERVE-4105).
         retry_of: the first attempt's step_id on a retry (schema v13), else None.
+        cache_key: the exact-match cache key of a ``record`` LLM Step that ran on an
+            engine (schema v17, REC-7102); once the Step succeeded, a later Step with
+            this key may be served from it. None on every other Step.
     """
 
     step_id: str
@@ -172,6 +175,7 @@ class StepRow(msgspec.Struct, frozen=True, gc=False):
     frames_hash: str | None = None
     attempt: int = 0
     retry_of: str | None = None
+    cache_key: str | None = None
 
 
 class FactRow(msgspec.Struct, frozen=True, gc=False):

@@ -242,8 +242,9 @@ class Orchestrator:
 
         Raises:
             NotFound: no such flow, or no such recorded run.
-            InvalidParams: ``replay_of`` missing/forbidden, or the recording is not a
-                ``record`` run of this flow.
+            InvalidParams: ``replay_of`` missing/forbidden, the recording is not a
+                ``record`` run of this flow, or ``cache`` is on in a replay mode
+                (``data.field`` ``cache``, REC-7100).
             FsPolicyViolation: a sandbox root outside the tenant's own directories.
             DeterminismInputsDiffer: a replay asks for another seed or policy.
         """
@@ -265,6 +266,9 @@ class Orchestrator:
         if body.mode is RunMode.RECORD:
             if body.replay_of is not None:
                 raise InvalidParams("replay_of is only for replay and strict_replay runs")
+        elif body.cache != "off":  # a replay serves its recording (REC-7100)
+            raise InvalidParams("cache is only for record runs; a replay serves its "
+                                "recording", data={"field": "cache", "mode": body.mode.value})
         else:
             if body.replay_of is None:
                 raise InvalidParams(f"mode {body.mode.value} needs replay_of: <run_id>")
@@ -303,6 +307,8 @@ class Orchestrator:
                                   "fs_policy": body.fs_policy,
                                   "labels": body.labels,
                                   "cancel_on_disconnect": body.cancel_on_disconnect,
+                                  # kept only when on: a cache-off body keeps its bytes
+                                  **({"cache": body.cache} if body.cache != "off" else {}),
                                   }).decode(),
                 policy_hash=policy_hash, status=RunStatus.ACTIVE.value,
                 created_at=iso_utc(self.clock.now()), tenant=tenant,

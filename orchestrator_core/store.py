@@ -48,8 +48,8 @@ from orchestrator_core.rows import (
     StepUpdate,
 )
 from orchestrator_core.store_base import Store
+from orchestrator_core.store_cache import CacheQueries
 from orchestrator_core.store_import import ImportRows
-from orchestrator_core.store_prompts import PromptTexts
 from orchestrator_core.wal_checkpoints import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = ["SCHEMA_VERSION", "EventRow", "SqliteStore", "StepUpdate", "Store"]
@@ -92,7 +92,7 @@ def _insert(verb: str, table: str, cols: list[str], *, next_ordinal: str | None 
     return f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join(marks)})"
 
 
-class SqliteStore(PromptTexts, ImportRows):
+class SqliteStore(CacheQueries, ImportRows):
     """The embedded store (WAL, one writer connection on the event-loop thread).
 
     Args:

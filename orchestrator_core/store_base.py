@@ -121,6 +121,13 @@ class Store(Protocol):
         """The text kept under ``text_hash``, or None."""
         ...
 
+    # -- the exact-match cache (REC-7102) ------------------------------------------------
+
+    def cached_step(self, tenant: str, cache_key: str) -> StepRow | None:
+        """The earliest succeeded Step of ``tenant`` stored with ``cache_key``
+        (``StepRow.cache_key``), or None; an indexed lookup, never a scan."""
+        ...
+
     # -- steps (NERVE-4003, NERVE-4008, NERVE-4040) --------------------------------------
 
     def insert_step(self, row: StepRow) -> bool:
@@ -347,12 +354,14 @@ class Store(Protocol):
     def import_run(self, *, flow: FlowRow | None, run: RunRow, steps: Sequence[StepRow],
                    events: Sequence[EventRow], facts: Sequence[FactRow],
                    checkpoints: Sequence[CheckpointRow],
-                   engine_builds: Sequence[tuple[str, str]]) -> None:
+                   engine_builds: Sequence[tuple[str, str]],
+                   prompt_texts: Sequence[tuple[str, str]] = ()) -> None:
         """Store an imported Run with everything it holds in one atomic commit: the Flow
         (when not None), the Run, its finished Steps in submission order (each taking the
         next ordinal; their ``(run_id, client_token)`` keys unique), their frames, Facts
-        (with their seq), checkpoints (one whose id exists is skipped) and engine build
-        settings (first writer wins). Durable on return.
+        (with their seq), checkpoints (one whose id exists is skipped), engine build
+        settings (first writer wins) and rendered prompt texts ``(hash, text)`` (a hash
+        already kept is left as it is; REC-7112). Durable on return.
 
         Raises:
             the backend's integrity error: a row collides (nothing is written).

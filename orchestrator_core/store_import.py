@@ -39,7 +39,8 @@ class ImportRows:
     def import_run(self, *, flow: FlowRow | None, run: RunRow, steps: Sequence[StepRow],
                    events: Sequence[EventRow], facts: Sequence[FactRow],
                    checkpoints: Sequence[CheckpointRow],
-                   engine_builds: Sequence[tuple[str, str]]) -> None:
+                   engine_builds: Sequence[tuple[str, str]],
+                   prompt_texts: Sequence[tuple[str, str]] = ()) -> None:
         """Store an imported Run and everything it holds, atomically [REC-7011].
 
         Args:
@@ -50,6 +51,8 @@ class ImportRows:
             facts: its Facts with their ``seq``.
             checkpoints: its checkpoints; one whose id exists is skipped.
             engine_builds: ``(fingerprint, settings JSON)`` (first writer wins).
+            prompt_texts: ``(hash, text)`` of the Steps' rendered prompts (a hash already
+                kept is left as it is; REC-7112).
 
         Raises:
             sqlite3.IntegrityError: a row collides (nothing is stored).
@@ -70,3 +73,5 @@ class ImportRows:
                              [msgspec.structs.astuple(c) for c in checkpoints])
             conn.executemany("INSERT OR IGNORE INTO engine_builds (fingerprint, settings)"
                              " VALUES (?, ?)", engine_builds)
+            conn.executemany("INSERT OR IGNORE INTO prompt_texts (hash, text) VALUES (?, ?)",
+                             prompt_texts)

@@ -28,6 +28,7 @@ from orchestrator_core.store_pg_base import (
     INSERT_EVENT,
     INSERT_FACT,
     INSERT_FLOW,
+    STEPS,
     PgBase,
 )
 
@@ -88,6 +89,14 @@ class PgJobs(PgBase):
         self._exec("INSERT INTO prompt_texts (hash, text) VALUES (%s, %s)"
                    " ON CONFLICT DO NOTHING", (text_hash, text.encode()))
 
+    def cached_step(self, tenant: str, cache_key: str) -> StepRow | None:
+        """The earliest succeeded Step of ``tenant`` stored with ``cache_key``, or None
+        (REC-7102): one probe of the partial index ``steps_cache_key``, then of the Run's
+        primary key."""
+        return self._one(StepRow, STEPS + " WHERE cache_key = %s AND status = 'succeeded'"  # noqa: S608 - constants
+                         " AND EXISTS (SELECT 1 FROM runs WHERE runs.run_id = steps.run_id"
+                         " AND runs.tenant = %s) ORDER BY rid LIMIT 1", (cache_key, tenant))
+
     def prompt_text(self, text_hash: str) -> str | None:
         """The text kept under ``text_hash``, or None."""
         row = self._first("SELECT text FROM prompt_texts WHERE hash = %s", (text_hash,))
@@ -108,8 +117,11 @@ class PgJobs(PgBase):
     def import_run(self, *, flow: FlowRow | None, run: RunRow, steps: Sequence[StepRow],
                    events: Sequence[EventRow], facts: Sequence[FactRow],
                    checkpoints: Sequence[CheckpointRow],
-                   engine_builds: Sequence[tuple[str, str]]) -> None:
-        """Store an imported Run and everything it holds in one transaction [REC-7011].
+                   engine_builds: Sequence[tuple[str, str]],
+                   prompt_texts: Sequence[tuple[str, str]] = ()) -> None:
+        """Store an imported Run and everything it holds in one transaction [REC-7011],
+        with the rendered prompt texts its Steps name (``(hash, text)``; a hash already
+        kept is left as it is, REC-7111).
 
         Raises:
             psycopg.IntegrityError: a row collides (nothing is stored).
@@ -127,3 +139,6 @@ class PgJobs(PgBase):
             cur.executemany(INSERT_FACT, [msgspec.structs.astuple(f) for f in facts])
             cur.executemany(INSERT_CHECKPOINT, [msgspec.structs.astuple(c) for c in checkpoints])
             cur.executemany(_BUILD, engine_builds)
+            cur.executemany("INSERT INTO prompt_texts (hash, text) VALUES (%s, %s)"
+                            " ON CONFLICT DO NOTHING",
+                            [(h, text.encode()) for h, text in prompt_texts])

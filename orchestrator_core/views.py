@@ -11,6 +11,7 @@ from contracts.run_life import RunSummary
 from contracts.runs import (
     Budgets,
     BudgetUsage,
+    CacheMode,
     FsPolicy,
     Placement,
     Policy,
@@ -32,6 +33,7 @@ class _RunBody(msgspec.Struct):
     fs_policy: FsPolicy
     labels: dict[str, str]
     cancel_on_disconnect: bool | None = None
+    cache: CacheMode = "off"
 
 
 _run_body = msgspec.json.Decoder(_RunBody)
@@ -67,7 +69,8 @@ def run(row: RunRow, usage: RunUsage, children: list[str] | None = None) -> Run:
                         "from_checkpoint": row.from_checkpoint,
                         "children": children or []},
                closed_at=row.closed_at,
-               summary=_summary.decode(row.summary) if row.summary else None)
+               summary=_summary.decode(row.summary) if row.summary else None,
+               cache=body.cache)
 
 
 def step(row: StepRow) -> Step:

@@ -31,9 +31,15 @@ class MethodNotAllowed(InvalidParams):
 
 
 def _invalid_request(exc: ValidationException) -> OrchestratorError:
+    """A body, path or query that failed its type: ``data.errors`` lists the validator's
+    problems and ``data.field`` names the first one's key (the house rule that a
+    refusal names its field)."""
     detail = exc.extra if isinstance(exc.extra, list | dict) else None
-    return InvalidParams(f"invalid request: {exc.detail}",
-                         data={"errors": detail} if detail else None)
+    data: dict[str, object] | None = {"errors": detail} if detail else None
+    first = detail[0] if isinstance(detail, list) and detail else None
+    if data is not None and isinstance(first, dict) and isinstance(first.get("key"), str):
+        data["field"] = first["key"]
+    return InvalidParams(f"invalid request: {exc.detail}", data=data)
 
 
 def as_orchestrator_error(

@@ -45,7 +45,7 @@ class _RecordingBody(Operation):
     def __post_init__(self) -> None:
         self.request_body = RequestBody(
             required=True,
-            description="A recording (`orchestratord.recording/1`, JSON Lines; "
+            description="A recording (`orchestratord.recording/1.1` or `/1`, JSON Lines; "
                         "specs/95_recordings.md), at most 256 MiB, each line at most 16 MiB.",
             content={NDJSON: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))})
 

@@ -5,22 +5,28 @@ unix socket in ``<tmpdir>`` (no TCP listener, so nothing needs a network and par
 clusters never collide on a port); :func:`stop_cluster` stops it. The cluster is for tests
 only: ``fsync`` and ``full_page_writes`` are off. PostgreSQL refuses to run as root, so
 under root both run as the ``postgres`` user (``runuser``), and ``tmpdir`` is chowned to
-it. Another tool (``tools/pg.sh``) may reuse these two functions.
+it. Another tool (``tools/pg.sh``) may reuse these two functions; :func:`session_dsn`
+shares one cluster between the test modules of a process.
 """
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pathlib
 import pwd
 import shutil
 import subprocess
+import tempfile
+import time
 
-__all__ = ["bin_dir", "start_cluster", "stop_cluster"]
+__all__ = ["bin_dir", "session_dsn", "start_cluster", "stop_cluster", "stop_shared"]
 
 _OWNER = "postgres"
 """The user the cluster runs as when the tests run as root."""
+
+_shared: dict[str, str] = {}
 
 
 def bin_dir() -> pathlib.Path | None:
@@ -77,4 +83,31 @@ def stop_cluster(tmpdir: str | pathlib.Path) -> None:
     if binaries is not None and (root / "data" / "postmaster.pid").exists():
         _run([str(binaries / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "-w",
               "stop"])
-    shutil.rmtree(root, ignore_errors=True)
+    for _ in range(50):  # the server may still be writing its last files
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return
+        time.sleep(0.1)
+
+
+def session_dsn() -> str:
+    """The DSN of this process's shared test cluster, started in a new directory under
+    the temporary directory on the first call and stopped when the process exits
+    [PG-9040].
+
+    Raises:
+        FileNotFoundError: no PostgreSQL binaries are installed.
+    """
+    if "dsn" not in _shared:
+        where = tempfile.mkdtemp(prefix="pgt-")
+        _shared["dir"], _shared["dsn"] = where, start_cluster(where)
+        atexit.register(stop_shared)
+    return _shared["dsn"]
+
+
+def stop_shared() -> None:
+    """Stop the shared cluster of :func:`session_dsn`, if it runs (idempotent)."""
+    where = _shared.pop("dir", None)
+    _shared.pop("dsn", None)
+    if where is not None:
+        stop_cluster(where)

@@ -14,11 +14,13 @@ by mode:
   matched by token, type and input hash;
 * ``strict_replay`` of a type that runs again finds the recording (a failed one is
   served), then admits like ``record`` with the recording at hand;
-* ``record``: the type's own ``admit``.
+* ``record``: the type's own ``admit``; in a Run with the exact-match cache on, an LLM
+  type's may answer with an earlier Step of the tenant to serve instead (REC-7103).
 
-A Step that serves a finished Step (the first two cases, and a failed recording in the
-third) is stored already finished, in one insert, by reference to the log that holds the
-frames and to their content hash; it has no task and copies no frame (NERVE-4025).
+A Step that serves a finished Step (the first two cases, a failed recording in the
+third, and a cache hit) is stored already finished, in one insert, by reference to the
+log that holds the frames and to their content hash; it has no task and copies no frame
+(NERVE-4025).
 
 A type's admission may await once (an LLM prompt's token count on the engine). From its
 return until the Step is stored and started nothing awaits, so the budget reservation,
@@ -58,6 +60,7 @@ from orchestrator_core.steps.runner import StepTasks
 __all__ = ["Admitter"]
 
 _enc = msgspec.json.Encoder()
+_prov_decoder = msgspec.json.Decoder(Provenance)
 _UNREAD_USAGE = RunUsage(0, 0, 0.0, 0, {})
 """Stands for a Run's usage in the view a served Step is admitted with: nothing of a
 served Step reads usage (policy checks read the policy; serving reads the recording)."""
@@ -68,6 +71,14 @@ def _typed_hash(step_type: str, input_json: bytes) -> str:
     is then encoded once: JCS orders ``input`` before ``type``."""
     return b3_bytes(b'{"input":' + input_json + b',"type":' + canonical_json(step_type)
                     + b"}")
+
+
+def _cached_from(source: StepRow) -> str:
+    """The provenance of a Step served from ``source`` by the exact-match cache: the
+    source's, naming it in ``cached_from`` (REC-7103)."""
+    assert source.provenance is not None  # a succeeded LLM Step has its block
+    prov = _prov_decoder.decode(source.provenance)
+    return _enc.encode(msgspec.structs.replace(prov, cached_from=source.step_id)).decode()
 
 
 class _PolicyOnly(msgspec.Struct):
@@ -148,7 +159,8 @@ class Admitter:
         # a Step id grows with time, so its row and frames go where the last ones went
         adm = Admission(step_id=new_ordered_id("stp", self.ctx.clock.now()), run=run,
                         body=body, mode=mode, step_type=step_type, input_value=input_value,
-                        input_hash=input_hash, attempt=attempt, retry_of=retry_of)
+                        input_hash=input_hash, attempt=attempt, retry_of=retry_of,
+                        tenant=tenant)
         if mode is RunMode.RECORD:
             inherited = self.ctx.checkpoints.inherited_step(run, body.client_token)
             if inherited is not None:  # a fork serves the parent's history
@@ -171,6 +183,10 @@ class Admitter:
             assert latest is not None
             self._check_active(latest)  # the Run may have been cancelled meanwhile
             self._check_room()
+            if plan.cached is not None:  # the exact-match cache (REC-7103)
+                served = self._serve(adm, stored_input, plan.cached, "cached")
+                self.ctx.budgets.release(run_id, adm.step_id)  # its usage is stored now
+                return served
             return self._start(adm, plan, stored_input)
         except BaseException:
             self.ctx.budgets.release(run_id, adm.step_id)
@@ -227,7 +243,7 @@ class Admitter:
     # -- storing and starting ----------------------------------------------------------
 
     def _insert(self, adm: Admission, stored_input: str, *, seed: int | None,
-                provenance: Provenance | None) -> bool:
+                provenance: Provenance | None, cache_key: str | None = None) -> bool:
         """Store the ``queued`` Step and open its log; False when a concurrent submit
         claimed the token first."""
         body = adm.body
@@ -243,6 +259,7 @@ class Admitter:
             attempt=adm.attempt, retry_of=adm.retry_of,
             # what the Step consumes is added when it ends, or by recovery (NERVE-4040)
             provenance=_enc.encode(provenance).decode() if provenance else None,
+            cache_key=cache_key,
         ))
         if created:
             self.ctx.log.open(adm.step_id, adm.run.run_id)
@@ -271,7 +288,8 @@ class Admitter:
             tokens_in=0, tokens_out=0, cost_usd=0.0, policy_hash=run.policy_hash,
             price_table_version=ctx.config.prices.version, executor=plan.executor,
             input_hash=adm.input_hash)
-        if not self._insert(adm, stored_input, seed=plan.seed, provenance=prov):
+        if not self._insert(adm, stored_input, seed=plan.seed, provenance=prov,
+                            cache_key=plan.cache_key):
             ctx.budgets.release(run.run_id, adm.step_id)
             return self._claimed(adm)
         self.tasks.start(StepRun(ctx.log, adm.step_id, run.run_id, adm.step_type,
@@ -284,7 +302,9 @@ class Admitter:
         NERVE-4025): one insert, already terminal, with the recording's status, usage,
         provenance, error and ``last_seq``, naming the Step whose rows hold the frames
         and their content hash. No frame is copied and no task runs; the frames are
-        cached for the Step's readers as a just-finished Step's are.
+        cached for the Step's readers as a just-finished Step's are. A Step served by
+        the exact-match cache (``what`` is ``cached``) replays no Step: its provenance
+        names the source in ``cached_from`` instead (REC-7103).
 
         Raises:
             Conflict: the ``what`` Step has not finished, its log does not end with its
@@ -295,6 +315,7 @@ class Admitter:
             raise Conflict(f"the {what} step has not finished yet",
                            data={"recorded_step_id": rec.step_id})
         ctx = self.ctx
+        cached = what == "cached"
         frames_of, digest, frames = self._sealed(rec, what)
         body = adm.body
         placement = getattr(body, "placement", None)
@@ -304,8 +325,9 @@ class Admitter:
             placement=_enc.encode(placement).decode() if placement else None,
             status=rec.status, seed=rec.seed, created_at=iso_utc(ctx.clock.now()),
             tokens_in=rec.tokens_in, tokens_out=rec.tokens_out, cost_usd=rec.cost_usd,
-            wall_ms=rec.wall_ms, provenance=rec.provenance, error=rec.error,
-            last_seq=rec.last_seq, replay_of_step=rec.step_id, frames_of=frames_of,
+            wall_ms=rec.wall_ms, provenance=_cached_from(rec) if cached else rec.provenance,
+            error=rec.error, last_seq=rec.last_seq,
+            replay_of_step=None if cached else rec.step_id, frames_of=frames_of,
             frames_hash=digest, attempt=adm.attempt, retry_of=adm.retry_of)
         if rec.frames_hash is not None:  # _sealed checked the frames against it
             created = ctx.store.insert_step(row)

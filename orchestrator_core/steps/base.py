@@ -124,6 +124,8 @@ class Admission:
         attempt: 0, or the attempt number of a retry of an interrupted Step
             (NERVE-4105).
         retry_of: the first attempt's step_id on a retry, else None.
+        tenant: the caller's tenant, the Run's (the exact-match cache is per tenant,
+            REC-7101).
     """
 
     step_id: str
@@ -136,6 +138,7 @@ class Admission:
     recorded: StepRow | None = None
     attempt: int = 0
     retry_of: str | None = None
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,10 @@ class Plan:
             when the Step's task ends.
         lock: held from the start of the work until its ``end`` is committed (``fs_op``
             quotas are read from the previous ``end``).
+        cache_key: the exact-match cache key stored on a ``record`` LLM Step that runs
+            (REC-7102), else None.
+        cached: the earlier Step this one is served from by the exact-match cache
+            (REC-7103): nothing runs; ``execute`` is never called.
     """
 
     execute: Callable[[StepRun], Awaitable[Done]]
@@ -176,6 +183,8 @@ class Plan:
     seed: int | None = None
     reservation: Reservation | None = None
     lock: anyio.Lock | None = None
+    cache_key: str | None = None
+    cached: StepRow | None = None
 
 
 class StepRun:

@@ -4,9 +4,12 @@ NERVE-4012, NERVE-4013, NERVE-4021, NERVE-4022, POLICY-3000, POLICY-3003, POLICY
 Admission checks the input and sampling parameters, shapes the output (a
 ``response_contract``, or a plan's tool menu and intents envelope), places the Step
 (pinned to the recorded replica in ``strict_replay``, after comparing every determinism
-input with the recording), redacts the prompt, counts its tokens on the engine (the one
-await of admission: ``EngineAdapter.aprepare``), checks the context, the pool's queue
-and the budgets, and reserves the output tokens and cost.
+input with the recording), redacts the prompt; in ``record`` it computes the exact-match
+cache key and, in a Run with the cache on, may serve the Step from an earlier one with
+no engine request (REC-7101, :mod:`orchestrator_core.exact_cache`); it counts the
+prompt's tokens on the engine (the one await of admission: ``EngineAdapter.aprepare``),
+checks the context, the pool's queue and the budgets, and reserves the output tokens and
+cost.
 
 The work waits for a slot on the replica, emits ``started``, streams the engine's
 tokens as ``token`` frames (each checked against the recording before it is appended in
@@ -40,11 +43,12 @@ from contracts.events import (
     StartedData,
     TokenData,
 )
-from contracts.runs import PlacementPin, Run
+from contracts.runs import PlacementPin, Run, RunMode
 from contracts.steps import LlmCallSubmit, LlmPlanSubmit
 from orchestrator_core import tracing
 from orchestrator_core.breaker import Transition
 from orchestrator_core.canonical import b3, b3_as_recorded, derive_seed
+from orchestrator_core.exact_cache import cache_key, cached_plan
 from orchestrator_core.metrics import PRIORITY
 from orchestrator_core.metrics_pools import (
     engine_of_model,
@@ -187,10 +191,23 @@ class Llm:
             json_schema, fallback = _constrain(
                 engine, shape, json_schema, body, params=params,
                 recorded_params_hash=rec_prov.params_hash if rec_prov is not None else None)
+            params["json_schema"] = json_schema  # constrained decoding is a determinism input
+        hashed_prompt = {"messages": messages} if messages is not None else {"prompt": prompt}
+        prompt_hash, params_hash = b3(hashed_prompt), b3(params)
+        model_cfg = pool.models[inp.model]
+        key = None
+        if adm.mode is RunMode.RECORD:  # the exact-match cache (REC-7101, REC-7102)
+            key = cache_key(tenant=adm.tenant, step_type=step_type, input_hash=adm.input_hash,
+                            seed=seed, prompt_hash=prompt_hash, params_hash=params_hash,
+                            policy_hash=run.policy_hash, identity=pool.identity,
+                            price_table_version=ctx.config.prices.version)
+            served = cached_plan(ctx, adm, key, model=inp.model, max_tokens=prm.max_tokens,
+                                 context_tokens=model_cfg.context_tokens)
+            if served is not None:
+                return served
         prepared = await engine.aprepare(prompt=prompt, messages=messages)
         # From here until the runner starts the Step nothing awaits: the queue check, the
         # budget reservation and the insert are one step of the event loop (POLICY-3000).
-        model_cfg = pool.models[inp.model]
         if prepared.tokens_in + prm.max_tokens > model_cfg.context_tokens:
             raise ContextBudget(
                 f"prompt ({prepared.tokens_in} tokens) + max_tokens ({prm.max_tokens}) "
@@ -199,11 +216,6 @@ class Llm:
                       "context_tokens": model_cfg.context_tokens})
         rendered_hash, template = rendered_of(prepared, inp.prompt,
                                               limit_bytes=ctx.config.max_recorded_value_bytes)
-        hashed_prompt = {"messages": messages} if messages is not None else {"prompt": prompt}
-        prompt_hash = b3(hashed_prompt)
-        if json_schema is not None:  # constrained decoding is a determinism input
-            params["json_schema"] = json_schema
-        params_hash = b3(params)
         ident = pool.identity
         verifier = None
         if rec_prov is not None and recorded is not None:
@@ -265,7 +277,7 @@ class Llm:
             policy_hash=run.policy_hash, price_table_version=ctx.config.prices.version,
             rendered_hash=rendered_hash, template=template, fallback=fallback)
         return Plan(execute=job.run, provenance=prov, llm=True,
-                    model=inp.model, seed=seed, reservation=res)
+                    model=inp.model, seed=seed, reservation=res, cache_key=key)
 
 
 def _constrain(engine: EngineAdapter, shape: OutputShape, schema: dict[str, Any],

@@ -333,8 +333,8 @@ def many_roots(ctx: dict[str, Any], tenant: str, n: int) -> None:
 
 @then(parsers.parse('the error names the field "{field}"'))
 def names_field(ctx: dict[str, Any], field: str) -> None:
-    """The decoder's message names the field and its bound."""
-    assert ctx["answers"][-1].json()["data"] == {"errors": [
+    """The decoder's message names the field and its bound; ``data.field`` names it too."""
+    assert ctx["answers"][-1].json()["data"] == {"field": field, "errors": [
         {"message": "Expected `array` of length <= 16", "key": field, "source": "body"}]}
 
 

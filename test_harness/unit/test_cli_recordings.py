@@ -197,7 +197,7 @@ class TestVerify:
         status, out = _cli(capsys, "runs", "verify", str(tmp_path / "a.jsonl"), "--json")
         rec = read_recording(data)
         assert (status, msgspec.json.decode(out)) == (0, {
-            "ok": True, "format": "orchestratord.recording/1", "run_id": server["run_id"],
+            "ok": True, "format": "orchestratord.recording/1.1", "run_id": server["run_id"],
             "steps": 2, "frames": rec.trailer.frames, "facts": 0, "checkpoints": 0,
             "root_hash": rec.trailer.root_hash})
 

@@ -50,6 +50,21 @@ class TestJsonBodies:
                 body["data"]["reason"]) == (400, "INVALID_PARAMS", "body", "too_deep")
         assert table_counts(pathlib.Path(mock_cfg.data_dir) / "orchestrator.db")["flows"] == 0
 
+    def test_a_key_holding_u0000_is_refused_naming_its_field(
+            self, client: TestClient[Any], ids: dict[str, str]) -> None:
+        """[PG-9044] A ``client_token``, a model id or a label holding U+0000 is a 400
+        naming the field on every store (PostgreSQL text cannot hold it); nothing is
+        stored."""
+        step = llm_step("a\u0000b")
+        labelled = {"mode": "record", "seed": 1, "labels": {"k": "v\u0000"}}
+        answers = [client.post(f"/v1/runs/{ids['run']}/steps", json=step),
+                   client.post(f"/v1/flows/{ids['flow']}/runs", json=labelled)]
+        assert [(r.status_code, r.json()["code"], r.json()["data"]["field"])
+                for r in answers] == [(400, "INVALID_PARAMS", "client_token"),
+                                      (400, "INVALID_PARAMS", "labels[...]")]
+        steps = client.get(f"/v1/runs/{ids['run']}/steps").json()
+        assert [s["client_token"] for s in steps] == ["s1"]
+
     def test_nesting_at_the_limit_is_accepted_and_one_more_is_not(
             self, client: TestClient[Any]) -> None:
         """63 levels inside the body's own object fit the default 64; 64 do not."""

@@ -33,7 +33,7 @@ EXPECTED = {
     "BreakerState", "CheckpointData", "DurablePayload", "EphemeralPayload", "EscalationData",
     "FRAME_PAYLOADS", "FRAME_TYPE_OF", "FramePayload", "TerminalPayload",
     "decode_frame_data", "frame_type_of", "CancelAccepted", "PriceInfo", "ToolExecutorInfo",
-    "RUN_END_EVENT", "RunClose", "RunEndData", "RunFrame", "RunSummary",
+    "RUN_END_EVENT", "RunClose", "RunEndData", "RunFrame", "RunSummary", "CacheMode",
 }
 
 

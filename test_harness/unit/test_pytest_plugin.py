@@ -46,6 +46,8 @@ def test_a_changed_prompt_fails_with_the_nearest_call(recordings):
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 """This checkout: the user's suite runs in a subprocess that imports its packages."""
+EXAMPLE = ROOT / "test_harness" / "recordings" / "test_weather_replay.py"
+"""The committed example replay suite (REC-7114)."""
 
 
 @pytest.fixture
@@ -84,6 +86,19 @@ class TestReplaySuite:
             "NONDETERMINISM at messages[[]0[]].content: the recording (run run_*) has no "
             "call like this one (client_token oai:*); the nearest recorded call is step "
             "stp_*, which differs at messages[[]0[]].content"])
+        assert elapsed < 5.0
+
+    def test_the_committed_example_suite_passes_alone_in_under_5_s(
+            self, suite: pytest.Pytester) -> None:
+        """[REC-7114] ``test_harness/recordings/test_weather_replay.py``, copied into a
+        project of its own with the recording and nothing but the plugin's ini option,
+        passes both its tests (the second asserts the changed prompt's diff message) with
+        no engine, the session in under 5 s."""
+        shutil.copy(EXAMPLE, suite.path / "test_weather_replay.py")
+        suite.makeini("[pytest]\nrecordings_dir = recordings\n")
+        result = suite.runpytest_subprocess(*_plugin(), "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=2)
+        elapsed = float(re.findall(r" in ([0-9.]+)s", result.stdout.str())[-1])
         assert elapsed < 5.0
 
     def test_an_agent_that_stops_early_fails_assert_matches(

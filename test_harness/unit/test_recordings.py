@@ -311,9 +311,10 @@ class TestRoundTrip:
 
     def test_an_import_is_sound_and_exports_back_to_its_recording(
             self, store: SqliteStore) -> None:
-        """[REC-7011] [REC-7013] The committed recording imported into a store passes its
-        integrity check, and its export agrees with the file step for step, with the same
-        length: only the Run's and the Steps' ids differ."""
+        """[REC-7011] [REC-7013] [REC-7111] The committed recording (format ``/1``)
+        imported into a store passes its integrity check, and its export agrees with the
+        file step for step, two bytes longer: the header names ``/1.1``, and only the
+        Run's and the Steps' ids differ."""
         data = RECORDING.read_bytes()
         rec = read_recording(data)
         made = import_recording(store, rec, "default", "default", SystemClock(),
@@ -321,7 +322,10 @@ class TestRoundTrip:
         again = b"".join(export_run(store, made.run_id, "default", "orchestratord 0.1.0"))
         assert store.integrity() == {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0,
                                      "broken_references": 0, "usage_mismatch": 0}
-        assert (first_divergence(rec, read_recording(again)), len(again)) == (None, len(data))
+        assert (rec.header.format, read_recording(again).header.format) == (
+            "orchestratord.recording/1", "orchestratord.recording/1.1")
+        assert (first_divergence(rec, read_recording(again)), len(again)) == (
+            None, len(data) + len(".1"))
         back = read_recording(again)
         assert back.header.run.run_id == made.run_id != rec.header.run.run_id
         assert {s.step.step_id for s in back.steps} & {s.step.step_id for s in rec.steps} == set()

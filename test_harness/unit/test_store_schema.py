@@ -30,7 +30,7 @@ def test_a_v4_event_log_is_carried_into_v5_unchanged(tmp_path: pathlib.Path) -> 
     new = SqliteStore(tmp_path / "o.db")
     assert _rows(new) == before == [(i, "token", b'{"i":%d}' % i) for i in range(5)]
     con = sqlite3.connect(tmp_path / "o.db")
-    assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (16,)
+    assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (17,)
     indexes = {r[1] for r in con.execute("PRAGMA index_list(events)")}
     assert "events_run" not in indexes
     new.close()
@@ -56,7 +56,7 @@ def test_v6_numbers_the_steps_of_each_run_in_creation_order(tmp_path: pathlib.Pa
     assert con.execute("SELECT run_id, step_id, ordinal FROM steps ORDER BY run_id, ordinal"
                        ).fetchall() == [("r", "s", 0), ("r", "t", 1), ("r", "u", 2),
                                         ("r2", "x", 0), ("r2", "y", 1)]
-    assert con.execute("PRAGMA user_version").fetchone() == (16,)
+    assert con.execute("PRAGMA user_version").fetchone() == (17,)
     _step(new, "v", "r", status="running")
     assert (new.steps_high_water("r"), new.unfinished_ordinals("r")) == (3, [0, 3])
     new.close()

@@ -56,12 +56,12 @@ class TestMigrations:
     def test_the_table_lists_every_version_once_in_order(self) -> None:
         """[NERVE-4041] Entry i of the table takes a database to version i + 1."""
         assert [m.version for m in MIGRATIONS] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
-                                                 13, 14, 15, 16]
-        assert SCHEMA_VERSION == 16
+                                                 13, 14, 15, 16, 17]
+        assert SCHEMA_VERSION == 17
 
     def test_one_version_at_a_time_gives_the_schema_of_a_new_store(
             self, tmp_path: pathlib.Path) -> None:
-        """[NERVE-4041] A database opened at each version in turn, 1 to 16, ends with
+        """[NERVE-4041] A database opened at each version in turn, 1 to 17, ends with
         exactly the tables and indexes of a store created at once."""
         for version in range(1, SCHEMA_VERSION + 1):
             SqliteStore(tmp_path / "steps.db", migrate_to=version).close()
@@ -77,25 +77,25 @@ class TestMigrations:
             conn.execute("CREATE TABLE half (x)")
             raise sqlite3.OperationalError("disk on fire")
 
-        broken = (*MIGRATIONS[:-1], Migration(16, "fails", half_then_fail))
+        broken = (*MIGRATIONS[:-1], Migration(17, "fails", half_then_fail))
         with monkeypatch.context() as m:
             m.setattr(migrations, "MIGRATIONS", broken)
             with pytest.raises(sqlite3.OperationalError, match="disk on fire"):
                 SqliteStore(tmp_path / "o.db")
-        assert _version(tmp_path / "o.db") == 15
+        assert _version(tmp_path / "o.db") == 16
         assert "half" not in dict(_schema(tmp_path / "o.db"))
         SqliteStore(tmp_path / "o.db").close()
-        assert _version(tmp_path / "o.db") == 16
+        assert _version(tmp_path / "o.db") == 17
 
     def test_a_version_outside_the_table_is_refused(self, tmp_path: pathlib.Path) -> None:
         """[NERVE-4041] Migrating to a version the table does not have is a ValueError,
         before any change; each call applies only the versions due, in order."""
         con = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
-        with pytest.raises(ValueError, match=r"^schema version 17 is not in 0\.\.16$"):
-            migrate(con, 17)
+        with pytest.raises(ValueError, match=r"^schema version 18 is not in 0\.\.17$"):
+            migrate(con, 18)
         applied = [migrate(con, 2), migrate(con, 2), migrate(con), migrate(con, 5)]
         con.close()
-        assert applied == [[1, 2], [], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], []]
+        assert applied == [[1, 2], [], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], []]
 
 
 class TestTypedRows:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import shutil
 import sys
 import tempfile
+from typing import Any
 
 import anyio
 import httpx
@@ -17,6 +19,8 @@ from tools.servers import start_server, stop_server
 
 from .engines import EnginesReport, measure_engines
 from .latency import ProbeConfig, measure_latency
+from .observability import measure as measure_observability
+from .recordings import measure as measure_recordings
 from .replay import default_document, measure_replay
 from .report import BenchReport, render_json, render_text
 
@@ -45,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1234, help="sampling seed (default 1234)")
     p.add_argument("--file", type=pathlib.Path, default=None,
                    help="document the demo flow summarises (default: as python -m tools.demo)")
+    p.add_argument("--no-recordings", action="store_true",
+                   help="skip the recordings measurement (export, import, replay of an "
+                        "imported recording; in-process servers)")
+    p.add_argument("--no-observability", action="store_true",
+                   help="skip what logs and traces add (three mock-engine servers; "
+                        "--rounds x --per-round requests each)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.per_round < 1 or args.max_tokens < 1:
@@ -77,12 +87,30 @@ def _engines(url: str, requests: int, work_dir: pathlib.Path) -> EnginesReport |
     return None
 
 
+def _more(args: argparse.Namespace) -> dict[str, Any]:
+    """Measurements 3 and 4 (REC-7115): the recordings (3 Steps of 3,400 tokens a round,
+    about 10,000 frames) and observability, ``--rounds`` rounds each."""
+    more: dict[str, Any] = {}
+    if not args.no_recordings:
+        if not args.json:
+            print("measuring recordings...", file=sys.stderr, flush=True)
+        with contextlib.redirect_stdout(sys.stderr):  # Granian's embedded logs: not the report
+            more["recordings"] = measure_recordings(3, 3400, args.rounds)
+    if not args.no_observability:
+        if not args.json:
+            print("measuring observability...", file=sys.stderr, flush=True)
+        more["observability"] = measure_observability(args.rounds, args.per_round,
+                                                      min(20, args.per_round),
+                                                      args.max_tokens)
+    return more
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run both measurements and print them.
+    """Run every measurement and print them.
 
     Returns:
-        0 when both paths produced identical output and both replays were
-        byte-identical to the record; 1 otherwise.
+        0 when both paths produced identical output and every replay (of the demo, and
+        of the imported recording) was byte-identical; 1 otherwise.
     """
     args = parse_args(argv)
     cfg = ProbeConfig(max_tokens=args.max_tokens, seed=args.seed, rounds=args.rounds,
@@ -106,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             engines = _engines(url, args.engine_requests, work)
         report = anyio.run(_measure, url, proc is not None, cfg, document, text)
         report = msgspec.structs.replace(report, engines=engines)
+        if proc is not None:
+            stop_server(proc)  # the next measurements start servers of their own
+            proc = None
+        report = msgspec.structs.replace(report, **_more(args))
         ok = True
     finally:
         if proc is not None:
@@ -118,4 +150,5 @@ def main(argv: list[str] | None = None) -> int:
     print(render_json(report) if args.json else render_text(report))
     lat, rep = report.latency, report.replay
     good = lat.same_output and rep.replay_byte_identical and rep.strict_replay_byte_identical
+    good = good and (report.recordings is None or report.recordings.byte_identical)
     return 0 if good else 1

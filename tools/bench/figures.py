@@ -80,7 +80,9 @@ def bench_figures(raw: bytes) -> list[Figure]:
 
     Returns:
         Latency (ms, and orchestrator/direct ratios), replay wall times (ms) and ratios,
-        the engine paths (ms, ms/token, tok/s) when measured, and the correctness checks.
+        the engine paths (ms, ms/token, tok/s), the recordings (ms per 10,000 frames,
+        tokens/s) and each observability variant's latency (ms) when measured, and the
+        correctness checks (REC-7115).
 
     Raises:
         msgspec.ValidationError: ``raw`` is not a bench report.
@@ -113,6 +115,17 @@ def bench_figures(raw: bytes) -> list[Figure]:
                            direction=Direction.HIGHER, value=p.tokens_per_s)]
         out += [_check("engines: worker ids = in-process ids", eng.worker_equals_engine),
                 _check("engines: old server text = worker bytes", eng.old_server_text_equal)]
+    rec = report.recordings
+    if rec is not None:
+        out += [_lower("recordings: export per 10k frames", "ms", rec.export_ms_per_10k_frames),
+                _lower("recordings: import per 10k frames", "ms", rec.import_ms_per_10k_frames),
+                Figure(name="recordings: replay of an import", unit="tok/s",
+                       direction=Direction.HIGHER, value=float(rec.replay_tokens_per_s)),
+                _check("recordings: replay byte-identical", rec.byte_identical)]
+    obs = report.observability
+    for v in obs.variants if obs is not None else []:
+        out += [_lower(f"observability: {v.name} p50", "ms", v.stats.p50_ms),
+                _lower(f"observability: {v.name} p99", "ms", v.stats.p99_ms)]
     return out
 
 

@@ -15,6 +15,7 @@ per second delivered to the client.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    report = measure(args.steps, args.tokens, args.rounds)
+    with contextlib.redirect_stdout(sys.stderr):  # Granian's embedded logs: not the report
+        report = measure(args.steps, args.tokens, args.rounds)
     if args.json:
         sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
     else:

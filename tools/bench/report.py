@@ -6,6 +6,9 @@ import msgspec
 
 from .engines import EnginesReport
 from .latency import LatencyReport
+from .observability import ObservabilityReport
+from .observability import render_text as observability_text
+from .recordings import RecordingsReport
 from .replay import ReplayReport
 
 __all__ = ["BenchReport", "render_json", "render_text"]
@@ -24,6 +27,11 @@ class BenchReport(msgspec.Struct, frozen=True):
         replay: measurement 2, replay time / record time.
         engines: measurement 0, the engine paths side by side (None with the mock or
             ``--no-engines``).
+        recordings: measurement 3, export and import time per 10,000 frames and replay
+            throughput from an imported recording (None with ``--no-recordings``;
+            REC-7115).
+        observability: measurement 4, what logs and traces add to an ``llm_call`` (None
+            with ``--no-observability``; REC-7115).
     """
 
     server_url: str
@@ -32,6 +40,8 @@ class BenchReport(msgspec.Struct, frozen=True):
     latency: LatencyReport
     replay: ReplayReport
     engines: EnginesReport | None = None
+    recordings: RecordingsReport | None = None
+    observability: ObservabilityReport | None = None
 
 
 def render_json(report: BenchReport) -> str:
@@ -142,12 +152,30 @@ def _replay_lines(rep: ReplayReport) -> list[str]:
     return lines
 
 
+def _recordings_lines(rec: RecordingsReport) -> list[str]:
+    yes = {True: "yes", False: "NO"}
+    return [
+        f"3) recordings  ({rec.steps} llm_call steps, {rec.tokens} tokens, {rec.frames} frames "
+        "a run; mock engine to record, a server with no engine to import and replay)",
+        "",
+        f"   export                  {rec.export_ms_per_10k_frames:>10.1f} ms per 10,000 frames",
+        f"   import                  {rec.import_ms_per_10k_frames:>10.1f} ms per 10,000 frames",
+        f"   replay of the import    {rec.replay_tokens_per_s:>10.0f} tokens/s to the client",
+        f"   replayed bodies byte-identical to the recording: {yes[rec.byte_identical]}; "
+        f"engine requests: {rec.engine_requests}",
+    ]
+
+
 def render_text(report: BenchReport) -> str:
-    """Human-readable report: both measurements, one after the other."""
+    """Human-readable report: every measurement, one after the other."""
     how = "started by the bench" if report.server_started else "already running"
     head = [f"orchestratord bench: server {report.server_url} ({how}), "
             f"engine {report.engine}", ""]
     engines = [*_engine_lines(report.engines), ""] if report.engines is not None else []
     lines = [*head, *engines, *_latency_lines(report.latency), "",
              *_replay_lines(report.replay)]
+    if report.recordings is not None:
+        lines += ["", *_recordings_lines(report.recordings)]
+    if report.observability is not None:
+        lines += ["", "4) " + observability_text(report.observability)]
     return "\n".join(line.rstrip() for line in lines)
