@@ -28,7 +28,7 @@ from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Budgets, Run, RunCreate, RunMode, RunStatus
 from contracts.steps import Step, StepSubmit
-from orchestrator_core import lookup, store_open, views
+from orchestrator_core import cluster, lookup, store_open, views
 from orchestrator_core.budgets import BudgetBook
 from orchestrator_core.canonical import (
     b3,
@@ -157,6 +157,8 @@ class Orchestrator:
                 orch.tasks.tg = tg
                 tg.start_soon(orch.log.run_flusher)
                 tg.start_soon(pools.watch)
+                tg.start_soon(cluster.keep_lease, store, config, lambda: orch.tasks.recover(False),
+                              orch.log.notify_remote, orch.log.wake_remote)  # PG-9101..9103
                 try:
                     yield orch
                 finally:
@@ -168,6 +170,7 @@ class Orchestrator:
             await pools.stop()
             await executors.aclose()
             orch.log.flush()
+            cluster.leave(store)
             store.close()
 
     # -- recovery ----------------------------------------------------------------------

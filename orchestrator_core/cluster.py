@@ -1,0 +1,116 @@
+"""Several orchestratord processes over one shared store: who owns a Step, who ends a
+dead process's Steps, and how a reader here hears of a commit there (DESIGN.md §7;
+PG-9100..PG-9104).
+
+The machinery lives in the store (:mod:`orchestrator_core.store_pg_multi`); this module
+drives it from the server's lifecycle and does nothing for a store that is not shared
+(SQLite: one process, whose startup recovery stays :meth:`Store.unfinished_steps`).
+
+* At startup :func:`unfinished` registers the process and adopts the orphans: Steps of
+  dead processes, of none, and its own previous life's.
+* :func:`keep_lease` renews the lease every ``store_heartbeat_ms``, adopts (and has the
+  runner interrupt) the Steps of processes whose lease ran out, and keeps the one
+  listening connection that wakes this process's readers of other processes' Steps.
+* :func:`leave` removes the process at a clean shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import anyio
+
+from orchestrator_core.config import ServerConfig
+from orchestrator_core.rows import StepRow
+from orchestrator_core.store_base import Store
+
+__all__ = ["SharedStore", "keep_lease", "leave", "unfinished"]
+
+_log = logging.getLogger("orchestratord.cluster")
+
+
+@runtime_checkable
+class SharedStore(Protocol):
+    """A store several processes share (the PostgreSQL store) [PG-9100]."""
+
+    process_id: str
+
+    def join(self, lease_ms: int) -> None: ...
+
+    def beat(self) -> bool: ...
+
+    def leave(self) -> None: ...
+
+    def adopt_orphans(self, *, startup: bool) -> list[StepRow]: ...
+
+    async def listen(self, on_commit: Callable[[str, str], None],
+                     on_connect: Callable[[], None]) -> None: ...
+
+
+def unfinished(store: Store, config: ServerConfig, *, startup: bool) -> list[StepRow]:
+    """The unfinished Steps this process must close as ``INTERRUPTED`` [PG-9102].
+
+    Args:
+        store: the server's store.
+        config: ``store_lease_ms`` is the lease this process registers with.
+        startup: the server is starting (no Step of its own runs yet).
+
+    Returns:
+        On a shared store: the Steps just adopted from dead processes (at startup also
+        those of none and of this process's previous life), each now owned by this
+        process. On SQLite: every ``queued``/``running`` Step at startup, none later.
+    """
+    if not isinstance(store, SharedStore):
+        return store.unfinished_steps() if startup else []
+    shared: SharedStore = store  # its own protocol, not the Store seam's
+    if startup:
+        shared.join(config.store_lease_ms)
+    return shared.adopt_orphans(startup=startup)
+
+
+async def keep_lease(store: Store, config: ServerConfig, reap: Callable[[], int],
+                     on_commit: Callable[[str, str], None],
+                     on_connect: Callable[[], None]) -> None:
+    """Hold this process's lease and listen for other processes' commits, until
+    cancelled [PG-9101, PG-9102, PG-9103]. Returns at once on a store not shared.
+
+    Every ``store_heartbeat_ms`` (real time: the lease is the database's clock): one
+    heartbeat, then ``reap()``, which adopts the Steps of processes whose lease ran out
+    and closes them (:meth:`StepRunner.recover` with ``startup=False``). So a dead
+    process's Steps end within its lease plus one heartbeat interval.
+
+    Args:
+        store: the server's store.
+        config: ``store_heartbeat_ms``, ``store_lease_ms``.
+        reap: adopts and interrupts orphans; returns how many.
+        on_commit: wakes the readers of ``(step_id, run_id)`` (``EventLog.notify_remote``).
+        on_connect: wakes every remote reader (after the listener (re)connects).
+    """
+    if not isinstance(store, SharedStore):
+        return
+    shared: SharedStore = store
+    interval = config.store_heartbeat_ms / 1000.0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(shared.listen, on_commit, on_connect)
+        while True:
+            await anyio.sleep(interval)
+            if not await anyio.to_thread.run_sync(shared.beat):
+                _log.error("process %s lost its lease; its Steps were adopted, joining again",
+                           shared.process_id)
+                shared.join(config.store_lease_ms)
+            try:
+                reaped = reap()
+            except Exception:  # a reap that fails is tried again at the next beat
+                _log.exception("adopting the Steps of dead processes failed")
+                continue
+            if reaped:
+                _log.warning("interrupted %d Steps of dead processes", reaped)
+
+
+def leave(store: Store) -> None:
+    """Remove this process from a shared store (clean shutdown); nothing on SQLite."""
+    if isinstance(store, SharedStore):
+        shared: SharedStore = store
+        shared.leave()

@@ -1,0 +1,145 @@
+"""Several processes over one PostgreSQL schema: leases, orphan adoption and wake-ups
+(DESIGN.md §7; PG-9100..PG-9104).
+
+:class:`PgStore <orchestrator_core.store_pg.PgStore>` mixes this in; the SQLite store has
+none of it (one process owns its file), and :mod:`orchestrator_core.cluster` only drives
+a store that has it.
+
+* **Ownership.** Every connection of a store sets ``orchestratord.process`` to the
+  store's :attr:`~PgBase.process_id`, and ``steps.owner`` defaults to it, so a Step is
+  owned by the one process that inserted it, with no extra statement (PG-9100).
+* **Lease.** A process is a row of ``processes`` with a heartbeat from the database's
+  clock (``now()``) and its own lease. :meth:`PgCluster.beat` renews it with ONE
+  ``UPDATE`` per interval, whatever the number of Steps the process runs (PG-9101).
+* **Adoption, exactly once.** :meth:`PgCluster.adopt_orphans` takes a transaction-level
+  advisory lock of the schema, deletes the rows of processes whose lease ran out, and
+  moves every ``queued``/``running`` Step whose owner has no row (or none at all) to the
+  caller in one ``UPDATE ... RETURNING``. Reapers are serialised by the lock, and the
+  second one finds those Steps owned by a live process, so each orphan is adopted by one
+  survivor; the adopter then closes them as ``INTERRUPTED`` (the runner's recovery). Why
+  this and not ``SKIP LOCKED`` claims: see ``specs/99_postgresql_multi.md`` (PG-9102).
+* **Wake-ups.** :meth:`PgCluster.notify_sql` is the statement the group commit runs in
+  its transaction: one ``pg_notify`` per Step it wrote, payload ``"<step_id> <run_id>"``,
+  delivered at COMMIT. :meth:`PgCluster.listen` is the one listening connection of a
+  process; it hands each payload to a callback (PG-9103).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from orchestrator_core.rows import StepRow
+from orchestrator_core.store_pg_base import STEPS, PgBase
+
+__all__ = ["PgCluster"]
+
+_REAP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('orchestratord.reap.' || %s))"
+_EXPIRE = ("DELETE FROM processes WHERE process_id <> %s"
+           " AND heartbeat + lease_ms * interval '1 millisecond' < now()")
+_ADOPT = ("UPDATE steps SET owner = %(me)s WHERE status IN ('queued', 'running')"
+          " AND (owner IS NULL OR owner = %(mine)s OR NOT EXISTS"
+          " (SELECT 1 FROM processes p WHERE p.process_id = steps.owner))"
+          " RETURNING step_id")
+
+
+class PgCluster(PgBase):
+    """The multi-process part of the PostgreSQL store [PG-9100..PG-9103]."""
+
+    shared = True
+    """Other processes may write this store: a reader of a Step not live here waits for
+    its terminal frame instead of ending at the last committed one (PG-9103)."""
+
+    @property
+    def channel(self) -> str:
+        """The ``LISTEN`` channel of this schema's commits (at most 63 bytes)."""
+        return ("orchestratord_" + self.schema)[:63]
+
+    def join(self, lease_ms: int) -> None:
+        """Register this process with a fresh heartbeat and its lease [PG-9101].
+
+        Args:
+            lease_ms: how long after its last heartbeat a survivor may declare this
+                process dead and adopt its Steps (ms, > 0).
+        """
+        self._exec("INSERT INTO processes (process_id, lease_ms) VALUES (%s, %s)"
+                   " ON CONFLICT (process_id) DO UPDATE SET heartbeat = now(),"
+                   " lease_ms = EXCLUDED.lease_ms", (self.process_id, lease_ms))
+
+    def beat(self) -> bool:
+        """Renew this process's lease: one ``UPDATE`` for all its Steps [PG-9101].
+
+        Returns:
+            False when the row is gone: a survivor declared this process dead (its lease
+            ran out) and adopted its Steps.
+        """
+        return self._exec("UPDATE processes SET heartbeat = now() WHERE process_id = %s",
+                          (self.process_id,)) == 1
+
+    def leave(self) -> None:
+        """Remove this process's row (a clean shutdown, after its last commit)."""
+        self._exec("DELETE FROM processes WHERE process_id = %s", (self.process_id,))
+
+    def adopt_orphans(self, *, startup: bool) -> list[StepRow]:
+        """Take over every unfinished Step whose owner is dead, exactly once [PG-9102].
+
+        Args:
+            startup: also take this process's own unfinished Steps (a previous life of
+                the same store object; at startup none of them can be running).
+
+        Returns:
+            The adopted Steps (now owned by this process), in creation order; the
+            caller closes each one as ``INTERRUPTED``.
+        """
+        with self._tx() as conn:
+            conn.execute(_REAP_LOCK, (self.schema,))
+            conn.execute(_EXPIRE, (self.process_id,))
+            ids = [r[0] for r in conn.execute(_ADOPT, {
+                "me": self.process_id, "mine": self.process_id if startup else None})]
+            if not ids:
+                return []
+            rows = conn.execute(STEPS + " WHERE step_id = ANY(%s) ORDER BY rid", (ids,))
+            return [StepRow(*values) for values in rows]
+
+    def notify_sql(self, steps: Sequence[tuple[str, str]]) -> tuple[str, tuple[object, ...]]:
+        """The statement that wakes every process's readers of ``steps`` at COMMIT.
+
+        Args:
+            steps: ``(step_id, run_id)`` of each Step a commit wrote frames of.
+
+        Returns:
+            ``(query, params)`` to run in the committing transaction.
+        """
+        return ("SELECT pg_notify(%s, s) FROM unnest(%s::text[]) AS s",
+                (self.channel, [f"{step} {run}" for step, run in steps]))
+
+    async def listen(self, on_commit: Callable[[str, str], None],
+                     on_connect: Callable[[], None]) -> None:
+        """Listen to this schema's commits until cancelled [PG-9103].
+
+        One connection per process. Each notification calls ``on_commit(step_id,
+        run_id)`` on the event loop; after every (re)connection ``on_connect()`` runs, so
+        readers reread whatever was committed while nobody listened. A lost connection
+        is retried after 0.5 s.
+
+        Args:
+            on_commit: called with the Step and Run of each commit.
+            on_connect: called once listening (again).
+        """
+        import anyio
+        import psycopg
+        from psycopg import sql
+
+        conninfo = self._pool.conninfo
+        assert isinstance(conninfo, str)  # PgBase gives the pool its DSN
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        conninfo, autocommit=True) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(
+                        sql.Identifier(self.channel)))
+                    on_connect()
+                    async for note in conn.notifies():
+                        step_id, _, run_id = note.payload.partition(" ")
+                        on_commit(step_id, run_id)
+            except psycopg.OperationalError:
+                await anyio.sleep(0.5)
