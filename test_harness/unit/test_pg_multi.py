@@ -1,0 +1,253 @@
+"""Several processes over one PostgreSQL schema, at the store (PG-9100..PG-9104).
+
+Each "process" here is a PgStore of its own on one schema: its own pool, its own
+``process_id``, as a separate ``orchestratord serve`` has. The real multi-process test (three
+servers, kill -9) is ``test_harness/integration/test_pg_multi_servers.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from orchestrator_core.clock import FakeClock
+from orchestrator_core.eventlog import EventLog
+from orchestrator_core.metrics import Metrics
+from orchestrator_core.rows import StepRow
+from orchestrator_core.store import SqliteStore
+from orchestrator_core.store_pg import PgStore
+from test_harness import pg_support
+from test_harness.unit.conftest import seeded
+
+pytestmark = pytest.mark.sqlite_only  # builds its own PgStores; the PostgreSQL pass adds nothing
+
+_schemas = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """The shared throwaway cluster's DSN; the tests skip without the binaries."""
+    if pg_support.bin_dir() is None:
+        pytest.skip("no PostgreSQL binaries (/usr/lib/postgresql/*/bin/initdb)")
+    yield pg_support.session_dsn()
+    pg_support.stop_shared()
+
+
+@pytest.fixture
+def procs(pg_dsn: str) -> Iterator[Callable[[int], list[PgStore]]]:
+    """Opens ``n`` stores ("processes") on one fresh schema, the first one seeded with
+    flow ``f``, run ``r`` and queued step ``s``; closes them after."""
+    opened: list[PgStore] = []
+
+    def open_procs(n: int) -> list[PgStore]:
+        schema = f"multi{next(_schemas)}_{int(time.time() * 1000) % 100000}"
+        opened.extend(PgStore(pg_dsn, schema=schema) for _ in range(n))
+        seeded(opened[-n])  # type: ignore[arg-type]
+        return opened[-n:]
+
+    yield open_procs
+    for s in opened:
+        s.close()
+
+
+def _step(step_id: str, token: str, status: str = "running") -> StepRow:
+    return StepRow(step_id=step_id, run_id="r", type="llm_call", client_token=token,
+                   input="{}", input_hash="i", placement=None, status=status, seed=None,
+                   created_at="t")
+
+
+def _owners(store: PgStore) -> dict[str, str | None]:
+    return dict(store._rows("SELECT step_id, owner FROM steps ORDER BY step_id"))  # noqa: SLF001
+
+
+class TestOwnership:
+    """A Step is owned by the one process that inserted it."""
+
+    def test_a_step_is_owned_by_the_process_whose_store_inserted_it(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9100] Each store's Steps carry its own process id in ``steps.owner``, with
+        no extra statement: the connection's setting is the column's default."""
+        a, b = procs(2)
+        a.insert_step(_step("sa", "ta"))
+        b.insert_step(_step("sb", "tb"))
+        assert _owners(a) == {"s": a.process_id, "sa": a.process_id, "sb": b.process_id}
+
+    def test_a_heartbeat_is_one_update_of_the_process_row_and_touches_no_step(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9101] A heartbeat moves the process's ``heartbeat`` (the database's clock)
+        and rewrites no Step row, however many the process owns."""
+        (a,) = procs(1)
+        for i in range(20):
+            a.insert_step(_step(f"s{i}", f"t{i}"))
+        a.join(3000)
+        before = a._rows("SELECT step_id, xmin::text FROM steps ORDER BY step_id")  # noqa: SLF001
+        beat0 = a._first("SELECT heartbeat FROM processes")  # noqa: SLF001
+        time.sleep(0.01)
+        assert a.beat() is True
+        after = a._rows("SELECT step_id, xmin::text FROM steps ORDER BY step_id")  # noqa: SLF001
+        beat1 = a._first("SELECT heartbeat FROM processes")  # noqa: SLF001
+        assert (after == before, beat0 is not None and beat1 is not None and beat1 > beat0) == (
+            True, True)
+
+
+class TestAdoption:
+    """A dead process's unfinished Steps are adopted by exactly one survivor."""
+
+    def test_nothing_is_adopted_while_the_owner_beats_within_its_lease(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9102] A process whose lease has not run out keeps its Steps."""
+        a, b = procs(2)
+        a.join(60_000)
+        b.join(60_000)
+        a.insert_step(_step("sa", "ta"))
+        assert (b.adopt_orphans(startup=False), _owners(b)["sa"]) == ([], a.process_id)
+
+    def test_racing_survivors_adopt_each_orphan_exactly_once_after_the_lease(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9102] When the owner stops beating, four survivors adopting at once share
+        its queued and running Steps with no Step taken twice; a finished Step stays; the
+        dead process's row is gone and its heartbeat then answers False."""
+        a, *survivors = procs(5)
+        a.join(100)
+        for s in survivors:
+            s.join(60_000)
+        for i, status in enumerate(("running", "queued", "running", "succeeded")):
+            a.insert_step(_step(f"sa{i}", f"ta{i}", status))
+        time.sleep(0.3)
+        got: dict[str, list[str]] = {}
+        gate = threading.Barrier(len(survivors))
+
+        def adopt(s: PgStore) -> None:
+            gate.wait()
+            got[s.process_id] = [r.step_id for r in s.adopt_orphans(startup=False)]
+
+        threads = [threading.Thread(target=adopt, args=(s,)) for s in survivors]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        adopted = sorted(x for ids in got.values() for x in ids)
+        owners = _owners(a)
+        assert (adopted, len({owners[x] for x in adopted}), owners["sa3"],
+                a._rows("SELECT count(*) FROM processes WHERE process_id = %s",  # noqa: SLF001
+                        (a.process_id,)), a.beat()) == (
+            ["s", "sa0", "sa1", "sa2"], 1, a.process_id, [(0,)], False)
+
+    def test_at_startup_a_process_adopts_steps_of_its_previous_life_and_of_no_one(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9102] A Step with no owner (stored before v7) is an orphan; ``startup=True``
+        also takes the store's own unfinished Steps (none can run yet), the one it just
+        adopted included, while a periodic reap leaves them."""
+        (a,) = procs(1)
+        a.join(60_000)
+        a.insert_step(_step("mine", "tm"))
+        a._exec("UPDATE steps SET owner = NULL WHERE step_id = 's'")  # noqa: SLF001
+        assert ([r.step_id for r in a.adopt_orphans(startup=False)],
+                [r.step_id for r in a.adopt_orphans(startup=False)],
+                [r.step_id for r in a.adopt_orphans(startup=True)]) == (
+            ["s"], [], ["s", "mine"])
+
+
+class TestWakeUps:
+    """A commit in one process wakes the readers of another."""
+
+    def test_a_commit_notifies_the_listener_of_another_process_with_its_step_and_run(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9103] B's one listening connection hears ``(step_id, run_id)`` of every
+        group commit A makes, once per Step per commit, after B is connected."""
+        a, b = procs(2)
+
+        async def main() -> list[tuple[str, str]]:
+            heard: list[tuple[str, str]] = []
+            ready = asyncio.Event()
+            task = asyncio.create_task(b.listen(lambda s, r: heard.append((s, r)), ready.set))
+            await asyncio.wait_for(ready.wait(), 10)
+            a.commit_events([("s", 0, "r", "started", b"{}"), ("s", 1, "r", "token", b"{}")],
+                            [("s", {"status": "running"})])
+            for _ in range(200):
+                if heard:
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            return heard
+
+        assert asyncio.run(main()) == [("s", "r")]
+
+    def test_a_reader_of_a_step_live_elsewhere_waits_for_its_terminal_frame(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9103] On a shared store, a Step not live in this process is complete only
+        once its terminal frame is committed; on SQLite the store's log is complete."""
+        a, b = procs(2)
+        log = EventLog(b, FakeClock(), Metrics(CollectorRegistry()))
+        a.commit_events([("s", 0, "r", "started", b"{}")], [("s", {"status": "running"})])
+        first = log.read("s", -1)
+        a.commit_events([("s", 1, "r", "end", b"{}")], [("s", {"status": "succeeded"})])
+        second = log.read("s", 0)
+        third = log.read("s", 1)
+        assert ([len(first[0]), first[1]], [len(second[0]), second[1]],
+                [len(third[0]), third[1]]) == ([1, False], [1, True], [0, True])
+
+    def test_a_notification_wakes_only_subscribers_of_steps_not_live_here(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9103] :meth:`EventLog.notify_remote` wakes a reader of a Step another
+        process runs; the readers of a local Step are woken by the local commit only."""
+        (a,) = procs(1)
+        log = EventLog(a, FakeClock(), Metrics(CollectorRegistry()))
+        log.open("local", "r")
+        remote, local = log.subscribe("s"), log.subscribe("local")
+        log.notify_remote("s", "r")
+        log.notify_remote("local", "r")
+        woken = (remote._woken, local._woken)  # noqa: SLF001
+        log.unsubscribe(remote)
+        log.unsubscribe(local)
+        assert woken == (True, False)
+
+
+class TestIdempotencyAcrossProcesses:
+    """``client_token`` is one Step whatever process takes it."""
+
+    def test_two_processes_racing_one_client_token_store_one_step(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9104] Two stores inserting the same ``(run, client_token, attempt)`` at the
+        same moment: one inserts, the other inserts nothing and reads the winner."""
+        a, b = procs(2)
+        gate = threading.Barrier(2)
+        won: dict[str, bool] = {}
+
+        def insert(s: PgStore, step_id: str) -> None:
+            gate.wait()
+            won[step_id] = s.insert_step(_step(step_id, "same"))
+
+        threads = [threading.Thread(target=insert, args=(s, i)) for s, i in ((a, "x"), (b, "y"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winner = a.get_step_by_token("r", "same")
+        assert winner is not None
+        assert (sorted(won.values()), won[winner.step_id],
+                a._rows("SELECT count(*) FROM steps WHERE client_token = 'same'")) == (  # noqa: SLF001
+            [False, True], True, [(1,)])
+
+
+def test_sqlite_has_no_shared_machinery(tmp_path: object) -> None:
+    """[PG-9100] The SQLite store is not shared: its event log reads a stored log as
+    complete and keeps no remote readers."""
+    import pathlib
+
+    store = seeded(SqliteStore(pathlib.Path(str(tmp_path)) / "o.db"))
+    log = EventLog(store, FakeClock(), Metrics(CollectorRegistry()))
+    sub = log.subscribe("s")
+    try:
+        assert (getattr(store, "shared", False), log.read("s", -1),
+                log._remote) == (False, ([], True), {})  # noqa: SLF001
+    finally:
+        log.unsubscribe(sub)
+        store.close()
+
