@@ -63,7 +63,7 @@ def _step(step_id: str, token: str, status: str = "running") -> StepRow:
 
 
 def _owners(store: PgStore) -> dict[str, str | None]:
-    return dict(store._rows("SELECT step_id, owner FROM steps ORDER BY step_id"))  # noqa: SLF001
+    return dict(store._rows("SELECT step_id, owner FROM steps ORDER BY step_id"))
 
 
 class TestOwnership:
@@ -86,12 +86,12 @@ class TestOwnership:
         for i in range(20):
             a.insert_step(_step(f"s{i}", f"t{i}"))
         a.join(3000)
-        before = a._rows("SELECT step_id, xmin::text FROM steps ORDER BY step_id")  # noqa: SLF001
-        beat0 = a._first("SELECT heartbeat FROM processes")  # noqa: SLF001
+        before = a._rows("SELECT step_id, xmin::text FROM steps ORDER BY step_id")
+        beat0 = a._first("SELECT heartbeat FROM processes")
         time.sleep(0.01)
         assert a.beat() is True
-        after = a._rows("SELECT step_id, xmin::text FROM steps ORDER BY step_id")  # noqa: SLF001
-        beat1 = a._first("SELECT heartbeat FROM processes")  # noqa: SLF001
+        after = a._rows("SELECT step_id, xmin::text FROM steps ORDER BY step_id")
+        beat1 = a._first("SELECT heartbeat FROM processes")
         assert (after == before, beat0 is not None and beat1 is not None and beat1 > beat0) == (
             True, True)
 
@@ -135,7 +135,7 @@ class TestAdoption:
         adopted = sorted(x for ids in got.values() for x in ids)
         owners = _owners(a)
         assert (adopted, len({owners[x] for x in adopted}), owners["sa3"],
-                a._rows("SELECT count(*) FROM processes WHERE process_id = %s",  # noqa: SLF001
+                a._rows("SELECT count(*) FROM processes WHERE process_id = %s",
                         (a.process_id,)), a.beat()) == (
             ["s", "sa0", "sa1", "sa2"], 1, a.process_id, [(0,)], False)
 
@@ -147,7 +147,7 @@ class TestAdoption:
         (a,) = procs(1)
         a.join(60_000)
         a.insert_step(_step("mine", "tm"))
-        a._exec("UPDATE steps SET owner = NULL WHERE step_id = 's'")  # noqa: SLF001
+        a._exec("UPDATE steps SET owner = NULL WHERE step_id = 's'")
         assert ([r.step_id for r in a.adopt_orphans(startup=False)],
                 [r.step_id for r in a.adopt_orphans(startup=False)],
                 [r.step_id for r in a.adopt_orphans(startup=True)]) == (
@@ -203,7 +203,7 @@ class TestWakeUps:
         remote, local = log.subscribe("s"), log.subscribe("local")
         log.notify_remote("s", "r")
         log.notify_remote("local", "r")
-        woken = (remote._woken, local._woken)  # noqa: SLF001
+        woken = (remote._woken, local._woken)
         log.unsubscribe(remote)
         log.unsubscribe(local)
         assert woken == (True, False)
@@ -232,7 +232,7 @@ class TestIdempotencyAcrossProcesses:
         winner = a.get_step_by_token("r", "same")
         assert winner is not None
         assert (sorted(won.values()), won[winner.step_id],
-                a._rows("SELECT count(*) FROM steps WHERE client_token = 'same'")) == (  # noqa: SLF001
+                a._rows("SELECT count(*) FROM steps WHERE client_token = 'same'")) == (
             [False, True], True, [(1,)])
 
 
@@ -246,7 +246,7 @@ def test_sqlite_has_no_shared_machinery(tmp_path: object) -> None:
     sub = log.subscribe("s")
     try:
         assert (getattr(store, "shared", False), log.read("s", -1),
-                log._remote) == (False, ([], True), {})  # noqa: SLF001
+                log._remote) == (False, ([], True), {})
     finally:
         log.unsubscribe(sub)
         store.close()
