@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from contracts.errors import InvalidParams
 from orchestrator_core.clock import FakeClock
+from orchestrator_core.config import mock_config
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.rows import StepRow
@@ -251,3 +253,24 @@ def test_sqlite_has_no_shared_machinery(tmp_path: object) -> None:
         log.unsubscribe(sub)
         store.close()
 
+
+
+class TestLeaseConfig:
+    """The heartbeat and the lease are operator settings."""
+
+    @pytest.mark.parametrize(("heartbeat", "lease", "field"), [
+        (1000, 1000, "store_lease_ms"), (1000, 500, "store_lease_ms"),
+        (0, 3000, "store_heartbeat_ms")])
+    def test_a_lease_not_longer_than_the_heartbeat_is_refused_naming_its_key(
+            self, heartbeat: int, lease: int, field: str) -> None:
+        """[PG-9101] A heartbeat interval that is not positive, or a lease not longer than
+        it, is refused when the config is read, naming the key."""
+        with pytest.raises(InvalidParams) as err:
+            mock_config(store_heartbeat_ms=heartbeat, store_lease_ms=lease)
+        assert err.value.data == {"field": field}
+
+    def test_the_defaults_beat_every_second_and_lease_three(self) -> None:
+        """[PG-9101] By default a process beats every 1000 ms and is dead 3000 ms after its
+        last heartbeat."""
+        cfg = mock_config()
+        assert (cfg.store_heartbeat_ms, cfg.store_lease_ms) == (1000, 3000)
