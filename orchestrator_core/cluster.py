@@ -17,6 +17,8 @@ drives it from the server's lifecycle and does nothing for a store that is not s
 from __future__ import annotations
 
 import logging
+import pathlib
+import socket
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -26,7 +28,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_base import Store
 
-__all__ = ["SharedStore", "keep_lease", "leave", "unfinished"]
+__all__ = ["SharedStore", "keep_lease", "leave", "node_of", "unfinished"]
 
 _log = logging.getLogger("orchestratord.cluster")
 
@@ -37,7 +39,7 @@ class SharedStore(Protocol):
 
     process_id: str
 
-    def join(self, lease_ms: int) -> None: ...
+    def join(self, lease_ms: int, node: str = "") -> None: ...
 
     def beat(self) -> bool: ...
 
@@ -66,7 +68,7 @@ def unfinished(store: Store, config: ServerConfig, *, startup: bool) -> list[Ste
         return store.unfinished_steps() if startup else []
     shared: SharedStore = store  # its own protocol, not the Store seam's
     if startup:
-        shared.join(config.store_lease_ms)
+        shared.join(config.store_lease_ms, node_of(config))
     return shared.adopt_orphans(startup=startup)
 
 
@@ -99,7 +101,7 @@ async def keep_lease(store: Store, config: ServerConfig, reap: Callable[[], int]
             if not await anyio.to_thread.run_sync(shared.beat):
                 _log.error("process %s lost its lease; its Steps were adopted, joining again",
                            shared.process_id)
-                shared.join(config.store_lease_ms)
+                shared.join(config.store_lease_ms, node_of(config))
             try:
                 reaped = reap()
             except Exception:  # a reap that fails is tried again at the next beat
@@ -107,6 +109,12 @@ async def keep_lease(store: Store, config: ServerConfig, reap: Callable[[], int]
                 continue
             if reaped:
                 _log.warning("interrupted %d Steps of dead processes", reaped)
+
+
+def node_of(config: ServerConfig) -> str:
+    """This server's node: ``<host name>:<absolute data_dir>``, which one live process
+    holds at a time (PG-9102)."""
+    return f"{socket.gethostname()}:{pathlib.Path(config.data_dir).resolve()}"
 
 
 def leave(store: Store) -> None:

@@ -211,7 +211,7 @@ _V6 = (
 _V7 = (
     f"CREATE TABLE processes (process_id {T} PRIMARY KEY,"
     " started TIMESTAMPTZ NOT NULL DEFAULT now(), heartbeat TIMESTAMPTZ NOT NULL DEFAULT now(),"
-    " lease_ms BIGINT NOT NULL CHECK (lease_ms > 0))",
+    f" lease_ms BIGINT NOT NULL CHECK (lease_ms > 0), node {T} NOT NULL DEFAULT '')",
     f"ALTER TABLE steps ADD COLUMN owner {T}",
     "ALTER TABLE steps ALTER COLUMN owner"
     " SET DEFAULT NULLIF(current_setting('orchestratord.process', true), '')",

@@ -12,7 +12,8 @@ a store that has it.
   clock (``now()``) and its own lease. :meth:`PgCluster.beat` renews it with ONE
   ``UPDATE`` per interval, whatever the number of Steps the process runs (PG-9101).
 * **Adoption, exactly once.** :meth:`PgCluster.adopt_orphans` takes a transaction-level
-  advisory lock of the schema, deletes the rows of processes whose lease ran out, and
+  advisory lock of the schema, deletes the rows of processes whose lease ran out (and, at
+  startup, of this process's previous lives: the same ``node``), and
   moves every ``queued``/``running`` Step whose owner has no row (or none at all) to the
   caller in one ``UPDATE ... RETURNING``. Reapers are serialised by the lock, and the
   second one finds those Steps owned by a live process, so each orphan is adopted by one
@@ -34,8 +35,10 @@ from orchestrator_core.store_pg_base import STEPS, PgBase
 __all__ = ["PgCluster"]
 
 _REAP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('orchestratord.reap.' || %s))"
-_EXPIRE = ("DELETE FROM processes WHERE process_id <> %s"
-           " AND heartbeat + lease_ms * interval '1 millisecond' < now()")
+_EXPIRE = ("DELETE FROM processes WHERE process_id <> %(me)s"
+           " AND (heartbeat + lease_ms * interval '1 millisecond' < now()"
+           " OR (%(startup)s AND node <> '' AND node ="
+           " (SELECT node FROM processes WHERE process_id = %(me)s)))")
 _ADOPT = ("UPDATE steps SET owner = %(me)s WHERE status IN ('queued', 'running')"
           " AND (owner IS NULL OR owner = %(mine)s OR NOT EXISTS"
           " (SELECT 1 FROM processes p WHERE p.process_id = steps.owner))"
@@ -54,16 +57,20 @@ class PgCluster(PgBase):
         """The ``LISTEN`` channel of this schema's commits (at most 63 bytes)."""
         return ("orchestratord_" + self.schema)[:63]
 
-    def join(self, lease_ms: int) -> None:
+    def join(self, lease_ms: int, node: str = "") -> None:
         """Register this process with a fresh heartbeat and its lease [PG-9101].
 
         Args:
             lease_ms: how long after its last heartbeat a survivor may declare this
                 process dead and adopt its Steps (ms, > 0).
+            node: what only one live process holds at a time (``host:data_dir``); a
+                process starting with the same node is this one's next life and adopts
+                its Steps at once (PG-9102). Empty: none.
         """
-        self._exec("INSERT INTO processes (process_id, lease_ms) VALUES (%s, %s)"
+        self._exec("INSERT INTO processes (process_id, lease_ms, node) VALUES (%s, %s, %s)"
                    " ON CONFLICT (process_id) DO UPDATE SET heartbeat = now(),"
-                   " lease_ms = EXCLUDED.lease_ms", (self.process_id, lease_ms))
+                   " lease_ms = EXCLUDED.lease_ms, node = EXCLUDED.node",
+                   (self.process_id, lease_ms, node))
 
     def beat(self) -> bool:
         """Renew this process's lease: one ``UPDATE`` for all its Steps [PG-9101].
@@ -84,7 +91,9 @@ class PgCluster(PgBase):
 
         Args:
             startup: also take this process's own unfinished Steps (a previous life of
-                the same store object; at startup none of them can be running).
+                the same store object) and those of every other process registered with
+                this one's node (a previous life of the same server, killed before its
+                lease ran out): at startup none of them can be running.
 
         Returns:
             The adopted Steps (now owned by this process), in creation order; the
@@ -92,7 +101,7 @@ class PgCluster(PgBase):
         """
         with self._tx() as conn:
             conn.execute(_REAP_LOCK, (self.schema,))
-            conn.execute(_EXPIRE, (self.process_id,))
+            conn.execute(_EXPIRE, {"me": self.process_id, "startup": startup})
             ids = [r[0] for r in conn.execute(_ADOPT, {
                 "me": self.process_id, "mine": self.process_id if startup else None})]
             if not ids:

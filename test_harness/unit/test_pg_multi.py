@@ -156,6 +156,21 @@ class TestAdoption:
             ["s"], [], ["s", "mine"])
 
 
+    def test_a_restart_on_the_same_node_adopts_its_previous_life_at_once(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9102] A process starting with the node (``host:data_dir``) of one killed
+        before its lease ran out adopts that one's Steps at startup; a process of another
+        node waits for the lease."""
+        old, other, new = procs(3)
+        old.join(60_000, "h:/srv/a")
+        other.join(60_000, "h:/srv/b")
+        new.join(60_000, "h:/srv/a")
+        old.insert_step(_step("sa", "ta"))
+        assert ([r.step_id for r in other.adopt_orphans(startup=True)],
+                [r.step_id for r in new.adopt_orphans(startup=True)],
+                _owners(new)["sa"] == new.process_id) == ([], ["s", "sa"], True)
+
+
 class TestWakeUps:
     """A commit in one process wakes the readers of another."""
 
