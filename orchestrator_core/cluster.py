@@ -20,15 +20,17 @@ import logging
 import pathlib
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
 import anyio
 
+from orchestrator_core.budgets import Ledger, LedgerView
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_base import Store
 
-__all__ = ["SharedStore", "keep_lease", "leave", "node_of", "unfinished"]
+__all__ = ["SharedStore", "keep_lease", "leave", "ledger_of", "node_of", "unfinished"]
 
 _log = logging.getLogger("orchestratord.cluster")
 
@@ -49,6 +51,10 @@ class SharedStore(Protocol):
 
     async def listen(self, on_commit: Callable[[str, str], None],
                      on_connect: Callable[[], None]) -> None: ...
+
+    def hold(self, run_id: str) -> AbstractContextManager[LedgerView]: ...
+
+    def release(self, step_id: str) -> None: ...
 
 
 def unfinished(store: Store, config: ServerConfig, *, startup: bool) -> list[StepRow]:
@@ -109,6 +115,11 @@ async def keep_lease(store: Store, config: ServerConfig, reap: Callable[[], int]
                 continue
             if reaped:
                 _log.warning("interrupted %d Steps of dead processes", reaped)
+
+
+def ledger_of(store: Store) -> Ledger | None:
+    """The shared budget ledger of a shared store (PG-9106); None on SQLite."""
+    return store if isinstance(store, SharedStore) else None
 
 
 def node_of(config: ServerConfig) -> str:

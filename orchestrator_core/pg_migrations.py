@@ -15,7 +15,8 @@ v2  run usage counters kept by triggers on ``steps`` (NERVE-4042)
 v3  run labels by Flow and by tenant, and the list indexes (NERVE-4061, REC-7051)
 v4  the run log, its positions kept by triggers in commit order (NERVE-4100)
 v5  LLM job records, attachments, each tenant's job Run (NERVE-4083)
-v7  the processes sharing the schema (heartbeat, lease) and each Step's owner (PG-9100)
+v7  the processes sharing the schema (heartbeat, lease), each Step's owner, the budget
+    reservations of every process (PG-9100, PG-9106)
 ==  ================================================================================
 
 Text that must keep its exact characters and may hold U+0000 (a rendered prompt, a label)
@@ -216,8 +217,12 @@ _V7 = (
     "ALTER TABLE steps ALTER COLUMN owner"
     " SET DEFAULT NULLIF(current_setting('orchestratord.process', true), '')",
     "CREATE INDEX steps_owner_unfinished ON steps (owner) WHERE status IN ('queued', 'running')",
+    f"CREATE TABLE reservations (step_id {T} PRIMARY KEY, run_id {T} NOT NULL, owner {T} NOT NULL,"
+    " tokens_in BIGINT NOT NULL, tokens_out BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX reservations_run ON reservations (run_id)",
 )
-"""PG-9100: the processes sharing the schema and each Step's owner. A Step's owner is the
+"""PG-9100, PG-9106: the processes sharing the schema, each Step's owner, and the budget
+reservations every process holds. A Step's owner is the
 ``orchestratord.process`` setting of the connection that inserted it (each store's
 connections set it); rows stored before v7 have none, so they count as orphans."""
 

@@ -102,7 +102,7 @@ class Orchestrator:
                             commit_interval_s=config.commit_interval_ms / 1000.0,
                             commit_max_frames=config.commit_max_frames,
                             ephemeral_capacity=config.ephemeral_buffer)
-        self.budgets = BudgetBook(config.prices)
+        self.budgets = BudgetBook(config.prices, cluster.ledger_of(store))  # PG-9106
         self.tools = tools
         self.sandboxes = Sandboxes(config)
         self.facts = Facts(store, self.log, clock, config)

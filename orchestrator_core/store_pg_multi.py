@@ -27,10 +27,11 @@ a store that has it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 from orchestrator_core.rows import StepRow
-from orchestrator_core.store_pg_base import STEPS, PgBase
+from orchestrator_core.store_pg_base import LOCK_RUN, STEPS, Conn, PgBase
 
 __all__ = ["PgCluster"]
 
@@ -43,6 +44,30 @@ _ADOPT = ("UPDATE steps SET owner = %(me)s WHERE status IN ('queued', 'running')
           " AND (owner IS NULL OR owner = %(mine)s OR NOT EXISTS"
           " (SELECT 1 FROM processes p WHERE p.process_id = steps.owner))"
           " RETURNING step_id")
+_UNHELD = ("DELETE FROM reservations WHERE owner = %(mine)s OR NOT EXISTS"
+           " (SELECT 1 FROM processes p WHERE p.process_id = reservations.owner)")
+_SPENT = ("SELECT COALESCE(u.tokens_in, 0) + COALESCE(h.tokens_in, 0),"
+          " COALESCE(u.tokens_out, 0) + COALESCE(h.tokens_out, 0),"
+          " COALESCE(u.cost_usd, 0) + COALESCE(h.cost_usd, 0)"
+          " FROM (SELECT 1) one"
+          " LEFT JOIN run_usage u ON u.run_id = %(r)s"
+          " LEFT JOIN (SELECT SUM(tokens_in) AS tokens_in, SUM(tokens_out) AS tokens_out,"
+          " SUM(cost_usd) AS cost_usd FROM reservations WHERE run_id = %(r)s) h ON true")
+
+
+class _Held:
+    """One Run's ledger under its row lock (:class:`~orchestrator_core.budgets.LedgerView`)."""
+
+    def __init__(self, conn: Conn, run_id: str, owner: str,
+                 spent: tuple[float, float, float]) -> None:
+        self._conn, self._run_id, self._owner = conn, run_id, owner
+        self.spent = spent
+
+    def add(self, step_id: str, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        self._conn.execute(
+            "INSERT INTO reservations (step_id, run_id, owner, tokens_in, tokens_out,"
+            " cost_usd) VALUES (%s, %s, %s, %s, %s, %s)",
+            (step_id, self._run_id, self._owner, tokens_in, tokens_out, cost_usd))
 
 
 class PgCluster(PgBase):
@@ -102,12 +127,30 @@ class PgCluster(PgBase):
         with self._tx() as conn:
             conn.execute(_REAP_LOCK, (self.schema,))
             conn.execute(_EXPIRE, {"me": self.process_id, "startup": startup})
+            conn.execute(_UNHELD, {"mine": self.process_id if startup else None})
             ids = [r[0] for r in conn.execute(_ADOPT, {
                 "me": self.process_id, "mine": self.process_id if startup else None})]
             if not ids:
                 return []
             rows = conn.execute(STEPS + " WHERE step_id = ANY(%s) ORDER BY rid", (ids,))
             return [StepRow(*values) for values in rows]
+
+    @contextlib.contextmanager
+    def hold(self, run_id: str) -> Iterator[_Held]:
+        """The Run's ledger under its row lock, for one admission [PG-9106]: its stored
+        usage plus every process's reservations, read after the lock, and the insert of
+        this admission's reservation, committed together on exit (rolled back when the
+        admission is refused)."""
+        with self._tx() as conn:
+            conn.execute(LOCK_RUN, (run_id,))
+            row = conn.execute(_SPENT, {"r": run_id}).fetchone()
+            assert row is not None  # one row, always
+            yield _Held(conn, run_id, self.process_id,
+                        (float(row[0]), float(row[1]), float(row[2])))
+
+    def release(self, step_id: str) -> None:
+        """Drop a Step's reservation (its usage is stored by now) [PG-9106]."""
+        self._exec("DELETE FROM reservations WHERE step_id = %s", (step_id,))
 
     def notify_sql(self, steps: Sequence[tuple[str, str]]) -> tuple[str, tuple[object, ...]]:
         """The statement that wakes every process's readers of ``steps`` at COMMIT.

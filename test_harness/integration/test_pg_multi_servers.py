@@ -1,5 +1,5 @@
 """Three real ``orchestratord serve --store DSN`` processes over one throwaway PostgreSQL
-cluster (PG-9103, PG-9104, PG-9105).
+cluster (PG-9103..PG-9106).
 
 The servers serve the mock engine at 20 tokens/s (60 tokens a Step, so a Step runs about
 3 s), heartbeat every 200 ms and hold a 600 ms lease, all on one schema. A reader on one
@@ -142,6 +142,46 @@ class TestSeveralServers:
         rows = _sql(dsn, "SELECT count(*) FROM steps WHERE run_id = %s AND client_token = %s",
                     run_id, "raced-token")
         assert (got[a] == got[b], rows) == (True, [(1,)])
+
+    def test_eight_steps_through_three_processes_never_overshoot_a_run_budget(
+            self, servers: tuple[str, list[tuple[subprocess.Popen[bytes], str]]]) -> None:
+        """[PG-9106] Eight concurrent Steps of one Run (``max_tokens`` 30 each) through
+        three processes, against a Run budget of 100 output tokens: the reservations of
+        all processes add up to at most the budget, so the Run's usage ends at or below
+        100 and the Steps refused are refused with ``BUDGET_EXCEEDED``."""
+        dsn, procs = servers
+        urls = [url for _proc, url in procs]
+        with httpx.Client(base_url=urls[0], timeout=30.0) as http:
+            flow = http.post("/v1/flows", json={"ast_ir": {"budget": True}}).json()
+            run_id = http.post(f"/v1/flows/{flow['flow_id']}/runs", json={
+                "seed": 7, "budgets": {"max_tokens_out": 100}}).json()["run_id"]
+        answers: list[tuple[int, str]] = []
+        gate = threading.Barrier(8)
+
+        def post(i: int) -> None:
+            body = llm_step(f"budget-{i}", prompt=f"budget {i}", max_tokens=30)
+            with httpx.Client(base_url=urls[i % 3], timeout=30.0) as http:
+                gate.wait()
+                resp = http.post(f"/v1/runs/{run_id}/steps", json=body)
+                if resp.status_code in (200, 201):
+                    answers.append((resp.status_code, resp.json()["step_id"]))
+                else:
+                    answers.append((resp.status_code, resp.json()["code"]))
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for code, step_id in answers:
+            if code in (200, 201):
+                _stream(urls[0], step_id)
+        used = _sql(dsn, "SELECT COALESCE(SUM(tokens_out), 0) FROM steps WHERE run_id = %s",
+                    run_id)[0][0]
+        refused = {v for c, v in answers if c not in (200, 201)}
+        assert (len(answers), used <= 100, refused <= {"BUDGET_EXCEEDED"},
+                _sql(dsn, "SELECT count(*) FROM reservations WHERE run_id = %s", run_id)) == (
+            8, True, True, [(0,)])
 
     def test_kill_9_of_a_ends_its_running_step_interrupted_once_within_the_lease(
             self, servers: tuple[str, list[tuple[subprocess.Popen[bytes], str]]]) -> None:

@@ -226,6 +226,54 @@ class TestWakeUps:
         assert woken == (True, False)
 
 
+class TestSharedLedger:
+    """Budget reservations are rows every process reads under the Run's row lock."""
+
+    def test_a_reservation_held_by_one_process_counts_in_another_until_released(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9106] B's view of the Run's spending includes A's reservation, as soon as
+        A's admission committed, and not after A released it."""
+        a, b = procs(2)
+        with a.hold("r") as view:
+            before = view.spent
+            view.add("sa", 5, 30, 0.25)
+        with b.hold("r") as view:
+            seen = view.spent
+        a.release("sa")
+        with b.hold("r") as view:
+            after = view.spent
+        assert (before, seen, after) == ((0.0, 0.0, 0.0), (5.0, 30.0, 0.25), (0.0, 0.0, 0.0))
+
+    def test_a_refused_admission_holds_nothing(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9106] An admission refused inside the lock rolls its reservation back."""
+        (a,) = procs(1)
+
+        def refused() -> None:
+            with a.hold("r") as view:
+                view.add("sa", 5, 30, 0.25)
+                raise RuntimeError("refused")
+
+        with pytest.raises(RuntimeError):
+            refused()
+        with a.hold("r") as view:
+            assert view.spent == (0.0, 0.0, 0.0)
+
+    def test_a_dead_process_reservations_are_dropped_when_its_steps_are_adopted(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9106] Once a survivor adopts a dead process's Steps, the reservations it
+        held no longer count against the Run."""
+        a, b = procs(2)
+        a.join(100)
+        b.join(60_000)
+        with a.hold("r") as view:
+            view.add("s", 0, 40, 0.0)
+        time.sleep(0.3)
+        b.adopt_orphans(startup=False)
+        with b.hold("r") as view:
+            assert view.spent == (0.0, 0.0, 0.0)
+
+
 class TestIdempotencyAcrossProcesses:
     """``client_token`` is one Step whatever process takes it."""
 
