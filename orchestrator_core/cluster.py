@@ -27,10 +27,12 @@ import anyio
 
 from orchestrator_core.budgets import Ledger, LedgerView
 from orchestrator_core.config import ServerConfig
+from orchestrator_core.pools import SlotGate
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_base import Store
 
-__all__ = ["SharedStore", "keep_lease", "leave", "ledger_of", "node_of", "unfinished"]
+__all__ = ["SharedStore", "keep_lease", "leave", "ledger_of", "node_of", "slot_gate_of",
+           "unfinished"]
 
 _log = logging.getLogger("orchestratord.cluster")
 
@@ -55,6 +57,10 @@ class SharedStore(Protocol):
     def hold(self, run_id: str) -> AbstractContextManager[LedgerView]: ...
 
     def release(self, step_id: str) -> None: ...
+
+    def take_slot(self, replica: str, slots: int) -> int | None: ...
+
+    def give_slot(self, replica: str, slot: int) -> None: ...
 
 
 def unfinished(store: Store, config: ServerConfig, *, startup: bool) -> list[StepRow]:
@@ -119,6 +125,12 @@ async def keep_lease(store: Store, config: ServerConfig, reap: Callable[[], int]
 
 def ledger_of(store: Store) -> Ledger | None:
     """The shared budget ledger of a shared store (PG-9106); None on SQLite."""
+    return store if isinstance(store, SharedStore) else None
+
+
+def slot_gate_of(store: Store) -> SlotGate | None:
+    """The slots of shared remote replicas, counted across processes (PG-9107); None on
+    SQLite."""
     return store if isinstance(store, SharedStore) else None
 
 

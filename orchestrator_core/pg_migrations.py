@@ -16,7 +16,8 @@ v3  run labels by Flow and by tenant, and the list indexes (NERVE-4061, REC-7051
 v4  the run log, its positions kept by triggers in commit order (NERVE-4100)
 v5  LLM job records, attachments, each tenant's job Run (NERVE-4083)
 v7  the processes sharing the schema (heartbeat, lease), each Step's owner, the budget
-    reservations of every process (PG-9100, PG-9106)
+    reservations of every process, the slots of shared remote replicas (PG-9100,
+    PG-9106, PG-9107)
 ==  ================================================================================
 
 Text that must keep its exact characters and may hold U+0000 (a rendered prompt, a label)
@@ -220,11 +221,14 @@ _V7 = (
     f"CREATE TABLE reservations (step_id {T} PRIMARY KEY, run_id {T} NOT NULL, owner {T} NOT NULL,"
     " tokens_in BIGINT NOT NULL, tokens_out BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL)",
     "CREATE INDEX reservations_run ON reservations (run_id)",
+    f"CREATE TABLE replica_slots (replica {T} NOT NULL, slot INTEGER NOT NULL, holder {T},"
+    " PRIMARY KEY (replica, slot))",
 )
-"""PG-9100, PG-9106: the processes sharing the schema, each Step's owner, and the budget
-reservations every process holds. A Step's owner is the
-``orchestratord.process`` setting of the connection that inserted it (each store's
-connections set it); rows stored before v7 have none, so they count as orphans."""
+"""PG-9100, PG-9106, PG-9107: the processes sharing the schema, each Step's owner, the
+budget reservations every process holds, and the slots of shared remote replicas. A
+Step's owner is the ``orchestratord.process`` setting of the connection that inserted it
+(each store's connections set it); rows stored before v7 have none, so they count as
+orphans."""
 
 PG_MIGRATIONS: tuple[PgMigration, ...] = (
     PgMigration(1, "flows, runs, steps, events, facts, checkpoints, builds, prompts", _V1),

@@ -142,6 +142,7 @@ class Orchestrator:
             store = store_open.open_store(config)
         clock = clock or SystemClock()
         pools = PoolManager(config, data_dir, drivers, clock)
+        pools.slot_gate = cluster.slot_gate_of(store)  # PG-9107
         executors = tools(config.tools)
         orch = cls(config, store, pools, clock, metrics or Metrics(), executors)
         collector = PoolCollector(pools)

@@ -46,6 +46,13 @@ _ADOPT = ("UPDATE steps SET owner = %(me)s WHERE status IN ('queued', 'running')
           " RETURNING step_id")
 _UNHELD = ("DELETE FROM reservations WHERE owner = %(mine)s OR NOT EXISTS"
            " (SELECT 1 FROM processes p WHERE p.process_id = reservations.owner)")
+_UNSLOT = ("UPDATE replica_slots SET holder = NULL WHERE holder = %(mine)s OR (holder IS NOT"
+           " NULL AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.process_id = holder))")
+_SLOTS = ("INSERT INTO replica_slots (replica, slot) SELECT %(k)s, s FROM"
+          " generate_series(0, %(n)s - 1) AS s ON CONFLICT DO NOTHING")
+_TAKE = ("UPDATE replica_slots SET holder = %(me)s WHERE (replica, slot) ="
+         " (SELECT replica, slot FROM replica_slots WHERE replica = %(k)s AND slot < %(n)s"
+         " AND holder IS NULL ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING slot")
 _SPENT = ("SELECT COALESCE(u.tokens_in, 0) + COALESCE(h.tokens_in, 0),"
           " COALESCE(u.tokens_out, 0) + COALESCE(h.tokens_out, 0),"
           " COALESCE(u.cost_usd, 0) + COALESCE(h.cost_usd, 0)"
@@ -128,6 +135,7 @@ class PgCluster(PgBase):
             conn.execute(_REAP_LOCK, (self.schema,))
             conn.execute(_EXPIRE, {"me": self.process_id, "startup": startup})
             conn.execute(_UNHELD, {"mine": self.process_id if startup else None})
+            conn.execute(_UNSLOT, {"mine": self.process_id if startup else None})
             ids = [r[0] for r in conn.execute(_ADOPT, {
                 "me": self.process_id, "mine": self.process_id if startup else None})]
             if not ids:
@@ -151,6 +159,28 @@ class PgCluster(PgBase):
     def release(self, step_id: str) -> None:
         """Drop a Step's reservation (its usage is stored by now) [PG-9106]."""
         self._exec("DELETE FROM reservations WHERE step_id = %s", (step_id,))
+
+    def take_slot(self, replica: str, slots: int) -> int | None:
+        """Hold one of the ``slots`` slots every process shares on a remote replica, or
+        None when all are held [PG-9107].
+
+        Args:
+            replica: the replica's shared key (its URL).
+            slots: how many concurrent requests it takes.
+
+        Returns:
+            The slot held (give it back with :meth:`give_slot`), or None.
+        """
+        with self._tx() as conn:
+            conn.execute(_SLOTS, {"k": replica, "n": slots})
+            row = conn.execute(_TAKE, {"k": replica, "n": slots, "me": self.process_id}
+                               ).fetchone()
+        return None if row is None else int(row[0])
+
+    def give_slot(self, replica: str, slot: int) -> None:
+        """Give back a slot :meth:`take_slot` returned [PG-9107]."""
+        self._exec("UPDATE replica_slots SET holder = NULL WHERE replica = %s AND slot = %s"
+                   " AND holder = %s", (replica, slot, self.process_id))
 
     def notify_sql(self, steps: Sequence[tuple[str, str]]) -> tuple[str, tuple[object, ...]]:
         """The statement that wakes every process's readers of ``steps`` at COMMIT.

@@ -274,6 +274,35 @@ class TestSharedLedger:
             assert view.spent == (0.0, 0.0, 0.0)
 
 
+class TestSharedSlots:
+    """A remote replica's slots are rows every process claims."""
+
+    def test_the_slots_of_a_replica_are_shared_by_every_process(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9107] Two processes get the replica's 2 slots between them, a third ask
+        gets none until one is given back; another replica's slots are its own."""
+        a, b = procs(2)
+        first, second, third = (a.take_slot("http://r1", 2), b.take_slot("http://r1", 2),
+                                a.take_slot("http://r1", 2))
+        other = b.take_slot("http://r2", 2)
+        a.give_slot("http://r1", 0)
+        again = b.take_slot("http://r1", 2)
+        assert (first, second, third, other, again) == (0, 1, None, 0, 0)
+
+    def test_a_dead_process_slots_are_freed_when_its_steps_are_adopted(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9107] A slot held by a process whose lease ran out is free again once a
+        survivor has reaped it."""
+        a, b = procs(2)
+        a.join(100)
+        b.join(60_000)
+        held = a.take_slot("http://r1", 1)
+        time.sleep(0.3)
+        before = b.take_slot("http://r1", 1)
+        b.adopt_orphans(startup=False)
+        assert (held, before, b.take_slot("http://r1", 1)) == (0, None, 0)
+
+
 class TestIdempotencyAcrossProcesses:
     """``client_token`` is one Step whatever process takes it."""
 
