@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -32,7 +33,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await mock_app(scope, receive, send)
         return
 
-    async def slow_send(message: dict[str, Any]) -> None:
+    async def slow_send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.body":
             await asyncio.sleep(0.02)
         await send(message)
