@@ -19,19 +19,20 @@ from __future__ import annotations
 import logging
 import pathlib
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
 import anyio
 
 from orchestrator_core.budgets import Ledger, LedgerView
+from orchestrator_core.clock import Clock
 from orchestrator_core.config import ServerConfig
 from orchestrator_core.pools import SlotGate
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_base import Store
 
-__all__ = ["SharedStore", "keep_lease", "leave", "ledger_of", "node_of", "slot_gate_of",
+__all__ = ["SharedStore", "keep_lease", "leave", "ledger_of", "node_of", "pause", "slot_gate_of",
            "unfinished"]
 
 _log = logging.getLogger("orchestratord.cluster")
@@ -52,7 +53,8 @@ class SharedStore(Protocol):
     def adopt_orphans(self, *, startup: bool) -> list[StepRow]: ...
 
     async def listen(self, on_commit: Callable[[str, str], None],
-                     on_connect: Callable[[], None]) -> None: ...
+                     on_connect: Callable[[], None],
+                     pause: Callable[[float], Awaitable[None]]) -> None: ...
 
     def hold(self, run_id: str) -> AbstractContextManager[LedgerView]: ...
 
@@ -84,8 +86,14 @@ def unfinished(store: Store, config: ServerConfig, *, startup: bool) -> list[Ste
     return shared.adopt_orphans(startup=startup)
 
 
-async def keep_lease(store: Store, config: ServerConfig, reap: Callable[[], int],
-                     on_commit: Callable[[str, str], None],
+async def pause(clock: Clock, seconds: float) -> None:
+    """Wait ``seconds`` of the injected clock."""
+    with clock.move_on_after(seconds):
+        await anyio.Event().wait()
+
+
+async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
+                     reap: Callable[[], int], on_commit: Callable[[str, str], None],
                      on_connect: Callable[[], None]) -> None:
     """Hold this process's lease and listen for other processes' commits, until
     cancelled [PG-9101, PG-9102, PG-9103]. Returns at once on a store not shared.
@@ -98,6 +106,7 @@ async def keep_lease(store: Store, config: ServerConfig, reap: Callable[[], int]
     Args:
         store: the server's store.
         config: ``store_heartbeat_ms``, ``store_lease_ms``.
+        clock: the injected clock the intervals are waited on.
         reap: adopts and interrupts orphans; returns how many.
         on_commit: wakes the readers of ``(step_id, run_id)`` (``EventLog.notify_remote``).
         on_connect: wakes every remote reader (after the listener (re)connects).
@@ -107,9 +116,10 @@ async def keep_lease(store: Store, config: ServerConfig, reap: Callable[[], int]
     shared: SharedStore = store
     interval = config.store_heartbeat_ms / 1000.0
     async with anyio.create_task_group() as tg:
-        tg.start_soon(shared.listen, on_commit, on_connect)
+        tg.start_soon(shared.listen, on_commit, on_connect,
+                      lambda s: pause(clock, s))
         while True:
-            await anyio.sleep(interval)
+            await pause(clock, interval)
             if not await anyio.to_thread.run_sync(shared.beat):
                 _log.error("process %s lost its lease; its Steps were adopted, joining again",
                            shared.process_id)

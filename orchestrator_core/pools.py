@@ -100,8 +100,9 @@ class Replica:
                 try:
                     gate, key = self.gate
                     # another process frees the slot: no local event can tell us
-                    while (slot := gate.take_slot(key, self.slots)) is None:  # noqa: ASYNC110
-                        await anyio.sleep(SLOT_RETRY_S)
+                    while (slot := gate.take_slot(key, self.slots)) is None:
+                        with self.breaker.clock.move_on_after(SLOT_RETRY_S):
+                            await anyio.Event().wait()
                     self._shared.append(slot)
                 except BaseException:
                     self._sem.release()

@@ -158,7 +158,8 @@ class Orchestrator:
                 orch.tasks.tg = tg
                 tg.start_soon(orch.log.run_flusher)
                 tg.start_soon(pools.watch)
-                tg.start_soon(cluster.keep_lease, store, config, lambda: orch.tasks.recover(False),
+                tg.start_soon(cluster.keep_lease, store, config, clock,
+                              lambda: orch.tasks.recover(False),
                               orch.log.notify_remote, orch.log.wake_remote)  # PG-9101..9103
                 try:
                     yield orch

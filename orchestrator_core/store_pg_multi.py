@@ -28,7 +28,7 @@ a store that has it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_pg_base import LOCK_RUN, STEPS, Conn, PgBase
@@ -195,7 +195,8 @@ class PgCluster(PgBase):
                 (self.channel, [f"{step} {run}" for step, run in steps]))
 
     async def listen(self, on_commit: Callable[[str, str], None],
-                     on_connect: Callable[[], None]) -> None:
+                     on_connect: Callable[[], None],
+                     pause: Callable[[float], Awaitable[None]]) -> None:
         """Listen to this schema's commits until cancelled [PG-9103].
 
         One connection per process. Each notification calls ``on_commit(step_id,
@@ -206,8 +207,8 @@ class PgCluster(PgBase):
         Args:
             on_commit: called with the Step and Run of each commit.
             on_connect: called once listening (again).
+            pause: waits that many seconds (the server's injected clock).
         """
-        import anyio
         import psycopg
         from psycopg import sql
 
@@ -224,4 +225,4 @@ class PgCluster(PgBase):
                         step_id, _, run_id = note.payload.partition(" ")
                         on_commit(step_id, run_id)
             except psycopg.OperationalError:
-                await anyio.sleep(0.5)
+                await pause(0.5)

@@ -183,7 +183,8 @@ class TestWakeUps:
         async def main() -> list[tuple[str, str]]:
             heard: list[tuple[str, str]] = []
             ready = asyncio.Event()
-            task = asyncio.create_task(b.listen(lambda s, r: heard.append((s, r)), ready.set))
+            task = asyncio.create_task(b.listen(lambda s, r: heard.append((s, r)), ready.set,
+                                                asyncio.sleep))
             await asyncio.wait_for(ready.wait(), 10)
             a.commit_events([("s", 0, "r", "started", b"{}"), ("s", 1, "r", "token", b"{}")],
                             [("s", {"status": "running"})])
