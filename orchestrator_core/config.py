@@ -19,6 +19,7 @@ from worker_adapters.base import ModelConfig, PoolConfig, ToolExecutorConfig
 
 __all__ = [
     "DEFAULT_MODEL_ID",
+    "STORE_SCHEMES",
     "ModelConfig",
     "ModelPrice",
     "PoolConfig",
@@ -31,6 +32,18 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_ID = "hf:HuggingFaceTB/SmolLM2-135M-Instruct@Q4_1"
+
+
+STORE_SCHEMES = ("postgresql://", "postgres://")
+"""How a ``store`` DSN that selects PostgreSQL begins (PG-9052)."""
+
+
+def _identifier(name: str) -> bool:
+    """True for a plain SQL identifier: lowercase ASCII letters, digits and ``_``, 1 to
+    63 of them, not starting with a digit (PostgreSQL's limit; no quoting ever needed,
+    and PostgreSQL folds unquoted names to lowercase)."""
+    ok = "abcdefghijklmnopqrstuvwxyz0123456789_"
+    return 0 < len(name) <= 63 and all(c in ok for c in name) and not name[0].isdigit()
 
 
 def default_data_dir() -> str:
@@ -67,6 +80,12 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     Attributes:
         data_dir: where the SQLite store and engine logs live (default:
             :func:`default_data_dir`, OBS-8065).
+        store: which store holds the event log (PG-9052): empty (the default) for the
+            embedded SQLite file ``<data_dir>/orchestrator.db``, or a PostgreSQL DSN
+            (``postgresql://...`` or ``postgres://...``).
+        store_schema: the PostgreSQL schema the store's tables live in (PG-9052);
+            ignored on SQLite. Lowercase letters, digits and ``_``, not starting with a
+            digit.
         commit_interval_ms: longest a token frame waits before its group commit.
         commit_max_frames: a group commit happens at this many pending frames.
         heartbeat_ms: interval of ``: keep-alive`` comments on idle SSE streams; it bounds
@@ -109,6 +128,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8787
     data_dir: str = msgspec.field(default_factory=default_data_dir)
+    store: str = ""
+    store_schema: str = "public"
     prices: PriceTable = PriceTable()
     commit_interval_ms: float = 2.0
     commit_max_frames: int = 256
@@ -135,6 +156,14 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         for name in ("max_recorded_value_bytes", "max_gate_work"):
             if getattr(self, name) <= 0:
                 raise InvalidParams(f"config: {name} must be positive", data={"field": name})
+        dsn: str = self.store
+        if dsn and not dsn.startswith(STORE_SCHEMES):
+            raise InvalidParams("config: store must be empty (SQLite under data_dir) or a "
+                                "postgresql:// DSN", data={"field": "store"})
+        if not _identifier(self.store_schema):
+            raise InvalidParams("config: store_schema must be lowercase letters, digits "
+                                "and _, not starting with a digit, at most 63 characters",
+                                data={"field": "store_schema"})
 
 
 def default_config(**overrides: Any) -> ServerConfig:

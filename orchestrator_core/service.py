@@ -28,7 +28,7 @@ from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Budgets, Run, RunCreate, RunMode, RunStatus
 from contracts.steps import Step, StepSubmit
-from orchestrator_core import lookup, views
+from orchestrator_core import lookup, store_open, views
 from orchestrator_core.budgets import BudgetBook
 from orchestrator_core.canonical import (
     b3,
@@ -55,7 +55,6 @@ from orchestrator_core.steps.base import StepContext
 from orchestrator_core.steps.registry import StepKinds
 from orchestrator_core.steps.runner import StepTasks
 from orchestrator_core.steps.tool_call import check_tool_schemas
-from orchestrator_core.store import SqliteStore
 from orchestrator_core.store_base import Store
 from orchestrator_core.streams import StepStream
 from worker_adapters.base import Drivers, ToolExecutors, ToolsFactory
@@ -133,13 +132,14 @@ class Orchestrator:
             tools: builds the tool executors from ``config.tools`` (PLACE-5006).
             clock: injected time (default: the system clock).
             metrics: Prometheus metrics (default: a fresh registry).
-            store: the store (default: a :class:`SqliteStore` at
-                ``<data_dir>/orchestrator.db``, migrated when opened); it is closed on
-                exit either way (PLACE-5008).
+            store: the store (default: the one ``config.store`` names, opened and
+                migrated by :func:`orchestrator_core.store_open.open_store`: the SQLite
+                file ``<data_dir>/orchestrator.db`` or a PostgreSQL database, PG-9052);
+                it is closed on exit either way (PLACE-5008).
         """
         data_dir = pathlib.Path(config.data_dir)
         if store is None:
-            store = SqliteStore(data_dir / "orchestrator.db", config.sqlite_synchronous)
+            store = store_open.open_store(config)
         clock = clock or SystemClock()
         pools = PoolManager(config, data_dir, drivers, clock)
         executors = tools(config.tools)

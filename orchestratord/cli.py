@@ -21,8 +21,9 @@ import sys
 
 import msgspec
 
+from contracts.errors import InvalidParams
 from orchestrator_core.config import ServerConfig, load_config, mock_config
-from orchestrator_core.config_check import read_config
+from orchestrator_core.config_check import ConfigError, ConfigProblem, read_config
 from orchestratord.cli_config import (
     add_config_command,
     checked_config,
@@ -44,16 +45,25 @@ COMMAND_MODULES = (
 
 def _config(args: argparse.Namespace) -> ServerConfig:
     """The config of ``serve``: the file (or the default), with ``--mock`` replacing only
-    its pools by the mock engine's, and ``--host``/``--port``/``--data-dir`` on top."""
+    its pools by the mock engine's, and ``--host``/``--port``/``--data-dir``/``--store``/
+    ``--store-schema`` on top (PG-9052)."""
     cfg = read_config(args.config) if args.config else None
     if getattr(args, "mock", False):
         mock_pools = mock_config().pools
         cfg = mock_config() if cfg is None else msgspec.structs.replace(cfg, pools=mock_pools)
     elif cfg is None:
         cfg = load_config(None)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
-                                   ("data_dir", args.data_dir)) if v is not None}
-    return msgspec.structs.replace(cfg, **overrides)
+    flags = (("host", args.host), ("port", args.port), ("data_dir", args.data_dir),
+             ("store", getattr(args, "store", None)),
+             ("store_schema", getattr(args, "store_schema", None)))
+    overrides = {k: v for k, v in flags if v is not None}
+    try:
+        return msgspec.structs.replace(cfg, **overrides)
+    except InvalidParams as exc:  # a flag's value refused: one line, exit 2 (OBS-8061)
+        field = str((exc.data or {}).get("field", "(flags)"))
+        raise ConfigError([ConfigProblem("<command line>", field,
+                                         exc.message.removeprefix("config: "),
+                                         f"fix --{field.replace('_', '-')}")]) from None
 
 
 def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
@@ -111,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host")
     p_serve.add_argument("--port", type=int)
     p_serve.add_argument("--data-dir")
+    p_serve.add_argument("--store", help="a postgresql:// DSN to keep the event log in "
+                         "PostgreSQL (default: SQLite under the data dir)")
+    p_serve.add_argument("--store-schema", help="the PostgreSQL schema of the store's "
+                         "tables (default: public)")
     p_serve.add_argument("--log-format", choices=LOG_FORMATS, default="logfmt",
                          help="one JSON object or one logfmt line per log event (OBS-8020)")
     p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),

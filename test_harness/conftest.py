@@ -11,7 +11,9 @@ import msgspec
 import pytest
 from litestar.testing import TestClient
 
+from orchestrator_core import store_open
 from orchestrator_core.config import ServerConfig, mock_config
+from test_harness.store_param import Schemas, on_postgres, with_test_store
 from test_harness.support import app_client
 
 _TAG = re.compile(r"@([A-Za-z][\w-]*)")
@@ -28,6 +30,45 @@ def pytest_configure(config: pytest.Config) -> None:
                 tags.update(_TAG.findall(line))
     for tag in sorted(tags):
         config.addinivalue_line("markers", f"{tag}: requirement tag from the feature files")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL pass, skip the tests about SQLite itself (PG-9053)."""
+    if not on_postgres():
+        return
+    skip = pytest.mark.skip(reason="about SQLite itself (sqlite_only); this pass runs on "
+                            "PostgreSQL")
+    for item in items:
+        if item.get_closest_marker("sqlite_only") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _store_backend() -> Iterator[None]:
+    """On the PostgreSQL pass, every server the suites build without a store of its own
+    runs on PostgreSQL in the schema of its data dir (PG-9053); for the whole session, so
+    module-scoped servers are on it too. (Its own MonkeyPatch: a test's
+    ``monkeypatch.undo()`` must not undo it.)"""
+    if not on_postgres():
+        yield
+        return
+    real = store_open.open_store
+    mp = pytest.MonkeyPatch()
+    mp.setattr(store_open, "open_store", lambda cfg: real(with_test_store(cfg)))
+    try:
+        yield
+    finally:
+        mp.undo()
+        Schemas.drop(set(Schemas.made))
+
+
+@pytest.fixture(autouse=True)
+def _test_schemas(_store_backend: None) -> Iterator[None]:
+    """On the PostgreSQL pass, the schemas a test made are dropped when it ends; those of
+    longer-lived fixtures made before it, when the session ends (PG-9053)."""
+    before = set(Schemas.made)
+    yield
+    Schemas.drop(Schemas.made - before)
 
 
 @pytest.fixture(autouse=True, scope="session")

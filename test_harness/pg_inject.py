@@ -2,7 +2,8 @@
 
 ``python -m pytest -p test_harness.pg_inject test_harness/bdd`` starts a throwaway cluster
 (:mod:`test_harness.pg_support`; or uses ``$ORCHESTRATORD_TEST_PG_DSN``) and replaces the
-SQLite store that ``Orchestrator.running`` opens by default with a
+SQLite store that ``Orchestrator.running`` opens by default (through
+:func:`orchestrator_core.store_open.open_store`) with a
 :class:`~orchestrator_core.store_pg.PgStore` whose schema is named after the data
 directory, so a restart over the same data directory (the crash tests) reopens the same
 schema. It is a cheap way to try a whole suite on PostgreSQL; tests that open the SQLite
@@ -18,7 +19,7 @@ import tempfile
 
 import pytest
 
-from orchestrator_core import service
+from orchestrator_core import store_open
 from orchestrator_core.store_pg import PgStore
 from test_harness import pg_support
 
@@ -40,7 +41,8 @@ def pytest_configure(config: pytest.Config) -> None:
         _state["dir"] = tempfile.mkdtemp(prefix="pgi-")
         dsn = pg_support.start_cluster(_state["dir"])
     _state["dsn"] = dsn
-    setattr(service, "SqliteStore", _pg_store)  # noqa: B010 - not exported, replaced on purpose
+    # the default store is built by store_open (PG-9052); not exported, replaced on purpose
+    setattr(store_open, "SqliteStore", _pg_store)  # noqa: B010
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

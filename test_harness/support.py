@@ -20,6 +20,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.frame_rows import expand
 from orchestrator_core.metrics import Metrics
 from orchestratord.app import create_app
+from test_harness.store_param import counts, on_postgres, schema_for, test_dsn, with_test_store
 from tools.servers import start_server, stop_server
 from worker_adapters.registry import MockFactory, default_drivers
 
@@ -64,7 +65,8 @@ def server_process(config: ServerConfig,
     """A real ``orchestratord serve`` process (Granian) with a config file in ``data_dir``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = data_dir / "config.json"
-    cfg_path.write_bytes(msgspec.json.encode(config))
+    on_store = with_test_store(msgspec.structs.replace(config, data_dir=str(data_dir)))
+    cfg_path.write_bytes(msgspec.json.encode(on_store))  # PG-9053
     proc, url = start_server(data_dir=str(data_dir), extra=["--config", str(cfg_path)])
     try:
         yield proc, url
@@ -101,14 +103,18 @@ def llm_step(token: str, prompt: str = "hello world", model: str = MOCK_MODEL,
 def table_counts(db: pathlib.Path) -> dict[str, int]:
     """Row counts of the first three tables and, under ``events``, the frames the event
     log holds (a packed row holds several, STREAM-2011), read through a separate
-    connection."""
+    connection: to the SQLite file ``db``, or on the PostgreSQL pass to the schema of the
+    server whose data dir holds ``db`` (PG-9053)."""
+    tables = ("flows", "runs", "steps")
+    if on_postgres():
+        import psycopg
+
+        with psycopg.connect(test_dsn()) as pg:
+            pg.execute(f"SET search_path TO {schema_for(db.parent)}")
+            return counts(pg, tables)
     con = sqlite3.connect(db)
     try:
-        counts = {t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608
-                  for t in ("flows", "runs", "steps")}
-        counts["events"] = con.execute(
-            "SELECT IFNULL(SUM(IFNULL(last_seq, seq) - seq + 1), 0) FROM events").fetchone()[0]
-        return counts
+        return counts(con, tables)
     finally:
         con.close()
 

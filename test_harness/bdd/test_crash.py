@@ -14,9 +14,10 @@ import msgspec
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
+from orchestrator_core import store_open
 from orchestrator_core.config import ModelPrice, PriceTable, ServerConfig
-from orchestrator_core.store import SqliteStore
 from test_harness.conftest import with_options
+from test_harness.store_param import with_test_store
 from test_harness.support import MOCK_MODEL, llm_step, parse_sse, server_process
 
 scenarios("crash.feature")
@@ -145,8 +146,10 @@ def run_usage(ctx: dict[str, Any]) -> None:
 @then("the store's integrity check finds no gap, stale cursor, second terminal frame or "
       "usage counter off its recount")
 def integrity(ctx: dict[str, Any]) -> None:
-    """Checked on the SQLite file itself (NERVE-4042 for the counters)."""
-    store = SqliteStore(ctx["dir"] / "orchestrator.db")
+    """Checked on the store itself (NERVE-4042 for the counters), the SQLite file or, on
+    the PostgreSQL pass, its schema (PG-9053)."""
+    cfg = with_test_store(msgspec.structs.replace(ctx["cfg"], data_dir=str(ctx["dir"])))
+    store: Any = store_open.open_store(cfg)
     try:
         assert store.integrity() == {"seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0,
                                      "broken_references": 0, "usage_mismatch": 0}

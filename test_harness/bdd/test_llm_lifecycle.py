@@ -4,9 +4,8 @@ engine (NERVE-4080..NERVE-4089)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
-import pathlib
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack
@@ -27,6 +26,7 @@ from contracts.llm import DoneEvent, ErrorEvent, LlmStreamEvent, TokenEvent
 from orchestrator_core.config import ServerConfig
 from orchestratord.client import ERR_STREAM_DISCONNECTED, OrchestratorClient
 from test_harness.conftest import with_options
+from test_harness.store_param import db_connection
 from test_harness.support import app_client, parse_sse
 
 scenarios("llm_lifecycle.feature")
@@ -94,8 +94,9 @@ def _events(ctx: dict[str, Any], job_id: str, tenant: str = "alpha",
     return parse_sse(raw)
 
 
-def _db(ctx: dict[str, Any]) -> sqlite3.Connection:
-    return sqlite3.connect(pathlib.Path(ctx["cfg"].data_dir) / "orchestrator.db")
+def _db(ctx: dict[str, Any]) -> Any:
+    """The server's store, on either backend (PG-9053)."""
+    return db_connection(ctx["cfg"].data_dir)
 
 
 @given(parsers.parse('a server with tokens "{ta}" for tenant "{a}" and "{tb}" for tenant '
@@ -366,8 +367,9 @@ def metadata_back(ctx: dict[str, Any], meta: str) -> None:
 @then("the store holds each attachment's bytes once under the tenant and its sha256")
 def stored_once(ctx: dict[str, Any]) -> None:
     """Content-addressed: the attachment two jobs brought is one row."""
-    rows = _db(ctx).execute("SELECT tenant, sha256, size, data FROM llm_attachments"
-                            " ORDER BY size").fetchall()
+    with contextlib.closing(_db(ctx)) as db:
+        rows = db.execute("SELECT tenant, sha256, size, data FROM llm_attachments"
+                          " ORDER BY size").fetchall()
     assert [(t, s, n, bytes(d)) for t, s, n, d in rows] == [
         ("alpha", "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824", 5,
          b"hello"),
@@ -568,9 +570,9 @@ def refused(ctx: dict[str, Any], field: str, reason: str) -> None:
 @then("nothing was stored for it")
 def nothing_stored(ctx: dict[str, Any]) -> None:
     """No Step, job or attachment row."""
-    db = _db(ctx)
-    assert [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
-            for t in ("steps", "llm_jobs", "llm_attachments")] == [0, 0, 0]
+    with contextlib.closing(_db(ctx)) as db:
+        assert [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
+                for t in ("steps", "llm_jobs", "llm_attachments")] == [0, 0, 0]
 
 
 @when(parsers.parse('I enqueue through the Python client a job for model "{model}" and a job '

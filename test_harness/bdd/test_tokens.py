@@ -135,6 +135,7 @@ def withheld(ctx: dict[str, Any]) -> None:
     assert _end(ctx["stopped"])["provenance"]["tokens_out"] == frames + 1
 
 
+@pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
 def test_a_recording_made_before_token_bytes_existed_replays_byte_for_byte(
         tmp_path: pathlib.Path) -> None:
     """Frames written by an older server (no ``b``, ``id`` -1, several tokens merged in

@@ -30,7 +30,7 @@ Feature: Checkpoints snapshot interpreter state; forks share history up to them
     When I fork a run of another flow from the checkpoint
     Then the answer is 400 with code INVALID_PARAMS
 
-  @NERVE-4008
+  @NERVE-4008 @sqlite_only
   Scenario: A checkpoint written before schema v6 (listing steps_done) still forks as it did
     When a schema v5 server records the same history, is upgraded, and I fork from its checkpoint
     Then the old checkpoint's cursor still lists steps_done ["a"] in a schema v6 store

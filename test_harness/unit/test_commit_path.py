@@ -55,6 +55,7 @@ class TestGroupCommitUpdates:
             [], {"s": (-1, "queued"), "s2": (-1, "queued")})
 
 
+@pytest.mark.sqlite_only  # SQLite WAL checkpoints (PG-9053)
 class TestWalCheckpoints:
     """Checkpoints run in a background thread, not inside a COMMIT of the event loop."""
 

@@ -115,6 +115,7 @@ class TestUsageCounters:
         assert store.run_usage("empty") == RunUsage(tokens_in=0, tokens_out=0,
                                                     cost_usd=0.0, wall_ms=0, counts={})
 
+    @pytest.mark.sqlite_only  # a SQLite file migrating (PG-9053)
     def test_a_v8_store_is_backfilled_when_it_migrates(self, tmp_path: pathlib.Path) -> None:
         """[NERVE-4042] [NERVE-4041] Steps a v8 store holds, in two Runs and several
         statuses, are summed into the v9 counters, which then follow new writes."""
@@ -136,6 +137,7 @@ class TestUsageCounters:
         assert new.integrity()["usage_mismatch"] == 0
         new.close()
 
+    @pytest.mark.sqlite_only  # SQLite rows rewritten by hand (PG-9053)
     def test_integrity_counts_a_run_whose_counters_drifted(self, store: SqliteStore) -> None:
         """[NERVE-4042] A counter that disagrees with the recount (written behind the
         triggers' back) is one mismatched Run; a negative count is one too."""
@@ -147,6 +149,7 @@ class TestUsageCounters:
         assert store.integrity()["usage_mismatch"] == 2
 
 
+@pytest.mark.sqlite_only  # SQLite's VM steps (PG-9053)
 class TestIndexedLookups:
     """What a Step and a Run read costs the same in a Run of 1 Step or of 3,000, and in a
     store of 1 Run or of 3,000 (NERVE-4042)."""
@@ -247,6 +250,7 @@ class TestServiceUsage:
     ending (NERVE-4042)."""
 
     @pytest.mark.anyio
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     async def test_usage_equals_the_recount_after_outcomes_replay_and_recovery(
             self, tmp_path: pathlib.Path) -> None:
         """[NERVE-4042] [NERVE-4040] A record Run with a succeeded, an interrupted and a

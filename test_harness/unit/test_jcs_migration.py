@@ -20,6 +20,7 @@ FLOW = {"ast_ir": {"weights": [1.0, 1e21, 1e-7, -0.0, 0.5]}, "config": {"tempera
 BODIES = [llm_step("c-0", "first prompt", temperature=0.0),
           llm_step("c-1", "second prompt", temperature=0.8, top_p=0.9)]
 _NO_ALIAS = "SELECT * FROM flows WHERE 0"
+pytestmark = pytest.mark.sqlite_only  # an old SQLite file migrating (PG-9053)
 
 
 def _legacy_canonical_json(value: Any) -> bytes:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pathlib
 import sqlite3
 
+import pytest
+
 from orchestrator_core.config import mock_config
 from orchestrator_core.store import SqliteStore
 from test_harness.support import app_client, llm_step, parse_sse
@@ -78,6 +80,7 @@ class TestPackedRows:
             "seq_gaps": 0, "stale_last_seq": 0, "multi_terminal": 0,
             "broken_references": 0, "usage_mismatch": 0})
 
+    @pytest.mark.sqlite_only  # the SQLite file after a crash (PG-9053)
     def test_a_committed_packed_row_survives_a_crash(self, tmp_path: pathlib.Path) -> None:
         """Frames committed in one packed row read back whole from a store reopened after
         its process stopped without closing it [STREAM-2011]."""
@@ -90,6 +93,7 @@ class TestPackedRows:
         first.close()
         again.close()
 
+    @pytest.mark.sqlite_only  # SQLite rows rewritten by hand (PG-9053)
     def test_single_frame_rows_of_an_older_server_still_read(
             self, tmp_path: pathlib.Path) -> None:
         """Rows written one frame per row by schema v10 read the same after the upgrade,

@@ -385,6 +385,7 @@ class TestPlanFallback:
         assert "fallback" not in _end(raw)["provenance"]
         assert "fallback" not in msgspec.json.decode(msgspec.json.encode(resp.json()["input"]))
 
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     def test_a_recording_made_under_a_silent_fallback_still_strict_replays(
             self, tmp_path: pathlib.Path) -> None:
         """[NERVE-4094] A plan recorded before the fallback was refused (no ``fallback``

@@ -25,6 +25,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.store import SqliteStore
+from orchestrator_core.store_base import Store
 from test_harness.support import app_client, llm_step
 from tools.bench.replay import ReadbackRound, _report
 
@@ -72,7 +73,7 @@ def _store(client: TestClient[Any]) -> SqliteStore:
 def _record_calls(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the name of every public store method called from now on."""
     calls: list[str] = []
-    for name in [n for n in vars(SqliteStore) if not n.startswith("_")]:
+    for name in [n for n in vars(Store) if not n.startswith("_")]:  # either backend
         method = getattr(store, name)
         if not callable(method):
             continue
@@ -139,6 +140,7 @@ class TestServedAdmission:
     """A Step served by reference is admitted with a fixed set of store statements, and
     its row is committed before its answer (STREAM-2014)."""
 
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     def test_a_replayed_step_reads_the_run_two_tokens_and_inserts_once(
             self, served: tuple[TestClient[Any], str, str], mock_cfg: ServerConfig,
             monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ from orchestrator_core.config import ServerConfig
 from orchestrator_core.replay import frames_hash
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store import SqliteStore
+from test_harness.store_param import open_test_store
 from test_harness.support import app_client, llm_step, rewrite_frames, table_counts
 
 PROV_OK = (b'{"seed":11,"prompt_hash":"b3:p","params_hash":"b3:q","engine":"mock",'
@@ -65,7 +66,7 @@ def _input_hash(body: dict[str, Any]) -> str:
 def seed_recording(db: pathlib.Path, run_id: str) -> None:
     """Write the recorded Steps of :data:`RECORDED` (finished, with their logs) into the
     record Run ``run_id`` of a stopped server's store."""
-    store = SqliteStore(db)
+    store = open_test_store(db.parent)  # the SQLite file, or its schema (PG-9053)
     try:
         for token, (step_id, status, frames) in RECORDED.items():
             body = llm_step(token, PROMPTS[token])
@@ -265,6 +266,7 @@ class TestServedByReference:
                 rec_id, rec_id, b3_bytes(r.body), frames_hash(rows))
             assert r.body == (BODY_OK if token == "c-ok" else BODY_CUT)
 
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     def test_a_recording_whose_frames_changed_after_its_hash_was_kept_is_refused(
             self, recorded: tuple[TestClient[Any], str]) -> None:
         """[NERVE-4025] Once referenced, a recording whose bytes change is refused with 409
@@ -306,6 +308,7 @@ class TestServedByReference:
             (served[0]["step_id"], "stp_rec_ok", "succeeded")]
         assert client.get(f"/v1/steps/{served[1]['step_id']}/stream").content == BODY_OK
 
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     def test_the_first_reference_keeps_the_hash_in_the_commit_that_stores_it(
             self, recorded: tuple[TestClient[Any], str]) -> None:
         """[NERVE-4025] The first replay of a recording writes the hash kept on each
@@ -327,6 +330,7 @@ class TestServedByReference:
                   for start, name in names.items() if sql.startswith(start)]
         assert writes == ["begin", "seal", "insert", "commit"] * 2 + ["insert"] * 2
 
+    @pytest.mark.sqlite_only  # rewrites the SQLite file (PG-9053)
     def test_the_store_counts_a_broken_reference(
             self, recorded: tuple[TestClient[Any], str]) -> None:
         """[NERVE-4025] After a replay the integrity check is clean; a reference whose

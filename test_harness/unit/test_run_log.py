@@ -72,6 +72,7 @@ class TestRunPositions:
                                (2, "copy", 0, 2, "llm_call")]
         assert store.read_events("copy", 0, 1) == [(1, "end", b"2")]
 
+    @pytest.mark.sqlite_only  # SQLite's query plans (PG-9053)
     def test_the_run_log_reads_use_its_key(self, store: SqliteStore) -> None:
         """[NERVE-4102] A page, the end and the trigger's next position are searches of
         the ``(run_id, pos)`` key: no scan, whatever the Run holds."""
@@ -89,6 +90,7 @@ class TestRunPositions:
         assert all("USING PRIMARY KEY" in p for p in plans), plans
 
 
+@pytest.mark.sqlite_only  # a SQLite file migrating (PG-9053)
 class TestMigration:
     """Schema v13 numbers the frames the store already holds (NERVE-4100)."""
 
@@ -110,6 +112,7 @@ class TestMigration:
 class TestAttempts:
     """The idempotency key holds the attempt (NERVE-4105)."""
 
+    @pytest.mark.sqlite_only  # SQLite rows rewritten by hand (PG-9053)
     def test_a_token_has_one_step_per_attempt_and_names_the_latest(
             self, store: SqliteStore) -> None:
         """[NERVE-4105] Attempt 1 of a token is a second Step; attempt 1 again is refused;

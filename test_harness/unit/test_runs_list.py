@@ -90,6 +90,7 @@ class TestTenantRunPages:
         assert fields == ["mode", "status", "label", "limit", "limit"]
 
 
+@pytest.mark.sqlite_only  # SQLite's query plans and migrations (PG-9053)
 class TestTenantRunIndexes:
     """Every page is one index range read (no scan, no sort)."""
 

@@ -12,6 +12,8 @@ from orchestrator_core.rows import StepRow
 from orchestrator_core.store import SCHEMA_VERSION, SqliteStore
 from test_harness.unit.conftest import RUN, seeded
 
+pytestmark = pytest.mark.sqlite_only  # the SQLite file's schema and migrations (PG-9053)
+
 
 def _rows(store: SqliteStore) -> list[tuple[int, str, bytes]]:
     return store.read_events("s", -1)

@@ -49,6 +49,7 @@ def _version(db: pathlib.Path) -> int:
         con.close()
 
 
+@pytest.mark.sqlite_only  # the SQLite store's migrations (PG-9053)
 class TestMigrations:
     """Older databases migrate in order, one transaction per version (NERVE-4041)."""
 
@@ -186,7 +187,8 @@ class TestStoreProtocol:
                                   "orchestrator_core.migrations_late",
                                   "orchestrator_core.wal_checkpoints",
                                   "orchestrator_core.store_run_lists",
-                                  "orchestrator_core.service")) == []
+                                  "orchestrator_core.service",
+                                  "orchestrator_core.store_open")) == []
 
     def test_the_orchestrator_runs_on_an_injected_store(self, tmp_path: pathlib.Path) -> None:
         """[PLACE-5008] A store given to ``Orchestrator.running`` (here one that only
