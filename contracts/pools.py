@@ -183,9 +183,9 @@ class ProvisionRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model: ProvisionModel | None = None
     dialect: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     options: Annotated[dict[str, str | int | float | bool],
-                       msgspec.Meta(max_properties=16)] | None = None
+                       msgspec.Meta(max_length=16)] | None = None
     slots_per_replica: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
     queue_capacity: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
     tags: Annotated[dict[str, Annotated[str, msgspec.Meta(max_length=64)]],
-                    msgspec.Meta(max_properties=16)] | None = None
+                    msgspec.Meta(max_length=16)] | None = None
     expect_model: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
