@@ -221,6 +221,10 @@ class Provisioner:
         except EngineError as exc:
             raise InvalidParams(unhealthy.format(pc.options.get("dialect"), exc.message),
                                 data={"field": "url"}) from exc
+        except InvalidParams as exc:
+            if pool is None and (exc.data or {}).get("field") == "options.dialect":
+                raise InvalidParams(exc.message, data={"field": "dialect"}) from exc
+            raise
         return identity, started
 
     def _join(self, pc: PoolConfig, pool: Pool | None, identity: EngineIdentity,

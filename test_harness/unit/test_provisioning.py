@@ -301,7 +301,8 @@ class TestProvision:
     def test_an_unexpected_model_and_refused_hosts_name_their_field(
             self, mock_cfg: ServerConfig, engines: Any) -> None:
         """[PLACE-5103] [PLACE-5107] ``expect_model`` that the server does not serve is
-        409; a metadata address is 403; a closed port is 400; each names its field."""
+        409; a metadata address is 403; a closed port is 400; a pool field for an
+        existing pool and a dialect that cannot tokenize are 400; each names its field."""
         url, _ = engines()
         second, _ = engines()
         new = {"pool_id": "remote-new", "dialect": "llama-server", "model": {"id": REMOTE}}
@@ -314,11 +315,14 @@ class TestProvision:
                 **new, "url": f"http://127.0.0.1:{_closed_port()}"})
             fixed = client.post("/v1/pools/provision", json={
                 "url": second, "pool_id": "remote-0", "dialect": "vllm"})
+            no_tokenizer = client.post("/v1/pools/provision", json={
+                **new, "url": second, "dialect": "openai"})
             pools = [p["pool_id"] for p in client.get("/v1/pools").json()]
         assert [(r.status_code, r.json()["code"], r.json()["data"]["field"])
-                for r in (wrong, metadata, closed, fixed)] == [
+                for r in (wrong, metadata, closed, fixed, no_tokenizer)] == [
             (409, "CONFLICT", "expect_model"), (403, "POLICY_DENIED", "url"),
-            (400, "INVALID_PARAMS", "url"), (400, "INVALID_PARAMS", "dialect")]
+            (400, "INVALID_PARAMS", "url"), (400, "INVALID_PARAMS", "dialect"),
+            (400, "INVALID_PARAMS", "dialect")]
         assert pools == ["mock-0", "remote-0"]
 
     def test_the_live_provisioned_replicas_are_bounded(
