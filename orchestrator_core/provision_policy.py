@@ -97,8 +97,9 @@ def _refused_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None
 def check_engine_url(url: str, allowed_hosts: Collection[str]) -> str:
     """The normalized base URL of a replica to provision, if its host may be one (PLACE-5103).
 
-    A URL is ``http`` or ``https``, with a host, no user info, no query or fragment and
-    no path but ``/``. Its host is refused when it is a link-local (``169.254.0.0/16``,
+    A URL is ``http`` or ``https``, with a host, a port in 1..65535 if any, no user
+    info, no query or fragment and no path but ``/``. Its host is refused when it is a
+    link-local (``169.254.0.0/16``,
     ``fe80::/10``, cloud metadata included), ``fd00:ec2::254``, unspecified, multicast or
     broadcast address, or a metadata service name (:data:`METADATA_HOSTS`), even when
     listed. Otherwise it is allowed when it is ``localhost``, a loopback IP literal, or
@@ -127,6 +128,8 @@ def check_engine_url(url: str, allowed_hosts: Collection[str]) -> str:
     if parsed.userinfo or parsed.query or parsed.fragment or parsed.path not in ("", "/"):
         raise InvalidParams("url must be a base URL: no user info, path, query or fragment",
                             data={"field": "url"})
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise InvalidParams("url's port must be 1 to 65535", data={"field": "url"})
     host = parsed.host.lower().rstrip(".")
     try:
         ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)

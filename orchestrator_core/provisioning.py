@@ -221,6 +221,9 @@ class Provisioner:
         except EngineError as exc:
             raise InvalidParams(unhealthy.format(pc.options.get("dialect"), exc.message),
                                 data={"field": "url"}) from exc
+        except (OSError, ValueError, OverflowError) as exc:  # the socket refused the address
+            raise InvalidParams(unhealthy.format(pc.options.get("dialect"), str(exc)),
+                                data={"field": "url"}) from exc
         except InvalidParams as exc:
             if pool is None and (exc.data or {}).get("field") == "options.dialect":
                 raise InvalidParams(exc.message, data={"field": "dialect"}) from exc
