@@ -197,8 +197,9 @@ class Provisioner:
         """The candidate's identity and its started adapter (PLACE-5104, PLACE-5107)."""
         driver = self.manager._driver(pc)
         unhealthy = "the engine server did not answer as a {} server: {}"
+        found: tuple[EngineIdentity, StartedReplica] | None = None
         try:
-            with anyio.fail_after(self.config.validate_timeout_ms / 1000.0):
+            with self.manager.clock.move_on_after(self.config.validate_timeout_ms / 1000.0):
                 identity = await driver.identity(pc)
                 report = _report(identity)
                 if report is None:
@@ -212,12 +213,8 @@ class Provisioner:
                 spec = ReplicaSpec(replica_id=replica_id, index=0,
                                    slots=pc.slots_per_replica,
                                    data_dir=self.manager.data_dir)
-                started = await driver.start(pc, identity if pool is None else pool.identity,
-                                             spec)
-        except TimeoutError:
-            raise InvalidParams(unhealthy.format(
-                pc.options.get("dialect"), f"no answer within "
-                f"{self.config.validate_timeout_ms} ms"), data={"field": "url"}) from None
+                found = identity, await driver.start(
+                    pc, identity if pool is None else pool.identity, spec)
         except EngineError as exc:
             raise InvalidParams(unhealthy.format(pc.options.get("dialect"), exc.message),
                                 data={"field": "url"}) from exc
@@ -228,7 +225,11 @@ class Provisioner:
             if pool is None and (exc.data or {}).get("field") == "options.dialect":
                 raise InvalidParams(exc.message, data={"field": "dialect"}) from exc
             raise
-        return identity, started
+        if found is None:
+            raise InvalidParams(unhealthy.format(
+                pc.options.get("dialect"), f"no answer within "
+                f"{self.config.validate_timeout_ms} ms"), data={"field": "url"})
+        return found
 
     def _join(self, pc: PoolConfig, pool: Pool | None, identity: EngineIdentity,
               started: StartedReplica) -> tuple[PoolInfo, str]:

@@ -327,6 +327,26 @@ class TestProvision:
             (400, "INVALID_PARAMS", "dialect")]
         assert pools == ["mock-0", "remote-0"]
 
+    def test_a_server_that_never_answers_is_refused_in_bounded_time(
+            self, mock_cfg: ServerConfig, engines: Any) -> None:
+        """[PLACE-5107] A port that accepts and never answers: 400 naming ``url`` once
+        ``validate_timeout_ms`` has passed, not a stall."""
+        url, _ = engines()
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+            with app_client(_config(mock_cfg, url, validate_timeout_ms=300)) as client:
+                began = time.monotonic()
+                resp = client.post("/v1/pools/provision", json={
+                    "url": silent_url, "pool_id": "remote-new", "dialect": "llama-server",
+                    "model": {"id": "remote:new"}})
+                took = time.monotonic() - began
+        assert (resp.status_code, resp.json()["data"], took < 5) == (
+            400, {"field": "url"}, True)
+        assert resp.json()["message"] == ("the engine server did not answer as a "
+                                          "llama-server server: no answer within 300 ms")
+
     def test_the_live_provisioned_replicas_are_bounded(
             self, mock_cfg: ServerConfig, engines: Any) -> None:
         """[PLACE-5106] Past ``max_replicas`` live provisioned replicas: 409."""
