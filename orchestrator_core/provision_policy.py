@@ -43,6 +43,10 @@ class ProvisioningConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
         removed_kept: removed replicas each pool keeps in its view (the oldest go first).
         validate_timeout_ms: the whole validation of one replica (health, identity), in
             milliseconds; a server slower than that is refused.
+
+    Raises:
+        InvalidParams: ``max_replicas`` or ``validate_timeout_ms`` is not positive, or
+            ``removed_kept`` is negative; ``data["field"]`` names it.
     """
 
     enabled: bool = False
@@ -51,6 +55,15 @@ class ProvisioningConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     max_replicas: int = 16
     removed_kept: int = 16
     validate_timeout_ms: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_replicas", "validate_timeout_ms"):
+            if getattr(self, name) <= 0:
+                raise InvalidParams(f"config: provisioning.{name} must be positive",
+                                    data={"field": f"provisioning.{name}"})
+        if self.removed_kept < 0:
+            raise InvalidParams("config: provisioning.removed_kept must not be negative",
+                                data={"field": "provisioning.removed_kept"})
 
 
 def check_operator(config: ProvisioningConfig, tenant: str) -> None:

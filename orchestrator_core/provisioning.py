@@ -308,7 +308,7 @@ class Provisioner:
             rep.health = ReplicaHealth.REMOVED
             pool.replicas.remove(rep)
             pool.removed.append(rep)
-            del pool.removed[:-self.config.removed_kept]
+            del pool.removed[:max(0, len(pool.removed) - self.config.removed_kept)]
             self.live.discard(rep.replica_id)
             if rep.adapter is not None:
                 await rep.adapter.aclose()

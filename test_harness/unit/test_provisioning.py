@@ -123,6 +123,28 @@ class TestEngineUrlRule:
         assert info.value.data == {"field": "url"}
 
 
+class TestProvisioningConfig:
+    """The operator's provisioning settings [PLACE-5106]."""
+
+    @pytest.mark.parametrize(("field", "value"), [("max_replicas", 0),
+                                                  ("validate_timeout_ms", -1),
+                                                  ("removed_kept", -1)])
+    def test_a_limit_out_of_range_is_refused_naming_it(self, field: str, value: int) -> None:
+        """A non-positive bound (a negative count of removed replicas kept) is refused."""
+        with pytest.raises(InvalidParams) as info:
+            msgspec.structs.replace(ProvisioningConfig(), **{field: value})
+        assert info.value.data == {"field": f"provisioning.{field}"}
+
+    def test_it_decodes_from_the_config_file_with_unknown_fields_refused(self) -> None:
+        """``[provisioning]`` in TOML; an unknown key is refused."""
+        cfg = msgspec.toml.decode(b'pools = []\n[provisioning]\nenabled = true\n'
+                                  b'operator_tenants = ["ops"]\n', type=ServerConfig)
+        assert (cfg.provisioning.enabled, cfg.provisioning.operator_tenants) == (True, ["ops"])
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.toml.decode(b'pools = []\n[provisioning]\nopen = true\n',
+                                type=ServerConfig)
+
+
 class TestWhoMayProvision:
     """Off by default; operators only [PLACE-5101]."""
 
@@ -367,6 +389,21 @@ class TestDrain:
             health = _health(client, "remote-new")
             ready = client.get("/ready")
         assert (health, ready.status_code) == ({"remote-new/r0": "removed"}, 200)
+
+    def test_removed_replicas_kept_in_the_view_are_bounded(
+            self, mock_cfg: ServerConfig, engines: Any) -> None:
+        """[PLACE-5106] With ``removed_kept`` 0, a removed replica leaves the view."""
+        url, _ = engines()
+        second, _ = engines()
+        with app_client(_config(mock_cfg, url, removed_kept=0)) as client:
+            client.post("/v1/pools/provision", json={"url": second, "pool_id": "remote-0"})
+            client.post("/v1/pools/remote-0/replicas/r1/drain")
+            deadline = time.monotonic() + 10
+            while _health(client, "remote-0") != {"remote-0/r0": "ready"} and \
+                    time.monotonic() < deadline:
+                time.sleep(0.01)
+            health = _health(client, "remote-0")
+        assert health == {"remote-0/r0": "ready"}
 
     def test_the_clients_provision_and_drain(self, mock_cfg: ServerConfig,
                                              engines: Any) -> None:
