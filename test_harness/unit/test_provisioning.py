@@ -114,10 +114,11 @@ class TestEngineUrlRule:
     @pytest.mark.parametrize("url", ["ftp://127.0.0.1/", "http://u:p@127.0.0.1/",
                                      "http://127.0.0.1/v1", "http://127.0.0.1/?a=1",
                                      "127.0.0.1:80", "http://[::1", "http://127.0.0.1:99999",
-                                     "http://127.0.0.1:0"])
+                                     "http://127.0.0.1:0", "http://127.0.0.1:8080?",
+                                     "http://127.0.0.1/\x00", "http://local host"])
     def test_anything_but_a_base_url_is_malformed(self, url: str) -> None:
-        """Another scheme, user info, a path, a query, no host or a port out of range:
-        400 naming ``url``."""
+        """Another scheme, user info, a path, a query, no host, a port out of range or a
+        control character or space: 400 naming ``url``."""
         with pytest.raises(InvalidParams) as info:
             check_engine_url(url, [])
         assert info.value.data == {"field": "url"}
