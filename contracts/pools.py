@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -14,6 +14,8 @@ __all__ = [
     "ModelInfo",
     "PoolInfo",
     "PriceInfo",
+    "ProvisionModel",
+    "ProvisionRequest",
     "ReplicaHealth",
     "ReplicaInfo",
     "ToolExecutorInfo",
@@ -27,6 +29,10 @@ class ReplicaHealth(enum.StrEnum):
     READY = "ready"
     UNHEALTHY = "unhealthy"
     STOPPED = "stopped"
+    DRAINING = "draining"
+    """Takes no new placement; the Steps already placed on it finish (PLACE-5108)."""
+    REMOVED = "removed"
+    """Drained and disconnected; kept in its pool's view for the record (PLACE-5109)."""
 
 
 class EngineInfo(msgspec.Struct, frozen=True):
@@ -147,3 +153,39 @@ class Capabilities(msgspec.Struct):
     tool_executors: list[ToolExecutorInfo] = msgspec.field(default_factory=list)
     price_version: str = ""
     prices: dict[str, PriceInfo] = msgspec.field(default_factory=dict)
+
+
+class ProvisionModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The model of a pool created by ``POST /v1/pools/provision`` (PLACE-5102).
+
+    ``id`` is the opaque id clients will name; ``sha256`` a declared weights hash (64 hex
+    digits), else the model hash is derived from what the server reports it serves.
+    """
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    family: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    context_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_048_576)] = 2048
+    sha256: Annotated[str, msgspec.Meta(max_length=71)] | None = None
+
+
+class ProvisionRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/pools/provision``: one remote OpenAI-compatible replica (PLACE-5100).
+
+    ``url`` is the engine server's base URL (``http(s)://host[:port]``). ``pool_id``
+    names an existing ``openai_http`` pool, or a new one; a new pool needs ``model`` and
+    takes ``dialect``, ``options``, ``slots_per_replica``, ``queue_capacity`` and
+    ``tags``, which an existing pool refuses (its config is fixed). ``expect_model``,
+    when set, must equal the model the server reports it serves.
+    """
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    pool_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    model: ProvisionModel | None = None
+    dialect: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    options: Annotated[dict[str, str | int | float | bool],
+                       msgspec.Meta(max_length=16)] | None = None
+    slots_per_replica: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
+    queue_capacity: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
+    tags: Annotated[dict[str, Annotated[str, msgspec.Meta(max_length=64)]],
+                    msgspec.Meta(max_length=16)] | None = None
+    expect_model: Annotated[str, msgspec.Meta(max_length=1024)] | None = None

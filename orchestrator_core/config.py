@@ -15,6 +15,7 @@ import msgspec
 
 from contracts.errors import InvalidParams
 from orchestrator_core.fsbroker import FsLimits
+from orchestrator_core.provision_policy import ProvisioningConfig
 from worker_adapters.base import ModelConfig, PoolConfig, ToolExecutorConfig
 
 __all__ = [
@@ -124,6 +125,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             snapshot. A larger one is refused, never truncated (POLICY-3030).
         max_gate_work: the work budget of one ``gate_eval`` evaluation, in units of about
             one JMESPath node visit each (NERVE-4007).
+        provisioning: run-time provisioning of remote replicas, off by default
+            (PLACE-5100..PLACE-5119).
 
     Raises:
         InvalidParams: a limit is not positive; ``data["field"]`` names it.
@@ -158,6 +161,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allowed_origins: list[str] = []
     max_recorded_value_bytes: int = 1_048_576
     max_gate_work: int = 1_000_000
+    provisioning: ProvisioningConfig = ProvisioningConfig()
 
     def __post_init__(self) -> None:
         for name in ("max_recorded_value_bytes", "max_gate_work", "store_heartbeat_ms"):

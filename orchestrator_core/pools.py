@@ -85,8 +85,10 @@ class Replica:
         return self.slots - self.busy - self.waiting
 
     def engine(self) -> EngineAdapter:
-        """The adapter; raises PoolUnavailable when the replica is not ready."""
-        if self.adapter is None or self.health is not ReplicaHealth.READY:
+        """The adapter; raises PoolUnavailable when the replica is not ready (a draining
+        one still serves the Steps placed on it before its drain, PLACE-5108)."""
+        if self.adapter is None or self.health not in (ReplicaHealth.READY,
+                                                       ReplicaHealth.DRAINING):
             raise PoolUnavailable(f"replica {self.replica_id} is {self.health.value}",
                                   data={"replica_id": self.replica_id})
         return self.adapter
@@ -155,6 +157,8 @@ class Pool:
                                    reset_timeout_s=breaker_reset_s))
             for i in range(config.replicas)]
         self.models = {m.id: m for m in config.models}
+        self.removed: list[Replica] = []  # drained away, newest last (PLACE-5109)
+        self.next_index = config.replicas  # indexes are never reused (PLACE-5105)
 
     def effective_slots(self) -> int:
         """Concurrent requests per replica: ``slots_per_replica``, or 1 when the engine is
@@ -196,7 +200,7 @@ class Pool:
             models=[ModelInfo(id=m.id, family=m.family, context_tokens=m.context_tokens,
                               sha256=ident.model_hash, features=["completion", "chat"])
                     for m in self.config.models],
-            replicas=[r.info() for r in self.replicas],
+            replicas=[r.info() for r in (*self.replicas, *self.removed)],
             capabilities=cap, queue_capacity=self.config.queue_capacity,
         )
 
@@ -293,7 +297,8 @@ class PoolManager:
             await self.clock.sleep(interval_s)
             for pool in self.pools.values():
                 for rep in pool.replicas:
-                    if rep.process is not None and not rep.process.alive():
+                    if rep.process is not None and rep.health is not \
+                            ReplicaHealth.DRAINING and not rep.process.alive():
                         rep.health = ReplicaHealth.UNHEALTHY
                         rep.restarts += 1
                         await rep.process.stop()
@@ -336,7 +341,8 @@ class PoolManager:
         return out
 
     def ready(self) -> bool:
-        """True when every pool has at least one ready replica."""
+        """True when every pool has at least one ready replica; a pool whose every
+        replica was drained away is not waited for (PLACE-5109)."""
         return bool(self.pools) and all(
             any(r.health is ReplicaHealth.READY for r in p.replicas)
-            for p in self.pools.values())
+            for p in self.pools.values() if p.replicas or not p.removed)

@@ -54,6 +54,7 @@ from orchestratord.llm_routes import LLM_ROUTES
 from orchestratord.nav_routes import NAV_ROUTES
 from orchestratord.openai_facade import openai_router
 from orchestratord.openapi_spec import SECURITY, SECURITY_COMPONENTS, complete_document
+from orchestratord.pool_routes import POOL_ROUTES
 from orchestratord.prompt_routes import PROMPT_ROUTES
 from orchestratord.recording_routes import RECORDING_ROUTES
 from orchestratord.run_routes import RUN_ROUTES
@@ -419,6 +420,7 @@ def create_app(config: ServerConfig, *, drivers: Drivers | None = None,
             capabilities, health, ready, metrics, docs_assets_router(), openai_router(),
             *NAV_ROUTES, *LLM_ROUTES, *RUN_ROUTES, *PROMPT_ROUTES, *BROWSE_ROUTES,
             *RECORDING_ROUTES,
+            *POOL_ROUTES,
         ],
         dependencies={"orch": Provide(_orch, sync_to_thread=False),
                       "tenant": Provide(tenant_of, sync_to_thread=False)},

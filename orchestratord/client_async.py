@@ -41,6 +41,7 @@ from orchestratord.client_calls import (
 )
 from orchestratord.client_frames import Frame, StepResult, SubmittedStream
 from orchestratord.client_llm import AsyncLlm
+from orchestratord.client_pools import AsyncPoolCalls
 from orchestratord.client_routes import Page
 from orchestratord.client_runs import RunEvent
 from orchestratord.client_tokens import StepTokens
@@ -69,7 +70,7 @@ async def _frames(resp: httpx.Response, reader: FrameReader[E]) -> AsyncIterator
         raise cut
 
 
-class AsyncClient:
+class AsyncClient(AsyncPoolCalls):
     """Talks to one orchestratord, asynchronously (NERVE-4110).
 
     Args:

@@ -43,6 +43,7 @@ from orchestratord.client_calls import (
 )
 from orchestratord.client_frames import Frame, StepResult, SyncSubmittedStream
 from orchestratord.client_llm import Llm
+from orchestratord.client_pools import PoolCalls
 from orchestratord.client_routes import Page
 from orchestratord.client_runs import RunEvent
 from orchestratord.client_tokens import StepTokens
@@ -70,7 +71,7 @@ def _frames(resp: httpx.Response, reader: FrameReader[E]) -> Iterator[E]:
         raise cut
 
 
-class Client:
+class Client(PoolCalls):
     """Talks to one orchestratord, blocking (NERVE-4110).
 
     Args:

@@ -126,6 +126,10 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "POST /v1/llm/jobs/{job_id}/cancel": {404: (E.NOT_FOUND,)},
     "GET /v1/runs/{run_id}/recording": {404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},  # REC-7010
     "POST /v1/recordings": {**_BODY},  # REC-7011
+    "POST /v1/pools/provision": {**_BODY, 403: (E.POLICY_DENIED,),  # PLACE-5100
+                                 409: (E.CONFLICT,)},
+    "POST /v1/pools/{pool_id}/replicas/{replica}/drain": {403: (E.POLICY_DENIED,),
+                                                          404: (E.NOT_FOUND,)},  # PLACE-5108
 }
 """Per operation (``METHOD path``), each error status it can answer and the codes behind
 it, besides the 401 of every non-public route and the 403 of every route (NERVE-4033)."""

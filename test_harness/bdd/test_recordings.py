@@ -34,8 +34,13 @@ def _as(ctx: dict[str, Any], tenant: str) -> dict[str, str]:
 
 
 def _stream(client: Any, step_id: str, auth: dict[str, str]) -> bytes:
+    """The Step's stream without what is not in its log: a live read may also carry an
+    ephemeral ``metrics`` frame (no id) or a keep-alive comment when the machine or the
+    store is slow (PG-9053); the durable frames are what a replay must give byte for byte."""
     with client.stream("GET", f"/v1/steps/{step_id}/stream", headers=auth) as s:
-        return b"".join(s.iter_bytes())
+        raw = b"".join(s.iter_bytes())
+    return b"".join(block + b"\n\n" for block in raw.split(b"\n\n")
+                    if block.startswith(b"id: "))
 
 
 def _replay(client: Any, auth: dict[str, str], imported: dict[str, Any],

@@ -15,7 +15,7 @@ import pytest
 
 from contracts.errors import InvalidParams, QueueFull
 from contracts.events import NarrationData, TokenData
-from orchestratord import client_browse, client_llm, client_runs
+from orchestratord import client_browse, client_llm, client_pools, client_runs
 from orchestratord import client_recording_calls as recording_calls
 from orchestratord import client_routes as routes
 from orchestratord.client_calls import (
@@ -146,7 +146,8 @@ def _built_routes() -> set[tuple[str, str]]:
     """(method, path template) of every Call and StreamCall the builders make, each path
     parameter written ``{}``."""
     found: set[tuple[str, str]] = set()
-    for module in (routes, client_llm, client_runs, client_browse, recording_calls):
+    for module in (routes, client_llm, client_runs, client_browse, recording_calls,
+                   client_pools):
         for name in module.__all__:
             fn = getattr(module, name)
             if not inspect.isfunction(fn) or name in ("submitted", "page_of"):

@@ -34,6 +34,7 @@ EXPECTED = {
     "FRAME_PAYLOADS", "FRAME_TYPE_OF", "FramePayload", "TerminalPayload",
     "decode_frame_data", "frame_type_of", "CancelAccepted", "PriceInfo", "ToolExecutorInfo",
     "RUN_END_EVENT", "RunClose", "RunEndData", "RunFrame", "RunSummary", "CacheMode",
+    "ProvisionModel", "ProvisionRequest",
 }
 
 
