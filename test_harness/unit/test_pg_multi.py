@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from contracts.errors import InvalidParams
 from orchestrator_core.clock import FakeClock
-from orchestrator_core.config import mock_config
+from orchestrator_core.config import ServerConfig, mock_config
 from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.rows import StepRow
@@ -367,3 +367,61 @@ class TestLeaseConfig:
         last heartbeat."""
         cfg = mock_config()
         assert (cfg.store_heartbeat_ms, cfg.store_lease_ms) == (1000, 3000)
+
+
+class _Gate:
+    """A slot gate that records what it was asked (stands in for the shared store)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def take_slot(self, replica: str, slots: int) -> int | None:
+        self.calls.append(("take", replica))
+        return 0
+
+    def give_slot(self, replica: str, slot: int) -> None:
+        self.calls.append(("give", replica))
+
+
+def test_a_provisioned_remote_replica_counts_its_slots_across_processes(
+        mock_cfg: ServerConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[PG-9107] A replica added by ``POST /v1/pools/provision`` takes and gives back a
+    shared slot under its own URL for each request, as a configured one does."""
+    from orchestrator_core import cluster
+    from test_harness.fake_llama import engine_servers
+    from test_harness.support import app_client, llm_step
+
+    gate = _Gate()
+    monkeypatch.setattr(cluster, "slot_gate_of", lambda store: gate)
+    with engine_servers() as start:
+        url, _ = start()
+        second, _ = start()
+        cfg = _remote_config(mock_cfg, url)
+        with app_client(cfg) as client:
+            client.post("/v1/pools/provision", json={
+                "url": second + "/", "pool_id": "remote-new", "dialect": "llama-server",
+                "model": {"id": "remote:fake", "context_tokens": 4096},
+                "expect_model": "/models/fake.gguf"})
+            flow = client.post("/v1/flows", json={"ast_ir": {"gate": 1}}).json()
+            run_id = client.post(f"/v1/flows/{flow['flow_id']}/runs", json={"seed": 1}).json()[
+                "run_id"]
+            body = llm_step("g1", model="remote:fake", max_tokens=2)
+            body["placement"] = {"strategy": "pin", "pool_id": "remote-new",
+                                 "replica_id": "remote-new/r0"}
+            step = client.post(f"/v1/runs/{run_id}/steps", json=body).json()
+            with client.stream("GET", f"/v1/steps/{step['step_id']}/stream") as s:
+                b"".join(s.iter_bytes())
+    assert gate.calls == [("take", second), ("give", second)]
+
+
+def _remote_config(mock_cfg: ServerConfig, url: str) -> ServerConfig:
+    import msgspec
+
+    from orchestrator_core.config import ModelConfig, PoolConfig
+    from orchestrator_core.provision_policy import ProvisioningConfig
+
+    pool = PoolConfig(pool_id="remote-0", engine="openai_http", urls=[url],
+                      models=[ModelConfig(id="remote:fake", context_tokens=4096)],
+                      options={"dialect": "llama-server"})
+    prov = ProvisioningConfig(enabled=True, operator_tenants=["default"])
+    return msgspec.structs.replace(mock_cfg, pools=[*mock_cfg.pools, pool], provisioning=prov)
