@@ -12,6 +12,10 @@
   submission. It holds for every Step type: a Step of any type is refused once the Run's
   deadline has passed, and crossing a deadline while it runs is ``DEADLINE_EXCEEDED``
   (:mod:`orchestrator_core.steps.runner`).
+* On a store several processes share (PG-9106), every process's reservations are rows
+  of a shared ledger: a Step is admitted against the Run's stored usage minus ALL the
+  reservations held, read and extended in one transaction under the Run's row lock, so
+  concurrent Steps through several processes never overshoot a Run budget either.
 
 Units: tokens, USD, milliseconds.
 """
@@ -20,13 +24,16 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from contracts.errors import BudgetExceeded
 from contracts.runs import Budgets, Run
 from orchestrator_core.config import PriceTable
 
-__all__ = ["BudgetBook", "Reservation"]
+__all__ = ["BudgetBook", "Ledger", "LedgerView", "Reservation"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,31 @@ class Reservation:
     cap_budget: str = "max_tokens_out"
 
 
+class LedgerView(Protocol):
+    """One Run's ledger while its row lock is held (PG-9106).
+
+    Attributes:
+        spent: ``(tokens_in, tokens_out, cost_usd)``: the Run's stored usage plus every
+            reservation any process holds against it.
+    """
+
+    spent: tuple[float, float, float]
+
+    def add(self, step_id: str, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        """Hold a reservation, committed with the lock's transaction."""
+
+
+class Ledger(Protocol):
+    """Reservations shared by the processes of one store (PG-9106)."""
+
+    def hold(self, run_id: str) -> AbstractContextManager[LedgerView]:
+        """Lock the Run's row and read what it has spent; commit on exit, roll back on
+        error."""
+
+    def release(self, step_id: str) -> None:
+        """Drop a Step's reservation."""
+
+
 def _min(*values: float | None) -> float:
     return min((v for v in values if v is not None), default=math.inf)
 
@@ -63,27 +95,40 @@ class BudgetBook:
 
     Args:
         prices: the versioned price table.
+        ledger: the reservations every process of a shared store holds (PG-9106); None
+            (SQLite, one process): this book's own are all there are.
     """
 
-    def __init__(self, prices: PriceTable) -> None:
+    def __init__(self, prices: PriceTable, ledger: Ledger | None = None) -> None:
         self.prices = prices
+        self.ledger = ledger
         self._reserved: dict[str, dict[str, Reservation]] = {}
 
-    def remaining(self, run: Run) -> dict[str, float]:
+    def remaining(self, run: Run,
+                  spent: tuple[float, float, float] | None = None) -> dict[str, float]:
         """What the Run has left per budget (``inf`` where it has none).
 
-        Keys: ``tokens_in``, ``tokens_out``, ``cost_usd`` and ``wall_ms``.
+        Args:
+            run: the Run (its budgets, and the usage read with it).
+            spent: ``(tokens_in, tokens_out, cost_usd)`` used and reserved, read from a
+                shared ledger (PG-9106); None: the Run's usage plus this book's
+                reservations.
+
+        Returns:
+            Keys ``tokens_in``, ``tokens_out``, ``cost_usd``, ``wall_ms``, ``deadline_s``.
         """
-        usage = run.usage  # finished Steps' usage, read with the Run
-        held = self._reserved.get(run.run_id, {}).values()
+        if spent is None:
+            usage = run.usage  # finished Steps' usage, read with the Run
+            held = self._reserved.get(run.run_id, {}).values()
+            spent = (usage.tokens_in + sum(r.tokens_in for r in held),
+                     usage.tokens_out + sum(r.tokens_out for r in held),
+                     usage.cost_usd + sum(r.cost_usd for r in held))
         b = run.budgets
         created = dt.datetime.fromisoformat(run.created_at).timestamp()
         out = {
-            "tokens_in": _min(b.max_tokens_in) - usage.tokens_in
-            - sum(r.tokens_in for r in held),
-            "tokens_out": _min(b.max_tokens_out) - usage.tokens_out
-            - sum(r.tokens_out for r in held),
-            "cost_usd": _min(b.max_cost_usd) - usage.cost_usd - sum(r.cost_usd for r in held),
+            "tokens_in": _min(b.max_tokens_in) - spent[0],
+            "tokens_out": _min(b.max_tokens_out) - spent[1],
+            "cost_usd": _min(b.max_cost_usd) - spent[2],
             "wall_ms": _min(b.max_wall_ms) - 0.0,
         }
         out["deadline_s"] = created + out["wall_ms"] / 1000.0
@@ -131,7 +176,24 @@ class BudgetBook:
             BudgetExceeded: an input-token, output-token, cost or wall-clock budget of the
                 Step or the Run cannot admit this Step; ``data`` names the budget.
         """
-        left = self.remaining(run)
+        with self._view(run.run_id) as view:
+            res = self._reserve(run, step, model, tokens_in, max_tokens, now_s,
+                                self.remaining(run, None if view is None else view.spent))
+            if view is not None:
+                view.add(step_id, res.tokens_in, res.tokens_out, res.cost_usd)
+        self._reserved.setdefault(run.run_id, {})[step_id] = res
+        return res
+
+    @contextmanager
+    def _view(self, run_id: str) -> Iterator[LedgerView | None]:
+        if self.ledger is None:
+            yield None
+        else:
+            with self.ledger.hold(run_id) as view:
+                yield view
+
+    def _reserve(self, run: Run, step: Budgets, model: str, tokens_in: int,
+                 max_tokens: int, now_s: float, left: dict[str, float]) -> Reservation:
         in_cap = _min(step.max_tokens_in, left["tokens_in"])
         if tokens_in > in_cap:
             raise BudgetExceeded(
@@ -157,17 +219,16 @@ class BudgetBook:
             raise BudgetExceeded("no output budget left for this step",
                                  data={"budget": which})
         reserved = int(min(max_tokens, out_cap))
-        res = Reservation(run_id=run.run_id, tokens_in=tokens_in, tokens_out=reserved,
-                          cost_usd=cost_in + self.prices.cost_usd(model, 0, reserved),
-                          capped=out_cap < max_tokens, deadline_s=deadline,
-                          cap_budget=which)
-        self._reserved.setdefault(run.run_id, {})[step_id] = res
-        return res
+        return Reservation(run_id=run.run_id, tokens_in=tokens_in, tokens_out=reserved,
+                           cost_usd=cost_in + self.prices.cost_usd(model, 0, reserved),
+                           capped=out_cap < max_tokens, deadline_s=deadline,
+                           cap_budget=which)
 
     def release(self, run_id: str, step_id: str) -> None:
         """Drop a Step's reservation (its usage is in the store by now)."""
         held = self._reserved.get(run_id)
         if held is not None:
-            held.pop(step_id, None)
+            if held.pop(step_id, None) is not None and self.ledger is not None:
+                self.ledger.release(step_id)
             if not held:
                 del self._reserved[run_id]

@@ -87,6 +87,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         store_schema: the PostgreSQL schema the store's tables live in (PG-9052);
             ignored on SQLite. Lowercase letters, digits and ``_``, not starting with a
             digit.
+        store_heartbeat_ms: on a shared (PostgreSQL) store, how often this process
+            renews its lease and looks for dead processes (ms; PG-9101).
+        store_lease_ms: how long after this process's last heartbeat another process may
+            declare it dead and end its Steps as ``INTERRUPTED`` (ms, more than
+            ``store_heartbeat_ms``; PG-9101).
         commit_interval_ms: longest a token frame waits before its group commit.
         commit_max_frames: a group commit happens at this many pending frames.
         heartbeat_ms: interval of ``: keep-alive`` comments on idle SSE streams; it bounds
@@ -133,6 +138,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = msgspec.field(default_factory=default_data_dir)
     store: str = ""
     store_schema: str = "public"
+    store_heartbeat_ms: int = 1_000
+    store_lease_ms: int = 3_000
     prices: PriceTable = PriceTable()
     commit_interval_ms: float = 2.0
     commit_max_frames: int = 256
@@ -157,7 +164,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     provisioning: ProvisioningConfig = ProvisioningConfig()
 
     def __post_init__(self) -> None:
-        for name in ("max_recorded_value_bytes", "max_gate_work"):
+        for name in ("max_recorded_value_bytes", "max_gate_work", "store_heartbeat_ms"):
             if getattr(self, name) <= 0:
                 raise InvalidParams(f"config: {name} must be positive", data={"field": name})
         dsn: str = self.store
@@ -168,6 +175,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise InvalidParams("config: store_schema must be lowercase letters, digits "
                                 "and _, not starting with a digit, at most 63 characters",
                                 data={"field": "store_schema"})
+        if self.store_lease_ms <= self.store_heartbeat_ms:
+            raise InvalidParams("config: store_lease_ms must be more than store_heartbeat_ms",
+                                data={"field": "store_lease_ms"})
 
 
 def default_config(**overrides: Any) -> ServerConfig:

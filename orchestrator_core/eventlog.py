@@ -28,6 +28,10 @@
   frames of the Run's Steps (one dict lookup per committed Run, none when no run stream
   is open), by a Step of the Run stored finished by reference, and when the Run closes.
   It reads the frames from the store, never from the cache.
+* On a store several processes share (PG-9103), a Step live in another process is read
+  from the store, and its log is complete only at its terminal frame; its readers here are
+  woken by :meth:`EventLog.notify_remote`, which the process's one listening connection
+  calls for every commit anywhere (never by polling).
 
 All methods run on the event-loop thread; none of them awaits while holding state.
 Subscriptions wait on plain asyncio futures (the server runs on asyncio, under Granian):
@@ -123,6 +127,8 @@ class EventLog:
         self._dirty = anyio.Event()
         self._last_commit = -float("inf")  # window_time() of the last group commit
         self._run_subs: dict[str, set[Subscription]] = {}  # run id -> its run streams
+        self.shared = bool(getattr(store, "shared", False))  # other processes write it
+        self._remote: dict[str, set[Subscription]] = {}  # step id -> readers, not live here
 
     # -- writing -----------------------------------------------------------------------
 
@@ -345,6 +351,8 @@ class EventLog:
         live = self._live.get(step_id)
         if live is not None:
             live.subs.add(sub)
+        elif self.shared:
+            self._remote.setdefault(step_id, set()).add(sub)
         self.metrics.sse_subscribers.inc()
         return sub
 
@@ -354,6 +362,11 @@ class EventLog:
         live = self._live.get(sub.step_id)
         if live is not None:
             live.subs.discard(sub)
+        remote = self._remote.get(sub.step_id)
+        if remote is not None:
+            remote.discard(sub)
+            if not remote:
+                del self._remote[sub.step_id]
         self.metrics.sse_subscribers.dec()
 
     def read(self, step_id: str, after_seq: int) -> tuple[list[bytes], bool]:
@@ -367,12 +380,37 @@ class EventLog:
         if live is not None:
             return live.framed()[after_seq + 1:], live.done
         rows = self.store.read_events(step_id, after_seq)
-        return [sse_frame(seq, ftype, data) for seq, ftype, data in rows], True
+        frames = [sse_frame(seq, ftype, data) for seq, ftype, data in rows]
+        if self.shared:  # maybe live in another process: done at its terminal frame
+            if rows:
+                return frames, rows[-1][1] in _TERMINAL_NAMES
+            step = self.store.get_step(step_id)
+            return frames, step is None or step.status not in ("queued", "running")
+        return frames, True
 
     def read_rows(self, step_id: str) -> list[EventRead]:
         """Every committed frame of a Step as ``(seq, type, data)`` (replay source)."""
         self.flush()
         return self.store.read_events(step_id, -1)
+
+    def notify_remote(self, step_id: str, run_id: str) -> None:
+        """A commit of ``step_id``'s frames happened in some process (the listener's
+        callback, PG-9103): wake its readers here, unless the Step is live here (its own
+        commits woke them already)."""
+        if step_id in self._live:
+            return
+        for sub in self._remote.get(step_id, ()):
+            sub.notify()
+        self.notify_run(run_id)
+
+    def wake_remote(self) -> None:
+        """Wake every reader of a Step not live here (the listener (re)connected and may
+        have missed commits, PG-9103)."""
+        for subs in self._remote.values():
+            for sub in subs:
+                sub.notify()
+        for run_id in list(self._run_subs):
+            self.notify_run(run_id)
 
     # -- served by reference (NERVE-4025) ----------------------------------------------
 

@@ -15,6 +15,9 @@ v2  run usage counters kept by triggers on ``steps`` (NERVE-4042)
 v3  run labels by Flow and by tenant, and the list indexes (NERVE-4061, REC-7051)
 v4  the run log, its positions kept by triggers in commit order (NERVE-4100)
 v5  LLM job records, attachments, each tenant's job Run (NERVE-4083)
+v7  the processes sharing the schema (heartbeat, lease), each Step's owner, the budget
+    reservations of every process, the slots of shared remote replicas (PG-9100,
+    PG-9106, PG-9107)
 ==  ================================================================================
 
 Text that must keep its exact characters and may hold U+0000 (a rendered prompt, a label)
@@ -207,6 +210,26 @@ _V6 = (
     " WHERE cache_key IS NOT NULL AND status = 'succeeded'",
 )
 
+_V7 = (
+    f"CREATE TABLE processes (process_id {T} PRIMARY KEY,"
+    " started TIMESTAMPTZ NOT NULL DEFAULT now(), heartbeat TIMESTAMPTZ NOT NULL DEFAULT now(),"
+    f" lease_ms BIGINT NOT NULL CHECK (lease_ms > 0), node {T} NOT NULL DEFAULT '')",
+    f"ALTER TABLE steps ADD COLUMN owner {T}",
+    "ALTER TABLE steps ALTER COLUMN owner"
+    " SET DEFAULT NULLIF(current_setting('orchestratord.process', true), '')",
+    "CREATE INDEX steps_owner_unfinished ON steps (owner) WHERE status IN ('queued', 'running')",
+    f"CREATE TABLE reservations (step_id {T} PRIMARY KEY, run_id {T} NOT NULL, owner {T} NOT NULL,"
+    " tokens_in BIGINT NOT NULL, tokens_out BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX reservations_run ON reservations (run_id)",
+    f"CREATE TABLE replica_slots (replica {T} NOT NULL, slot INTEGER NOT NULL, holder {T},"
+    " PRIMARY KEY (replica, slot))",
+)
+"""PG-9100, PG-9106, PG-9107: the processes sharing the schema, each Step's owner, the
+budget reservations every process holds, and the slots of shared remote replicas. A
+Step's owner is the ``orchestratord.process`` setting of the connection that inserted it
+(each store's connections set it); rows stored before v7 have none, so they count as
+orphans."""
+
 PG_MIGRATIONS: tuple[PgMigration, ...] = (
     PgMigration(1, "flows, runs, steps, events, facts, checkpoints, builds, prompts", _V1),
     PgMigration(2, "run usage counters kept by triggers", _V2),
@@ -214,11 +237,12 @@ PG_MIGRATIONS: tuple[PgMigration, ...] = (
     PgMigration(4, "the run log, positions in commit order", _V4),
     PgMigration(5, "llm job records, attachments, each tenant's job run", _V5),
     PgMigration(6, "the exact-match cache's key and partial index", _V6),
+    PgMigration(7, "processes with heartbeats, each Step's owner (PG-9100)", _V7),
 )
 """Every migration, in order; entry ``i`` leaves the schema at version ``i + 1``."""
 
 PG_SCHEMA_VERSION = PG_MIGRATIONS[-1].version
-"""The version :func:`migrate` brings a schema to by default (5)."""
+"""The version :func:`migrate` brings a schema to by default (7)."""
 
 
 def _lock(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> None:

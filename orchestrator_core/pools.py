@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -33,7 +33,20 @@ from worker_adapters.base import (
     ReplicaSpec,
 )
 
-__all__ = ["Pool", "PoolManager", "Replica"]
+__all__ = ["Pool", "PoolManager", "Replica", "SlotGate"]
+
+SLOT_RETRY_S = 0.02
+"""How long a Step waits before asking a shared replica for a slot again (s, PG-9107)."""
+
+
+class SlotGate(Protocol):
+    """The slots of remote replicas several processes share (PG-9107)."""
+
+    def take_slot(self, replica: str, slots: int) -> int | None:
+        """Hold a free slot of ``replica`` (of ``slots``), or None when all are held."""
+
+    def give_slot(self, replica: str, slot: int) -> None:
+        """Give back a slot :meth:`take_slot` returned."""
 
 log = logging.getLogger("orchestrator.pools")
 
@@ -63,6 +76,8 @@ class Replica:
         self.avg_step_ms = 1000.0
         self.breaker = breaker
         self._sem = anyio.Semaphore(slots)
+        self.gate: tuple[SlotGate, str] | None = None  # shared slots and this one's key
+        self._shared: list[int] = []  # the shared slots held
 
     @property
     def free_slots(self) -> int:
@@ -83,6 +98,17 @@ class Replica:
         self.waiting += 1
         try:
             await self._sem.acquire()
+            if self.gate is not None:  # and one of the slots every process shares
+                try:
+                    gate, key = self.gate
+                    # another process frees the slot: no local event can tell us
+                    while (slot := gate.take_slot(key, self.slots)) is None:
+                        with self.breaker.clock.move_on_after(SLOT_RETRY_S):
+                            await anyio.Event().wait()
+                    self._shared.append(slot)
+                except BaseException:
+                    self._sem.release()
+                    raise
         finally:
             self.waiting -= 1
         self.busy += 1
@@ -91,6 +117,8 @@ class Replica:
         """Give a slot back and update the moving average of hold time (ms)."""
         self.busy -= 1
         self.avg_step_ms = 0.8 * self.avg_step_ms + 0.2 * held_ms
+        if self.gate is not None and self._shared:
+            self.gate[0].give_slot(self.gate[1], self._shared.pop())
         self._sem.release()
 
     def info(self) -> ReplicaInfo:
@@ -210,6 +238,9 @@ class PoolManager:
         self.data_dir = data_dir
         self.drivers = drivers
         self.pools: dict[str, Pool] = {}
+        self.slot_gate: SlotGate | None = None
+        """Set on a shared store: a remote replica's slots are counted across processes
+        (PG-9107)."""
 
     # -- provisioning ------------------------------------------------------------------
 
@@ -232,6 +263,8 @@ class PoolManager:
                            slots=replica.slots, data_dir=self.data_dir)
         started = await self._driver(pool.config).start(pool.config, pool.identity, spec)
         replica.adapter, replica.process = started.adapter, started.process
+        if self.slot_gate is not None and replica.index < len(pool.config.urls):
+            replica.gate = (self.slot_gate, pool.config.urls[replica.index])
         replica.health = ReplicaHealth.READY
 
     async def start(self) -> None:

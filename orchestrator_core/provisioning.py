@@ -253,6 +253,8 @@ class Provisioner:
             pool.next_index = index + 1
             pool.replicas.append(rep)
         rep.adapter, rep.process = started.adapter, started.process
+        if mgr.slot_gate is not None and pc.urls:  # its slots count across processes
+            rep.gate = (mgr.slot_gate, pc.urls[0])  # PG-9107
         rep.health = ReplicaHealth.READY
         self.live.add(rep.replica_id)
         return pool.info(), rep.replica_id

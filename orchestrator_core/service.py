@@ -28,7 +28,7 @@ from contracts.flows import Flow, FlowCreate
 from contracts.pools import Capabilities, PoolInfo
 from contracts.runs import Budgets, Run, RunCreate, RunMode, RunStatus
 from contracts.steps import Step, StepSubmit
-from orchestrator_core import lookup, store_open, views
+from orchestrator_core import cluster, lookup, store_open, views
 from orchestrator_core.budgets import BudgetBook
 from orchestrator_core.canonical import (
     b3,
@@ -102,7 +102,7 @@ class Orchestrator:
                             commit_interval_s=config.commit_interval_ms / 1000.0,
                             commit_max_frames=config.commit_max_frames,
                             ephemeral_capacity=config.ephemeral_buffer)
-        self.budgets = BudgetBook(config.prices)
+        self.budgets = BudgetBook(config.prices, cluster.ledger_of(store))  # PG-9106
         self.tools = tools
         self.sandboxes = Sandboxes(config)
         self.facts = Facts(store, self.log, clock, config)
@@ -142,6 +142,7 @@ class Orchestrator:
             store = store_open.open_store(config)
         clock = clock or SystemClock()
         pools = PoolManager(config, data_dir, drivers, clock)
+        pools.slot_gate = cluster.slot_gate_of(store)  # PG-9107
         executors = tools(config.tools)
         orch = cls(config, store, pools, clock, metrics or Metrics(), executors)
         collector = PoolCollector(pools)
@@ -157,6 +158,9 @@ class Orchestrator:
                 orch.tasks.tg = tg
                 tg.start_soon(orch.log.run_flusher)
                 tg.start_soon(pools.watch)
+                tg.start_soon(cluster.keep_lease, store, config, clock,
+                              lambda: orch.tasks.recover(False),
+                              orch.log.notify_remote, orch.log.wake_remote)  # PG-9101..9103
                 try:
                     yield orch
                 finally:
@@ -168,6 +172,7 @@ class Orchestrator:
             await pools.stop()
             await executors.aclose()
             orch.log.flush()
+            cluster.leave(store)
             store.close()
 
     # -- recovery ----------------------------------------------------------------------

@@ -57,6 +57,7 @@ from orchestrator_core.store_pg_base import (
 )
 from orchestrator_core.store_pg_jobs import PgJobs
 from orchestrator_core.store_pg_lists import PgLists
+from orchestrator_core.store_pg_multi import PgCluster
 
 __all__ = ["PgStore"]
 
@@ -70,7 +71,7 @@ _MAX_SEQ = (f"SELECT COALESCE(last_seq, seq) FROM events WHERE step_id = {_FRAME
             " ORDER BY seq DESC LIMIT 1")
 
 
-class PgStore(PgLists, PgJobs):
+class PgStore(PgLists, PgJobs, PgCluster):
     """The PostgreSQL store [PG-9000].
 
     Args:
@@ -295,7 +296,8 @@ class PgStore(PgLists, PgJobs):
 
     def commit_events(self, rows: Sequence[EventRow], updates: Sequence[StepUpdate]) -> None:
         """Append frames (packed, STREAM-2011) and apply Step changes in ONE transaction
-        [PG-9005].
+        [PG-9005], which also notifies every process's listener of the Steps written
+        (PG-9103).
 
         Raises:
             ValueError: an update names a column outside ``STEP_UPDATABLE`` (nothing is
@@ -317,6 +319,7 @@ class PgStore(PgLists, PgJobs):
             cur = conn.cursor()
             if rows:
                 cur.executemany(INSERT_EVENT, pack(rows))
+                cur.execute(*self.notify_sql(list(dict.fromkeys((r[0], r[2]) for r in rows))))
             if cursors:
                 cur.executemany("UPDATE steps SET last_seq = %s WHERE step_id = %s", cursors)
             for step_id, changes in others:

@@ -11,6 +11,7 @@ of :mod:`orchestrator_core.rows`, whose field names are the tables' column names
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -117,9 +118,13 @@ class PgBase:
         if not schema or not set(schema) <= _IDENT or schema[0].isdigit() or len(schema) > 63:
             raise ValueError(f"schema name {schema!r} is not a lowercase identifier")
         self.schema = schema
+        self.process_id = uuid.uuid4().hex
+        """This store's process in the shared schema: the owner of the Steps it inserts
+        (each connection sets ``orchestratord.process`` to it, PG-9100)."""
         self._pool: psycopg_pool.ConnectionPool[Conn] = psycopg_pool.ConnectionPool(
             dsn, min_size=1, max_size=max(1, pool_size), open=False,
-            kwargs={"autocommit": True, "options": f"-c search_path={schema}"})
+            kwargs={"autocommit": True, "options": f"-c search_path={schema} -c"
+                                                   f" orchestratord.process={self.process_id}"})
         self._pool.open(wait=True, timeout=30.0)
 
     @contextlib.contextmanager

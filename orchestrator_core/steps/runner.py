@@ -53,7 +53,7 @@ from contracts.events import (
     Provenance,
 )
 from contracts.steps import StepStatus
-from orchestrator_core import tracing
+from orchestrator_core import cluster, tracing
 from orchestrator_core.bounds import oversize
 from orchestrator_core.metrics_pools import on_step_finished
 from orchestrator_core.rows import StepRow
@@ -241,19 +241,26 @@ class StepTasks:
 
     # -- recovery ----------------------------------------------------------------------
 
-    def recover(self) -> int:
+    def recover(self, startup: bool = True) -> int:
         """Close every Step a crash left ``queued``/``running`` with an ``INTERRUPTED``
         error frame, appended right after its last committed frame (no gaps), recording
         what it consumed (NERVE-4040): ``tokens_out`` is the number of its committed
         ``token`` frames, ``tokens_in`` its prompt once it had started, ``cost_usd`` from
         the price table, ``wall_ms`` from its ``created_at``.
 
+        On a store several processes share, the Steps closed are only those this process
+        just adopted from dead processes (PG-9102, :func:`cluster.unfinished`).
+
+        Args:
+            startup: the server is starting; False: a periodic reap of dead processes
+                (nothing on SQLite).
+
         Returns:
             How many Steps were interrupted.
         """
         ctx = self.ctx
         store = ctx.store
-        rows = store.unfinished_steps()
+        rows = cluster.unfinished(store, ctx.config, startup=startup)
         for row in rows:
             step_id = row.step_id
             seq = store.max_seq(step_id) + 1
@@ -270,7 +277,8 @@ class StepTasks:
             prov = msgspec.structs.replace(prov, tokens_in=tokens_in, tokens_out=tokens,
                                            cost_usd=cost, **({} if llm else
                                                              {"wall_ms": wall_ms}))
-            env = Interrupted("the server restarted while this step ran",
+            env = Interrupted("the server restarted while this step ran" if startup else
+                              "the server process running this step stopped",
                               data={"step_id": step_id}).envelope()
             frame = ErrorData(code=env.code, message=env.message, retriable=env.retriable,
                               data=env.data, provenance=prov)
