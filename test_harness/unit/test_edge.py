@@ -65,6 +65,14 @@ class TestJsonBodies:
         steps = client.get(f"/v1/runs/{ids['run']}/steps").json()
         assert [s["client_token"] for s in steps] == ["s1"]
 
+    def test_a_correlation_id_is_echoed_only_when_valid(self, client: TestClient[Any]) -> None:
+        """[NERVE-4032] A caller's ``X-Correlation-Id`` of 1..128 allowed characters is
+        echoed; a longer one or one with other characters is replaced by a UUID."""
+        ok, long_id, odd = ("a.b:c-1_2", "x" * 129, "a b/c")
+        seen = [client.get("/health", headers={"X-Correlation-Id": cid}).headers[
+            "x-correlation-id"] for cid in (ok, long_id, odd)]
+        assert (seen[0], len(seen[1]), len(seen[2])) == (ok, 36, 36)
+
     def test_nesting_at_the_limit_is_accepted_and_one_more_is_not(
             self, client: TestClient[Any]) -> None:
         """63 levels inside the body's own object fit the default 64; 64 do not."""
