@@ -25,6 +25,7 @@ import msgspec
 import pytest
 
 from orchestrator_core.config import mock_config
+from test_harness import pg_support
 from test_harness.support import llm_step, parse_sse
 from tools import pg_cluster
 from tools.servers import start_server, stop_server
@@ -36,19 +37,10 @@ LEASE_MS = 600
 HEARTBEAT_MS = 200
 
 
-def _have_binaries() -> bool:
-    try:
-        pg_cluster.bin_dir()
-    except pg_cluster.PgBinariesMissing:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[str, list[tuple[subprocess.Popen[bytes], str]]]]:
     """``(dsn, [(process, base_url)] * 3)``: three servers on one schema of one cluster."""
-    if not _have_binaries():
-        pytest.skip("no PostgreSQL server binaries")
+    pg_support.require_binaries()
     base = pathlib.Path(tempfile.mkdtemp(prefix="orch-pgm-"))
     db = pathlib.Path(tempfile.mkdtemp(prefix="orch-pgm-db-"))  # the cluster user's own
     dsn = pg_cluster.start_cluster(db)

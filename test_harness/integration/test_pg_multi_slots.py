@@ -21,6 +21,7 @@ import msgspec
 import pytest
 
 from orchestrator_core.config import ModelConfig, PoolConfig, mock_config
+from test_harness import pg_support
 from tools import pg_cluster
 from tools.bench.mock_openai import MODEL
 from tools.servers import free_port, start_server, stop_server
@@ -30,19 +31,10 @@ pytestmark = pytest.mark.sqlite_only  # starts its own cluster and servers
 SLOTS = 2
 
 
-def _have_binaries() -> bool:
-    try:
-        pg_cluster.bin_dir()
-    except pg_cluster.PgBinariesMissing:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def setup() -> Iterator[tuple[str, list[str]]]:
     """``(replica_url, [orchestratord base URL] * 3)``."""
-    if not _have_binaries():
-        pytest.skip("no PostgreSQL server binaries")
+    pg_support.require_binaries()
     port = free_port()
     upstream = f"http://127.0.0.1:{port}"
     replica = subprocess.Popen([sys.executable, "-m", "test_harness.integration.counting_openai",

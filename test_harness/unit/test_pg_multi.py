@@ -35,8 +35,7 @@ _schemas = itertools.count()
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     """The shared throwaway cluster's DSN; the tests skip without the binaries."""
-    if pg_support.bin_dir() is None:
-        pytest.skip("no PostgreSQL binaries (/usr/lib/postgresql/*/bin/initdb)")
+    pg_support.require_binaries()
     yield pg_support.session_dsn()
     pg_support.stop_shared()
 

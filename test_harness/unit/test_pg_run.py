@@ -302,3 +302,21 @@ class TestCi:
             '    set -- -m "not engine" test_harness/unit test_harness/bdd',
             "fi",
             'ORCHESTRATORD_TEST_STORE="$dsn" .venv/bin/python -m pytest -p no:cacheprovider "$@"']
+
+
+class TestRequiredServer:
+    """In CI the PostgreSQL tests cannot pass by skipping (PG-9054)."""
+
+    def test_a_missing_server_skips_here_and_fails_when_required(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """[PG-9054] Without server binaries ``require_binaries`` skips; with
+        ``ORCHESTRATORD_REQUIRE_PG=1`` (set by ``.ci/run``) it fails instead."""
+        from test_harness import pg_support
+
+        monkeypatch.setattr(pg_support, "bin_dir", lambda: None)
+        monkeypatch.delenv("ORCHESTRATORD_REQUIRE_PG", raising=False)
+        with pytest.raises(pytest.skip.Exception):
+            pg_support.require_binaries()
+        monkeypatch.setenv("ORCHESTRATORD_REQUIRE_PG", "1")
+        with pytest.raises(pytest.fail.Exception, match="ORCHESTRATORD_REQUIRE_PG=1"):
+            pg_support.require_binaries()

@@ -45,8 +45,7 @@ _schemas = itertools.count()
 def pg_dsn() -> Iterator[str]:
     """[PG-9040] The shared throwaway cluster's DSN, stopped at the end of the session;
     the tests skip without the binaries."""
-    if pg_support.bin_dir() is None:
-        pytest.skip("no PostgreSQL binaries (/usr/lib/postgresql/*/bin/initdb)")
+    pg_support.require_binaries()
     yield pg_support.session_dsn()
     pg_support.stop_shared()
 
