@@ -58,7 +58,8 @@ def _set_provenance(span: Span, prov: Provenance) -> None:
 
 
 def step_admitted(step_id: str, run_id: str, step_type: str, mode: str) -> Span:
-    """Start the Step's span in the current (request) context and log ``admitted``.
+    """Start the Step's span in the current (request) context and log ``admitted`` (at
+    ``debug``: OBS-8023).
 
     Args:
         step_id, run_id: the Step and its Run.
@@ -72,7 +73,7 @@ def step_admitted(step_id: str, run_id: str, step_type: str, mode: str) -> Span:
     span = _tracer.start_span(f"step {step_type}", kind=SpanKind.INTERNAL, attributes={
         "orchestrator.run.id": run_id, "orchestrator.step.id": step_id,
         "orchestrator.step.type": step_type, "orchestrator.run.mode": mode})
-    log.info("step admitted", extra={"run_id": run_id, "step_id": step_id,
+    log.debug("step admitted", extra={"run_id": run_id, "step_id": step_id,
                                      "step_type": step_type, "mode": mode,
                                      "transition": "admitted"})
     return span
@@ -107,8 +108,9 @@ def step_served(step_id: str, run_id: str, step_type: str, mode: str, status: st
 
 
 def step_running(step_id: str, run_id: str, step_type: str) -> None:
-    """Log the Step's ``running`` transition (its ``started`` frame) (OBS-8023)."""
-    log.info("step running", extra={"run_id": run_id, "step_id": step_id,
+    """Log the Step's ``running`` transition (its ``started`` frame) at ``debug``
+    (OBS-8023)."""
+    log.debug("step running", extra={"run_id": run_id, "step_id": step_id,
                                     "step_type": step_type, "transition": "running"})
 
 

@@ -18,6 +18,7 @@ import importlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 import msgspec
 
@@ -66,7 +67,36 @@ def _config(args: argparse.Namespace) -> ServerConfig:
                                          f"fix --{field.replace('_', '-')}")]) from None
 
 
-def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
+LOOPS = ("auto", "uvloop", "asyncio")
+"""The values of ``serve --loop`` (OBS-8069)."""
+
+
+def loop_factory(loop: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``serve`` runs on (OBS-8069).
+
+    Args:
+        loop: ``uvloop``, ``asyncio`` (the standard library's), or ``auto``: uvloop where
+            it is installed (it is a dependency except on Windows), else asyncio.
+
+    Returns:
+        A factory for :class:`asyncio.Runner`, or None for the standard loop.
+
+    Raises:
+        SystemExit: ``uvloop`` asked for and not installed.
+    """
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "uvloop":
+            raise SystemExit("orchestratord: --loop uvloop: uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def serve(config: ServerConfig, drivers: Drivers | None = None, loop: str = "auto") -> None:
     """Run the app on Granian's embedded server until SIGINT or SIGTERM; print the
     startup banner once the pools are up (OBS-8067).
 
@@ -76,6 +106,7 @@ def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
         config: the server config.
         drivers: engine name -> driver (default: every engine of
             :func:`worker_adapters.registry.default_drivers`; benchmarks pass their own).
+        loop: the event loop, one of :data:`LOOPS` (OBS-8069).
     """
     from granian.constants import Interfaces
     from granian.server.embed import Server
@@ -102,7 +133,8 @@ def serve(config: ServerConfig, drivers: Drivers | None = None) -> None:
 
     provider = configure_tracing()  # from the OTEL_* variables only (OBS-8000)
     try:
-        asyncio.run(run())
+        with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+            runner.run(run())
     finally:
         if provider is not None:
             provider.shutdown()  # exports what the batch still holds
@@ -129,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                          help="one JSON object or one logfmt line per log event (OBS-8020)")
     p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                          default="info", help="the least severe level written (OBS-8020)")
+    p_serve.add_argument("--loop", choices=LOOPS, default="auto",
+                         help="the event loop: uvloop where installed (auto), or asyncio "
+                         "(OBS-8069)")
 
     sub.add_parser("openapi", help="print the OpenAPI document")
     add_config_command(sub)
@@ -146,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         config = checked_config(lambda: _config(args), args.config or "<default>")
         configure_logging(args.log_format, secrets=config.auth_tokens,
                           level=logging.getLevelName(args.log_level.upper()))
-        serve(config)
+        serve(config, loop=args.loop)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -131,8 +131,10 @@ class LogCapture:
 
 
 @contextmanager
-def captured_logs(fmt: LogFormat, secrets: Sequence[str] = ()) -> Iterator[LogCapture]:
-    """Configure the process's logging into a buffer for the block, then restore it.
+def captured_logs(fmt: LogFormat, secrets: Sequence[str] = (),
+                  level: int = logging.INFO) -> Iterator[LogCapture]:
+    """Configure the process's logging into a buffer for the block, at ``level``, then
+    restore it.
 
     Create the app inside the block: its plugin keeps the structured handler only when
     it is installed first.
@@ -142,7 +144,7 @@ def captured_logs(fmt: LogFormat, secrets: Sequence[str] = ()) -> Iterator[LogCa
     litestar = logging.getLogger("litestar")
     saved_ls = (list(litestar.handlers), litestar.propagate)
     cap = LogCapture()
-    configure_logging(fmt, secrets=secrets, stream=cap.buf)
+    configure_logging(fmt, secrets=secrets, stream=cap.buf, level=level)
     try:
         yield cap
     finally:

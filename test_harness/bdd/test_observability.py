@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -52,10 +53,11 @@ def with_token(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any]) ->
     ctx["client"] = stack.enter_context(app_client(cfg))
 
 
-@given("a mock server with a failing tool, logging JSON")
+@given("a mock server with a failing tool, logging JSON at debug")
 def failing_tool(stack: ExitStack, mock_cfg: ServerConfig, ctx: dict[str, Any]) -> None:
-    """An argv executor that always exits 3, a Flow declaring it and a Run."""
-    ctx["log"] = stack.enter_context(captured_logs("json"))
+    """An argv executor that always exits 3, a Flow declaring it and a Run; logs at
+    ``debug``, so every transition is written."""
+    ctx["log"] = stack.enter_context(captured_logs("json", level=logging.DEBUG))
     cfg = msgspec.structs.replace(mock_cfg, tools={"fails": ToolExecutorConfig(
         kind="argv", argv=[sys.executable, "-c", "import sys; sys.exit(3)"])})
     client = ctx["client"] = stack.enter_context(app_client(cfg))

@@ -19,6 +19,6 @@ Feature: An operator sees a request, its Step and its engine call
 
   @OBS-8022 @OBS-8023
   Scenario: A failing Step logs its transitions under the request that admitted it
-    Given a mock server with a failing tool, logging JSON
+    Given a mock server with a failing tool, logging JSON at debug
     When I call the failing tool with correlation id "cid-bdd-step"
     Then the Step's lines under "cid-bdd-step" are admitted, running and terminal failed with ENGINE_ERROR

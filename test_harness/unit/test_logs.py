@@ -3,6 +3,7 @@ correlation id the error message points at, and no secret (OBS-8020..OBS-8025)."
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -27,7 +28,8 @@ def log_to() -> Iterator[Any]:
     """Configure the process's logging for a test (a format and the secrets), restore
     it afterwards."""
     with ExitStack() as stack:
-        yield lambda fmt, secrets=(): stack.enter_context(captured_logs(fmt, secrets))
+        yield lambda fmt, secrets=(), level=logging.INFO: stack.enter_context(
+            captured_logs(fmt, secrets, level))
 
 
 def _tokens(cfg: ServerConfig, **changes: Any) -> ServerConfig:
@@ -121,10 +123,11 @@ class TestStepTransitions:
             self, mock_cfg: ServerConfig, log_to: Any) -> None:
         """[OBS-8022] [OBS-8023] [OBS-8024] An ``llm_call`` under a redaction policy and a
         failing ``tool_call``: correlation id, tenant, run and step ids on every line;
-        the failure's status and code; the redacted text nowhere."""
+        the failure's status and code; the redacted text nowhere (at ``debug``, every
+        transition)."""
         import sys
 
-        cap = log_to("json", secrets=[TOKEN])
+        cap = log_to("json", secrets=[TOKEN], level=logging.DEBUG)
         tools = {**default_tool_executors(), "fails": ToolExecutorConfig(
             kind="argv", argv=[sys.executable, "-c", "import sys; sys.exit(3)"])}
         with app_client(_tokens(mock_cfg, tools=tools)) as client:
@@ -151,21 +154,40 @@ class TestStepTransitions:
                  for r in cap.records() if r.get("logger") == "orchestrator.steps"]
         ids = {"tenant": "acme", "run_id": run_id}
         assert lines == [
-            {"event": "step admitted", "level": "info", "correlation_id": "cid-llm", **ids,
+            {"event": "step admitted", "level": "debug", "correlation_id": "cid-llm", **ids,
              "step_id": steps[0], "step_type": "llm_call", "transition": "admitted"},
-            {"event": "step running", "level": "info", "correlation_id": "cid-llm", **ids,
+            {"event": "step running", "level": "debug", "correlation_id": "cid-llm", **ids,
              "step_id": steps[0], "step_type": "llm_call", "transition": "running"},
             {"event": "step finished", "level": "info", "correlation_id": "cid-llm", **ids,
              "step_id": steps[0], "step_type": "llm_call", "transition": "terminal",
              "status": "succeeded"},
-            {"event": "step admitted", "level": "info", "correlation_id": "cid-tool", **ids,
+            {"event": "step admitted", "level": "debug", "correlation_id": "cid-tool", **ids,
              "step_id": steps[1], "step_type": "tool_call", "transition": "admitted"},
-            {"event": "step running", "level": "info", "correlation_id": "cid-tool", **ids,
+            {"event": "step running", "level": "debug", "correlation_id": "cid-tool", **ids,
              "step_id": steps[1], "step_type": "tool_call", "transition": "running"},
             {"event": "step finished", "level": "warning", "correlation_id": "cid-tool",
              **ids, "step_id": steps[1], "step_type": "tool_call", "transition": "terminal",
              "status": "failed", "error_code": "ENGINE_ERROR"}]
         assert CARD not in cap.text and TOKEN not in cap.text
+
+
+class TestStepLinesAtInfo:
+    def test_at_info_a_step_logs_its_terminal_line_only(
+            self, mock_cfg: ServerConfig, log_to: Any) -> None:
+        """[OBS-8023] At the default level a succeeded ``llm_call`` writes one
+        ``orchestrator.steps`` line, ``step finished``; admitted and running are
+        ``debug``."""
+        cap = log_to("json")
+        with app_client(mock_cfg) as client:
+            flow = client.post("/v1/flows", json={"ast_ir": {}}).json()
+            run_id = client.post(f"/v1/flows/{flow['flow_id']}/runs", json={}).json()["run_id"]
+            resp = client.post(f"/v1/runs/{run_id}/steps", json=llm_step("s-info", "hi"))
+            step_id = resp.json()["step_id"]
+            with client.stream("GET", f"/v1/steps/{step_id}/stream") as s:
+                parse_sse(b"".join(s.iter_bytes()))
+        lines = [(r["event"], r["level"], r.get("status"))
+                 for r in cap.records() if r.get("logger") == "orchestrator.steps"]
+        assert lines == [("step finished", "info", "succeeded")]
 
 
 class TestScrubbing:

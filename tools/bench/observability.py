@@ -6,8 +6,9 @@ starts three ``orchestratord serve --mock`` processes that differ only in observ
 
 * ``off``: no ``OTEL_*`` variable (no SDK, OBS-8001) and ``--log-level warning`` (no
   access or transition lines);
-* ``logs``: ``--log-format json`` at ``info``: an access line per request and three
-  Step transition lines, tracing off;
+* ``logs``: ``--log-format json`` at ``info``: an access line per request and the
+  Step's terminal line (its ``admitted`` and ``running`` lines are ``debug``, OBS-8023),
+  tracing off;
 * ``logs+traces``: the same, and ``OTEL_TRACES_EXPORTER=console`` (the SDK, its batch
   span processor, every span serialised as JSON into the server's log file).
 

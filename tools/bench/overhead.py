@@ -22,6 +22,8 @@ Paths and what is subtracted from them (the "added" figures):
   text/event-stream`` (STREAM-2010), minus the mock engine called in-process;
 * orchestratord, two round trips: ``POST`` then ``GET /v1/steps/{id}/stream``, minus the
   same;
+* orchestratord on the standard library's loop (a second server, ``serve --loop
+  asyncio``), one round trip, minus the same: the first server runs on uvloop (OBS-8069);
 * orchestratord over HTTP to the mock server (one round trip), minus the mock server's
   streamed ``/v1/completions`` called directly;
 * LiteLLM, streamed and not: ``/v1/chat/completions`` through the proxy, minus the same
@@ -124,9 +126,11 @@ class _Probes:
     """One probe per path, each returning its time in ms."""
 
     def __init__(self, http: httpx.AsyncClient, orch: str, upstream: str,
-                 peer: tuple[str, str] | None, runs: dict[str, str], max_tokens: int) -> None:
+                 peer: tuple[str, str] | None, runs: dict[str, str], max_tokens: int,
+                 alt: tuple[str, str]) -> None:
         self.http = http
         self.orch = orch
+        self.alt = alt  # (url, run) of the server on the asyncio loop
         self.upstream = upstream
         self.peer = peer  # (url, bearer key)
         self.runs = runs
@@ -147,9 +151,14 @@ class _Probes:
                 break
         return _ms(t0)
 
-    async def one_trip(self, model: str = MOCK_MODEL) -> float:
+    async def one_trip_asyncio(self) -> float:
+        return await self.one_trip(MOCK_MODEL, self.alt)
+
+    async def one_trip(self, model: str = MOCK_MODEL,
+                       where: tuple[str, str] | None = None) -> float:
+        base, run = where or (self.orch, self.runs[model])
         t0 = time.perf_counter_ns()
-        async with self.http.stream("POST", f"{self.orch}/v1/runs/{self.runs[model]}/steps",
+        async with self.http.stream("POST", f"{base}/v1/runs/{run}/steps",
                                     json=self._step(model),
                                     headers={"accept": "text/event-stream"}) as resp:
             if resp.status_code != 201:
@@ -218,11 +227,13 @@ class _RawProbes(_Probes):
             self.conns[base] = RawHttp(base)
         return self.conns[base]
 
-    async def one_trip(self, model: str = MOCK_MODEL) -> float:
+    async def one_trip(self, model: str = MOCK_MODEL,
+                       where: tuple[str, str] | None = None) -> float:
+        base, run = where or (self.orch, self.runs[model])
         body = msgspec.json.encode(self._step(model))
         t0 = time.perf_counter_ns()
-        resp = await self._conn(self.orch).request(
-            "POST", f"/v1/runs/{self.runs[model]}/steps", body,
+        resp = await self._conn(base).request(
+            "POST", f"/v1/runs/{run}/steps", body,
             {"Accept": "text/event-stream"})
         ms = _ms(t0)
         if resp.status != 201 or b"event: end\n" not in resp.body:
@@ -268,6 +279,8 @@ _PATHS: list[tuple[str, str, str]] = [
     ("orchestratord, 1 round trip (POST -> end)", "one_trip", "mock engine, in-process"),
     ("orchestratord, 2 round trips (POST, GET -> end)", "two_trips",
      "mock engine, in-process"),
+    ("orchestratord on asyncio's loop, 1 round trip", "one_trip_asyncio",
+     "mock engine, in-process"),
     ("mock server direct, /v1/completions stream", "direct_completions", ""),
     ("orchestratord -> mock server, 1 round trip", "one_trip_http",
      "mock server direct, /v1/completions stream"),
@@ -286,24 +299,25 @@ _PEER_GROUP = frozenset({"mock server direct, chat stream", "mock server direct,
 """The paths of the second block."""
 
 
-async def _run(orch: str, upstream: str, peer: tuple[str, str] | None, rounds: int,
-               per_round: int, max_tokens: int, client: str) -> list[PathResult]:
+async def _run(orch: str, alt: str, upstream: str, peer: tuple[str, str] | None,
+               rounds: int, per_round: int, max_tokens: int,
+               client: str) -> list[PathResult]:
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0),
                                  limits=limits) as http:
-        flow = (await http.post(f"{orch}/v1/flows",
-                                json={"ast_ir": {"bench": "overhead"}})).json()["flow_id"]
+        async def new_run(base: str) -> str:
+            flow = (await http.post(f"{base}/v1/flows",
+                                    json={"ast_ir": {"bench": "overhead"}})).json()["flow_id"]
+            run = await http.post(f"{base}/v1/flows/{flow}/runs",
+                                  json={"mode": "record", "seed": 1234})
+            return str(run.json()["run_id"])
 
         async def new_runs() -> dict[str, str]:
-            out = {}
-            for model in (MOCK_MODEL, HTTP_MODEL):
-                run = await http.post(f"{orch}/v1/flows/{flow}/runs",
-                                      json={"mode": "record", "seed": 1234})
-                out[model] = run.json()["run_id"]
-            return out
+            return {model: await new_run(orch) for model in (MOCK_MODEL, HTTP_MODEL)}
 
         kind = _RawProbes if client == "raw" else _Probes
-        probes = kind(http, orch, upstream, peer, await new_runs(), max_tokens)
+        probes = kind(http, orch, upstream, peer, await new_runs(), max_tokens,
+                      (alt, await new_run(alt)))
         active = [(n, getattr(probes, p), b) for n, p, b in _PATHS
                   if peer is not None or not p.startswith("litellm")]
         for _name, probe, _b in active:  # one warm-up each, not counted
@@ -319,6 +333,7 @@ async def _run(orch: str, upstream: str, peer: tuple[str, str] | None, rounds: i
                     for name, probe, _b in group:
                         samples[name][-1].append(await probe())
                 probes.runs = await new_runs()  # Runs stay small (50 Steps or so)
+                probes.alt = (alt, await new_run(alt))
         if isinstance(probes, _RawProbes):
             await probes.aclose()
     stats = {n: summarise(s) for n, s in samples.items()}
@@ -359,7 +374,7 @@ def measure(work_dir: pathlib.Path, *, rounds: int = 5, per_round: int = 20,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)
     upstream = f"http://127.0.0.1:{port}"
-    orch_proc = None
+    orch_proc = alt_proc = None
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -376,20 +391,24 @@ def measure(work_dir: pathlib.Path, *, rounds: int = 5, per_round: int = 20,
                                                               upstream)))
         orch_proc, orch = start_server(data_dir=str(work_dir / "orch"),
                                        extra=["--config", str(cfg_path)])
+        (work_dir / "orch-asyncio").mkdir(parents=True, exist_ok=True)
+        alt_proc, alt = start_server(data_dir=str(work_dir / "orch-asyncio"),
+                                     extra=["--config", str(cfg_path), "--loop", "asyncio"])
         venv, version = ensure_litellm() if peer else (None, "not asked for (--no-peer)")
         if venv is None:
             print(version, file=sys.stderr, flush=True)
-            paths = asyncio.run(_run(orch, upstream, None, rounds, per_round, max_tokens,
-                                     client))
+            paths = asyncio.run(_run(orch, alt, upstream, None, rounds, per_round,
+                                     max_tokens, client))
             return OverheadReport(rounds, per_round, max_tokens, paths, version, client)
         with LiteLLMProxy(venv, upstream, HTTP_MODEL, work_dir / "litellm") as proxy:
-            paths = asyncio.run(_run(orch, upstream, (proxy.url, proxy.key), rounds,
+            paths = asyncio.run(_run(orch, alt, upstream, (proxy.url, proxy.key), rounds,
                                      per_round, max_tokens, client))
         return OverheadReport(rounds, per_round, max_tokens, paths,
                               f"litellm {version} ({LITELLM_SPEC})", client)
     finally:
-        if orch_proc is not None:
-            stop_server(orch_proc)
+        for proc in (orch_proc, alt_proc):
+            if proc is not None:
+                stop_server(proc)
         mock.terminate()
         mock.wait(timeout=10)
 
@@ -412,7 +431,7 @@ def render_text(report: OverheadReport) -> str:
         (one.added_p99_ms or 0) <= report.target_p99_ms
     lines += [
         "",
-        "   +p50/+p99: minus the path's baseline (in-process mock engine for the first two "
+        "   +p50/+p99: minus the path's baseline (in-process mock engine for the first three "
         "orchestratord rows, the same request sent to the mock server for the others)",
         "   p50 = median of per-round medians; p99 = nearest rank over all samples",
         f"   target for orchestratord, 1 round trip: +p50 <= {report.target_p50_ms} ms, "
