@@ -110,6 +110,9 @@ def recorded_spans(*, http_clients: bool = False) -> Iterator[SpanTree]:
             instrument_http_clients(None)
 
 
+_KNOBS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+
+
 class LogCapture:
     """The lines written while a block runs."""
 
@@ -144,6 +147,7 @@ def captured_logs(fmt: LogFormat, secrets: Sequence[str] = (),
     litestar = logging.getLogger("litestar")
     saved_ls = (list(litestar.handlers), litestar.propagate)
     cap = LogCapture()
+    knobs = {k: getattr(logging, k) for k in _KNOBS}  # configure_logging turns these off
     configure_logging(fmt, secrets=secrets, stream=cap.buf, level=level)
     try:
         yield cap
@@ -153,6 +157,8 @@ def captured_logs(fmt: LogFormat, secrets: Sequence[str] = (),
         for h in saved[0]:
             root.addHandler(h)
         root.setLevel(saved[1])
+        for k, v in knobs.items():
+            setattr(logging, k, v)
         litestar.handlers[:] = saved_ls[0]
         litestar.propagate = saved_ls[1]
         structlog.reset_defaults()
