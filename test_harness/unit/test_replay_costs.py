@@ -219,15 +219,18 @@ class TestReplayBenchReport:
 
     def test_the_report_takes_medians_and_ratios_per_client(self) -> None:
         """[STREAM-2016] Three rounds of 20 x 200 tokens give the medians of record,
-        replay and read-back, replay / record and the replay share of read-back."""
+        replay, read-back and the idempotent resubmission, replay / record, and the replay
+        and resubmission shares of read-back."""
         rounds = [ReadbackRound(record_ms=r, replay_ms=p, readback_ms=b, record_cpu_ms=40.0,
                                 replay_cpu_ms=8.0, readback_cpu_ms=6.0, replay_first=i % 2 == 0,
-                                byte_identical=True)
-                  for i, (r, p, b) in enumerate([(50.0, 10.0, 8.0), (60.0, 12.0, 9.0),
-                                                 (40.0, 11.0, 10.0)])]
+                                byte_identical=True, resubmit_ms=a)
+                  for i, (r, p, b, a) in enumerate([(50.0, 10.0, 8.0, 9.0),
+                                                    (60.0, 12.0, 9.0, 10.0),
+                                                    (40.0, 11.0, 10.0, 12.0)])]
         r = _report("raw", 20, 200, 1, rounds)
         assert (r.client, r.record_ms, r.replay_ms, r.readback_ms, r.replay_over_record,
                 r.replay_tokens_per_s, r.readback_tokens_per_s, r.replay_share_of_readback,
                 r.replay_server_us_per_token, r.replay_over_record_server_cpu,
-                r.byte_identical) == ("raw", 50.0, 11.0, 9.0, 0.22, 363636.4, 444444.4,
-                                      0.8182, 2.0, 0.2, True)
+                r.byte_identical, r.resubmit_ms, r.resubmit_share_of_readback) == (
+                    "raw", 50.0, 11.0, 9.0, 0.22, 363636.4, 444444.4, 0.8182, 2.0, 0.2, True,
+                    10.0, 0.9)

@@ -148,6 +148,10 @@ class ReadbackRound(msgspec.Struct, frozen=True):
         replay_first: replay ran before the read-back in this round.
         byte_identical: every replayed body equals the recorded Step's read-back body,
             and each holds T token frames.
+        resubmit_ms: the replay Run's S Steps submitted again, the same bodies with the
+            same ``Accept``: each ``POST`` answered with the Step's stream and nothing
+            admitted (NERVE-4003), the floor of any replay answered to a ``POST`` (ms).
+        resubmit_cpu_ms: server CPU time while resubmitting (ms).
     """
 
     record_ms: float
@@ -158,6 +162,8 @@ class ReadbackRound(msgspec.Struct, frozen=True):
     readback_cpu_ms: float
     replay_first: bool
     byte_identical: bool
+    resubmit_ms: float = 0.0
+    resubmit_cpu_ms: float = 0.0
 
 
 class ReadbackReport(msgspec.Struct, frozen=True):
@@ -188,6 +194,9 @@ class ReadbackReport(msgspec.Struct, frozen=True):
         target_replay_over_record: the goal, at most.
         target_replay_share_of_readback: the goal, at least.
         engine_tokens_per_s: the mock engine's pace per Step (tokens/s; 0: unpaced).
+        resubmit_ms: median wall time of the S idempotent resubmissions (ms).
+        resubmit_share_of_readback: their tokens/s against read-back's: what a replay
+            answered to a ``POST`` could reach if admitting it cost nothing.
     """
 
     client: str
@@ -211,6 +220,8 @@ class ReadbackReport(msgspec.Struct, frozen=True):
     target_replay_over_record: float = _TARGET_REPLAY_OVER_RECORD
     target_replay_share_of_readback: float = _TARGET_RATE_SHARE
     engine_tokens_per_s: float = 0.0
+    resubmit_ms: float = 0.0
+    resubmit_share_of_readback: float = 0.0
 
 
 def _server_cpu_ms(pid: int) -> float:
@@ -275,24 +286,31 @@ async def _round(pid: int, http: BenchClient, flow_id: str, steps: int,
     figures: dict[str, tuple[float, float]] = {}
     replayed: list[bytes] = []
     read: list[bytes] = []
-    for phase in (("replay", "readback") if replay_first else ("readback", "replay")):
+    again: list[bytes] = []
+    for phase in (("replay", "resubmit", "readback") if replay_first
+                  else ("readback", "replay", "resubmit")):
         if phase == "replay":
             run = await _json(http, f"/v1/flows/{flow_id}/runs", {
                 "mode": "replay", "replay_of": rec["run_id"], "seed": seed})
             c0, t0 = _server_cpu_ms(pid), time.perf_counter()
             replayed, _trips = await _run_steps(http, run["run_id"], steps, tokens)
+        elif phase == "resubmit":
+            c0, t0 = _server_cpu_ms(pid), time.perf_counter()
+            again, _trips = await _run_steps(http, run["run_id"], steps, tokens)
         else:
             c0, t0 = _server_cpu_ms(pid), time.perf_counter()
             read = [(await http.body("GET", f"/v1/steps/{step_id}/stream"))[1]
                     for step_id in rec_ids]
         figures[phase] = (time.perf_counter() - t0, _server_cpu_ms(pid) - c0)
-    same = replayed == read and all(b.count(b"event: token\n") == tokens for b in read)
+    same = replayed == read == again and all(b.count(b"event: token\n") == tokens
+                                             for b in read)
     return ReadbackRound(
         record_ms=round(record[0] * 1000, 2), replay_ms=round(figures["replay"][0] * 1000, 2),
         readback_ms=round(figures["readback"][0] * 1000, 2),
         record_cpu_ms=round(record[1], 2), replay_cpu_ms=round(figures["replay"][1], 2),
         readback_cpu_ms=round(figures["readback"][1], 2), replay_first=replay_first,
-        byte_identical=same), trips
+        byte_identical=same, resubmit_ms=round(figures["resubmit"][0] * 1000, 2),
+        resubmit_cpu_ms=round(figures["resubmit"][1], 2)), trips
 
 
 def _report(client: str, steps: int, tokens: int, trips: int,
@@ -300,7 +318,7 @@ def _report(client: str, steps: int, tokens: int, trips: int,
     """The medians and ratios of one client's rounds."""
     med = {k: statistics.median(getattr(r, k) for r in done)
            for k in ("record_ms", "replay_ms", "readback_ms", "record_cpu_ms",
-                     "replay_cpu_ms", "readback_cpu_ms")}
+                     "replay_cpu_ms", "readback_cpu_ms", "resubmit_ms")}
     total = steps * tokens
     replay_rate = total / (med["replay_ms"] / 1000)
     readback_rate = total / (med["readback_ms"] / 1000)
@@ -316,7 +334,10 @@ def _report(client: str, steps: int, tokens: int, trips: int,
         replay_server_us_per_token=round(med["replay_cpu_ms"] / total * 1e3, 3),
         readback_server_us_per_token=round(med["readback_cpu_ms"] / total * 1e3, 3),
         replay_over_record_server_cpu=round(med["replay_cpu_ms"] / med["record_cpu_ms"], 4),
-        byte_identical=all(r.byte_identical for r in done), rounds=done)
+        byte_identical=all(r.byte_identical for r in done), rounds=done,
+        resubmit_ms=round(med["resubmit_ms"], 2),
+        resubmit_share_of_readback=round(med["readback_ms"] / med["resubmit_ms"], 4)
+        if med["resubmit_ms"] else 0.0)
 
 
 async def _measure_readback(pid: int, url: str, steps: int, tokens: int,
@@ -414,6 +435,8 @@ def render_readback(report: ReadbackReport) -> str:
         f"{r.replay_tokens_per_s:>12,.0f}{r.replay_server_us_per_token:>21.2f}",
         f"   {'read-back (GET stream)':<26}{r.readback_ms:>10.1f}"
         f"{r.readback_tokens_per_s:>12,.0f}{r.readback_server_us_per_token:>21.2f}",
+        f"   {'resubmit (POST, no admit)':<26}{r.resubmit_ms:>10.1f}"
+        f"{r.steps * r.tokens_per_step / r.resubmit_ms * 1000 if r.resubmit_ms else 0:>12,.0f}",
         "",
         f"   replay / record (wall)          {r.replay_over_record:>8.4f}   target <= "
         f"{r.target_replay_over_record:g}: "
@@ -422,6 +445,8 @@ def render_readback(report: ReadbackReport) -> str:
         f"   replay tokens/s / read-back      {r.replay_share_of_readback:>8.2%}   target >= "
         f"{r.target_replay_share_of_readback:.0%}: "
         f"{_verdict(r.replay_share_of_readback >= r.target_replay_share_of_readback)}",
+        f"   resubmit tokens/s / read-back    {r.resubmit_share_of_readback:>8.2%}   (the "
+        "floor: the same POSTs answered from the stored Steps, nothing admitted)",
         f"   replayed bodies byte-identical to the recording: "
         f"{'yes' if r.byte_identical else 'NO'}",
         "",
