@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import sqlite3
 from typing import Any
@@ -308,6 +309,27 @@ class TestHostileImports:
 
 class TestRoundTrip:
     """An import is what its file says, and exports back to it."""
+
+    def test_an_import_checks_its_lines_off_the_event_loop(
+            self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """[REC-7011] Every line of ``POST /v1/recordings`` is checked in a thread with
+        no running event loop, and the import is stored."""
+        where: list[bool] = []
+        feed = RecordingReader.feed
+
+        def watched(self: RecordingReader, raw: bytes) -> None:
+            try:
+                asyncio.get_running_loop()
+                where.append(True)
+            except RuntimeError:
+                where.append(False)
+            feed(self, raw)
+
+        monkeypatch.setattr(RecordingReader, "feed", watched)
+        data = RECORDING.read_bytes()
+        resp = _import(client, data)
+        assert (resp.status_code, len(where), set(where)) == (
+            201, data.count(b"\n"), {False}), resp.text
 
     def test_an_import_is_sound_and_exports_back_to_its_recording(
             self, store: SqliteStore) -> None:
