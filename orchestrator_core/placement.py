@@ -50,7 +50,7 @@ def place(pools: PoolManager, model: str, placement: Placement | None) -> \
     serving = [p for p in pools.pools.values() if model in p.models]
     if not serving:
         raise InvalidModel(f"model {model!r} is not served here; see GET /v1/capabilities",
-                           data={"model": model})
+                           data={"field": "input.model", "model": model})
     match placement:
         case None | PlacementAuto():
             strategy, chosen = "auto", serving

@@ -18,7 +18,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import Stream
 
-from contracts.errors import NotFound
+from contracts.errors import NotFound, OrchestratorError
 from contracts.flows import FlowCreate
 from contracts.llm import LlmCapabilities, LlmEnqueue, LlmJob, LlmJobInfo, LlmStreamEvent
 from contracts.runs import RunCreate
@@ -87,8 +87,14 @@ async def enqueue_job(data: JSONBody[LlmEnqueue], orch: Orch,
     token = data.client_token or _occurrences(orch).claim(
         run_id, llm_jobs.job_key(data),
         lambda t: store.get_step_by_token(run_id, t) is not None)
-    step, created = await orch.submit_step(
-        run_id, LlmCallSubmit(client_token=token, input=llm_jobs.call_input(data)), tenant)
+    try:
+        step, created = await orch.submit_step(
+            run_id, LlmCallSubmit(client_token=token, input=llm_jobs.call_input(data)), tenant)
+    except OrchestratorError as err:  # the job's own field names: ``model``, not ``input.model``
+        field = (err.data or {}).get("field")
+        if isinstance(field, str) and field.startswith("input."):
+            err.data = {**(err.data or {}), "field": field.removeprefix("input.")}
+        raise
     job = llm_jobs.record_job(store, tenant, step, data, attachments)
     return Response(LlmJob(id=job.step_id, model=job.model, enqueued_at=job.enqueued_at),
                     status_code=201 if created else 200)

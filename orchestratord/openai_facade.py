@@ -131,7 +131,7 @@ def _as_error(exc: Exception) -> OrchestratorError:
 def _error_body(err: OrchestratorError) -> tuple[int, OaiErrorBody]:
     status = _STATUS.get(err.code, err.http_status)
     param = (err.data or {}).get("field")
-    if param is None and err.code is ErrorCode.INVALID_MODEL:
+    if err.code is ErrorCode.INVALID_MODEL:  # the request's own field
         param = "model"
     kind = ("insufficient_quota" if isinstance(err, BudgetExceeded)
             else _TYPE.get(status, "server_error"))

@@ -167,7 +167,7 @@ class TestSyncClient:
             after = oc.cancel_step(done.step.step_id)
         assert (bad.value.message, bad.value.data) == (
             "model 'mock:nope' is not served here; see GET /v1/capabilities",
-            {"model": "mock:nope"})
+            {"field": "input.model", "model": "mock:nope"})
         assert (isinstance(after, Step), isinstance(after, CancelAccepted)) == (True, False)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Iterator
+from typing import Any
 
 import blake3
 import httpx
@@ -174,3 +175,21 @@ class TestAsyncLlmStream:
         assert (len(got), cut.value.last_event_id, calls) == (
             1, 0, ["/v1/llm/jobs/stp_1/events"])
         assert DoneEvent() not in got
+
+
+class TestRefusalFields:
+    """A refused job names the field of the job's own body."""
+
+    def test_an_unknown_model_names_model_and_a_step_names_input_model(
+            self, client: Any) -> None:
+        """[NERVE-4082] The same unknown model is ``field`` ``model`` on
+        ``POST /v1/llm/jobs`` and ``input.model`` on ``POST /v1/runs/{id}/steps``."""
+        job = client.post("/v1/llm/jobs", json={"model": "mock:nope", "prompt": "hi"})
+        flow = client.post("/v1/flows", json={"ast_ir": {}}).json()["flow_id"]
+        run_id = client.post(f"/v1/flows/{flow}/runs", json={}).json()["run_id"]
+        step = client.post(f"/v1/runs/{run_id}/steps", json={
+            "type": "llm_call", "client_token": "t",
+            "input": {"model": "mock:nope", "prompt": "hi"}})
+        assert [(r.status_code, r.json()["code"], r.json()["data"]) for r in (job, step)] == [
+            (400, "INVALID_MODEL", {"field": "model", "model": "mock:nope"}),
+            (400, "INVALID_MODEL", {"field": "input.model", "model": "mock:nope"})]
