@@ -12,9 +12,18 @@ if [ ! -x .venv/bin/python ]; then
   echo "[bootstrap] creating .venv"
   "$PY" -m venv .venv
 fi
-echo "[bootstrap] installing orchestratord and its dev tools into .venv"
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# The project's own install is redone only when pyproject.toml changed since the last one
+# (its sha256 is kept in .venv), so a second run does not re-resolve every dependency.
+stamp=.venv/.orchestratord-pyproject.sha256
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  echo "[bootstrap] orchestratord and its dev tools already installed (pyproject.toml unchanged)"
+else
+  echo "[bootstrap] installing orchestratord and its dev tools into .venv"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
 if gap=$(.venv/bin/python -m tools.engine_check); then
   echo "[bootstrap] engine already installed: ${gap#ok: }"
 else

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -78,3 +79,42 @@ class TestEngineCheck:
     def test_the_pinned_version_is_install_engine_shs(self) -> None:
         """The version checked is the LLAMA_VERSION install_engine.sh installs."""
         assert pinned_version() == "0.3.36"
+
+
+class TestBootstrapStamp:
+    """``tools/bootstrap.sh`` reinstalls the project only when its pyproject changed."""
+
+    def test_a_second_run_skips_the_project_install_until_pyproject_changes(
+            self, tmp_path: pathlib.Path) -> None:
+        """[OBS-8070] In a copy whose pip and engine check are stubs: the first run
+        installs, the second skips, a changed ``pyproject.toml`` installs again."""
+        root = pathlib.Path(__file__).resolve().parents[2]
+        (tmp_path / "tools").mkdir()
+        shutil.copy(root / "tools" / "bootstrap.sh", tmp_path / "tools" / "bootstrap.sh")
+        (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+        venv_bin = tmp_path / ".venv" / "bin"
+        venv_bin.mkdir(parents=True)
+        fake = venv_bin / "python"
+        fake.write_text("#!/bin/sh\n"
+                        "case \"$*\" in\n"
+                        "  *'pip install --quiet -e'*)\n"
+                        "    echo pip >> \"$(dirname \"$0\")/../pips\";;\n"
+                        "  *engine_check*) echo 'ok: stub';;\n"
+                        "  *'import llama_cpp'*) echo 'stub';;\n"
+                        "esac\n")
+        fake.chmod(0o755)
+
+        def run() -> str:
+            out = subprocess.run(["bash", "tools/bootstrap.sh"], cwd=tmp_path, check=True,
+                                 capture_output=True, text=True).stdout
+            return out.splitlines()[0]
+
+        first, second = run(), run()
+        (tmp_path / "pyproject.toml").write_text("[project]\nname = 'y'\n")
+        third = run()
+        assert (first, second, third, (tmp_path / ".venv" / "pips").read_text()) == (
+            "[bootstrap] installing orchestratord and its dev tools into .venv",
+            "[bootstrap] orchestratord and its dev tools already installed "
+            "(pyproject.toml unchanged)",
+            "[bootstrap] installing orchestratord and its dev tools into .venv",
+            "pip\npip\n")
