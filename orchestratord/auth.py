@@ -59,9 +59,9 @@ async def require_token(connection: ASGIConnection[Any, Any, Any, Any],
     It is ``async`` on purpose, though it never awaits: Litestar runs a plain function
     guard in a worker thread, a thread hop on every request (about 0.1 ms of latency).
 
-    A route with ``opt={"ticket": True}`` (the Step stream) also accepts, when there is
-    no valid bearer token, a ``ticket`` query parameter issued for its ``step_id``
-    (NERVE-4054).
+    A route with ``opt={"ticket": True}`` (the Step stream and the run stream) also
+    accepts, when there is no valid bearer token, a ``ticket`` query parameter issued
+    for its ``step_id`` or ``run_id`` (NERVE-4054).
 
     Raises:
         Unauthorized: tokens are configured and the request has none, or a wrong one
@@ -78,8 +78,10 @@ async def require_token(connection: ASGIConnection[Any, Any, Any, Any],
     ticket = connection.query_params.get("ticket") if handler.opt.get("ticket") else None
     if tenant is None and ticket is not None:
         tickets: StreamTickets = connection.app.state.stream_tickets
-        tenant = tickets.tenant_of(ticket, str(connection.path_params.get("step_id", "")),
-                                   config.auth_tokens.values(), orch.clock.monotonic())
+        params = connection.path_params  # ids are prefixed: a Step's never names a Run
+        subject = str(params.get("step_id") or params.get("run_id") or "")
+        tenant = tickets.tenant_of(ticket, subject, config.auth_tokens.values(),
+                                   orch.clock.monotonic())
     if tenant is None:
         raise Unauthorized("a valid bearer token is required")
     connection.state.tenant = tenant

@@ -26,7 +26,7 @@ from contracts.pools import Capabilities, PoolInfo
 from contracts.recordings import RecordingImported
 from contracts.runs import Run
 from contracts.steps import CancelAccepted, RenderedPrompt, Step
-from contracts.tickets import StreamTicket
+from contracts.tickets import RunStreamTicket, StreamTicket
 from orchestratord import client_browse
 from orchestratord import client_recording_calls as recording_calls
 from orchestratord import client_routes as routes
@@ -335,6 +335,10 @@ class AsyncClient(AsyncPoolCalls):
         """A Run's Facts as they are appended, until the server ends the stream; a broken
         connection is ``StreamDisconnected`` of ``kind`` ``"run"``."""
         return self.frames(routes.stream_facts(run_id, last_event_id=last_event_id))
+
+    async def run_stream_ticket(self, run_id: str) -> RunStreamTicket:
+        """``POST /v1/runs/{id}/stream-ticket`` (NERVE-4054)."""
+        return await self.send(run_routes.run_stream_ticket(run_id))
 
     def stream_run(self, run_id: str, *,
                    last_event_id: int | None = None) -> AsyncIterator[RunEvent]:

@@ -2,7 +2,8 @@
 stream (NERVE-4107; the routes are NERVE-4100, NERVE-4101 and NERVE-4103).
 
 Both :class:`~orchestratord.client_async.AsyncClient` and
-:class:`~orchestratord.client_sync.Client` send these (``close_run``, ``stream_run``);
+:class:`~orchestratord.client_sync.Client` send these (``close_run``,
+``run_stream_ticket``, ``stream_run``);
 nothing here does I/O (NERVE-4110).
 """
 
@@ -14,13 +15,15 @@ import msgspec
 
 from contracts.run_life import RUN_END_EVENT, RunEndData, RunFrame
 from contracts.runs import Run
+from contracts.tickets import RunStreamTicket
 from orchestratord.client_calls import Call, StreamCall
 
-__all__ = ["RunEvent", "close_run", "stream_run"]
+__all__ = ["RunEvent", "close_run", "run_stream_ticket", "stream_run"]
 
 _frame = msgspec.json.Decoder(RunFrame)
 _end = msgspec.json.Decoder(RunEndData)
 _run = msgspec.json.Decoder(Run)
+_ticket = msgspec.json.Decoder(RunStreamTicket)
 
 
 class RunEvent(msgspec.Struct, frozen=True):
@@ -54,6 +57,14 @@ def close_run(run_id: str, status: str) -> Call[Run]:
     live Steps; ``NotFound`` for no such Run (or another tenant's)."""
     return Call("POST", f"/v1/runs/{quote(run_id, safe=':')}/close",
                 lambda resp: _run.decode(resp.content), body={"status": status})
+
+
+def run_stream_ticket(run_id: str) -> Call[RunStreamTicket]:
+    """``POST /v1/runs/{run_id}/stream-ticket``: a 60 s ticket that opens the Run's
+    stream without the bearer token, for a browser's ``EventSource`` (NERVE-4054);
+    ``NotFound`` for no such Run (or another tenant's)."""
+    return Call("POST", f"/v1/runs/{quote(run_id, safe=':')}/stream-ticket",
+                lambda resp: _ticket.decode(resp.content), idempotent=False)
 
 
 def stream_run(run_id: str, *, last_event_id: int | None = None) -> StreamCall[RunEvent]:

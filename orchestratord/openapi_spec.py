@@ -93,6 +93,7 @@ ROUTE_ERRORS: dict[str, dict[int, tuple[ErrorCode, ...]]] = {
     "POST /v1/steps/{step_id}/cancel": {404: (E.NOT_FOUND,)},
     "GET /v1/steps/{step_id}/stream": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},
     "POST /v1/steps/{step_id}/stream-ticket": {404: (E.NOT_FOUND,)},
+    "POST /v1/runs/{run_id}/stream-ticket": {404: (E.NOT_FOUND,)},
     "GET /v1/steps/{step_id}/prompt": {404: (E.NOT_FOUND,)},
     "POST /v1/runs/{run_id}/facts": {**_BODY, 404: (E.NOT_FOUND,), 409: (E.CONFLICT,)},
     "GET /v1/runs/{run_id}/facts": {400: (E.INVALID_PARAMS,), 404: (E.NOT_FOUND,)},

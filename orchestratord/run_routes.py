@@ -5,26 +5,31 @@ Step of a Run (NERVE-4100, NERVE-4101).
 frame's run position and whose ``data`` is a :class:`~contracts.run_life.RunFrame`,
 ending with one ``run_end`` event once the Run is closed and none of its Steps is live.
 ``Last-Event-ID`` resumes after a position; at or after the ``run_end`` event's id the
-answer is 204 No Content, so a browser's ``EventSource`` stops.
+answer is 204 No Content, so a browser's ``EventSource`` stops. A browser opens it with a
+ticket from ``POST /v1/runs/{run_id}/stream-ticket`` instead of the bearer token
+(NERVE-4054).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, Parameter
 from litestar.response import Stream
 
 from contracts.errors import InvalidParams
 from contracts.run_life import RUN_END_EVENT, RunClose, RunEndData, RunFrame
 from contracts.runs import Run
+from contracts.tickets import RunStreamTicket
 from orchestrator_core.service import Orchestrator
 from orchestratord.sse import SSE_HEADERS, SseStream
+from orchestratord.tickets import MAX_TICKET_CHARS, TICKET_TTL_MS, StreamTickets
 
-__all__ = ["RUN_ROUTES", "RUN_STREAM_EVENT", "close_run", "run_stream_schemas", "stream_run"]
+__all__ = ["RUN_ROUTES", "RUN_STREAM_EVENT", "close_run", "run_stream_schemas",
+           "run_stream_ticket", "stream_run"]
 
 Orch = NamedDependency[Orchestrator]
 Tenant = NamedDependency[str]
@@ -59,13 +64,29 @@ async def close_run(run_id: FromPath[str], data: JSONBody[RunClose], orch: Orch,
     return orch.runs.close(run_id, data.status, tenant)
 
 
-@get("/v1/runs/{run_id:str}/stream", media_type="text/event-stream")
+@post("/v1/runs/{run_id:str}/stream-ticket", status_code=200)
+async def run_stream_ticket(run_id: FromPath[str], request: Request[Any, Any, Any],
+                            orch: Orch, tenant: Tenant) -> RunStreamTicket:
+    """A 60 s ticket that opens this Run's stream without a bearer token (NERVE-4054)."""
+    orch.get_run(run_id, tenant)
+    tickets: StreamTickets = request.app.state.stream_tickets
+    return RunStreamTicket(ticket=tickets.issue(run_id, tenant, orch.clock.monotonic()),
+                           run_id=run_id, expires_in_ms=TICKET_TTL_MS)
+
+
+@get("/v1/runs/{run_id:str}/stream", media_type="text/event-stream", opt={"ticket": True})
 async def stream_run(run_id: FromPath[str], request: Request[Any, Any, Any], orch: Orch,
-                     tenant: Tenant) -> Stream | Response[None]:
+                     tenant: Tenant,
+                     ticket: Annotated[str | None, Parameter(
+                         max_length=MAX_TICKET_CHARS,
+                         description="A ticket from `POST /v1/runs/{run_id}/stream-ticket` "
+                                     "for this Run, instead of the bearer token "
+                                     "(NERVE-4054).")] = None) -> Stream | Response[None]:
     """SSE stream of every durable frame of every Step of the Run in commit order,
     ``id:`` the run position, then ``run_end`` once the Run is closed with no live Step
     (NERVE-4100, NERVE-4101). ``Last-Event-ID`` resumes after that position; at or after
-    the ``run_end`` event it answers 204 No Content."""
+    the ``run_end`` event it answers 204 No Content. ``ticket`` (from ``POST
+    /v1/runs/{run_id}/stream-ticket``) stands in for the bearer token (NERVE-4054)."""
     stream = orch.runs.open_stream(run_id, _cursor(request),
                                    orch.config.heartbeat_ms / 1000.0, tenant)
     if stream.ended_before():
@@ -73,7 +94,7 @@ async def stream_run(run_id: FromPath[str], request: Request[Any, Any, Any], orc
     return SseStream(stream)
 
 
-RUN_ROUTES = [close_run, stream_run]
+RUN_ROUTES = [close_run, run_stream_ticket, stream_run]
 """The route handlers the app registers."""
 
 

@@ -123,3 +123,44 @@ class TestTicketKey:
         assert [mine.tenant_of(ticket, "s-1", ["alpha", "beta"], 10.0),
                 other.tenant_of(ticket, "s-1", ["alpha", "beta"], 10.0),
                 mine.tenant_of(ticket, "s-1", ["beta"], 10.0)] == ["alpha", None, None]
+
+
+class TestRunStreamTickets:
+    """A run ticket opens its one Run's stream, and a Step's ticket does not [NERVE-4054]."""
+
+    def _closed_run(self, c: TestClient[Any]) -> tuple[str, str]:
+        """A closed Run of alpha with one finished Step: ``(run_id, step_id)``."""
+        step_id = _finished_step(c, A, "run")
+        run_id = str(c.get(f"/v1/steps/{step_id}", headers=A).json()["run_id"])
+        assert c.post(f"/v1/runs/{run_id}/close", json={"status": "completed"},
+                      headers=A).status_code == 200
+        return run_id, step_id
+
+    def test_a_run_ticket_opens_the_run_stream_and_nothing_else(
+            self, two_tenants: TestClient[Any]) -> None:
+        """With ``?ticket=`` the run stream is the same bytes as with the token, ending in
+        ``run_end``; the run ticket opens none of the Run's Steps, and a Step's ticket
+        does not open the Run."""
+        c = two_tenants
+        run_id, step_id = self._closed_run(c)
+        resp = c.post(f"/v1/runs/{run_id}/stream-ticket", headers=A)
+        body = resp.json()
+        assert (resp.status_code, body["run_id"], body["expires_in_ms"]) == (200, run_id, 60_000)
+        whole = c.get(f"/v1/runs/{run_id}/stream", headers=A).content
+        by_ticket = c.get(f"/v1/runs/{run_id}/stream", params={"ticket": body["ticket"]})
+        assert (by_ticket.status_code, by_ticket.content) == (200, whole)
+        assert [f["event"] for f in parse_sse(whole)][-1] == "run_end"
+        step_ticket = _ticket(c, step_id, A)
+        assert [_code(c.get(f"/v1/steps/{step_id}/stream", params={"ticket": body["ticket"]})),
+                _code(c.get(f"/v1/runs/{run_id}/stream", params={"ticket": step_ticket}))] == [
+            (401, "UNAUTHORIZED")] * 2
+
+    def test_another_tenants_run_gets_no_ticket(self, two_tenants: TestClient[Any]) -> None:
+        """beta asking a ticket for alpha's Run is 404 like an unknown Run."""
+        c = two_tenants
+        run_id, _step = self._closed_run(c)
+        other = c.post(f"/v1/runs/{run_id}/stream-ticket", headers=B)
+        unknown = c.post("/v1/runs/run_nope/stream-ticket", headers=B)
+        assert [_code(other), _code(unknown)] == [(404, "NOT_FOUND")] * 2
+        assert (other.json()["message"].replace(run_id, "X"),) == (
+            unknown.json()["message"].replace("run_nope", "X"),)
