@@ -33,6 +33,10 @@ class Metrics:
         sse_dropped: ephemeral frames dropped for slow readers, by frame type (STREAM-2003).
         group_commits: event-log transactions; ``events_committed`` counts their rows.
         steps_finished: Steps that reached a terminal status, by type and status.
+        steps_served: Steps stored already finished, served by reference to another
+            Step's frames, by type and ``source``: ``recorded`` (a replay),
+            ``inherited`` (a fork's parent) or ``cached`` (an exact-match cache hit,
+            REC-7103).
         engine_requests: requests sent to engines, by pool.
         tool_executions: tool executor invocations, by executor (NERVE-4011).
         fs_operations: operations the FS broker performed or refused, by op (POLICY-3001).
@@ -68,6 +72,9 @@ class Metrics:
                                         "Durable frames committed", registry=r)
         self.steps_finished = Counter("orchestrator_steps_finished", "Steps that ended",
                                       ["type", "status"], registry=r)
+        self.steps_served = Counter("orchestrator_steps_served", "Steps served by reference "
+                                    "to a recorded, inherited or cached Step",
+                                    ["type", "source"], registry=r)
         self.engine_requests = Counter("orchestrator_engine_requests",
                                        "Requests sent to engines", ["pool_id"], registry=r)
         self.tool_executions = Counter("orchestrator_tool_executions",

@@ -338,6 +338,7 @@ class Admitter:
         if not created:
             return self._claimed(adm)
         ctx.log.open_served(adm.step_id, adm.run.run_id, frames, digest)
+        ctx.metrics.steps_served.labels(type=adm.step_type, source=what).inc()
         tracing.step_served(adm.step_id, adm.run.run_id, adm.step_type, adm.mode.value,
                             rec.status)
         return views.step(row), True

@@ -194,6 +194,14 @@ def engine_requests(ctx: dict[str, Any], n: str, p: str) -> None:
     assert (ctx["env"].requests(), CountingEngine.prepares) == (int(n), int(p))
 
 
+@then(parsers.parse('/metrics counts {n:d} llm_call step served from "{source}"'))
+def served_metric(ctx: dict[str, Any], n: int, source: str) -> None:
+    """``orchestrator_steps_served_total{type="llm_call", source=...}`` (REC-7103)."""
+    text = ctx["env"].client.get("/metrics", headers=_as("acme")).text
+    line = f'orchestrator_steps_served_total{{source="{source}",type="llm_call"}} '
+    assert [float(ln[len(line):]) for ln in text.splitlines() if ln.startswith(line)] == [n]
+
+
 @then("the second step's stream equals the first step's stream byte for byte")
 def same_stream(ctx: dict[str, Any]) -> None:
     """Served by reference: every frame id, type and data byte."""

@@ -16,6 +16,7 @@ Feature: The exact-match cache
     And the second step is succeeded with the first step's usage and seed
     And the second step's provenance names the first step in cached_from
     And the second step added no row to the event log
+    And /metrics counts 1 llm_call step served from "cached"
 
   @REC-7101
   Scenario: Two steps of one run with their own client tokens hit when the input fixes the seed
@@ -84,6 +85,7 @@ Feature: The exact-match cache
     And tenant "acme" replays the second run in mode strict_replay
     Then both replays' streams equal the first step's stream byte for byte
     And the engines received 2 completion requests and 2 prompt counts in all
+    And /metrics counts 1 llm_call step served from "recorded"
 
   @REC-7100
   Scenario: The cache is refused on a replay run
