@@ -162,7 +162,7 @@ class TestStoreChoice:
             self, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """[PG-9052] ``serve --store DSN --store-schema S`` serves with that store."""
         served: list[ServerConfig] = []
-        monkeypatch.setattr(cli, "serve", lambda cfg: served.append(cfg))
+        monkeypatch.setattr(cli, "serve", lambda cfg, **_kw: served.append(cfg))
         monkeypatch.setattr(cli, "configure_logging", lambda *a, **k: None)
         assert cli.main(["serve", "--mock", "--data-dir", str(tmp_path), "--store",
                          "postgres://u@db.local/orch", "--store-schema", "s2"]) == 0
