@@ -113,6 +113,7 @@ class Orchestrator:
                                  checkpoints=self.checkpoints, sandboxes=self.sandboxes)
         self.kinds = StepKinds(self.steps)
         self.tasks = StepTasks(self.steps)
+        self.log.on_fenced = self.tasks.fence  # PG-9108
         self.admitter = Admitter(self.steps, self.kinds, self.tasks)
         self.runs = RunLife(store, self.log, self.tasks, clock)  # NERVE-4100..NERVE-4104
         self._departures: dict[str, object] = {}  # step id -> its last reader's departure

@@ -30,6 +30,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
+import psycopg
+
+from orchestrator_core.fencing import StepFenced
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_pg_base import LOCK_RUN, STEPS, Conn, PgBase
 
@@ -53,6 +56,10 @@ _SLOTS = ("INSERT INTO replica_slots (replica, slot) SELECT %(k)s, s FROM"
 _TAKE = ("UPDATE replica_slots SET holder = %(me)s WHERE (replica, slot) ="
          " (SELECT replica, slot FROM replica_slots WHERE replica = %(k)s AND slot < %(n)s"
          " AND holder IS NULL ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING slot")
+_FENCE = ("SELECT step_id, owner IS DISTINCT FROM %s FROM steps WHERE step_id = ANY(%s)"
+          " ORDER BY step_id FOR NO KEY UPDATE")
+"""Locks the rows of the Steps a commit writes (an adoption waits for the commit, or the
+commit for the adoption, whose new owner it then reads) and tells which are not ours."""
 _SPENT = ("SELECT COALESCE(u.tokens_in, 0) + COALESCE(h.tokens_in, 0),"
           " COALESCE(u.tokens_out, 0) + COALESCE(h.tokens_out, 0),"
           " COALESCE(u.cost_usd, 0) + COALESCE(h.cost_usd, 0)"
@@ -181,6 +188,29 @@ class PgCluster(PgBase):
         """Give back a slot :meth:`take_slot` returned [PG-9107]."""
         self._exec("UPDATE replica_slots SET holder = NULL WHERE replica = %s AND slot = %s"
                    " AND holder = %s", (replica, slot, self.process_id))
+
+    def fence(self, cur: psycopg.Cursor[tuple[object, ...]], step_ids: set[str]) -> None:
+        """Refuse a commit that writes a Step this process no longer owns [PG-9108].
+
+        Run first in the committing transaction: it locks the rows of ``step_ids`` until
+        COMMIT, so an adoption of one of them waits for this commit (and then finds it
+        finished, or adopts it with this commit's frames in its log), and a commit made
+        after an adoption reads the adopter as the owner. One round trip.
+
+        Args:
+            cur: a cursor of the committing transaction.
+            step_ids: the Steps the commit writes frames or columns of.
+
+        Raises:
+            StepFenced: some of them are owned by another process (the transaction must
+                roll back: nothing of the commit is written).
+        """
+        if not step_ids:
+            return
+        cur.execute(_FENCE, (self.process_id, sorted(step_ids)))
+        fenced = frozenset(str(step) for step, other in cur.fetchall() if other)
+        if fenced:
+            raise StepFenced(fenced)
 
     def notify_sql(self, steps: Sequence[tuple[str, str]]) -> tuple[str, tuple[object, ...]]:
         """The statement that wakes every process's readers of ``steps`` at COMMIT.

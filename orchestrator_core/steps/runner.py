@@ -117,6 +117,14 @@ class StepTasks:
             scope.cancel()
         return True
 
+    def fence(self, step_id: str) -> None:
+        """Stop the task of a Step another process adopted, without a terminal frame: the
+        adopter wrote its ``INTERRUPTED`` and the event log drops this one's writes
+        [PG-9108]."""
+        if step_id in self.scopes:
+            self.cancel_requested[step_id] = "adopted by another process"
+            self.scopes[step_id].cancel()
+
     def _scope(self, step_id: str) -> anyio.CancelScope:
         """The Step's cancel scope; already cancelled if a cancel arrived before the task."""
         scope = anyio.CancelScope()
