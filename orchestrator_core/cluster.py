@@ -11,6 +11,8 @@ drives it from the server's lifecycle and does nothing for a store that is not s
 * :func:`keep_lease` renews the lease every ``store_heartbeat_ms``, adopts (and has the
   runner interrupt) the Steps of processes whose lease ran out, and keeps the one
   listening connection that wakes this process's readers of other processes' Steps.
+* :func:`request_cancel` asks the process running a Step to cancel it; its listener
+  hands the request to its runner (PG-9111).
 * :func:`leave` removes the process at a clean shutdown.
 """
 
@@ -32,8 +34,8 @@ from orchestrator_core.pools import SlotGate
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_base import Store
 
-__all__ = ["SharedStore", "keep_lease", "leave", "ledger_of", "node_of", "pause", "slot_gate_of",
-           "unfinished"]
+__all__ = ["SharedStore", "keep_lease", "leave", "ledger_of", "node_of", "pause",
+           "request_cancel", "slot_gate_of", "unfinished"]
 
 _log = logging.getLogger("orchestratord.cluster")
 
@@ -54,7 +56,12 @@ class SharedStore(Protocol):
 
     async def listen(self, on_commit: Callable[[str, str], None],
                      on_connect: Callable[[], None],
-                     pause: Callable[[float], Awaitable[None]]) -> None: ...
+                     pause: Callable[[float], Awaitable[None]],
+                     on_control: Callable[[str, str], None] = ...) -> None: ...
+
+    def request_cancel(self, step_id: str, reason: str) -> bool: ...
+
+    def cancels_requested(self) -> list[tuple[str, str]]: ...
 
     def hold(self, run_id: str) -> AbstractContextManager[LedgerView]: ...
 
@@ -63,6 +70,8 @@ class SharedStore(Protocol):
     def take_slot(self, replica: str, slots: int) -> int | None: ...
 
     def give_slot(self, replica: str, slot: int) -> None: ...
+
+    def slot_freed(self, replica: str) -> anyio.Event: ...
 
 
 def unfinished(store: Store, config: ServerConfig, *, startup: bool) -> list[StepRow]:
@@ -94,7 +103,8 @@ async def pause(clock: Clock, seconds: float) -> None:
 
 async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
                      reap: Callable[[], int], on_commit: Callable[[str, str], None],
-                     on_connect: Callable[[], None]) -> None:
+                     on_connect: Callable[[], None],
+                     on_cancel: Callable[[str, str], object] = lambda _s, _r: None) -> None:
     """Hold this process's lease and listen for other processes' commits, until
     cancelled [PG-9101, PG-9102, PG-9103]. Returns at once on a store not shared.
 
@@ -110,14 +120,28 @@ async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
         reap: adopts and interrupts orphans; returns how many.
         on_commit: wakes the readers of ``(step_id, run_id)`` (``EventLog.notify_remote``).
         on_connect: wakes every remote reader (after the listener (re)connects).
+        on_cancel: cancels a Step live here, ``(step_id, reason)``, as a local cancel
+            does (``StepTasks.cancel_local``): another process asked (PG-9111). Also
+            called, at every (re)connection, for each cancel recorded meanwhile.
     """
     if not isinstance(store, SharedStore):
         return
     shared: SharedStore = store
     interval = config.store_heartbeat_ms / 1000.0
+
+    def connected() -> None:
+        on_connect()
+        for step_id, reason in shared.cancels_requested():
+            on_cancel(step_id, reason)
+
+    def control(verb: str, arg: str) -> None:
+        if verb == "cancel":
+            step_id, _, reason = arg.partition(" ")
+            on_cancel(step_id, reason)
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(shared.listen, on_commit, on_connect,
-                      lambda s: pause(clock, s))
+        tg.start_soon(shared.listen, on_commit, connected,
+                      lambda s: pause(clock, s), control)
         while True:
             await pause(clock, interval)
             if not await anyio.to_thread.run_sync(shared.beat):
@@ -131,6 +155,16 @@ async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
                 continue
             if reaped:
                 _log.warning("interrupted %d Steps of dead processes", reaped)
+
+
+def request_cancel(store: Store, step_id: str, reason: str) -> bool:
+    """Ask the process that runs ``step_id`` to cancel it (PG-9111): on a shared store,
+    records the request and notifies that process; False on SQLite (every Step runs
+    here), or when the Step is finished or this process's own."""
+    if not isinstance(store, SharedStore):
+        return False
+    shared: SharedStore = store
+    return shared.request_cancel(step_id, reason)
 
 
 def ledger_of(store: Store) -> Ledger | None:

@@ -161,7 +161,8 @@ class Orchestrator:
                 tg.start_soon(pools.watch)
                 tg.start_soon(cluster.keep_lease, store, config, clock,
                               lambda: orch.tasks.recover(False),
-                              orch.log.notify_remote, orch.log.wake_remote)  # PG-9101..9103
+                              orch.log.notify_remote, orch.log.wake_remote,
+                              orch.tasks.cancel_local)  # PG-9101..9103, PG-9111
                 try:
                     yield orch
                 finally:

@@ -108,7 +108,13 @@ class StepTasks:
         self.tg.start_soon(fn, *args)
 
     def cancel(self, step_id: str, reason: str = "step cancelled") -> bool:
-        """Request cancellation (STREAM-2002); False when the Step is not live here."""
+        """Request cancellation (STREAM-2002): here when the Step is live here, else of the
+        process that runs it on a shared store (PG-9111); False when neither."""
+        return (self.cancel_local(step_id, reason)
+                or cluster.request_cancel(self.ctx.store, step_id, reason))
+
+    def cancel_local(self, step_id: str, reason: str = "step cancelled") -> bool:
+        """Cancel a Step live here (STREAM-2002); False when it is not."""
         if not self.ctx.log.is_live(step_id):
             return False
         self.cancel_requested[step_id] = reason
