@@ -34,7 +34,7 @@ from orchestrator_core.pools import SlotGate
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_base import Store
 
-__all__ = ["SharedStore", "keep_lease", "leave", "ledger_of", "node_of", "pause",
+__all__ = ["SharedStore", "disowned", "keep_lease", "leave", "ledger_of", "node_of", "pause",
            "request_cancel", "slot_gate_of", "unfinished"]
 
 _log = logging.getLogger("orchestratord.cluster")
@@ -60,6 +60,8 @@ class SharedStore(Protocol):
                      on_control: Callable[[str, str], None] = ...) -> None: ...
 
     def request_cancel(self, step_id: str, reason: str) -> bool: ...
+
+    def disowned(self, step_ids: list[str]) -> list[str]: ...
 
     def cancels_requested(self) -> list[tuple[str, str]]: ...
 
@@ -104,7 +106,8 @@ async def pause(clock: Clock, seconds: float) -> None:
 async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
                      reap: Callable[[], int], on_commit: Callable[[str, str], None],
                      on_connect: Callable[[], None],
-                     on_cancel: Callable[[str, str], object] = lambda _s, _r: None) -> None:
+                     on_cancel: Callable[[str, str], object] = lambda _s, _r: None,
+                     on_lost: Callable[[], object] = lambda: None) -> None:
     """Hold this process's lease and listen for other processes' commits, until
     cancelled [PG-9101, PG-9102, PG-9103]. Returns at once on a store not shared.
 
@@ -123,6 +126,8 @@ async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
         on_cancel: cancels a Step live here, ``(step_id, reason)``, as a local cancel
             does (``StepTasks.cancel_local``): another process asked (PG-9111). Also
             called, at every (re)connection, for each cancel recorded meanwhile.
+        on_lost: called once this process registered again after finding its lease
+            gone: fences the Steps live here that a survivor adopted (PG-9110).
     """
     if not isinstance(store, SharedStore):
         return
@@ -148,6 +153,7 @@ async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
                 _log.error("process %s lost its lease; its Steps were adopted, joining again",
                            shared.process_id)
                 shared.join(config.store_lease_ms, node_of(config))
+                on_lost()
             try:
                 reaped = reap()
             except Exception:  # a reap that fails is tried again at the next beat
@@ -165,6 +171,14 @@ def request_cancel(store: Store, step_id: str, reason: str) -> bool:
         return False
     shared: SharedStore = store
     return shared.request_cancel(step_id, reason)
+
+
+def disowned(store: Store, step_ids: list[str]) -> list[str]:
+    """Which of ``step_ids`` another process owns now (PG-9110); none on SQLite."""
+    if not isinstance(store, SharedStore):
+        return []
+    shared: SharedStore = store
+    return shared.disowned(step_ids)
 
 
 def ledger_of(store: Store) -> Ledger | None:

@@ -45,6 +45,8 @@ class RemoteReaders:
     _active: int
     _remote: dict[str, set[Subscription]]  # step id -> readers here, Step not live here
     _run_subs: dict[str, set[Subscription]]
+    _pending: list[EventRow]
+    _pending_updates: dict[str, dict[str, Any]]
     fenced: set[str]
     """Steps adopted by another process while this one ran them: their writes are dropped."""
     on_fenced: Callable[[str], None]
@@ -101,6 +103,8 @@ class RemoteReaders:
         writes are ignored), move its readers to the store's log, wake them, and stop its
         task (``on_fenced``) [PG-9108]."""
         self.fenced.add(step_id)
+        self._pending = [row for row in self._pending if row[0] != step_id]
+        self._pending_updates.pop(step_id, None)
         live: _LiveView | None = self._live.pop(step_id, None)
         if live is not None:
             if not live.done:
@@ -110,3 +114,22 @@ class RemoteReaders:
             for sub in live.subs:
                 sub.notify()
         self.on_fenced(step_id)
+
+    def fence_disowned(self, disowned: Callable[[list[str]], list[str]]) -> int:
+        """Fence at once every Step live here that another process owns now: this
+        process just found its lease gone (PG-9110), so a Step that writes nothing for a
+        while (waiting for an engine, a slot, a tool) is stopped now, not at its next
+        write.
+
+        Args:
+            disowned: the store's answer to "which of these Steps are owned by another
+                process" (:func:`orchestrator_core.cluster.disowned`).
+
+        Returns:
+            How many Steps were fenced.
+        """
+        live = [step_id for step_id, entry in self._live.items() if not entry.done]
+        gone = sorted(disowned(live)) if live else []
+        for step_id in gone:
+            self.fence(step_id)
+        return len(gone)

@@ -162,7 +162,9 @@ class Orchestrator:
                 tg.start_soon(cluster.keep_lease, store, config, clock,
                               lambda: orch.tasks.recover(False),
                               orch.log.notify_remote, orch.log.wake_remote,
-                              orch.tasks.cancel_local)  # PG-9101..9103, PG-9111
+                              orch.tasks.cancel_local,  # PG-9101..9103, PG-9111
+                              lambda: orch.log.fence_disowned(
+                                  lambda ids: cluster.disowned(store, ids)))  # PG-9110
                 try:
                     yield orch
                 finally:

@@ -276,6 +276,13 @@ class PgCluster(PgBase):
         if fenced:
             raise StepFenced(fenced)
 
+    def disowned(self, step_ids: list[str]) -> list[str]:
+        """Which of ``step_ids`` another process owns now (it adopted them from this one
+        while this one was taken for dead) [PG-9110]."""
+        return [str(r[0]) for r in self._rows(
+            "SELECT step_id FROM steps WHERE step_id = ANY(%s) AND owner IS DISTINCT FROM %s",
+            (step_ids, self.process_id))]
+
     def notify_sql(self, steps: Sequence[tuple[str, str]]) -> tuple[str, tuple[object, ...]]:
         """The statement that wakes every process's readers of ``steps`` at COMMIT.
 

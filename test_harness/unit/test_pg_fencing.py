@@ -169,3 +169,25 @@ class TestFencedEventLog:
                 len(read[0]), read[1], [r[0] for r in a.read_events("new", -1)],
                 log.active()) == (
             ["old"], True, False, (-1, -1), ["started", "error"], 2, True, [0], 1)
+
+    def test_a_lost_lease_fences_at_once_the_adopted_steps_that_write_nothing(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9110] When A finds its lease gone, ``fence_disowned`` stops every Step live
+        in A that a survivor owns now, before it writes again, and drops what it had
+        pending; a Step A still owns stays live."""
+        a, b = procs(2)
+        a.join(100)
+        a.insert_step(_step("old"))
+        log = EventLog(a, FakeClock(), Metrics(CollectorRegistry()))
+        fenced: list[str] = []
+        log.on_fenced = fenced.append
+        log.open("old", "r")
+        log.append_recorded("old", "started", b"{}")
+        _adopted(a, b)
+        a.join(60_000)
+        a.insert_step(_step("new"))
+        log.open("new", "r")
+        count = log.fence_disowned(a.disowned)
+        log.flush()
+        assert (count, fenced, log.is_live("old"), log.is_live("new"),
+                a.read_events("old", -1)) == (1, ["old"], False, True, [])
