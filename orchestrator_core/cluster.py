@@ -109,7 +109,8 @@ async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
                      on_cancel: Callable[[str, str], object] = lambda _s, _r: None,
                      on_lost: Callable[[], object] = lambda: None) -> None:
     """Hold this process's lease and listen for other processes' commits, until
-    cancelled [PG-9101, PG-9102, PG-9103]. Returns at once on a store not shared.
+    cancelled [PG-9101, PG-9102, PG-9103, PG-9110, PG-9111]. Returns at once on a store
+    not shared.
 
     Every ``store_heartbeat_ms`` (real time: the lease is the database's clock): one
     heartbeat, then ``reap()``, which adopts the Steps of processes whose lease ran out

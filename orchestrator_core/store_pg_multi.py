@@ -1,5 +1,5 @@
-"""Several processes over one PostgreSQL schema: leases, orphan adoption and wake-ups
-(DESIGN.md §7; PG-9100..PG-9104).
+"""Several processes over one PostgreSQL schema: leases, orphan adoption, fencing, wake-ups
+and control across processes (DESIGN.md §7; PG-9100..PG-9113).
 
 :class:`PgStore <orchestrator_core.store_pg.PgStore>` mixes this in; the SQLite store has
 none of it (one process owns its file), and :mod:`orchestrator_core.cluster` only drives
@@ -23,6 +23,12 @@ a store that has it.
   its transaction: one ``pg_notify`` per Step it wrote, payload ``"<step_id> <run_id>"``,
   delivered at COMMIT. :meth:`PgCluster.listen` is the one listening connection of a
   process; it hands each payload to a callback (PG-9103).
+* **Fencing.** :meth:`PgCluster.fence` is the group commit's first statement: it locks
+  the rows of the Steps written and refuses the commit (:class:`StepFenced`) when another
+  process owns one, i.e. adopted it while this one was taken for dead (PG-9108).
+* **Control.** A cancel asked of a process that does not run the Step is kept on it and
+  notified to its owner (:meth:`PgCluster.request_cancel`, PG-9111); a Run's close and a
+  shared slot's give-back are notified at their COMMIT too (PG-9113, PG-9107).
 """
 
 from __future__ import annotations
@@ -240,6 +246,8 @@ class PgCluster(PgBase):
             True when the request was recorded; False when the Step is finished, unknown
             or this process's own.
         """
+        if "\x00" in step_id or "\x00" in reason:
+            return False  # names no stored Step (PG-9008)
         with self._tx() as conn:
             if conn.execute(_CANCEL, {"id": step_id, "why": reason,
                                       "me": self.process_id}).fetchone() is None:
