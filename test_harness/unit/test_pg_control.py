@@ -175,3 +175,23 @@ class TestSlotWaitWoken:
 
         waited = asyncio.run(main())
         assert (held, waited < 0.3, 1 <= asked[0] <= 6, replica.busy) == (0, True, True, 1)
+
+    def test_a_waiter_that_hears_nothing_still_gets_the_slot_at_its_fallback_re_ask(
+            self, procs: Callable[[int], list[PgStore]]) -> None:
+        """[PG-9107] With no listener (a lost notification), A's waiting Step still gets
+        the slot B gave back, at its next re-ask: within 0.5 s and some slack."""
+        a, b = procs(2)
+        key = "http://replica.invalid/v1"
+        b.take_slot(key, 1)
+        replica = Replica("remote", 0, 1, CircuitBreaker("remote/r0", SystemClock()))
+        replica.gate = (a, key)
+
+        async def main() -> float:
+            waiter = asyncio.create_task(replica.acquire())
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(b.give_slot, key, 0)
+            given = time.monotonic()
+            await asyncio.wait_for(waiter, 5)
+            return time.monotonic() - given
+
+        assert (asyncio.run(main()) < 0.8, replica.busy) == (True, 1)
