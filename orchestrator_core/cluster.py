@@ -11,6 +11,8 @@ drives it from the server's lifecycle and does nothing for a store that is not s
 * :func:`keep_lease` renews the lease every ``store_heartbeat_ms``, adopts (and has the
   runner interrupt) the Steps of processes whose lease ran out, and keeps the one
   listening connection that wakes this process's readers of other processes' Steps.
+* :func:`request_cancel` asks the process running a Step to cancel it; its listener
+  hands the request to its runner (PG-9111).
 * :func:`leave` removes the process at a clean shutdown.
 """
 
@@ -32,8 +34,8 @@ from orchestrator_core.pools import SlotGate
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_base import Store
 
-__all__ = ["SharedStore", "keep_lease", "leave", "ledger_of", "node_of", "pause", "slot_gate_of",
-           "unfinished"]
+__all__ = ["SharedStore", "disowned", "keep_lease", "leave", "ledger_of", "node_of", "pause",
+           "request_cancel", "slot_gate_of", "unfinished"]
 
 _log = logging.getLogger("orchestratord.cluster")
 
@@ -54,7 +56,14 @@ class SharedStore(Protocol):
 
     async def listen(self, on_commit: Callable[[str, str], None],
                      on_connect: Callable[[], None],
-                     pause: Callable[[float], Awaitable[None]]) -> None: ...
+                     pause: Callable[[float], Awaitable[None]],
+                     on_control: Callable[[str, str], None] = ...) -> None: ...
+
+    def request_cancel(self, step_id: str, reason: str) -> bool: ...
+
+    def disowned(self, step_ids: list[str]) -> list[str]: ...
+
+    def cancels_requested(self) -> list[tuple[str, str]]: ...
 
     def hold(self, run_id: str) -> AbstractContextManager[LedgerView]: ...
 
@@ -63,6 +72,8 @@ class SharedStore(Protocol):
     def take_slot(self, replica: str, slots: int) -> int | None: ...
 
     def give_slot(self, replica: str, slot: int) -> None: ...
+
+    def slot_freed(self, replica: str) -> anyio.Event: ...
 
 
 def unfinished(store: Store, config: ServerConfig, *, startup: bool) -> list[StepRow]:
@@ -94,9 +105,12 @@ async def pause(clock: Clock, seconds: float) -> None:
 
 async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
                      reap: Callable[[], int], on_commit: Callable[[str, str], None],
-                     on_connect: Callable[[], None]) -> None:
+                     on_connect: Callable[[], None],
+                     on_cancel: Callable[[str, str], object] = lambda _s, _r: None,
+                     on_lost: Callable[[], object] = lambda: None) -> None:
     """Hold this process's lease and listen for other processes' commits, until
-    cancelled [PG-9101, PG-9102, PG-9103]. Returns at once on a store not shared.
+    cancelled [PG-9101, PG-9102, PG-9103, PG-9110, PG-9111]. Returns at once on a store
+    not shared.
 
     Every ``store_heartbeat_ms`` (real time: the lease is the database's clock): one
     heartbeat, then ``reap()``, which adopts the Steps of processes whose lease ran out
@@ -110,20 +124,37 @@ async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
         reap: adopts and interrupts orphans; returns how many.
         on_commit: wakes the readers of ``(step_id, run_id)`` (``EventLog.notify_remote``).
         on_connect: wakes every remote reader (after the listener (re)connects).
+        on_cancel: cancels a Step live here, ``(step_id, reason)``, as a local cancel
+            does (``StepTasks.cancel_local``): another process asked (PG-9111). Also
+            called, at every (re)connection, for each cancel recorded meanwhile.
+        on_lost: called once this process registered again after finding its lease
+            gone: fences the Steps live here that a survivor adopted (PG-9110).
     """
     if not isinstance(store, SharedStore):
         return
     shared: SharedStore = store
     interval = config.store_heartbeat_ms / 1000.0
+
+    def connected() -> None:
+        on_connect()
+        for step_id, reason in shared.cancels_requested():
+            on_cancel(step_id, reason)
+
+    def control(verb: str, arg: str) -> None:
+        if verb == "cancel":
+            step_id, _, reason = arg.partition(" ")
+            on_cancel(step_id, reason)
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(shared.listen, on_commit, on_connect,
-                      lambda s: pause(clock, s))
+        tg.start_soon(shared.listen, on_commit, connected,
+                      lambda s: pause(clock, s), control)
         while True:
             await pause(clock, interval)
             if not await anyio.to_thread.run_sync(shared.beat):
                 _log.error("process %s lost its lease; its Steps were adopted, joining again",
                            shared.process_id)
                 shared.join(config.store_lease_ms, node_of(config))
+                on_lost()
             try:
                 reaped = reap()
             except Exception:  # a reap that fails is tried again at the next beat
@@ -131,6 +162,24 @@ async def keep_lease(store: Store, config: ServerConfig, clock: Clock,
                 continue
             if reaped:
                 _log.warning("interrupted %d Steps of dead processes", reaped)
+
+
+def request_cancel(store: Store, step_id: str, reason: str) -> bool:
+    """Ask the process that runs ``step_id`` to cancel it (PG-9111): on a shared store,
+    records the request and notifies that process; False on SQLite (every Step runs
+    here), or when the Step is finished or this process's own."""
+    if not isinstance(store, SharedStore):
+        return False
+    shared: SharedStore = store
+    return shared.request_cancel(step_id, reason)
+
+
+def disowned(store: Store, step_ids: list[str]) -> list[str]:
+    """Which of ``step_ids`` another process owns now (PG-9110); none on SQLite."""
+    if not isinstance(store, SharedStore):
+        return []
+    shared: SharedStore = store
+    return shared.disowned(step_ids)
 
 
 def ledger_of(store: Store) -> Ledger | None:

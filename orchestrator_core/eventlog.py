@@ -31,7 +31,8 @@
 * On a store several processes share (PG-9103), a Step live in another process is read
   from the store, and its log is complete only at its terminal frame; its readers here are
   woken by :meth:`EventLog.notify_remote`, which the process's one listening connection
-  calls for every commit anywhere (never by polling).
+  calls for every commit anywhere (never by polling). A Step a survivor adopted while
+  this process was taken for dead is fenced: see :mod:`orchestrator_core.eventlog_remote`.
 
 All methods run on the event-loop thread; none of them awaits while holding state.
 Subscriptions wait on plain asyncio futures (the server runs on asyncio, under Granian):
@@ -44,6 +45,7 @@ window is real time (see :mod:`orchestrator_core.clock`).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -59,6 +61,7 @@ from contracts.events import (
 )
 from orchestrator_core.canonical import b3_bytes
 from orchestrator_core.clock import Clock, window_time
+from orchestrator_core.eventlog_remote import RemoteReaders
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.rows import EventRead, EventRow, StepUpdate
 from orchestrator_core.store_base import Store
@@ -95,7 +98,7 @@ class _Live:
         return self.frames
 
 
-class EventLog:
+class EventLog(RemoteReaders):
     """Append, group-commit and read the durable frames of every Step.
 
     Args:
@@ -129,6 +132,8 @@ class EventLog:
         self._run_subs: dict[str, set[Subscription]] = {}  # run id -> its run streams
         self.shared = bool(getattr(store, "shared", False))  # other processes write it
         self._remote: dict[str, set[Subscription]] = {}  # step id -> readers, not live here
+        self.fenced: set[str] = set()  # adopted by another process (PG-9108)
+        self.on_fenced: Callable[[str], None] = lambda _step_id: None
 
     # -- writing -----------------------------------------------------------------------
 
@@ -201,6 +206,8 @@ class EventLog:
         Raises:
             RuntimeError: the Step already has its terminal frame.
         """
+        if step_id in self.fenced:
+            return -1  # adopted by another process: dropped (PG-9108)
         live = self._live[step_id]
         if live.done:
             raise RuntimeError(f"step {step_id} already has a terminal frame")
@@ -225,6 +232,8 @@ class EventLog:
             The terminal frame's sequence number.
         """
         assert frame_type in _TERMINAL_NAMES
+        if step_id in self.fenced:
+            return -1
         live = self._live[step_id]
         seq = live.next_seq
         live.next_seq += 1
@@ -257,7 +266,7 @@ class EventLog:
             if step_id not in last:
                 updates.append((step_id, changes))
         try:
-            self.store.commit_events(rows, updates)
+            rows = self._commit(rows, updates)  # without the fenced Steps' (PG-9108)
         except BaseException:
             self._pending = rows + self._pending
             for step_id, changes in queued.items():
@@ -392,25 +401,6 @@ class EventLog:
         """Every committed frame of a Step as ``(seq, type, data)`` (replay source)."""
         self.flush()
         return self.store.read_events(step_id, -1)
-
-    def notify_remote(self, step_id: str, run_id: str) -> None:
-        """A commit of ``step_id``'s frames happened in some process (the listener's
-        callback, PG-9103): wake its readers here, unless the Step is live here (its own
-        commits woke them already)."""
-        if step_id in self._live:
-            return
-        for sub in self._remote.get(step_id, ()):
-            sub.notify()
-        self.notify_run(run_id)
-
-    def wake_remote(self) -> None:
-        """Wake every reader of a Step not live here (the listener (re)connected and may
-        have missed commits, PG-9103)."""
-        for subs in self._remote.values():
-            for sub in subs:
-                sub.notify()
-        for run_id in list(self._run_subs):
-            self.notify_run(run_id)
 
     # -- served by reference (NERVE-4025) ----------------------------------------------
 

@@ -18,6 +18,7 @@ v5  LLM job records, attachments, each tenant's job Run (NERVE-4083)
 v7  the processes sharing the schema (heartbeat, lease), each Step's owner, the budget
     reservations of every process, the slots of shared remote replicas (PG-9100,
     PG-9106, PG-9107)
+v8  a cancel requested through another process than the Step's owner (PG-9111)
 ==  ================================================================================
 
 Text that must keep its exact characters and may hold U+0000 (a rendered prompt, a label)
@@ -230,6 +231,14 @@ Step's owner is the ``orchestratord.process`` setting of the connection that ins
 (each store's connections set it); rows stored before v7 have none, so they count as
 orphans."""
 
+_V8 = (
+    f"ALTER TABLE steps ADD COLUMN cancel_requested {T}",
+    "CREATE INDEX steps_cancel_requested ON steps (owner)"
+    " WHERE cancel_requested IS NOT NULL AND status IN ('queued', 'running')",
+)
+"""PG-9111: the reason of a cancel asked of a process that does not run the Step, kept
+until its owner acts on it (its listener reads the ones it missed when it reconnects)."""
+
 PG_MIGRATIONS: tuple[PgMigration, ...] = (
     PgMigration(1, "flows, runs, steps, events, facts, checkpoints, builds, prompts", _V1),
     PgMigration(2, "run usage counters kept by triggers", _V2),
@@ -238,11 +247,12 @@ PG_MIGRATIONS: tuple[PgMigration, ...] = (
     PgMigration(5, "llm job records, attachments, each tenant's job run", _V5),
     PgMigration(6, "the exact-match cache's key and partial index", _V6),
     PgMigration(7, "processes with heartbeats, each Step's owner (PG-9100)", _V7),
+    PgMigration(8, "cancels requested through another process (PG-9111)", _V8),
 )
 """Every migration, in order; entry ``i`` leaves the schema at version ``i + 1``."""
 
 PG_SCHEMA_VERSION = PG_MIGRATIONS[-1].version
-"""The version :func:`migrate` brings a schema to by default (7)."""
+"""The version :func:`migrate` brings a schema to by default (8)."""
 
 
 def _lock(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> None:

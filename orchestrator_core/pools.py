@@ -35,8 +35,9 @@ from worker_adapters.base import (
 
 __all__ = ["Pool", "PoolManager", "Replica", "SlotGate"]
 
-SLOT_RETRY_S = 0.02
-"""How long a Step waits before asking a shared replica for a slot again (s, PG-9107)."""
+SLOT_RETRY_S = 0.5
+"""How long a Step waits for a give-back's wake-up before asking a shared replica for a
+slot again anyway, in case the notification was lost (s, PG-9107)."""
 
 
 class SlotGate(Protocol):
@@ -46,7 +47,11 @@ class SlotGate(Protocol):
         """Hold a free slot of ``replica`` (of ``slots``), or None when all are held."""
 
     def give_slot(self, replica: str, slot: int) -> None:
-        """Give back a slot :meth:`take_slot` returned."""
+        """Give back a slot :meth:`take_slot` returned (and wake the waiters of every
+        process)."""
+
+    def slot_freed(self, replica: str) -> anyio.Event:
+        """Set when any process gives back a slot of ``replica``; take it before asking."""
 
 log = logging.getLogger("orchestrator.pools")
 
@@ -101,10 +106,14 @@ class Replica:
             if self.gate is not None:  # and one of the slots every process shares
                 try:
                     gate, key = self.gate
-                    # another process frees the slot: no local event can tell us
-                    while (slot := gate.take_slot(key, self.slots)) is None:
+                    # woken by any process's give-back (its NOTIFY), re-asked anyway
+                    # every SLOT_RETRY_S in case a notification was lost
+                    while True:
+                        freed = gate.slot_freed(key)
+                        if (slot := gate.take_slot(key, self.slots)) is not None:
+                            break
                         with self.breaker.clock.move_on_after(SLOT_RETRY_S):
-                            await anyio.Event().wait()
+                            await freed.wait()
                     self._shared.append(slot)
                 except BaseException:
                     self._sem.release()

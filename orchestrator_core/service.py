@@ -113,6 +113,7 @@ class Orchestrator:
                                  checkpoints=self.checkpoints, sandboxes=self.sandboxes)
         self.kinds = StepKinds(self.steps)
         self.tasks = StepTasks(self.steps)
+        self.log.on_fenced = self.tasks.fence  # PG-9108
         self.admitter = Admitter(self.steps, self.kinds, self.tasks)
         self.runs = RunLife(store, self.log, self.tasks, clock)  # NERVE-4100..NERVE-4104
         self._departures: dict[str, object] = {}  # step id -> its last reader's departure
@@ -160,7 +161,10 @@ class Orchestrator:
                 tg.start_soon(pools.watch)
                 tg.start_soon(cluster.keep_lease, store, config, clock,
                               lambda: orch.tasks.recover(False),
-                              orch.log.notify_remote, orch.log.wake_remote)  # PG-9101..9103
+                              orch.log.notify_remote, orch.log.wake_remote,
+                              orch.tasks.cancel_local,  # PG-9101..9103, PG-9111
+                              lambda: orch.log.fence_disowned(
+                                  lambda ids: cluster.disowned(store, ids)))  # PG-9110
                 try:
                     yield orch
                 finally:

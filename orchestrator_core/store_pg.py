@@ -297,9 +297,12 @@ class PgStore(PgLists, PgJobs, PgCluster):
     def commit_events(self, rows: Sequence[EventRow], updates: Sequence[StepUpdate]) -> None:
         """Append frames (packed, STREAM-2011) and apply Step changes in ONE transaction
         [PG-9005], which also notifies every process's listener of the Steps written
-        (PG-9103).
+        (PG-9103). Its first statement locks the rows of the Steps written and checks
+        that this process owns each one (PG-9108).
 
         Raises:
+            StepFenced: another process owns one of the Steps now (it adopted them from
+                this one); nothing is written.
             ValueError: an update names a column outside ``STEP_UPDATABLE`` (nothing is
                 written).
             psycopg.IntegrityError: a frame's ``(step_id, seq)`` is already stored, or its
@@ -317,6 +320,7 @@ class PgStore(PgLists, PgJobs, PgCluster):
             others.append((step_id, changes))
         with self._tx() as conn:
             cur = conn.cursor()
+            self.fence(cur, {r[0] for r in rows} | {u[0] for u in updates})
             if rows:
                 cur.executemany(INSERT_EVENT, pack(rows))
                 cur.execute(*self.notify_sql(list(dict.fromkeys((r[0], r[2]) for r in rows))))

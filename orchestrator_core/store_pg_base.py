@@ -127,6 +127,11 @@ class PgBase:
                                                    f" orchestratord.process={self.process_id}"})
         self._pool.open(wait=True, timeout=30.0)
 
+    @property
+    def channel(self) -> str:
+        """The ``LISTEN`` channel of this schema's commits (at most 63 bytes, PG-9103)."""
+        return ("orchestratord_" + self.schema)[:63]
+
     @contextlib.contextmanager
     def _conn(self) -> Iterator[Conn]:
         with self._pool.connection() as conn:

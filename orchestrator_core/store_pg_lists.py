@@ -124,9 +124,14 @@ class PgLists(PgBase):
 
     def close_run(self, run_id: str, status: str, closed_at: str) -> bool:
         """Close an ``active`` Run with ``status`` (NERVE-4103); False (and no change)
-        when it was not active."""
-        return self._exec("UPDATE runs SET status = %s, closed_at = %s WHERE run_id = %s"
-                          " AND status = 'active'", (status, closed_at, run_id)) == 1
+        when it was not active. The close notifies every process's listener at COMMIT
+        (payload ``" <run_id>"``: no Step), so their run streams see it now (PG-9113)."""
+        with self._tx() as conn:
+            if conn.execute("UPDATE runs SET status = %s, closed_at = %s WHERE run_id = %s"
+                            " AND status = 'active'", (status, closed_at, run_id)).rowcount != 1:
+                return False
+            conn.execute("SELECT pg_notify(%s, %s)", (self.channel, " " + run_id))
+            return True
 
     def live_steps(self, run_id: str) -> list[str]:
         """The step_ids of the Run's ``queued`` or ``running`` Steps in submission order

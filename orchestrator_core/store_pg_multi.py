@@ -1,5 +1,5 @@
-"""Several processes over one PostgreSQL schema: leases, orphan adoption and wake-ups
-(DESIGN.md §7; PG-9100..PG-9104).
+"""Several processes over one PostgreSQL schema: leases, orphan adoption, fencing, wake-ups
+and control across processes (DESIGN.md §7; PG-9100..PG-9113).
 
 :class:`PgStore <orchestrator_core.store_pg.PgStore>` mixes this in; the SQLite store has
 none of it (one process owns its file), and :mod:`orchestrator_core.cluster` only drives
@@ -23,6 +23,12 @@ a store that has it.
   its transaction: one ``pg_notify`` per Step it wrote, payload ``"<step_id> <run_id>"``,
   delivered at COMMIT. :meth:`PgCluster.listen` is the one listening connection of a
   process; it hands each payload to a callback (PG-9103).
+* **Fencing.** :meth:`PgCluster.fence` is the group commit's first statement: it locks
+  the rows of the Steps written and refuses the commit (:class:`StepFenced`) when another
+  process owns one, i.e. adopted it while this one was taken for dead (PG-9108).
+* **Control.** A cancel asked of a process that does not run the Step is kept on it and
+  notified to its owner (:meth:`PgCluster.request_cancel`, PG-9111); a Run's close and a
+  shared slot's give-back are notified at their COMMIT too (PG-9113, PG-9107).
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
+import anyio
+import psycopg
+from psycopg import sql
+
+from orchestrator_core.fencing import StepFenced
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_pg_base import LOCK_RUN, STEPS, Conn, PgBase
 
@@ -53,6 +64,20 @@ _SLOTS = ("INSERT INTO replica_slots (replica, slot) SELECT %(k)s, s FROM"
 _TAKE = ("UPDATE replica_slots SET holder = %(me)s WHERE (replica, slot) ="
          " (SELECT replica, slot FROM replica_slots WHERE replica = %(k)s AND slot < %(n)s"
          " AND holder IS NULL ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING slot")
+_FENCE = ("SELECT step_id, owner IS DISTINCT FROM %s FROM steps WHERE step_id = ANY(%s)"
+          " ORDER BY step_id FOR NO KEY UPDATE")
+"""Locks the rows of the Steps a commit writes (an adoption waits for the commit, or the
+commit for the adoption, whose new owner it then reads) and tells which are not ours."""
+_CANCEL = ("UPDATE steps SET cancel_requested = %(why)s WHERE step_id = %(id)s"
+           " AND status IN ('queued', 'running') AND owner IS DISTINCT FROM %(me)s"
+           " RETURNING step_id")
+_CANCELS = ("SELECT step_id, cancel_requested FROM steps WHERE owner = %s"
+            " AND cancel_requested IS NOT NULL AND status IN ('queued', 'running')"
+            " ORDER BY rid")
+_NOTE = "SELECT pg_notify(%s, %s)"
+SLOT_KEY_MAX = 2000
+"""Longest replica key whose give-back is notified (a notification holds < 8000 bytes);
+a longer one's waiters find the slot at their fallback re-ask (PG-9107)."""
 _SPENT = ("SELECT COALESCE(u.tokens_in, 0) + COALESCE(h.tokens_in, 0),"
           " COALESCE(u.tokens_out, 0) + COALESCE(h.tokens_out, 0),"
           " COALESCE(u.cost_usd, 0) + COALESCE(h.cost_usd, 0)"
@@ -84,10 +109,9 @@ class PgCluster(PgBase):
     """Other processes may write this store: a reader of a Step not live here waits for
     its terminal frame instead of ending at the last committed one (PG-9103)."""
 
-    @property
-    def channel(self) -> str:
-        """The ``LISTEN`` channel of this schema's commits (at most 63 bytes)."""
-        return ("orchestratord_" + self.schema)[:63]
+    def __init__(self, dsn: str, *, schema: str, pool_size: int) -> None:
+        super().__init__(dsn, schema=schema, pool_size=pool_size)
+        self._slot_waits: dict[str, anyio.Event] = {}  # replica -> its waiters' event
 
     def join(self, lease_ms: int, node: str = "") -> None:
         """Register this process with a fresh heartbeat and its lease [PG-9101].
@@ -178,9 +202,94 @@ class PgCluster(PgBase):
         return None if row is None else int(row[0])
 
     def give_slot(self, replica: str, slot: int) -> None:
-        """Give back a slot :meth:`take_slot` returned [PG-9107]."""
-        self._exec("UPDATE replica_slots SET holder = NULL WHERE replica = %s AND slot = %s"
-                   " AND holder = %s", (replica, slot, self.process_id))
+        """Give back a slot :meth:`take_slot` returned, and wake every process's waiters
+        for one of that replica at COMMIT (``!slot <replica>``) [PG-9107]."""
+        with self._tx() as conn:
+            given = conn.execute("UPDATE replica_slots SET holder = NULL WHERE replica = %s"
+                                 " AND slot = %s AND holder = %s",
+                                 (replica, slot, self.process_id)).rowcount
+            if given and len(replica) <= SLOT_KEY_MAX:
+                conn.execute(_NOTE, (self.channel, "!slot " + replica))
+
+    def slot_freed(self, replica: str) -> anyio.Event:
+        """An event set when a slot of ``replica`` is given back by any process (the
+        listener heard its notification); take it BEFORE asking for a slot, so a slot
+        given back in between is not missed [PG-9107]. Event-loop thread only."""
+        event = self._slot_waits.get(replica)
+        if event is None:
+            event = self._slot_waits[replica] = anyio.Event()
+        return event
+
+    def wake_slot(self, replica: str) -> None:
+        """Set the waiters' event of ``replica`` (and start a new one) [PG-9107]."""
+        event = self._slot_waits.pop(replica, None)
+        if event is not None:
+            event.set()
+
+    def wake_all_slots(self) -> None:
+        """Wake every slot waiter (the listener (re)connected: a give-back may be lost)."""
+        for replica in list(self._slot_waits):
+            self.wake_slot(replica)
+
+    def request_cancel(self, step_id: str, reason: str) -> bool:
+        """Ask the process that runs a Step to cancel it [PG-9111].
+
+        In one transaction: keep ``reason`` on the Step (``cancel_requested``) if it is
+        unfinished and owned by another process, and notify (``!cancel <step_id>
+        <reason>``) at COMMIT; that process's listener hands it to its runner.
+
+        Args:
+            step_id: the Step (its tenant checked by the caller).
+            reason: the cancel's message (a server text, not a request's).
+
+        Returns:
+            True when the request was recorded; False when the Step is finished, unknown
+            or this process's own.
+        """
+        if "\x00" in step_id or "\x00" in reason:
+            return False  # names no stored Step (PG-9008)
+        with self._tx() as conn:
+            if conn.execute(_CANCEL, {"id": step_id, "why": reason,
+                                      "me": self.process_id}).fetchone() is None:
+                return False
+            conn.execute(_NOTE, (self.channel, f"!cancel {step_id} {reason}"))
+            return True
+
+    def cancels_requested(self) -> list[tuple[str, str]]:
+        """``(step_id, reason)`` of this process's unfinished Steps whose cancel another
+        process recorded, oldest first: read when the listener (re)connects, in case a
+        notification was missed [PG-9111]."""
+        return [(str(a), str(b)) for a, b in self._rows(_CANCELS, (self.process_id,))]
+
+    def fence(self, cur: psycopg.Cursor[tuple[object, ...]], step_ids: set[str]) -> None:
+        """Refuse a commit that writes a Step this process no longer owns [PG-9108].
+
+        Run first in the committing transaction: it locks the rows of ``step_ids`` until
+        COMMIT, so an adoption of one of them waits for this commit (and then finds it
+        finished, or adopts it with this commit's frames in its log), and a commit made
+        after an adoption reads the adopter as the owner. One round trip.
+
+        Args:
+            cur: a cursor of the committing transaction.
+            step_ids: the Steps the commit writes frames or columns of.
+
+        Raises:
+            StepFenced: some of them are owned by another process (the transaction must
+                roll back: nothing of the commit is written).
+        """
+        if not step_ids:
+            return
+        cur.execute(_FENCE, (self.process_id, sorted(step_ids)))
+        fenced = frozenset(str(step) for step, other in cur.fetchall() if other)
+        if fenced:
+            raise StepFenced(fenced)
+
+    def disowned(self, step_ids: list[str]) -> list[str]:
+        """Which of ``step_ids`` another process owns now (it adopted them from this one
+        while this one was taken for dead) [PG-9110]."""
+        return [str(r[0]) for r in self._rows(
+            "SELECT step_id FROM steps WHERE step_id = ANY(%s) AND owner IS DISTINCT FROM %s",
+            (step_ids, self.process_id))]
 
     def notify_sql(self, steps: Sequence[tuple[str, str]]) -> tuple[str, tuple[object, ...]]:
         """The statement that wakes every process's readers of ``steps`` at COMMIT.
@@ -196,22 +305,25 @@ class PgCluster(PgBase):
 
     async def listen(self, on_commit: Callable[[str, str], None],
                      on_connect: Callable[[], None],
-                     pause: Callable[[float], Awaitable[None]]) -> None:
+                     pause: Callable[[float], Awaitable[None]],
+                     on_control: Callable[[str, str], None] = lambda _v, _a: None) -> None:
         """Listen to this schema's commits until cancelled [PG-9103].
 
-        One connection per process. Each notification calls ``on_commit(step_id,
-        run_id)`` on the event loop; after every (re)connection ``on_connect()`` runs, so
-        readers reread whatever was committed while nobody listened. A lost connection
-        is retried after 0.5 s.
+        One connection per process. Each commit's notification calls ``on_commit(step_id,
+        run_id)`` on the event loop (a Run's close: an empty ``step_id``, PG-9113); a
+        slot given back wakes that replica's waiters (:meth:`slot_freed`, PG-9107); any
+        other control notification ``!<verb> <arg>`` calls ``on_control(verb, arg)``
+        (``cancel``: ``arg`` is ``"<step_id> <reason>"``, PG-9111). After every
+        (re)connection ``on_connect()`` runs and every slot waiter is woken, so whatever
+        was committed while nobody listened is reread. A lost connection is retried
+        after 0.5 s.
 
         Args:
             on_commit: called with the Step and Run of each commit.
             on_connect: called once listening (again).
             pause: waits that many seconds (the server's injected clock).
+            on_control: called with a control notification's verb and argument.
         """
-        import psycopg
-        from psycopg import sql
-
         conninfo = self._pool.conninfo
         assert isinstance(conninfo, str)  # PgBase gives the pool its DSN
         while True:
@@ -221,8 +333,14 @@ class PgCluster(PgBase):
                     await conn.execute(sql.SQL("LISTEN {}").format(
                         sql.Identifier(self.channel)))
                     on_connect()
+                    self.wake_all_slots()
                     async for note in conn.notifies():
-                        step_id, _, run_id = note.payload.partition(" ")
-                        on_commit(step_id, run_id)
+                        head, _, rest = note.payload.partition(" ")
+                        if head == "!slot":
+                            self.wake_slot(rest)
+                        elif head.startswith("!"):
+                            on_control(head[1:], rest)
+                        else:
+                            on_commit(head, rest)
             except psycopg.OperationalError:
                 await pause(0.5)

@@ -108,7 +108,13 @@ class StepTasks:
         self.tg.start_soon(fn, *args)
 
     def cancel(self, step_id: str, reason: str = "step cancelled") -> bool:
-        """Request cancellation (STREAM-2002); False when the Step is not live here."""
+        """Request cancellation (STREAM-2002): here when the Step is live here, else of the
+        process that runs it on a shared store (PG-9111); False when neither."""
+        return (self.cancel_local(step_id, reason)
+                or cluster.request_cancel(self.ctx.store, step_id, reason))
+
+    def cancel_local(self, step_id: str, reason: str = "step cancelled") -> bool:
+        """Cancel a Step live here (STREAM-2002); False when it is not."""
         if not self.ctx.log.is_live(step_id):
             return False
         self.cancel_requested[step_id] = reason
@@ -116,6 +122,14 @@ class StepTasks:
         if scope is not None:
             scope.cancel()
         return True
+
+    def fence(self, step_id: str) -> None:
+        """Stop the task of a Step another process adopted, without a terminal frame: the
+        adopter wrote its ``INTERRUPTED`` and the event log drops this one's writes
+        [PG-9108]."""
+        if step_id in self.scopes:
+            self.cancel_requested[step_id] = "adopted by another process"
+            self.scopes[step_id].cancel()
 
     def _scope(self, step_id: str) -> anyio.CancelScope:
         """The Step's cancel scope; already cancelled if a cancel arrived before the task."""

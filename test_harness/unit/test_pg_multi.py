@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -380,6 +381,9 @@ class _Gate:
 
     def give_slot(self, replica: str, slot: int) -> None:
         self.calls.append(("give", replica))
+
+    def slot_freed(self, replica: str) -> anyio.Event:
+        return anyio.Event()
 
 
 def test_a_provisioned_remote_replica_counts_its_slots_across_processes(

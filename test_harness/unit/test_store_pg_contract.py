@@ -251,13 +251,13 @@ class TestPgMigrations:
 
     def test_a_new_schema_is_at_the_last_version_and_reopening_applies_nothing(
             self, pg: Callable[..., PgStore]) -> None:
-        """[PG-9001] A store opened on a new schema leaves it at v7 in ``schema_version``;
+        """[PG-9001] A store opened on a new schema leaves it at v8 in ``schema_version``;
         opening it again applies no version."""
         first = pg("mig_a")
-        assert [m.version for m in PG_MIGRATIONS] == [1, 2, 3, 4, 5, 6, 7] == list(
+        assert [m.version for m in PG_MIGRATIONS] == [1, 2, 3, 4, 5, 6, 7, 8] == list(
             range(1, PG_SCHEMA_VERSION + 1))
         with first._conn() as conn:
-            assert conn.execute("SELECT version FROM mig_a.schema_version").fetchall() == [(7,)]
+            assert conn.execute("SELECT version FROM mig_a.schema_version").fetchall() == [(8,)]
             assert pg_migrations.migrate(conn, "mig_a") == []
 
     def test_a_failed_migration_leaves_the_last_version_that_completed(
@@ -273,9 +273,9 @@ class TestPgMigrations:
                 pg_migrations.migrate(conn, "mig_b", migrations=broken)
             assert (pg_migrations.schema_version(conn),
                     conn.execute("SELECT to_regclass('half')").fetchone()) == (3, (None,))
-            assert pg_migrations.migrate(conn, "mig_b") == [4, 5, 6, 7]
-            with pytest.raises(ValueError, match=r"^schema version 8 is not in 0\.\.7$"):
-                pg_migrations.migrate(conn, "mig_b", 8)
+            assert pg_migrations.migrate(conn, "mig_b") == [4, 5, 6, 7, 8]
+            with pytest.raises(ValueError, match=r"^schema version 9 is not in 0\.\.8$"):
+                pg_migrations.migrate(conn, "mig_b", 9)
 
     def test_stores_opening_one_schema_at_once_migrate_it_once(self, pg_dsn: str) -> None:
         """[PG-9001] Four stores opening one new schema at the same time all succeed and
@@ -284,7 +284,7 @@ class TestPgMigrations:
             stores = list(pool.map(lambda _: PgStore(pg_dsn, schema="mig_c", pool_size=1),
                                    range(4)))
         with stores[0]._conn() as conn:
-            assert pg_migrations.schema_version(conn) == 7
+            assert pg_migrations.schema_version(conn) == 8
         for s in stores:
             s.close()
 
