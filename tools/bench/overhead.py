@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,16 +44,17 @@ import httpx
 import msgspec
 
 from orchestrator_core.config import ModelConfig, PoolConfig, ServerConfig, mock_config
-from tools.servers import free_port, start_server, stop_server
+from tools.servers import start_server, stop_server
 from worker_adapters.base import CompletionRequest, Finish
 from worker_adapters.mock import default_handler
 
 from .mock_openai import MODEL as HTTP_MODEL
+from .mock_openai import spawn as spawn_mock
 from .peers import LITELLM_SPEC, LiteLLMProxy, ensure_litellm
 from .rawhttp import RawHttp
 from .stats import PathStats, summarise
 
-__all__ = ["OverheadReport", "PathResult", "main", "measure", "render_text"]
+__all__ = ["OverheadReport", "PathResult", "http_pool", "main", "measure", "render_text"]
 
 PROMPT = "The three primary colours are"
 MOCK_MODEL = "mock:echo-1"
@@ -333,13 +333,25 @@ async def _run(orch: str, upstream: str, peer: tuple[str, str] | None, rounds: i
     return out
 
 
+def http_pool(upstream: str, slots: int = 8) -> PoolConfig:
+    """The ``http-0`` pool: one remote replica, the mock server at ``upstream``.
+
+    Args:
+        upstream: the mock server's base URL (:mod:`tools.bench.mock_openai`).
+        slots: its ``slots_per_replica``.
+
+    Returns:
+        An ``openai_http`` pool, dialect ``llama-server``, serving :data:`HTTP_MODEL`.
+    """
+    return PoolConfig(pool_id="http-0", engine="openai_http",
+                      models=[ModelConfig(id=HTTP_MODEL, context_tokens=4096)],
+                      slots_per_replica=slots, options={"dialect": "llama-server"},
+                      urls=[upstream])
+
+
 def _orch_config(data_dir: str, upstream: str) -> ServerConfig:
     cfg = mock_config(data_dir=data_dir)
-    http_pool = PoolConfig(pool_id="http-0", engine="openai_http",
-                           models=[ModelConfig(id=HTTP_MODEL, context_tokens=4096)],
-                           slots_per_replica=8, options={"dialect": "llama-server"},
-                           urls=[upstream])
-    return msgspec.structs.replace(cfg, pools=[*cfg.pools, http_pool])
+    return msgspec.structs.replace(cfg, pools=[*cfg.pools, http_pool(upstream)])
 
 
 def measure(work_dir: pathlib.Path, *, rounds: int = 5, per_round: int = 20,
@@ -354,22 +366,9 @@ def measure(work_dir: pathlib.Path, *, rounds: int = 5, per_round: int = 20,
         client: ``raw`` (:class:`~tools.bench.rawhttp.RawHttp`, timed to the end of each
             answer) or ``httpx`` (timed to the last frame).
     """
-    port = free_port()
-    mock = subprocess.Popen([sys.executable, "-m", "tools.bench.mock_openai", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL)
-    upstream = f"http://127.0.0.1:{port}"
+    mock, upstream = spawn_mock()
     orch_proc = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(upstream + "/v1/models", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the mock server did not start") from None
-                time.sleep(0.05)
         cfg_path = work_dir / "orchestratord.json"
         (work_dir / "orch").mkdir(parents=True, exist_ok=True)
         cfg_path.write_bytes(msgspec.json.encode(_orch_config(str(work_dir / "orch"),
