@@ -333,20 +333,25 @@ async def _run(orch: str, upstream: str, peer: tuple[str, str] | None, rounds: i
     return out
 
 
-def http_pool(upstream: str, slots: int = 8) -> PoolConfig:
+def http_pool(upstream: str, slots: int = 8, *, batch_invariant: bool = False) -> PoolConfig:
     """The ``http-0`` pool: one remote replica, the mock server at ``upstream``.
 
     Args:
         upstream: the mock server's base URL (:mod:`tools.bench.mock_openai`).
         slots: its ``slots_per_replica``.
+        batch_invariant: declare the engine batch-invariant (the mock is: each request is
+            seeded on its own), so that all ``slots`` serve record Steps at once; otherwise
+            a replica serves one record Step at a time (PLACE-5005).
 
     Returns:
         An ``openai_http`` pool, dialect ``llama-server``, serving :data:`HTTP_MODEL`.
     """
+    options: dict[str, Any] = {"dialect": "llama-server"}
+    if batch_invariant:
+        options["batch_invariant"] = True
     return PoolConfig(pool_id="http-0", engine="openai_http",
                       models=[ModelConfig(id=HTTP_MODEL, context_tokens=4096)],
-                      slots_per_replica=slots, options={"dialect": "llama-server"},
-                      urls=[upstream])
+                      slots_per_replica=slots, options=options, urls=[upstream])
 
 
 def _orch_config(data_dir: str, upstream: str) -> ServerConfig:
