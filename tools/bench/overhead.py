@@ -54,10 +54,14 @@ from .peers import LITELLM_SPEC, LiteLLMProxy, ensure_litellm
 from .rawhttp import RawHttp
 from .stats import PathStats, summarise
 
-__all__ = ["OverheadReport", "PathResult", "http_pool", "main", "measure", "render_text"]
+__all__ = ["ONE_TRIP", "OverheadReport", "PathResult", "http_pool", "llm_call_added", "main",
+           "measure", "render_text"]
 
 PROMPT = "The three primary colours are"
 MOCK_MODEL = "mock:echo-1"
+ONE_TRIP = "orchestratord, 1 round trip (POST -> end)"
+"""The path whose added latency is the target (``POST`` with ``Accept:
+text/event-stream`` to the ``end`` frame, minus the mock engine called in-process)."""
 Probe = Callable[[], Awaitable[float]]
 
 
@@ -265,7 +269,7 @@ class _RawProbes(_Probes):
 _PATHS: list[tuple[str, str, str]] = [
     # (name, probe, baseline name)
     ("mock engine, in-process", "in_process", ""),
-    ("orchestratord, 1 round trip (POST -> end)", "one_trip", "mock engine, in-process"),
+    (ONE_TRIP, "one_trip", "mock engine, in-process"),
     ("orchestratord, 2 round trips (POST, GET -> end)", "two_trips",
      "mock engine, in-process"),
     ("mock server direct, /v1/completions stream", "direct_completions", ""),
@@ -287,7 +291,8 @@ _PEER_GROUP = frozenset({"mock server direct, chat stream", "mock server direct,
 
 
 async def _run(orch: str, upstream: str, peer: tuple[str, str] | None, rounds: int,
-               per_round: int, max_tokens: int, client: str) -> list[PathResult]:
+               per_round: int, max_tokens: int, client: str,
+               only: frozenset[str] | None = None) -> list[PathResult]:
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0),
                                  limits=limits) as http:
@@ -305,7 +310,8 @@ async def _run(orch: str, upstream: str, peer: tuple[str, str] | None, rounds: i
         kind = _RawProbes if client == "raw" else _Probes
         probes = kind(http, orch, upstream, peer, await new_runs(), max_tokens)
         active = [(n, getattr(probes, p), b) for n, p, b in _PATHS
-                  if peer is not None or not p.startswith("litellm")]
+                  if (peer is not None or not p.startswith("litellm"))
+                  and (only is None or n in only)]
         for _name, probe, _b in active:  # one warm-up each, not counted
             await probe()
         samples: dict[str, list[list[float]]] = {n: [] for n, _p, _b in active}
@@ -352,6 +358,30 @@ def http_pool(upstream: str, slots: int = 8, *, batch_invariant: bool = False) -
     return PoolConfig(pool_id="http-0", engine="openai_http",
                       models=[ModelConfig(id=HTTP_MODEL, context_tokens=4096)],
                       slots_per_replica=slots, options=options, urls=[upstream])
+
+
+def llm_call_added(orch: str, *, rounds: int = 5, per_round: int = 20,
+                   max_tokens: int = 8) -> PathResult:
+    """The added latency per ``llm_call`` on a running orchestratord, alone: the
+    :data:`ONE_TRIP` path against its baseline, alternated request by request, as
+    :func:`measure` times them (the raw client, to the end of each answer).
+
+    Args:
+        orch: the server's base URL; its ``mock:echo-1`` model must be the mock engine
+            with its default options (as :func:`~orchestrator_core.config.mock_config`
+            gives), so that it produces what the in-process baseline does.
+        rounds / per_round: R rounds of K requests per path.
+        max_tokens: tokens per request.
+
+    Returns:
+        The one-round-trip path, with ``added_p50_ms`` and ``added_p99_ms`` (ms).
+
+    Raises:
+        RuntimeError: a request was not answered ``201`` with an ``end`` frame.
+    """
+    paths = asyncio.run(_run(orch, "", None, rounds, per_round, max_tokens, "raw",
+                             only=frozenset({ONE_TRIP, "mock engine, in-process"})))
+    return next(p for p in paths if p.name == ONE_TRIP)
 
 
 def _orch_config(data_dir: str, upstream: str) -> ServerConfig:
@@ -411,7 +441,7 @@ def render_text(report: OverheadReport) -> str:
         added = (f"{p.added_p50_ms:>10.3f}{p.added_p99_ms:>10.3f}"
                  if p.added_p50_ms is not None and p.added_p99_ms is not None else "")
         lines.append(f"   {p.name:<50}{p.stats.p50_ms:>9.3f}{p.stats.p99_ms:>9.3f}{added}")
-    one = next(p for p in report.paths if p.name.startswith("orchestratord, 1"))
+    one = next(p for p in report.paths if p.name == ONE_TRIP)
     ok = (one.added_p50_ms or 0) <= report.target_p50_ms and \
         (one.added_p99_ms or 0) <= report.target_p99_ms
     lines += [
