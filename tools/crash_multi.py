@@ -300,7 +300,8 @@ def run(dsn: str, processes: int, cycles: int, streams: int, work: pathlib.Path,
                 t = threading.Thread(target=_read, args=(urls, alive, step_id, tally, got))
                 t.start()
                 readers.append((body, step_id, got, t))
-            time.sleep(random.uniform(0.1, 1.0))  # noqa: S311 - not for security
+            delay = random.uniform(0.1, 1.0)  # noqa: S311 - not for security
+            time.sleep(delay)
             victim = random.randrange(processes)  # noqa: S311 - not for security
             alive[victim] = False
             os.kill(procs[victim].pid, signal.SIGKILL)
@@ -328,6 +329,9 @@ def run(dsn: str, processes: int, cycles: int, streams: int, work: pathlib.Path,
                     tally.owned_by_two += 1
                     print(f"{step_id}: taken from {owner}, a process never killed, by "
                           f"{last_owner.get(step_id)}", file=sys.stderr)
+            print(f"cycle {cycle + 1}/{cycles}: killed srv{victim} {delay:.2f} s after "
+                  f"submitting {len(submitted)} Steps; failures so far {tally.failures()}",
+                  file=sys.stderr, flush=True)
         time.sleep(1.0)  # a lease and more: nothing may stay unadopted
         import psycopg
 

@@ -294,10 +294,11 @@ def render(report: MultiReport) -> str:
         f"p99 {report.delivery_p99_ms} ms over {report.tokens_measured} tokens",
         "",
         f"   +p50/+p99: minus the mock engine called in-process; {report.llm_call_requests} "
-        "requests per path, alternated, 8 tokens (tools.bench.overhead's one round trip)",
+        "requests per path,",
+        "   alternated, 8 tokens (tools.bench.overhead's one round trip)",
         f"   targets (PG-9121): +{t.llm_call_p50_ms} / +{t.llm_call_p99_ms} ms on sqlite-1, "
-        f"+{t.pg_llm_call_p50_ms} / +{t.pg_llm_call_p99_ms} ms on pg-1; delivery "
-        f"{t.delivery_p50_ms} / {t.delivery_p99_ms} ms; each pg-N at least "
+        f"+{t.pg_llm_call_p50_ms} / +{t.pg_llm_call_p99_ms} ms on pg-1;",
+        f"   delivery {t.delivery_p50_ms} / {t.delivery_p99_ms} ms; each pg-N at least "
         f"{t.min_pg_ratio} x sqlite-1's steps/s: " + ("met" if not missed else "NOT met"),
         *(f"   missed: {m}" for m in missed),
     ])
