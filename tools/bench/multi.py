@@ -284,7 +284,7 @@ def render(report: MultiReport) -> str:
     for label, attr in (("+p50 ms per llm_call (POST -> end)", "p50_ms"),
                         ("+p99 ms per llm_call (POST -> end)", "p99_ms")):
         rows.append(f"   {label:<44}" + "".join(
-            f"{getattr(report.llm_call_added[n], attr):>10}" if n in report.llm_call_added
+            f"{getattr(report.llm_call_added[n], attr):>10.3f}" if n in report.llm_call_added
             else f"{'-':>10}" for n in names))
     missed = misses(report)
     return "\n".join([
