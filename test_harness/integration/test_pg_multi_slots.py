@@ -102,5 +102,5 @@ def test_no_replica_gets_more_concurrent_requests_than_its_slots(
         t.start()
     for t in threads:
         t.join()
-    counts = httpx.get(upstream + "/counts", timeout=5.0).json()
+    counts = httpx.get(upstream + "/stats", timeout=5.0).json()
     assert (ends, counts["max"] <= SLOTS, counts["total"]) == (["end"] * 12, True, 12)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,19 +46,24 @@ import httpx
 import msgspec
 
 from orchestrator_core.config import ModelConfig, PoolConfig, ServerConfig, mock_config
-from tools.servers import free_port, start_server, stop_server
+from tools.servers import start_server, stop_server
 from worker_adapters.base import CompletionRequest, Finish
 from worker_adapters.mock import default_handler
 
 from .mock_openai import MODEL as HTTP_MODEL
+from .mock_openai import spawn as spawn_mock
 from .peers import LITELLM_SPEC, LiteLLMProxy, ensure_litellm
 from .rawhttp import RawHttp
 from .stats import PathStats, summarise
 
-__all__ = ["OverheadReport", "PathResult", "main", "measure", "render_text"]
+__all__ = ["ONE_TRIP", "OverheadReport", "PathResult", "http_pool", "llm_call_added", "main",
+           "measure", "render_text"]
 
 PROMPT = "The three primary colours are"
 MOCK_MODEL = "mock:echo-1"
+ONE_TRIP = "orchestratord, 1 round trip (POST -> end)"
+"""The path whose added latency is the target (``POST`` with ``Accept:
+text/event-stream`` to the ``end`` frame, minus the mock engine called in-process)."""
 Probe = Callable[[], Awaitable[float]]
 
 
@@ -276,7 +280,7 @@ class _RawProbes(_Probes):
 _PATHS: list[tuple[str, str, str]] = [
     # (name, probe, baseline name)
     ("mock engine, in-process", "in_process", ""),
-    ("orchestratord, 1 round trip (POST -> end)", "one_trip", "mock engine, in-process"),
+    (ONE_TRIP, "one_trip", "mock engine, in-process"),
     ("orchestratord, 2 round trips (POST, GET -> end)", "two_trips",
      "mock engine, in-process"),
     ("orchestratord on asyncio's loop, 1 round trip", "one_trip_asyncio",
@@ -300,8 +304,8 @@ _PEER_GROUP = frozenset({"mock server direct, chat stream", "mock server direct,
 
 
 async def _run(orch: str, alt: str, upstream: str, peer: tuple[str, str] | None,
-               rounds: int, per_round: int, max_tokens: int,
-               client: str) -> list[PathResult]:
+               rounds: int, per_round: int, max_tokens: int, client: str,
+               only: frozenset[str] | None = None) -> list[PathResult]:
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0),
                                  limits=limits) as http:
@@ -315,11 +319,15 @@ async def _run(orch: str, alt: str, upstream: str, peer: tuple[str, str] | None,
         async def new_runs() -> dict[str, str]:
             return {model: await new_run(orch) for model in (MOCK_MODEL, HTTP_MODEL)}
 
+        async def alt_run() -> tuple[str, str]:  # no second server: no asyncio row
+            return (alt, await new_run(alt)) if alt else ("", "")
+
         kind = _RawProbes if client == "raw" else _Probes
         probes = kind(http, orch, upstream, peer, await new_runs(), max_tokens,
-                      (alt, await new_run(alt)))
+                      await alt_run())
         active = [(n, getattr(probes, p), b) for n, p, b in _PATHS
-                  if peer is not None or not p.startswith("litellm")]
+                  if (peer is not None or not p.startswith("litellm"))
+                  and (only is None or n in only)]
         for _name, probe, _b in active:  # one warm-up each, not counted
             await probe()
         samples: dict[str, list[list[float]]] = {n: [] for n, _p, _b in active}
@@ -333,7 +341,7 @@ async def _run(orch: str, alt: str, upstream: str, peer: tuple[str, str] | None,
                     for name, probe, _b in group:
                         samples[name][-1].append(await probe())
                 probes.runs = await new_runs()  # Runs stay small (50 Steps or so)
-                probes.alt = (alt, await new_run(alt))
+                probes.alt = await alt_run()
         if isinstance(probes, _RawProbes):
             await probes.aclose()
     stats = {n: summarise(s) for n, s in samples.items()}
@@ -348,13 +356,54 @@ async def _run(orch: str, alt: str, upstream: str, peer: tuple[str, str] | None,
     return out
 
 
+def http_pool(upstream: str, slots: int = 8, *, batch_invariant: bool = False) -> PoolConfig:
+    """The ``http-0`` pool: one remote replica, the mock server at ``upstream``.
+
+    Args:
+        upstream: the mock server's base URL (:mod:`tools.bench.mock_openai`).
+        slots: its ``slots_per_replica``.
+        batch_invariant: declare the engine batch-invariant (the mock is: each request is
+            seeded on its own), so that all ``slots`` serve record Steps at once; otherwise
+            a replica serves one record Step at a time (PLACE-5005).
+
+    Returns:
+        An ``openai_http`` pool, dialect ``llama-server``, serving :data:`HTTP_MODEL`.
+    """
+    options: dict[str, Any] = {"dialect": "llama-server"}
+    if batch_invariant:
+        options["batch_invariant"] = True
+    return PoolConfig(pool_id="http-0", engine="openai_http",
+                      models=[ModelConfig(id=HTTP_MODEL, context_tokens=4096)],
+                      slots_per_replica=slots, options=options, urls=[upstream])
+
+
+def llm_call_added(orch: str, *, rounds: int = 5, per_round: int = 20,
+                   max_tokens: int = 8) -> PathResult:
+    """The added latency per ``llm_call`` on a running orchestratord, alone: the
+    :data:`ONE_TRIP` path against its baseline, alternated request by request, as
+    :func:`measure` times them (the raw client, to the end of each answer).
+
+    Args:
+        orch: the server's base URL; its ``mock:echo-1`` model must be the mock engine
+            with its default options (as :func:`~orchestrator_core.config.mock_config`
+            gives), so that it produces what the in-process baseline does.
+        rounds / per_round: R rounds of K requests per path.
+        max_tokens: tokens per request.
+
+    Returns:
+        The one-round-trip path, with ``added_p50_ms`` and ``added_p99_ms`` (ms).
+
+    Raises:
+        RuntimeError: a request was not answered ``201`` with an ``end`` frame.
+    """
+    paths = asyncio.run(_run(orch, "", "", None, rounds, per_round, max_tokens, "raw",
+                             only=frozenset({ONE_TRIP, "mock engine, in-process"})))
+    return next(p for p in paths if p.name == ONE_TRIP)
+
+
 def _orch_config(data_dir: str, upstream: str) -> ServerConfig:
     cfg = mock_config(data_dir=data_dir)
-    http_pool = PoolConfig(pool_id="http-0", engine="openai_http",
-                           models=[ModelConfig(id=HTTP_MODEL, context_tokens=4096)],
-                           slots_per_replica=8, options={"dialect": "llama-server"},
-                           urls=[upstream])
-    return msgspec.structs.replace(cfg, pools=[*cfg.pools, http_pool])
+    return msgspec.structs.replace(cfg, pools=[*cfg.pools, http_pool(upstream)])
 
 
 def measure(work_dir: pathlib.Path, *, rounds: int = 5, per_round: int = 20,
@@ -369,22 +418,9 @@ def measure(work_dir: pathlib.Path, *, rounds: int = 5, per_round: int = 20,
         client: ``raw`` (:class:`~tools.bench.rawhttp.RawHttp`, timed to the end of each
             answer) or ``httpx`` (timed to the last frame).
     """
-    port = free_port()
-    mock = subprocess.Popen([sys.executable, "-m", "tools.bench.mock_openai", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL)
-    upstream = f"http://127.0.0.1:{port}"
+    mock, upstream = spawn_mock()
     orch_proc = alt_proc = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(upstream + "/v1/models", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the mock server did not start") from None
-                time.sleep(0.05)
         cfg_path = work_dir / "orchestratord.json"
         (work_dir / "orch").mkdir(parents=True, exist_ok=True)
         cfg_path.write_bytes(msgspec.json.encode(_orch_config(str(work_dir / "orch"),
@@ -426,7 +462,7 @@ def render_text(report: OverheadReport) -> str:
         added = (f"{p.added_p50_ms:>10.3f}{p.added_p99_ms:>10.3f}"
                  if p.added_p50_ms is not None and p.added_p99_ms is not None else "")
         lines.append(f"   {p.name:<50}{p.stats.p50_ms:>9.3f}{p.stats.p99_ms:>9.3f}{added}")
-    one = next(p for p in report.paths if p.name.startswith("orchestratord, 1"))
+    one = next(p for p in report.paths if p.name == ONE_TRIP)
     ok = (one.added_p50_ms or 0) <= report.target_p50_ms and \
         (one.added_p99_ms or 0) <= report.target_p99_ms
     lines += [
