@@ -9,7 +9,8 @@ mock server. Every path asks for the same raw prompt, ``max_tokens`` and seed, a
 from just before its request to the receipt of its last frame (orchestratord: the ``end``
 frame; OpenAI-compatible: ``data: [DONE]``, or the whole body when not streamed; with the
 default ``--client raw``, to the end of each answer). The paths are alternated request by
-request, so drift hits all alike, in two blocks: orchestratord's paths with their
+request, in an order rotated at each request (each path follows each other path as
+often), so drift and the previous request's after-work hit all alike, in two blocks: orchestratord's paths with their
 baselines, then LiteLLM's with theirs (what the proxy does after answering, its logging
 tasks, would otherwise land on the next path's request). All use the same client:
 by default a minimal keep-alive HTTP/1.1 client (:mod:`tools.bench.rawhttp`), since httpx
@@ -337,8 +338,8 @@ async def _run(orch: str, alt: str, upstream: str, peer: tuple[str, str] | None,
             for _r in range(rounds):
                 for name, _p, _b in group:
                     samples[name].append([])
-                for _i in range(per_round):
-                    for name, probe, _b in group:
+                for i in range(per_round):  # rotated, so each path follows each other
+                    for name, probe, _b in group[i % len(group):] + group[:i % len(group)]:
                         samples[name][-1].append(await probe())
                 probes.runs = await new_runs()  # Runs stay small (50 Steps or so)
                 probes.alt = await alt_run()
@@ -406,7 +407,7 @@ def _orch_config(data_dir: str, upstream: str) -> ServerConfig:
     return msgspec.structs.replace(cfg, pools=[*cfg.pools, http_pool(upstream)])
 
 
-def measure(work_dir: pathlib.Path, *, rounds: int = 5, per_round: int = 20,
+def measure(work_dir: pathlib.Path, *, rounds: int = 10, per_round: int = 40,
             max_tokens: int = 8, peer: bool = True, client: str = "raw") -> OverheadReport:
     """Start the mock server, orchestratord and (if it installs) LiteLLM; measure.
 
@@ -481,9 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     target)."""
     p = argparse.ArgumentParser(prog="python -m tools.bench.overhead",
                                 description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    p.add_argument("--rounds", type=int, default=5, help="rounds R (default 5)")
-    p.add_argument("--per-round", type=int, default=20,
-                   help="requests per path per round K (default 20)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds R (default 10)")
+    p.add_argument("--per-round", type=int, default=40,
+                   help="requests per path per round K (default 40)")
     p.add_argument("--max-tokens", type=int, default=8, help="tokens per request (default 8)")
     p.add_argument("--no-peer", action="store_true", help="skip LiteLLM")
     p.add_argument("--client", choices=("raw", "httpx"), default="raw",
