@@ -10,9 +10,10 @@ from just before its request to the receipt of its last frame (orchestratord: th
 frame; OpenAI-compatible: ``data: [DONE]``, or the whole body when not streamed; with the
 default ``--client raw``, to the end of each answer). The paths are alternated request by
 request, in an order rotated at each request (each path follows each other path as
-often), so drift and the previous request's after-work hit all alike, in two blocks: orchestratord's paths with their
-baselines, then LiteLLM's with theirs (what the proxy does after answering, its logging
-tasks, would otherwise land on the next path's request). All use the same client:
+often), so drift and the previous request's after-work hit all alike, in two blocks:
+orchestratord's paths with their baselines, then LiteLLM's with theirs (what the proxy
+does after answering, its logging tasks, would otherwise land on the next path's
+request). All use the same client:
 by default a minimal keep-alive HTTP/1.1 client (:mod:`tools.bench.rawhttp`), since httpx
 alone spends about 1.2 ms of CPU per streamed request here; ``--client httpx`` measures
 with httpx.
