@@ -15,8 +15,11 @@ that the crash cost nothing. The report gives five figures that must all be 0:
 * **orphan engine processes**: a replica (or any other child of the server) still alive
   5 s after the server was killed, or after the final clean stop;
 * **broken idempotency**: a re-POST of a step's original body with its ``client_token``
-  that does not return 200 with the same ``step_id``, a ``(run_id, client_token)`` that
-  maps to more than one step row, or a step that is not terminal after restart recovery;
+  that does not return 200 with the token's latest attempt, or, when a crash left that
+  attempt ``interrupted``, does not make exactly one next attempt (201, ``retry_of`` the
+  first, and 200 with the same Step when sent again, NERVE-4105); a ``(run_id,
+  client_token, attempt)`` that maps to more than one step row, or a token whose rows are
+  not exactly its attempts; or a step that is not terminal after restart recovery;
 * **counter mismatches**: Runs whose usage counters (tokens, cost, wall time, Steps by
   status, kept by the store in the transaction of each Step write, NERVE-4042) differ
   from a recount over their Steps, ``usage_mismatch`` of :meth:`SqliteStore.integrity`.
@@ -40,22 +43,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import math
 import os
 import pathlib
 import random
-import shutil
 import signal
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 # Running as ``python tools/crash_loop.py`` puts tools/ first on sys.path; the repository
@@ -66,166 +64,34 @@ import httpx
 import msgspec
 
 from orchestrator_core.config import ServerConfig, default_config, mock_config
-from orchestrator_core.store import SqliteStore
-from test_harness.support import parse_sse, pid_alive
+from test_harness.support import pid_alive
 from tools import crash_fs
 from tools.servers import start_server, stop_server
 
 __all__ = ["Options", "Tally", "main", "parse_args", "run_crash_loop"]
+# The data and constants are in tools/crash_model.py, the checks in tools/crash_checks.py.
 
-FIGURES = ("lost_events", "duplicated_tokens", "orphan_processes", "broken_idempotency",
-           "counter_mismatches", "lost_appends", "leftover_temp_files")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
-TERMINAL_EVENTS = frozenset({"end", "error"})
-DB_NAME = "orchestrator.db"
-
-HTTP_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
-"""Every control-plane HTTP call (seconds)."""
-READER_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
-"""Live stream readers: a queued step may send nothing but heartbeats for a while (s)."""
-VERIFY_STREAM_S = 15.0
-"""Longest time one full-log read may take during verification (seconds)."""
-ORPHAN_GRACE_S = 5.0
-"""How long killed-server children may take to die (seconds)."""
-READER_JOIN_S = 10.0
-"""How long to wait for a reader thread after the kill (seconds)."""
-START_ATTEMPTS = 3
-LOOP_ERRORS = (RuntimeError, OSError, httpx.HTTPError, sqlite3.Error, subprocess.TimeoutExpired)
-"""Failures that end the loop with a report instead of a traceback."""
-MOCK_TOKENS_PER_S = 300.0
-PROMPTS = (
-    "Write a long, detailed story about a dragon who learns to cook.",
-    "Explain in great detail how a steam engine works, step by step.",
-    "Describe a long journey across a desert, day by day, in detail.",
-    "Write a detailed travel guide for a city that does not exist.",
+from tools.crash_checks import (
+    check_integrity,
+    check_temp_files,
+    read_frames,
+    reader,
+    verify_all,
 )
-
-
-# -- data ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One durable SSE frame as a reader saw it: ``id`` (seq), ``event``, raw ``data``."""
-
-    id: int
-    event: str
-    data: str
-
-
-@dataclass
-class StepRecord:
-    """A step this tool submitted, and what its live reader received before the kill.
-
-    Attributes:
-        cycle: the cycle (1-based) in which it was submitted.
-        run_id: its run.
-        client_token: its idempotency key.
-        body: the exact JSON body that was POSTed.
-        step_id: the id the server gave it.
-        received: durable frames the live reader received, in order.
-        reader_error: why the live reader stopped early (``None`` when it saw a terminal).
-        replay: a Step of a ``replay`` Run, served by reference to a recorded Step of the
-            previous cycle (NERVE-4025).
-        final_status: status seen at the latest verification.
-        log_frames: frames in its log at the latest verification.
-    """
-
-    cycle: int
-    run_id: str
-    client_token: str
-    body: dict[str, Any]
-    step_id: str
-    received: list[Frame] = field(default_factory=list)
-    reader_error: str | None = None
-    final_status: str = ""
-    log_frames: int = 0
-    replay: bool = False
-
-
-@dataclass
-class Tally:
-    """Failure counts by ``figure.detail``; a figure is the sum of its details."""
-
-    counts: collections.Counter[str] = field(default_factory=collections.Counter)
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, figure: str, detail: str, n: int = 1, example: str = "") -> None:
-        """Count ``n`` failures of kind ``figure.detail`` (``n <= 0`` is ignored).
-
-        Args:
-            figure: one of :data:`FIGURES`.
-            detail: what exactly failed.
-            n: how many (frames, tokens, processes or steps).
-            example: a human-readable instance; 3 per kind and 20 in all are kept.
-        """
-        if n <= 0:
-            return
-        assert figure in FIGURES, figure
-        key = f"{figure}.{detail}"
-        shown = sum(1 for e in self.examples if e.startswith(key + ":"))
-        self.counts[key] += n
-        if example and len(self.examples) < 20 and shown < 3:
-            self.examples.append(f"{key}: {example}")
-
-    def figures(self) -> dict[str, int]:
-        """The headline figures (all must be 0)."""
-        return {f: sum(v for k, v in self.counts.items() if k.startswith(f + "."))
-                for f in FIGURES}
-
-
-@dataclass(frozen=True)
-class Options:
-    """Command-line options.
-
-    Attributes:
-        cycles: kill/restart cycles.
-        streams: concurrent streaming steps per cycle.
-        seed: random seed (kill timing, step parameters).
-        mock: mock engine instead of llama.cpp.
-        data_dir: the shared data directory (``None``: a new temporary directory, kept
-            for inspection).
-        as_json: print the report as JSON.
-        time_limit_s: the loop starts no new cycle after this many seconds.
-        max_delay_s: upper bound of the kill moment after submission (seconds).
-        fs_appends: ``fs_op`` appends per Run (parent and fork) per cycle.
-    """
-
-    cycles: int
-    streams: int
-    seed: int
-    mock: bool
-    data_dir: pathlib.Path | None
-    as_json: bool
-    time_limit_s: float
-    max_delay_s: float
-    fs_appends: int = 30
-
-
-@dataclass
-class Server:
-    """A running server process and its base URL."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-
-
-@dataclass
-class Loop:
-    """Mutable state of one crash loop."""
-
-    opts: Options
-    rng: random.Random
-    data_dir: pathlib.Path
-    config_path: pathlib.Path
-    model: str
-    tally: Tally = field(default_factory=Tally)
-    steps: list[StepRecord] = field(default_factory=list)
-    cycle_log: list[dict[str, Any]] = field(default_factory=list)
-    verifications: int = 0
-    frames_checked: int = 0
-    fs: crash_fs.FsWorkload = field(default_factory=crash_fs.FsWorkload)
-
+from tools.crash_model import (
+    HTTP_TIMEOUT,
+    LOOP_ERRORS,
+    MOCK_TOKENS_PER_S,
+    ORPHAN_GRACE_S,
+    PROMPTS,
+    READER_JOIN_S,
+    START_ATTEMPTS,
+    Loop,
+    Options,
+    Server,
+    StepRecord,
+    Tally,
+)
 
 # -- server lifecycle ------------------------------------------------------------------
 
@@ -311,106 +177,6 @@ def kill_server(server: Server) -> None:
     server.proc.wait(timeout=30)
 
 
-def integrity(db: pathlib.Path) -> dict[str, int]:
-    """:meth:`SqliteStore.integrity` of a copy of ``db`` (and its WAL).
-
-    A copy, so that opening and closing the store (which checkpoints) does not change
-    the crash state the next server start recovers from.
-    """
-    with tempfile.TemporaryDirectory(prefix="crash-loop-db-") as tmp:
-        for suffix in ("", "-wal"):
-            src = db.with_name(db.name + suffix)
-            if src.exists():
-                shutil.copyfile(src, pathlib.Path(tmp) / (DB_NAME + suffix))
-        store = SqliteStore(pathlib.Path(tmp) / DB_NAME)
-        try:
-            return store.integrity()
-        finally:
-            store.close()
-
-
-def check_temp_files(loop: Loop, where: str) -> None:
-    """Count the broker's temporary files left under the sandbox parent (after recovery
-    or a clean stop every one must be gone)."""
-    found = crash_fs.count_temp_files(loop.data_dir / "sandboxes")
-    loop.tally.add("leftover_temp_files", "present", len(found), f"{where}: {found[:3]}")
-
-
-def check_integrity(loop: Loop, where: str) -> None:
-    """Count non-zero integrity figures: gaps/stale cursors and broken references (a Step
-    served by reference whose recording is missing, unfinished or hashed otherwise,
-    NERVE-4025) as lost, two terminals as duplicated, usage counters off their recount as
-    counter mismatches."""
-    result = integrity(loop.data_dir / DB_NAME)
-    ex = f"{where}: {result}"
-    loop.tally.add("lost_events", "integrity_seq_gaps", result["seq_gaps"], ex)
-    loop.tally.add("lost_events", "integrity_stale_last_seq", result["stale_last_seq"], ex)
-    loop.tally.add("lost_events", "integrity_broken_references",
-                   result.get("broken_references", 0), ex)
-    loop.tally.add("duplicated_tokens", "integrity_multi_terminal",
-                   result["multi_terminal"], ex)
-    loop.tally.add("counter_mismatches", "integrity_usage_mismatch",
-                   result["usage_mismatch"], ex)
-
-
-# -- submitting and reading ------------------------------------------------------------
-
-
-def durable_frames(raw: bytes) -> list[Frame]:
-    """The durable frames (those with an ``id``) of complete SSE blocks in ``raw``."""
-    return [Frame(int(f["id"]), str(f.get("event", "")), str(f.get("data", "")))
-            for f in parse_sse(raw) if f["id"] is not None]
-
-
-def read_frames(http: httpx.Client, step_id: str, sink: list[Frame],
-                deadline: float, resubmit: StepRecord | None = None) -> str | None:
-    """Read a step's SSE stream from the start, appending each complete durable frame.
-
-    Args:
-        http: client (its timeouts bound each read).
-        step_id: the step.
-        sink: receives frames as soon as their block is complete.
-        deadline: ``time.monotonic()`` value after which reading stops.
-        resubmit: read the stream answer of re-POSTing this step's body with
-            ``Accept: text/event-stream`` (200, STREAM-2010) instead of ``GET .../stream``.
-
-    Returns:
-        ``None`` when a terminal frame was read, else why reading stopped.
-    """
-    buf = b""
-    request = (http.build_request("POST", f"/v1/runs/{resubmit.run_id}/steps",
-                                  json=resubmit.body,
-                                  headers={"Accept": "text/event-stream"})
-               if resubmit is not None
-               else http.build_request("GET", f"/v1/steps/{step_id}/stream"))
-    try:
-        with contextlib.closing(http.send(request, stream=True)) as resp:
-            if resp.status_code != 200:
-                return f"HTTP {resp.status_code}"
-            if resp.headers.get("x-step-id", step_id) != step_id:
-                return f"X-Step-Id {resp.headers['x-step-id']} is not {step_id}"
-            for chunk in resp.iter_bytes():
-                buf += chunk
-                head, sep, buf = buf.rpartition(b"\n\n")
-                if sep:
-                    sink.extend(durable_frames(head + sep))
-                if sink and sink[-1].event in TERMINAL_EVENTS:
-                    return None
-                if time.monotonic() > deadline:
-                    return "deadline"
-    except httpx.HTTPError as exc:
-        return type(exc).__name__
-    return "stream ended without a terminal frame"
-
-
-def reader(url: str, rec: StepRecord, deadline: float, resubmit: bool = False) -> None:
-    """Thread body: read ``rec``'s live stream into ``rec.received`` until it breaks;
-    with ``resubmit``, through the stream answer of re-POSTing its body (STREAM-2010)."""
-    with httpx.Client(base_url=url, timeout=READER_TIMEOUT) as http:
-        rec.reader_error = read_frames(http, rec.step_id, rec.received, deadline,
-                                       rec if resubmit else None)
-
-
 def step_body(rng: random.Random, token: str, model: str) -> dict[str, Any]:
     """An ``llm_call`` body that streams 200-400 tokens (sampled, temperature 0.8)."""
     return {
@@ -485,143 +251,6 @@ def kill_delay(rng: random.Random, max_delay_s: float) -> float:
     if rng.random() < 0.1:
         return rng.uniform(0.0, 0.03)
     return rng.uniform(0.05, max(0.05, max_delay_s))
-
-
-# -- verification ----------------------------------------------------------------------
-
-
-def sequence_errors(values: Sequence[int]) -> int:
-    """How far ``values`` is from exactly ``0..n-1`` in order: the larger of repeated
-    values and expected values that are absent (at least 1 when only the order is wrong).
-    """
-    if list(values) == list(range(len(values))):
-        return 0
-    seen = set(values)
-    repeats = len(values) - len(seen)
-    absent = len(set(range(len(values))) - seen)
-    return max(1, repeats, absent)
-
-
-def check_received(loop: Loop, rec: StepRecord, log: list[Frame]) -> None:
-    """Every frame the live reader received must be in the log with the same data."""
-    by_id = {f.id: f for f in log}
-    missing = [f.id for f in rec.received if f.id not in by_id]
-    differs = [f.id for f in rec.received if f.id in by_id and by_id[f.id] != f]
-    where = f"step {rec.step_id} ({rec.client_token})"
-    loop.tally.add("lost_events", "received_frame_missing", len(missing),
-                   f"{where}: ids {missing[:5]} received but not in the log")
-    loop.tally.add("lost_events", "received_frame_differs", len(differs),
-                   f"{where}: ids {differs[:5]} differ from the log")
-    loop.tally.add("duplicated_tokens", "reader_id_sequence",
-                   sequence_errors([f.id for f in rec.received]),
-                   f"{where}: reader ids {[f.id for f in rec.received][:12]}")
-    loop.frames_checked += len(rec.received)
-
-
-def token_indices(log: list[Frame]) -> list[int]:
-    """The ``i`` of every token frame of a log, in order (-1 for an undecodable one)."""
-    out = []
-    for f in log:
-        if f.event == "token":
-            try:
-                out.append(int(json.loads(f.data)["i"]))
-            except (ValueError, KeyError, TypeError):
-                out.append(-1)
-    return out
-
-
-def check_log(loop: Loop, rec: StepRecord, log: list[Frame], step: dict[str, Any]) -> None:
-    """Ids ``0..m``, token indices ``0..n-1``, one terminal frame, last; cursor and
-    ``tokens_out`` agree with the log."""
-    where = f"step {rec.step_id} ({rec.client_token}, {step.get('status')})"
-    ids = [f.id for f in log]
-    tokens = token_indices(log)
-    terminals = [f.id for f in log if f.event in TERMINAL_EVENTS]
-    tally = loop.tally
-    tally.add("duplicated_tokens", "log_id_sequence", sequence_errors(ids),
-              f"{where}: ids {ids[:12]}...")
-    tally.add("duplicated_tokens", "token_index_sequence", sequence_errors(tokens),
-              f"{where}: token i {tokens[:12]}...")
-    tally.add("duplicated_tokens", "multiple_terminal_frames", len(terminals) - 1,
-              f"{where}: terminal frames at ids {terminals}")
-    if step.get("status") in TERMINAL_STATUSES:
-        tally.add("lost_events", "terminal_frame_missing",
-                  int(not log or log[-1].event not in TERMINAL_EVENTS),
-                  f"{where}: log ends with {log[-1] if log else 'nothing'}")
-        tally.add("lost_events", "last_seq_mismatch",
-                  int(step.get("last_seq") != (ids[-1] if ids else -1)),
-                  f"{where}: last_seq {step.get('last_seq')} vs log {ids[-1:]}")
-    if step.get("status") in ("succeeded", "interrupted"):
-        out = int(step.get("usage", {}).get("tokens_out", -1))
-        tally.add("duplicated_tokens", "tokens_out_mismatch", int(out != len(tokens)),
-                  f"{where}: tokens_out {out} vs {len(tokens)} token frames")
-
-
-def check_resubmit(loop: Loop, http: httpx.Client, rec: StepRecord) -> None:
-    """Re-POSTing the original body must return 200 and the same step_id."""
-    try:
-        resp = http.post(f"/v1/runs/{rec.run_id}/steps", json=rec.body)
-    except httpx.HTTPError as exc:
-        loop.tally.add("broken_idempotency", "resubmit_failed", 1,
-                       f"{rec.client_token}: {type(exc).__name__}")
-        return
-    got = resp.json().get("step_id") if resp.status_code in (200, 201) else None
-    loop.tally.add("broken_idempotency", "resubmit_mismatch",
-                   int(resp.status_code != 200 or got != rec.step_id),
-                   f"{rec.client_token}: HTTP {resp.status_code}, step_id {got} "
-                   f"(expected 200, {rec.step_id}); {resp.text[:200]}")
-
-
-def verify_step(loop: Loop, http: httpx.Client, rec: StepRecord) -> None:
-    """All checks of one step against the restarted server."""
-    resp = http.get(f"/v1/steps/{rec.step_id}")
-    if resp.status_code != 200:
-        loop.tally.add("lost_events", "step_row_missing", 1,
-                       f"{rec.step_id}: HTTP {resp.status_code}")
-        return
-    step: dict[str, Any] = resp.json()
-    rec.final_status = str(step.get("status"))
-    loop.tally.add("broken_idempotency", "not_terminal_after_recovery",
-                   int(rec.final_status not in TERMINAL_STATUSES),
-                   f"{rec.step_id} ({rec.client_token}) is {rec.final_status}")
-    log: list[Frame] = []
-    why = read_frames(http, rec.step_id, log, time.monotonic() + VERIFY_STREAM_S)
-    if why is not None and rec.final_status in TERMINAL_STATUSES:
-        loop.tally.add("lost_events", "log_unreadable", 1, f"{rec.step_id}: {why}")
-    rec.log_frames = len(log)
-    check_received(loop, rec, log)
-    check_log(loop, rec, log, step)
-    check_resubmit(loop, http, rec)
-
-
-def check_db_tokens(loop: Loop) -> None:
-    """Read-only SQL: no ``(run_id, client_token)`` maps to two steps, and each of ours
-    maps to exactly its own step."""
-    uri = (loop.data_dir / DB_NAME).resolve().as_uri() + "?mode=ro"
-    con = sqlite3.connect(uri, uri=True, timeout=10.0)
-    try:
-        dup = con.execute("SELECT COUNT(*) FROM (SELECT 1 FROM steps GROUP BY run_id,"
-                          " client_token HAVING COUNT(*) > 1)").fetchone()[0]
-        loop.tally.add("broken_idempotency", "db_token_maps_to_two_steps", int(dup),
-                       f"{dup} (run_id, client_token) pairs with several step rows")
-        for rec in loop.steps:
-            rows = [r[0] for r in con.execute(
-                "SELECT step_id FROM steps WHERE run_id = ? AND client_token = ?",
-                (rec.run_id, rec.client_token))]
-            loop.tally.add("broken_idempotency", "db_token_row_mismatch",
-                           int(rows != [rec.step_id]),
-                           f"{rec.client_token}: rows {rows}, expected [{rec.step_id}]")
-    finally:
-        con.close()
-
-
-def verify_all(loop: Loop, server: Server) -> None:
-    """Verify every step submitted so far (run after each restart)."""
-    loop.verifications += 1
-    with httpx.Client(base_url=server.url, timeout=HTTP_TIMEOUT) as http:
-        for rec in loop.steps:
-            verify_step(loop, http, rec)
-    check_db_tokens(loop)
 
 
 # -- the loop --------------------------------------------------------------------------
