@@ -33,14 +33,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On the PostgreSQL pass, skip the tests about SQLite itself (PG-9053)."""
+    """On the PostgreSQL pass, skip the tests about SQLite itself, and those that build
+    their own PostgreSQL stores, which ran in the first pass already (PG-9053)."""
     if not on_postgres():
         return
     skip = pytest.mark.skip(reason="about SQLite itself (sqlite_only); this pass runs on "
                             "PostgreSQL")
+    again = pytest.mark.skip(reason="builds its own PostgreSQL stores (own_stores): it ran "
+                             "in the first pass, this pass adds nothing")
     for item in items:
         if item.get_closest_marker("sqlite_only") is not None:
             item.add_marker(skip)
+        elif item.get_closest_marker("own_stores") is not None:
+            item.add_marker(again)
 
 
 @pytest.fixture(autouse=True, scope="session")

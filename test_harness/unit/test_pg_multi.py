@@ -28,7 +28,7 @@ from orchestrator_core.store_pg import PgStore
 from test_harness import pg_support
 from test_harness.unit.conftest import seeded
 
-pytestmark = pytest.mark.sqlite_only  # builds its own PgStores; the PostgreSQL pass adds nothing
+pytestmark = pytest.mark.own_stores  # builds its own PgStores; the PostgreSQL pass adds nothing
 
 _schemas = itertools.count()
 
