@@ -9,9 +9,8 @@ real-process tests are in ``test_harness/integration/test_pg_control_servers.py`
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -20,39 +19,11 @@ from orchestrator_core.clock import SystemClock
 from orchestrator_core.pools import Replica
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_pg import PgStore
-from test_harness import pg_support
-from test_harness.unit.conftest import seeded
 
 pytestmark = pytest.mark.own_stores  # builds its own PgStores; the PostgreSQL pass adds nothing
 
-_schemas = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg_dsn() -> Iterator[str]:
-    """The shared throwaway cluster's DSN; the tests skip without the binaries."""
-    pg_support.require_binaries()
-    yield pg_support.session_dsn()
-    pg_support.stop_shared()
-
-
-@pytest.fixture
-def procs(pg_dsn: str) -> Iterator[Callable[[int], list[PgStore]]]:
-    """Opens ``n`` stores ("processes") on one fresh schema, the first one seeded with
-    flow ``f``, run ``r`` and queued step ``s``; closes them after."""
-    opened: list[PgStore] = []
-
-    def open_procs(n: int) -> list[PgStore]:
-        schema = f"ctl{next(_schemas)}_{int(time.time() * 1000) % 100000}"
-        opened.extend(PgStore(pg_dsn, schema=schema) for _ in range(n))
-        seeded(opened[-n])  # type: ignore[arg-type]
-        for s in opened[-n:]:
-            s.join(60_000)
-        return opened[-n:]
-
-    yield open_procs
-    for s in opened:
-        s.close()
 
 
 Heard = list[tuple[str, str, str]]

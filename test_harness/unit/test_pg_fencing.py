@@ -8,10 +8,9 @@ real test (a server stopped with SIGSTOP past its lease, then SIGCONT) is
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -22,37 +21,11 @@ from orchestrator_core.fencing import StepFenced
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store_pg import PgStore
-from test_harness import pg_support
-from test_harness.unit.conftest import seeded
 
 pytestmark = pytest.mark.own_stores  # builds its own PgStores; the PostgreSQL pass adds nothing
 
-_schemas = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg_dsn() -> Iterator[str]:
-    """The shared throwaway cluster's DSN; the tests skip without the binaries."""
-    pg_support.require_binaries()
-    yield pg_support.session_dsn()
-    pg_support.stop_shared()
-
-
-@pytest.fixture
-def procs(pg_dsn: str) -> Iterator[Callable[[int], list[PgStore]]]:
-    """Opens ``n`` stores ("processes") on one fresh schema, the first one seeded with
-    flow ``f``, run ``r`` and queued step ``s``; closes them after."""
-    opened: list[PgStore] = []
-
-    def open_procs(n: int) -> list[PgStore]:
-        schema = f"fence{next(_schemas)}_{int(time.time() * 1000) % 100000}"
-        opened.extend(PgStore(pg_dsn, schema=schema) for _ in range(n))
-        seeded(opened[-n])  # type: ignore[arg-type]
-        return opened[-n:]
-
-    yield open_procs
-    for s in opened:
-        s.close()
 
 
 def _step(step_id: str) -> StepRow:

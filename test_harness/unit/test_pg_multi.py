@@ -8,10 +8,9 @@ servers, kill -9) is ``test_harness/integration/test_pg_multi_servers.py``.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -25,37 +24,12 @@ from orchestrator_core.metrics import Metrics
 from orchestrator_core.rows import StepRow
 from orchestrator_core.store import SqliteStore
 from orchestrator_core.store_pg import PgStore
-from test_harness import pg_support
 from test_harness.unit.conftest import seeded
 
 pytestmark = pytest.mark.own_stores  # builds its own PgStores; the PostgreSQL pass adds nothing
 
-_schemas = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def pg_dsn() -> Iterator[str]:
-    """The shared throwaway cluster's DSN; the tests skip without the binaries."""
-    pg_support.require_binaries()
-    yield pg_support.session_dsn()
-    pg_support.stop_shared()
-
-
-@pytest.fixture
-def procs(pg_dsn: str) -> Iterator[Callable[[int], list[PgStore]]]:
-    """Opens ``n`` stores ("processes") on one fresh schema, the first one seeded with
-    flow ``f``, run ``r`` and queued step ``s``; closes them after."""
-    opened: list[PgStore] = []
-
-    def open_procs(n: int) -> list[PgStore]:
-        schema = f"multi{next(_schemas)}_{int(time.time() * 1000) % 100000}"
-        opened.extend(PgStore(pg_dsn, schema=schema) for _ in range(n))
-        seeded(opened[-n])  # type: ignore[arg-type]
-        return opened[-n:]
-
-    yield open_procs
-    for s in opened:
-        s.close()
 
 
 def _step(step_id: str, token: str, status: str = "running") -> StepRow:

@@ -27,7 +27,6 @@ from orchestrator_core.rows import FlowRow, StepRow
 from orchestrator_core.store import SqliteStore
 from orchestrator_core.store_base import Store
 from orchestrator_core.store_pg import PgStore
-from test_harness import pg_support
 from test_harness.unit import test_commit_path as commit_path
 from test_harness.unit import test_eventlog as eventlog
 from test_harness.unit import test_llm_jobs as llm_jobs
@@ -40,14 +39,6 @@ from test_harness.unit.conftest import seeded
 
 _schemas = itertools.count()
 
-
-@pytest.fixture(scope="session")
-def pg_dsn() -> Iterator[str]:
-    """[PG-9040] The shared throwaway cluster's DSN, stopped at the end of the session;
-    the tests skip without the binaries."""
-    pg_support.require_binaries()
-    yield pg_support.session_dsn()
-    pg_support.stop_shared()
 
 
 @pytest.fixture

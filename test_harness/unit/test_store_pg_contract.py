@@ -38,7 +38,6 @@ from test_harness.unit.conftest import RUN, seeded
 from worker_adapters.registry import default_drivers
 from worker_adapters.tools import tool_registry
 
-pg_dsn = test_store_pg.pg_dsn
 pg = test_store_pg.pg
 _pg_seeded = test_store_pg._pg_seeded
 # -- the same behaviour on each backend --------------------------------------------------
