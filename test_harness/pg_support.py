@@ -10,16 +10,23 @@ on a machine without the server, unless ``ORCHESTRATORD_REQUIRE_PG=1``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pathlib
+import signal
+import subprocess
 import tempfile
+from collections.abc import Iterator
 
+import msgspec
 import pytest
 
+from orchestrator_core.config import ServerConfig
 from tools import pg_cluster
+from tools.servers import start_server, stop_server
 
-__all__ = ["bin_dir", "require_binaries", "session_dsn", "start_cluster", "stop_cluster",
-           "stop_shared"]
+__all__ = ["bin_dir", "require_binaries", "servers_on_one_schema", "session_dsn",
+           "start_cluster", "stop_cluster", "stop_shared"]
 
 start_cluster = pg_cluster.start_cluster
 stop_cluster = pg_cluster.stop_cluster
@@ -69,3 +76,38 @@ def stop_shared() -> None:
     _shared.pop("dsn", None)
     if where is not None:
         stop_cluster(where)
+
+
+@contextlib.contextmanager
+def servers_on_one_schema(n: int, config: ServerConfig, schema: str, prefix: str) -> \
+        Iterator[tuple[str, list[tuple[subprocess.Popen[bytes], str]]]]:
+    """``n`` real ``orchestratord serve`` processes with ``config``, each with its own data
+    dir, over one schema of a throwaway cluster of their own (PG-9105).
+
+    Skips (or fails under ``ORCHESTRATORD_REQUIRE_PG=1``) without the server binaries.
+    On exit every process still alive is continued (a test may have stopped one with
+    SIGSTOP) and stopped, then the cluster is removed.
+
+    Yields:
+        ``(dsn, [(process, base_url)] * n)``.
+    """
+    require_binaries()
+    base = pathlib.Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    db = pathlib.Path(tempfile.mkdtemp(prefix=f"{prefix}-db-"))  # the cluster user's own
+    dsn = pg_cluster.start_cluster(db)
+    path = base / "config.json"
+    path.write_bytes(msgspec.json.encode(config))
+    procs: list[tuple[subprocess.Popen[bytes], str]] = []
+    try:
+        for i in range(n):
+            data = base / f"srv{i}"
+            data.mkdir()
+            procs.append(start_server(data_dir=str(data), extra=[
+                "--config", str(path), "--store", dsn, "--store-schema", schema]))
+        yield dsn, procs
+    finally:
+        for proc, _url in procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                stop_server(proc)
+        pg_cluster.stop_cluster(db)

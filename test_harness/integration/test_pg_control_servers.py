@@ -11,10 +11,8 @@ about 3 s), a heartbeat every 200 ms, a 600 ms lease and SSE keep-alives every 1
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +25,6 @@ import pytest
 from orchestrator_core.config import mock_config
 from test_harness import pg_support
 from test_harness.support import llm_step, parse_sse
-from tools import pg_cluster
-from tools.servers import start_server, stop_server
 
 pytestmark = pytest.mark.sqlite_only  # starts its own cluster and servers
 
@@ -45,30 +41,12 @@ Servers = tuple[str, list[tuple[subprocess.Popen[bytes], str]]]
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
     """``(dsn, [(process, base_url)] * 2)``: two servers on one schema of one cluster."""
-    pg_support.require_binaries()
-    base = pathlib.Path(tempfile.mkdtemp(prefix="orch-pgf-"))
-    db = pathlib.Path(tempfile.mkdtemp(prefix="orch-pgf-db-"))  # the cluster user's own
-    dsn = pg_cluster.start_cluster(db)
     cfg = mock_config(mock_options={"tokens_per_s": 20, "length": 60},
                       store_heartbeat_ms=HEARTBEAT_MS, store_lease_ms=LEASE_MS,
                       heartbeat_ms=KEEP_ALIVE_MS,
                       auth_tokens={"tok-alpha": "alpha", "tok-beta": "beta"})
-    path = base / "config.json"
-    path.write_bytes(msgspec.json.encode(cfg))
-    procs: list[tuple[subprocess.Popen[bytes], str]] = []
-    try:
-        for i in range(2):
-            data = base / f"srv{i}"
-            data.mkdir()
-            procs.append(start_server(data_dir=str(data), extra=[
-                "--config", str(path), "--store", dsn, "--store-schema", SCHEMA]))
-        yield dsn, procs
-    finally:
-        for proc, _url in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                stop_server(proc)
-        pg_cluster.stop_cluster(db)
+    with pg_support.servers_on_one_schema(2, cfg, SCHEMA, "orch-pgf") as running:
+        yield running
 
 
 def _http(url: str, headers: dict[str, str] = ALPHA) -> httpx.Client:

@@ -11,10 +11,8 @@ once is one Step; after ``kill -9`` of the process running a Step, a survivor en
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +25,6 @@ import pytest
 from orchestrator_core.config import mock_config
 from test_harness import pg_support
 from test_harness.support import llm_step, parse_sse
-from tools import pg_cluster
-from tools.servers import start_server, stop_server
 
 pytestmark = pytest.mark.sqlite_only  # starts its own cluster and servers
 
@@ -40,27 +36,10 @@ HEARTBEAT_MS = 200
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[str, list[tuple[subprocess.Popen[bytes], str]]]]:
     """``(dsn, [(process, base_url)] * 3)``: three servers on one schema of one cluster."""
-    pg_support.require_binaries()
-    base = pathlib.Path(tempfile.mkdtemp(prefix="orch-pgm-"))
-    db = pathlib.Path(tempfile.mkdtemp(prefix="orch-pgm-db-"))  # the cluster user's own
-    dsn = pg_cluster.start_cluster(db)
     cfg = mock_config(mock_options={"tokens_per_s": 20, "length": 60},
                       store_heartbeat_ms=HEARTBEAT_MS, store_lease_ms=LEASE_MS)
-    path = base / "config.json"
-    path.write_bytes(msgspec.json.encode(cfg))
-    procs: list[tuple[subprocess.Popen[bytes], str]] = []
-    try:
-        for i in range(3):
-            data = base / f"srv{i}"
-            data.mkdir()
-            procs.append(start_server(data_dir=str(data), extra=[
-                "--config", str(path), "--store", dsn, "--store-schema", SCHEMA]))
-        yield dsn, procs
-    finally:
-        for proc, _url in procs:
-            if proc.poll() is None:
-                stop_server(proc)
-        pg_cluster.stop_cluster(db)
+    with pg_support.servers_on_one_schema(3, cfg, SCHEMA, "orch-pgm") as running:
+        yield running
 
 
 def _new_run(url: str) -> str:
