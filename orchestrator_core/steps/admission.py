@@ -38,7 +38,7 @@ import msgspec
 
 from contracts.errors import AdmissionReject, Conflict, NotFound
 from contracts.events import Provenance
-from contracts.runs import Policy, RunMode, RunStatus
+from contracts.runs import Policy, Run, RunMode, RunStatus
 from contracts.steps import Step, StepStatus, StepSubmit
 from orchestrator_core import tracing, views
 from orchestrator_core.canonical import (
@@ -62,8 +62,9 @@ __all__ = ["Admitter"]
 _enc = msgspec.json.Encoder()
 _prov_decoder = msgspec.json.Decoder(Provenance)
 _UNREAD_USAGE = RunUsage(0, 0, 0.0, 0, {})
-"""Stands for a Run's usage in the view a served Step is admitted with: nothing of a
-served Step reads usage (policy checks read the policy; serving reads the recording)."""
+"""Stands for a Run's usage in the view a Step is admitted with when nothing reads it: a
+served Step (policy checks read the policy; serving reads the recording), and a Step of a
+Run without token or cost budgets, or on a shared ledger (:meth:`Admitter._reads_usage`)."""
 
 
 def _typed_hash(step_type: str, input_json: bytes) -> str:
@@ -153,8 +154,9 @@ class Admitter:
         # budgets): STREAM-2014.
         served_only = mode is RunMode.REPLAY or (mode is not RunMode.RECORD
                                                  and not kind.replay.reruns)
-        run = views.run(run_row, _UNREAD_USAGE) if served_only else views.run(
-            run_row, store.run_usage(run_id), store.child_runs(run_id))
+        run = views.run(run_row, _UNREAD_USAGE)
+        if not served_only and self._reads_usage(run):
+            run = views.run(run_row, store.run_usage(run_id))
         kind.check_policy(run, body)
         # a Step id grows with time, so its row and frames go where the last ones went
         adm = Admission(step_id=new_ordered_id("stp", self.ctx.clock.now()), run=run,
@@ -206,6 +208,16 @@ class Admitter:
                       "recorded_hash": existing.input_hash,
                       "submitted_hash": input_hash})
         return views.step(existing)
+
+    def _reads_usage(self, run: Run) -> bool:
+        """Whether admitting a Step of ``run`` reads the Run's usage: only a Run with a
+        token or cost budget, on a store with no shared ledger (on PostgreSQL the ledger
+        reads the usage under the Run's lock, PG-9106). Nothing else of an admission
+        reads it, nor the Run's forks (NERVE-4042)."""
+        b = run.budgets
+        return self.ctx.budgets.ledger is None and (
+            b.max_tokens_in is not None or b.max_tokens_out is not None
+            or b.max_cost_usd is not None)
 
     @staticmethod
     def _check_active(run_row: RunRow) -> None:

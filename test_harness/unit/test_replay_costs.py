@@ -26,6 +26,7 @@ from orchestrator_core.eventlog import EventLog
 from orchestrator_core.metrics import Metrics
 from orchestrator_core.store import SqliteStore
 from orchestrator_core.store_base import Store
+from test_harness.store_param import on_postgres
 from test_harness.support import app_client, llm_step
 from tools.bench.replay import ReadbackRound, _report
 
@@ -168,6 +169,30 @@ class TestServedAdmission:
         finally:
             db.close()
         assert rows == [("succeeded", 9, 1), ("succeeded", 9, 1)]
+
+
+class TestRecordAdmissionReads:
+    """A record Step's admission reads the Run's usage only when a budget needs it, and
+    never the Run's forks (NERVE-4042)."""
+
+    @pytest.mark.parametrize(("budgets", "reads_usage"), [
+        ({}, False), ({"max_wall_ms": 600_000}, False), ({"max_tokens_out": 10_000}, True)])
+    def test_usage_is_read_for_a_token_or_cost_budget_only(
+            self, served: tuple[TestClient[Any], str, str], budgets: dict[str, int],
+            reads_usage: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        """[NERVE-4042] Up to the Step's insert, ``run_usage`` is called for a Run with a
+        token budget, not for a Run with none or with a wall-clock budget only, and
+        ``child_runs`` never (the answer's budget headers read the Run afterwards)."""
+        client, flow_id, _run_id = served
+        run = client.post(f"/v1/flows/{flow_id}/runs", json={
+            "seed": 3, "budgets": budgets}).json()["run_id"]
+        calls = _record_calls(_store(client), monkeypatch)
+        resp = client.post(f"/v1/runs/{run}/steps", json=llm_step("b-0", "say b", max_tokens=8))
+        assert resp.status_code == 201, resp.text
+        admission = calls[:calls.index("insert_step")]
+        # on PostgreSQL the shared ledger reads the usage under the Run's lock (PG-9106)
+        assert ("run_usage" in admission, "child_runs" in admission) == (
+            reads_usage and not on_postgres(), False)
 
 
 class TestStepAnswerFixedCosts:
