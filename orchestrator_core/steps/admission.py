@@ -48,7 +48,6 @@ from orchestrator_core.canonical import (
     new_ordered_id,
 )
 from orchestrator_core.clock import iso_utc
-from orchestrator_core.lookup import get_step
 from orchestrator_core.metrics_pools import on_rejected
 from orchestrator_core.policy import redact
 from orchestrator_core.replay import check_recorded_match
@@ -255,12 +254,12 @@ class Admitter:
     # -- storing and starting ----------------------------------------------------------
 
     def _insert(self, adm: Admission, stored_input: str, *, seed: int | None,
-                provenance: Provenance | None, cache_key: str | None = None) -> bool:
-        """Store the ``queued`` Step and open its log; False when a concurrent submit
-        claimed the token first."""
+                provenance: Provenance | None, cache_key: str | None = None) -> StepRow | None:
+        """Store the ``queued`` Step and open its log: the row stored, or None when a
+        concurrent submit claimed the token first."""
         body = adm.body
         placement = getattr(body, "placement", None)
-        created = self.ctx.store.insert_step(StepRow(
+        row = StepRow(
             step_id=adm.step_id, run_id=adm.run.run_id, type=adm.step_type,
             client_token=body.client_token,
             input=stored_input, input_hash=adm.input_hash,
@@ -272,10 +271,11 @@ class Admitter:
             # what the Step consumes is added when it ends, or by recovery (NERVE-4040)
             provenance=_enc.encode(provenance).decode() if provenance else None,
             cache_key=cache_key,
-        ))
-        if created:
-            self.ctx.log.open(adm.step_id, adm.run.run_id)
-        return created
+        )
+        if not self.ctx.store.insert_step(row):
+            return None
+        self.ctx.log.open(adm.step_id, adm.run.run_id)
+        return row
 
     def _claimed(self, adm: Admission) -> tuple[Step, bool]:
         """A concurrent submit stored this token while this one was admitted: answer as
@@ -300,13 +300,15 @@ class Admitter:
             tokens_in=0, tokens_out=0, cost_usd=0.0, policy_hash=run.policy_hash,
             price_table_version=ctx.config.prices.version, executor=plan.executor,
             input_hash=adm.input_hash)
-        if not self._insert(adm, stored_input, seed=plan.seed, provenance=prov,
-                            cache_key=plan.cache_key):
+        row = self._insert(adm, stored_input, seed=plan.seed, provenance=prov,
+                           cache_key=plan.cache_key)
+        if row is None:
             ctx.budgets.release(run.run_id, adm.step_id)
             return self._claimed(adm)
         self.tasks.start(StepRun(ctx.log, adm.step_id, run.run_id, adm.step_type,
                                  adm.mode.value, plan, prov, mono, deadline))
-        return get_step(ctx.store, adm.step_id, None), True
+        # the row as stored: no await since the insert, so the task has not started
+        return views.step(row), True
 
     def _serve(self, adm: Admission, stored_input: str, rec: StepRow,
                what: str = "recorded") -> tuple[Step, bool]:
