@@ -335,7 +335,7 @@ async def _run(orch: str, alt: str, upstream: str, peer: tuple[str, str] | None,
         samples: dict[str, list[list[float]]] = {n: [] for n, _p, _b in active}
         groups = [[a for a in active if a[0] not in _PEER_GROUP],
                   [a for a in active if a[0] in _PEER_GROUP]]
-        for group in groups:  # the peer's block after orchestratord's
+        for group in [g for g in groups if g]:  # the peer's block after orchestratord's
             for _r in range(rounds):
                 for name, _p, _b in group:
                     samples[name].append([])
