@@ -149,8 +149,8 @@ class Admitter:
         self._check_room()
         mode = RunMode(run_row.mode)
         # A Step that can only be served from its recording needs the Run's policy and
-        # lineage, not its usage or forks, which are read for a Step that may run (its
-        # budgets): STREAM-2014.
+        # lineage (STREAM-2014); one that may run also needs the Run's usage when a budget
+        # reads it (:meth:`_reads_usage`). No admission reads the Run's forks.
         served_only = mode is RunMode.REPLAY or (mode is not RunMode.RECORD
                                                  and not kind.replay.reruns)
         run = views.run(run_row, _UNREAD_USAGE)
