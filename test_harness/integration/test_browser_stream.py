@@ -1,5 +1,5 @@
-"""A page on another origin streams a Step with EventSource and a ticket (STREAM-2012,
-NERVE-4053, NERVE-4054).
+"""A page on another origin streams a Step, and a Run, with EventSource and a ticket
+(STREAM-2012, NERVE-4053, NERVE-4054, NERVE-4100).
 
 A bearer-token server (Granian, mock engine) runs on loopback with one allowed origin;
 headless Chromium (Debian's ``chromium`` driven by playwright) loads a page served by
@@ -49,6 +49,45 @@ async ([api, token, model]) => {
     es.onopen = () => { seen.opens += 1; };
     es.addEventListener("token", (e) => { seen.tokens.push(JSON.parse(e.data).i); });
     es.addEventListener("end", () => { seen.ends += 1; });
+    es.onerror = () => {
+      seen.errors += 1;
+      if (es.readyState === EventSource.CLOSED) { seen.state = "closed"; resolve(seen); }
+    };
+    setTimeout(() => { seen.state = "timeout:" + es.readyState; resolve(seen); }, 20000);
+  });
+}
+"""
+
+_RUN_SCRIPT = """
+async ([api, token, model]) => {
+  const auth = {"Authorization": "Bearer " + token, "Content-Type": "application/json"};
+  const post = async (path, body) => (await fetch(api + path, {
+    method: "POST", headers: auth, body: JSON.stringify(body)})).json();
+  const flow = await post("/v1/flows", {ast_ir: {browser: 2}});
+  const run = await post(`/v1/flows/${flow.flow_id}/runs`, {mode: "record", seed: 7});
+  const ticket = await post(`/v1/runs/${run.run_id}/stream-ticket`, {});
+  return await new Promise((resolve) => {
+    const seen = {tokens: 0, ends: 0, run_ends: 0, opens: 0, errors: 0,
+                  ticket_run: ticket.run_id === run.run_id};
+    const es = new EventSource(
+      `${api}/v1/runs/${run.run_id}/stream?ticket=${encodeURIComponent(ticket.ticket)}`);
+    es.onopen = async () => {
+      seen.opens += 1;
+      if (seen.opens > 1) { return; }
+      for (const token of ["a", "b"]) {
+        await post(`/v1/runs/${run.run_id}/steps`, {
+          type: "llm_call", client_token: token,
+          input: {model: model, prompt: "hello " + token, params: {max_tokens: 3}}});
+      }
+    };
+    es.addEventListener("token", () => { seen.tokens += 1; });
+    es.addEventListener("end", async () => {
+      seen.ends += 1;
+      if (seen.ends === 2) {
+        await post(`/v1/runs/${run.run_id}/close`, {status: "completed"});
+      }
+    });
+    es.addEventListener("run_end", () => { seen.run_ends += 1; });
     es.onerror = () => {
       seen.errors += 1;
       if (es.readyState === EventSource.CLOSED) { seen.state = "closed"; resolve(seen); }
@@ -123,3 +162,38 @@ class TestEventSourceWithTicket:
             {"ends": 1, "errors": 2, "opens": 1, "state": "closed",
              "tokens": [0, 1, 2, 3, 4]}, sort_keys=True)
         assert streams == [200, 204]  # the reconnect carried Last-Event-ID 6, the end
+
+
+class TestRunStreamWithTicket:
+    """Chromium follows a whole Run through a run ticket until ``run_end``."""
+
+    def test_eventsource_follows_a_run_until_run_end(self, tmp_path: pathlib.Path) -> None:
+        """[NERVE-4054] [NERVE-4100] The page opens the run stream with a run ticket, then
+        submits two Steps and closes the Run: both Steps' tokens and ``end`` frames and one
+        ``run_end`` arrive, and the reconnect after ``run_end`` is 204."""
+        from playwright.sync_api import Response, sync_playwright
+
+        streams: list[int] = []
+
+        def on_response(resp: Response) -> None:
+            if "/stream?" in resp.request.url:
+                streams.append(resp.status)
+
+        with _page_origin() as origin:
+            cfg = msgspec.structs.replace(mock_config(data_dir=str(tmp_path)),
+                                          auth_tokens={"tok-page": "alpha"},
+                                          allowed_origins=[origin])
+            with server_process(cfg, tmp_path) as (_proc, url), sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox"])
+                try:
+                    tab = browser.new_page()
+                    tab.on("response", on_response)
+                    tab.goto(f"{origin}/")
+                    seen = tab.evaluate(_RUN_SCRIPT, [url, "tok-page", MOCK_MODEL])
+                finally:
+                    browser.close()
+        assert json.dumps(seen, sort_keys=True) == json.dumps(
+            {"ends": 2, "errors": 2, "opens": 1, "run_ends": 1, "state": "closed",
+             "ticket_run": True, "tokens": 6}, sort_keys=True)
+        assert streams == [200, 204]
