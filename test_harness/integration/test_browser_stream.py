@@ -128,6 +128,35 @@ def _page_origin() -> Iterator[str]:
         thread.join()
 
 
+def _in_page(tmp_path: pathlib.Path, script: str) -> tuple[Any, list[int]]:
+    """Run ``script`` in headless Chromium on a page of an allowed origin, against a
+    bearer-token server (mock engine): what the script resolved to, and the status of
+    every stream request the page made."""
+    from playwright.sync_api import Response, sync_playwright
+
+    streams: list[int] = []
+
+    def on_response(resp: Response) -> None:
+        if "/stream?" in resp.request.url:
+            streams.append(resp.status)
+
+    with _page_origin() as origin:
+        cfg = msgspec.structs.replace(mock_config(data_dir=str(tmp_path)),
+                                      auth_tokens={"tok-page": "alpha"},
+                                      allowed_origins=[origin])
+        with server_process(cfg, tmp_path) as (_proc, url), sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                         args=["--no-sandbox"])
+            try:
+                tab = browser.new_page()
+                tab.on("response", on_response)
+                tab.goto(f"{origin}/")
+                seen = tab.evaluate(script, [url, "tok-page", MOCK_MODEL])
+            finally:
+                browser.close()
+    return seen, streams
+
+
 class TestEventSourceWithTicket:
     """Chromium on an allowed origin reads a Step's stream and stops after ``end``."""
 
@@ -136,28 +165,7 @@ class TestEventSourceWithTicket:
         """[STREAM-2012] [NERVE-4053] [NERVE-4054] Five tokens and one ``end`` arrive
         through the ticket; the reconnect after ``end`` is 204, and the EventSource
         closes after exactly two stream requests."""
-        from playwright.sync_api import Response, sync_playwright
-
-        streams: list[int] = []
-
-        def on_response(resp: Response) -> None:
-            if "/stream?" in resp.request.url:
-                streams.append(resp.status)
-
-        with _page_origin() as origin:
-            cfg = msgspec.structs.replace(mock_config(data_dir=str(tmp_path)),
-                                          auth_tokens={"tok-page": "alpha"},
-                                          allowed_origins=[origin])
-            with server_process(cfg, tmp_path) as (_proc, url), sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox"])
-                try:
-                    tab = browser.new_page()
-                    tab.on("response", on_response)
-                    tab.goto(f"{origin}/")
-                    seen = tab.evaluate(_SCRIPT, [url, "tok-page", MOCK_MODEL])
-                finally:
-                    browser.close()
+        seen, streams = _in_page(tmp_path, _SCRIPT)
         assert json.dumps(seen, sort_keys=True) == json.dumps(
             {"ends": 1, "errors": 2, "opens": 1, "state": "closed",
              "tokens": [0, 1, 2, 3, 4]}, sort_keys=True)
@@ -171,28 +179,7 @@ class TestRunStreamWithTicket:
         """[NERVE-4054] [NERVE-4100] The page opens the run stream with a run ticket, then
         submits two Steps and closes the Run: both Steps' tokens and ``end`` frames and one
         ``run_end`` arrive, and the reconnect after ``run_end`` is 204."""
-        from playwright.sync_api import Response, sync_playwright
-
-        streams: list[int] = []
-
-        def on_response(resp: Response) -> None:
-            if "/stream?" in resp.request.url:
-                streams.append(resp.status)
-
-        with _page_origin() as origin:
-            cfg = msgspec.structs.replace(mock_config(data_dir=str(tmp_path)),
-                                          auth_tokens={"tok-page": "alpha"},
-                                          allowed_origins=[origin])
-            with server_process(cfg, tmp_path) as (_proc, url), sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox"])
-                try:
-                    tab = browser.new_page()
-                    tab.on("response", on_response)
-                    tab.goto(f"{origin}/")
-                    seen = tab.evaluate(_RUN_SCRIPT, [url, "tok-page", MOCK_MODEL])
-                finally:
-                    browser.close()
+        seen, streams = _in_page(tmp_path, _RUN_SCRIPT)
         assert json.dumps(seen, sort_keys=True) == json.dumps(
             {"ends": 2, "errors": 2, "opens": 1, "run_ends": 1, "state": "closed",
              "ticket_run": True, "tokens": 6}, sort_keys=True)
