@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack, contextmanager
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
+
+from test_harness.support import loopback_http_server
 
 __all__ = ["Engine", "EngineFactory", "engine_servers"]
 
@@ -77,20 +79,10 @@ def engine_servers() -> Iterator[EngineFactory]:
     """A factory of fake llama-servers: ``start(**attributes)`` starts one on a free
     loopback port with those class attributes and returns ``(url, handler class)``;
     every one is stopped when the block ends."""
-    servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+    with ExitStack() as stack:
 
-    def start(**attributes: Any) -> tuple[str, type[Engine]]:
-        handler = type("Engine", (Engine,), {"completions": [], **attributes})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{server.server_address[1]}", handler
+        def start(**attributes: Any) -> tuple[str, type[Engine]]:
+            handler = type("Engine", (Engine,), {"completions": [], **attributes})
+            return stack.enter_context(loopback_http_server(handler)), handler
 
-    try:
         yield start
-    finally:
-        for server, thread in servers:
-            server.shutdown()
-            server.server_close()
-            thread.join()

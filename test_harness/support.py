@@ -6,8 +6,10 @@ from __future__ import annotations
 import pathlib
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anyio
@@ -174,3 +176,18 @@ def scripted_engine(answer: str | None) -> Any:
         yield Finish(reason="length" if len(pieces) > req.max_tokens else "stop")
 
     return MockEngine(handler)
+
+
+@contextmanager
+def loopback_http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server with ``handler`` on a free loopback port, for the block: its
+    base URL (``http://127.0.0.1:<port>``); shut down and joined on exit."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

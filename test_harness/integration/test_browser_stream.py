@@ -14,17 +14,16 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import msgspec
 import pytest
 
 from orchestrator_core.config import mock_config
-from test_harness.support import MOCK_MODEL, server_process
+from test_harness.support import MOCK_MODEL, loopback_http_server, server_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -117,15 +116,8 @@ class _Page(BaseHTTPRequestHandler):
 def _page_origin() -> Iterator[str]:
     """A page server on another loopback port (another origin than the API's, and a
     loopback one, so Chromium's local-network rules let it call the API); its origin."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with loopback_http_server(_Page) as origin:
+        yield origin
 
 
 def _in_page(tmp_path: pathlib.Path, script: str) -> tuple[Any, list[int]]:

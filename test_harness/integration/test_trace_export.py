@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import pathlib
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import httpx
@@ -18,6 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
+from test_harness.support import loopback_http_server
 from tools.servers import start_server, stop_server
 
 
@@ -125,15 +125,8 @@ class _Collector(BaseHTTPRequestHandler):
 def collector() -> Iterator[str]:
     """A fake OTLP/HTTP collector on a free loopback port."""
     _Collector.posts = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with loopback_http_server(_Collector) as url:
+        yield url
 
 
 class TestOtlpExporter:

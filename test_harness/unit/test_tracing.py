@@ -5,9 +5,8 @@ below it, with the GenAI attributes; ``traceparent`` in and out; the configurati
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import msgspec
@@ -17,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from orchestrator_core.config import ModelConfig, PoolConfig, ServerConfig
 from orchestratord.telemetry import configure_tracing
-from test_harness.support import MOCK_MODEL, app_client, llm_step, parse_sse
+from test_harness.support import MOCK_MODEL, app_client, llm_step, loopback_http_server, parse_sse
 from test_harness.tracing_support import SpanTree, recorded_spans
 from worker_adapters.tools import default_tool_executors
 
@@ -233,15 +232,8 @@ class _FakeLlamaServer(BaseHTTPRequestHandler):
 def fake_engine() -> Iterator[str]:
     """A fake llama-server on a free loopback port."""
     _FakeLlamaServer.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeLlamaServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with loopback_http_server(_FakeLlamaServer) as url:
+        yield url
 
 
 class TestTraceparentToTheEngine:
